@@ -1,0 +1,79 @@
+//! The forwarding hot path without sockets: scanning server → client
+//! batches (a select-only result, a large result) and client → server
+//! requests, as the pump does for every read.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pgtenant::protocol::{FrameScanner, FrameSink, Step};
+use std::hint::black_box;
+
+fn msg(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// The server-side sink's work: read Z status, note ParameterStatus.
+struct Watch {
+    status: u8,
+}
+
+impl FrameSink for Watch {
+    fn wants_body(&self, tag: u8) -> bool {
+        tag == b'Z' || tag == b'S'
+    }
+    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
+        if tag == b'Z' {
+            self.status = frame[5];
+        }
+        Step::Continue
+    }
+}
+
+fn select_one_response() -> Vec<u8> {
+    let mut v = Vec::new();
+    msg(&mut v, b'1', b"");
+    msg(&mut v, b'2', b"");
+    msg(&mut v, b'D', b"\0\x01\0\0\0\x04\0\0\x12\x34");
+    msg(&mut v, b'C', b"SELECT 1\0");
+    msg(&mut v, b'Z', b"I");
+    v
+}
+
+fn large_result(rows: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    let row = [7u8; 100];
+    for _ in 0..rows {
+        msg(&mut v, b'D', &row);
+    }
+    msg(&mut v, b'C', b"SELECT 1000\0");
+    msg(&mut v, b'Z', b"I");
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scan");
+    let small = select_one_response();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("select_one_txn", |b| {
+        let mut s = FrameScanner::new(1 << 30);
+        let mut w = Watch { status: 0 };
+        b.iter(|| {
+            let r = s.scan(black_box(&small), &mut w);
+            black_box(r.ok())
+        })
+    });
+    let large = large_result(1000);
+    g.throughput(Throughput::Bytes(large.len() as u64));
+    g.bench_function("1000_rows", |b| {
+        let mut s = FrameScanner::new(1 << 30);
+        let mut w = Watch { status: 0 };
+        b.iter(|| {
+            let r = s.scan(black_box(&large), &mut w);
+            black_box(r.ok())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

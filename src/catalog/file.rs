@@ -1,0 +1,56 @@
+//! Builds a [`Catalog`] from the `[tenants.*]` tables of the config file.
+
+use super::{Catalog, Credential, TenantEntry};
+use crate::client::scram::Verifier;
+use crate::config::{Config, ConfigError, ConfigSource};
+use crate::routing::TenantId;
+use std::sync::Arc;
+
+impl Catalog {
+    /// Turns config tenants into catalog entries. Plaintext passwords are
+    /// turned into SCRAM verifiers here, once, so no request ever needs
+    /// the plaintext again.
+    pub fn from_config(cfg: &Config, src: &ConfigSource) -> Result<Catalog, ConfigError> {
+        let mut tenants = std::collections::HashMap::new();
+        for (name, t) in &cfg.tenants {
+            let mut users = std::collections::HashMap::new();
+            for (user, secret) in &t.users {
+                let text = secret.expose();
+                let cred = if text.starts_with("SCRAM-SHA-256$") {
+                    Verifier::parse(text).ok_or_else(|| {
+                        src.error(
+                            &format!("tenants.{name}.users.{user}"),
+                            "malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)",
+                        )
+                    })?
+                } else if text.starts_with("md5") && text.len() == 35 {
+                    return Err(src.error(
+                        &format!("tenants.{name}.users.{user}"),
+                        "md5 hashes are not accepted; give the password or a SCRAM-SHA-256 verifier",
+                    ));
+                } else {
+                    Verifier::from_password(text)
+                };
+                users.insert(user.clone(), Credential::Scram(cred));
+            }
+            let placement = match &t.placement {
+                Some(p) => p.clone(),
+                None => cfg
+                    .proxy
+                    .default_placement
+                    .clone()
+                    .ok_or_else(|| src.error(&format!("tenants.{name}"), "has no placement"))?,
+            };
+            tenants.insert(
+                name.clone(),
+                Arc::new(TenantEntry {
+                    id: TenantId::new(name.clone()),
+                    placement,
+                    users,
+                    max_client_connections: t.max_client_connections,
+                }),
+            );
+        }
+        Ok(Catalog { tenants })
+    }
+}

@@ -1,0 +1,53 @@
+//! The tenant catalog: which tenants exist, where each one's data lives
+//! (its placement), who may log in, and its limits.
+//!
+//! A [`Catalog`] is an immutable snapshot; readers hold an `Arc` of it and
+//! a reload swaps in a new one. Today it is built from the config file
+//! (`file.rs`); a catalog kept in PostgreSQL and shared by several proxies
+//! will produce the same snapshot type.
+
+mod file;
+
+use crate::client::scram::Verifier;
+use crate::routing::TenantId;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How a tenant user proves who they are.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Scram(Verifier),
+}
+
+/// One tenant, as the data plane needs it.
+#[derive(Debug)]
+pub struct TenantEntry {
+    pub id: TenantId,
+    pub placement: String,
+    pub users: HashMap<String, Credential>,
+    pub max_client_connections: Option<u32>,
+}
+
+/// All tenants, by name.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tenants: HashMap<String, Arc<TenantEntry>>,
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<&Arc<TenantEntry>> {
+        self.tenants.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tenants.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}

@@ -1,0 +1,118 @@
+//! Authenticating a client against its tenant's users with SCRAM-SHA-256.
+//! A wrong password and an unknown user fail identically (same exchange
+//! against a mock verifier, same `28P01` message), so the proxy does not
+//! reveal which user names exist.
+
+use super::conn::ClientConn;
+use super::error::ClientError;
+use super::scram::{self, ScramError, Verifier};
+use crate::catalog::{Credential, TenantEntry};
+use crate::protocol::messages;
+use base64::Engine;
+use rand::RngExt;
+
+/// SASL messages are a few hundred bytes; anything near this is hostile.
+const MAX_AUTH_MESSAGE: usize = 8 * 1024;
+
+pub async fn scram_sha_256(
+    client: &mut ClientConn,
+    tenant: &TenantEntry,
+    user: &str,
+) -> Result<(), ClientError> {
+    let verifier = match tenant.users.get(user) {
+        Some(Credential::Scram(v)) => v.clone(),
+        None => Verifier::mock(format!("{}/{user}", tenant.id).as_bytes()),
+    };
+    let fail = || ClientError::AuthFailed {
+        user: user.to_string(),
+        tenant: tenant.id.clone(),
+    };
+
+    messages::auth_sasl(&mut client.out);
+    client.flush_out().await.map_err(io_lost)?;
+
+    let (tag, body) = client.read_auth_frame(MAX_AUTH_MESSAGE).await?;
+    if tag != b'p' {
+        return Err(ClientError::Protocol(format!(
+            "expected SASLInitialResponse, got message type {:?}",
+            tag as char
+        )));
+    }
+    let (mechanism, data) = parse_initial_response(&body)?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(ClientError::Protocol(format!(
+            "SASL mechanism {mechanism:?} is not offered"
+        )));
+    }
+    let nonce = server_nonce();
+    let (exchange, server_first) =
+        scram::server_first(&verifier, data, &nonce).map_err(scram_err)?;
+    messages::auth_sasl_continue(&mut client.out, server_first.as_bytes());
+    client.flush_out().await.map_err(io_lost)?;
+
+    let (tag, body) = client.read_auth_frame(MAX_AUTH_MESSAGE).await?;
+    if tag != b'p' {
+        return Err(ClientError::Protocol("expected SASLResponse".into()));
+    }
+    match exchange.finish(&body) {
+        Ok(server_final) => {
+            messages::auth_sasl_final(&mut client.out, server_final.as_bytes());
+            Ok(())
+        }
+        Err(ScramError::BadProof) => Err(fail()),
+        Err(e) => Err(scram_err(e)),
+    }
+}
+
+fn scram_err(e: ScramError) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+fn io_lost(e: std::io::Error) -> ClientError {
+    ClientError::Protocol(format!("connection lost: {e}"))
+}
+
+/// SASLInitialResponse body: mechanism (C string), Int32 length (-1 for
+/// none), data.
+fn parse_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ClientError> {
+    let bad = || ClientError::Protocol("malformed SASLInitialResponse".into());
+    let nul = body.iter().position(|&b| b == 0).ok_or_else(bad)?;
+    let mechanism = std::str::from_utf8(&body[..nul]).map_err(|_| bad())?;
+    let rest = &body[nul + 1..];
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    let len = i32::from_be_bytes(len_bytes);
+    let data = &rest[4..];
+    if len < 0 || len as usize != data.len() {
+        return Err(bad());
+    }
+    Ok((mechanism, data))
+}
+
+fn server_nonce() -> String {
+    let bytes: [u8; 18] = rand::rng().random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_response_parsing() {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&5i32.to_be_bytes());
+        body.extend_from_slice(b"n,,ab");
+        assert_eq!(
+            parse_initial_response(&body).ok(),
+            Some(("SCRAM-SHA-256", &b"n,,ab"[..]))
+        );
+        body.push(b'x');
+        assert!(parse_initial_response(&body).is_err());
+        assert!(parse_initial_response(b"SCRAM").is_err());
+        assert!(parse_initial_response(b"SCRAM\0\xff\xff\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The client's socket and its read side, plus the one way errors reach a
+//! client: [`ClientConn::refuse`] writes the ErrorResponse and flushes
+//! before the connection is closed.
+
+use super::error::ClientError;
+use crate::protocol::error::{Severity, write_error};
+use crate::protocol::{HEADER_LEN, codec};
+use crate::session::pump::Flow;
+use bytes::{Buf, BytesMut};
+use std::io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A connected client.
+pub struct ClientConn {
+    pub stream: TcpStream,
+    /// Client → server direction of the pump; also where startup-phase
+    /// reads land.
+    pub flow: Flow,
+    /// Messages the proxy writes itself (startup, errors).
+    pub out: BytesMut,
+}
+
+impl ClientConn {
+    pub fn new(stream: TcpStream, max_message: usize) -> ClientConn {
+        ClientConn {
+            stream,
+            flow: Flow::new(max_message),
+            out: BytesMut::with_capacity(512),
+        }
+    }
+
+    /// Writes and clears `out`.
+    pub async fn flush_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Sends `err` as a FATAL ErrorResponse. The caller closes afterwards.
+    pub async fn refuse(&mut self, err: &ClientError) {
+        tracing::info!(kind = err.kind(), "refusing client: {err}");
+        self.out.clear();
+        write_error(
+            &mut self.out,
+            Severity::Fatal,
+            err.sql_state(),
+            &err.to_string(),
+            None,
+        );
+        // The client may already be gone; nothing more to do then.
+        let _ = self.flush_out().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Reads exactly `n` more bytes into the read buffer (startup phase:
+    /// never reads past what was asked, so nothing sent ahead of a TLS
+    /// handshake can be buffered in plaintext).
+    pub async fn read_exact_into_buf(&mut self, n: usize) -> io::Result<()> {
+        let start = self.flow.buf.len();
+        self.flow.buf.resize(start + n, 0);
+        self.stream.read_exact(&mut self.flow.buf[start..]).await?;
+        Ok(())
+    }
+
+    /// Reads one whole frame during authentication (tag, body), checked
+    /// against `max` before the body is read.
+    pub async fn read_auth_frame(&mut self, max: usize) -> Result<(u8, BytesMut), ClientError> {
+        loop {
+            match codec::parse_header(&self.flow.buf, max) {
+                Ok(Some(h)) if self.flow.buf.len() > h.len => {
+                    let mut frame = self.flow.buf.split_to(h.len + 1);
+                    frame.advance(HEADER_LEN);
+                    return Ok((h.tag, frame));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            self.flow.buf.reserve(1024);
+            let n = self
+                .stream
+                .read_buf(&mut self.flow.buf)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+            if n == 0 {
+                return Err(ClientError::Protocol(
+                    "client closed the connection during authentication".into(),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Everything that can end a client connection with an error, and the
+//! SQLSTATE each one carries (CONTRACT §5). Messages name the tenant where
+//! there is one and never include hosts, URLs or secrets.
+
+use crate::protocol::SqlState;
+use crate::routing::{RoutingError, TenantId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Routing(#[from] RoutingError),
+    #[error("tenant \"{0}\" does not exist")]
+    UnknownTenant(TenantId),
+    #[error("password authentication failed for user \"{user}\" of tenant \"{tenant}\"")]
+    AuthFailed { user: String, tenant: TenantId },
+    #[error("too many client connections for tenant \"{0}\"")]
+    TenantFull(TenantId),
+    #[error("too many client connections to pgtenant")]
+    ProxyFull,
+    #[error("no server connection for tenant \"{0}\" became free within query_wait_timeout")]
+    WaitTimeout(TenantId),
+    #[error("placement of tenant \"{0}\" is unreachable")]
+    PlacementUnreachable(TenantId),
+    #[error("server connection of tenant \"{0}\" was lost")]
+    ServerLost(TenantId),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("pgtenant is shutting down")]
+    ShuttingDown,
+    #[error("startup and authentication did not finish within client_login_timeout")]
+    LoginTimeout,
+    /// The server refused a setting the client asked for; its own words.
+    #[error("{message}")]
+    Server { code: String, message: String },
+}
+
+impl ClientError {
+    pub fn sql_state(&self) -> SqlState {
+        match self {
+            ClientError::Routing(RoutingError::BadOptions(_)) => SqlState::PROTOCOL_VIOLATION,
+            ClientError::Routing(_) => SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
+            ClientError::UnknownTenant(_) => SqlState::INVALID_CATALOG_NAME,
+            ClientError::AuthFailed { .. } => SqlState::INVALID_PASSWORD,
+            ClientError::TenantFull(_) | ClientError::ProxyFull => SqlState::TOO_MANY_CONNECTIONS,
+            ClientError::WaitTimeout(_) => SqlState::QUERY_CANCELED,
+            ClientError::PlacementUnreachable(_) | ClientError::ServerLost(_) => {
+                SqlState::CONNECTION_FAILURE
+            }
+            ClientError::Protocol(_) | ClientError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
+            ClientError::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            ClientError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
+            ClientError::Server { code, .. } => {
+                SqlState::parse(code).unwrap_or(SqlState::INTERNAL_ERROR)
+            }
+        }
+    }
+
+    /// A short label for logs and (later) the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Routing(_) => "routing",
+            ClientError::UnknownTenant(_) => "unknown_tenant",
+            ClientError::AuthFailed { .. } => "auth",
+            ClientError::TenantFull(_) | ClientError::ProxyFull => "limit",
+            ClientError::WaitTimeout(_) => "wait_timeout",
+            ClientError::PlacementUnreachable(_) | ClientError::ServerLost(_) => "server",
+            ClientError::Protocol(_) | ClientError::LoginTimeout => "protocol",
+            ClientError::NotSupported(_) => "not_supported",
+            ClientError::ShuttingDown => "shutdown",
+            ClientError::Server { .. } => "server_refused",
+        }
+    }
+}

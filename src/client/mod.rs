@@ -1,0 +1,249 @@
+//! The client side of a connection: the startup handshake (encryption
+//! requests, cancel requests, StartupMessage), tenant resolution and
+//! catalog lookup, limits, authentication, and the hand-over to a
+//! [`Session`].
+//!
+//! Every refusal goes through [`ClientConn::refuse`], once, here.
+
+pub mod auth;
+pub mod conn;
+pub mod error;
+pub mod scram;
+
+use crate::config::{AuthType, Isolation};
+use crate::protocol::messages;
+use crate::protocol::startup::{self, Startup, StartupPacket};
+use crate::routing::{self, RoutingInput};
+use crate::session::{self, Session, params};
+use crate::state::{CountGuard, ProxyState, Snapshot};
+use conn::ClientConn;
+use error::ClientError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+/// Serves one accepted connection to its end. Never panics on client
+/// input; every failure the client can be told about is told.
+pub async fn serve(state: Arc<ProxyState>, stream: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("client", %peer, tenant = tracing::field::Empty);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let snap = state.snapshot();
+        let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
+        if let Err(e) = serve_inner(&state, &snap, &mut client).await {
+            client.refuse(&e).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// What a successful login leaves behind.
+struct Login {
+    tenant: Arc<crate::catalog::TenantEntry>,
+    wanted: Vec<(String, String)>,
+    _guards: [CountGuard; 2],
+}
+
+async fn serve_inner(
+    state: &Arc<ProxyState>,
+    snap: &Arc<Snapshot>,
+    client: &mut ClientConn,
+) -> Result<(), ClientError> {
+    let login_timeout = snap.config.proxy.client_login_timeout;
+    let Some(startup) = tokio::time::timeout(login_timeout, handshake(state, client))
+        .await
+        .map_err(|_| ClientError::LoginTimeout)??
+    else {
+        return Ok(()); // a cancel request: nothing more to say
+    };
+    let login = tokio::time::timeout(login_timeout, login(state, snap, client, &startup))
+        .await
+        .map_err(|_| ClientError::LoginTimeout)??;
+
+    let placement = snap
+        .placements
+        .get(&login.tenant.placement)
+        .ok_or_else(|| ClientError::PlacementUnreachable(login.tenant.id.clone()))?;
+    let registration = state.cancels.register();
+    messages::backend_key_data(
+        &mut client.out,
+        registration.key.pid,
+        registration.key.secret,
+    );
+    messages::ready_for_query(&mut client.out, b'I');
+    client
+        .flush_out()
+        .await
+        .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+    tracing::debug!("client ready");
+
+    Session {
+        tenant: Arc::clone(&login.tenant),
+        pool: Arc::clone(&placement.pool),
+        mode: snap.pool_mode(),
+        wait_timeout: snap.config.proxy.query_wait_timeout,
+        reset_query: snap.config.proxy.server_reset_query.clone(),
+        cancel: &registration.slot,
+        shutdown: state.shutdown.clone(),
+        wanted: login.wanted,
+    }
+    .run(client)
+    .await
+}
+
+/// Reads startup-phase packets until a StartupMessage (`Some`) or a
+/// CancelRequest (`None`, after forwarding it).
+async fn handshake(
+    state: &ProxyState,
+    client: &mut ClientConn,
+) -> Result<Option<Startup>, ClientError> {
+    // At most one SSLRequest and one GSSENCRequest precede the startup.
+    for _ in 0..3 {
+        client.flow.buf.clear();
+        client.read_exact_into_buf(4).await.map_err(early_eof)?;
+        let b = &client.flow.buf;
+        let len = startup::packet_len([b[0], b[1], b[2], b[3]])
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        client
+            .read_exact_into_buf(len - 4)
+            .await
+            .map_err(early_eof)?;
+        let packet =
+            startup::parse(&client.flow.buf).map_err(|e| ClientError::Protocol(e.to_string()));
+        client.flow.buf.clear();
+        match packet? {
+            // TLS is not configured (its own issue): decline, as PostgreSQL
+            // does without ssl = on; the client may go on in plaintext.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.stream.write_all(b"N").await.map_err(early_eof)?;
+            }
+            StartupPacket::Cancel(key) => {
+                state.cancels.cancel(key).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup(s) => return Ok(Some(s)),
+        }
+    }
+    Err(ClientError::Protocol("too many encryption requests".into()))
+}
+
+fn early_eof(e: std::io::Error) -> ClientError {
+    ClientError::Protocol(format!("incomplete startup packet: {e}"))
+}
+
+async fn login(
+    state: &ProxyState,
+    snap: &Snapshot,
+    client: &mut ClientConn,
+    startup: &Startup,
+) -> Result<Login, ClientError> {
+    // Newer 3.x minor versions and unknown `_pq_.` options: say what we
+    // speak instead of refusing (protocol docs, NegotiateProtocolVersion).
+    let unknown: Vec<&str> = startup
+        .params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if startup.minor > 0 || !unknown.is_empty() {
+        messages::negotiate_protocol_version(&mut client.out, &unknown);
+    }
+    if let Some(r) = startup.param("replication")
+        && !matches!(r, "false" | "off" | "no" | "0")
+    {
+        return Err(ClientError::NotSupported(
+            "replication connections are not supported through pgtenant".into(),
+        ));
+    }
+    let user = startup
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
+
+    let proxy_guard = state
+        .admit_client(snap.config.proxy.max_client_connections)
+        .ok_or(ClientError::ProxyFull)?;
+
+    let resolved = routing::resolve(
+        &snap.rules,
+        &RoutingInput {
+            sni: None,
+            user,
+            database: startup.param("database"),
+            options: startup.param("options"),
+        },
+        |name| snap.catalog.contains(name),
+    )?;
+    tracing::Span::current().record("tenant", resolved.tenant.as_str());
+    let tenant = snap
+        .catalog
+        .get(resolved.tenant.as_str())
+        .cloned()
+        .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
+    let tenant_guard = state
+        .admit_tenant_client(&tenant.id, tenant.max_client_connections)
+        .ok_or_else(|| ClientError::TenantFull(tenant.id.clone()))?;
+
+    match snap.config.proxy.auth_type {
+        AuthType::ScramSha256 => auth::scram_sha_256(client, &tenant, &resolved.user).await?,
+        AuthType::Trust => {
+            if !tenant.users.contains_key(&resolved.user) {
+                return Err(ClientError::AuthFailed {
+                    user: resolved.user.clone(),
+                    tenant: tenant.id.clone(),
+                });
+            }
+        }
+    }
+    messages::auth_ok(&mut client.out);
+
+    let placement = snap
+        .placements
+        .get(&tenant.placement)
+        .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
+    if placement.isolation != Isolation::Database {
+        return Err(ClientError::NotSupported(format!(
+            "tenant \"{}\" is on placement \"{}\" with isolation \"{}\", which is not supported yet",
+            tenant.id,
+            tenant.placement,
+            placement.isolation.as_str()
+        )));
+    }
+
+    let mut wanted = Vec::new();
+    for (k, v) in startup
+        .params
+        .iter()
+        .filter(|(k, _)| params::is_setting(k))
+        .chain(resolved.settings.iter())
+    {
+        if !params::valid_name(k) {
+            return Err(ClientError::Protocol(format!(
+                "invalid parameter name {k:?}"
+            )));
+        }
+        params::upsert(&mut wanted, k, v);
+    }
+
+    let server_params = placement
+        .pool
+        .startup_params(snap.config.proxy.query_wait_timeout)
+        .await
+        .map_err(|e| session::checkout_error(&tenant, e))?;
+    for (name, value) in server_params.iter() {
+        let value = wanted
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map_or(value.as_str(), |(_, v)| v.as_str());
+        messages::parameter_status(&mut client.out, name, value);
+    }
+    tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "authenticated");
+    Ok(Login {
+        tenant,
+        wanted,
+        _guards: [proxy_guard, tenant_guard],
+    })
+}

@@ -1,0 +1,311 @@
+//! Reading and validating a config file. Every error names the key it is
+//! about and, where the file has it, the line.
+
+use super::Config;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use toml::de::{DeTable, DeValue};
+
+/// A problem with the config: which file, which key, which line, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a config came from, kept so that later checks (e.g. the catalog's
+/// credential parsing) can point at a key's line too.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: String,
+    pub text: Arc<str>,
+}
+
+impl ConfigSource {
+    /// An error about `key` (dotted path such as `placements.shared.url`).
+    pub fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: line_of_key(&self.text, key),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads, parses and validates `path`. Relative paths inside resolve from
+/// the file's folder.
+pub fn load_file(path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+        .canonicalize()
+        .unwrap_or_default();
+    let (mut cfg, src) = parse_str(&text, &path.display().to_string())?;
+    cfg.base_dir = base;
+    Ok((cfg, src))
+}
+
+/// Parses and validates config text; `file` is only used in messages.
+pub fn parse_str(text: &str, file: &str) -> Result<(Config, ConfigSource), ConfigError> {
+    let src = ConfigSource {
+        file: file.to_string(),
+        text: Arc::from(text),
+    };
+    let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+        file: file.to_string(),
+        line: e.span().map(|s| line_at(text, s.start)),
+        key: String::new(),
+        message: e.message().trim().to_string(),
+    })?;
+    validate(&cfg, &src)?;
+    Ok((cfg, src))
+}
+
+fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
+    let p = &cfg.proxy;
+    p.listen.parse::<SocketAddr>().map_err(|_| {
+        src.error(
+            "proxy.listen",
+            format!(
+                "{:?} is not an address such as \"127.0.0.1:6432\"",
+                p.listen
+            ),
+        )
+    })?;
+    if p.tenant_from.is_empty() {
+        return Err(src.error("proxy.tenant_from", "name at least one source"));
+    }
+    let mut seen = HashSet::new();
+    for s in &p.tenant_from {
+        if !seen.insert(*s) {
+            return Err(src.error(
+                "proxy.tenant_from",
+                format!("{:?} is listed twice", s.as_str()),
+            ));
+        }
+    }
+    if p.user_separator.is_empty() {
+        return Err(src.error("proxy.user_separator", "must not be empty"));
+    }
+    if p.workers > 256 {
+        return Err(src.error("proxy.workers", "at most 256"));
+    }
+    if p.max_client_connections == 0 {
+        return Err(src.error("proxy.max_client_connections", "must be at least 1"));
+    }
+    if p.max_message_size.0 < 1024 || p.max_message_size.0 > (1 << 30) {
+        return Err(src.error("proxy.max_message_size", "must be between 1kB and 1GB"));
+    }
+    if let Some(dp) = &p.default_placement
+        && !cfg.placements.contains_key(dp)
+    {
+        return Err(src.error(
+            "proxy.default_placement",
+            format!("no [placements.{dp}] is defined"),
+        ));
+    }
+    if let Some(admin) = &cfg.admin
+        && let Some(listen) = &admin.listen
+    {
+        listen
+            .parse::<SocketAddr>()
+            .map_err(|_| src.error("admin.listen", format!("{listen:?} is not an address")))?;
+    }
+    for (name, pl) in &cfg.placements {
+        let key = format!("placements.{name}");
+        check_name(name).map_err(|m| src.error(&key, m))?;
+        if pl.pool_size == 0 {
+            return Err(src.error(&format!("{key}.pool_size"), "must be at least 1"));
+        }
+        crate::pool::BackendTarget::from_url(pl.url.expose())
+            .map_err(|m| src.error(&format!("{key}.url"), m))?;
+    }
+    for (name, t) in &cfg.tenants {
+        let key = format!("tenants.{name}");
+        check_name(name).map_err(|m| src.error(&key, m))?;
+        match &t.placement {
+            Some(pl) if !cfg.placements.contains_key(pl) => {
+                return Err(src.error(
+                    &format!("{key}.placement"),
+                    format!("no [placements.{pl}] is defined"),
+                ));
+            }
+            None if p.default_placement.is_none() => {
+                return Err(src.error(
+                    &key,
+                    "has no placement and proxy.default_placement is not set",
+                ));
+            }
+            _ => {}
+        }
+        if t.users.is_empty() {
+            return Err(src.error(
+                &format!("{key}.users"),
+                "list at least one user, e.g. users = { app = \"secret\" }",
+            ));
+        }
+        if t.max_client_connections == Some(0) {
+            return Err(src.error(
+                &format!("{key}.max_client_connections"),
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Tenant and placement names travel in host names, user names and metric
+/// labels, so they are kept to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?} must be 1-63 characters of letters, digits, '_' or '-'"
+        ))
+    }
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line where a dotted key (or the deepest existing prefix of it) is
+/// written, found from the parser's spans.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable = root.get_ref();
+    let mut best = None;
+    for part in key.split('.') {
+        let (k, v) = table.get_key_value(part)?;
+        best = Some(line_at(text, k.span().start));
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => break,
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+default_placement = "shared"
+
+[placements.shared]
+url = "postgres://pgtenant:secret@127.0.0.1:5432/app_shared"
+isolation = "rls"
+
+[placements.acme_db]
+url = "postgres://pgtenant:secret@127.0.0.1:5432/tenant_acme"
+isolation = "database"
+pool_size = 10
+
+[tenants.acme]
+placement = "acme_db"
+users = { app = "acme-secret" }
+max_client_connections = 500
+
+[tenants.globex]
+users = { app = "globex-secret" }
+"#;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let (cfg, _) = parse_str(GOOD, "t.toml").expect("valid");
+        assert_eq!(cfg.placements["shared"].pool_size, 20);
+        assert_eq!(cfg.placements["acme_db"].pool_size, 10);
+        assert_eq!(cfg.tenants["acme"].max_client_connections, Some(500));
+        assert_eq!(cfg.proxy.tenant_from.len(), 4);
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let bad = GOOD.replace("pool_size = 10", "pool_size = 0");
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert_eq!(err.key, "placements.acme_db.pool_size");
+        assert_eq!(err.line, Some(13));
+        assert!(
+            err.to_string()
+                .starts_with("t.toml:13: placements.acme_db.pool_size")
+        );
+    }
+
+    #[test]
+    fn unknown_placement_is_named() {
+        let bad = GOOD.replace("placement = \"acme_db\"", "placement = \"nope\"");
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert_eq!(err.key, "tenants.acme.placement");
+        assert_eq!(err.line, Some(16));
+    }
+
+    #[test]
+    fn syntax_and_type_errors_carry_a_line() {
+        let bad = GOOD.replace("pool_size = 10", "pool_size = \"ten\"");
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert_eq!(err.line, Some(13));
+        let unknown = GOOD.replace("pool_size = 10", "pool_sise = 10");
+        let err = parse_str(&unknown, "t.toml").expect_err("invalid");
+        assert!(err.message.contains("pool_sise"), "{err}");
+        assert_eq!(err.line, Some(13));
+    }
+
+    #[test]
+    fn missing_default_placement_is_reported_on_the_tenant() {
+        let bad = GOOD.replace("default_placement = \"shared\"\n", "");
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert_eq!(err.key, "tenants.globex");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        let text = format!("{GOOD}\n",).replace(
+            "[proxy]\n",
+            "[proxy]\nquery_wait_timeout = \"1500ms\"\nmax_message_size = \"2MB\"\n",
+        );
+        let (cfg, _) = parse_str(&text, "t.toml").expect("valid");
+        assert_eq!(cfg.proxy.query_wait_timeout.as_millis(), 1500);
+        assert_eq!(cfg.proxy.max_message_size.0, 2 << 20);
+    }
+}

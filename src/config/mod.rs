@@ -1,0 +1,209 @@
+//! The configuration file's shape (CONTRACT §3), its defaults, and the few
+//! value types it needs (durations, byte sizes).
+//!
+//! A leaf module: it knows nothing of sockets, pools or tenants at run time.
+//! `load.rs` turns a file into a validated [`Config`] whose errors name the
+//! offending key and line.
+
+mod load;
+mod values;
+
+pub use load::{ConfigError, ConfigSource, load_file, parse_str};
+pub use values::{ByteSize, Secret};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration, as read from one TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    pub tls: Option<TlsConfig>,
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub placements: BTreeMap<String, PlacementConfig>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Folder relative paths resolve from (the config file's folder).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// A server connection is leased for one transaction.
+    Transaction,
+    /// A server connection is leased for the client's whole session.
+    Session,
+}
+
+/// Where a connection's tenant may come from (CONTRACT §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSource {
+    Sni,
+    Options,
+    User,
+    Database,
+}
+
+impl TenantSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantSource::Sni => "sni",
+            TenantSource::Options => "options",
+            TenantSource::User => "user",
+            TenantSource::Database => "database",
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 against the tenant's users (the default).
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// No password: any listed user of the tenant is let in. For local
+    /// development and benchmarks only.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: String,
+    pub pool_mode: PoolMode,
+    pub tenant_from: Vec<TenantSource>,
+    pub user_separator: String,
+    pub sni_suffix: Option<String>,
+    pub default_placement: Option<String>,
+    pub auth_type: AuthType,
+    /// Data-plane threads; 0 means one per CPU.
+    pub workers: usize,
+    /// Client connections the whole proxy accepts at once.
+    pub max_client_connections: u32,
+    /// Largest frontend message accepted after startup, checked against the
+    /// length header before anything is read.
+    pub max_message_size: ByteSize,
+    /// A client must finish startup and authentication within this.
+    #[serde(with = "humantime_serde_compat")]
+    pub client_login_timeout: Duration,
+    /// How long a client waits for a server connection before `57014`.
+    #[serde(with = "humantime_serde_compat")]
+    pub query_wait_timeout: Duration,
+    /// How long opening and authenticating a server connection may take.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_connect_timeout: Duration,
+    /// Run on a session-mode server connection before it is reused.
+    pub server_reset_query: String,
+    /// On SIGTERM/SIGINT, how long running transactions may take to finish.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            tenant_from: vec![
+                TenantSource::Sni,
+                TenantSource::Options,
+                TenantSource::User,
+                TenantSource::Database,
+            ],
+            user_separator: ".".into(),
+            sni_suffix: None,
+            default_placement: None,
+            auth_type: AuthType::ScramSha256,
+            workers: 0,
+            max_client_connections: 10_000,
+            max_message_size: ByteSize(64 * 1024 * 1024),
+            client_login_timeout: Duration::from_secs(60),
+            query_wait_timeout: Duration::from_secs(120),
+            server_connect_timeout: Duration::from_secs(15),
+            server_reset_query: "DISCARD ALL".into(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// The placement's database belongs to one tenant.
+    Database,
+    /// One database, many tenants, separated by row-level security.
+    Rls,
+    /// One database, a schema per tenant.
+    Schema,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Database => "database",
+            Isolation::Rls => "rls",
+            Isolation::Schema => "schema",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// `postgres://user:password@host:port/database`; the backend user and
+    /// database always come from here, never from the client.
+    pub url: Secret,
+    pub isolation: Isolation,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+}
+
+fn default_pool_size() -> u32 {
+    20
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub placement: Option<String>,
+    /// User name to plaintext password or `SCRAM-SHA-256$...` verifier.
+    #[serde(default)]
+    pub users: BTreeMap<String, Secret>,
+    pub max_client_connections: Option<u32>,
+}
+
+/// Durations as strings: "30s", "500ms", "2m", "1h 30m".
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}

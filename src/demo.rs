@@ -1,0 +1,101 @@
+//! `pgtenant demo`: the newcomer's one command. Starts a throwaway
+//! PostgreSQL, creates a database per demo tenant plus a shared database,
+//! runs the proxy in front of them and prints `psql` connection strings.
+//! Ctrl-C stops the proxy and PostgreSQL and removes the data.
+
+use crate::config;
+use crate::pgcluster::{HostAuth, PgCluster};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+const BACKEND_PASSWORD: &str = "pgtenant-demo";
+const SAMPLE_SQL: &str = include_str!("../sql/demo_tenant.sql");
+/// Tenants with a dedicated database in the demo.
+const DEDICATED: &[&str] = &["acme", "initech", "hooli"];
+/// Tenants placed on the shared database.
+const SHARED: &[&str] = &["globex", "umbrella"];
+
+pub async fn run(port: u16) -> anyhow::Result<()> {
+    eprintln!("starting a throwaway PostgreSQL...");
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start(HostAuth::ScramSha256))
+        .await
+        .context("starting PostgreSQL")??;
+    let admin = pg.admin("postgres").await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE pgtenant LOGIN PASSWORD '{BACKEND_PASSWORD}'"
+        ))
+        .await?;
+    for t in DEDICATED {
+        admin
+            .batch_execute(&format!("CREATE DATABASE tenant_{t} OWNER pgtenant"))
+            .await?;
+        let (db, conn) = tokio_postgres::connect(
+            &pg.url("pgtenant", BACKEND_PASSWORD, &format!("tenant_{t}")),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        db.batch_execute(&SAMPLE_SQL.replace(":tenant", t)).await?;
+    }
+    admin
+        .batch_execute("CREATE DATABASE app_shared OWNER pgtenant")
+        .await?;
+
+    let mut toml = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_placement = \"shared\"\n\n\
+         [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 10\n\n",
+        pg.url("pgtenant", BACKEND_PASSWORD, "app_shared")
+    );
+    for t in DEDICATED {
+        toml.push_str(&format!(
+            "[placements.{t}_db]\nurl = \"{}\"\nisolation = \"database\"\npool_size = 5\n\n\
+             [tenants.{t}]\nplacement = \"{t}_db\"\nusers = {{ app = \"{t}-secret\" }}\n\n",
+            pg.url("pgtenant", BACKEND_PASSWORD, &format!("tenant_{t}"))
+        ));
+    }
+    for t in SHARED {
+        toml.push_str(&format!(
+            "[tenants.{t}]\nusers = {{ app = \"{t}-secret\" }}\n\n"
+        ));
+    }
+    let config_path = pg.dir().join("pgtenant-demo.toml");
+    std::fs::write(&config_path, &toml)?;
+    let (cfg, src) = config::load_file(&config_path)?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("port {port} is taken; try `pgtenant demo --port N`"))?;
+
+    println!(
+        "\npgtenant demo is running (config: {})\n",
+        config_path.display()
+    );
+    println!("Tenants with their own database:");
+    for t in DEDICATED {
+        println!(
+            "  psql \"postgres://app.{t}:{t}-secret@127.0.0.1:{port}/{t}\" -c 'select * from notes'"
+        );
+    }
+    println!(
+        "\nTenants on the shared database (row-level security; refused until RLS isolation lands):"
+    );
+    for t in SHARED {
+        println!("  psql \"postgres://app.{t}:{t}-secret@127.0.0.1:{port}/{t}\"");
+    }
+    println!(
+        "\nThe same tenant via options: psql \"host=127.0.0.1 port={port} user=app dbname=app options=tenant=acme password=acme-secret\""
+    );
+    println!("Press Ctrl-C to stop and remove everything.\n");
+
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("\nstopping...");
+        stop.cancel();
+    });
+    let result = crate::run(cfg, src, listener, shutdown).await;
+    drop(admin);
+    drop(pg); // stops PostgreSQL and removes its folder
+    eprintln!("demo stopped; throwaway data removed");
+    result
+}

@@ -1,0 +1,122 @@
+//! pgtenant: a PostgreSQL wire-protocol proxy for multi-tenant SaaS.
+//!
+//! Module map (`->` = may call):
+//! - `config`: the TOML file's shape, defaults and validation (a leaf).
+//! - `protocol`: framing with length caps, startup packets, the messages
+//!   the proxy writes, ErrorResponse and SQLSTATEs (pure).
+//! - `routing`: which tenant a connection names (pure).
+//! - `catalog`: tenants, their placement, users and limits (a snapshot).
+//! - `pool`: server connections and the per-placement pool.
+//! - `session`: one client's lease/forward/release loop, settings that
+//!   follow the client, cancel keys. `session -> pool, protocol`.
+//! - `client`: accept-side handshake, routing and auth, then a session.
+//!   `client -> routing, catalog, session`.
+//! - `state`: what all connections share (config snapshot, registries).
+//! - `runtime`: the data-plane worker threads.
+//! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod catalog;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod pgcluster;
+pub mod pool;
+pub mod protocol;
+pub mod routing;
+pub mod runtime;
+pub mod session;
+pub mod state;
+
+use anyhow::Context;
+use config::{Config, ConfigSource};
+use state::{ProxyState, Snapshot};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs the proxy on an already bound listener until `shutdown` is
+/// cancelled, then stops accepting, lets sessions finish their current
+/// transaction for up to `shutdown_timeout`, and returns.
+///
+/// Spawns the data-plane worker threads itself, so it may be awaited from
+/// any runtime (tests run it in-process on port 0).
+pub async fn run(
+    config: Config,
+    source: ConfigSource,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let workers = runtime::worker_count(config.proxy.workers);
+    let grace = config.proxy.shutdown_timeout;
+    let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
+    let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
+    listener.set_nonblocking(true)?;
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let listener = listener.try_clone().context("cloning the listener")?;
+        let state = Arc::clone(&state);
+        let handle = std::thread::Builder::new()
+            .name(format!("pgtenant-worker-{id}"))
+            .spawn(move || worker_main(id, state, listener, grace))
+            .context("starting a worker thread")?;
+        handles.push(handle);
+    }
+    std::thread::spawn(move || {
+        let mut result = Ok(());
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(anyhow::anyhow!("a worker thread panicked")),
+            }
+        }
+        let _ = done_tx.send(result);
+    });
+    done_rx.await.context("worker threads vanished")?
+}
+
+fn worker_main(
+    id: usize,
+    state: Arc<ProxyState>,
+    listener: std::net::TcpListener,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    runtime::set_current_worker(id);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the worker runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let tracker = TaskTracker::new();
+        let shutdown = state.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tracker.spawn(client::serve(Arc::clone(&state), stream, peer));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                "shutdown_timeout reached; closing remaining sessions"
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,127 @@
+//! The `pgtenant` command: `serve` (the default), `check` and `demo`.
+//! Parses arguments, sets up logging and signals, then calls the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "pgtenant",
+    version,
+    about = "PostgreSQL proxy for multi-tenant SaaS"
+)]
+struct Cli {
+    /// Config file (for running the proxy without a subcommand).
+    #[arg(short = 'c', long = "config", global = true, env = "PGTENANT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy (the default).
+    Serve,
+    /// Validate a config file and report what is wrong, by key and line.
+    Check,
+    /// Start a throwaway PostgreSQL with demo tenants and the proxy in
+    /// front of it; Ctrl-C stops and removes everything.
+    Demo {
+        /// Port for the proxy.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Check => check(cli.config),
+        Cmd::Serve => serve(cli.config),
+        Cmd::Demo { port } => {
+            control_runtime().and_then(|rt| rt.block_on(pgtenant::demo::run(port)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgtenant: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn require(config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    config.ok_or_else(|| anyhow::anyhow!("no config file: pass -c FILE (or run `pgtenant demo`)"))
+}
+
+fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = require(config)?;
+    let (cfg, src) = pgtenant::config::load_file(&path)?;
+    pgtenant::catalog::Catalog::from_config(&cfg, &src)?;
+    for (name, p) in &cfg.placements {
+        if p.isolation != pgtenant::config::Isolation::Database {
+            eprintln!(
+                "warning: placements.{name}: isolation \"{}\" is not supported yet; its tenants will be refused",
+                p.isolation.as_str()
+            );
+        }
+    }
+    if cfg.tls.is_some() {
+        eprintln!("warning: [tls] is not supported yet; SSLRequest is answered 'N'");
+    }
+    println!(
+        "{}: ok ({} placements, {} tenants)",
+        path.display(),
+        cfg.placements.len(),
+        cfg.tenants.len()
+    );
+    Ok(())
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = require(config)?;
+    let (cfg, src) = pgtenant::config::load_file(&path)?;
+    control_runtime()?.block_on(async move {
+        let listener = std::net::TcpListener::bind(&cfg.proxy.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;
+        tracing::info!("listening on {}", cfg.proxy.listen);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        pgtenant::run(cfg, src, listener, shutdown).await
+    })
+}
+
+/// The runtime for signals and startup; the data plane has its own
+/// worker threads.
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing running transactions"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing running transactions"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,243 @@
+//! A throwaway PostgreSQL cluster: `initdb` in a temporary folder, a free
+//! loopback port, stopped and removed on drop. Used by `pgtenant demo` and
+//! by the integration tests; needs only the server binaries (found on
+//! PATH or under `/usr/lib/postgresql/*/bin`).
+//!
+//! PostgreSQL refuses to run as root, so as root the server runs as the
+//! `postgres` OS user through `runuser`.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How clients other than the `postgres` superuser authenticate over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAuth {
+    Trust,
+    Md5,
+    ScramSha256,
+}
+
+impl HostAuth {
+    fn as_hba(self) -> &'static str {
+        match self {
+            HostAuth::Trust => "trust",
+            HostAuth::Md5 => "md5",
+            HostAuth::ScramSha256 => "scram-sha-256",
+        }
+    }
+}
+
+/// A running throwaway cluster.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    run_as: Option<&'static str>,
+    running: bool,
+}
+
+impl PgCluster {
+    /// Creates and starts a cluster. The superuser `postgres` connects
+    /// over TCP without a password; other roles use `auth`.
+    pub fn start(auth: HostAuth) -> anyhow::Result<PgCluster> {
+        let bin = find_bin_dir()?;
+        let run_as = is_root().then_some("postgres");
+        let dir = tempfile::Builder::new().prefix("pgtenant-pg-").tempdir()?;
+        if let Some(user) = run_as {
+            chown(dir.path(), user)?;
+        }
+        let data = dir.path().join("data");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run(as_user(initdb, run_as)).context("initdb")?;
+        let port = free_port()?;
+        let encryption = if auth == HostAuth::Md5 {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
+        std::fs::write(
+            data.join("postgresql.auto.conf"),
+            format!(
+                "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+                 fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+                 max_connections = 300\npassword_encryption = '{encryption}'\n",
+                dir.path().display()
+            ),
+        )?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!(
+                "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 {}\n",
+                auth.as_hba()
+            ),
+        )?;
+        if let Some(user) = run_as {
+            chown(&data, user)?;
+        }
+        let mut cluster = PgCluster {
+            dir,
+            bin,
+            port,
+            run_as,
+            running: false,
+        };
+        cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
+        cluster.running = true;
+        Ok(cluster)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .args(args);
+        run(as_user(cmd, self.run_as)).with_context(|| format!("pg_ctl {}", args.join(" ")))
+    }
+
+    /// Stops the server (fast shutdown: sessions are terminated).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])?;
+            self.running = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if !self.running {
+            self.pg_ctl(&["start", "-w", "-t", "60"])?;
+            self.running = true;
+        }
+        Ok(())
+    }
+
+    /// A libpq URL for `user` on `database`.
+    pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    /// A superuser connection for setup SQL.
+    pub async fn admin(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname={database}",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .context("connecting as postgres")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The server log, for test failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]);
+        }
+    }
+}
+
+/// The PostgreSQL server binaries: `initdb` on PATH, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<(u32, PathBuf)> = dirs
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev().map(|(_, p)| p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
+        .context(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under \
+             /usr/lib/postgresql/*/bin; install them, e.g. `apt-get install -y postgresql`",
+        )
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn as_user(cmd: Command, user: Option<&str>) -> Command {
+    match user {
+        None => cmd,
+        Some(u) => {
+            let mut wrapped = Command::new("runuser");
+            wrapped.args(["-u", u, "--"]).arg(cmd.get_program());
+            wrapped.args(cmd.get_args());
+            wrapped
+        }
+    }
+}
+
+fn chown(path: &Path, user: &str) -> anyhow::Result<()> {
+    run({
+        let mut c = Command::new("chown");
+        c.arg("-R").arg(user).arg(path);
+        c
+    })
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

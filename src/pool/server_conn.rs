@@ -1,0 +1,335 @@
+//! One connection to a placement's PostgreSQL: opening it, authenticating
+//! with the placement URL's credentials (SCRAM-SHA-256, md5, cleartext or
+//! trust), and what the proxy knows about its state.
+//!
+//! Knows nothing of clients: the session decides what flows over it.
+
+use crate::protocol::CancelKey;
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and as whom to connect, parsed from a placement `url`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Vec<u8>>,
+    pub database: String,
+}
+
+impl std::fmt::Debug for BackendTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
+    }
+}
+
+impl BackendTarget {
+    /// Accepts what libpq accepts (URL or `key=value`), limited to one TCP
+    /// host, since a placement is one database.
+    pub fn from_url(url: &str) -> Result<BackendTarget, String> {
+        let cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+        let host = match cfg.get_hosts() {
+            [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
+            [] => return Err("names no host".into()),
+            [_] => return Err("Unix-socket hosts are not supported; use a TCP host".into()),
+            _ => return Err("names several hosts; a placement is one server".into()),
+        };
+        let port = match cfg.get_ports() {
+            [] => 5432,
+            [p] => *p,
+            _ => return Err("names several ports".into()),
+        };
+        let user = cfg.get_user().ok_or("names no user")?.to_string();
+        let database = cfg.get_dbname().unwrap_or(&user).to_string();
+        if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err("sslmode=require: TLS to placements is not supported yet".into());
+        }
+        Ok(BackendTarget {
+            host,
+            port,
+            user,
+            password: cfg.get_password().map(<[u8]>::to_vec),
+            database,
+        })
+    }
+}
+
+/// Why a server connection could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot reach server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connecting to the server timed out")]
+    Timeout,
+    #[error("server refused the connection: {code} {message}")]
+    Rejected { code: String, message: String },
+    #[error("server requested unsupported authentication {0}")]
+    UnsupportedAuth(String),
+    #[error("server needs a password and the placement URL has none")]
+    NoPassword,
+    #[error("server protocol error: {0}")]
+    Protocol(String),
+}
+
+/// An open, authenticated server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub(crate) buf: BytesMut,
+    /// The server's own cancel key (never shown to clients).
+    pub(crate) key: CancelKey,
+    /// Server parameters as last reported by ParameterStatus.
+    pub(crate) params: Vec<(String, String)>,
+    /// Session settings the proxy applied on top of the server defaults,
+    /// for whichever client last used it.
+    pub(crate) applied: Vec<(String, String)>,
+    /// Data-plane worker whose reactor the socket is registered with.
+    pub(crate) worker: usize,
+    pub(crate) last_used: Instant,
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+impl ServerConn {
+    /// Opens and authenticates a connection, reading up to the first
+    /// ReadyForQuery.
+    pub async fn connect(
+        target: &BackendTarget,
+        timeout: Duration,
+        worker: usize,
+    ) -> Result<ServerConn, ServerError> {
+        tokio::time::timeout(timeout, Self::connect_inner(target, worker))
+            .await
+            .map_err(|_| ServerError::Timeout)?
+    }
+
+    async fn connect_inner(
+        target: &BackendTarget,
+        worker: usize,
+    ) -> Result<ServerConn, ServerError> {
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            key: CancelKey { pid: 0, secret: 0 },
+            params: Vec::new(),
+            applied: Vec::new(),
+            worker,
+            last_used: Instant::now(),
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            [
+                ("user", target.user.as_str()),
+                ("database", target.database.as_str()),
+            ],
+            &mut out,
+        )?;
+        conn.stream.write_all(&out).await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = conn.read_message().await?;
+            out.clear();
+            match msg {
+                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationCleartextPassword => {
+                    let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
+                    frontend::password_message(pw, &mut out)?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        target.user.as_bytes(),
+                        pw,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
+                    let mut offers_scram = false;
+                    let mut mechs = body.mechanisms();
+                    while let Some(m) = fallible_next(&mut mechs)? {
+                        offers_scram |= m == sasl::SCRAM_SHA_256;
+                    }
+                    if !offers_scram {
+                        return Err(ServerError::UnsupportedAuth(
+                            "SASL without SCRAM-SHA-256".into(),
+                        ));
+                    }
+                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ServerError::Protocol("unexpected SASL continue".into()))?;
+                    s.update(body.data())
+                        .map_err(|e| ServerError::Protocol(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| ServerError::Protocol("unexpected SASL final".into()))?;
+                    s.finish(body.data())
+                        .map_err(|e| ServerError::Protocol(format!("SCRAM: {e}")))?;
+                }
+                backend::Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(proto_err)?.to_string();
+                    let value = body.value().map_err(proto_err)?.to_string();
+                    conn.params.push((name, value));
+                }
+                backend::Message::BackendKeyData(body) => {
+                    conn.key = CancelKey {
+                        pid: body.process_id(),
+                        secret: body.secret_key(),
+                    };
+                }
+                backend::Message::ReadyForQuery(_) => return Ok(conn),
+                backend::Message::ErrorResponse(body) => return Err(rejected(&body)),
+                backend::Message::NoticeResponse(_) => {}
+                backend::Message::AuthenticationKerberosV5
+                | backend::Message::AuthenticationScmCredential
+                | backend::Message::AuthenticationGss
+                | backend::Message::AuthenticationSspi => {
+                    return Err(ServerError::UnsupportedAuth("Kerberos/GSS/SSPI".into()));
+                }
+                _ => {
+                    return Err(ServerError::Protocol(
+                        "unexpected message during startup".into(),
+                    ));
+                }
+            }
+            if !out.is_empty() {
+                conn.stream.write_all(&out).await?;
+            }
+        }
+    }
+
+    /// Reads one whole backend message (control path only: startup, reset,
+    /// rollback; never the forwarding path).
+    pub(crate) async fn read_message(&mut self) -> Result<backend::Message, ServerError> {
+        loop {
+            if let Some(msg) = backend::Message::parse(&mut self.buf).map_err(proto_err)? {
+                return Ok(msg);
+            }
+            // Bound what an unexpected server message can make us buffer.
+            if self.buf.len() > 1 << 20 {
+                return Err(ServerError::Protocol("oversized control message".into()));
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Runs `sql` as a simple query and reads to ReadyForQuery, keeping
+    /// ParameterStatus changes; returns the final transaction status.
+    /// An ErrorResponse fails the call.
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<u8, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            match self.read_message().await? {
+                backend::Message::ReadyForQuery(z) => {
+                    return match failure {
+                        Some(e) => Err(e),
+                        None => Ok(z.status()),
+                    };
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(rejected(&body)),
+                backend::Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(proto_err)?;
+                    let value = body.value().map_err(proto_err)?;
+                    self.set_param(name, value);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a ParameterStatus the server sent.
+    pub(crate) fn set_param(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => {
+                if v != value {
+                    value.clone_into(v);
+                }
+            }
+            None => self.params.push((name.to_string(), value.to_string())),
+        }
+    }
+
+    /// Whether the socket is still usable: no EOF, no unsolicited bytes
+    /// (such as a FATAL from a terminated backend). Costs one non-blocking
+    /// read only when the reactor has seen the socket become readable.
+    pub(crate) fn is_alive(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Moves the socket to `worker`'s reactor if it is registered with
+    /// another, so that its wake-ups stay on the thread that uses it.
+    pub(crate) fn into_worker(self, worker: usize) -> Result<ServerConn, ServerError> {
+        if self.worker == worker {
+            return Ok(self);
+        }
+        let std = self.stream.into_std()?;
+        Ok(ServerConn {
+            stream: TcpStream::from_std(std)?,
+            worker,
+            ..self
+        })
+    }
+
+    pub fn cancel_key(&self) -> CancelKey {
+        self.key
+    }
+}
+
+fn fallible_next<I: fallible_iterator::FallibleIterator<Error = std::io::Error>>(
+    it: &mut I,
+) -> Result<Option<I::Item>, ServerError> {
+    it.next().map_err(proto_err)
+}
+
+fn proto_err(e: std::io::Error) -> ServerError {
+    ServerError::Protocol(e.to_string())
+}
+
+fn rejected(body: &backend::ErrorResponseBody) -> ServerError {
+    use fallible_iterator::FallibleIterator;
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    ServerError::Rejected { code, message }
+}

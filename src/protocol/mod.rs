@@ -1,0 +1,16 @@
+//! The PostgreSQL wire protocol, as far as the proxy needs it: framing with
+//! length caps (`codec`), the startup-phase packets (`startup`), the backend
+//! messages the proxy writes itself (`messages`), and ErrorResponse with
+//! SQLSTATEs (`error`).
+//!
+//! Pure: no sockets, no tasks, no config. Everything here reads hostile
+//! bytes and must return an error rather than panic.
+
+pub mod codec;
+pub mod error;
+pub mod messages;
+pub mod startup;
+
+pub use codec::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step};
+pub use error::{Severity, SqlState};
+pub use startup::{CancelKey, Startup, StartupPacket};

@@ -1,0 +1,286 @@
+//! One authenticated client's life: wait for a request, lease a server
+//! connection, bring its settings in line with the client's, pump bytes
+//! until the transaction (transaction mode) or the client (session mode)
+//! ends, then give the connection back clean or close it.
+//!
+//! Modules: `pump` (the forwarding hot path), `params` (settings that
+//! follow the client), `cancel` (proxy-issued cancel keys).
+
+pub mod cancel;
+pub mod params;
+pub mod pump;
+
+use crate::catalog::TenantEntry;
+use crate::client::conn::ClientConn;
+use crate::client::error::ClientError;
+use crate::config::PoolMode;
+use crate::pool::{CheckoutError, Lease, PlacementPool, ServerError};
+use crate::protocol::codec;
+use bytes::Buf;
+use cancel::CancelSlot;
+use pump::{Flow, PumpExit, TxnState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// Server messages may be large (a DataRow up to 1 GB); the proxy only
+/// reads the bodies of tiny ones, so this cap just bounds a corrupt length.
+const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
+
+/// How long cleaning a connection after its client left may take before
+/// the connection is closed instead.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the session needs besides the client socket.
+pub struct Session<'a> {
+    pub tenant: Arc<TenantEntry>,
+    pub pool: Arc<PlacementPool>,
+    pub mode: PoolMode,
+    pub wait_timeout: Duration,
+    pub reset_query: String,
+    pub cancel: &'a CancelSlot,
+    pub shutdown: CancellationToken,
+    /// Settings that follow this client onto every server connection.
+    pub wanted: Vec<(String, String)>,
+}
+
+/// What the idle client did next.
+enum Next {
+    Request,
+    Leave,
+}
+
+impl Session<'_> {
+    /// Runs until the client leaves. An `Err` is for the caller to send
+    /// to the client (if it still can) before closing.
+    pub async fn run(mut self, client: &mut ClientConn) -> Result<(), ClientError> {
+        let mut server_flow = Flow::new(SERVER_MAX_FRAME);
+        loop {
+            if let Next::Leave = self.wait_for_request(client).await? {
+                return Ok(());
+            }
+            let mut lease = self.lease().await?;
+            server_flow.reset();
+            server_flow.buf.extend_from_slice(&lease.conn().buf);
+            lease.conn_mut().buf.clear();
+
+            let mut txn = TxnState::new(self.mode == PoolMode::Transaction);
+            self.cancel.arm(&self.pool, lease.conn().cancel_key());
+            let exit = self
+                .pump(client, &mut lease, &mut server_flow, &mut txn)
+                .await;
+            self.cancel.disarm();
+
+            match exit {
+                PumpExit::Idle => {
+                    if server_flow.buf.is_empty() && self.mode == PoolMode::Transaction {
+                        lease.release();
+                    } else {
+                        self.finish(lease, &txn, &server_flow);
+                    }
+                    if self.shutdown.is_cancelled() {
+                        return Err(ClientError::ShuttingDown);
+                    }
+                }
+                PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
+                    self.finish(lease, &txn, &server_flow);
+                    return Ok(());
+                }
+                PumpExit::ServerEof | PumpExit::ServerIo(_) | PumpExit::ServerProtocol(_) => {
+                    tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
+                    drop(lease);
+                    return self.tell_client_if_possible(
+                        &server_flow,
+                        ClientError::ServerLost(self.tenant.id.clone()),
+                    );
+                }
+                PumpExit::ClientProtocol(e) => {
+                    drop(lease);
+                    return self.tell_client_if_possible(
+                        &server_flow,
+                        ClientError::Protocol(e.to_string()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Forwards until the pump reports. In session mode a shutdown asks
+    /// the pump to stop at the next idle point rather than cutting a
+    /// transaction.
+    async fn pump(
+        &mut self,
+        client: &mut ClientConn,
+        lease: &mut Lease,
+        server_flow: &mut Flow,
+        txn: &mut TxnState,
+    ) -> PumpExit {
+        loop {
+            let exit = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled(), if !txn.stop_when_idle => {
+                    txn.stop_when_idle = true;
+                    if txn.is_idle() && client.flow.at_rest() && server_flow.at_rest() {
+                        PumpExit::Idle
+                    } else {
+                        continue;
+                    }
+                }
+                exit = pump::pump(
+                    &mut client.stream,
+                    &mut client.flow,
+                    &mut lease.conn_mut().stream,
+                    server_flow,
+                    txn,
+                ) => exit,
+            };
+            let conn = lease.conn_mut();
+            for (name, value) in txn.param_changes.drain(..) {
+                conn.set_param(&name, &value);
+                params::upsert(&mut conn.applied, &name, &value);
+                params::upsert(&mut self.wanted, &name, &value);
+            }
+            return exit;
+        }
+    }
+
+    /// Waits (between transactions) for the client's next request.
+    /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
+    /// outside COPY, are dropped here without leasing anything.
+    async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
+        let max = client.flow.scanner.max_len();
+        let mut discard = 0usize;
+        loop {
+            let buf = &mut client.flow.buf;
+            if discard > 0 {
+                let n = discard.min(buf.len());
+                buf.advance(n);
+                discard -= n;
+            }
+            if discard == 0 {
+                match codec::parse_header(buf, max) {
+                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                    Ok(Some(h)) => match h.tag {
+                        b'X' => return Ok(Next::Leave),
+                        b'd' | b'c' | b'f' => {
+                            discard = h.len + 1;
+                            continue;
+                        }
+                        _ => return Ok(Next::Request),
+                    },
+                    Ok(None) => {}
+                }
+            }
+            buf.reserve(pump::READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(ClientError::ShuttingDown),
+                r = client.stream.read_buf(buf) => match r {
+                    Ok(0) | Err(_) => return Ok(Next::Leave),
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    /// Leases a server connection and applies the client's settings.
+    async fn lease(&self) -> Result<Lease, ClientError> {
+        let mut lease = self
+            .pool
+            .checkout(self.wait_timeout)
+            .await
+            .map_err(|e| checkout_error(&self.tenant, e))?;
+        if let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) {
+            let conn = lease.conn_mut();
+            match conn.simple_query(&sql).await {
+                Ok(b'I') => conn.applied.clone_from(&self.wanted),
+                Ok(_) => {
+                    return Err(ClientError::Protocol(
+                        "server left a transaction open while applying settings".into(),
+                    ));
+                }
+                Err(ServerError::Rejected { code, message }) => {
+                    // The connection is fine; the client's settings are not.
+                    conn.applied.clear();
+                    let reset = conn.simple_query("RESET ALL").await;
+                    if matches!(reset, Ok(b'I')) {
+                        lease.release();
+                    }
+                    return Err(ClientError::Server { code, message });
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %self.tenant.id, "server failed while applying settings: {e}");
+                    return Err(ClientError::ServerLost(self.tenant.id.clone()));
+                }
+            }
+        }
+        Ok(lease)
+    }
+
+    /// After the client left (or, in session mode, at shutdown): give the
+    /// connection back if it can be made clean, else close it. Runs in the
+    /// background so the client's departure never waits on the server.
+    fn finish(&self, mut lease: Lease, txn: &TxnState, server_flow: &Flow) {
+        if !txn.is_quiet() || !server_flow.at_rest() || !server_flow.buf.is_empty() {
+            // Work in flight or unread results: closing is the only way to
+            // be sure nobody inherits them.
+            return;
+        }
+        let rollback = txn.status != b'I';
+        let reset = (self.mode == PoolMode::Session).then(|| self.reset_query.clone());
+        if !rollback && reset.is_none() {
+            lease.release();
+            return;
+        }
+        tokio::spawn(async move {
+            let clean = async {
+                let conn = lease.conn_mut();
+                if rollback && conn.simple_query("ROLLBACK").await? != b'I' {
+                    return Ok::<bool, ServerError>(false);
+                }
+                if let Some(q) = reset {
+                    if conn.simple_query(&q).await? != b'I' {
+                        return Ok(false);
+                    }
+                    conn.applied.clear();
+                }
+                Ok(true)
+            };
+            match tokio::time::timeout(CLEANUP_TIMEOUT, clean).await {
+                Ok(Ok(true)) => lease.release(),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!("closing server connection after failed cleanup: {e}")
+                }
+                Err(_) => tracing::debug!("closing server connection: cleanup timed out"),
+            }
+        });
+    }
+
+    /// An error can be written only between server messages; in the
+    /// middle of one the client just sees the connection close.
+    fn tell_client_if_possible(
+        &self,
+        server_flow: &Flow,
+        err: ClientError,
+    ) -> Result<(), ClientError> {
+        if server_flow.scanner.at_boundary() {
+            Err(err)
+        } else {
+            tracing::info!(tenant = %self.tenant.id, "closing client mid-message: {err}");
+            Ok(())
+        }
+    }
+}
+
+/// Maps a failed checkout to what the client is told.
+pub fn checkout_error(tenant: &TenantEntry, e: CheckoutError) -> ClientError {
+    match e {
+        CheckoutError::WaitTimeout => ClientError::WaitTimeout(tenant.id.clone()),
+        CheckoutError::Connect(e) => {
+            tracing::warn!(tenant = %tenant.id, "placement unreachable: {e}");
+            ClientError::PlacementUnreachable(tenant.id.clone())
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Session settings that follow the client, not the server connection:
+//! what the client asked for at startup (`application_name`,
+//! `client_encoding`, `DateStyle`, `-c` options...) and what ParameterStatus
+//! later told it. Before a leased connection runs the client's transaction,
+//! the differences are applied with one `SET`/`RESET` round trip; when the
+//! connection already matches (the common case) nothing is sent.
+
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Whether a startup parameter is a session setting to carry.
+pub fn is_setting(name: &str) -> bool {
+    !NOT_SETTINGS.contains(&name) && !name.starts_with("_pq_.")
+}
+
+/// Setting names are GUC names: letters, digits, `_` and `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// Sets `name` in a settings list (names compare case-insensitively, as
+/// GUC names do).
+pub fn upsert(list: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match list.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        Some((_, v)) => {
+            if v != value {
+                value.clone_into(v);
+            }
+        }
+        None => list.push((name.to_string(), value.to_string())),
+    }
+}
+
+/// The SQL that turns a connection's `applied` settings into `wanted`, or
+/// `None` when they already match.
+pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Option<String> {
+    let mut sql = String::new();
+    for (k, v) in wanted {
+        let same = applied
+            .iter()
+            .any(|(ak, av)| ak.eq_ignore_ascii_case(k) && av == v);
+        if !same {
+            sql.push_str(&format!(
+                "SET {} = {};",
+                escape_identifier(k),
+                escape_literal(v)
+            ));
+        }
+    }
+    for (k, _) in applied {
+        if !wanted.iter().any(|(wk, _)| wk.eq_ignore_ascii_case(k)) {
+            sql.push_str(&format!("RESET {};", escape_identifier(k)));
+        }
+    }
+    (!sql.is_empty()).then_some(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_to_do_when_equal() {
+        let a = s(&[("application_name", "psql"), ("DateStyle", "ISO")]);
+        let b = s(&[("datestyle", "ISO"), ("application_name", "psql")]);
+        assert_eq!(sync_sql(&a, &b), None);
+    }
+
+    #[test]
+    fn sets_and_resets() {
+        let wanted = s(&[("application_name", "it's")]);
+        let applied = s(&[("application_name", "x"), ("TimeZone", "UTC")]);
+        assert_eq!(
+            sync_sql(&wanted, &applied).as_deref(),
+            Some("SET \"application_name\" = 'it''s';RESET \"TimeZone\";")
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("search_path") && valid_name("app.tenant_x"));
+        assert!(!valid_name("a;b") && !valid_name("") && !valid_name("a b"));
+        assert!(is_setting("application_name") && !is_setting("user") && !is_setting("_pq_.x"));
+    }
+}

@@ -1,0 +1,146 @@
+//! What every connection shares: the current configuration snapshot
+//! (routing rules, catalog, pools), the cancel registry, connection
+//! counters and the shutdown signal.
+//!
+//! The snapshot sits behind one `ArcSwap`: a reload builds a new snapshot
+//! (reusing pools by placement name) and swaps it in atomically; a
+//! connection keeps the snapshot it started with for its lookups.
+
+use crate::catalog::Catalog;
+use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
+use crate::pool::{BackendTarget, PlacementName, PlacementPool};
+use crate::routing::{RoutingRules, TenantId};
+use crate::session::cancel::CancelRegistry;
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio_util::sync::CancellationToken;
+
+/// A placement as the data plane sees it.
+pub struct Placement {
+    pub isolation: Isolation,
+    pub pool: Arc<PlacementPool>,
+}
+
+/// One consistent view of the configuration.
+pub struct Snapshot {
+    pub config: Config,
+    pub rules: RoutingRules,
+    pub catalog: Catalog,
+    pub placements: HashMap<String, Placement>,
+}
+
+impl Snapshot {
+    pub fn build(
+        config: Config,
+        src: &ConfigSource,
+        workers: usize,
+    ) -> Result<Snapshot, ConfigError> {
+        let catalog = Catalog::from_config(&config, src)?;
+        let mut placements = HashMap::new();
+        for (name, p) in &config.placements {
+            let target = BackendTarget::from_url(p.url.expose())
+                .map_err(|m| src.error(&format!("placements.{name}.url"), m))?;
+            let pool = PlacementPool::new(
+                PlacementName(name.clone()),
+                target,
+                p.pool_size as usize,
+                workers,
+                config.proxy.server_connect_timeout,
+            );
+            placements.insert(
+                name.clone(),
+                Placement {
+                    isolation: p.isolation,
+                    pool,
+                },
+            );
+        }
+        let rules = RoutingRules {
+            order: config.proxy.tenant_from.clone(),
+            user_separator: config.proxy.user_separator.clone(),
+            sni_suffix: config.proxy.sni_suffix.clone(),
+        };
+        Ok(Snapshot {
+            config,
+            rules,
+            catalog,
+            placements,
+        })
+    }
+
+    pub fn pool_mode(&self) -> PoolMode {
+        self.config.proxy.pool_mode
+    }
+}
+
+/// Shared by every worker and connection.
+pub struct ProxyState {
+    snapshot: ArcSwap<Snapshot>,
+    pub cancels: CancelRegistry,
+    /// Client connections open right now (all tenants, any phase).
+    clients: Arc<AtomicU32>,
+    tenant_clients: DashMap<TenantId, Arc<AtomicU32>>,
+    pub shutdown: CancellationToken,
+    pub workers: usize,
+}
+
+impl ProxyState {
+    pub fn new(snapshot: Snapshot, workers: usize, shutdown: CancellationToken) -> ProxyState {
+        ProxyState {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            cancels: CancelRegistry::default(),
+            clients: Arc::new(AtomicU32::new(0)),
+            tenant_clients: DashMap::new(),
+            shutdown,
+            workers,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Counts a client against the proxy-wide limit; `None` when full.
+    pub fn admit_client(&self, max: u32) -> Option<CountGuard> {
+        CountGuard::acquire(&self.clients, max)
+    }
+
+    /// Counts a client against its tenant's limit; `None` when full.
+    pub fn admit_tenant_client(&self, tenant: &TenantId, max: Option<u32>) -> Option<CountGuard> {
+        let counter = Arc::clone(
+            self.tenant_clients
+                .entry(tenant.clone())
+                .or_insert_with(|| Arc::new(AtomicU32::new(0)))
+                .value(),
+        );
+        CountGuard::acquire(&counter, max.unwrap_or(u32::MAX))
+    }
+
+    /// Client connections open right now.
+    pub fn client_count(&self) -> u32 {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one unit of a counter; gives it back on drop.
+pub struct CountGuard(Arc<AtomicU32>);
+
+impl CountGuard {
+    fn acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<CountGuard> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(CountGuard(Arc::clone(counter)))
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,142 @@
+//! Shared integration-test fixtures: a throwaway PostgreSQL with tenant
+//! databases (`TestPg`) and the real proxy running in-process on a free
+//! port (`TestProxy`).
+#![allow(dead_code)]
+
+use pgtenant::pgcluster::{HostAuth, PgCluster};
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+pub const BACKEND_USER: &str = "pgtenant";
+pub const BACKEND_PASSWORD: &str = "backend-secret";
+
+/// A PostgreSQL cluster with one database per tenant (`tenant_<name>`),
+/// each holding a `notes` table with rows that name their tenant.
+pub struct TestPg {
+    pub cluster: PgCluster,
+}
+
+impl TestPg {
+    pub async fn start(auth: HostAuth, tenants: &[&str]) -> TestPg {
+        let cluster = tokio::task::spawn_blocking(move || PgCluster::start(auth))
+            .await
+            .expect("join")
+            .expect("start PostgreSQL");
+        let admin = cluster.admin("postgres").await.expect("admin connection");
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {BACKEND_USER} LOGIN PASSWORD '{BACKEND_PASSWORD}'"
+            ))
+            .await
+            .expect("create role");
+        for t in tenants {
+            admin
+                .batch_execute(&format!("CREATE DATABASE tenant_{t} OWNER {BACKEND_USER}"))
+                .await
+                .expect("create database");
+            let db = cluster
+                .admin(&format!("tenant_{t}"))
+                .await
+                .expect("connect");
+            db.batch_execute(&format!(
+                "SET ROLE {BACKEND_USER};
+                 CREATE TABLE notes (id serial PRIMARY KEY, tenant_id text NOT NULL, body text NOT NULL);
+                 INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
+            ))
+            .await
+            .expect("seed");
+        }
+        TestPg { cluster }
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        self.cluster.url(BACKEND_USER, BACKEND_PASSWORD, database)
+    }
+
+    /// A config with one dedicated placement per tenant; `extra_proxy`
+    /// lines go into `[proxy]`, `pool_size` applies to every placement.
+    pub fn config(&self, tenants: &[&str], pool_size: u32, extra_proxy: &str) -> String {
+        let mut s = format!("[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n{extra_proxy}\n\n");
+        for t in tenants {
+            s.push_str(&format!(
+                "[placements.{t}_db]\nurl = \"{}\"\nisolation = \"database\"\npool_size = {pool_size}\n\n\
+                 [tenants.{t}]\nplacement = \"{t}_db\"\nusers = {{ app = \"{t}-secret\" }}\n\n",
+                self.url(&format!("tenant_{t}"))
+            ));
+        }
+        s
+    }
+}
+
+/// The proxy, running in-process until dropped.
+pub struct TestProxy {
+    pub port: u16,
+    pub shutdown: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestProxy {
+    pub async fn start(config: &str) -> TestProxy {
+        let (cfg, src) = pgtenant::config::parse_str(config, "test.toml").expect("valid config");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(pgtenant::run(cfg, src, listener, shutdown.clone()));
+        TestProxy {
+            port,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A libpq-style connection string for the proxy.
+    pub fn conn_str(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={database} connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// Connects as `app.<tenant>` with the tenant's password.
+    pub async fn connect(&self, tenant: &str) -> Client {
+        self.try_connect(&self.conn_str(
+            &format!("app.{tenant}"),
+            &format!("{tenant}-secret"),
+            tenant,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
+    }
+
+    pub async fn try_connect(&self, conn_str: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(conn_str, NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Asks the proxy to stop and waits (bounded) for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("proxy stops")
+            .expect("join")
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The SQLSTATE of a failed connect or query.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
