@@ -65,6 +65,9 @@ pub async fn run(
             .context("starting a worker thread")?;
         handles.push(handle);
     }
+    // Only the workers' clones may keep the socket open: once they stop
+    // accepting, new connections must be refused, not queued.
+    drop(listener);
     std::thread::spawn(move || {
         let mut result = Ok(());
         for h in handles {

@@ -85,7 +85,7 @@ pub struct ProxyConfig {
     pub sni_suffix: Option<String>,
     pub default_placement: Option<String>,
     pub auth_type: AuthType,
-    /// Data-plane threads; 0 means one per CPU.
+    /// Data-plane threads; 0 means half the CPUs, at least one.
     pub workers: usize,
     /// Client connections the whole proxy accepts at once.
     pub max_client_connections: u32,
