@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+#
+# pgtenant container image.
+#
+#   docker build -t pgtenant .
+#   docker run --rm -p 6432:6432 \
+#     -v "$PWD/my-pgtenant.toml:/etc/pgtenant/pgtenant.toml:ro" pgtenant
+#   docker run --rm -v ...:/etc/pgtenant/pgtenant.toml:ro pgtenant \
+#     check -c /etc/pgtenant/pgtenant.toml
+#
+# The image ships config/pgtenant.toml as a default, changed to listen on
+# 0.0.0.0:6432 so the published port works; its placements point at
+# 127.0.0.1:5432, so mount your own config. SIGTERM shuts down gracefully
+# within proxy.shutdown_timeout (default 30s): give `docker stop` more
+# than that (`docker stop -t 35`), or it kills the process after 10s.
+
+# ---- build ------------------------------------------------------------
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+# The whole tree (minus .dockerignore): the build needs Cargo.lock, src/,
+# sql/ (compiled in by `pgtenant demo`) and benches/ (declared in
+# Cargo.toml).
+COPY . .
+# Cache mounts keep the registry and target dir between builds; the binary
+# is copied out in the same step because the cache is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin pgtenant \
+    && cp target/release/pgtenant /usr/local/bin/pgtenant
+
+# ---- runtime ----------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --user-group --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin pgtenant
+COPY --from=build /usr/local/bin/pgtenant /usr/local/bin/pgtenant
+COPY config/pgtenant.toml /etc/pgtenant/pgtenant.toml
+RUN sed -i 's/^listen = "127\.0\.0\.1:6432"$/listen = "0.0.0.0:6432"/' \
+        /etc/pgtenant/pgtenant.toml \
+    && grep -q '^listen = "0.0.0.0:6432"$' /etc/pgtenant/pgtenant.toml
+USER pgtenant
+# 6432: PostgreSQL clients. 9930: admin HTTP (/metrics, /healthz) once
+# [admin] is implemented; nothing listens there yet.
+EXPOSE 6432 9930
+ENTRYPOINT ["pgtenant"]
+CMD ["-c", "/etc/pgtenant/pgtenant.toml"]
