@@ -109,19 +109,29 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown.
+/// SIGTERM or SIGINT starts a graceful shutdown. SIGHUP is caught so that
+/// its default action (terminate) cannot take the proxy down; it will
+/// re-read the config once live reload lands.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing running transactions"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing running transactions"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing running transactions"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing running transactions"),
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: live reload is not implemented yet; configuration unchanged");
+                continue;
+            }
+        }
+        break;
     }
     shutdown.cancel();
 }

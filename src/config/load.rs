@@ -82,7 +82,10 @@ pub fn parse_str(text: &str, file: &str) -> Result<(Config, ConfigSource), Confi
     let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
         file: file.to_string(),
         line: e.span().map(|s| line_at(text, s.start)),
-        key: String::new(),
+        key: e
+            .span()
+            .and_then(|s| key_at(text, s.start))
+            .unwrap_or_default(),
         message: e.message().trim().to_string(),
     })?;
     validate(&cfg, &src)?;
@@ -224,6 +227,31 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
     best
 }
 
+/// The dotted key written last at or before byte `offset`, for errors
+/// the parser reports by position only (unknown keys, bad values).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn walk(table: &DeTable, prefix: &str, offset: usize, best: &mut Option<(usize, String)>) {
+        for (k, v) in table.iter() {
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            let start = k.span().start;
+            if start <= offset && best.as_ref().is_none_or(|(b, _)| start >= *b) {
+                *best = Some((start, path.clone()));
+            }
+            if let DeValue::Table(t) = v.get_ref() {
+                walk(t, &path, offset, best);
+            }
+        }
+    }
+    let root = DeTable::parse(text).ok()?;
+    let mut best = None;
+    walk(root.get_ref(), "", offset, &mut best);
+    best.map(|(_, path)| path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +317,10 @@ users = { app = "globex-secret" }
         let err = parse_str(&unknown, "t.toml").expect_err("invalid");
         assert!(err.message.contains("pool_sise"), "{err}");
         assert_eq!(err.line, Some(13));
+        assert_eq!(err.key, "placements.acme_db.pool_sise");
+        let dur = GOOD.replace("[proxy]\n", "[proxy]\nquery_wait_timeout = \"soon\"\n");
+        let err = parse_str(&dur, "t.toml").expect_err("invalid");
+        assert_eq!(err.key, "proxy.query_wait_timeout", "{err}");
     }
 
     #[test]
