@@ -8,6 +8,7 @@
 
 pub mod cancel;
 pub mod params;
+pub mod prepared;
 pub mod pump;
 
 use crate::catalog::TenantEntry;
