@@ -3,6 +3,8 @@
 //! port (`TestProxy`).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use pgtenant::pgcluster::{HostAuth, PgCluster};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
