@@ -89,6 +89,9 @@ async fn serve_inner(
         cancel: &registration.slot,
         shutdown: state.shutdown.clone(),
         wanted: login.wanted,
+        max_prepared: snap.config.proxy.max_prepared_statements,
+        statements: Default::default(),
+        replies: Default::default(),
     }
     .run(client)
     .await

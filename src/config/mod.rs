@@ -101,6 +101,10 @@ pub struct ProxyConfig {
     /// How long opening and authenticating a server connection may take.
     #[serde(with = "humantime_serde_compat")]
     pub server_connect_timeout: Duration,
+    /// Named prepared statements kept per server connection in
+    /// transaction mode (least recently used closed first); 0 turns the
+    /// statement mapping off, so named statements only work in session mode.
+    pub max_prepared_statements: usize,
     /// Run on a session-mode server connection before it is reused.
     pub server_reset_query: String,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
@@ -129,6 +133,7 @@ impl Default for ProxyConfig {
             client_login_timeout: Duration::from_secs(60),
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),
+            max_prepared_statements: 200,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout: Duration::from_secs(30),
         }

@@ -95,6 +95,9 @@ pub struct ServerConn {
     /// Session settings the proxy applied on top of the server defaults,
     /// for whichever client last used it.
     pub(crate) applied: Vec<(String, String)>,
+    /// Named statements prepared on this connection by the proxy
+    /// (transaction mode), shared by every client that uses it.
+    pub(crate) prepared: crate::session::prepared::PreparedSet,
     /// Data-plane worker whose reactor the socket is registered with.
     pub(crate) worker: usize,
     pub(crate) last_used: Instant,
@@ -127,6 +130,7 @@ impl ServerConn {
             key: CancelKey { pid: 0, secret: 0 },
             params: Vec::new(),
             applied: Vec::new(),
+            prepared: Default::default(),
             worker,
             last_used: Instant::now(),
         };

@@ -19,19 +19,28 @@ pub enum Step {
     /// Forward this frame, then stop: the caller acts before reading on.
     StopAfter,
     /// Do not forward this frame (nor anything after it) yet; the caller
-    /// acts first. The frame stays at the front of the unforwarded bytes.
+    /// acts first. The frame stays at the front of the unforwarded bytes
+    /// and is presented again by the next scan.
     StopBefore,
+    /// Drop this frame (it must be whole in `frame`), then stop: the
+    /// caller writes what precedes it and discards `Scan::skip` bytes.
+    Skip,
 }
+
+/// Body bytes a sink needs to see: the whole body.
+pub const WHOLE_BODY: usize = usize::MAX;
 
 /// Receives the frames a scan walks over.
 pub trait FrameSink {
-    /// Whether the whole frame must be in the buffer before `on_frame`
-    /// (for the few messages whose body the proxy reads). Bodies of other
-    /// frames are streamed through.
-    fn wants_body(&self, tag: u8) -> bool;
-    /// Called once per frame. `frame` holds the header and, if
-    /// `wants_body(tag)`, the whole body.
-    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Step;
+    /// How many body bytes must be in the buffer before `on_frame` is
+    /// called for `tag`: 0 for the header only, [`WHOLE_BODY`] for all of
+    /// it, or a prefix length (fewer if the body is shorter). Bodies
+    /// beyond that are streamed through as they arrive.
+    fn body_needed(&self, tag: u8) -> usize;
+    /// Called once per frame (again after a `StopBefore`). `frame` holds
+    /// the header and the body bytes asked for; `frame_len` is the whole
+    /// frame's length.
+    fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step;
 }
 
 /// Why a stream of frames cannot be followed any further.
@@ -48,8 +57,10 @@ pub enum FrameError {
 pub struct Scan {
     /// Leading bytes that may be forwarded now.
     pub forward: usize,
-    /// The sink asked to stop (`StopAfter` or `StopBefore`).
+    /// The sink asked to stop (`StopAfter`, `StopBefore` or `Skip`).
     pub stopped: bool,
+    /// Bytes after `forward` to discard (a skipped frame).
+    pub skip: usize,
 }
 
 /// Walks frames across successive reads. Between calls it remembers how
@@ -83,6 +94,13 @@ impl FrameScanner {
     /// forwarded byte ended). Bytes after `Scan::forward` must be kept and
     /// presented again, followed by newly read bytes.
     pub fn scan(&mut self, buf: &[u8], sink: &mut impl FrameSink) -> Result<Scan, FrameError> {
+        let done = |forward, stopped, skip| {
+            Ok(Scan {
+                forward,
+                stopped,
+                skip,
+            })
+        };
         let mut pos = 0;
         loop {
             if self.remaining > 0 {
@@ -90,50 +108,30 @@ impl FrameScanner {
                 pos += take;
                 self.remaining -= take;
                 if self.remaining > 0 {
-                    return Ok(Scan {
-                        forward: pos,
-                        stopped: false,
-                    });
+                    return done(pos, false, 0);
                 }
             }
             let rest = &buf[pos..];
             let Some(header) = parse_header(rest, self.max_len)? else {
-                return Ok(Scan {
-                    forward: pos,
-                    stopped: false,
-                });
+                return done(pos, false, 0);
             };
             let frame_len = header.len + 1;
-            let frame = if sink.wants_body(header.tag) {
-                if rest.len() < frame_len {
-                    return Ok(Scan {
-                        forward: pos,
-                        stopped: false,
-                    });
-                }
-                &rest[..frame_len]
-            } else {
-                &rest[..HEADER_LEN]
-            };
-            match sink.on_frame(header.tag, frame) {
-                Step::StopBefore => {
-                    return Ok(Scan {
-                        forward: pos,
-                        stopped: true,
-                    });
-                }
+            let need = HEADER_LEN + sink.body_needed(header.tag).min(header.len - 4);
+            if rest.len() < need {
+                return done(pos, false, 0);
+            }
+            let frame = &rest[..need];
+            match sink.on_frame(header.tag, frame, frame_len) {
+                Step::StopBefore => return done(pos, true, 0),
+                Step::Skip if need == frame_len => return done(pos, true, frame_len),
                 step => {
-                    let have = frame.len();
-                    pos += have;
-                    self.remaining = frame_len - have;
+                    pos += need;
+                    self.remaining = frame_len - need;
                     if step == Step::StopAfter {
                         let take = self.remaining.min(buf.len() - pos);
                         pos += take;
                         self.remaining -= take;
-                        return Ok(Scan {
-                            forward: pos,
-                            stopped: true,
-                        });
+                        return done(pos, true, 0);
                     }
                 }
             }
@@ -183,6 +181,7 @@ mod tests {
         tags: Vec<u8>,
         stop_after: Option<u8>,
         stop_before: Option<u8>,
+        skip: Option<u8>,
         body_for: Option<u8>,
         bodies: Vec<Vec<u8>>,
     }
@@ -193,6 +192,7 @@ mod tests {
                 tags: vec![],
                 stop_after: None,
                 stop_before: None,
+                skip: None,
                 body_for: None,
                 bodies: vec![],
             }
@@ -200,15 +200,22 @@ mod tests {
     }
 
     impl FrameSink for Rec {
-        fn wants_body(&self, tag: u8) -> bool {
-            Some(tag) == self.body_for
+        fn body_needed(&self, tag: u8) -> usize {
+            if Some(tag) == self.body_for {
+                WHOLE_BODY
+            } else {
+                0
+            }
         }
-        fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
+        fn on_frame(&mut self, tag: u8, frame: &[u8], _len: usize) -> Step {
             if Some(tag) == self.stop_before {
                 return Step::StopBefore;
             }
+            if Some(tag) == self.skip {
+                return Step::Skip;
+            }
             self.tags.push(tag);
-            if self.wants_body(tag) {
+            if Some(tag) == self.body_for {
                 self.bodies.push(frame[HEADER_LEN..].to_vec());
             }
             if Some(tag) == self.stop_after {
@@ -283,6 +290,42 @@ mod tests {
         let scan = s.scan(&buf, &mut r).expect("valid");
         assert!(scan.stopped);
         assert_eq!(scan.forward, 14);
+    }
+
+    #[test]
+    fn skips_whole_frames_and_reads_prefixes() {
+        let mut buf = msg(b'2', b"");
+        buf.extend_from_slice(&msg(b'1', b""));
+        buf.extend_from_slice(&msg(b'Z', b"I"));
+        let mut s = FrameScanner::new(1 << 20);
+        let mut r = Rec::new();
+        r.skip = Some(b'1');
+        let scan = s.scan(&buf, &mut r).expect("valid");
+        assert_eq!((scan.forward, scan.stopped, scan.skip), (5, true, 5));
+
+        struct Prefix(Vec<usize>);
+        impl FrameSink for Prefix {
+            fn body_needed(&self, _tag: u8) -> usize {
+                3
+            }
+            fn on_frame(&mut self, _tag: u8, frame: &[u8], len: usize) -> Step {
+                self.0.push(frame.len());
+                self.0.push(len);
+                Step::Continue
+            }
+        }
+        let mut buf = msg(b'B', b"p\0s1\0rest of a long bind");
+        buf.extend_from_slice(&msg(b'S', b""));
+        let mut p = Prefix(vec![]);
+        let scan = FrameScanner::new(1 << 20)
+            .scan(&buf[..8], &mut p)
+            .expect("valid");
+        assert_eq!(scan.forward, 8);
+        assert_eq!(p.0, vec![8, 29]);
+        let scan = FrameScanner::new(1 << 20)
+            .scan(&buf, &mut Prefix(vec![]))
+            .expect("valid");
+        assert_eq!(scan.forward, buf.len());
     }
 
     #[test]

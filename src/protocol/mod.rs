@@ -11,6 +11,6 @@ pub mod error;
 pub mod messages;
 pub mod startup;
 
-pub use codec::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step};
+pub use codec::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step, WHOLE_BODY};
 pub use error::{Severity, SqlState};
 pub use startup::{CancelKey, Startup, StartupPacket};

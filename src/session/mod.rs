@@ -10,6 +10,8 @@ pub mod cancel;
 pub mod params;
 pub mod prepared;
 pub mod pump;
+pub mod replies;
+pub mod statements;
 
 use crate::catalog::TenantEntry;
 use crate::client::conn::ClientConn;
@@ -20,6 +22,8 @@ use crate::protocol::codec;
 use bytes::Buf;
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit, TxnState};
+use replies::{Replies, Undo};
+use statements::{ClientStatements, Rewriter};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -44,6 +48,12 @@ pub struct Session<'a> {
     pub shutdown: CancellationToken,
     /// Settings that follow this client onto every server connection.
     pub wanted: Vec<(String, String)>,
+    /// Named statements kept per server connection (0: no mapping).
+    pub max_prepared: usize,
+    /// The client's named statements (transaction mode).
+    pub statements: ClientStatements,
+    /// Reused across leases so tracking allocates nothing per transaction.
+    pub replies: Replies,
 }
 
 /// What the idle client did next.
@@ -66,12 +76,34 @@ impl Session<'_> {
             server_flow.buf.extend_from_slice(&lease.conn().buf);
             lease.conn_mut().buf.clear();
 
-            let mut txn = TxnState::new(self.mode == PoolMode::Transaction);
+            let transaction_mode = self.mode == PoolMode::Transaction;
+            let mut replies = std::mem::take(&mut self.replies);
+            replies.clear();
+            let mut txn = TxnState::new(
+                transaction_mode,
+                transaction_mode && self.max_prepared > 0,
+                replies,
+            );
             self.cancel.arm(&self.pool, lease.conn().cancel_key());
-            let exit = self
-                .pump(client, &mut lease, &mut server_flow, &mut txn)
-                .await;
+            let exit = loop {
+                let exit = self
+                    .pump(client, &mut lease, &mut server_flow, &mut txn)
+                    .await;
+                if let PumpExit::Rewrite = exit {
+                    if let Err(e) = self
+                        .rewrite(client, &mut lease, &mut server_flow, &mut txn)
+                        .await
+                    {
+                        self.cancel.disarm();
+                        drop(lease);
+                        return self.tell_client_if_possible(&server_flow, e);
+                    }
+                    continue;
+                }
+                break exit;
+            };
             self.cancel.disarm();
+            self.replies = std::mem::take(&mut txn.replies);
 
             match exit {
                 PumpExit::Idle => {
@@ -96,6 +128,7 @@ impl Session<'_> {
                         ClientError::ServerLost(self.tenant.id.clone()),
                     );
                 }
+                PumpExit::Rewrite => unreachable!("handled above"),
                 PumpExit::ClientProtocol(e) => {
                     drop(lease);
                     return self.tell_client_if_possible(
@@ -142,8 +175,40 @@ impl Session<'_> {
                 params::upsert(&mut conn.applied, &name, &value);
                 params::upsert(&mut self.wanted, &name, &value);
             }
+            apply_undo(&mut txn.replies, &mut self.statements, &mut conn.prepared);
+            if std::mem::take(&mut txn.statements_dropped) {
+                // DEALLOCATE ALL / DISCARD ALL ran on the server.
+                conn.prepared.clear();
+                self.statements.clear();
+            }
             return exit;
         }
+    }
+
+    /// Handles a client message that names a prepared statement: reads it
+    /// whole, rewrites it for this server connection, and drops it from
+    /// the client's buffer.
+    async fn rewrite(
+        &mut self,
+        client: &mut ClientConn,
+        lease: &mut Lease,
+        server_flow: &mut Flow,
+        txn: &mut TxnState,
+    ) -> Result<(), ClientError> {
+        let len = statements::read_whole_frame(&mut client.stream, &mut client.flow).await?;
+        let conn = lease.conn_mut();
+        let mut rw = Rewriter {
+            statements: &mut self.statements,
+            prepared: &mut conn.prepared,
+            cache_size: self.max_prepared,
+            replies: &mut txn.replies,
+            to_server: &mut client.flow.inject,
+            to_client: &mut server_flow.inject,
+        };
+        rw.handle(&client.flow.buf[..len])?;
+        txn.unsynced = true;
+        statements::consume(&mut client.flow, len);
+        Ok(())
     }
 
     /// Waits (between transactions) for the client's next request.
@@ -244,7 +309,9 @@ impl Session<'_> {
                     if conn.simple_query(&q).await? != b'I' {
                         return Ok(false);
                     }
+                    // DISCARD ALL dropped the settings and statements.
                     conn.applied.clear();
+                    conn.prepared.clear();
                 }
                 Ok(true)
             };
@@ -271,6 +338,27 @@ impl Session<'_> {
         } else {
             tracing::info!(tenant = %self.tenant.id, "closing client mid-message: {err}");
             Ok(())
+        }
+    }
+}
+
+/// Takes back statement-map effects of messages the server failed or
+/// skipped.
+pub(crate) fn apply_undo(
+    replies: &mut Replies,
+    statements: &mut ClientStatements,
+    prepared: &mut prepared::PreparedSet,
+) {
+    for u in replies.undo.drain(..) {
+        match u {
+            Undo::ServerForget(n) => prepared.remove(&n),
+            Undo::ServerKeep(n) => prepared.insert(n),
+            Undo::ClientRestore(name, Some(s)) => {
+                statements.insert(name, s);
+            }
+            Undo::ClientRestore(name, None) => {
+                statements.remove(&name);
+            }
         }
     }
 }

@@ -8,16 +8,26 @@
 //! (back-pressure reaches the sender through TCP), and neither direction
 //! can deadlock the other.
 //!
-//! While scanning, the sinks keep the transaction state the pooler needs:
-//! how many ReadyForQuery messages the client still expects, whether it
-//! sent extended-protocol messages without Sync, and the status byte of
-//! the last ReadyForQuery. At a ReadyForQuery that leaves the connection
-//! idle, the pump stops so the session can release the server.
+//! While scanning, the sinks keep the transaction state the pooler needs
+//! (`TxnState`): ReadyForQuery messages still owed, extended-protocol
+//! messages not yet synced, the last transaction status. In transaction
+//! mode they also keep the reply queue (`Replies`), which pairs every
+//! server reply with the client message it answers, so that the proxy can
+//! answer some messages itself (a Parse of a statement the connection
+//! already has) and hide replies to messages it sent itself (a Parse it
+//! injected before a Bind).
+//!
+//! Messages the pump cannot pass through as they are (named statements in
+//! transaction mode) stop it; the session rewrites them into
+//! `Flow::inject` and resumes. Bytes a direction must send that did not
+//! come from its source (rewritten messages, the proxy's own replies) go
+//! out through its `inject` buffer, in stream order after `ready`.
 //!
 //! Cancel safety: all state lives in the structs passed in, so dropping
 //! the future (e.g. when a shutdown branch of a `select!` wins) loses
 //! nothing; polling again resumes where it stopped.
 
+use super::replies::Replies;
 use crate::protocol::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step};
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
@@ -30,14 +40,20 @@ use tokio::net::TcpStream;
 /// Read-buffer growth step; also the most a single read takes in.
 pub const READ_CHUNK: usize = 16 * 1024;
 
+/// Body prefix the client sink reads of Parse/Bind/Describe/Close to see
+/// statement names (two names of up to NAMEDATALEN plus terminators).
+const NAMES_PREFIX: usize = 2 * 64 + 2 + 1;
+
 /// One direction's buffer and how much of it is scanned and ready to go.
 #[derive(Debug)]
 pub struct Flow {
     pub buf: BytesMut,
     /// Leading bytes of `buf` scanned and not yet written to the peer.
     pub ready: usize,
-    /// The sink stopped the scan; reported once `ready` is written.
-    stopped: bool,
+    /// Bytes of `buf` after `ready` to drop once `ready` is written.
+    skip: usize,
+    /// Bytes to write after `ready` that did not come from the source.
+    pub inject: BytesMut,
     pub scanner: FrameScanner,
 }
 
@@ -46,28 +62,42 @@ impl Flow {
         Flow {
             buf: BytesMut::with_capacity(READ_CHUNK),
             ready: 0,
-            stopped: false,
+            skip: 0,
+            inject: BytesMut::new(),
             scanner: FrameScanner::new(max_frame),
         }
     }
 
     /// Nothing scanned-but-unwritten and not inside a frame.
     pub fn at_rest(&self) -> bool {
-        self.ready == 0 && self.scanner.at_boundary()
+        self.ready == 0 && self.inject.is_empty() && self.scanner.at_boundary()
     }
 
     /// Discards state for a new server connection (server direction only).
     pub fn reset(&mut self) {
         self.buf.clear();
         self.ready = 0;
-        self.stopped = false;
+        self.skip = 0;
+        self.inject.clear();
         let max = self.scanner.max_len();
         self.scanner = FrameScanner::new(max);
     }
 }
 
+/// Why a scan stopped, when the pump must report rather than go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// The server is idle at a transaction boundary.
+    Idle,
+    /// The client sent Terminate (left at the front of its buffer).
+    Terminate,
+    /// The client sent a message the session must rewrite (left at the
+    /// front of its buffer).
+    Rewrite,
+}
+
 /// Transaction state, kept by the sinks while frames go by.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TxnState {
     /// ReadyForQuery messages the server still owes the client.
     pub expected_z: u32,
@@ -77,98 +107,175 @@ pub struct TxnState {
     pub status: u8,
     /// Stop the pump at the next point where the server is idle.
     pub stop_when_idle: bool,
+    /// Transaction mode: the reply queue is kept and named statements are
+    /// handed to the session.
+    pub track: bool,
+    pub replies: Replies,
     /// Updated by the pump before each server scan: the client direction
     /// has nothing in flight.
     client_at_rest: bool,
+    /// What the last stopping scan wants reported.
+    halt: Option<Halt>,
     /// ParameterStatus messages seen since the last drain.
     pub param_changes: Vec<(String, String)>,
+    /// CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL` seen: the
+    /// server dropped its prepared statements.
+    pub statements_dropped: bool,
 }
 
-impl Default for TxnState {
-    fn default() -> Self {
+impl TxnState {
+    pub fn new(stop_when_idle: bool, track: bool, replies: Replies) -> TxnState {
         TxnState {
             expected_z: 0,
             unsynced: false,
             status: b'I',
-            stop_when_idle: false,
-            client_at_rest: true,
-            param_changes: Vec::new(),
-        }
-    }
-}
-
-impl TxnState {
-    pub fn new(stop_when_idle: bool) -> TxnState {
-        TxnState {
             stop_when_idle,
-            ..TxnState::default()
+            track,
+            replies,
+            client_at_rest: true,
+            halt: None,
+            param_changes: Vec::new(),
+            statements_dropped: false,
         }
     }
 
     /// The server connection could serve another client as it is.
     pub fn is_idle(&self) -> bool {
-        self.expected_z == 0 && !self.unsynced && self.status == b'I'
+        self.expected_z == 0 && !self.unsynced && self.status == b'I' && self.replies.is_empty()
     }
 
     /// Nothing is outstanding on the server, though a transaction may be
     /// open (status `T` or `E`): a ROLLBACK would make it idle.
     pub fn is_quiet(&self) -> bool {
-        self.expected_z == 0 && !self.unsynced
+        self.expected_z == 0 && !self.unsynced && self.replies.is_empty()
     }
 }
 
-/// Client → server: counts what the server will answer with ReadyForQuery.
+/// Client → server: counts what the server will answer, queues replies,
+/// and stops at messages naming prepared statements (transaction mode).
 struct ClientSink<'a>(&'a mut TxnState);
 
 impl FrameSink for ClientSink<'_> {
-    fn wants_body(&self, _tag: u8) -> bool {
-        false
+    fn body_needed(&self, tag: u8) -> usize {
+        match tag {
+            b'P' | b'B' | b'D' | b'C' if self.0.track => NAMES_PREFIX,
+            _ => 0,
+        }
     }
 
-    fn on_frame(&mut self, tag: u8, _frame: &[u8]) -> Step {
+    fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
         let st = &mut *self.0;
+        if st.track && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
+            st.halt = Some(Halt::Rewrite);
+            return Step::StopBefore;
+        }
         match tag {
             // Query and FunctionCall each end with one ReadyForQuery.
-            b'Q' | b'F' => st.expected_z += 1,
+            b'Q' | b'F' => {
+                if st.track && !st.replies.push_client_message(tag, frame) {
+                    return Step::Continue; // skipped by the server
+                }
+                st.expected_z += 1;
+            }
             b'S' => {
+                if st.track {
+                    st.replies.push_client_message(tag, frame);
+                }
                 st.expected_z += 1;
                 st.unsynced = false;
             }
             // Parse, Bind, Describe, Execute, Close, Flush: state lives on
             // the server until the next Sync.
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => st.unsynced = true,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+                if st.track {
+                    st.replies.push_client_message(tag, frame);
+                }
+                st.unsynced = true;
+            }
             // Terminate is the proxy's to handle, never the server's.
-            b'X' => return Step::StopBefore,
+            b'X' => {
+                st.halt = Some(Halt::Terminate);
+                return Step::StopBefore;
+            }
             _ => {}
         }
         Step::Continue
     }
 }
 
-/// Server → client: watches ReadyForQuery and ParameterStatus.
-struct ServerSink<'a>(&'a mut TxnState);
+/// Whether a Parse/Bind/Describe/Close names a prepared statement
+/// (`body` is at least the names prefix, or the whole body).
+fn names_statement(tag: u8, body: &[u8], whole: bool) -> bool {
+    let first_nul = |b: &[u8]| b.iter().position(|&c| c == 0);
+    match tag {
+        b'P' => body.first().is_some_and(|&c| c != 0),
+        b'B' => match first_nul(body) {
+            Some(p) => body.get(p + 1).is_some_and(|&c| c != 0),
+            // A portal name longer than the prefix: let the session look.
+            None => !whole,
+        },
+        b'D' | b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&c| c != 0),
+        _ => false,
+    }
+}
+
+/// Server → client: watches ReadyForQuery, ParameterStatus and command
+/// tags, and pairs replies with the client messages they answer.
+struct ServerSink<'a> {
+    st: &'a mut TxnState,
+    /// The client direction's bytes to the client (proxy replies).
+    to_client: &'a mut BytesMut,
+}
 
 impl FrameSink for ServerSink<'_> {
-    fn wants_body(&self, tag: u8) -> bool {
-        tag == b'Z' || tag == b'S'
+    fn body_needed(&self, tag: u8) -> usize {
+        match tag {
+            b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
+            _ => 0,
+        }
     }
 
-    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
-        let st = &mut *self.0;
+    fn on_frame(&mut self, tag: u8, frame: &[u8], _frame_len: usize) -> Step {
+        let st = &mut *self.st;
+        let body = &frame[HEADER_LEN..];
         match tag {
-            b'Z' => {
-                st.status = frame.get(HEADER_LEN).copied().unwrap_or(b'E');
-                st.expected_z = st.expected_z.saturating_sub(1);
-                if st.stop_when_idle && st.is_idle() && st.client_at_rest {
-                    return Step::StopAfter;
-                }
-            }
             b'S' => {
-                if let Some((name, value)) = parse_parameter_status(&frame[HEADER_LEN..]) {
+                if let Some((name, value)) = parse_parameter_status(body) {
                     st.param_changes.push((name.to_string(), value.to_string()));
+                }
+                return Step::Continue;
+            }
+            b'N' | b'A' => return Step::Continue,
+            b'C' => {
+                if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
+                    st.statements_dropped = true;
                 }
             }
             _ => {}
+        }
+        if st.track {
+            // The proxy's own replies that come before this message.
+            if st.replies.emit_ready(self.to_client) {
+                return Step::StopBefore;
+            }
+            let verdict = st.replies.on_server_message(tag);
+            if verdict.dropped_queries > 0 {
+                st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
+            }
+            if verdict.swallow {
+                return Step::Skip;
+            }
+        }
+        if tag == b'Z' {
+            st.status = body.first().copied().unwrap_or(b'E');
+            st.expected_z = st.expected_z.saturating_sub(1);
+            if st.stop_when_idle && st.is_idle() && st.client_at_rest {
+                st.halt = Some(Halt::Idle);
+                return Step::StopAfter;
+            }
+        }
+        if st.track && st.replies.emit_ready(self.to_client) {
+            return Step::StopAfter; // proxy replies right after this one
         }
         Step::Continue
     }
@@ -188,6 +295,9 @@ pub enum PumpExit {
     Idle,
     /// The client sent Terminate (left at the front of its buffer).
     ClientTerminate,
+    /// The client sent a message for the session to rewrite (at the front
+    /// of its buffer, possibly not yet whole).
+    Rewrite,
     ClientEof,
     ServerEof,
     ClientIo(io::Error),
@@ -205,12 +315,22 @@ enum Side {
 type IoExit = fn(io::Error) -> PumpExit;
 
 impl Side {
-    /// (read error, write error, end of stream) for a direction whose
-    /// source is this side.
-    fn exits(&self) -> (IoExit, IoExit, PumpExit) {
+    /// (read error, write error, end of stream, framing error) for a
+    /// direction whose source is this side.
+    fn exits(&self) -> (IoExit, IoExit, PumpExit, fn(FrameError) -> PumpExit) {
         match self {
-            Side::Client => (PumpExit::ClientIo, PumpExit::ServerIo, PumpExit::ClientEof),
-            Side::Server => (PumpExit::ServerIo, PumpExit::ClientIo, PumpExit::ServerEof),
+            Side::Client => (
+                PumpExit::ClientIo,
+                PumpExit::ServerIo,
+                PumpExit::ClientEof,
+                PumpExit::ClientProtocol,
+            ),
+            Side::Server => (
+                PumpExit::ServerIo,
+                PumpExit::ClientIo,
+                PumpExit::ServerEof,
+                PumpExit::ServerProtocol,
+            ),
         }
     }
 }
@@ -224,25 +344,13 @@ pub async fn pump(
     state: &mut TxnState,
 ) -> PumpExit {
     poll_fn(|cx| {
-        if let Poll::Ready(exit) = poll_direction(
-            cx,
-            client,
-            server,
-            client_flow,
-            &mut ClientSink(state),
-            Side::Client,
-        ) {
+        if let Poll::Ready(exit) =
+            poll_direction(cx, client, server, client_flow, state, Side::Client)
+        {
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
-        poll_direction(
-            cx,
-            server,
-            client,
-            server_flow,
-            &mut ServerSink(state),
-            Side::Server,
-        )
+        poll_direction(cx, server, client, server_flow, state, Side::Server)
     })
     .await
 }
@@ -254,10 +362,10 @@ fn poll_direction(
     src: &mut TcpStream,
     dst: &mut TcpStream,
     flow: &mut Flow,
-    sink: &mut impl FrameSink,
+    state: &mut TxnState,
     side: Side,
 ) -> Poll<PumpExit> {
-    let (read_err, write_err, eof) = side.exits();
+    let (read_err, write_err, eof, frame_err) = side.exits();
     loop {
         while flow.ready > 0 {
             match ready!(Pin::new(&mut *dst).poll_write(cx, &flow.buf[..flow.ready])) {
@@ -269,25 +377,31 @@ fn poll_direction(
                 Err(e) => return Poll::Ready(write_err(e)),
             }
         }
-        if flow.stopped {
-            flow.stopped = false;
-            return Poll::Ready(match side {
-                Side::Client => PumpExit::ClientTerminate,
-                Side::Server => PumpExit::Idle,
+        if flow.skip > 0 {
+            flow.buf.advance(flow.skip);
+            flow.skip = 0;
+        }
+        while !flow.inject.is_empty() {
+            match ready!(Pin::new(&mut *dst).poll_write(cx, &flow.inject)) {
+                Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => flow.inject.advance(n),
+                Err(e) => return Poll::Ready(write_err(e)),
+            }
+        }
+        if let Some(h) = state.halt.take() {
+            return Poll::Ready(match h {
+                Halt::Idle => PumpExit::Idle,
+                Halt::Terminate => PumpExit::ClientTerminate,
+                Halt::Rewrite => PumpExit::Rewrite,
             });
         }
         // Bytes left from an earlier read (a partial header, or a frame
-        // held back by StopBefore/StopAfter) are scanned before reading.
+        // held back by a stop) are scanned before reading more.
         if !flow.buf.is_empty() {
-            match scan(flow, sink) {
+            match scan(flow, state, &side) {
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(e) => {
-                    return Poll::Ready(match side {
-                        Side::Client => PumpExit::ClientProtocol(e),
-                        Side::Server => PumpExit::ServerProtocol(e),
-                    });
-                }
+                Err(e) => return Poll::Ready(frame_err(e)),
             }
         }
         if flow.buf.capacity() - flow.buf.len() < HEADER_LEN + 1 {
@@ -302,19 +416,34 @@ fn poll_direction(
             Ok(_) => {}
             Err(e) => return Poll::Ready(read_err(e)),
         }
-        if let Err(e) = scan(flow, sink) {
-            return Poll::Ready(match side {
-                Side::Client => PumpExit::ClientProtocol(e),
-                Side::Server => PumpExit::ServerProtocol(e),
-            });
+        if let Err(e) = scan(flow, state, &side) {
+            return Poll::Ready(frame_err(e));
         }
     }
 }
 
-/// Scans unscanned bytes; true if it made something ready or stopped.
-fn scan(flow: &mut Flow, sink: &mut impl FrameSink) -> Result<bool, FrameError> {
-    let s = flow.scanner.scan(&flow.buf[flow.ready..], sink)?;
-    flow.ready += s.forward;
-    flow.stopped |= s.stopped;
+/// Scans the unscanned bytes of `flow`; true if it made something ready
+/// or stopped.
+fn scan(flow: &mut Flow, st: &mut TxnState, side: &Side) -> Result<bool, FrameError> {
+    let Flow {
+        buf,
+        ready,
+        skip,
+        inject,
+        scanner,
+    } = flow;
+    let unscanned = &buf[*ready..];
+    let s = match side {
+        Side::Client => scanner.scan(unscanned, &mut ClientSink(st))?,
+        Side::Server => scanner.scan(
+            unscanned,
+            &mut ServerSink {
+                st,
+                to_client: inject,
+            },
+        )?,
+    };
+    *ready += s.forward;
+    *skip = s.skip;
     Ok(s.forward > 0 || s.stopped)
 }

@@ -1,0 +1,309 @@
+//! The reply queue of a leased server connection (transaction mode): one
+//! entry per client message the server will answer, in order, so each
+//! server reply can be matched to the message it answers.
+//!
+//! That lets the proxy
+//! - answer a message itself (`Synth`: ParseComplete for a statement the
+//!   connection already has, CloseComplete for a client's Close) at exactly
+//!   the point in the stream where PostgreSQL would have, and
+//! - hide the reply to a message it sent itself (`Swallow`: a Parse it
+//!   injected before a Bind, a Close that evicts a cached statement).
+//!
+//! Effects on the statement maps are applied when a message is sent
+//! (later messages in the same pipeline depend on them) and undone if the
+//! server skips or fails the message: after an error in the extended
+//! protocol, PostgreSQL skips everything up to the next Sync, and so does
+//! this queue.
+
+use super::prepared::{ServerName, Statement};
+use bytes::{BufMut, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What reply ends an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    /// ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    Sync,
+    /// A simple Query or FunctionCall: everything up to ReadyForQuery.
+    UntilReady,
+}
+
+impl Reply {
+    /// Part of an extended-protocol batch, skipped after an error.
+    fn is_extended(self) -> bool {
+        !matches!(self, Reply::Sync | Reply::UntilReady)
+    }
+}
+
+/// Who produces the reply and whether the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The server answers; the client sees it.
+    Forward,
+    /// The server answers a message the proxy injected; the client does
+    /// not see it.
+    Swallow,
+    /// The proxy answers (the server was sent nothing).
+    Synth,
+}
+
+/// How to take back an effect when its message is skipped or fails.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    /// The connection does not have this statement after all.
+    ServerForget(ServerName),
+    /// The connection still has this statement (an evicting Close failed).
+    ServerKeep(ServerName),
+    /// Put back the client's previous mapping for a name.
+    ClientRestore(Vec<u8>, Option<Arc<Statement>>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    reply: Reply,
+    mode: Mode,
+    /// ParameterDescription seen (DescribeStatement).
+    got_params: bool,
+    undo: [Option<Undo>; 2],
+}
+
+/// What the pump does with one server message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Drop it: it answers a message the proxy injected.
+    pub swallow: bool,
+    /// Queries the server will now skip (no ReadyForQuery for them).
+    pub dropped_queries: u32,
+}
+
+/// The queue, plus effects to undo that the session has not applied yet.
+#[derive(Debug, Default)]
+pub struct Replies {
+    q: VecDeque<Entry>,
+    /// The server hit an error and is skipping until the client's Sync,
+    /// which has not been sent yet.
+    skipping: bool,
+    pub undo: Vec<Undo>,
+}
+
+impl Replies {
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Messages sent now will be skipped by the server.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Forgets everything (a new lease).
+    pub fn clear(&mut self) {
+        self.q.clear();
+        self.skipping = false;
+        self.undo.clear();
+    }
+
+    /// Queues the reply to a client message forwarded as it is. Returns
+    /// false if the server will skip the message (no reply, no Z).
+    pub fn push_client_message(&mut self, tag: u8, frame: &[u8]) -> bool {
+        let reply = match tag {
+            b'P' => Reply::ParseComplete,
+            b'B' => Reply::BindComplete,
+            b'C' => Reply::CloseComplete,
+            b'D' if frame.get(5) == Some(&b'P') => Reply::DescribePortal,
+            b'D' => Reply::DescribeStatement,
+            b'E' => Reply::Execute,
+            b'S' => Reply::Sync,
+            b'Q' | b'F' => Reply::UntilReady,
+            _ => return true, // Flush and copy messages: no reply of their own
+        };
+        self.push(reply, Mode::Forward, [None, None])
+    }
+
+    /// Queues an entry; false (and nothing queued) if the server will
+    /// skip the message.
+    pub fn push(&mut self, reply: Reply, mode: Mode, undo: [Option<Undo>; 2]) -> bool {
+        if reply == Reply::Sync {
+            self.skipping = false;
+        } else if self.skipping {
+            self.undo.extend(undo.into_iter().flatten());
+            return false;
+        }
+        self.q.push_back(Entry {
+            reply,
+            mode,
+            got_params: false,
+            undo,
+        });
+        true
+    }
+
+    /// Writes the proxy's own replies now due (those at the front) to
+    /// `out`; true if it wrote any.
+    pub fn emit_ready(&mut self, out: &mut BytesMut) -> bool {
+        let mut wrote = false;
+        while self.q.front().is_some_and(|e| e.mode == Mode::Synth) {
+            if let Some(e) = self.q.pop_front() {
+                let tag = match e.reply {
+                    Reply::CloseComplete => b'3',
+                    _ => b'1',
+                };
+                out.put_u8(tag);
+                out.put_i32(4);
+                wrote = true;
+            }
+        }
+        wrote
+    }
+
+    /// Matches one server message (not ParameterStatus, Notice or
+    /// Notification) against the queue.
+    pub fn on_server_message(&mut self, tag: u8) -> Verdict {
+        let mut v = Verdict::default();
+        let Some(front) = self.q.front_mut() else {
+            return v;
+        };
+        if tag == b'E' && front.reply.is_extended() {
+            // PostgreSQL skips the rest of the batch up to Sync.
+            let failed = self.q.pop_front();
+            self.undo
+                .extend(failed.into_iter().flat_map(|e| e.undo).flatten());
+            while self.q.front().is_some_and(|e| e.reply != Reply::Sync) {
+                if let Some(e) = self.q.pop_front() {
+                    if e.reply == Reply::UntilReady {
+                        v.dropped_queries += 1;
+                    }
+                    self.undo.extend(e.undo.into_iter().flatten());
+                }
+            }
+            if self.q.is_empty() {
+                self.skipping = true;
+            }
+            return v;
+        }
+        let done = match front.reply {
+            Reply::ParseComplete => tag == b'1',
+            Reply::BindComplete => tag == b'2',
+            Reply::CloseComplete => tag == b'3',
+            Reply::DescribeStatement => {
+                if tag == b't' {
+                    front.got_params = true;
+                }
+                front.got_params && matches!(tag, b'T' | b'n')
+            }
+            Reply::DescribePortal => matches!(tag, b'T' | b'n'),
+            Reply::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Reply::Sync | Reply::UntilReady => tag == b'Z',
+        };
+        if done {
+            v.swallow = front.mode == Mode::Swallow;
+            self.q.pop_front();
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> ServerName {
+        super::super::prepared::server_name(b"select 1\0\0\0")
+    }
+
+    #[test]
+    fn pairs_replies_and_synthesizes_in_order() {
+        let mut r = Replies::default();
+        let mut out = BytesMut::new();
+        // Parse (already prepared: synth), Bind, Execute, Sync
+        r.push(Reply::ParseComplete, Mode::Synth, [None, None]);
+        assert!(r.emit_ready(&mut out));
+        assert_eq!(&out[..], b"1\0\0\0\x04");
+        r.push_client_message(b'B', b"B....");
+        r.push_client_message(b'E', b"E....");
+        r.push_client_message(b'S', b"S....");
+        assert_eq!(r.on_server_message(b'2'), Verdict::default());
+        assert_eq!(r.on_server_message(b'D'), Verdict::default());
+        assert_eq!(r.on_server_message(b'C'), Verdict::default());
+        assert!(!r.is_empty());
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn swallows_replies_to_injected_messages() {
+        let mut r = Replies::default();
+        r.push(Reply::ParseComplete, Mode::Swallow, [None, None]);
+        r.push_client_message(b'B', b"B....");
+        assert!(r.on_server_message(b'1').swallow);
+        assert!(!r.on_server_message(b'2').swallow);
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_undoes_effects() {
+        let mut r = Replies::default();
+        r.push(
+            Reply::ParseComplete,
+            Mode::Forward,
+            [Some(Undo::ServerForget(names())), None],
+        );
+        r.push(
+            Reply::ParseComplete,
+            Mode::Synth,
+            [Some(Undo::ClientRestore(b"s2".to_vec(), None)), None],
+        );
+        r.push_client_message(b'Q', b"Q....");
+        r.push_client_message(b'S', b"S....");
+        let v = r.on_server_message(b'E');
+        assert_eq!(v.dropped_queries, 1);
+        assert_eq!(r.undo.len(), 2);
+        // The synth for the skipped Parse is never emitted.
+        assert!(!r.emit_ready(&mut BytesMut::new()));
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn error_without_sync_skips_until_the_client_syncs() {
+        let mut r = Replies::default();
+        r.push_client_message(b'P', b"P....");
+        r.push_client_message(b'H', b"H....");
+        r.on_server_message(b'E');
+        assert!(r.skipping());
+        assert!(!r.push_client_message(b'B', b"B...."));
+        assert!(!r.push_client_message(b'Q', b"Q...."));
+        assert!(r.push_client_message(b'S', b"S...."));
+        assert!(!r.skipping());
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn errors_inside_simple_queries_wait_for_ready() {
+        let mut r = Replies::default();
+        r.push_client_message(b'Q', b"Q....");
+        r.on_server_message(b'E');
+        assert!(!r.is_empty() && !r.skipping());
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn describe_statement_needs_both_parts() {
+        let mut r = Replies::default();
+        r.push_client_message(b'D', b"D....S");
+        r.on_server_message(b't');
+        assert!(!r.is_empty());
+        r.on_server_message(b'T');
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! Rewrites a client's named-statement messages for the server connection
+//! it currently holds (transaction mode): Parse, Bind, Describe and Close
+//! of a named statement. See `prepared.rs` for the naming and `replies.rs`
+//! for how replies are paired.
+
+use super::prepared::{self, PreparedSet, Statement};
+use super::pump::Flow;
+use super::replies::{Mode, Replies, Reply, Undo};
+use crate::client::error::ClientError;
+use crate::protocol::{HEADER_LEN, codec};
+use bytes::{Buf, BytesMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// A client's named statements, by the name the client gave them.
+pub type ClientStatements = HashMap<Vec<u8>, Arc<Statement>>;
+
+/// A client may hold this many named statements; past it the connection
+/// is refused rather than letting one client grow the proxy without bound.
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
+/// What the handler may change.
+pub struct Rewriter<'a> {
+    pub statements: &'a mut ClientStatements,
+    pub prepared: &'a mut PreparedSet,
+    pub cache_size: usize,
+    pub replies: &'a mut Replies,
+    /// Bytes for the server, in order after what was already forwarded.
+    pub to_server: &'a mut BytesMut,
+    /// The proxy's own replies to the client.
+    pub to_client: &'a mut BytesMut,
+}
+
+/// Reads the rest of the frame at the front of `flow.buf` if needed.
+pub async fn read_whole_frame(
+    client: &mut TcpStream,
+    flow: &mut Flow,
+) -> Result<usize, ClientError> {
+    let max = flow.scanner.max_len();
+    loop {
+        if let Some(h) =
+            codec::parse_header(&flow.buf, max).map_err(|e| ClientError::Protocol(e.to_string()))?
+            && flow.buf.len() > h.len
+        {
+            return Ok(h.len + 1);
+        }
+        flow.buf.reserve(super::pump::READ_CHUNK);
+        let n = client
+            .read_buf(&mut flow.buf)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "client closed the connection mid-message".into(),
+            ));
+        }
+    }
+}
+
+impl Rewriter<'_> {
+    /// Handles the whole frame `frame` (tag, length, body); the caller
+    /// then drops it from the client's buffer. Returns whether the
+    /// message leaves extended-protocol state on the server (unsynced).
+    pub fn handle(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        super::apply_undo(self.replies, self.statements, self.prepared);
+        let tag = frame[0];
+        let body = &frame[HEADER_LEN..];
+        match tag {
+            b'P' => self.parse(frame, body)?,
+            b'B' => self.bind(frame, body),
+            b'D' => self.describe(frame, body),
+            b'C' => self.close(frame, body),
+            _ => self.forward(frame),
+        }
+        self.replies.emit_ready(self.to_client);
+        Ok(())
+    }
+
+    /// Sends a message unchanged.
+    fn forward(&mut self, frame: &[u8]) {
+        self.to_server.extend_from_slice(frame);
+        self.replies.push_client_message(frame[0], frame);
+    }
+
+    fn parse(&mut self, frame: &[u8], body: &[u8]) -> Result<(), ClientError> {
+        let Some((name, definition)) = prepared::parse_parse(body) else {
+            // Malformed: let the server say so, as it would directly.
+            self.forward(frame);
+            return Ok(());
+        };
+        if self.replies.skipping() {
+            return Ok(()); // the server would skip it: no reply, no effect
+        }
+        if !self.statements.contains_key(name) && self.statements.len() >= MAX_CLIENT_STATEMENTS {
+            return Err(ClientError::Protocol(format!(
+                "more than {MAX_CLIENT_STATEMENTS} prepared statements on one connection"
+            )));
+        }
+        let stmt = Arc::new(Statement {
+            server_name: prepared::server_name(definition),
+            definition: definition.to_vec(),
+        });
+        let server_name = stmt.server_name.clone();
+        let old = self.statements.insert(name.to_vec(), Arc::clone(&stmt));
+        let restore = Some(Undo::ClientRestore(name.to_vec(), old));
+        if self.prepared.contains(&server_name) {
+            self.prepared.touch(&server_name);
+            self.replies
+                .push(Reply::ParseComplete, Mode::Synth, [restore, None]);
+        } else {
+            self.evict_for(&stmt);
+            prepared::write_parse(self.to_server, &server_name, &stmt.definition);
+            self.prepared.insert(server_name.clone());
+            self.replies.push(
+                Reply::ParseComplete,
+                Mode::Forward,
+                [restore, Some(Undo::ServerForget(server_name))],
+            );
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, frame: &[u8], body: &[u8]) {
+        let stmt =
+            prepared::parse_bind_names(body).and_then(|(_, s, _)| self.statements.get(s).cloned());
+        let Some(stmt) = stmt else {
+            // Unnamed, or a name the client never prepared: the server
+            // answers as PostgreSQL would ("does not exist").
+            self.forward(frame);
+            return;
+        };
+        if self.replies.skipping() {
+            return;
+        }
+        self.ensure_prepared(&stmt);
+        if prepared::write_bind_renamed(self.to_server, body, &stmt.server_name).is_some() {
+            self.replies
+                .push(Reply::BindComplete, Mode::Forward, [None, None]);
+        }
+    }
+
+    fn describe(&mut self, frame: &[u8], body: &[u8]) {
+        let stmt = match prepared::parse_target(body) {
+            Some((b'S', name)) if !name.is_empty() => self.statements.get(name).cloned(),
+            _ => None,
+        };
+        let Some(stmt) = stmt else {
+            self.forward(frame);
+            return;
+        };
+        if self.replies.skipping() {
+            return;
+        }
+        self.ensure_prepared(&stmt);
+        prepared::write_statement_target(self.to_server, b'D', &stmt.server_name);
+        self.replies
+            .push(Reply::DescribeStatement, Mode::Forward, [None, None]);
+    }
+
+    fn close(&mut self, frame: &[u8], body: &[u8]) {
+        let name = match prepared::parse_target(body) {
+            Some((b'S', name)) if !name.is_empty() => name,
+            _ => {
+                self.forward(frame);
+                return;
+            }
+        };
+        if self.replies.skipping() {
+            return;
+        }
+        // The server-side statement is shared; only the client's name goes.
+        let old = self.statements.remove(name);
+        self.replies.push(
+            Reply::CloseComplete,
+            Mode::Synth,
+            [Some(Undo::ClientRestore(name.to_vec(), old)), None],
+        );
+    }
+
+    /// Prepares `stmt` on this connection first if it lacks it; the
+    /// server's ParseComplete is hidden from the client.
+    fn ensure_prepared(&mut self, stmt: &Statement) {
+        if self.prepared.contains(&stmt.server_name) {
+            self.prepared.touch(&stmt.server_name);
+            return;
+        }
+        self.evict_for(stmt);
+        prepared::write_parse(self.to_server, &stmt.server_name, &stmt.definition);
+        self.prepared.insert(stmt.server_name.clone());
+        self.replies.push(
+            Reply::ParseComplete,
+            Mode::Swallow,
+            [Some(Undo::ServerForget(stmt.server_name.clone())), None],
+        );
+    }
+
+    /// Closes the least recently used statement if the cache is full.
+    fn evict_for(&mut self, stmt: &Statement) {
+        if let Some(victim) = self
+            .prepared
+            .evict_for_insert(self.cache_size, &stmt.server_name)
+        {
+            prepared::write_statement_target(self.to_server, b'C', &victim);
+            self.replies.push(
+                Reply::CloseComplete,
+                Mode::Swallow,
+                [Some(Undo::ServerKeep(victim)), None],
+            );
+        }
+    }
+}
+
+/// Drops the handled frame from the client's buffer.
+pub fn consume(flow: &mut Flow, len: usize) {
+    flow.buf.advance(len);
+}
