@@ -108,12 +108,23 @@ struct Recorder {
     bodies: Vec<(usize, Vec<u8>)>,
 }
 
-impl FrameSink for Recorder {
+impl Recorder {
     fn wants_body(&self, tag: u8) -> bool {
         self.body_tags.contains(&tag)
     }
+}
 
-    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
+impl FrameSink for Recorder {
+    fn body_needed(&self, tag: u8) -> usize {
+        if self.wants_body(tag) {
+            pgtenant::protocol::WHOLE_BODY
+        } else {
+            0
+        }
+    }
+
+    fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
+        assert!(frame.len() <= frame_len);
         assert_eq!(frame[0], tag);
         assert!(frame.len() >= HEADER_LEN);
         if self.stop_before.contains(&tag) && !self.stopped_before_current {
