@@ -18,10 +18,14 @@ struct Watch {
 }
 
 impl FrameSink for Watch {
-    fn wants_body(&self, tag: u8) -> bool {
-        tag == b'Z' || tag == b'S'
+    fn body_needed(&self, tag: u8) -> usize {
+        if tag == b'Z' || tag == b'S' {
+            pgtenant::protocol::WHOLE_BODY
+        } else {
+            0
+        }
     }
-    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Step {
+    fn on_frame(&mut self, tag: u8, frame: &[u8], _frame_len: usize) -> Step {
         if tag == b'Z' {
             self.status = frame[5];
         }

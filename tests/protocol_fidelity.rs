@@ -759,7 +759,6 @@ async fn copy_in_and_out_simple_protocol() {
 /// COPY FROM the data, CopyDone and another Sync. PostgreSQL ignores a
 /// Sync that arrives in copy-in mode, so two Syncs get one ReadyForQuery.
 #[tokio::test]
-#[ignore = "proxy bug: Syncs the server ignores in copy-in mode are counted, so the server is never released"]
 async fn copy_in_and_out_extended_protocol() {
     let (pg, proxy) = setup(1, "query_wait_timeout = \"3s\"").await;
     create_copy_table(&pg).await;

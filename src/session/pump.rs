@@ -107,9 +107,8 @@ pub struct TxnState {
     pub status: u8,
     /// Stop the pump at the next point where the server is idle.
     pub stop_when_idle: bool,
-    /// Transaction mode: the reply queue is kept and named statements are
-    /// handed to the session.
-    pub track: bool,
+    /// Transaction mode: named statements are handed to the session.
+    pub rewrite: bool,
     pub replies: Replies,
     /// Updated by the pump before each server scan: the client direction
     /// has nothing in flight.
@@ -124,13 +123,13 @@ pub struct TxnState {
 }
 
 impl TxnState {
-    pub fn new(stop_when_idle: bool, track: bool, replies: Replies) -> TxnState {
+    pub fn new(stop_when_idle: bool, rewrite: bool, replies: Replies) -> TxnState {
         TxnState {
             expected_z: 0,
             unsynced: false,
             status: b'I',
             stop_when_idle,
-            track,
+            rewrite,
             replies,
             client_at_rest: true,
             halt: None,
@@ -158,39 +157,37 @@ struct ClientSink<'a>(&'a mut TxnState);
 impl FrameSink for ClientSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
         match tag {
-            b'P' | b'B' | b'D' | b'C' if self.0.track => NAMES_PREFIX,
+            b'P' | b'B' | b'D' | b'C' if self.0.rewrite => NAMES_PREFIX,
             _ => 0,
         }
     }
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
         let st = &mut *self.0;
-        if st.track && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
+        if st.rewrite && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
             st.halt = Some(Halt::Rewrite);
             return Step::StopBefore;
         }
         match tag {
             // Query and FunctionCall each end with one ReadyForQuery.
-            b'Q' | b'F' => {
-                if st.track && !st.replies.push_client_message(tag, frame) {
-                    return Step::Continue; // skipped by the server
+            // Query and FunctionCall each end with one ReadyForQuery, and so
+            // does Sync, unless the server will skip or ignore it.
+            b'Q' | b'F' | b'S' => {
+                if tag == b'S' {
+                    st.unsynced = false;
                 }
-                st.expected_z += 1;
-            }
-            b'S' => {
-                if st.track {
-                    st.replies.push_client_message(tag, frame);
+                if st.replies.push_client_message(tag, frame) {
+                    st.expected_z += 1;
                 }
-                st.expected_z += 1;
-                st.unsynced = false;
             }
             // Parse, Bind, Describe, Execute, Close, Flush: state lives on
             // the server until the next Sync.
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
-                if st.track {
-                    st.replies.push_client_message(tag, frame);
-                }
+                st.replies.push_client_message(tag, frame);
                 st.unsynced = true;
+            }
+            b'c' | b'f' => {
+                st.replies.push_client_message(tag, frame);
             }
             // Terminate is the proxy's to handle, never the server's.
             b'X' => {
@@ -246,25 +243,19 @@ impl FrameSink for ServerSink<'_> {
                 return Step::Continue;
             }
             b'N' | b'A' => return Step::Continue,
-            b'C' => {
-                if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
-                    st.statements_dropped = true;
-                }
+            b'C' if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") => {
+                st.statements_dropped = true;
             }
             _ => {}
         }
-        if st.track {
-            // The proxy's own replies that come before this message.
-            if st.replies.emit_ready(self.to_client) {
-                return Step::StopBefore;
-            }
-            let verdict = st.replies.on_server_message(tag);
-            if verdict.dropped_queries > 0 {
-                st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
-            }
-            if verdict.swallow {
-                return Step::Skip;
-            }
+        // The proxy's own replies that come before this message.
+        if st.replies.emit_ready(self.to_client) {
+            return Step::StopBefore;
+        }
+        let verdict = st.replies.on_server_message(tag);
+        st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
+        if verdict.swallow {
+            return Step::Skip;
         }
         if tag == b'Z' {
             st.status = body.first().copied().unwrap_or(b'E');
@@ -274,7 +265,7 @@ impl FrameSink for ServerSink<'_> {
                 return Step::StopAfter;
             }
         }
-        if st.track && st.replies.emit_ready(self.to_client) {
+        if st.replies.emit_ready(self.to_client) {
             return Step::StopAfter; // proxy replies right after this one
         }
         Step::Continue

@@ -35,12 +35,15 @@ pub enum Reply {
     Sync,
     /// A simple Query or FunctionCall: everything up to ReadyForQuery.
     UntilReady,
+    /// Not a reply: marks where the client ended a COPY (CopyDone or
+    /// CopyFail), bounding the Syncs the server ignores during copy-in.
+    CopyEnd,
 }
 
 impl Reply {
     /// Part of an extended-protocol batch, skipped after an error.
     fn is_extended(self) -> bool {
-        !matches!(self, Reply::Sync | Reply::UntilReady)
+        !matches!(self, Reply::Sync | Reply::UntilReady | Reply::CopyEnd)
     }
 }
 
@@ -81,7 +84,8 @@ struct Entry {
 pub struct Verdict {
     /// Drop it: it answers a message the proxy injected.
     pub swallow: bool,
-    /// Queries the server will now skip (no ReadyForQuery for them).
+    /// Queries and Syncs that will get no ReadyForQuery after all
+    /// (skipped after an error, or Syncs sent during copy-in).
     pub dropped_queries: u32,
 }
 
@@ -92,6 +96,9 @@ pub struct Replies {
     /// The server hit an error and is skipping until the client's Sync,
     /// which has not been sent yet.
     skipping: bool,
+    /// The server is in copy-in and the client has not ended the COPY
+    /// yet: its Syncs until then are ignored by the server.
+    copy_in: bool,
     pub undo: Vec<Undo>,
 }
 
@@ -109,6 +116,7 @@ impl Replies {
     pub fn clear(&mut self) {
         self.q.clear();
         self.skipping = false;
+        self.copy_in = false;
         self.undo.clear();
     }
 
@@ -124,7 +132,19 @@ impl Replies {
             b'E' => Reply::Execute,
             b'S' => Reply::Sync,
             b'Q' | b'F' => Reply::UntilReady,
-            _ => return true, // Flush and copy messages: no reply of their own
+            b'c' | b'f' => {
+                // PostgreSQL ignores Sync during copy-in, up to here.
+                if !std::mem::take(&mut self.copy_in) && !self.q.is_empty() {
+                    self.q.push_back(Entry {
+                        reply: Reply::CopyEnd,
+                        mode: Mode::Forward,
+                        got_params: false,
+                        undo: [None, None],
+                    });
+                }
+                return true;
+            }
+            _ => return true, // Flush and CopyData: no reply of their own
         };
         self.push(reply, Mode::Forward, [None, None])
     }
@@ -132,6 +152,9 @@ impl Replies {
     /// Queues an entry; false (and nothing queued) if the server will
     /// skip the message.
     pub fn push(&mut self, reply: Reply, mode: Mode, undo: [Option<Undo>; 2]) -> bool {
+        if reply == Reply::Sync && self.copy_in {
+            return false; // ignored by the server during copy-in
+        }
         if reply == Reply::Sync {
             self.skipping = false;
         } else if self.skipping {
@@ -169,6 +192,14 @@ impl Replies {
     /// Notification) against the queue.
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
         let mut v = Verdict::default();
+        self.pop_markers();
+        if tag == b'G' {
+            v.dropped_queries = self.copy_in_started();
+            return v;
+        }
+        if matches!(tag, b'E' | b'Z') {
+            self.copy_in = false; // copy-in is over either way
+        }
         let Some(front) = self.q.front_mut() else {
             return v;
         };
@@ -203,12 +234,41 @@ impl Replies {
             Reply::DescribePortal => matches!(tag, b'T' | b'n'),
             Reply::Execute => matches!(tag, b'C' | b'I' | b's'),
             Reply::Sync | Reply::UntilReady => tag == b'Z',
+            Reply::CopyEnd => false,
         };
         if done {
             v.swallow = front.mode == Mode::Swallow;
             self.q.pop_front();
+            self.pop_markers();
         }
         v
+    }
+
+    fn pop_markers(&mut self) {
+        while self.q.front().is_some_and(|e| e.reply == Reply::CopyEnd) {
+            self.q.pop_front();
+        }
+    }
+
+    /// CopyInResponse: the Syncs the client sent after the message that
+    /// started the COPY and before it ended the COPY are ignored by the
+    /// server; drop them. Returns how many.
+    fn copy_in_started(&mut self) -> u32 {
+        let mut dropped = 0;
+        let mut i = 1;
+        while i < self.q.len() {
+            match self.q[i].reply {
+                Reply::CopyEnd => return dropped,
+                Reply::Sync => {
+                    self.q.remove(i);
+                    dropped += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        // The client has not ended the COPY yet.
+        self.copy_in = true;
+        dropped
     }
 }
 
@@ -293,6 +353,47 @@ mod tests {
         r.push_client_message(b'Q', b"Q....");
         r.on_server_message(b'E');
         assert!(!r.is_empty() && !r.skipping());
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn syncs_during_copy_in_are_not_answered() {
+        // tokio-postgres copy_in: Bind, Execute, Sync, data, CopyDone, Sync
+        let mut r = Replies::default();
+        r.push_client_message(b'B', b"B....");
+        r.push_client_message(b'E', b"E....");
+        assert!(r.push_client_message(b'S', b"S...."));
+        r.on_server_message(b'2');
+        assert_eq!(r.on_server_message(b'G').dropped_queries, 1);
+        r.push_client_message(b'd', b"d....");
+        r.push_client_message(b'c', b"c....");
+        assert!(r.push_client_message(b'S', b"S...."));
+        r.on_server_message(b'C');
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+
+        // The whole COPY sent before the server answers.
+        let mut r = Replies::default();
+        for m in [b'B', b'E', b'S', b'd', b'c', b'S'] {
+            r.push_client_message(m, b"x....");
+        }
+        r.on_server_message(b'2');
+        assert_eq!(r.on_server_message(b'G').dropped_queries, 1);
+        r.on_server_message(b'C');
+        r.on_server_message(b'Z');
+        assert!(r.is_empty());
+
+        // CopyFail: error, then the last Sync answers.
+        let mut r = Replies::default();
+        for m in [b'B', b'E', b'S'] {
+            r.push_client_message(m, b"x....");
+        }
+        r.on_server_message(b'2');
+        r.on_server_message(b'G');
+        r.push_client_message(b'f', b"f....");
+        r.push_client_message(b'S', b"S....");
+        r.on_server_message(b'E');
         r.on_server_message(b'Z');
         assert!(r.is_empty());
     }
