@@ -476,7 +476,6 @@ async fn graceful_shutdown_lets_transactions_finish() {
 /// is fine too), not completed up to ReadyForQuery and then cut off. This
 /// is also what a connection racing the listener's close runs into.
 #[tokio::test]
-#[ignore = "proxy bug: handshake/login ignore shutdown; a client accepted before it logs in fully, then gets 57P01"]
 async fn a_login_finishing_after_shutdown_began_is_refused() {
     let pg = TestPg::start(HostAuth::Trust, &TENANTS).await;
     let proxy = TestProxy::start(&pg.config(&TENANTS, 2, "auth_type = \"trust\"")).await;
@@ -510,7 +509,6 @@ async fn a_login_finishing_after_shutdown_began_is_refused() {
 /// transaction to finish: it must not hold shutdown up until
 /// `shutdown_timeout`.
 #[tokio::test]
-#[ignore = "proxy bug: a silent client in the startup handshake delays shutdown until shutdown_timeout"]
 async fn a_silent_unauthenticated_client_does_not_delay_shutdown() {
     let pg = TestPg::start(HostAuth::Trust, &TENANTS).await;
     let proxy = TestProxy::start(&pg.config(

@@ -615,7 +615,6 @@ async fn session_mode_resets_settings_between_clients() {
 /// just closes the socket and hands the slot to the next client, the
 /// placement has more backends than `pool_size`.
 #[tokio::test]
-#[ignore = "proxy bug: a client leaving mid-query frees the pool slot while its backend still runs"]
 async fn a_client_leaving_mid_query_keeps_backends_within_pool_size() {
     use bytes::BytesMut;
     use postgres_protocol::message::frontend;

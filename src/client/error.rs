@@ -29,6 +29,9 @@ pub enum ClientError {
     NotSupported(String),
     #[error("pgtenant is shutting down")]
     ShuttingDown,
+    /// Shutdown began before the client finished logging in.
+    #[error("pgtenant is shutting down and accepts no new sessions")]
+    NotAccepting,
     #[error("startup and authentication did not finish within client_login_timeout")]
     LoginTimeout,
     /// The server refused a setting the client asked for; its own words.
@@ -51,6 +54,7 @@ impl ClientError {
             ClientError::Protocol(_) | ClientError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
             ClientError::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
             ClientError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
+            ClientError::NotAccepting => SqlState::CANNOT_CONNECT_NOW,
             ClientError::Server { code, .. } => {
                 SqlState::parse(code).unwrap_or(SqlState::INTERNAL_ERROR)
             }
@@ -68,7 +72,7 @@ impl ClientError {
             ClientError::PlacementUnreachable(_) | ClientError::ServerLost(_) => "server",
             ClientError::Protocol(_) | ClientError::LoginTimeout => "protocol",
             ClientError::NotSupported(_) => "not_supported",
-            ClientError::ShuttingDown => "shutdown",
+            ClientError::ShuttingDown | ClientError::NotAccepting => "shutdown",
             ClientError::Server { .. } => "server_refused",
         }
     }

@@ -53,15 +53,22 @@ async fn serve_inner(
     client: &mut ClientConn,
 ) -> Result<(), ClientError> {
     let login_timeout = snap.config.proxy.client_login_timeout;
-    let Some(startup) = tokio::time::timeout(login_timeout, handshake(state, client))
-        .await
-        .map_err(|_| ClientError::LoginTimeout)??
-    else {
-        return Ok(()); // a cancel request: nothing more to say
+    // Startup and authentication: bounded by client_login_timeout, and
+    // abandoned when shutdown begins (nothing has started that must finish).
+    let login = async {
+        let Some(startup) = handshake(state, client).await? else {
+            return Ok(None); // a cancel request: nothing more to say
+        };
+        login(state, snap, client, &startup).await.map(Some)
     };
-    let login = tokio::time::timeout(login_timeout, login(state, snap, client, &startup))
-        .await
-        .map_err(|_| ClientError::LoginTimeout)??;
+    let login = tokio::select! {
+        biased;
+        _ = state.shutdown.cancelled() => Err(ClientError::NotAccepting),
+        r = tokio::time::timeout(login_timeout, login) => r.map_err(|_| ClientError::LoginTimeout)?,
+    };
+    let Some(login) = login? else {
+        return Ok(());
+    };
 
     let placement = snap
         .placements

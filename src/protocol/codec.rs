@@ -85,6 +85,11 @@ impl FrameScanner {
         self.max_len
     }
 
+    /// Body bytes of the current frame not yet seen (0 between frames).
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
     /// True between frames (not inside a body).
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0

@@ -4,7 +4,7 @@
 //! holds a server connection with work outstanding, and only to that
 //! connection, so a late or forged cancel cannot hit anyone else.
 
-use crate::pool::PlacementPool;
+use crate::pool::{BackendTarget, PlacementPool};
 use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
@@ -100,22 +100,23 @@ impl CancelRegistry {
             tracing::debug!("cancel request for a client with nothing running");
             return;
         };
-        let addr = (t.pool.target().host.clone(), t.pool.target().port);
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(
-            t.server_key.pid,
-            t.server_key.secret,
-            &mut out,
-        );
-        let send = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await?;
-            s.write_all(&out).await?;
-            s.shutdown().await
-        };
-        match tokio::time::timeout(std::time::Duration::from_secs(5), send).await {
-            Ok(Ok(())) => tracing::debug!(placement = %t.pool.name(), "cancel forwarded"),
-            Ok(Err(e)) => tracing::warn!(placement = %t.pool.name(), "cancel not delivered: {e}"),
-            Err(_) => tracing::warn!(placement = %t.pool.name(), "cancel timed out"),
-        }
+        send_cancel(t.pool.target(), t.server_key).await;
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server behind `target` on a new
+/// connection (protocol docs, "Canceling Requests in Progress").
+pub async fn send_cancel(target: &BackendTarget, key: CancelKey) {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut out);
+    let send = async {
+        let mut s = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+        s.write_all(&out).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), send).await {
+        Ok(Ok(())) => tracing::debug!("cancel forwarded"),
+        Ok(Err(e)) => tracing::warn!("cancel not delivered: {e}"),
+        Err(_) => tracing::warn!("cancel timed out"),
     }
 }

@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod params;
 pub mod prepared;
 pub mod pump;
+pub mod recover;
 pub mod replies;
 pub mod statements;
 
@@ -19,7 +20,7 @@ use crate::client::error::ClientError;
 use crate::config::PoolMode;
 use crate::pool::{CheckoutError, Lease, PlacementPool, ServerError};
 use crate::protocol::codec;
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit, TxnState};
 use replies::{Replies, Undo};
@@ -32,10 +33,6 @@ use tokio_util::sync::CancellationToken;
 /// Server messages may be large (a DataRow up to 1 GB); the proxy only
 /// reads the bodies of tiny ones, so this cap just bounds a corrupt length.
 const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
-
-/// How long cleaning a connection after its client left may take before
-/// the connection is closed instead.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the session needs besides the client socket.
 pub struct Session<'a> {
@@ -285,45 +282,25 @@ impl Session<'_> {
     }
 
     /// After the client left (or, in session mode, at shutdown): give the
-    /// connection back if it can be made clean, else close it. Runs in the
-    /// background so the client's departure never waits on the server.
-    fn finish(&self, mut lease: Lease, txn: &TxnState, server_flow: &Flow) {
-        if !txn.is_quiet() || !server_flow.at_rest() || !server_flow.buf.is_empty() {
-            // Work in flight or unread results: closing is the only way to
-            // be sure nobody inherits them.
-            return;
-        }
-        let rollback = txn.status != b'I';
-        let reset = (self.mode == PoolMode::Session).then(|| self.reset_query.clone());
-        if !rollback && reset.is_none() {
+    /// connection back once it is clean, else close it. Anything that
+    /// takes a round trip runs in the background, holding the lease, so
+    /// the client's departure never waits on the server and the slot stays
+    /// counted until the connection is clean or closed.
+    fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow) {
+        let recovery = recover::Recovery {
+            leftover: BytesMut::from(&server_flow.buf[server_flow.ready..]),
+            skip: server_flow.scanner.remaining(),
+            expected_z: txn.expected_z,
+            unsynced: txn.unsynced,
+            copy_in: txn.replies.in_copy_in(),
+            status: txn.status,
+            reset: (self.mode == PoolMode::Session).then(|| self.reset_query.clone()),
+        };
+        if recovery.is_clean() {
             lease.release();
-            return;
+        } else {
+            recovery.spawn(lease);
         }
-        tokio::spawn(async move {
-            let clean = async {
-                let conn = lease.conn_mut();
-                if rollback && conn.simple_query("ROLLBACK").await? != b'I' {
-                    return Ok::<bool, ServerError>(false);
-                }
-                if let Some(q) = reset {
-                    if conn.simple_query(&q).await? != b'I' {
-                        return Ok(false);
-                    }
-                    // DISCARD ALL dropped the settings and statements.
-                    conn.applied.clear();
-                    conn.prepared.clear();
-                }
-                Ok(true)
-            };
-            match tokio::time::timeout(CLEANUP_TIMEOUT, clean).await {
-                Ok(Ok(true)) => lease.release(),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!("closing server connection after failed cleanup: {e}")
-                }
-                Err(_) => tracing::debug!("closing server connection: cleanup timed out"),
-            }
-        });
     }
 
     /// An error can be written only between server messages; in the

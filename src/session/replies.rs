@@ -107,6 +107,11 @@ impl Replies {
         self.q.is_empty()
     }
 
+    /// The server waits for COPY data the client has not finished sending.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_in
+    }
+
     /// Messages sent now will be skipped by the server.
     pub fn skipping(&self) -> bool {
         self.skipping

@@ -1,0 +1,129 @@
+//! Making a server connection clean after its client left (or, in session
+//! mode, ended): cancel what still runs, read what is still owed up to
+//! ReadyForQuery, roll back, reset. The lease is held all along, so the
+//! connection keeps counting against `pool_size` until it is either back
+//! in the pool, clean, or closed.
+
+use super::cancel::send_cancel;
+use crate::pool::{Lease, ServerError};
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::{backend, frontend};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long recovery may take before the connection is closed instead.
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server still owes and what must be undone.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Server bytes read but not handled (unscanned).
+    pub leftover: BytesMut,
+    /// Body bytes of a half-forwarded message still to come.
+    pub skip: usize,
+    /// ReadyForQuery messages still owed.
+    pub expected_z: u32,
+    /// Extended-protocol messages were sent without a Sync.
+    pub unsynced: bool,
+    /// The server waits for COPY data the client will never send.
+    pub copy_in: bool,
+    /// Last transaction status seen.
+    pub status: u8,
+    /// Session mode: the reset query to run.
+    pub reset: Option<String>,
+}
+
+impl Recovery {
+    /// Nothing to do: the connection can go straight back.
+    pub fn is_clean(&self) -> bool {
+        self.leftover.is_empty()
+            && self.skip == 0
+            && self.expected_z == 0
+            && !self.unsynced
+            && !self.copy_in
+            && self.status == b'I'
+            && self.reset.is_none()
+    }
+
+    /// Runs in the background; returns the connection to the pool if it
+    /// ends clean, closes it otherwise.
+    pub fn spawn(self, lease: Lease) {
+        tokio::spawn(async move {
+            let mut lease = lease;
+            match tokio::time::timeout(RECOVERY_TIMEOUT, self.run(&mut lease)).await {
+                Ok(Ok(())) => lease.release(),
+                Ok(Err(e)) => tracing::debug!("closing server connection: {e}"),
+                Err(_) => tracing::debug!("closing server connection: recovery timed out"),
+            }
+        });
+    }
+
+    async fn run(mut self, lease: &mut Lease) -> Result<(), ServerError> {
+        let target = lease.pool().target().clone();
+        let conn = lease.conn_mut();
+        let busy = self.expected_z > 0 || self.unsynced || self.copy_in;
+        if busy {
+            // Stop whatever runs for the departed client.
+            send_cancel(&target, conn.cancel_key()).await;
+        }
+        // Put back unhandled bytes, then drop the rest of a message that was
+        // half-forwarded to the client.
+        self.leftover.extend_from_slice(&conn.buf);
+        conn.buf = self.leftover;
+        while self.skip > 0 {
+            if conn.buf.is_empty() && conn.stream.read_buf(&mut conn.buf).await? == 0 {
+                return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            let n = self.skip.min(conn.buf.len());
+            conn.buf.advance(n);
+            self.skip -= n;
+        }
+        let mut out = BytesMut::new();
+        if self.copy_in {
+            frontend::copy_fail("client disconnected", &mut out)?;
+        }
+        if self.unsynced {
+            frontend::sync(&mut out);
+            self.expected_z += 1;
+        }
+        if !out.is_empty() {
+            conn.stream.write_all(&out).await?;
+        }
+        while self.expected_z > 0 {
+            match conn.read_message().await? {
+                backend::Message::ReadyForQuery(z) => {
+                    self.expected_z -= 1;
+                    self.status = z.status();
+                }
+                backend::Message::CopyInResponse(_) => {
+                    out.clear();
+                    frontend::copy_fail("client disconnected", &mut out)?;
+                    conn.stream.write_all(&out).await?;
+                }
+                backend::Message::ParameterStatus(p) => {
+                    let (Ok(name), Ok(value)) = (p.name(), p.value()) else {
+                        continue;
+                    };
+                    conn.set_param(name, value);
+                }
+                _ => {}
+            }
+        }
+        if self.status != b'I' && conn.simple_query("ROLLBACK").await? != b'I' {
+            return Err(ServerError::Protocol(
+                "ROLLBACK left a transaction open".into(),
+            ));
+        }
+        if let Some(q) = self.reset {
+            if conn.simple_query(&q).await? != b'I' {
+                return Err(ServerError::Protocol(
+                    "reset query left a transaction open".into(),
+                ));
+            }
+            // DISCARD ALL dropped the settings and statements.
+            conn.applied.clear();
+            conn.prepared.clear();
+        }
+        Ok(())
+    }
+}
