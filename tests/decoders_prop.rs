@@ -6,7 +6,7 @@
 
 use pgtenant::client::scram::{self, ScramError, Verifier};
 use pgtenant::config::TenantSource;
-use pgtenant::protocol::codec::{self, FrameScanner, FrameSink, HEADER_LEN, Step};
+use pgtenant::protocol::codec::{self, FrameScanner, FrameSink, HEADER_LEN, Step, WHOLE_BODY};
 use pgtenant::protocol::startup::{self, MAX_STARTUP_PACKET_LEN, StartupPacket};
 use pgtenant::routing::{self, RoutingInput, RoutingRules};
 use proptest::prelude::*;
@@ -93,54 +93,97 @@ proptest! {
 
 // ---------------------------------------------------------------- scanner
 
-/// Records what the scanner shows it. Wants bodies for tags in
-/// `body_tags`; stops after tags in `stop_after`; stops before tags in
-/// `stop_before` once per frame (as the client sink does for Terminate,
-/// after which the caller acts and scans again).
+/// How much of a frame's body a sink asks for.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    Header,
+    Whole,
+    Prefix(usize),
+}
+
+impl Need {
+    fn bytes(self) -> usize {
+        match self {
+            Need::Header => 0,
+            Need::Whole => WHOLE_BODY,
+            Need::Prefix(n) => n,
+        }
+    }
+}
+
+/// Records what the scanner shows it. Asks for the body bytes `needs`
+/// gives per tag (header only otherwise); skips whole frames of tags in
+/// `skip` (as the sinks do with frames the proxy answers itself); stops
+/// after tags in `stop_after`; stops before tags in `stop_before` once
+/// per frame (as the client sink does for Terminate, after which the
+/// caller acts and scans again).
 #[derive(Default)]
 struct Recorder {
-    body_tags: Vec<u8>,
+    needs: Vec<(u8, Need)>,
+    skip: Vec<u8>,
     stop_after: Vec<u8>,
     stop_before: Vec<u8>,
     stopped_before_current: bool,
+    /// Tags of the frames seen, in order (a frame presented again after
+    /// `StopBefore` counts once).
     tags: Vec<u8>,
-    /// The whole frame, for frames whose body was wanted.
-    bodies: Vec<(usize, Vec<u8>)>,
+    /// What each seen frame showed: its index, the bytes given, and
+    /// whether it was skipped.
+    seen: Vec<(usize, Vec<u8>, bool)>,
 }
 
 impl Recorder {
-    fn wants_body(&self, tag: u8) -> bool {
-        self.body_tags.contains(&tag)
+    fn new(
+        needs: Vec<(u8, Need)>,
+        skip: Vec<u8>,
+        stop_after: Vec<u8>,
+        stop_before: Vec<u8>,
+    ) -> Recorder {
+        Recorder {
+            needs,
+            skip,
+            stop_after,
+            stop_before,
+            ..Recorder::default()
+        }
+    }
+
+    fn need(&self, tag: u8) -> Need {
+        self.needs
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map_or(Need::Header, |(_, n)| *n)
     }
 }
 
 impl FrameSink for Recorder {
     fn body_needed(&self, tag: u8) -> usize {
-        if self.wants_body(tag) {
-            pgtenant::protocol::WHOLE_BODY
-        } else {
-            0
-        }
+        self.need(tag).bytes()
     }
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
-        assert!(frame.len() <= frame_len);
         assert_eq!(frame[0], tag);
-        assert!(frame.len() >= HEADER_LEN);
+        assert!(frame.len() >= HEADER_LEN && frame.len() <= frame_len);
+        let len = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+        assert_eq!(frame_len, len as usize + 1);
+        let body = frame_len - HEADER_LEN;
+        assert_eq!(
+            frame.len() - HEADER_LEN,
+            self.need(tag).bytes().min(body),
+            "the body bytes asked for, no more, no fewer"
+        );
         if self.stop_before.contains(&tag) && !self.stopped_before_current {
             self.stopped_before_current = true;
             return Step::StopBefore;
         }
         self.stopped_before_current = false;
-        if self.wants_body(tag) {
-            let len = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
-            assert_eq!(frame.len(), len as usize + 1, "wanted body is whole");
-            self.bodies.push((self.tags.len(), frame.to_vec()));
-        } else {
-            assert_eq!(frame.len(), HEADER_LEN);
-        }
+        let whole = frame.len() == frame_len;
+        let skip = whole && self.skip.contains(&tag);
+        self.seen.push((self.tags.len(), frame.to_vec(), skip));
         self.tags.push(tag);
-        if self.stop_after.contains(&tag) {
+        if skip {
+            Step::Skip
+        } else if self.stop_after.contains(&tag) {
             Step::StopAfter
         } else {
             Step::Continue
@@ -149,31 +192,35 @@ impl FrameSink for Recorder {
 }
 
 /// Feeds `chunks` to a scanner the way the pump does: unforwarded bytes
-/// are kept and presented again with the next read; after a stop, what
-/// is left is scanned again before reading. Returns the forwarded bytes,
-/// the bytes never forwarded, and the first error.
+/// are kept and presented again with the next read; after a stop, the
+/// skipped bytes (if any) are dropped and what is left is scanned again
+/// before reading. Returns the forwarded bytes, the skipped bytes, the
+/// bytes never forwarded, and the first error.
 fn feed(
     scanner: &mut FrameScanner,
     sink: &mut Recorder,
     chunks: &[Vec<u8>],
-) -> (Vec<u8>, Vec<u8>, Option<codec::FrameError>) {
+) -> (Vec<u8>, Vec<u8>, Vec<u8>, Option<codec::FrameError>) {
     let mut forwarded = Vec::new();
+    let mut skipped = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
     for chunk in chunks {
         pending.extend_from_slice(chunk);
         for _ in 0..100_000 {
             let scan = match scanner.scan(&pending, sink) {
                 Ok(s) => s,
-                Err(e) => return (forwarded, pending, Some(e)),
+                Err(e) => return (forwarded, skipped, pending, Some(e)),
             };
-            assert!(scan.forward <= pending.len());
+            assert!(scan.forward + scan.skip <= pending.len());
+            assert!(scan.skip == 0 || scan.stopped, "skip only with a stop");
             forwarded.extend(pending.drain(..scan.forward));
-            if scan.forward == 0 && !scan.stopped {
+            skipped.extend(pending.drain(..scan.skip));
+            if scan.forward == 0 && scan.skip == 0 && !scan.stopped {
                 break;
             }
         }
     }
-    (forwarded, pending, None)
+    (forwarded, skipped, pending, None)
 }
 
 /// Splits `bytes` at the given cut points (taken modulo its length).
@@ -203,9 +250,25 @@ fn frame_strategy() -> impl Strategy<Value = (u8, Vec<u8>)> {
     (tag, body)
 }
 
+fn tag() -> impl Strategy<Value = u8> {
+    prop_oneof![prop::sample::select(b"QZSXDCP".to_vec()), any::<u8>()]
+}
+
 fn tag_set() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(tag(), 0..4)
+}
+
+fn needs() -> impl Strategy<Value = Vec<(u8, Need)>> {
     prop::collection::vec(
-        prop_oneof![prop::sample::select(b"QZSXDC".to_vec()), any::<u8>()],
+        (
+            tag(),
+            prop_oneof![
+                Just(Need::Header),
+                Just(Need::Whole),
+                (0usize..12).prop_map(Need::Prefix),
+                any::<usize>().prop_map(Need::Prefix),
+            ],
+        ),
         0..4,
     )
 }
@@ -217,20 +280,23 @@ proptest! {
     fn scanner_never_panics_on_arbitrary_reads(
         chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..12),
         max in prop_oneof![Just(4usize), Just(16), Just(1 << 20), Just(usize::MAX)],
-        body_tags in tag_set(),
+        needs in needs(),
+        skip in tag_set(),
         stop_after in tag_set(),
         stop_before in tag_set(),
     ) {
         let mut scanner = FrameScanner::new(max);
-        let mut sink = Recorder { body_tags, stop_after, stop_before, ..Recorder::default() };
+        let mut sink = Recorder::new(needs, skip, stop_after, stop_before);
         let all = chunks.concat();
-        let (forwarded, pending, err) = feed(&mut scanner, &mut sink, &chunks);
-        // What was forwarded and what is kept are the input, in order,
-        // each byte once (all of it unless framing broke).
-        let seen = [forwarded, pending].concat();
-        prop_assert!(all.starts_with(&seen));
+        let (forwarded, skipped, pending, err) = feed(&mut scanner, &mut sink, &chunks);
+        // Forwarded, skipped and kept bytes are the input, each byte once
+        // (all of it unless framing broke).
+        prop_assert!(forwarded.len() + skipped.len() + pending.len() <= all.len());
         if err.is_none() {
-            prop_assert_eq!(seen.len(), all.len());
+            prop_assert_eq!(forwarded.len() + skipped.len() + pending.len(), all.len());
+        }
+        if sink.skip.is_empty() {
+            prop_assert!(all.starts_with(&[forwarded, pending].concat()));
         }
     }
 
@@ -251,12 +317,15 @@ proptest! {
     }
 
     /// Well-formed frames split at random points come out as exactly
-    /// their tags, in order, with every byte forwarded exactly once.
+    /// their tags, in order; every byte is forwarded exactly once, except
+    /// the frames the sink skipped, which are dropped exactly; each frame
+    /// shows the sink the body prefix it asked for.
     #[test]
     fn scanner_round_trips_split_frames(
         frames in prop::collection::vec(frame_strategy(), 0..24),
         cuts in prop::collection::vec(any::<usize>(), 0..40),
-        body_tags in tag_set(),
+        needs in needs(),
+        skip in tag_set(),
         stop_after in tag_set(),
         stop_before in tag_set(),
     ) {
@@ -271,18 +340,25 @@ proptest! {
         }
         let chunks = split(&stream, &cuts);
         let mut scanner = FrameScanner::new(1 << 20);
-        let mut sink = Recorder { body_tags, stop_after, stop_before, ..Recorder::default() };
-        let (forwarded, pending, err) = feed(&mut scanner, &mut sink, &chunks);
+        let mut sink = Recorder::new(needs, skip, stop_after, stop_before);
+        let (forwarded, skipped, pending, err) = feed(&mut scanner, &mut sink, &chunks);
         prop_assert!(err.is_none(), "{:?}", err);
         prop_assert!(pending.is_empty(), "{} bytes never forwarded", pending.len());
-        prop_assert!(forwarded == stream, "forwarded bytes differ from the stream");
-        prop_assert_eq!(&sink.tags, &frames.iter().map(|(t, _)| *t).collect::<Vec<_>>());
         prop_assert!(scanner.at_boundary());
-        for (i, whole) in &sink.bodies {
-            prop_assert_eq!(whole, &encoded[*i]);
+        prop_assert_eq!(&sink.tags, &frames.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+        let mut want_forwarded = Vec::new();
+        let mut want_skipped = Vec::new();
+        for (i, shown, was_skipped) in &sink.seen {
+            prop_assert_eq!(&shown[..], &encoded[*i][..shown.len()]);
+            if *was_skipped {
+                want_skipped.extend_from_slice(&encoded[*i]);
+            } else {
+                want_forwarded.extend_from_slice(&encoded[*i]);
+            }
         }
-        let wanted = frames.iter().filter(|(t, _)| sink.body_tags.contains(t)).count();
-        prop_assert_eq!(sink.bodies.len(), wanted);
+        prop_assert_eq!(sink.seen.len(), frames.len());
+        prop_assert!(forwarded == want_forwarded, "forwarded bytes differ");
+        prop_assert!(skipped == want_skipped, "skipped bytes differ");
     }
 
     /// A frame over the cap is refused before its body is read, wherever
@@ -292,6 +368,7 @@ proptest! {
         before in prop::collection::vec(frame_strategy(), 0..4),
         len in 1025i32..=i32::MAX,
         cuts in prop::collection::vec(any::<usize>(), 0..8),
+        needs in needs(),
     ) {
         let mut stream = Vec::new();
         for (tag, body) in &before {
@@ -306,8 +383,8 @@ proptest! {
         stream.push(b'Q');
         stream.extend_from_slice(&len.to_be_bytes());
         let mut scanner = FrameScanner::new(1024);
-        let mut sink = Recorder::default();
-        let (forwarded, _, err) = feed(&mut scanner, &mut sink, &split(&stream, &cuts));
+        let mut sink = Recorder::new(needs, vec![], vec![], vec![]);
+        let (forwarded, _, _, err) = feed(&mut scanner, &mut sink, &split(&stream, &cuts));
         prop_assert!(
             matches!(err, Some(codec::FrameError::TooLarge { .. })),
             "{:?}",
