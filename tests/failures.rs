@@ -427,20 +427,19 @@ async fn graceful_shutdown_lets_transactions_finish() {
     assert_eq!(sqlstate(&e), "57P01", "{e}");
     assert!(idle.simple_query("SELECT 1").await.is_err());
 
-    // New connections are refused, not left hanging, while the busy
-    // client is still in its transaction. (A connection that races the
-    // listener's close may still be accepted; it must not be usable; see
-    // `connections_racing_shutdown_are_refused`.)
+    // New connections are refused (connection refused, or 57P03 if one
+    // raced the listener's close), not left hanging, while the busy
+    // client is still in its transaction.
     let attempt = tokio::time::timeout(
         Duration::from_secs(3),
         proxy.try_connect(&proxy.conn_str("app.acme", "acme-secret", "acme")),
     )
     .await
     .expect("a new connection hangs during shutdown instead of being refused");
-    if let Ok(c) = attempt {
-        c.simple_query("SELECT 1")
-            .await
-            .expect_err("a connection made during shutdown must not be usable");
+    match attempt {
+        Ok(_) => panic!("a new connection logged in during shutdown"),
+        Err(e) if e.as_db_error().is_some() => assert_eq!(sqlstate(&e), "57P03", "{e}"),
+        Err(_) => {} // refused by the kernel
     }
 
     // The transaction finishes.
@@ -485,23 +484,32 @@ async fn a_login_finishing_after_shutdown_began_is_refused() {
 
     proxy.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    raw::send(
-        &mut late,
-        &raw::startup(3, 0, &[("user", "app.acme"), ("database", "acme")]),
-    )
-    .await;
+    // The client does not know yet and sends its startup packet; the
+    // proxy may already have refused it (and the write may then fail).
+    let _ = late
+        .write_all(&raw::startup(
+            3,
+            0,
+            &[("user", "app.acme"), ("database", "acme")],
+        ))
+        .await;
     let got = raw::read_until_closed(&mut late, Duration::from_secs(10)).await;
     assert!(
         !got.iter().any(|m| m.tag == b'Z'),
         "a login completed after shutdown began: {:?}",
         got.iter().map(|m| m.tag as char).collect::<String>()
     );
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert!(
-        ["57P01", "57P03"].contains(&got[0].code().as_str()),
-        "{:?}",
-        got[0].fields()
-    );
+    // If the refusal arrived before the startup packet was written, the
+    // kernel may have answered that write with a reset that discards the
+    // refusal; anything that did arrive is one 57P03/57P01 error.
+    assert!(got.len() <= 1, "{got:?}");
+    if let Some(e) = got.first() {
+        assert!(
+            e.tag == b'E' && ["57P01", "57P03"].contains(&e.code().as_str()),
+            "{:?}",
+            e.fields()
+        );
+    }
     proxy.stop().await.expect("the proxy stops cleanly");
 }
 
@@ -531,6 +539,11 @@ async fn a_silent_unauthenticated_client_does_not_delay_shutdown() {
     );
     // It is told why, as an idle logged-in client is.
     let got = raw::read_until_closed(&mut silent, Duration::from_secs(1)).await;
-    assert!(got.len() <= 1, "{got:?}");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].tag == b'E' && ["57P01", "57P03"].contains(&got[0].code().as_str()),
+        "{:?}",
+        got[0].fields()
+    );
     drop(acme);
 }
