@@ -547,3 +547,36 @@ async fn a_silent_unauthenticated_client_does_not_delay_shutdown() {
     );
     drop(acme);
 }
+
+/// A tenant's connection limit counts authenticated clients only: stalled
+/// handshakes by someone who knows the tenant's name (but not a password)
+/// cannot lock the tenant's real clients out.
+#[tokio::test]
+async fn stalled_handshakes_do_not_take_a_tenants_slots() {
+    let pg = TestPg::start(HostAuth::ScramSha256, &TENANTS).await;
+    let config = pg.config(&TENANTS, 2, "").replace(
+        "[tenants.acme]\n",
+        "[tenants.acme]\nmax_client_connections = 2\n",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = raw::connect(proxy.port).await;
+        raw::send(
+            &mut s,
+            &raw::startup(3, 0, &[("user", "app.acme"), ("database", "acme")]),
+        )
+        .await;
+        // The proxy asks for SCRAM; the attacker never answers.
+        let m = raw::expect_msg(&mut s, "authentication request").await;
+        assert_eq!(m.tag, b'R');
+        stalled.push(s);
+    }
+    let a1 = proxy.connect("acme").await;
+    let a2 = proxy.connect("acme").await;
+    a1.simple_query("SELECT 1").await.expect("a1");
+    a2.simple_query("SELECT 1").await.expect("a2");
+    let err = refused(&proxy, "acme", "a third authenticated acme client").await;
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    drop(stalled);
+}

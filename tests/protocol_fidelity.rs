@@ -969,7 +969,6 @@ async fn notices_and_parameter_status_pass_through() {
 /// talking to PostgreSQL directly, RESET, RESET ALL and DISCARD ALL go
 /// back to them, not to the server's defaults.
 #[tokio::test]
-#[ignore = "proxy bug: RESET/RESET ALL/DISCARD ALL go to the server default, not the client's startup value"]
 async fn reset_returns_to_the_clients_startup_settings() {
     let (_pg, proxy) = setup(1, "query_wait_timeout = \"5s\"").await;
     let c = proxy

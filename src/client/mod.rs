@@ -44,6 +44,8 @@ pub async fn serve(state: Arc<ProxyState>, stream: TcpStream, peer: SocketAddr) 
 struct Login {
     tenant: Arc<crate::catalog::TenantEntry>,
     wanted: Vec<(String, String)>,
+    /// The ParameterStatus set the client was sent.
+    reported: Vec<(String, String)>,
     _guards: [CountGuard; 2],
 }
 
@@ -95,7 +97,9 @@ async fn serve_inner(
         reset_query: snap.config.proxy.server_reset_query.clone(),
         cancel: &registration.slot,
         shutdown: state.shutdown.clone(),
+        startup_settings: login.wanted.clone(),
         wanted: login.wanted,
+        reported: login.reported,
         max_prepared: snap.config.proxy.max_prepared_statements,
         statements: Default::default(),
         replies: Default::default(),
@@ -193,10 +197,6 @@ async fn login(
         .get(resolved.tenant.as_str())
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
-    let tenant_guard = state
-        .admit_tenant_client(&tenant.id, tenant.max_client_connections)
-        .ok_or_else(|| ClientError::TenantFull(tenant.id.clone()))?;
-
     match snap.config.proxy.auth_type {
         AuthType::ScramSha256 => auth::scram_sha_256(client, &tenant, &resolved.user).await?,
         AuthType::Trust => {
@@ -208,6 +208,11 @@ async fn login(
             }
         }
     }
+    // Counted only once authenticated, so that nobody who merely knows a
+    // tenant's name can hold its slots with stalled handshakes.
+    let tenant_guard = state
+        .admit_tenant_client(&tenant.id, tenant.max_client_connections)
+        .ok_or_else(|| ClientError::TenantFull(tenant.id.clone()))?;
     messages::auth_ok(&mut client.out);
 
     let placement = snap
@@ -243,17 +248,20 @@ async fn login(
         .startup_params(snap.config.proxy.query_wait_timeout)
         .await
         .map_err(|e| session::checkout_error(&tenant, e))?;
+    let mut reported = Vec::with_capacity(server_params.len());
     for (name, value) in server_params.iter() {
         let value = wanted
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map_or(value.as_str(), |(_, v)| v.as_str());
         messages::parameter_status(&mut client.out, name, value);
+        reported.push((name.clone(), value.to_string()));
     }
     tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "authenticated");
     Ok(Login {
         tenant,
         wanted,
+        reported,
         _guards: [proxy_guard, tenant_guard],
     })
 }

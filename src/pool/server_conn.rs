@@ -270,6 +270,49 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query returning two text columns; reads to
+    /// ReadyForQuery. Control path only (release-time checks).
+    pub(crate) async fn query_pairs(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<(String, String)>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            match self.read_message().await? {
+                backend::Message::DataRow(row) => {
+                    let buf = row.buffer();
+                    let mut ranges = row.ranges();
+                    let mut col = || -> Result<String, ServerError> {
+                        use fallible_iterator::FallibleIterator;
+                        match ranges.next().map_err(proto_err)? {
+                            Some(Some(r)) => Ok(String::from_utf8_lossy(&buf[r]).into_owned()),
+                            _ => Err(ServerError::Protocol("unexpected NULL or short row".into())),
+                        }
+                    };
+                    let pair = (col()?, col()?);
+                    rows.push(pair);
+                }
+                backend::Message::ErrorResponse(body) => failure = Some(rejected(&body)),
+                backend::Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(proto_err)?;
+                    let value = body.value().map_err(proto_err)?;
+                    self.set_param(name, value);
+                }
+                backend::Message::ReadyForQuery(_) => {
+                    return match failure {
+                        Some(e) => Err(e),
+                        None => Ok(rows),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Records a ParameterStatus the server sent.
     pub(crate) fn set_param(&mut self, name: &str, value: &str) {
         match self.params.iter_mut().find(|(k, _)| k == name) {

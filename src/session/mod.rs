@@ -45,6 +45,10 @@ pub struct Session<'a> {
     pub shutdown: CancellationToken,
     /// Settings that follow this client onto every server connection.
     pub wanted: Vec<(String, String)>,
+    /// The client's startup settings: what RESET returns to.
+    pub startup_settings: Vec<(String, String)>,
+    /// ParameterStatus values the client has been told.
+    pub reported: Vec<(String, String)>,
     /// Named statements kept per server connection (0: no mapping).
     pub max_prepared: usize,
     /// The client's named statements (transaction mode).
@@ -70,6 +74,7 @@ impl Session<'_> {
             }
             let mut lease = self.lease().await?;
             server_flow.reset();
+            self.report_changes(lease.conn(), &mut server_flow.inject);
             server_flow.buf.extend_from_slice(&lease.conn().buf);
             lease.conn_mut().buf.clear();
 
@@ -104,7 +109,9 @@ impl Session<'_> {
 
             match exit {
                 PumpExit::Idle => {
-                    if server_flow.buf.is_empty() && self.mode == PoolMode::Transaction {
+                    if txn.settings_changed && !self.learn_settings(&mut lease).await {
+                        drop(lease);
+                    } else if server_flow.buf.is_empty() && self.mode == PoolMode::Transaction {
                         lease.release();
                     } else {
                         self.finish(lease, &txn, &server_flow);
@@ -171,6 +178,7 @@ impl Session<'_> {
                 conn.set_param(&name, &value);
                 params::upsert(&mut conn.applied, &name, &value);
                 params::upsert(&mut self.wanted, &name, &value);
+                params::upsert(&mut self.reported, &name, &value);
             }
             apply_undo(&mut txn.replies, &mut self.statements, &mut conn.prepared);
             if std::mem::take(&mut txn.statements_dropped) {
@@ -243,6 +251,41 @@ impl Session<'_> {
                     Ok(0) | Err(_) => return Ok(Next::Leave),
                     Ok(_) => {}
                 },
+            }
+        }
+    }
+
+    /// After a transaction that ran SET, RESET or DISCARD ALL: read what
+    /// the connection now has at session level, which is what this client
+    /// expects from now on. False if the connection failed (close it).
+    async fn learn_settings(&mut self, lease: &mut Lease) -> bool {
+        let conn = lease.conn_mut();
+        match conn.query_pairs(params::SESSION_SETTINGS_SQL).await {
+            Ok(session) => {
+                self.wanted = params::overlay(&self.startup_settings, &session);
+                conn.applied = session;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, "reading session settings failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Tells the client about reported parameters whose value changed
+    /// while the proxy synced a connection to its settings (ParameterStatus
+    /// may arrive at any time, per the protocol).
+    fn report_changes(&mut self, conn: &crate::pool::ServerConn, to_client: &mut BytesMut) {
+        for (name, value) in &conn.params {
+            let seen = self
+                .reported
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+            if seen.is_some_and(|v| v != value) {
+                crate::protocol::messages::parameter_status(to_client, name, value);
+                params::upsert(&mut self.reported, name, value);
             }
         }
     }

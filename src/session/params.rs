@@ -37,21 +37,46 @@ pub fn upsert(list: &mut Vec<(String, String)>, name: &str, value: &str) {
     }
 }
 
+/// Reads the settings a server connection has at session level (what
+/// SET, RESET and the proxy's own syncs left), after a transaction that
+/// changed settings.
+pub const SESSION_SETTINGS_SQL: &str =
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
+
+/// What a client expects: its startup settings, overridden by what it set
+/// since (RESET returns a setting to its startup value, as in PostgreSQL).
+pub fn overlay(
+    startup: &[(String, String)],
+    session: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut out = startup.to_vec();
+    for (k, v) in session {
+        upsert(&mut out, k, v);
+    }
+    out
+}
+
 /// The SQL that turns a connection's `applied` settings into `wanted`, or
-/// `None` when they already match.
+/// `None` when they already match. Values go through `set_config`, which
+/// takes them as the text of the setting (so list settings such as
+/// `search_path` keep their form); removals are `RESET`.
 pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Option<String> {
-    let mut sql = String::new();
+    let mut sets = Vec::new();
     for (k, v) in wanted {
         let same = applied
             .iter()
             .any(|(ak, av)| ak.eq_ignore_ascii_case(k) && av == v);
         if !same {
-            sql.push_str(&format!(
-                "SET {} = {};",
-                escape_identifier(k),
+            sets.push(format!(
+                "pg_catalog.set_config({}, {}, false)",
+                escape_literal(k),
                 escape_literal(v)
             ));
         }
+    }
+    let mut sql = String::new();
+    if !sets.is_empty() {
+        sql = format!("SELECT {};", sets.join(", "));
     }
     for (k, _) in applied {
         if !wanted.iter().any(|(wk, _)| wk.eq_ignore_ascii_case(k)) {
@@ -85,7 +110,23 @@ mod tests {
         let applied = s(&[("application_name", "x"), ("TimeZone", "UTC")]);
         assert_eq!(
             sync_sql(&wanted, &applied).as_deref(),
-            Some("SET \"application_name\" = 'it''s';RESET \"TimeZone\";")
+            Some(
+                "SELECT pg_catalog.set_config('application_name', 'it''s', false);RESET \"TimeZone\";"
+            )
+        );
+    }
+
+    #[test]
+    fn overlay_keeps_startup_values_unless_overridden() {
+        let startup = s(&[("application_name", "start"), ("DateStyle", "ISO")]);
+        let session = s(&[("datestyle", "German"), ("work_mem", "13312")]);
+        assert_eq!(
+            overlay(&startup, &session),
+            s(&[
+                ("application_name", "start"),
+                ("DateStyle", "German"),
+                ("work_mem", "13312")
+            ])
         );
     }
 

@@ -120,6 +120,9 @@ pub struct TxnState {
     /// CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL` seen: the
     /// server dropped its prepared statements.
     pub statements_dropped: bool,
+    /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen: session
+    /// settings may have changed.
+    pub settings_changed: bool,
 }
 
 impl TxnState {
@@ -135,6 +138,7 @@ impl TxnState {
             halt: None,
             param_changes: Vec::new(),
             statements_dropped: false,
+            settings_changed: false,
         }
     }
 
@@ -243,8 +247,13 @@ impl FrameSink for ServerSink<'_> {
                 return Step::Continue;
             }
             b'N' | b'A' => return Step::Continue,
-            b'C' if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") => {
-                st.statements_dropped = true;
+            b'C' => {
+                if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
+                    st.statements_dropped = true;
+                }
+                if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
+                    st.settings_changed = true;
+                }
             }
             _ => {}
         }
