@@ -6,7 +6,7 @@
 //!   the proxy writes, ErrorResponse and SQLSTATEs (pure).
 //! - `routing`: which tenant a connection names (pure).
 //! - `catalog`: tenants, their placement, users and limits (a snapshot).
-//! - `pool`: server connections and the per-placement pool.
+//! - `pool`: server connections, the per-placement pool and its janitor.
 //! - `session`: one client's lease/forward/release loop, settings that
 //!   follow the client, cancel keys. `session -> pool, protocol`.
 //! - `client`: accept-side handshake, routing and auth, then a session.
@@ -54,6 +54,12 @@ pub async fn run(
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
 
+    // Idle and lifetime limits of server connections; stops at shutdown.
+    let janitor = {
+        let state = Arc::clone(&state);
+        pool::janitor::spawn(move || state.snapshot().pools(), shutdown.clone())
+            .context("starting the janitor thread")?
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
@@ -70,6 +76,9 @@ pub async fn run(
     drop(listener);
     std::thread::spawn(move || {
         let mut result = Ok(());
+        if janitor.join().is_err() {
+            result = Err(anyhow::anyhow!("the janitor thread panicked"));
+        }
         for h in handles {
             match h.join() {
                 Ok(Ok(())) => {}

@@ -8,7 +8,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
-use crate::pool::{BackendTarget, PlacementName, PlacementPool};
+use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts};
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;
 use arc_swap::ArcSwap;
@@ -48,7 +48,7 @@ impl Snapshot {
                 target,
                 p.pool_size as usize,
                 workers,
-                config.proxy.server_connect_timeout,
+                PoolTimeouts::from_config(&config.proxy),
             );
             placements.insert(
                 name.clone(),
@@ -74,6 +74,14 @@ impl Snapshot {
     pub fn pool_mode(&self) -> PoolMode {
         self.config.proxy.pool_mode
     }
+
+    /// Every placement's pool (for the janitor).
+    pub fn pools(&self) -> Vec<Arc<PlacementPool>> {
+        self.placements
+            .values()
+            .map(|p| Arc::clone(&p.pool))
+            .collect()
+    }
 }
 
 /// Shared by every worker and connection.
@@ -85,6 +93,8 @@ pub struct ProxyState {
     tenant_clients: DashMap<TenantId, Arc<AtomicU32>>,
     pub shutdown: CancellationToken,
     pub workers: usize,
+    /// Clients pinned to a server connection by session state (total).
+    pub pins: std::sync::atomic::AtomicU64,
 }
 
 impl ProxyState {
@@ -96,6 +106,7 @@ impl ProxyState {
             tenant_clients: DashMap::new(),
             shutdown,
             workers,
+            pins: Default::default(),
         }
     }
 

@@ -101,6 +101,22 @@ pub struct ProxyConfig {
     /// How long opening and authenticating a server connection may take.
     #[serde(with = "humantime_serde_compat")]
     pub server_connect_timeout: Duration,
+    /// Idle server connections unused for longer are closed; 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_idle_timeout: Duration,
+    /// Server connections are closed once this old (each one jittered to
+    /// 90-100% of it), when idle, never while leased; 0: used once.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_lifetime: Duration,
+    /// An idle server connection unused for longer is checked with a
+    /// round trip before it is handed out; 0: checked every time.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_check_delay: Duration,
+    /// After failed connects, the longest wait before the next attempt
+    /// (100 ms, doubling per failure, up to this); meanwhile clients that
+    /// need a new server connection get 08006 at once.
+    #[serde(with = "humantime_serde_compat")]
+    pub server_login_retry: Duration,
     /// Named prepared statements kept per server connection in
     /// transaction mode (least recently used closed first); 0 turns the
     /// statement mapping off, so named statements only work in session mode.
@@ -133,6 +149,10 @@ impl Default for ProxyConfig {
             client_login_timeout: Duration::from_secs(60),
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            server_check_delay: Duration::from_secs(30),
+            server_login_retry: Duration::from_secs(5),
             max_prepared_statements: 200,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout: Duration::from_secs(30),

@@ -80,6 +80,10 @@ pub enum ServerError {
     NoPassword,
     #[error("server protocol error: {0}")]
     Protocol(String),
+    /// Not an attempt: a recent one failed, and the pool waits this long
+    /// before the next (see `placement.rs`, reconnect backoff).
+    #[error("connecting failed recently; next attempt in {0:?}")]
+    Backoff(Duration),
 }
 
 /// An open, authenticated server connection.
@@ -100,10 +104,22 @@ pub struct ServerConn {
     pub(crate) prepared: crate::session::prepared::PreparedSet,
     /// Data-plane worker whose reactor the socket is registered with.
     pub(crate) worker: usize,
+    /// When the connection last went idle (or was opened).
     pub(crate) last_used: Instant,
+    /// When the pool retires it (`server_lifetime`, jittered); `None`:
+    /// never.
+    pub(crate) retire_at: Option<Instant>,
+    /// Idle longer than `server_check_delay`: prove it answers before
+    /// handing it out.
+    pub(crate) needs_check: bool,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Query(";"): the cheapest statement that makes the server answer.
+const EMPTY_QUERY: &[u8] = b"Q\0\0\0\x06;\0";
+/// Terminate: the polite way to leave.
+const TERMINATE: &[u8] = b"X\0\0\0\x04";
 
 impl ServerConn {
     /// Opens and authenticates a connection, reading up to the first
@@ -133,6 +149,8 @@ impl ServerConn {
             prepared: Default::default(),
             worker,
             last_used: Instant::now(),
+            retire_at: None,
+            needs_check: false,
         };
         let mut out = BytesMut::new();
         frontend::startup_message(
@@ -335,6 +353,42 @@ impl ServerConn {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// A real round trip for a connection idle a long time, which may have
+    /// died without a word (a half-open TCP connection after a failover, a
+    /// firewall that forgot it): an empty query, answered by
+    /// EmptyQueryResponse and ReadyForQuery idle, with nothing left over.
+    /// The caller bounds the time.
+    pub(crate) async fn check(&mut self) -> Result<(), ServerError> {
+        self.stream.write_all(EMPTY_QUERY).await?;
+        let mut empty = false;
+        loop {
+            match self.read_message().await? {
+                backend::Message::EmptyQueryResponse => empty = true,
+                backend::Message::ReadyForQuery(z) => {
+                    return if empty && z.status() == b'I' && self.buf.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(ServerError::Protocol("unexpected reply to a check".into()))
+                    };
+                }
+                backend::Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(proto_err)?;
+                    let value = body.value().map_err(proto_err)?;
+                    self.set_param(name, value);
+                }
+                backend::Message::NoticeResponse(_) => {}
+                backend::Message::ErrorResponse(body) => return Err(rejected(&body)),
+                _ => return Err(ServerError::Protocol("unexpected reply to a check".into())),
+            }
+        }
+    }
+
+    /// Closes an idle connection: Terminate if the socket takes it at
+    /// once (no waiting, from any thread), then the socket.
+    pub(crate) fn close(self) {
+        let _ = socket2::SockRef::from(&self.stream).send(TERMINATE);
     }
 
     /// Moves the socket to `worker`'s reactor if it is registered with
