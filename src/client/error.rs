@@ -29,11 +29,22 @@ pub enum ClientError {
     NotSupported(String),
     #[error("pgtenant is shutting down")]
     ShuttingDown,
+    #[error(
+        "terminating connection of tenant \"{0}\": idle in transaction longer than idle_transaction_timeout"
+    )]
+    IdleInTransaction(TenantId),
+    #[error("terminating connection of tenant \"{0}\": idle longer than client_idle_timeout")]
+    ClientIdle(TenantId),
     /// Shutdown began before the client finished logging in.
     #[error("pgtenant is shutting down and accepts no new sessions")]
     NotAccepting,
     #[error("startup and authentication did not finish within client_login_timeout")]
     LoginTimeout,
+    /// Session state under `pin_policy = "error"`.
+    #[error(
+        "tenant \"{tenant}\": {kinds} cannot be kept across transactions with transaction pooling (pin_policy = \"error\"); release it in the same transaction or use session mode"
+    )]
+    SessionState { tenant: TenantId, kinds: String },
     /// The server refused a setting the client asked for; its own words.
     #[error("{message}")]
     Server { code: String, message: String },
@@ -52,8 +63,12 @@ impl ClientError {
                 SqlState::CONNECTION_FAILURE
             }
             ClientError::Protocol(_) | ClientError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
-            ClientError::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            ClientError::NotSupported(_) | ClientError::SessionState { .. } => {
+                SqlState::FEATURE_NOT_SUPPORTED
+            }
             ClientError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
+            ClientError::IdleInTransaction(_) => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            ClientError::ClientIdle(_) => SqlState::IDLE_SESSION_TIMEOUT,
             ClientError::NotAccepting => SqlState::CANNOT_CONNECT_NOW,
             ClientError::Server { code, .. } => {
                 SqlState::parse(code).unwrap_or(SqlState::INTERNAL_ERROR)
@@ -72,7 +87,9 @@ impl ClientError {
             ClientError::PlacementUnreachable(_) | ClientError::ServerLost(_) => "server",
             ClientError::Protocol(_) | ClientError::LoginTimeout => "protocol",
             ClientError::NotSupported(_) => "not_supported",
+            ClientError::SessionState { .. } => "session_state",
             ClientError::ShuttingDown | ClientError::NotAccepting => "shutdown",
+            ClientError::IdleInTransaction(_) | ClientError::ClientIdle(_) => "idle_timeout",
             ClientError::Server { .. } => "server_refused",
         }
     }

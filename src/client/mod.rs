@@ -103,6 +103,10 @@ async fn serve_inner(
         max_prepared: snap.config.proxy.max_prepared_statements,
         statements: Default::default(),
         replies: Default::default(),
+        pin_policy: snap.config.proxy.pin_policy,
+        idle_transaction_timeout: snap.config.proxy.idle_transaction_timeout,
+        client_idle_timeout: snap.config.proxy.client_idle_timeout,
+        pins: &state.pins,
     }
     .run(client)
     .await

@@ -121,6 +121,18 @@ pub struct ProxyConfig {
     /// transaction mode (least recently used closed first); 0 turns the
     /// statement mapping off, so named statements only work in session mode.
     pub max_prepared_statements: usize,
+    /// A client idle inside a transaction for longer is disconnected
+    /// (25P03) and its transaction rolled back; 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_transaction_timeout: Duration,
+    /// A client idle outside a transaction for longer is disconnected
+    /// (57P05); 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub client_idle_timeout: Duration,
+    /// Transaction mode: what to do when a client creates session state
+    /// (LISTEN, session advisory locks, temporary tables, WITH HOLD
+    /// cursors, SQL PREPARE).
+    pub pin_policy: PinPolicy,
     /// Run on a session-mode server connection before it is reused.
     pub server_reset_query: String,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
@@ -154,10 +166,24 @@ impl Default for ProxyConfig {
             server_check_delay: Duration::from_secs(30),
             server_login_retry: Duration::from_secs(5),
             max_prepared_statements: 200,
+            idle_transaction_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
+            pin_policy: PinPolicy::Pin,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Session state in transaction mode (see `session/pinning.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinPolicy {
+    /// Keep the client on its server connection until the state is gone
+    /// or the client leaves.
+    Pin,
+    /// End the session with an error naming the state.
+    Error,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -290,9 +290,12 @@ impl ServerConn {
 
     /// Runs a simple query returning two text columns; reads to
     /// ReadyForQuery. Control path only (release-time checks).
+    /// NotificationResponses that arrive meanwhile belong to the client
+    /// (it LISTENs): they are re-encoded into `notifications`.
     pub(crate) async fn query_pairs(
         &mut self,
         sql: &str,
+        notifications: &mut BytesMut,
     ) -> Result<Vec<(String, String)>, ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out)?;
@@ -319,6 +322,18 @@ impl ServerConn {
                     let name = body.name().map_err(proto_err)?;
                     let value = body.value().map_err(proto_err)?;
                     self.set_param(name, value);
+                }
+                backend::Message::NotificationResponse(n) => {
+                    use bytes::BufMut;
+                    let channel = n.channel().map_err(proto_err)?;
+                    let payload = n.message().map_err(proto_err)?;
+                    notifications.put_u8(b'A');
+                    notifications.put_i32((4 + 4 + channel.len() + 1 + payload.len() + 1) as i32);
+                    notifications.put_i32(n.process_id());
+                    notifications.put_slice(channel.as_bytes());
+                    notifications.put_u8(0);
+                    notifications.put_slice(payload.as_bytes());
+                    notifications.put_u8(0);
                 }
                 backend::Message::ReadyForQuery(_) => {
                     return match failure {

@@ -56,6 +56,10 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState::lit("57P01");
     /// `57P03`: the proxy cannot take connections right now.
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState::lit("57P03");
+    /// `25P03`: idle in transaction longer than idle_transaction_timeout.
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState::lit("25P03");
+    /// `57P05`: idle longer than client_idle_timeout.
+    pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState::lit("57P05");
     /// `XX000`: a bug or an unexpected state inside pgtenant.
     pub const INTERNAL_ERROR: SqlState = SqlState::lit("XX000");
 }

@@ -8,6 +8,7 @@
 
 pub mod cancel;
 pub mod params;
+pub mod pinning;
 pub mod prepared;
 pub mod pump;
 pub mod recover;
@@ -17,9 +18,9 @@ pub mod statements;
 use crate::catalog::TenantEntry;
 use crate::client::conn::ClientConn;
 use crate::client::error::ClientError;
-use crate::config::PoolMode;
+use crate::config::{PinPolicy, PoolMode};
 use crate::pool::{CheckoutError, Lease, PlacementPool, ServerError};
-use crate::protocol::codec;
+use crate::protocol::{HEADER_LEN, codec};
 use bytes::{Buf, BytesMut};
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit, TxnState};
@@ -55,6 +56,14 @@ pub struct Session<'a> {
     pub statements: ClientStatements,
     /// Reused across leases so tracking allocates nothing per transaction.
     pub replies: Replies,
+    /// What to do when the client creates session state (transaction mode).
+    pub pin_policy: PinPolicy,
+    /// Pins started, proxy-wide.
+    pub pins: &'a std::sync::atomic::AtomicU64,
+    /// 0: off.
+    pub idle_transaction_timeout: Duration,
+    /// 0: off.
+    pub client_idle_timeout: Duration,
 }
 
 /// What the idle client did next.
@@ -72,9 +81,11 @@ impl Session<'_> {
             if let Next::Leave = self.wait_for_request(client).await? {
                 return Ok(());
             }
-            let mut lease = self.lease().await?;
+            let (mut lease, synced) = self.lease().await?;
             server_flow.reset();
-            self.report_changes(lease.conn(), &mut server_flow.inject);
+            if synced {
+                self.report_changes(lease.conn(), &mut server_flow.inject);
+            }
             server_flow.buf.extend_from_slice(&lease.conn().buf);
             lease.conn_mut().buf.clear();
 
@@ -86,23 +97,45 @@ impl Session<'_> {
                 transaction_mode && self.max_prepared > 0,
                 replies,
             );
+            txn.rest_in_transaction = !self.idle_transaction_timeout.is_zero();
+            txn.rest_when_idle = !transaction_mode && !self.client_idle_timeout.is_zero();
             self.cancel.arm(&self.pool, lease.conn().cancel_key());
             let exit = loop {
                 let exit = self
                     .pump(client, &mut lease, &mut server_flow, &mut txn)
                     .await;
-                if let PumpExit::Rewrite = exit {
-                    if let Err(e) = self
-                        .rewrite(client, &mut lease, &mut server_flow, &mut txn)
-                        .await
-                    {
+                let result = match exit {
+                    PumpExit::Rewrite => {
+                        self.rewrite(client, &mut lease, &mut server_flow, &mut txn)
+                            .await
+                    }
+                    PumpExit::Probe => {
+                        self.check_session_state(&mut lease, &mut server_flow, &mut txn)
+                            .await
+                    }
+                    PumpExit::Rest => self.rest(client, &lease, &txn).await,
+                    other => break other,
+                };
+                match result {
+                    Ok(()) => continue,
+                    Err(e) => {
                         self.cancel.disarm();
-                        drop(lease);
+                        if matches!(exit, PumpExit::Probe) {
+                            // The held-back ReadyForQuery ('I') is the next
+                            // frame: the server owes nothing more.
+                            server_flow.buf.advance(HEADER_LEN + 1);
+                            txn.expected_z = txn.expected_z.saturating_sub(1);
+                            txn.status = b'I';
+                        }
+                        if matches!(e, ClientError::SessionState { .. }) {
+                            txn.pinned = true; // clean it with the reset query
+                        }
+                        // Recovery rolls back (or resets) and returns the
+                        // connection if it can be made clean.
+                        self.finish(lease, &txn, &server_flow);
                         return self.tell_client_if_possible(&server_flow, e);
                     }
-                    continue;
                 }
-                break exit;
             };
             self.cancel.disarm();
             self.replies = std::mem::take(&mut txn.replies);
@@ -111,7 +144,10 @@ impl Session<'_> {
                 PumpExit::Idle => {
                     if txn.settings_changed && !self.learn_settings(&mut lease).await {
                         drop(lease);
-                    } else if server_flow.buf.is_empty() && self.mode == PoolMode::Transaction {
+                    } else if server_flow.buf.is_empty()
+                        && self.mode == PoolMode::Transaction
+                        && !txn.pinned
+                    {
                         lease.release();
                     } else {
                         self.finish(lease, &txn, &server_flow);
@@ -124,7 +160,12 @@ impl Session<'_> {
                     self.finish(lease, &txn, &server_flow);
                     return Ok(());
                 }
-                PumpExit::ServerEof | PumpExit::ServerIo(_) | PumpExit::ServerProtocol(_) => {
+                PumpExit::ServerEof
+                | PumpExit::ServerIo(_)
+                | PumpExit::ServerProtocol(_)
+                | PumpExit::Rewrite
+                | PumpExit::Probe
+                | PumpExit::Rest => {
                     tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
                     drop(lease);
                     return self.tell_client_if_possible(
@@ -132,7 +173,6 @@ impl Session<'_> {
                         ClientError::ServerLost(self.tenant.id.clone()),
                     );
                 }
-                PumpExit::Rewrite => unreachable!("handled above"),
                 PumpExit::ClientProtocol(e) => {
                     drop(lease);
                     return self.tell_client_if_possible(
@@ -221,6 +261,8 @@ impl Session<'_> {
     /// outside COPY, are dropped here without leasing anything.
     async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
+        let idle_limit = (!self.client_idle_timeout.is_zero())
+            .then(|| tokio::time::Instant::now() + self.client_idle_timeout);
         let mut discard = 0usize;
         loop {
             let buf = &mut client.flow.buf;
@@ -247,10 +289,96 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(ClientError::ShuttingDown),
+                _ = sleep_until_opt(idle_limit) => {
+                    return Err(ClientError::ClientIdle(self.tenant.id.clone()));
+                }
                 r = client.stream.read_buf(buf) => match r {
                     Ok(0) | Err(_) => return Ok(Next::Leave),
                     Ok(_) => {}
                 },
+            }
+        }
+    }
+
+    /// Both sides are quiet: wait for either to speak, within the idle
+    /// timeout that applies (in a transaction, or idle in session mode).
+    async fn rest(
+        &self,
+        client: &ClientConn,
+        lease: &Lease,
+        txn: &TxnState,
+    ) -> Result<(), ClientError> {
+        let (limit, err) = if txn.status == b'I' {
+            (
+                self.client_idle_timeout,
+                ClientError::ClientIdle(self.tenant.id.clone()),
+            )
+        } else {
+            (
+                self.idle_transaction_timeout,
+                ClientError::IdleInTransaction(self.tenant.id.clone()),
+            )
+        };
+        tokio::select! {
+            // Whatever comes (data, EOF, a notice), the pump handles it.
+            _ = client.stream.readable() => Ok(()),
+            _ = lease.conn().stream.readable() => Ok(()),
+            _ = self.shutdown.cancelled(), if !txn.stop_when_idle => Ok(()),
+            _ = tokio::time::sleep(limit) => {
+                tracing::info!(tenant = %self.tenant.id, "{err}");
+                Err(err)
+            }
+        }
+    }
+
+    /// At an idle point after SQL that may have created (or released)
+    /// session state: one probe says what the connection holds. State
+    /// pins the client to this connection (or ends the session under
+    /// `pin_policy = "error"`); no state unpins it.
+    async fn check_session_state(
+        &mut self,
+        lease: &mut Lease,
+        server_flow: &mut Flow,
+        txn: &mut TxnState,
+    ) -> Result<(), ClientError> {
+        txn.mentions = pinning::Mentions::default();
+        // The server's ReadyForQuery waits in `server_flow.buf`; the probe's
+        // replies come after it on the socket.
+        let conn = lease.conn_mut();
+        let probe = conn
+            .query_pairs(pinning::PROBE_SQL, &mut server_flow.inject)
+            .await;
+        let kinds = match probe {
+            Ok(rows) => pinning::present(&rows),
+            // The connection is fine but the probe failed (say, a tiny
+            // statement_timeout): assume state, which is the safe side.
+            Err(ServerError::Rejected { .. }) => vec!["unknown".to_string()],
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, "session-state probe failed: {e}");
+                return Err(ClientError::ServerLost(self.tenant.id.clone()));
+            }
+        };
+        if kinds.is_empty() {
+            if txn.pinned {
+                tracing::debug!(tenant = %self.tenant.id, "session state gone; unpinned");
+            }
+            txn.pinned = false;
+            txn.stop_when_idle = true;
+            return Ok(());
+        }
+        match self.pin_policy {
+            PinPolicy::Error => Err(ClientError::SessionState {
+                tenant: self.tenant.id.clone(),
+                kinds: kinds.join(", "),
+            }),
+            PinPolicy::Pin => {
+                if !txn.pinned {
+                    self.pins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(tenant = %self.tenant.id, state = %kinds.join(", "), "client pinned to its server connection");
+                }
+                txn.pinned = true;
+                txn.stop_when_idle = self.shutdown.is_cancelled();
+                Ok(())
             }
         }
     }
@@ -260,7 +388,11 @@ impl Session<'_> {
     /// expects from now on. False if the connection failed (close it).
     async fn learn_settings(&mut self, lease: &mut Lease) -> bool {
         let conn = lease.conn_mut();
-        match conn.query_pairs(params::SESSION_SETTINGS_SQL).await {
+        let mut notices = BytesMut::new();
+        match conn
+            .query_pairs(params::SESSION_SETTINGS_SQL, &mut notices)
+            .await
+        {
             Ok(session) => {
                 self.wanted = params::overlay(&self.startup_settings, &session);
                 conn.applied = session;
@@ -290,8 +422,9 @@ impl Session<'_> {
         }
     }
 
-    /// Leases a server connection and applies the client's settings.
-    async fn lease(&self) -> Result<Lease, ClientError> {
+    /// Leases a server connection and applies the client's settings;
+    /// true if that took a sync (so reported values may have changed).
+    async fn lease(&self) -> Result<(Lease, bool), ClientError> {
         let mut lease = self
             .pool
             .checkout(self.wait_timeout)
@@ -300,7 +433,10 @@ impl Session<'_> {
         if let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) {
             let conn = lease.conn_mut();
             match conn.simple_query(&sql).await {
-                Ok(b'I') => conn.applied.clone_from(&self.wanted),
+                Ok(b'I') => {
+                    conn.applied.clone_from(&self.wanted);
+                    return Ok((lease, true));
+                }
                 Ok(_) => {
                     return Err(ClientError::Protocol(
                         "server left a transaction open while applying settings".into(),
@@ -321,7 +457,7 @@ impl Session<'_> {
                 }
             }
         }
-        Ok(lease)
+        Ok((lease, false))
     }
 
     /// After the client left (or, in session mode, at shutdown): give the
@@ -337,7 +473,7 @@ impl Session<'_> {
             unsynced: txn.unsynced,
             copy_in: txn.replies.in_copy_in(),
             status: txn.status,
-            reset: (self.mode == PoolMode::Session).then(|| self.reset_query.clone()),
+            reset: (self.mode == PoolMode::Session || txn.pinned).then(|| self.reset_query.clone()),
         };
         if recovery.is_clean() {
             lease.release();
@@ -359,6 +495,14 @@ impl Session<'_> {
             tracing::info!(tenant = %self.tenant.id, "closing client mid-message: {err}");
             Ok(())
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -27,6 +27,7 @@
 //! the future (e.g. when a shutdown branch of a `select!` wins) loses
 //! nothing; polling again resumes where it stopped.
 
+use super::pinning::{self, Mentions};
 use super::replies::Replies;
 use crate::protocol::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step};
 use bytes::{Buf, BytesMut};
@@ -94,6 +95,12 @@ pub enum Halt {
     /// The client sent a message the session must rewrite (left at the
     /// front of its buffer).
     Rewrite,
+    /// The server is about to go idle after SQL that may have created or
+    /// released session state; its ReadyForQuery waits in the buffer.
+    Probe,
+    /// The server is quiet and the client has nothing in flight (an idle
+    /// timeout may apply).
+    Rest,
 }
 
 /// Transaction state, kept by the sinks while frames go by.
@@ -109,6 +116,18 @@ pub struct TxnState {
     pub stop_when_idle: bool,
     /// Transaction mode: named statements are handed to the session.
     pub rewrite: bool,
+    /// Transaction mode: look for session-state keywords in SQL text.
+    pub scan_text: bool,
+    /// The client holds session state on this server connection, so it
+    /// keeps it across transactions (see `pinning.rs`).
+    pub pinned: bool,
+    /// Session-state keywords or command tags seen since the last check.
+    pub mentions: Mentions,
+    /// Stop at quiet points inside a transaction (idle_transaction_timeout).
+    pub rest_in_transaction: bool,
+    /// Stop at idle points without releasing (client_idle_timeout, session
+    /// mode).
+    pub rest_when_idle: bool,
     pub replies: Replies,
     /// Updated by the pump before each server scan: the client direction
     /// has nothing in flight.
@@ -126,13 +145,21 @@ pub struct TxnState {
 }
 
 impl TxnState {
-    pub fn new(stop_when_idle: bool, rewrite: bool, replies: Replies) -> TxnState {
+    /// `transaction_mode` turns on release at idle points and the scan for
+    /// session state; `rewrite` the named-statement mapping.
+    pub fn new(transaction_mode: bool, rewrite: bool, replies: Replies) -> TxnState {
+        let stop_when_idle = transaction_mode;
         TxnState {
             expected_z: 0,
             unsynced: false,
             status: b'I',
             stop_when_idle,
             rewrite,
+            scan_text: transaction_mode,
+            pinned: false,
+            mentions: Mentions::default(),
+            rest_in_transaction: false,
+            rest_when_idle: false,
             replies,
             client_at_rest: true,
             halt: None,
@@ -145,6 +172,17 @@ impl TxnState {
     /// The server connection could serve another client as it is.
     pub fn is_idle(&self) -> bool {
         self.expected_z == 0 && !self.unsynced && self.status == b'I' && self.replies.is_empty()
+    }
+
+    /// A ReadyForQuery with `status` now would leave the connection idle
+    /// after SQL that mentioned session state: check before letting it go.
+    fn probe_due(&self, status: Option<u8>) -> bool {
+        self.scan_text
+            && (self.mentions.state || (self.pinned && self.mentions.release))
+            && status == Some(b'I')
+            && self.expected_z == 1
+            && !self.unsynced
+            && self.client_at_rest
     }
 
     /// Nothing is outstanding on the server, though a transaction may be
@@ -161,6 +199,7 @@ struct ClientSink<'a>(&'a mut TxnState);
 impl FrameSink for ClientSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
         match tag {
+            b'Q' | b'P' if self.0.scan_text => pinning::TEXT_PREFIX,
             b'P' | b'B' | b'D' | b'C' if self.0.rewrite => NAMES_PREFIX,
             _ => 0,
         }
@@ -168,6 +207,20 @@ impl FrameSink for ClientSink<'_> {
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
         let st = &mut *self.0;
+        if st.scan_text {
+            let body = &frame[HEADER_LEN..];
+            let text = match tag {
+                b'Q' => Some(body),
+                // Parse: the query text follows the statement name.
+                b'P' => body.iter().position(|&b| b == 0).map(|n| &body[n + 1..]),
+                _ => None,
+            };
+            if let Some(text) = text {
+                let m = pinning::scan(text);
+                st.mentions.state |= m.state;
+                st.mentions.release |= m.release;
+            }
+        }
         if st.rewrite && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
             st.halt = Some(Halt::Rewrite);
             return Step::StopBefore;
@@ -254,11 +307,18 @@ impl FrameSink for ServerSink<'_> {
                 if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
                     st.settings_changed = true;
                 }
+                if st.scan_text && pinning::state_tag(body) {
+                    st.mentions.state = true;
+                }
             }
             _ => {}
         }
         // The proxy's own replies that come before this message.
         if st.replies.emit_ready(self.to_client) {
+            return Step::StopBefore;
+        }
+        if tag == b'Z' && st.probe_due(body.first().copied()) {
+            st.halt = Some(Halt::Probe);
             return Step::StopBefore;
         }
         let verdict = st.replies.on_server_message(tag);
@@ -271,6 +331,15 @@ impl FrameSink for ServerSink<'_> {
             st.expected_z = st.expected_z.saturating_sub(1);
             if st.stop_when_idle && st.is_idle() && st.client_at_rest {
                 st.halt = Some(Halt::Idle);
+                return Step::StopAfter;
+            }
+            let rest = if st.status == b'I' {
+                st.rest_when_idle
+            } else {
+                st.rest_in_transaction
+            };
+            if rest && st.is_quiet() && st.client_at_rest {
+                st.halt = Some(Halt::Rest);
                 return Step::StopAfter;
             }
         }
@@ -298,6 +367,10 @@ pub enum PumpExit {
     /// The client sent a message for the session to rewrite (at the front
     /// of its buffer, possibly not yet whole).
     Rewrite,
+    /// Check for session state before the final ReadyForQuery goes out.
+    Probe,
+    /// Quiet on both sides (only when an idle timeout applies).
+    Rest,
     ClientEof,
     ServerEof,
     ClientIo(io::Error),
@@ -393,6 +466,8 @@ fn poll_direction(
                 Halt::Idle => PumpExit::Idle,
                 Halt::Terminate => PumpExit::ClientTerminate,
                 Halt::Rewrite => PumpExit::Rewrite,
+                Halt::Probe => PumpExit::Probe,
+                Halt::Rest => PumpExit::Rest,
             });
         }
         // Bytes left from an earlier read (a partial header, or a frame

@@ -99,6 +99,8 @@ pub struct Replies {
     /// The server is in copy-in and the client has not ended the COPY
     /// yet: its Syncs until then are ignored by the server.
     copy_in: bool,
+    /// `Synth` entries queued (lets `emit_ready` return at once when none).
+    synth: usize,
     pub undo: Vec<Undo>,
 }
 
@@ -122,6 +124,7 @@ impl Replies {
         self.q.clear();
         self.skipping = false;
         self.copy_in = false;
+        self.synth = 0;
         self.undo.clear();
     }
 
@@ -166,6 +169,7 @@ impl Replies {
             self.undo.extend(undo.into_iter().flatten());
             return false;
         }
+        self.synth += usize::from(mode == Mode::Synth);
         self.q.push_back(Entry {
             reply,
             mode,
@@ -175,12 +179,21 @@ impl Replies {
         true
     }
 
+    fn pop(&mut self) -> Option<Entry> {
+        let e = self.q.pop_front()?;
+        self.synth -= usize::from(e.mode == Mode::Synth);
+        Some(e)
+    }
+
     /// Writes the proxy's own replies now due (those at the front) to
     /// `out`; true if it wrote any.
     pub fn emit_ready(&mut self, out: &mut BytesMut) -> bool {
+        if self.synth == 0 {
+            return false;
+        }
         let mut wrote = false;
         while self.q.front().is_some_and(|e| e.mode == Mode::Synth) {
-            if let Some(e) = self.q.pop_front() {
+            if let Some(e) = self.pop() {
                 let tag = match e.reply {
                     Reply::CloseComplete => b'3',
                     _ => b'1',
@@ -210,11 +223,11 @@ impl Replies {
         };
         if tag == b'E' && front.reply.is_extended() {
             // PostgreSQL skips the rest of the batch up to Sync.
-            let failed = self.q.pop_front();
+            let failed = self.pop();
             self.undo
                 .extend(failed.into_iter().flat_map(|e| e.undo).flatten());
             while self.q.front().is_some_and(|e| e.reply != Reply::Sync) {
-                if let Some(e) = self.q.pop_front() {
+                if let Some(e) = self.pop() {
                     if e.reply == Reply::UntilReady {
                         v.dropped_queries += 1;
                     }
@@ -243,7 +256,7 @@ impl Replies {
         };
         if done {
             v.swallow = front.mode == Mode::Swallow;
-            self.q.pop_front();
+            self.pop();
             self.pop_markers();
         }
         v
