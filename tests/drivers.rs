@@ -310,8 +310,6 @@ async fn psycopg3_named_statements_transactions_and_settings() {
 /// psycopg 3 pipeline mode and executemany; afterwards the clients sit
 /// idle, which must leave the pool to the others.
 #[tokio::test]
-#[ignore = "proxy bug: a Flush after the last Sync (psycopg's pipeline exit) keeps the server \
-            connection leased (pump.rs counts 'H' as unsynced), so idle clients starve the pool"]
 async fn psycopg3_pipeline_mode_then_idle() {
     driver_test(
         psycopg(&["pipeline"], Some("psycopg")),
@@ -323,8 +321,6 @@ async fn psycopg3_pipeline_mode_then_idle() {
 /// `SET app.custom = ...` (a placeholder GUC, the usual way to pass
 /// application context) follows its own client and never another.
 #[tokio::test]
-#[ignore = "proxy bug: custom (placeholder) GUCs are not in pg_settings, so the settings read \
-            (params.rs SESSION_SETTINGS_SQL) misses them and they leak to other clients"]
 async fn psycopg3_custom_settings_follow_their_client() {
     driver_test(psycopg(&["custom-guc"], None), python_deps("psycopg")).await;
 }
@@ -332,9 +328,6 @@ async fn psycopg3_custom_settings_follow_their_client() {
 /// Clients that vanish mid-statement (RST or Terminate before the reply)
 /// leave no SET and no stale statement cache behind.
 #[tokio::test]
-#[ignore = "proxy bug: recovery (recover.rs) ignores the command tags of what completes after the \
-            client left: its SET reaches the next client, DEALLOCATE ALL leaves a stale statement \
-            cache (26000 for later clients)"]
 async fn psycopg3_abandoned_connections_leave_nothing_behind() {
     driver_test(psycopg(&["abandoned"], None), python_deps("psycopg")).await;
 }
@@ -390,9 +383,6 @@ async fn postgres_js_prepared_queries_and_transactions() {
 /// postgres.js with 2000 queries in flight on one connection: a long
 /// pipeline of Bind/Execute/Sync for one named statement.
 #[tokio::test]
-#[ignore = "proxy bug: a deep pipeline of named-statement Binds misframes the client stream \
-            (FATAL 08P01 'message of type 'j' is 1667982694 bytes'): the rewrite path runs while \
-            client bytes are still unwritten (session/mod.rs rewrite, pump.rs halt)"]
 async fn postgres_js_deep_pipeline_of_named_statements() {
     driver_test(postgres_js(&["deep-pipeline"], None), node_deps("postgres")).await;
 }

@@ -100,6 +100,7 @@ async fn serve_inner(
         startup_settings: login.wanted.clone(),
         wanted: login.wanted,
         reported: login.reported,
+        custom_settings: Vec::new(),
         max_prepared: snap.config.proxy.max_prepared_statements,
         statements: Default::default(),
         replies: Default::default(),

@@ -50,6 +50,9 @@ pub struct Session<'a> {
     pub startup_settings: Vec<(String, String)>,
     /// ParameterStatus values the client has been told.
     pub reported: Vec<(String, String)>,
+    /// Custom (dotted) settings this client has set, read by name when
+    /// learning its settings (at most `MAX_CUSTOM_SETTINGS`).
+    pub custom_settings: Vec<String>,
     /// Named statements kept per server connection (0: no mapping).
     pub max_prepared: usize,
     /// The client's named statements (transaction mode).
@@ -221,6 +224,16 @@ impl Session<'_> {
                 params::upsert(&mut self.reported, &name, &value);
             }
             apply_undo(&mut txn.replies, &mut self.statements, &mut conn.prepared);
+            for name in txn.custom_names.drain(..) {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                let known = self
+                    .custom_settings
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(&name));
+                if !known && self.custom_settings.len() < params::MAX_CUSTOM_SETTINGS {
+                    self.custom_settings.push(name);
+                }
+            }
             if std::mem::take(&mut txn.statements_dropped) {
                 // DEALLOCATE ALL / DISCARD ALL ran on the server.
                 conn.prepared.clear();
@@ -240,6 +253,13 @@ impl Session<'_> {
         server_flow: &mut Flow,
         txn: &mut TxnState,
     ) -> Result<(), ClientError> {
+        if client.flow.ready != 0 {
+            // The pump reports a rewrite only after writing what precedes
+            // the message; anything else would rewrite the wrong frame.
+            return Err(ClientError::Protocol(
+                "internal: rewrite with unwritten bytes".into(),
+            ));
+        }
         let len = statements::read_whole_frame(&mut client.stream, &mut client.flow).await?;
         let conn = lease.conn_mut();
         let mut rw = Rewriter {
@@ -389,10 +409,8 @@ impl Session<'_> {
     async fn learn_settings(&mut self, lease: &mut Lease) -> bool {
         let conn = lease.conn_mut();
         let mut notices = BytesMut::new();
-        match conn
-            .query_pairs(params::SESSION_SETTINGS_SQL, &mut notices)
-            .await
-        {
+        let sql = params::session_settings_sql(&self.custom_settings);
+        match conn.query_pairs(&sql, &mut notices).await {
             Ok(session) => {
                 self.wanted = params::overlay(&self.startup_settings, &session);
                 conn.applied = session;
@@ -474,6 +492,8 @@ impl Session<'_> {
             copy_in: txn.replies.in_copy_in(),
             status: txn.status,
             reset: (self.mode == PoolMode::Session || txn.pinned).then(|| self.reset_query.clone()),
+            settings_unknown: txn.settings_changed,
+            statements_dropped: txn.statements_dropped,
         };
         if recovery.is_clean() {
             lease.release();

@@ -30,51 +30,94 @@ pub fn state_tag(tag_body: &[u8]) -> bool {
 pub struct Mentions {
     pub state: bool,
     pub release: bool,
+    /// `set_config(` was called: settings may have changed without a SET.
+    pub settings: bool,
 }
 
-/// Searches `sql` for the keywords above. One pass; a position is looked
-/// at more closely only when its letter starts a keyword, and then only
-/// against the keywords with that letter.
-pub fn scan(sql: &[u8]) -> Mentions {
+/// Searches `sql` for the keywords above. One pass over identifier-like
+/// tokens; only tokens of a keyword's length and first letter are
+/// compared, so ordinary queries cost a few nanoseconds per token.
+///
+/// Also notes settings: `set_config(` anywhere sets `Mentions::settings`,
+/// and the names of custom (dotted, placeholder) settings written after
+/// SET or as `set_config`'s first argument are passed to `custom`, since
+/// `pg_settings` does not list those.
+pub fn scan(sql: &[u8], mut custom: impl FnMut(&[u8])) -> Mentions {
     let mut m = Mentions::default();
-    for i in 0..sql.len() {
-        let rest = &sql[i..];
-        let word = i == 0 || !is_ident(sql[i - 1]);
-        let (state, release): (&[&[u8]], &[&[u8]]) = match sql[i] | 0x20 {
-            b't' if word => (&[b"temp", b"temporary"], &[]),
-            b'l' if word => (&[b"listen"], &[]),
-            b'p' if word => (&[b"prepare"], &[]),
-            b'h' if word => (&[b"hold"], &[]),
-            b'u' if word => (&[], &[b"unlisten"]),
-            b'd' if word => (&[], &[b"deallocate", b"discard", b"drop"]),
-            b'c' if word => (&[], &[b"close"]),
-            b'a' => {
-                // Substrings, not words: pg_advisory_lock, pg_try_advisory_lock...
-                m.state |= starts_with_ci(rest, b"advisory_lock");
-                m.release |= starts_with_ci(rest, b"advisory_unlock");
-                continue;
+    let mut after_set = false;
+    let mut i = 0;
+    while i < sql.len() {
+        if !is_ident(sql[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < sql.len() && is_ident(sql[i]) {
+            i += 1;
+        }
+        let word = &sql[start..i];
+        let is = |k: &[u8]| word.eq_ignore_ascii_case(k);
+        let was_after_set = std::mem::take(&mut after_set);
+        if was_after_set && sql.get(i) == Some(&b'.') {
+            // SET [SESSION] a.b
+            let mut j = i + 1;
+            while j < sql.len() && is_ident(sql[j]) {
+                j += 1;
             }
-            _ => continue,
-        };
-        m.state |= state.iter().any(|w| word_at(rest, w));
-        m.release |= release.iter().any(|w| word_at(rest, w));
-        if m.state && m.release {
-            break;
+            if j > i + 1 {
+                custom(&sql[start..j]);
+            }
+            i = j;
+            continue;
+        }
+        match (word.len(), word[0] | 0x20) {
+            (3, b's') if is(b"set") => after_set = true,
+            (7, b's') if was_after_set && is(b"session") => after_set = true,
+            (10, b's') if is(b"set_config") => {
+                m.settings = true;
+                if let Some(name) = first_string_argument(&sql[i..])
+                    && name.contains(&b'.')
+                {
+                    custom(name);
+                }
+            }
+            (4, b't') => m.state |= is(b"temp"),
+            (9, b't') => m.state |= is(b"temporary"),
+            (6, b'l') => m.state |= is(b"listen"),
+            (7, b'p') => m.state |= is(b"prepare"),
+            (4, b'h') => m.state |= is(b"hold"),
+            (8, b'u') => m.release |= is(b"unlisten"),
+            (10, b'd') => m.release |= is(b"deallocate"),
+            (7, b'd') => m.release |= is(b"discard"),
+            (4, b'd') => m.release |= is(b"drop"),
+            (5, b'c') => m.release |= is(b"close"),
+            // pg_advisory_lock, pg_try_advisory_lock_shared, ...
+            (13.., _) => {
+                let has = |k: &[u8]| word.windows(k.len()).any(|x| x.eq_ignore_ascii_case(k));
+                m.state |= has(b"advisory_lock");
+                m.release |= has(b"advisory_unlock");
+            }
+            _ => {}
         }
     }
     m
 }
 
+/// `( 'text'` at the start of `rest` (after optional spaces): the text.
+fn first_string_argument(rest: &[u8]) -> Option<&[u8]> {
+    let rest = trim_start(rest).strip_prefix(b"(")?;
+    let rest = trim_start(rest).strip_prefix(b"'")?;
+    let end = rest.iter().position(|&b| b == b'\'')?;
+    Some(&rest[..end])
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
-}
-
-fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
-}
-
-fn word_at(hay: &[u8], word: &[u8]) -> bool {
-    starts_with_ci(hay, word) && hay.get(word.len()).is_none_or(|&b| !is_ident(b))
 }
 
 /// One round trip that lists the session state a server connection holds,
@@ -100,32 +143,59 @@ pub fn present(rows: &[(String, String)]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn scan_(sql: &[u8]) -> Mentions {
+        scan(sql, |_| {})
+    }
+
+    fn customs(sql: &[u8]) -> Vec<String> {
+        let mut v = Vec::new();
+        scan(sql, |n| v.push(String::from_utf8_lossy(n).into_owned()));
+        v
+    }
+
+    #[test]
+    fn notes_custom_settings() {
+        assert_eq!(customs(b"SET app.user_id = 7"), vec!["app.user_id"]);
+        assert_eq!(
+            customs(b"set session app.tenant to 'x'; SET work_mem = 1"),
+            vec!["app.tenant"]
+        );
+        assert_eq!(
+            customs(b"SELECT set_config('app.x', '1', false)"),
+            vec!["app.x"]
+        );
+        assert!(customs(b"SELECT set_config('search_path', 'a', false)").is_empty());
+        assert!(scan_(b"SELECT set_config('search_path', 'a', false)").settings);
+        assert!(customs(b"SELECT a.b FROM t").is_empty());
+        assert!(customs(b"UPDATE t SET a.b = 1").len() == 1); // harmless extra read
+    }
+
     #[test]
     fn finds_state_keywords_as_words() {
-        assert!(scan(b"CREATE TEMP TABLE t (x int)").state);
-        assert!(scan(b"create temporary table t()").state);
-        assert!(scan(b"LISTEN chan").state);
-        assert!(scan(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1").state);
-        assert!(scan(b"prepare p as select 1").state);
-        assert!(scan(b"SELECT pg_advisory_lock(1)").state);
-        assert!(scan(b"SELECT pg_try_advisory_lock_shared(1)").state);
+        assert!(scan_(b"CREATE TEMP TABLE t (x int)").state);
+        assert!(scan_(b"create temporary table t()").state);
+        assert!(scan_(b"LISTEN chan").state);
+        assert!(scan_(b"DECLARE c CURSOR WITH HOLD FOR SELECT 1").state);
+        assert!(scan_(b"prepare p as select 1").state);
+        assert!(scan_(b"SELECT pg_advisory_lock(1)").state);
+        assert!(scan_(b"SELECT pg_try_advisory_lock_shared(1)").state);
         // Not state: other words containing the letters, xact-level locks.
-        assert!(!scan(b"SELECT temperature, attempt, template FROM t").state);
-        assert!(!scan(b"SELECT pg_advisory_xact_lock(1)").state);
-        assert!(!scan(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1").state);
-        assert!(!scan(b"SELECT listener, holder, prepared FROM x").state);
+        assert!(!scan_(b"SELECT temperature, attempt, template FROM t").state);
+        assert!(!scan_(b"SELECT pg_advisory_xact_lock(1)").state);
+        assert!(!scan_(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1").state);
+        assert!(!scan_(b"SELECT listener, holder, prepared FROM x").state);
     }
 
     #[test]
     fn finds_release_keywords() {
-        assert!(scan(b"UNLISTEN *").release);
-        assert!(scan(b"DEALLOCATE p").release);
-        assert!(scan(b"SELECT pg_advisory_unlock_all()").release);
-        assert!(scan(b"DROP TABLE t").release);
-        assert!(scan(b"CLOSE c").release);
-        assert!(!scan(b"SELECT closed, dropped FROM x").release);
+        assert!(scan_(b"UNLISTEN *").release);
+        assert!(scan_(b"DEALLOCATE p").release);
+        assert!(scan_(b"SELECT pg_advisory_unlock_all()").release);
+        assert!(scan_(b"DROP TABLE t").release);
+        assert!(scan_(b"CLOSE c").release);
+        assert!(!scan_(b"SELECT closed, dropped FROM x").release);
         // UNLISTEN is a release, and its "listen" is not a word of its own.
-        assert!(!scan(b"UNLISTEN *").state);
+        assert!(!scan_(b"UNLISTEN *").state);
     }
 
     #[test]

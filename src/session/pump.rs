@@ -133,15 +133,22 @@ pub struct TxnState {
     /// has nothing in flight.
     client_at_rest: bool,
     /// What the last stopping scan wants reported.
-    halt: Option<Halt>,
+    /// What the last stopping scan of each direction wants reported. Kept
+    /// apart: a direction reports only its own stop, once its own bytes
+    /// before the stop are written.
+    client_halt: Option<Halt>,
+    server_halt: Option<Halt>,
     /// ParameterStatus messages seen since the last drain.
     pub param_changes: Vec<(String, String)>,
     /// CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL` seen: the
     /// server dropped its prepared statements.
     pub statements_dropped: bool,
-    /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen: session
-    /// settings may have changed.
+    /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
+    /// `set_config(` in the SQL): session settings may have changed.
     pub settings_changed: bool,
+    /// Custom (dotted) setting names the client's SQL set; `pg_settings`
+    /// does not list them, so the session reads them by name.
+    pub custom_names: Vec<Vec<u8>>,
 }
 
 impl TxnState {
@@ -162,10 +169,12 @@ impl TxnState {
             rest_when_idle: false,
             replies,
             client_at_rest: true,
-            halt: None,
+            client_halt: None,
+            server_halt: None,
             param_changes: Vec::new(),
             statements_dropped: false,
             settings_changed: false,
+            custom_names: Vec::new(),
         }
     }
 
@@ -216,13 +225,15 @@ impl FrameSink for ClientSink<'_> {
                 _ => None,
             };
             if let Some(text) = text {
-                let m = pinning::scan(text);
+                let names = &mut st.custom_names;
+                let m = pinning::scan(text, |n| names.push(n.to_vec()));
                 st.mentions.state |= m.state;
                 st.mentions.release |= m.release;
+                st.settings_changed |= m.settings || !st.custom_names.is_empty();
             }
         }
         if st.rewrite && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
-            st.halt = Some(Halt::Rewrite);
+            st.client_halt = Some(Halt::Rewrite);
             return Step::StopBefore;
         }
         match tag {
@@ -237,9 +248,10 @@ impl FrameSink for ClientSink<'_> {
                     st.expected_z += 1;
                 }
             }
-            // Parse, Bind, Describe, Execute, Close, Flush: state lives on
-            // the server until the next Sync.
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+            // Parse, Bind, Describe, Execute, Close: state lives on the
+            // server until the next Sync. (Flush alone leaves none: psycopg
+            // sends one after its last Sync.)
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
                 st.replies.push_client_message(tag, frame);
                 st.unsynced = true;
             }
@@ -248,7 +260,7 @@ impl FrameSink for ClientSink<'_> {
             }
             // Terminate is the proxy's to handle, never the server's.
             b'X' => {
-                st.halt = Some(Halt::Terminate);
+                st.client_halt = Some(Halt::Terminate);
                 return Step::StopBefore;
             }
             _ => {}
@@ -318,7 +330,7 @@ impl FrameSink for ServerSink<'_> {
             return Step::StopBefore;
         }
         if tag == b'Z' && st.probe_due(body.first().copied()) {
-            st.halt = Some(Halt::Probe);
+            st.server_halt = Some(Halt::Probe);
             return Step::StopBefore;
         }
         let verdict = st.replies.on_server_message(tag);
@@ -330,7 +342,7 @@ impl FrameSink for ServerSink<'_> {
             st.status = body.first().copied().unwrap_or(b'E');
             st.expected_z = st.expected_z.saturating_sub(1);
             if st.stop_when_idle && st.is_idle() && st.client_at_rest {
-                st.halt = Some(Halt::Idle);
+                st.server_halt = Some(Halt::Idle);
                 return Step::StopAfter;
             }
             let rest = if st.status == b'I' {
@@ -339,7 +351,7 @@ impl FrameSink for ServerSink<'_> {
                 st.rest_in_transaction
             };
             if rest && st.is_quiet() && st.client_at_rest {
-                st.halt = Some(Halt::Rest);
+                st.server_halt = Some(Halt::Rest);
                 return Step::StopAfter;
             }
         }
@@ -461,7 +473,11 @@ fn poll_direction(
                 Err(e) => return Poll::Ready(write_err(e)),
             }
         }
-        if let Some(h) = state.halt.take() {
+        let halt = match side {
+            Side::Client => state.client_halt.take(),
+            Side::Server => state.server_halt.take(),
+        };
+        if let Some(h) = halt {
             return Poll::Ready(match h {
                 Halt::Idle => PumpExit::Idle,
                 Halt::Terminate => PumpExit::ClientTerminate,

@@ -31,6 +31,11 @@ pub struct Recovery {
     pub status: u8,
     /// Session mode: the reset query to run.
     pub reset: Option<String>,
+    /// The departed client changed session settings (SET, RESET): the
+    /// connection's settings are unknown until reset.
+    pub settings_unknown: bool,
+    /// DEALLOCATE ALL / DISCARD ALL ran: the statement cache is stale.
+    pub statements_dropped: bool,
 }
 
 impl Recovery {
@@ -43,6 +48,8 @@ impl Recovery {
             && !self.copy_in
             && self.status == b'I'
             && self.reset.is_none()
+            && !self.settings_unknown
+            && !self.statements_dropped
     }
 
     /// Runs in the background; returns the connection to the pool if it
@@ -106,6 +113,13 @@ impl Recovery {
                     };
                     conn.set_param(name, value);
                 }
+                // What finishes after the client left still changes the
+                // connection: note it so it is undone below.
+                backend::Message::CommandComplete(c) => {
+                    let tag = c.tag().unwrap_or_default();
+                    self.settings_unknown |= matches!(tag, "SET" | "RESET" | "DISCARD ALL");
+                    self.statements_dropped |= matches!(tag, "DEALLOCATE ALL" | "DISCARD ALL");
+                }
                 _ => {}
             }
         }
@@ -113,6 +127,17 @@ impl Recovery {
             return Err(ServerError::Protocol(
                 "ROLLBACK left a transaction open".into(),
             ));
+        }
+        if self.statements_dropped {
+            conn.prepared.clear();
+        }
+        if self.settings_unknown && self.reset.is_none() {
+            if conn.simple_query("RESET ALL").await? != b'I' {
+                return Err(ServerError::Protocol(
+                    "RESET ALL left a transaction open".into(),
+                ));
+            }
+            conn.applied.clear();
         }
         if let Some(q) = self.reset {
             if conn.simple_query(&q).await? != b'I' {

@@ -101,6 +101,8 @@ pub struct Replies {
     copy_in: bool,
     /// `Synth` entries queued (lets `emit_ready` return at once when none).
     synth: usize,
+    /// `CopyEnd` markers queued.
+    markers: usize,
     pub undo: Vec<Undo>,
 }
 
@@ -125,6 +127,7 @@ impl Replies {
         self.skipping = false;
         self.copy_in = false;
         self.synth = 0;
+        self.markers = 0;
         self.undo.clear();
     }
 
@@ -143,6 +146,7 @@ impl Replies {
             b'c' | b'f' => {
                 // PostgreSQL ignores Sync during copy-in, up to here.
                 if !std::mem::take(&mut self.copy_in) && !self.q.is_empty() {
+                    self.markers += 1;
                     self.q.push_back(Entry {
                         reply: Reply::CopyEnd,
                         mode: Mode::Forward,
@@ -182,6 +186,7 @@ impl Replies {
     fn pop(&mut self) -> Option<Entry> {
         let e = self.q.pop_front()?;
         self.synth -= usize::from(e.mode == Mode::Synth);
+        self.markers -= usize::from(e.reply == Reply::CopyEnd);
         Some(e)
     }
 
@@ -263,8 +268,8 @@ impl Replies {
     }
 
     fn pop_markers(&mut self) {
-        while self.q.front().is_some_and(|e| e.reply == Reply::CopyEnd) {
-            self.q.pop_front();
+        while self.markers > 0 && self.q.front().is_some_and(|e| e.reply == Reply::CopyEnd) {
+            self.pop();
         }
     }
 
