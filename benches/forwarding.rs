@@ -77,6 +77,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Per Query/Parse in transaction mode: the session-state keyword scan.
+    let mut g = c.benchmark_group("pinning");
+    let q = b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;";
+    g.throughput(Throughput::Bytes(q.len() as u64));
+    g.bench_function("scan_pgbench_select", |b| {
+        b.iter(|| black_box(pgtenant::session::pinning::scan(black_box(q), |_| {})))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

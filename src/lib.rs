@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod routing;
 pub mod runtime;
 pub mod session;
+pub mod shutdown;
 pub mod state;
 
 use anyhow::Context;
@@ -53,6 +54,13 @@ pub async fn run(
     let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
+    {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            state.shutdown.cancelled().await;
+            state.stop.stop();
+        });
+    }
 
     // Idle and lifetime limits of server connections; stops at shutdown.
     let janitor = {

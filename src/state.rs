@@ -93,6 +93,9 @@ pub struct ProxyState {
     tenant_clients: DashMap<TenantId, Arc<AtomicU32>>,
     pub shutdown: CancellationToken,
     pub workers: usize,
+    /// Fired when `shutdown` fires; what sessions watch between
+    /// transactions (see `shutdown.rs`).
+    pub stop: Arc<crate::shutdown::StopSignal>,
     /// Clients pinned to a server connection by session state (total).
     pub pins: std::sync::atomic::AtomicU64,
 }
@@ -107,6 +110,7 @@ impl ProxyState {
             shutdown,
             workers,
             pins: Default::default(),
+            stop: Default::default(),
         }
     }
 

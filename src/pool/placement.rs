@@ -34,6 +34,12 @@
 //! comparison.
 
 use super::server_conn::{BackendTarget, ServerConn, ServerError};
+
+/// A pooled connection, boxed once when opened: checkout and release move
+/// it between the idle lists, waiters and leases several times per
+/// transaction, and a pointer moves for free where the struct would be
+/// copied.
+type Pooled = Box<ServerConn>;
 use crate::config::ProxyConfig;
 use crate::runtime::current_worker;
 use std::collections::VecDeque;
@@ -125,10 +131,9 @@ pub fn jittered_lifetime(lifetime: Duration, unit: f64) -> Duration {
 /// What a waiter is handed. Moved once per hand-off and never stored in
 /// bulk, so the connection is not boxed (that would allocate per
 /// hand-off).
-#[allow(clippy::large_enum_variant)]
 enum Grant {
     /// An idle connection.
-    Conn(ServerConn),
+    Conn(Pooled),
     /// A reserved slot: open a new connection.
     Slot,
     /// No new connection for now: the placement is backing off.
@@ -142,7 +147,7 @@ struct Waiter {
 
 struct State {
     /// Idle connections per worker, most recently used last.
-    idle: Vec<Vec<ServerConn>>,
+    idle: Vec<Vec<Pooled>>,
     idle_count: usize,
     /// Connections that exist or are being opened.
     total: usize,
@@ -300,7 +305,7 @@ impl PlacementPool {
             }
             serve_waiters(&mut s);
         }
-        doomed.into_iter().for_each(ServerConn::close);
+        doomed.into_iter().for_each(|c| c.close());
     }
 
     /// The server parameters clients see at startup; opens (and returns)
@@ -379,7 +384,7 @@ impl PlacementPool {
                             let life = jittered_lifetime(self.timeouts.lifetime, rand::random());
                             conn.retire_at = conn.last_used.checked_add(life);
                             self.remember_params(&conn);
-                            Ok(self.lease(conn))
+                            Ok(self.lease(Box::new(conn)))
                         }
                         Err(e) => {
                             self.connect_failed(&e);
@@ -447,7 +452,7 @@ impl PlacementPool {
         }
     }
 
-    fn lease(self: &Arc<Self>, conn: ServerConn) -> Lease {
+    fn lease(self: &Arc<Self>, conn: Pooled) -> Lease {
         Lease {
             conn: Some(conn),
             pool: Arc::clone(self),
@@ -466,7 +471,7 @@ impl PlacementPool {
 
     /// A clean connection comes back: closed if its lifetime is over,
     /// else straight to the oldest waiter, or idle on its worker.
-    fn put_back(&self, mut conn: ServerConn) {
+    fn put_back(&self, mut conn: Pooled) {
         let now = Instant::now();
         conn.last_used = now;
         conn.needs_check = self.timeouts.check_delay.is_zero();
@@ -593,7 +598,7 @@ impl PlacementPool {
         bump(&self.stats.closed_idle, by_idle);
         bump(&self.stats.closed_lifetime, by_lifetime);
         tracing::debug!(placement = %self.name, by_idle, by_lifetime, "closed idle server connections");
-        doomed.into_iter().for_each(ServerConn::close);
+        doomed.into_iter().for_each(|c| c.close());
     }
 }
 
@@ -640,7 +645,7 @@ fn serve_waiters(s: &mut State) {
 
 /// Hands `grant` to the oldest live waiter; gives a connection back if
 /// nobody takes it (a `Slot` nobody takes is released here).
-fn hand_to_waiter(s: &mut State, mut grant: Grant) -> Option<ServerConn> {
+fn hand_to_waiter(s: &mut State, mut grant: Grant) -> Option<Pooled> {
     while let Some(w) = s.waiters.pop_front() {
         match w.tx.send(grant) {
             Ok(()) => return None,
@@ -658,7 +663,7 @@ fn hand_to_waiter(s: &mut State, mut grant: Grant) -> Option<ServerConn> {
     }
 }
 
-fn pop_local_first(s: &mut State, worker: usize) -> Option<ServerConn> {
+fn pop_local_first(s: &mut State, worker: usize) -> Option<Pooled> {
     let w = worker.min(s.idle.len() - 1);
     if let Some(c) = s.idle[w].pop() {
         s.idle_count -= 1;
@@ -667,7 +672,7 @@ fn pop_local_first(s: &mut State, worker: usize) -> Option<ServerConn> {
     pop_any(s, worker)
 }
 
-fn pop_any(s: &mut State, worker: usize) -> Option<ServerConn> {
+fn pop_any(s: &mut State, worker: usize) -> Option<Pooled> {
     let n = s.idle.len();
     for i in 1..=n {
         let w = (worker + i) % n;
@@ -725,7 +730,7 @@ impl Drop for WaitGuard<'_> {
 /// dropping it closes the connection (the safe default for any state the
 /// session could not vouch for).
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Pooled>,
     pool: Arc<PlacementPool>,
 }
 

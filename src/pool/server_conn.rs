@@ -408,16 +408,20 @@ impl ServerConn {
 
     /// Moves the socket to `worker`'s reactor if it is registered with
     /// another, so that its wake-ups stay on the thread that uses it.
-    pub(crate) fn into_worker(self, worker: usize) -> Result<ServerConn, ServerError> {
+    pub(crate) fn into_worker(
+        self: Box<Self>,
+        worker: usize,
+    ) -> Result<Box<ServerConn>, ServerError> {
         if self.worker == worker {
             return Ok(self);
         }
-        let std = self.stream.into_std()?;
-        Ok(ServerConn {
+        let conn = *self;
+        let std = conn.stream.into_std()?;
+        Ok(Box::new(ServerConn {
             stream: TcpStream::from_std(std)?,
             worker,
-            ..self
-        })
+            ..conn
+        }))
     }
 
     pub fn cancel_key(&self) -> CancelKey {

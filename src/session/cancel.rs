@@ -9,38 +9,53 @@ use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use rand::RngExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
-/// Where a cancel for a client goes right now.
-#[derive(Clone)]
-struct Target {
-    pool: Arc<PlacementPool>,
-    server_key: CancelKey,
-}
-
-/// A client's cancel slot: set while it holds a server connection.
+/// A client's cancel slot: armed with its server connection's key while
+/// it holds one. Arming and disarming happen on every lease, so they are
+/// one atomic store each; the placement is set once per session.
 #[derive(Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<Target>>,
+    pool: Mutex<Option<Arc<PlacementPool>>>,
+    /// The backend key, packed (pid in the high half); 0: nothing runs.
+    /// Backend pids are never 0, so an armed key is never 0.
+    key: AtomicU64,
 }
 
 impl CancelSlot {
-    /// The client now runs work on this server connection.
-    pub fn arm(&self, pool: &Arc<PlacementPool>, server_key: CancelKey) {
-        *self.lock() = Some(Target {
-            pool: Arc::clone(pool),
-            server_key,
-        });
+    /// Where this client's server connections come from.
+    pub fn set_pool(&self, pool: &Arc<PlacementPool>) {
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(pool));
+    }
+
+    /// The client now runs work on the server connection with this key.
+    pub fn arm(&self, server_key: CancelKey) {
+        let packed = (u64::from(server_key.pid as u32) << 32) | u64::from(server_key.secret as u32);
+        self.key.store(packed, Ordering::Release);
     }
 
     /// The client no longer holds a server connection.
     pub fn disarm(&self) {
-        *self.lock() = None;
+        self.key.store(0, Ordering::Release);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Target>> {
-        self.target.lock().unwrap_or_else(|p| p.into_inner())
+    fn target(&self) -> Option<(Arc<PlacementPool>, CancelKey)> {
+        let packed = self.key.load(Ordering::Acquire);
+        if packed == 0 {
+            return None;
+        }
+        let key = CancelKey {
+            pid: (packed >> 32) as u32 as i32,
+            secret: packed as u32 as i32,
+        };
+        let pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some((pool, key))
     }
 }
 
@@ -94,13 +109,13 @@ impl CancelRegistry {
                 tracing::debug!("cancel request with an unknown key");
                 return;
             };
-            slot.lock().clone()
+            slot.target()
         };
-        let Some(t) = target else {
+        let Some((pool, server_key)) = target else {
             tracing::debug!("cancel request for a client with nothing running");
             return;
         };
-        send_cancel(t.pool.target(), t.server_key).await;
+        send_cancel(pool.target(), server_key).await;
     }
 }
 

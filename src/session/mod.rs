@@ -29,7 +29,6 @@ use statements::{ClientStatements, Rewriter};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
 
 /// Server messages may be large (a DataRow up to 1 GB); the proxy only
 /// reads the bodies of tiny ones, so this cap just bounds a corrupt length.
@@ -43,7 +42,8 @@ pub struct Session<'a> {
     pub wait_timeout: Duration,
     pub reset_query: String,
     pub cancel: &'a CancelSlot,
-    pub shutdown: CancellationToken,
+    /// The stop signal, watched between transactions without a lock.
+    pub stop: crate::shutdown::StopWait,
     /// Settings that follow this client onto every server connection.
     pub wanted: Vec<(String, String)>,
     /// The client's startup settings: what RESET returns to.
@@ -80,6 +80,7 @@ impl Session<'_> {
     /// to the client (if it still can) before closing.
     pub async fn run(mut self, client: &mut ClientConn) -> Result<(), ClientError> {
         let mut server_flow = Flow::new(SERVER_MAX_FRAME);
+        self.cancel.set_pool(&self.pool);
         loop {
             if let Next::Leave = self.wait_for_request(client).await? {
                 return Ok(());
@@ -102,7 +103,7 @@ impl Session<'_> {
             );
             txn.rest_in_transaction = !self.idle_transaction_timeout.is_zero();
             txn.rest_when_idle = !transaction_mode && !self.client_idle_timeout.is_zero();
-            self.cancel.arm(&self.pool, lease.conn().cancel_key());
+            self.cancel.arm(lease.conn().cancel_key());
             let exit = loop {
                 let exit = self
                     .pump(client, &mut lease, &mut server_flow, &mut txn)
@@ -155,7 +156,7 @@ impl Session<'_> {
                     } else {
                         self.finish(lease, &txn, &server_flow);
                     }
-                    if self.shutdown.is_cancelled() {
+                    if self.is_stopping() {
                         return Err(ClientError::ShuttingDown);
                     }
                 }
@@ -200,7 +201,7 @@ impl Session<'_> {
         loop {
             let exit = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled(), if !txn.stop_when_idle => {
+                _ = self.stop.stopped(), if !txn.stop_when_idle => {
                     txn.stop_when_idle = true;
                     if txn.is_idle() && client.flow.at_rest() && server_flow.at_rest() {
                         PumpExit::Idle
@@ -279,6 +280,10 @@ impl Session<'_> {
     /// Waits (between transactions) for the client's next request.
     /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
     /// outside COPY, are dropped here without leasing anything.
+    fn is_stopping(&self) -> bool {
+        self.stop.is_stopping()
+    }
+
     async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
         let idle_limit = (!self.client_idle_timeout.is_zero())
@@ -308,7 +313,7 @@ impl Session<'_> {
             buf.reserve(pump::READ_CHUNK);
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Err(ClientError::ShuttingDown),
+                _ = self.stop.stopped() => return Err(ClientError::ShuttingDown),
                 _ = sleep_until_opt(idle_limit) => {
                     return Err(ClientError::ClientIdle(self.tenant.id.clone()));
                 }
@@ -343,7 +348,7 @@ impl Session<'_> {
             // Whatever comes (data, EOF, a notice), the pump handles it.
             _ = client.stream.readable() => Ok(()),
             _ = lease.conn().stream.readable() => Ok(()),
-            _ = self.shutdown.cancelled(), if !txn.stop_when_idle => Ok(()),
+            _ = self.stop.stopped(), if !txn.stop_when_idle => Ok(()),
             _ = tokio::time::sleep(limit) => {
                 tracing::info!(tenant = %self.tenant.id, "{err}");
                 Err(err)
@@ -397,7 +402,7 @@ impl Session<'_> {
                     tracing::info!(tenant = %self.tenant.id, state = %kinds.join(", "), "client pinned to its server connection");
                 }
                 txn.pinned = true;
-                txn.stop_when_idle = self.shutdown.is_cancelled();
+                txn.stop_when_idle = self.is_stopping();
                 Ok(())
             }
         }

@@ -82,6 +82,11 @@ pub fn overlay(
 /// takes them as the text of the setting (so list settings such as
 /// `search_path` keep their form); removals are `RESET`.
 pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Option<String> {
+    // The common case, checked first: the connection was last synced to
+    // this very list (a clone, same order).
+    if wanted == applied {
+        return None;
+    }
     let mut sets = Vec::new();
     for (k, v) in wanted {
         let same = applied

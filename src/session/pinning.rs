@@ -116,8 +116,21 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// Bytes that continue an identifier-like token (letters, digits, `_`,
+/// `$`), as a table: the scan runs over every byte of every query.
+static IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+        b += 1;
+    }
+    t
+};
+
 fn is_ident(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
+    IDENT[b as usize]
 }
 
 /// One round trip that lists the session state a server connection holds,
