@@ -1,0 +1,52 @@
+//! A server connection leased to a session: released clean, or closed
+//! (and its slot freed) when dropped.
+
+use super::placement::{PlacementPool, Pooled};
+use super::server_conn::ServerConn;
+use std::sync::Arc;
+
+/// A leased server connection. [`Lease::release`] returns it clean;
+/// dropping it closes the connection (the safe default for any state the
+/// session could not vouch for).
+pub struct Lease {
+    pub(super) conn: Option<Pooled>,
+    pub(super) pool: Arc<PlacementPool>,
+}
+
+impl Lease {
+    pub fn conn(&self) -> &ServerConn {
+        // Invariant: `conn` is `Some` until `release`/`drop` consume self.
+        self.conn.as_ref().expect("lease holds a connection")
+    }
+
+    pub fn conn_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("lease holds a connection")
+    }
+
+    pub fn pool(&self) -> &Arc<PlacementPool> {
+        &self.pool
+    }
+
+    /// Returns a connection that is idle (ReadyForQuery 'I', nothing
+    /// unread) to the pool.
+    pub fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            if c.buf.is_empty() {
+                self.pool.put_back(c);
+            } else {
+                // Unsolicited bytes after the last ReadyForQuery (say, a
+                // NOTIFY): nobody else may receive them.
+                drop(c);
+                self.pool.forget_one();
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.pool.forget_one();
+        }
+    }
+}

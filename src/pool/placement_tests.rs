@@ -1,0 +1,114 @@
+//! Tests of the placement pool against listeners standing in for servers.
+
+use super::*;
+use crate::pool::CONNECT_CONCURRENCY;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> {
+    let target =
+        BackendTarget::from_url(&format!("postgres://u:p@127.0.0.1:{port}/db")).expect("url");
+    PlacementPool::new(PlacementName("p".into()), target, max, 1, timeouts)
+}
+
+/// A port where nothing listens.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn a_failed_connect_makes_the_next_checkouts_fail_fast() {
+    let timeouts = PoolTimeouts {
+        login_retry: Duration::from_secs(60),
+        ..PoolTimeouts::default()
+    };
+    let pool = pool_at(closed_port(), 4, timeouts);
+    let wait = Duration::from_secs(5);
+    let first = pool.checkout(wait).await.err().expect("nothing listens");
+    assert!(
+        matches!(first, CheckoutError::Connect(ServerError::Io(_))),
+        "{first:?}"
+    );
+    for _ in 0..20 {
+        let e = pool.checkout(wait).await.err().expect("backing off");
+        match e {
+            CheckoutError::Connect(ServerError::Backoff(d)) => {
+                assert!(d <= Duration::from_millis(100), "{d:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pool.stats().connect_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(pool.stats().backoff_refusals.load(Ordering::Relaxed), 20);
+    // After the delay: one more attempt, and a doubled delay.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let e = pool.checkout(wait).await.err().expect("still nothing");
+    assert!(
+        matches!(e, CheckoutError::Connect(ServerError::Io(_))),
+        "{e:?}"
+    );
+    match pool.checkout(wait).await.err().expect("backing off") {
+        CheckoutError::Connect(ServerError::Backoff(d)) => {
+            assert!(d > Duration::from_millis(100), "{d:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.stats().connect_failures.load(Ordering::Relaxed), 2);
+    let c = pool.counts();
+    assert_eq!((c.idle, c.active, c.connecting, c.waiting), (0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn concurrent_connects_are_bounded_and_waiters_learn_of_a_failure() {
+    // Accepts and never answers: every attempt times out.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            held.push(s);
+        }
+    });
+    let timeouts = PoolTimeouts {
+        connect: Duration::from_millis(300),
+        ..PoolTimeouts::default()
+    };
+    let pool = pool_at(port, 20, timeouts);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let pool = Arc::clone(&pool);
+        tasks.push(tokio::spawn(async move {
+            pool.checkout(Duration::from_secs(30)).await.err()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = pool.counts();
+    assert_eq!(c.connecting, CONNECT_CONCURRENCY, "{c:?}");
+    assert_eq!(c.waiting, 12 - CONNECT_CONCURRENCY, "{c:?}");
+    for t in tasks {
+        let e = t.await.expect("join").expect("fails");
+        assert!(
+            matches!(
+                e,
+                CheckoutError::Connect(ServerError::Timeout | ServerError::Backoff(_))
+            ),
+            "{e:?}"
+        );
+    }
+    // Everyone heard within about one connect timeout, not the wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), CONNECT_CONCURRENCY as u64);
+    let c = pool.counts();
+    assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
+    server.abort();
+}
