@@ -9,7 +9,7 @@ use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use rand::RngExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
@@ -22,6 +22,12 @@ pub struct CancelSlot {
     /// The backend key, packed (pid in the high half); 0: nothing runs.
     /// Backend pids are never 0, so an armed key is never 0.
     key: AtomicU64,
+    /// Cancels being forwarded for this client right now. The session
+    /// does not hand its server connection to anyone else until this is
+    /// 0, so a cancel that PostgreSQL applies late (after the query ended)
+    /// can only meet an idle backend, which ignores it.
+    inflight: AtomicU32,
+    done: tokio::sync::Notify,
 }
 
 impl CancelSlot {
@@ -33,16 +39,35 @@ impl CancelSlot {
     /// The client now runs work on the server connection with this key.
     pub fn arm(&self, server_key: CancelKey) {
         let packed = (u64::from(server_key.pid as u32) << 32) | u64::from(server_key.secret as u32);
-        self.key.store(packed, Ordering::Release);
+        self.key.store(packed, Ordering::SeqCst);
     }
 
     /// The client no longer holds a server connection.
     pub fn disarm(&self) {
-        self.key.store(0, Ordering::Release);
+        self.key.store(0, Ordering::SeqCst);
+    }
+
+    /// Waits (bounded) until no cancel for this client is being forwarded.
+    /// Call after `disarm`, before the server connection is released: one
+    /// atomic load when nothing is in flight.
+    pub async fn settle(&self) {
+        if self.inflight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let wait = async {
+            while self.inflight.load(Ordering::SeqCst) > 0 {
+                let notified = self.done.notified();
+                if self.inflight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(CANCEL_TIMEOUT, wait).await;
     }
 
     fn target(&self) -> Option<(Arc<PlacementPool>, CancelKey)> {
-        let packed = self.key.load(Ordering::Acquire);
+        let packed = self.key.load(Ordering::SeqCst);
         if packed == 0 {
             return None;
         }
@@ -104,32 +129,41 @@ impl CancelRegistry {
     /// something; otherwise does nothing (as PostgreSQL does for unknown
     /// keys, the requester learns nothing either way).
     pub async fn cancel(&self, key: CancelKey) {
-        let target = {
-            let Some(slot) = self.slots.get(&key).map(|s| Arc::clone(s.value())) else {
-                tracing::debug!("cancel request with an unknown key");
-                return;
-            };
-            slot.target()
-        };
-        let Some((pool, server_key)) = target else {
-            tracing::debug!("cancel request for a client with nothing running");
+        let Some(slot) = self.slots.get(&key).map(|s| Arc::clone(s.value())) else {
+            tracing::debug!("cancel request with an unknown key");
             return;
         };
-        send_cancel(pool.target(), server_key).await;
+        // Counted before the key is read: a session that disarms after
+        // this sees the cancel in flight and waits for it in `settle`.
+        slot.inflight.fetch_add(1, Ordering::SeqCst);
+        if let Some((pool, server_key)) = slot.target() {
+            send_cancel(pool.target(), server_key).await;
+        } else {
+            tracing::debug!("cancel request for a client with nothing running");
+        }
+        slot.inflight.fetch_sub(1, Ordering::SeqCst);
+        slot.done.notify_waiters();
     }
 }
 
+/// How long forwarding one cancel may take.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Sends a CancelRequest for `key` to the server behind `target` on a new
-/// connection (protocol docs, "Canceling Requests in Progress").
+/// connection (protocol docs, "Canceling Requests in Progress"), and, as
+/// libpq does, waits for the server to close that connection: then the
+/// server has processed the request and signalled the backend.
 pub async fn send_cancel(target: &BackendTarget, key: CancelKey) {
     let mut out = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut out);
     let send = async {
         let mut s = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
         s.write_all(&out).await?;
-        s.shutdown().await
+        let mut sink = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut s, &mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(5), send).await {
+    match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
         Ok(Ok(())) => tracing::debug!("cancel forwarded"),
         Ok(Err(e)) => tracing::warn!("cancel not delivered: {e}"),
         Err(_) => tracing::warn!("cancel timed out"),

@@ -124,6 +124,7 @@ impl Session<'_> {
                     Ok(()) => continue,
                     Err(e) => {
                         self.cancel.disarm();
+                        self.cancel.settle().await;
                         if matches!(exit, PumpExit::Probe) {
                             // The held-back ReadyForQuery ('I') is the next
                             // frame: the server owes nothing more.
@@ -142,6 +143,7 @@ impl Session<'_> {
                 }
             };
             self.cancel.disarm();
+            self.cancel.settle().await;
             self.replies = std::mem::take(&mut txn.replies);
 
             match exit {
