@@ -133,11 +133,6 @@ impl ProxyState {
         );
         CountGuard::acquire(&counter, max.unwrap_or(u32::MAX))
     }
-
-    /// Client connections open right now.
-    pub fn client_count(&self) -> u32 {
-        self.clients.load(Ordering::Relaxed)
-    }
 }
 
 /// Holds one unit of a counter; gives it back on drop.

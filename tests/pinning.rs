@@ -72,7 +72,7 @@ async fn session_state_pins_and_unpins() {
         .await
         .expect("unlock");
 
-    // LISTEN keeps a pinned, and notifications reach it.
+    // LISTEN keeps a pinned (a NOTIFY from b meanwhile does not unpin it).
     a.batch_execute("LISTEN chan").await.expect("listen");
     b.batch_execute("NOTIFY chan, 'hello'")
         .await

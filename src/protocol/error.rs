@@ -93,11 +93,6 @@ pub fn write_error(
     write_fields(out, b'E', severity.as_str(), code, message, hint);
 }
 
-/// Appends a NoticeResponse (`N`) with severity `WARNING`.
-pub fn write_warning(out: &mut BytesMut, code: SqlState, message: &str) {
-    write_fields(out, b'N', "WARNING", code, message, None);
-}
-
 fn write_fields(
     out: &mut BytesMut,
     tag: u8,

@@ -148,13 +148,13 @@ impl Session<'_> {
 
             match exit {
                 PumpExit::Idle => {
-                    if txn.settings_changed && !self.learn_settings(&mut lease).await {
-                        drop(lease);
-                    } else if server_flow.buf.is_empty()
-                        && self.mode == PoolMode::Transaction
-                        && !txn.pinned
+                    // Settings read back are known again; anything else
+                    // (session-mode or pinned reset, leftover bytes) is
+                    // recovery's, which releases a clean connection as is.
+                    if std::mem::take(&mut txn.settings_changed)
+                        && !self.learn_settings(&mut lease).await
                     {
-                        lease.release();
+                        drop(lease);
                     } else {
                         self.finish(lease, &txn, &server_flow);
                     }
@@ -275,7 +275,7 @@ impl Session<'_> {
         };
         rw.handle(&client.flow.buf[..len])?;
         txn.unsynced = true;
-        statements::consume(&mut client.flow, len);
+        client.flow.buf.advance(len);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use super::pump::Flow;
 use super::replies::{Mode, Replies, Reply, Undo};
 use crate::client::error::ClientError;
 use crate::protocol::{HEADER_LEN, codec};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -61,8 +61,7 @@ pub async fn read_whole_frame(
 
 impl Rewriter<'_> {
     /// Handles the whole frame `frame` (tag, length, body); the caller
-    /// then drops it from the client's buffer. Returns whether the
-    /// message leaves extended-protocol state on the server (unsynced).
+    /// then drops it from the client's buffer.
     pub fn handle(&mut self, frame: &[u8]) -> Result<(), ClientError> {
         super::apply_undo(self.replies, self.statements, self.prepared);
         let tag = frame[0];
@@ -125,20 +124,10 @@ impl Rewriter<'_> {
     fn bind(&mut self, frame: &[u8], body: &[u8]) {
         let stmt =
             prepared::parse_bind_names(body).and_then(|(_, s, _)| self.statements.get(s).cloned());
-        let Some(stmt) = stmt else {
-            // Unnamed, or a name the client never prepared: the server
-            // answers as PostgreSQL would ("does not exist").
-            self.forward(frame);
-            return;
-        };
-        if self.replies.skipping() {
-            return;
-        }
-        self.ensure_prepared(&stmt);
-        if prepared::write_bind_renamed(self.to_server, body, &stmt.server_name).is_some() {
-            self.replies
-                .push(Reply::BindComplete, Mode::Forward, [None, None]);
-        }
+        self.use_statement(frame, stmt, Reply::BindComplete, |out, name| {
+            // Cannot fail: the names were just parsed from this body.
+            let _ = prepared::write_bind_renamed(out, body, name);
+        });
     }
 
     fn describe(&mut self, frame: &[u8], body: &[u8]) {
@@ -146,17 +135,32 @@ impl Rewriter<'_> {
             Some((b'S', name)) if !name.is_empty() => self.statements.get(name).cloned(),
             _ => None,
         };
+        self.use_statement(frame, stmt, Reply::DescribeStatement, |out, name| {
+            prepared::write_statement_target(out, b'D', name);
+        });
+    }
+
+    /// A Bind or Describe of a client's statement: prepare it on this
+    /// connection if needed, send the message renamed (`write`), queue its
+    /// reply. Unnamed or unknown names go to the server as they are, which
+    /// answers as PostgreSQL would ("does not exist").
+    fn use_statement(
+        &mut self,
+        frame: &[u8],
+        stmt: Option<Arc<Statement>>,
+        reply: Reply,
+        write: impl FnOnce(&mut BytesMut, &prepared::ServerName),
+    ) {
         let Some(stmt) = stmt else {
             self.forward(frame);
             return;
         };
         if self.replies.skipping() {
-            return;
+            return; // the server would skip it: no reply, no effect
         }
         self.ensure_prepared(&stmt);
-        prepared::write_statement_target(self.to_server, b'D', &stmt.server_name);
-        self.replies
-            .push(Reply::DescribeStatement, Mode::Forward, [None, None]);
+        write(self.to_server, &stmt.server_name);
+        self.replies.push(reply, Mode::Forward, [None, None]);
     }
 
     fn close(&mut self, frame: &[u8], body: &[u8]) {
@@ -210,9 +214,4 @@ impl Rewriter<'_> {
             );
         }
     }
-}
-
-/// Drops the handled frame from the client's buffer.
-pub fn consume(flow: &mut Flow, len: usize) {
-    flow.buf.advance(len);
 }
