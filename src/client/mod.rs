@@ -103,7 +103,6 @@ async fn serve_inner(
         custom_settings: Vec::new(),
         max_prepared: snap.config.proxy.max_prepared_statements,
         statements: Default::default(),
-        replies: Default::default(),
         pin_policy: snap.config.proxy.pin_policy,
         idle_transaction_timeout: snap.config.proxy.idle_transaction_timeout,
         client_idle_timeout: snap.config.proxy.client_idle_timeout,

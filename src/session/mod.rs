@@ -57,8 +57,6 @@ pub struct Session<'a> {
     pub max_prepared: usize,
     /// The client's named statements (transaction mode).
     pub statements: ClientStatements,
-    /// Reused across leases so tracking allocates nothing per transaction.
-    pub replies: Replies,
     /// What to do when the client creates session state (transaction mode).
     pub pin_policy: PinPolicy,
     /// Pins started, proxy-wide.
@@ -81,6 +79,11 @@ impl Session<'_> {
     pub async fn run(mut self, client: &mut ClientConn) -> Result<(), ClientError> {
         let mut server_flow = Flow::new(SERVER_MAX_FRAME);
         self.cancel.set_pool(&self.pool);
+        let transaction_mode = self.mode == PoolMode::Transaction;
+        // Reused across leases so tracking allocates nothing per transaction.
+        let mut txn = TxnState::new(transaction_mode, transaction_mode && self.max_prepared > 0);
+        txn.rest_in_transaction = !self.idle_transaction_timeout.is_zero();
+        txn.rest_when_idle = !transaction_mode && !self.client_idle_timeout.is_zero();
         loop {
             if let Next::Leave = self.wait_for_request(client).await? {
                 return Ok(());
@@ -93,16 +96,7 @@ impl Session<'_> {
             server_flow.buf.extend_from_slice(&lease.conn().buf);
             lease.conn_mut().buf.clear();
 
-            let transaction_mode = self.mode == PoolMode::Transaction;
-            let mut replies = std::mem::take(&mut self.replies);
-            replies.clear();
-            let mut txn = TxnState::new(
-                transaction_mode,
-                transaction_mode && self.max_prepared > 0,
-                replies,
-            );
-            txn.rest_in_transaction = !self.idle_transaction_timeout.is_zero();
-            txn.rest_when_idle = !transaction_mode && !self.client_idle_timeout.is_zero();
+            txn.begin();
             self.cancel.arm(lease.conn().cancel_key());
             let exit = loop {
                 let exit = self
@@ -144,7 +138,6 @@ impl Session<'_> {
             };
             self.cancel.disarm();
             self.cancel.settle().await;
-            self.replies = std::mem::take(&mut txn.replies);
 
             match exit {
                 PumpExit::Idle => {

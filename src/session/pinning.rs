@@ -93,14 +93,32 @@ pub fn scan(sql: &[u8], mut custom: impl FnMut(&[u8])) -> Mentions {
             (5, b'c') => m.release |= is(b"close"),
             // pg_advisory_lock, pg_try_advisory_lock_shared, ...
             (13.., _) => {
-                let has = |k: &[u8]| word.windows(k.len()).any(|x| x.eq_ignore_ascii_case(k));
-                m.state |= has(b"advisory_lock");
-                m.release |= has(b"advisory_unlock");
+                let (state, release) = advisory(word);
+                m.state |= state;
+                m.release |= release;
             }
             _ => {}
         }
     }
     m
+}
+
+/// Whether a long word names a session-level advisory lock function
+/// (`…advisory_lock…`: state) or its unlock (`…advisory_unlock…`:
+/// release). Only underscores are candidate anchors, so identifiers like
+/// `pgbench_accounts` cost a byte compare each, not a window search.
+fn advisory(word: &[u8]) -> (bool, bool) {
+    let (mut state, mut release) = (false, false);
+    for (p, _) in word.iter().enumerate().filter(|&(_, &b)| b == b'_') {
+        if p < 8 || !word[p - 8..p].eq_ignore_ascii_case(b"advisory") {
+            continue;
+        }
+        let rest = &word[p + 1..];
+        let starts = |k: &[u8]| rest.len() >= k.len() && rest[..k.len()].eq_ignore_ascii_case(k);
+        state |= starts(b"lock");
+        release |= starts(b"unlock");
+    }
+    (state, release)
 }
 
 /// `( 'text'` at the start of `rest` (after optional spaces): the text.

@@ -153,21 +153,21 @@ pub struct TxnState {
 
 impl TxnState {
     /// `transaction_mode` turns on release at idle points and the scan for
-    /// session state; `rewrite` the named-statement mapping.
-    pub fn new(transaction_mode: bool, rewrite: bool, replies: Replies) -> TxnState {
-        let stop_when_idle = transaction_mode;
+    /// session state; `rewrite` the named-statement mapping. One per
+    /// session, reset for each lease (`begin`), so buffers are reused.
+    pub fn new(transaction_mode: bool, rewrite: bool) -> TxnState {
         TxnState {
             expected_z: 0,
             unsynced: false,
             status: b'I',
-            stop_when_idle,
+            stop_when_idle: transaction_mode,
             rewrite,
             scan_text: transaction_mode,
             pinned: false,
             mentions: Mentions::default(),
             rest_in_transaction: false,
             rest_when_idle: false,
-            replies,
+            replies: Replies::default(),
             client_at_rest: true,
             client_halt: None,
             server_halt: None,
@@ -176,6 +176,24 @@ impl TxnState {
             settings_changed: false,
             custom_names: Vec::new(),
         }
+    }
+
+    /// Starts a new lease: nothing outstanding, nothing seen yet.
+    pub fn begin(&mut self) {
+        self.expected_z = 0;
+        self.unsynced = false;
+        self.status = b'I';
+        self.stop_when_idle = self.scan_text;
+        self.pinned = false;
+        self.mentions = Mentions::default();
+        self.replies.clear();
+        self.client_at_rest = true;
+        self.client_halt = None;
+        self.server_halt = None;
+        self.param_changes.clear();
+        self.statements_dropped = false;
+        self.settings_changed = false;
+        self.custom_names.clear();
     }
 
     /// The server connection could serve another client as it is.

@@ -76,7 +76,16 @@ struct Entry {
     mode: Mode,
     /// ParameterDescription seen (DescribeStatement).
     got_params: bool,
-    undo: [Option<Undo>; 2],
+    /// Boxed: only rewritten messages carry effects, and a small entry
+    /// keeps the common push/pop a few words of copying with no drop glue
+    /// to run.
+    undo: Option<Box<[Option<Undo>; 2]>>,
+}
+
+impl Entry {
+    fn into_undo(self) -> impl Iterator<Item = Undo> {
+        self.undo.into_iter().flat_map(|b| *b).flatten()
+    }
 }
 
 /// What the pump does with one server message.
@@ -151,7 +160,7 @@ impl Replies {
                         reply: Reply::CopyEnd,
                         mode: Mode::Forward,
                         got_params: false,
-                        undo: [None, None],
+                        undo: None,
                     });
                 }
                 return true;
@@ -174,6 +183,7 @@ impl Replies {
             return false;
         }
         self.synth += usize::from(mode == Mode::Synth);
+        let undo = (undo[0].is_some() || undo[1].is_some()).then(|| Box::new(undo));
         self.q.push_back(Entry {
             reply,
             mode,
@@ -192,10 +202,12 @@ impl Replies {
 
     /// Writes the proxy's own replies now due (those at the front) to
     /// `out`; true if it wrote any.
+    #[inline]
     pub fn emit_ready(&mut self, out: &mut BytesMut) -> bool {
-        if self.synth == 0 {
-            return false;
-        }
+        self.synth != 0 && self.emit_synth(out)
+    }
+
+    fn emit_synth(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
         while self.q.front().is_some_and(|e| e.mode == Mode::Synth) {
             if let Some(e) = self.pop() {
@@ -228,15 +240,15 @@ impl Replies {
         };
         if tag == b'E' && front.reply.is_extended() {
             // PostgreSQL skips the rest of the batch up to Sync.
-            let failed = self.pop();
-            self.undo
-                .extend(failed.into_iter().flat_map(|e| e.undo).flatten());
+            if let Some(failed) = self.pop() {
+                self.undo.extend(failed.into_undo());
+            }
             while self.q.front().is_some_and(|e| e.reply != Reply::Sync) {
                 if let Some(e) = self.pop() {
                     if e.reply == Reply::UntilReady {
                         v.dropped_queries += 1;
                     }
-                    self.undo.extend(e.undo.into_iter().flatten());
+                    self.undo.extend(e.into_undo());
                 }
             }
             if self.q.is_empty() {
