@@ -85,6 +85,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("scan_pgbench_select", |b| {
         b.iter(|| black_box(pgtenant::session::pinning::scan(black_box(q), |_| {})))
     });
+    // An ORM-style statement: long identifiers, quoting, parameters.
+    let orm = b"SELECT \"orders\".\"id\", \"orders\".\"customer_id\", \"orders\".\"created_at\", \
+        \"orders\".\"total_amount_cents\", \"customers\".\"display_name\" FROM \"orders\" \
+        INNER JOIN \"customers\" ON \"customers\".\"id\" = \"orders\".\"customer_id\" \
+        WHERE \"orders\".\"status\" = $1 AND \"orders\".\"created_at\" >= $2 \
+        ORDER BY \"orders\".\"created_at\" DESC LIMIT 50";
+    g.throughput(Throughput::Bytes(orm.len() as u64));
+    g.bench_function("scan_orm_select", |b| {
+        b.iter(|| black_box(pgtenant::session::pinning::scan(black_box(orm), |_| {})))
+    });
     g.finish();
 }
 
