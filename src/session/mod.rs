@@ -212,6 +212,9 @@ impl Session<'_> {
                     txn,
                 ) => exit,
             };
+            if !txn.has_session_effects() {
+                return exit;
+            }
             let conn = lease.conn_mut();
             for (name, value) in txn.param_changes.drain(..) {
                 conn.set_param(&name, &value);

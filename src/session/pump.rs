@@ -196,6 +196,16 @@ impl TxnState {
         self.custom_names.clear();
     }
 
+    /// Something seen while pumping changes the session's own state
+    /// (settings, statement maps, setting names): the common transaction
+    /// has none, and skips applying them.
+    pub fn has_session_effects(&self) -> bool {
+        !self.param_changes.is_empty()
+            || !self.replies.undo.is_empty()
+            || !self.custom_names.is_empty()
+            || self.statements_dropped
+    }
+
     /// The server connection could serve another client as it is.
     pub fn is_idle(&self) -> bool {
         self.expected_z == 0 && !self.unsynced && self.status == b'I' && self.replies.is_empty()
@@ -438,7 +448,35 @@ impl Side {
     }
 }
 
+/// Reads a direction may do in one poll before it yields to the other
+/// sessions of its worker (the pump runs outside tokio's cooperative
+/// budget, see `pump`).
+const READS_PER_POLL: u32 = 32;
+
+/// Whether a direction's source must be polled to learn anything new.
+///
+/// Each wake-up polls both directions, but usually only one socket woke
+/// the task. Polling a socket that is not ready costs a lock and a waker
+/// compare inside tokio; once a poll has left this task's waker with the
+/// socket (`armed`), a readiness load says whether it is worth polling
+/// again. An event sets readiness before it wakes the task, so nothing
+/// is missed.
+#[derive(Default)]
+struct Source {
+    armed: bool,
+}
+
+impl Source {
+    fn worth_polling(&self, src: &TcpStream) -> bool {
+        !self.armed || src.try_io(tokio::io::Interest::READABLE, || Ok(())).is_ok()
+    }
+}
+
 /// Runs both directions until one of them has something to report.
+///
+/// The pump runs unconstrained by tokio's cooperative budget: a budget
+/// refusal returns Pending without registering the waker, which would
+/// make `Source::armed` a lie. Fairness comes from `READS_PER_POLL`.
 pub async fn pump(
     client: &mut TcpStream,
     client_flow: &mut Flow,
@@ -446,15 +484,30 @@ pub async fn pump(
     server_flow: &mut Flow,
     state: &mut TxnState,
 ) -> PumpExit {
-    poll_fn(|cx| {
-        if let Poll::Ready(exit) =
-            poll_direction(cx, client, server, client_flow, state, Side::Client)
-        {
+    let (mut from_client, mut from_server) = (Source::default(), Source::default());
+    tokio::task::unconstrained(poll_fn(|cx| {
+        if let Poll::Ready(exit) = poll_direction(
+            cx,
+            client,
+            server,
+            client_flow,
+            state,
+            Side::Client,
+            &mut from_client,
+        ) {
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
-        poll_direction(cx, server, client, server_flow, state, Side::Server)
-    })
+        poll_direction(
+            cx,
+            server,
+            client,
+            server_flow,
+            state,
+            Side::Server,
+            &mut from_server,
+        )
+    }))
     .await
 }
 
@@ -467,8 +520,10 @@ fn poll_direction(
     flow: &mut Flow,
     state: &mut TxnState,
     side: Side,
+    source: &mut Source,
 ) -> Poll<PumpExit> {
     let (read_err, write_err, eof, frame_err) = side.exits();
+    let mut reads = READS_PER_POLL;
     loop {
         while flow.ready > 0 {
             match ready!(Pin::new(&mut *dst).poll_write(cx, &flow.buf[..flow.ready])) {
@@ -516,13 +571,18 @@ fn poll_direction(
         if flow.buf.capacity() - flow.buf.len() < HEADER_LEN + 1 {
             flow.buf.reserve(READ_CHUNK);
         }
-        match ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *src),
-            cx,
-            &mut flow.buf
-        )) {
+        if reads == 0 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if !source.worth_polling(src) {
+            return Poll::Pending;
+        }
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, &mut flow.buf);
+        source.armed = read.is_pending();
+        match ready!(read) {
             Ok(0) => return Poll::Ready(eof),
-            Ok(_) => {}
+            Ok(_) => reads -= 1,
             Err(e) => return Poll::Ready(read_err(e)),
         }
         if let Err(e) = scan(flow, state, &side) {
