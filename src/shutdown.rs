@@ -73,19 +73,21 @@ impl StopWait {
     /// Ready once the stop has begun. Cheap to create and to drop, so a
     /// `select!` may make a new one per wait.
     pub async fn stopped(&self) {
-        poll_fn(|cx: &mut Context<'_>| {
-            // Register first, then check: a stop after the check wakes us.
-            if !self.registered.load(Ordering::Relaxed) {
-                self.waker.register(cx.waker());
-                self.registered.store(true, Ordering::Relaxed);
-            }
-            if self.signal.is_stopping() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        poll_fn(|cx: &mut Context<'_>| self.poll_stopped(cx)).await
+    }
+
+    /// Ready once the stop has begun; otherwise the task is woken by it.
+    pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first, then check: a stop after the check wakes us.
+        if !self.registered.load(Ordering::Relaxed) {
+            self.waker.register(cx.waker());
+            self.registered.store(true, Ordering::Relaxed);
+        }
+        if self.signal.is_stopping() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

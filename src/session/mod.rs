@@ -26,9 +26,10 @@ use cancel::CancelSlot;
 use pump::{Flow, PumpExit, TxnState};
 use replies::{Replies, Undo};
 use statements::{ClientStatements, Rewriter};
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
 /// Server messages may be large (a DataRow up to 1 GB); the proxy only
 /// reads the bodies of tiny ones, so this cap just bounds a corrupt length.
@@ -284,8 +285,10 @@ impl Session<'_> {
 
     async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
-        let idle_limit = (!self.client_idle_timeout.is_zero())
-            .then(|| tokio::time::Instant::now() + self.client_idle_timeout);
+        let mut idle_limit = std::pin::pin!(sleep_until_opt(
+            (!self.client_idle_timeout.is_zero())
+                .then(|| tokio::time::Instant::now() + self.client_idle_timeout)
+        ));
         let mut discard = 0usize;
         loop {
             let buf = &mut client.flow.buf;
@@ -308,17 +311,22 @@ impl Session<'_> {
                     Ok(None) => {}
                 }
             }
-            buf.reserve(pump::READ_CHUNK);
-            tokio::select! {
-                biased;
-                _ = self.stop.stopped() => return Err(ClientError::ShuttingDown),
-                _ = sleep_until_opt(idle_limit) => {
-                    return Err(ClientError::ClientIdle(self.tenant.id.clone()));
+            // Unconstrained: see `Flow::poll_fill`. A client sending
+            // stray copy data without pause is read in bounded gulps,
+            // since every Request returns and every wait yields.
+            let read = tokio::task::unconstrained(poll_fn(|cx| {
+                if self.stop.poll_stopped(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::ShuttingDown));
                 }
-                r = client.stream.read_buf(buf) => match r {
-                    Ok(0) | Err(_) => return Ok(Next::Leave),
-                    Ok(_) => {}
-                },
+                if idle_limit.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
+                }
+                client.flow.poll_fill(cx, &mut client.stream).map(Ok)
+            }))
+            .await?;
+            match read {
+                Ok(0) | Err(_) => return Ok(Next::Leave),
+                Ok(_) => {}
             }
         }
     }
@@ -366,7 +374,8 @@ impl Session<'_> {
     ) -> Result<(), ClientError> {
         txn.mentions = pinning::Mentions::default();
         // The server's ReadyForQuery waits in `server_flow.buf`; the probe's
-        // replies come after it on the socket.
+        // replies come after it on the socket, read here, not by the pump.
+        server_flow.read_armed = false;
         let conn = lease.conn_mut();
         let probe = conn
             .query_pairs(pinning::PROBE_SQL, &mut server_flow.inject)

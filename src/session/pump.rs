@@ -56,6 +56,10 @@ pub struct Flow {
     /// Bytes to write after `ready` that did not come from the source.
     pub inject: BytesMut,
     pub scanner: FrameScanner,
+    /// This task's waker is registered with the source socket (see
+    /// `poll_fill`). Anything that reads the socket other than through
+    /// `poll_fill` must clear it.
+    pub read_armed: bool,
 }
 
 impl Flow {
@@ -66,6 +70,7 @@ impl Flow {
             skip: 0,
             inject: BytesMut::new(),
             scanner: FrameScanner::new(max_frame),
+            read_armed: false,
         }
     }
 
@@ -82,6 +87,39 @@ impl Flow {
         self.inject.clear();
         let max = self.scanner.max_len();
         self.scanner = FrameScanner::new(max);
+        self.read_armed = false;
+    }
+
+    /// Reads what `src` has into `buf` (reserving room first).
+    ///
+    /// Each wake-up of a session polls every socket it waits on, though
+    /// usually only one woke it, and a poll of a socket that is not ready
+    /// costs tokio a lock and a waker compare. Once a poll has left this
+    /// task's waker with the socket (`read_armed`), one atomic readiness
+    /// load says whether polling again can find anything: an event sets
+    /// readiness before it wakes the task, so nothing is missed.
+    ///
+    /// Must run outside tokio's cooperative budget
+    /// (`tokio::task::unconstrained`): a budget refusal returns Pending
+    /// without registering the waker, which would make `read_armed` a lie.
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TcpStream,
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < HEADER_LEN + 1 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        if self.read_armed
+            && src
+                .try_io(tokio::io::Interest::READABLE, || Ok(()))
+                .is_err()
+        {
+            return Poll::Pending;
+        }
+        let read = tokio_util::io::poll_read_buf(Pin::new(src), cx, &mut self.buf);
+        self.read_armed = read.is_pending();
+        read
     }
 }
 
@@ -453,30 +491,10 @@ impl Side {
 /// budget, see `pump`).
 const READS_PER_POLL: u32 = 32;
 
-/// Whether a direction's source must be polled to learn anything new.
-///
-/// Each wake-up polls both directions, but usually only one socket woke
-/// the task. Polling a socket that is not ready costs a lock and a waker
-/// compare inside tokio; once a poll has left this task's waker with the
-/// socket (`armed`), a readiness load says whether it is worth polling
-/// again. An event sets readiness before it wakes the task, so nothing
-/// is missed.
-#[derive(Default)]
-struct Source {
-    armed: bool,
-}
-
-impl Source {
-    fn worth_polling(&self, src: &TcpStream) -> bool {
-        !self.armed || src.try_io(tokio::io::Interest::READABLE, || Ok(())).is_ok()
-    }
-}
-
 /// Runs both directions until one of them has something to report.
 ///
-/// The pump runs unconstrained by tokio's cooperative budget: a budget
-/// refusal returns Pending without registering the waker, which would
-/// make `Source::armed` a lie. Fairness comes from `READS_PER_POLL`.
+/// The pump runs unconstrained by tokio's cooperative budget (see
+/// `Flow::poll_fill`); fairness comes from `READS_PER_POLL`.
 pub async fn pump(
     client: &mut TcpStream,
     client_flow: &mut Flow,
@@ -484,29 +502,14 @@ pub async fn pump(
     server_flow: &mut Flow,
     state: &mut TxnState,
 ) -> PumpExit {
-    let (mut from_client, mut from_server) = (Source::default(), Source::default());
     tokio::task::unconstrained(poll_fn(|cx| {
-        if let Poll::Ready(exit) = poll_direction(
-            cx,
-            client,
-            server,
-            client_flow,
-            state,
-            Side::Client,
-            &mut from_client,
-        ) {
+        if let Poll::Ready(exit) =
+            poll_direction(cx, client, server, client_flow, state, Side::Client)
+        {
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
-        poll_direction(
-            cx,
-            server,
-            client,
-            server_flow,
-            state,
-            Side::Server,
-            &mut from_server,
-        )
+        poll_direction(cx, server, client, server_flow, state, Side::Server)
     }))
     .await
 }
@@ -520,7 +523,6 @@ fn poll_direction(
     flow: &mut Flow,
     state: &mut TxnState,
     side: Side,
-    source: &mut Source,
 ) -> Poll<PumpExit> {
     let (read_err, write_err, eof, frame_err) = side.exits();
     let mut reads = READS_PER_POLL;
@@ -568,19 +570,11 @@ fn poll_direction(
                 Err(e) => return Poll::Ready(frame_err(e)),
             }
         }
-        if flow.buf.capacity() - flow.buf.len() < HEADER_LEN + 1 {
-            flow.buf.reserve(READ_CHUNK);
-        }
         if reads == 0 {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if !source.worth_polling(src) {
-            return Poll::Pending;
-        }
-        let read = tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, &mut flow.buf);
-        source.armed = read.is_pending();
-        match ready!(read) {
+        match ready!(flow.poll_fill(cx, src)) {
             Ok(0) => return Poll::Ready(eof),
             Ok(_) => reads -= 1,
             Err(e) => return Poll::Ready(read_err(e)),
@@ -600,6 +594,7 @@ fn scan(flow: &mut Flow, st: &mut TxnState, side: &Side) -> Result<bool, FrameEr
         skip,
         inject,
         scanner,
+        ..
     } = flow;
     let unscanned = &buf[*ready..];
     let s = match side {

@@ -11,7 +11,6 @@ use crate::protocol::{HEADER_LEN, codec};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// A client's named statements, by the name the client gave them.
@@ -39,6 +38,7 @@ pub async fn read_whole_frame(
     flow: &mut Flow,
 ) -> Result<usize, ClientError> {
     let max = flow.scanner.max_len();
+    let mut reads = 0u32;
     loop {
         if let Some(h) =
             codec::parse_header(&flow.buf, max).map_err(|e| ClientError::Protocol(e.to_string()))?
@@ -46,15 +46,19 @@ pub async fn read_whole_frame(
         {
             return Ok(h.len + 1);
         }
-        flow.buf.reserve(super::pump::READ_CHUNK);
-        let n = client
-            .read_buf(&mut flow.buf)
+        let n = tokio::task::unconstrained(std::future::poll_fn(|cx| flow.poll_fill(cx, client)))
             .await
             .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
         if n == 0 {
             return Err(ClientError::Protocol(
                 "client closed the connection mid-message".into(),
             ));
+        }
+        reads += 1;
+        if reads.is_multiple_of(32) {
+            // Unconstrained reads of a large message: let the worker's
+            // other sessions run now and then.
+            tokio::task::yield_now().await;
         }
     }
 }
