@@ -193,6 +193,32 @@ impl PlacementPool {
     /// connects, a checkout that would need a new connection fails at
     /// once. Cancel-safe: dropping the future gives any connection or
     /// slot handed to it back to the pool.
+    /// Checkout without waiting, for the common case: an idle connection
+    /// of this worker's that is due no check. `None` sends the caller to
+    /// `checkout`, which handles everything else (waiting, opening,
+    /// checking, moving between workers).
+    pub fn try_checkout(self: &Arc<Self>) -> Option<Lease> {
+        let worker = current_worker();
+        let conn = {
+            let mut s = self.lock();
+            let w = worker.min(s.idle.len() - 1);
+            let top = s.idle[w].last()?;
+            if top.worker != worker || top.needs_check {
+                return None;
+            }
+            s.idle_count -= 1;
+            s.idle[w].pop()?
+        };
+        if !conn.is_alive() {
+            tracing::debug!(placement = %self.name, "dropping dead idle server connection");
+            bump(&self.stats.closed_dead, 1);
+            drop(conn);
+            self.forget_one();
+            return None;
+        }
+        Some(self.lease(conn))
+    }
+
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, CheckoutError> {
         let worker = current_worker();
         loop {

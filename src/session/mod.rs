@@ -455,11 +455,14 @@ impl Session<'_> {
     /// Leases a server connection and applies the client's settings;
     /// true if that took a sync (so reported values may have changed).
     async fn lease(&self) -> Result<(Lease, bool), ClientError> {
-        let mut lease = self
-            .pool
-            .checkout(self.wait_timeout)
-            .await
-            .map_err(|e| checkout_error(&self.tenant, e))?;
+        let mut lease = match self.pool.try_checkout() {
+            Some(lease) => lease,
+            None => self
+                .pool
+                .checkout(self.wait_timeout)
+                .await
+                .map_err(|e| checkout_error(&self.tenant, e))?,
+        };
         if let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) {
             let conn = lease.conn_mut();
             match conn.simple_query(&sql).await {
