@@ -225,7 +225,17 @@ impl Replies {
 
     /// Matches one server message (not ParameterStatus, Notice or
     /// Notification) against the queue.
+    #[inline]
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
+        // Rows (DataRow, CopyData) end no entry: the bulk of a result
+        // costs one compare here.
+        if matches!(tag, b'D' | b'd') && self.markers == 0 {
+            return Verdict::default();
+        }
+        self.match_reply(tag)
+    }
+
+    fn match_reply(&mut self, tag: u8) -> Verdict {
         let mut v = Verdict::default();
         self.pop_markers();
         if tag == b'G' {
