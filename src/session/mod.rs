@@ -3,8 +3,9 @@
 //! until the transaction (transaction mode) or the client (session mode)
 //! ends, then give the connection back clean or close it.
 //!
-//! Modules: `pump` (the forwarding hot path), `params` (settings that
-//! follow the client), `cancel` (proxy-issued cancel keys).
+//! Modules: `pump` (the forwarding hot path), `txn` (what the pump tracks
+//! while frames go by), `params` (settings that follow the client),
+//! `cancel` (proxy-issued cancel keys).
 
 pub mod cancel;
 pub mod params;
@@ -14,6 +15,7 @@ pub mod pump;
 pub mod recover;
 pub mod replies;
 pub mod statements;
+pub mod txn;
 
 use crate::catalog::TenantEntry;
 use crate::client::conn::ClientConn;
@@ -23,13 +25,14 @@ use crate::pool::{CheckoutError, Lease, PlacementPool, ServerError};
 use crate::protocol::{HEADER_LEN, codec};
 use bytes::{Buf, BytesMut};
 use cancel::CancelSlot;
-use pump::{Flow, PumpExit, TxnState};
+use pump::{Flow, PumpExit};
 use replies::{Replies, Undo};
 use statements::{ClientStatements, Rewriter};
 use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use txn::TxnState;
 
 /// Server messages may be large (a DataRow up to 1 GB); the proxy only
 /// reads the bodies of tiny ones, so this cap just bounds a corrupt length.

@@ -1,0 +1,329 @@
+//! Transaction state the pump keeps while frames go by, and the two sinks
+//! that keep it: ReadyForQuery messages still owed, extended-protocol
+//! messages not yet synced, the last transaction status, what the session
+//! must apply afterwards. In transaction mode the sinks also keep the reply
+//! queue (`Replies`), which pairs every server reply with the client
+//! message it answers, so that the proxy can answer some messages itself
+//! (a Parse of a statement the connection already has) and hide replies to
+//! messages it sent itself (a Parse it injected before a Bind).
+
+use super::pinning::{self, Mentions};
+use super::replies::Replies;
+use crate::protocol::{FrameSink, HEADER_LEN, Step};
+use bytes::BytesMut;
+
+/// Body prefix the client sink reads of Parse/Bind/Describe/Close to see
+/// statement names (two names of up to NAMEDATALEN plus terminators).
+const NAMES_PREFIX: usize = 2 * 64 + 2 + 1;
+
+/// Why a scan stopped, when the pump must report rather than go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// The server is idle at a transaction boundary.
+    Idle,
+    /// The client sent Terminate (left at the front of its buffer).
+    Terminate,
+    /// The client sent a message the session must rewrite (left at the
+    /// front of its buffer).
+    Rewrite,
+    /// The server is about to go idle after SQL that may have created or
+    /// released session state; its ReadyForQuery waits in the buffer.
+    Probe,
+    /// The server is quiet and the client has nothing in flight (an idle
+    /// timeout may apply).
+    Rest,
+}
+
+/// Transaction state, kept by the sinks while frames go by.
+#[derive(Debug)]
+pub struct TxnState {
+    /// ReadyForQuery messages the server still owes the client.
+    pub expected_z: u32,
+    /// The client sent extended-protocol messages not yet followed by Sync.
+    pub unsynced: bool,
+    /// Status byte of the last ReadyForQuery (`I`, `T` or `E`).
+    pub status: u8,
+    /// Stop the pump at the next point where the server is idle.
+    pub stop_when_idle: bool,
+    /// Transaction mode: named statements are handed to the session.
+    pub rewrite: bool,
+    /// Transaction mode: look for session-state keywords in SQL text.
+    pub scan_text: bool,
+    /// The client holds session state on this server connection, so it
+    /// keeps it across transactions (see `pinning.rs`).
+    pub pinned: bool,
+    /// Session-state keywords or command tags seen since the last check.
+    pub mentions: Mentions,
+    /// Stop at quiet points inside a transaction (idle_transaction_timeout).
+    pub rest_in_transaction: bool,
+    /// Stop at idle points without releasing (client_idle_timeout, session
+    /// mode).
+    pub rest_when_idle: bool,
+    pub replies: Replies,
+    /// Updated by the pump before each server scan: the client direction
+    /// has nothing in flight.
+    pub(super) client_at_rest: bool,
+    /// What the last stopping scan wants reported.
+    /// What the last stopping scan of each direction wants reported. Kept
+    /// apart: a direction reports only its own stop, once its own bytes
+    /// before the stop are written.
+    pub(super) client_halt: Option<Halt>,
+    pub(super) server_halt: Option<Halt>,
+    /// ParameterStatus messages seen since the last drain.
+    pub param_changes: Vec<(String, String)>,
+    /// CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL` seen: the
+    /// server dropped its prepared statements.
+    pub statements_dropped: bool,
+    /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
+    /// `set_config(` in the SQL): session settings may have changed.
+    pub settings_changed: bool,
+    /// Custom (dotted) setting names the client's SQL set; `pg_settings`
+    /// does not list them, so the session reads them by name.
+    pub custom_names: Vec<Vec<u8>>,
+}
+
+impl TxnState {
+    /// `transaction_mode` turns on release at idle points and the scan for
+    /// session state; `rewrite` the named-statement mapping. One per
+    /// session, reset for each lease (`begin`), so buffers are reused.
+    pub fn new(transaction_mode: bool, rewrite: bool) -> TxnState {
+        TxnState {
+            expected_z: 0,
+            unsynced: false,
+            status: b'I',
+            stop_when_idle: transaction_mode,
+            rewrite,
+            scan_text: transaction_mode,
+            pinned: false,
+            mentions: Mentions::default(),
+            rest_in_transaction: false,
+            rest_when_idle: false,
+            replies: Replies::default(),
+            client_at_rest: true,
+            client_halt: None,
+            server_halt: None,
+            param_changes: Vec::new(),
+            statements_dropped: false,
+            settings_changed: false,
+            custom_names: Vec::new(),
+        }
+    }
+
+    /// Starts a new lease: nothing outstanding, nothing seen yet.
+    pub fn begin(&mut self) {
+        self.expected_z = 0;
+        self.unsynced = false;
+        self.status = b'I';
+        self.stop_when_idle = self.scan_text;
+        self.pinned = false;
+        self.mentions = Mentions::default();
+        self.replies.clear();
+        self.client_at_rest = true;
+        self.client_halt = None;
+        self.server_halt = None;
+        self.param_changes.clear();
+        self.statements_dropped = false;
+        self.settings_changed = false;
+        self.custom_names.clear();
+    }
+
+    /// Something seen while pumping changes the session's own state
+    /// (settings, statement maps, setting names): the common transaction
+    /// has none, and skips applying them.
+    pub fn has_session_effects(&self) -> bool {
+        !self.param_changes.is_empty()
+            || !self.replies.undo.is_empty()
+            || !self.custom_names.is_empty()
+            || self.statements_dropped
+    }
+
+    /// The server connection could serve another client as it is.
+    pub fn is_idle(&self) -> bool {
+        self.expected_z == 0 && !self.unsynced && self.status == b'I' && self.replies.is_empty()
+    }
+
+    /// A ReadyForQuery with `status` now would leave the connection idle
+    /// after SQL that mentioned session state: check before letting it go.
+    fn probe_due(&self, status: Option<u8>) -> bool {
+        self.scan_text
+            && (self.mentions.state || (self.pinned && self.mentions.release))
+            && status == Some(b'I')
+            && self.expected_z == 1
+            && !self.unsynced
+            && self.client_at_rest
+    }
+
+    /// Nothing is outstanding on the server, though a transaction may be
+    /// open (status `T` or `E`): a ROLLBACK would make it idle.
+    pub fn is_quiet(&self) -> bool {
+        self.expected_z == 0 && !self.unsynced && self.replies.is_empty()
+    }
+}
+
+/// Client → server: counts what the server will answer, queues replies,
+/// and stops at messages naming prepared statements (transaction mode).
+pub(super) struct ClientSink<'a>(pub(super) &'a mut TxnState);
+
+impl FrameSink for ClientSink<'_> {
+    fn body_needed(&self, tag: u8) -> usize {
+        match tag {
+            b'Q' | b'P' if self.0.scan_text => pinning::TEXT_PREFIX,
+            b'P' | b'B' | b'D' | b'C' if self.0.rewrite => NAMES_PREFIX,
+            _ => 0,
+        }
+    }
+
+    fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
+        let st = &mut *self.0;
+        if st.scan_text {
+            let body = &frame[HEADER_LEN..];
+            let text = match tag {
+                b'Q' => Some(body),
+                // Parse: the query text follows the statement name.
+                b'P' => body.iter().position(|&b| b == 0).map(|n| &body[n + 1..]),
+                _ => None,
+            };
+            if let Some(text) = text {
+                let names = &mut st.custom_names;
+                let m = pinning::scan(text, |n| names.push(n.to_vec()));
+                st.mentions.state |= m.state;
+                st.mentions.release |= m.release;
+                st.settings_changed |= m.settings || !st.custom_names.is_empty();
+            }
+        }
+        if st.rewrite && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
+            st.client_halt = Some(Halt::Rewrite);
+            return Step::StopBefore;
+        }
+        match tag {
+            // Query and FunctionCall each end with one ReadyForQuery.
+            // Query and FunctionCall each end with one ReadyForQuery, and so
+            // does Sync, unless the server will skip or ignore it.
+            b'Q' | b'F' | b'S' => {
+                if tag == b'S' {
+                    st.unsynced = false;
+                }
+                if st.replies.push_client_message(tag, frame) {
+                    st.expected_z += 1;
+                }
+            }
+            // Parse, Bind, Describe, Execute, Close: state lives on the
+            // server until the next Sync. (Flush alone leaves none: psycopg
+            // sends one after its last Sync.)
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                st.replies.push_client_message(tag, frame);
+                st.unsynced = true;
+            }
+            b'c' | b'f' => {
+                st.replies.push_client_message(tag, frame);
+            }
+            // Terminate is the proxy's to handle, never the server's.
+            b'X' => {
+                st.client_halt = Some(Halt::Terminate);
+                return Step::StopBefore;
+            }
+            _ => {}
+        }
+        Step::Continue
+    }
+}
+
+/// Whether a Parse/Bind/Describe/Close names a prepared statement
+/// (`body` is at least the names prefix, or the whole body).
+fn names_statement(tag: u8, body: &[u8], whole: bool) -> bool {
+    let first_nul = |b: &[u8]| b.iter().position(|&c| c == 0);
+    match tag {
+        b'P' => body.first().is_some_and(|&c| c != 0),
+        b'B' => match first_nul(body) {
+            Some(p) => body.get(p + 1).is_some_and(|&c| c != 0),
+            // A portal name longer than the prefix: let the session look.
+            None => !whole,
+        },
+        b'D' | b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&c| c != 0),
+        _ => false,
+    }
+}
+
+/// Server → client: watches ReadyForQuery, ParameterStatus and command
+/// tags, and pairs replies with the client messages they answer.
+pub(super) struct ServerSink<'a> {
+    pub(super) st: &'a mut TxnState,
+    /// The client direction's bytes to the client (proxy replies).
+    pub(super) to_client: &'a mut BytesMut,
+}
+
+impl FrameSink for ServerSink<'_> {
+    fn body_needed(&self, tag: u8) -> usize {
+        match tag {
+            b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
+            _ => 0,
+        }
+    }
+
+    fn on_frame(&mut self, tag: u8, frame: &[u8], _frame_len: usize) -> Step {
+        let st = &mut *self.st;
+        let body = &frame[HEADER_LEN..];
+        match tag {
+            b'S' => {
+                if let Some((name, value)) = parse_parameter_status(body) {
+                    st.param_changes.push((name.to_string(), value.to_string()));
+                }
+                return Step::Continue;
+            }
+            b'N' | b'A' => return Step::Continue,
+            b'C' => {
+                if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
+                    st.statements_dropped = true;
+                }
+                if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
+                    st.settings_changed = true;
+                }
+                if st.scan_text && pinning::state_tag(body) {
+                    st.mentions.state = true;
+                }
+            }
+            _ => {}
+        }
+        // The proxy's own replies that come before this message.
+        if st.replies.emit_ready(self.to_client) {
+            return Step::StopBefore;
+        }
+        if tag == b'Z' && st.probe_due(body.first().copied()) {
+            st.server_halt = Some(Halt::Probe);
+            return Step::StopBefore;
+        }
+        let verdict = st.replies.on_server_message(tag);
+        st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
+        if verdict.swallow {
+            return Step::Skip;
+        }
+        if tag == b'Z' {
+            st.status = body.first().copied().unwrap_or(b'E');
+            st.expected_z = st.expected_z.saturating_sub(1);
+            if st.stop_when_idle && st.is_idle() && st.client_at_rest {
+                st.server_halt = Some(Halt::Idle);
+                return Step::StopAfter;
+            }
+            let rest = if st.status == b'I' {
+                st.rest_when_idle
+            } else {
+                st.rest_in_transaction
+            };
+            if rest && st.is_quiet() && st.client_at_rest {
+                st.server_halt = Some(Halt::Rest);
+                return Step::StopAfter;
+            }
+        }
+        if st.replies.emit_ready(self.to_client) {
+            return Step::StopAfter; // proxy replies right after this one
+        }
+        Step::Continue
+    }
+}
+
+fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name, value))
+}
