@@ -210,13 +210,18 @@ impl PlacementPool {
             s.idle[w].pop()?
         };
         if !conn.is_alive() {
-            tracing::debug!(placement = %self.name, "dropping dead idle server connection");
-            bump(&self.stats.closed_dead, 1);
-            drop(conn);
-            self.forget_one();
+            self.discard_dead(conn);
             return None;
         }
         Some(self.lease(conn))
+    }
+
+    /// An idle connection found dead at checkout: close it, free its slot.
+    fn discard_dead(&self, conn: Pooled) {
+        tracing::debug!(placement = %self.name, "dropping dead idle server connection");
+        bump(&self.stats.closed_dead, 1);
+        drop(conn);
+        self.forget_one();
     }
 
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, CheckoutError> {
@@ -230,10 +235,7 @@ impl PlacementPool {
             match grant {
                 Grant::Conn(conn) => {
                     if !conn.is_alive() {
-                        tracing::debug!(placement = %self.name, "dropping dead idle server connection");
-                        bump(&self.stats.closed_dead, 1);
-                        drop(conn);
-                        self.forget_one();
+                        self.discard_dead(conn);
                         continue;
                     }
                     let conn = match conn.into_worker(worker) {

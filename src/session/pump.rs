@@ -49,6 +49,8 @@ pub struct Flow {
     /// `poll_fill`). Anything that reads the socket other than through
     /// `poll_fill` must clear it.
     pub read_armed: bool,
+    /// Reads since this flow last let the worker's other sessions run.
+    reads_in_a_row: u32,
 }
 
 impl Flow {
@@ -60,6 +62,7 @@ impl Flow {
             inject: BytesMut::new(),
             scanner: FrameScanner::new(max_frame),
             read_armed: false,
+            reads_in_a_row: 0,
         }
     }
 
@@ -77,6 +80,7 @@ impl Flow {
         let max = self.scanner.max_len();
         self.scanner = FrameScanner::new(max);
         self.read_armed = false;
+        self.reads_in_a_row = 0;
     }
 
     /// Reads what `src` has into `buf` (reserving room first).
@@ -91,11 +95,18 @@ impl Flow {
     /// Must run outside tokio's cooperative budget
     /// (`tokio::task::unconstrained`): a budget refusal returns Pending
     /// without registering the waker, which would make `read_armed` a lie.
+    /// Fairness comes from here instead: after `READS_IN_A_ROW` reads that
+    /// found data, the task yields once to the worker's other sessions.
     pub fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
     ) -> Poll<io::Result<usize>> {
+        if self.reads_in_a_row >= READS_IN_A_ROW {
+            self.reads_in_a_row = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if self.buf.capacity() - self.buf.len() < HEADER_LEN + 1 {
             self.buf.reserve(READ_CHUNK);
         }
@@ -108,6 +119,11 @@ impl Flow {
         }
         let read = tokio_util::io::poll_read_buf(Pin::new(src), cx, &mut self.buf);
         self.read_armed = read.is_pending();
+        self.reads_in_a_row = if read.is_pending() {
+            0
+        } else {
+            self.reads_in_a_row + 1
+        };
         read
     }
 }
@@ -163,15 +179,14 @@ impl Side {
     }
 }
 
-/// Reads a direction may do in one poll before it yields to the other
-/// sessions of its worker (the pump runs outside tokio's cooperative
-/// budget, see `pump`).
-const READS_PER_POLL: u32 = 32;
+/// Reads a flow may do without waiting before it yields to the other
+/// sessions of its worker (see `Flow::poll_fill`).
+const READS_IN_A_ROW: u32 = 32;
 
 /// Runs both directions until one of them has something to report.
 ///
 /// The pump runs unconstrained by tokio's cooperative budget (see
-/// `Flow::poll_fill`); fairness comes from `READS_PER_POLL`.
+/// `Flow::poll_fill`), which also yields for fairness.
 pub async fn pump(
     client: &mut TcpStream,
     client_flow: &mut Flow,
@@ -202,7 +217,6 @@ fn poll_direction(
     side: Side,
 ) -> Poll<PumpExit> {
     let (read_err, write_err, eof, frame_err) = side.exits();
-    let mut reads = READS_PER_POLL;
     loop {
         while flow.ready > 0 {
             match ready!(Pin::new(&mut *dst).poll_write(cx, &flow.buf[..flow.ready])) {
@@ -247,13 +261,9 @@ fn poll_direction(
                 Err(e) => return Poll::Ready(frame_err(e)),
             }
         }
-        if reads == 0 {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
         match ready!(flow.poll_fill(cx, src)) {
             Ok(0) => return Poll::Ready(eof),
-            Ok(_) => reads -= 1,
+            Ok(_) => {}
             Err(e) => return Poll::Ready(read_err(e)),
         }
         if let Err(e) = scan(flow, state, &side) {

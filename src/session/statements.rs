@@ -38,7 +38,6 @@ pub async fn read_whole_frame(
     flow: &mut Flow,
 ) -> Result<usize, ClientError> {
     let max = flow.scanner.max_len();
-    let mut reads = 0u32;
     loop {
         if let Some(h) =
             codec::parse_header(&flow.buf, max).map_err(|e| ClientError::Protocol(e.to_string()))?
@@ -53,12 +52,6 @@ pub async fn read_whole_frame(
             return Err(ClientError::Protocol(
                 "client closed the connection mid-message".into(),
             ));
-        }
-        reads += 1;
-        if reads.is_multiple_of(32) {
-            // Unconstrained reads of a large message: let the worker's
-            // other sessions run now and then.
-            tokio::task::yield_now().await;
         }
     }
 }
