@@ -71,8 +71,10 @@ impl ClientConn {
         loop {
             match codec::parse_header(&self.flow.buf, max) {
                 Ok(Some(h)) if self.flow.buf.len() > h.len => {
-                    let mut frame = self.flow.buf.split_to(h.len + 1);
-                    frame.advance(HEADER_LEN);
+                    // Copied, not split off: the read buffer stays a plain
+                    // vector that `Flow::poll_fill` can rewind (see there).
+                    let frame = BytesMut::from(&self.flow.buf[HEADER_LEN..=h.len]);
+                    self.flow.buf.advance(h.len + 1);
                     return Ok((h.tag, frame));
                 }
                 Ok(_) => {}

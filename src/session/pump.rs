@@ -26,9 +26,8 @@ use crate::protocol::{FrameError, FrameScanner, HEADER_LEN};
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::io::AsyncWrite;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Read-buffer growth step; also the most a single read takes in.
@@ -107,24 +106,96 @@ impl Flow {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
+        if self.read_armed && !read_ready(src) {
+            return Poll::Pending;
+        }
+        if self.buf.is_empty() {
+            // Rewind to the front of the allocation (no copy, no
+            // allocation). Otherwise each read lands past the last one and
+            // the buffer walks its whole 16 kB: every transaction would
+            // touch cold cache lines, in the kernel's copy and in the scan.
+            let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
+        }
         if self.buf.capacity() - self.buf.len() < HEADER_LEN + 1 {
             self.buf.reserve(READ_CHUNK);
         }
-        if self.read_armed
-            && src
-                .try_io(tokio::io::Interest::READABLE, || Ok(()))
-                .is_err()
-        {
-            return Poll::Pending;
+        loop {
+            match try_recv(src, &mut self.buf) {
+                Ok(n) => {
+                    self.read_armed = false;
+                    self.reads_in_a_row += 1;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if self.read_armed {
+                return Poll::Pending;
+            }
+            // Registers this task's waker; Ready if readiness came back
+            // meanwhile.
+            match src.poll_read_ready(cx) {
+                Poll::Pending => {
+                    self.read_armed = true;
+                    self.reads_in_a_row = 0;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
         }
-        let read = tokio_util::io::poll_read_buf(Pin::new(src), cx, &mut self.buf);
-        self.read_armed = read.is_pending();
-        self.reads_in_a_row = if read.is_pending() {
-            0
+    }
+}
+
+/// tokio's readiness for reading `src` is set: one atomic load, no
+/// syscall.
+fn read_ready(src: &TcpStream) -> bool {
+    src.try_io(Interest::READABLE, || Ok(())).is_ok()
+}
+
+/// One `recv` into the spare capacity of `buf` if tokio has seen `src`
+/// readable; `WouldBlock` if not (or if the socket had nothing after all).
+///
+/// The hot path's read, without the layers of `AsyncRead::poll_read`
+/// (cooperative budget, `ReadBuf`, a readiness poll that may take a lock):
+/// the caller registers for readiness only when this finds nothing. Like
+/// tokio's own `poll_read`, a read that does not fill the buffer clears
+/// the readiness (a TCP socket gave all it had), so the next wait registers
+/// at once instead of paying a `recv` that finds nothing.
+pub fn try_recv(src: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len();
+    let mut got = None;
+    let read = src.try_io(Interest::READABLE, || {
+        let n = socket2::SockRef::from(src).recv(spare)?;
+        got = Some(n);
+        if n < want {
+            Err(io::ErrorKind::WouldBlock.into())
         } else {
-            self.reads_in_a_row + 1
-        };
-        read
+            Ok(())
+        }
+    });
+    match got {
+        Some(n) => {
+            // SAFETY: `recv` initialised the first `n` bytes of the spare
+            // capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Ok(n)
+        }
+        None => read.map(|()| 0),
+    }
+}
+
+/// Writes what `dst` takes of `bytes` now; Pending (with the task's waker
+/// registered) if it takes nothing. The write counterpart of `try_recv`.
+fn poll_send(cx: &mut Context<'_>, dst: &TcpStream, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        match dst.try_write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(dst.poll_write_ready(cx))?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return Poll::Ready(done),
+        }
     }
 }
 
@@ -219,7 +290,7 @@ fn poll_direction(
     let (read_err, write_err, eof, frame_err) = side.exits();
     loop {
         while flow.ready > 0 {
-            match ready!(Pin::new(&mut *dst).poll_write(cx, &flow.buf[..flow.ready])) {
+            match ready!(poll_send(cx, dst, &flow.buf[..flow.ready])) {
                 Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     flow.buf.advance(n);
@@ -233,7 +304,7 @@ fn poll_direction(
             flow.skip = 0;
         }
         while !flow.inject.is_empty() {
-            match ready!(Pin::new(&mut *dst).poll_write(cx, &flow.inject)) {
+            match ready!(poll_send(cx, dst, &flow.inject)) {
                 Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => flow.inject.advance(n),
                 Err(e) => return Poll::Ready(write_err(e)),
