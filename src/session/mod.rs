@@ -3,9 +3,9 @@
 //! until the transaction (transaction mode) or the client (session mode)
 //! ends, then give the connection back clean or close it.
 //!
-//! Modules: `pump` (the forwarding hot path), `txn` (what the pump tracks
-//! while frames go by), `params` (settings that follow the client),
-//! `cancel` (proxy-issued cancel keys).
+//! Modules: `pump` (the forwarding hot path) and `sockio` (its socket
+//! calls), `txn` (what the pump tracks while frames go by), `params`
+//! (settings that follow the client), `cancel` (proxy-issued cancel keys).
 
 pub mod cancel;
 pub mod params;
@@ -14,6 +14,7 @@ pub mod prepared;
 pub mod pump;
 pub mod recover;
 pub mod replies;
+pub mod sockio;
 pub mod statements;
 pub mod txn;
 

@@ -21,13 +21,13 @@
 //! the future (e.g. when a shutdown branch of a `select!` wins) loses
 //! nothing; polling again resumes where it stopped.
 
+use super::sockio::{poll_send, read_ready, try_recv};
 use super::txn::{ClientSink, Halt, ServerSink, TxnState};
 use crate::protocol::{FrameError, FrameScanner, HEADER_LEN};
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll, ready};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Read-buffer growth step; also the most a single read takes in.
@@ -144,57 +144,6 @@ impl Flow {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
-        }
-    }
-}
-
-/// tokio's readiness for reading `src` is set: one atomic load, no
-/// syscall.
-fn read_ready(src: &TcpStream) -> bool {
-    src.try_io(Interest::READABLE, || Ok(())).is_ok()
-}
-
-/// One `recv` into the spare capacity of `buf` if tokio has seen `src`
-/// readable; `WouldBlock` if not (or if the socket had nothing after all).
-///
-/// The hot path's read, without the layers of `AsyncRead::poll_read`
-/// (cooperative budget, `ReadBuf`, a readiness poll that may take a lock):
-/// the caller registers for readiness only when this finds nothing. Like
-/// tokio's own `poll_read`, a read that does not fill the buffer clears
-/// the readiness (a TCP socket gave all it had), so the next wait registers
-/// at once instead of paying a `recv` that finds nothing.
-pub fn try_recv(src: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    let want = spare.len();
-    let mut got = None;
-    let read = src.try_io(Interest::READABLE, || {
-        let n = socket2::SockRef::from(src).recv(spare)?;
-        got = Some(n);
-        if n < want {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
-    });
-    match got {
-        Some(n) => {
-            // SAFETY: `recv` initialised the first `n` bytes of the spare
-            // capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Ok(n)
-        }
-        None => read.map(|()| 0),
-    }
-}
-
-/// Writes what `dst` takes of `bytes` now; Pending (with the task's waker
-/// registered) if it takes nothing. The write counterpart of `try_recv`.
-fn poll_send(cx: &mut Context<'_>, dst: &TcpStream, bytes: &[u8]) -> Poll<io::Result<usize>> {
-    loop {
-        match dst.try_write(bytes) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(dst.poll_write_ready(cx))?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            done => return Poll::Ready(done),
         }
     }
 }
