@@ -77,6 +77,36 @@ pub fn scan(sql: &[u8], mut custom: impl FnMut(&[u8])) -> Mentions {
     st.m
 }
 
+/// The last Parse text scanned and what it mentioned. Drivers parse the
+/// same statement text again and again (an unnamed statement per
+/// execution), and comparing a text costs a fraction of scanning it. The
+/// result is a function of the text alone, so a match is exact. Texts
+/// that name custom settings are not kept: their names are reported by
+/// every scan.
+#[derive(Debug, Default)]
+pub struct LastText {
+    text: Vec<u8>,
+    mentions: Mentions,
+}
+
+impl LastText {
+    /// `scan(sql)`, pushing custom setting names to `custom`.
+    pub fn scan(&mut self, sql: &[u8], custom: &mut Vec<Vec<u8>>) -> Mentions {
+        if self.text == sql {
+            return self.mentions;
+        }
+        let named = custom.len();
+        let m = scan(sql, |n| custom.push(n.to_vec()));
+        self.text.clear();
+        self.mentions = Mentions::default(); // what the empty text mentions
+        if custom.len() == named {
+            self.text.extend_from_slice(sql);
+            self.mentions = m;
+        }
+        m
+    }
+}
+
 /// What `scan` has learnt so far.
 #[derive(Default)]
 struct Words {
@@ -433,6 +463,26 @@ mod tests {
             let slow = scan_bytewise(sql.as_bytes(), |n| b.push(n.to_vec()));
             proptest::prop_assert_eq!(fast, slow);
             proptest::prop_assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn last_text_repeats_the_scan_exactly() {
+        let mut last = LastText::default();
+        let mut names = Vec::new();
+        let texts: [&[u8]; 6] = [
+            b"SELECT 1",
+            b"LISTEN x",
+            b"LISTEN x",
+            b"SET app.user = 1",
+            b"SET app.user = 1",
+            b"",
+        ];
+        for t in texts {
+            names.clear();
+            let mut want = Vec::new();
+            assert_eq!(last.scan(t, &mut names), scan(t, |n| want.push(n.to_vec())));
+            assert_eq!(names, want, "custom names of {t:?}");
         }
     }
 

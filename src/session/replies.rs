@@ -167,7 +167,28 @@ impl Replies {
             }
             _ => return true, // Flush and CopyData: no reply of their own
         };
-        self.push(reply, Mode::Forward, [None, None])
+        self.push_forward(reply)
+    }
+
+    /// `push` of a message forwarded as it is: no mode to count, no
+    /// effects to box or undo. Every forwarded message of every extended
+    /// batch comes through here.
+    fn push_forward(&mut self, reply: Reply) -> bool {
+        if reply == Reply::Sync {
+            if self.copy_in {
+                return false; // ignored by the server during copy-in
+            }
+            self.skipping = false;
+        } else if self.skipping {
+            return false;
+        }
+        self.q.push_back(Entry {
+            reply,
+            mode: Mode::Forward,
+            got_params: false,
+            undo: None,
+        });
+        true
     }
 
     /// Queues an entry; false (and nothing queued) if the server will

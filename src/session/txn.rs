@@ -80,6 +80,8 @@ pub struct TxnState {
     /// Custom (dotted) setting names the client's SQL set; `pg_settings`
     /// does not list them, so the session reads them by name.
     pub custom_names: Vec<Vec<u8>>,
+    /// The last Parse text scanned (kept across leases).
+    last_parse: pinning::LastText,
 }
 
 impl TxnState {
@@ -106,6 +108,7 @@ impl TxnState {
             statements_dropped: false,
             settings_changed: false,
             custom_names: Vec::new(),
+            last_parse: pinning::LastText::default(),
         }
     }
 
@@ -177,15 +180,17 @@ impl FrameSink for ClientSink<'_> {
         let st = &mut *self.0;
         if st.scan_text {
             let body = &frame[HEADER_LEN..];
-            let text = match tag {
-                b'Q' => Some(body),
+            let names = &mut st.custom_names;
+            let m = match tag {
+                b'Q' => Some(pinning::scan(body, |n| names.push(n.to_vec()))),
                 // Parse: the query text follows the statement name.
-                b'P' => body.iter().position(|&b| b == 0).map(|n| &body[n + 1..]),
+                b'P' => body
+                    .iter()
+                    .position(|&b| b == 0)
+                    .map(|n| st.last_parse.scan(&body[n + 1..], names)),
                 _ => None,
             };
-            if let Some(text) = text {
-                let names = &mut st.custom_names;
-                let m = pinning::scan(text, |n| names.push(n.to_vec()));
+            if let Some(m) = m {
                 st.mentions.state |= m.state;
                 st.mentions.release |= m.release;
                 st.settings_changed |= m.settings || !st.custom_names.is_empty();
