@@ -98,7 +98,7 @@ async fn serve_inner(
         cancel: &registration.slot,
         stop: state.stop.subscribe(),
         startup_settings: login.wanted.clone(),
-        wanted: login.wanted,
+        wanted: params::interned(login.wanted),
         reported: login.reported,
         custom_settings: Vec::new(),
         max_prepared: snap.config.proxy.max_prepared_statements,

@@ -98,7 +98,7 @@ pub struct ServerConn {
     pub(crate) params: Vec<(String, String)>,
     /// Session settings the proxy applied on top of the server defaults,
     /// for whichever client last used it.
-    pub(crate) applied: Vec<(String, String)>,
+    pub(crate) applied: crate::session::params::Settings,
     /// Named statements prepared on this connection by the proxy
     /// (transaction mode), shared by every client that uses it.
     pub(crate) prepared: crate::session::prepared::PreparedSet,
@@ -145,7 +145,7 @@ impl ServerConn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             key: CancelKey { pid: 0, secret: 0 },
             params: Vec::new(),
-            applied: Vec::new(),
+            applied: Default::default(),
             prepared: Default::default(),
             worker,
             last_used: Instant::now(),

@@ -50,7 +50,7 @@ pub struct Session<'a> {
     /// The stop signal, watched between transactions without a lock.
     pub stop: crate::shutdown::StopWait,
     /// Settings that follow this client onto every server connection.
-    pub wanted: Vec<(String, String)>,
+    pub wanted: params::Settings,
     /// The client's startup settings: what RESET returns to.
     pub startup_settings: Vec<(String, String)>,
     /// ParameterStatus values the client has been told.
@@ -223,8 +223,8 @@ impl Session<'_> {
             let conn = lease.conn_mut();
             for (name, value) in txn.param_changes.drain(..) {
                 conn.set_param(&name, &value);
-                params::upsert(&mut conn.applied, &name, &value);
-                params::upsert(&mut self.wanted, &name, &value);
+                params::upsert(Arc::make_mut(&mut conn.applied), &name, &value);
+                params::upsert(Arc::make_mut(&mut self.wanted), &name, &value);
                 params::upsert(&mut self.reported, &name, &value);
             }
             apply_undo(&mut txn.replies, &mut self.statements, &mut conn.prepared);
@@ -428,8 +428,8 @@ impl Session<'_> {
         let sql = params::session_settings_sql(&self.custom_settings);
         match conn.query_pairs(&sql, &mut notices).await {
             Ok(session) => {
-                self.wanted = params::overlay(&self.startup_settings, &session);
-                conn.applied = session;
+                self.wanted = Arc::new(params::overlay(&self.startup_settings, &session));
+                conn.applied = Arc::new(session);
                 true
             }
             Err(e) => {
@@ -467,11 +467,16 @@ impl Session<'_> {
                 .await
                 .map_err(|e| checkout_error(&self.tenant, e))?,
         };
-        if let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) {
+        if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
+            // In sync (the common case).
+        } else if self.wanted == lease.conn().applied {
+            // Equal but apart: share, so the next check is a pointer compare.
+            lease.conn_mut().applied = Arc::clone(&self.wanted);
+        } else if let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) {
             let conn = lease.conn_mut();
             match conn.simple_query(&sql).await {
                 Ok(b'I') => {
-                    conn.applied.clone_from(&self.wanted);
+                    conn.applied = Arc::clone(&self.wanted);
                     return Ok((lease, true));
                 }
                 Ok(_) => {
@@ -481,7 +486,7 @@ impl Session<'_> {
                 }
                 Err(ServerError::Rejected { code, message }) => {
                     // The connection is fine; the client's settings are not.
-                    conn.applied.clear();
+                    conn.applied = Default::default();
                     let reset = conn.simple_query("RESET ALL").await;
                     if matches!(reset, Ok(b'I')) {
                         lease.release();

@@ -6,6 +6,48 @@
 //! connection already matches (the common case) nothing is sent.
 
 use postgres_protocol::escape::{escape_identifier, escape_literal};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+/// A settings list, shared by identity. Sessions whose lists are equal
+/// hold one allocation (`interned`), and a server connection keeps the
+/// list it was last synced to, so "already in sync" (checked at every
+/// lease) is usually one pointer compare rather than a compare of every
+/// name and value, which touches a cache line per string. Changed with
+/// `Arc::make_mut`, so a shared list is never changed under its holders.
+pub type Settings = Arc<SettingList>;
+
+/// Settings as (name, value) pairs, in the order they were set.
+pub type SettingList = Vec<(String, String)>;
+
+/// Interned lists, by content; entries whose lists are gone are swept
+/// when the table has doubled since the last sweep.
+struct Interned {
+    lists: HashMap<SettingList, Weak<SettingList>>,
+    sweep_at: usize,
+}
+
+static INTERNED: LazyLock<Mutex<Interned>> = LazyLock::new(|| {
+    Mutex::new(Interned {
+        lists: HashMap::new(),
+        sweep_at: 64,
+    })
+});
+
+/// The shared allocation for a list equal to `list` (once per login).
+pub fn interned(list: SettingList) -> Settings {
+    let mut t = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = t.lists.get(&list).and_then(Weak::upgrade) {
+        return shared;
+    }
+    if t.lists.len() >= t.sweep_at {
+        t.lists.retain(|_, w| w.strong_count() > 0);
+        t.sweep_at = (2 * t.lists.len()).max(64);
+    }
+    let shared = Arc::new(list.clone());
+    t.lists.insert(list, Arc::downgrade(&shared));
+    shared
+}
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -82,8 +124,6 @@ pub fn overlay(
 /// takes them as the text of the setting (so list settings such as
 /// `search_path` keep their form); removals are `RESET`.
 pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Option<String> {
-    // The common case, checked first: the connection was last synced to
-    // this very list (a clone, same order).
     if wanted == applied {
         return None;
     }
@@ -121,6 +161,33 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn equal_lists_share_one_allocation() {
+        let a = interned(s(&[
+            ("application_name", "intern-test"),
+            ("DateStyle", "ISO"),
+        ]));
+        let b = interned(s(&[
+            ("application_name", "intern-test"),
+            ("DateStyle", "ISO"),
+        ]));
+        let c = interned(s(&[("application_name", "intern-test-2")]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        // Changing a shared list copies it: the other holder keeps its own.
+        let mut changed = Arc::clone(&a);
+        upsert(Arc::make_mut(&mut changed), "DateStyle", "German");
+        assert_eq!(b[1].1, "ISO");
+        assert_eq!(changed[1].1, "German");
+        // Once every holder is gone, an equal list gets a fresh allocation.
+        drop((a, b, changed));
+        let d = interned(s(&[
+            ("application_name", "intern-test"),
+            ("DateStyle", "ISO"),
+        ]));
+        assert_eq!(Arc::strong_count(&d), 1);
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl Recovery {
                     "RESET ALL left a transaction open".into(),
                 ));
             }
-            conn.applied.clear();
+            conn.applied = Default::default();
         }
         if let Some(q) = self.reset {
             if conn.simple_query(&q).await? != b'I' {
@@ -146,7 +146,7 @@ impl Recovery {
                 ));
             }
             // DISCARD ALL dropped the settings and statements.
-            conn.applied.clear();
+            conn.applied = Default::default();
             conn.prepared.clear();
         }
         Ok(())
