@@ -365,6 +365,10 @@ impl ServerConn {
         if !self.buf.is_empty() {
             return false;
         }
+        // The usual answer, without building a WouldBlock error.
+        if !crate::session::sockio::read_ready(&self.stream) {
+            return true;
+        }
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
