@@ -199,23 +199,36 @@ impl Session<'_> {
         txn: &mut TxnState,
     ) -> PumpExit {
         loop {
-            let exit = tokio::select! {
-                biased;
-                _ = self.stop.stopped(), if !txn.stop_when_idle => {
-                    txn.stop_when_idle = true;
-                    if txn.is_idle() && client.flow.at_rest() && server_flow.at_rest() {
-                        PumpExit::Idle
-                    } else {
-                        continue;
-                    }
-                }
-                exit = pump::pump(
+            let exit = if txn.stop_when_idle {
+                // Transaction mode, or a stop already seen: the pump stops
+                // at the next idle point by itself; nothing else to watch.
+                pump::pump(
                     &mut client.stream,
                     &mut client.flow,
                     &mut lease.conn_mut().stream,
                     server_flow,
                     txn,
-                ) => exit,
+                )
+                .await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.stopped() => {
+                        txn.stop_when_idle = true;
+                        if txn.is_idle() && client.flow.at_rest() && server_flow.at_rest() {
+                            PumpExit::Idle
+                        } else {
+                            continue;
+                        }
+                    }
+                    exit = pump::pump(
+                        &mut client.stream,
+                        &mut client.flow,
+                        &mut lease.conn_mut().stream,
+                        server_flow,
+                        txn,
+                    ) => exit,
+                }
             };
             if !txn.has_session_effects() {
                 return exit;

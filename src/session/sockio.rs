@@ -5,8 +5,8 @@
 //!
 //! On Linux the two syscalls are made directly: glibc's `recv` and `send`
 //! are thread-cancellation points, and their bookkeeping around the
-//! syscall cost about a tenth of the proxy's user-space instructions per
-//! transaction. pgtenant never cancels threads.
+//! syscall cost about 4 % of the proxy's user-space instructions per
+//! transaction (callgrind). pgtenant never cancels threads.
 
 use bytes::BytesMut;
 use std::io;
