@@ -48,12 +48,17 @@ impl CancelSlot {
     }
 
     /// Waits (bounded) until no cancel for this client is being forwarded.
-    /// Call after `disarm`, before the server connection is released: one
-    /// atomic load when nothing is in flight.
-    pub async fn settle(&self) {
+    /// Call after `disarm`, before the server connection is released.
+    /// The common case, nothing in flight, is one atomic load and no
+    /// future.
+    pub fn settle(&self) -> Option<impl Future<Output = ()> + '_> {
         if self.inflight.load(Ordering::SeqCst) == 0 {
-            return;
+            return None;
         }
+        Some(self.wait_settled())
+    }
+
+    async fn wait_settled(&self) {
         let wait = async {
             while self.inflight.load(Ordering::SeqCst) > 0 {
                 let notified = self.done.notified();

@@ -123,7 +123,9 @@ impl Session<'_> {
                     Ok(()) => continue,
                     Err(e) => {
                         self.cancel.disarm();
-                        self.cancel.settle().await;
+                        if let Some(wait) = self.cancel.settle() {
+                            wait.await;
+                        }
                         if matches!(exit, PumpExit::Probe) {
                             // The held-back ReadyForQuery ('I') is the next
                             // frame: the server owes nothing more.
@@ -142,7 +144,9 @@ impl Session<'_> {
                 }
             };
             self.cancel.disarm();
-            self.cancel.settle().await;
+            if let Some(wait) = self.cancel.settle() {
+                wait.await;
+            }
 
             match exit {
                 PumpExit::Idle => {
@@ -293,18 +297,18 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Waits (between transactions) for the client's next request.
-    /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
-    /// outside COPY, are dropped here without leasing anything.
     fn is_stopping(&self) -> bool {
         self.stop.is_stopping()
     }
 
+    /// Waits (between transactions) for the client's next request.
+    /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
+    /// outside COPY, are dropped here without leasing anything.
     async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
+        let limited = !self.client_idle_timeout.is_zero();
         let mut idle_limit = std::pin::pin!(sleep_until_opt(
-            (!self.client_idle_timeout.is_zero())
-                .then(|| tokio::time::Instant::now() + self.client_idle_timeout)
+            limited.then(|| tokio::time::Instant::now() + self.client_idle_timeout)
         ));
         let mut discard = 0usize;
         loop {
@@ -335,7 +339,7 @@ impl Session<'_> {
                 if self.stop.poll_stopped(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::ShuttingDown));
                 }
-                if idle_limit.as_mut().poll(cx).is_ready() {
+                if limited && idle_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
                 }
                 client.flow.poll_fill(cx, &mut client.stream).map(Ok)
