@@ -18,76 +18,14 @@ TARGETS=${TARGETS:-"pgtenant pgbouncer"}
 N1=${N1:-4000}
 N2=${N2:-20000}
 CACHE=${CACHE:-0}
-PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
+SCALE=1
 PG_PORT=${PG_PORT:-55632}
-PROXY_PORT=${PROXY_PORT:-56632}
+PGTENANT_PORT=${PGTENANT_PORT:-56632}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-56633}
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-command -v pgbench >/dev/null || { echo "needs pgbench" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/pgtenant-instr.XXXXXX)
-AS=()
-if [[ $(id -u) -eq 0 ]]; then
-  AS=(setpriv --reuid=postgres --regid=postgres --init-groups -- env HOME="$W")
-  chown postgres: "$W"
-fi
-chmod 777 "$W"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  "${AS[@]}" "$PG_BIN/pg_ctl" -D "$W/pgdata" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-[[ -n ${KEEP:-} ]] && trap - EXIT
-
-"${AS[@]}" "$PG_BIN/initdb" -D "$W/pgdata" -U postgres -A trust --no-sync >/dev/null
-cat >>"$W/pgdata/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$W'
-max_connections = 100
-fsync = off
-EOF
-"${AS[@]}" "$PG_BIN/pg_ctl" -D "$W/pgdata" -l "$W/pg.log" -w start >/dev/null
-psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
-  -c "CREATE ROLE bench LOGIN" -c "CREATE DATABASE bench OWNER bench"
-pgbench -i -s 1 -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench >/dev/null 2>&1
-
-cat >"$W/pgtenant.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PROXY_PORT"
-auth_type = "trust"
-workers = 1
-[placements.bench]
-url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
-isolation = "database"
-pool_size = 20
-[tenants.bench]
-placement = "bench"
-users = { bench = "bench" }
-EOF
-cat >"$W/pgbouncer.ini" <<EOF
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PROXY_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $W/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 1000
-ignore_startup_parameters = extra_float_digits
-logfile = $W/pgbouncer.log
-EOF
-echo '"bench" ""' >"$W/userlist.txt"
-chmod 644 "$W"/*.toml "$W"/*.ini "$W/userlist.txt"
-
-if [[ " $TARGETS " == *" pgtenant "* ]]; then
-  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-fi
+# shellcheck source=benches/bench-cluster.sh
+source "$ROOT/benches/bench-cluster.sh"
 
 VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
 [[ $CACHE == 1 ]] && VG+=(--cache-sim=yes)
@@ -95,20 +33,19 @@ VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
 # Runs target $1 under callgrind for $2 measured transactions; prints the
 # callgrind totals line (event counts).
 measure() {
-  local target=$1 n=$2 out=$W/cg.$1.$2 pid i
+  local target=$1 n=$2 out=$W/cg.$1.$2 pid
+  local port=$PGTENANT_PORT
   case $target in
     pgtenant) PGTENANT_LOG=warn "${VG[@]}" --callgrind-out-file="$out" \
                 "$ROOT/target/release/pgtenant" -c "$W/pgtenant.toml" >"$W/$target.out" 2>&1 & ;;
-    pgbouncer) "${AS[@]}" "${VG[@]}" --callgrind-out-file="$out" \
+    pgbouncer) port=$PGBOUNCER_PORT
+               "${AS[@]}" "${VG[@]}" --callgrind-out-file="$out" \
                 "$PGBOUNCER_BIN" "$W/pgbouncer.ini" >"$W/$target.out" 2>&1 & ;;
   esac
   pid=$!
   PIDS+=("$pid")
-  for i in $(seq 1 100); do
-    psql -X -Atq -h 127.0.0.1 -p "$PROXY_PORT" -U bench -d bench -c 'select 1' >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  local args=(-n -S -M "$MODE" -c 16 -j 2 -h 127.0.0.1 -p "$PROXY_PORT" -U bench bench)
+  wait_port "$port"
+  local args=(-n -S -M "$MODE" -c 16 -j 2 -h 127.0.0.1 -p "$port" -U bench bench)
   pgbench "${args[@]}" -t 100 >/dev/null 2>&1
   pgbench "${args[@]}" -t $((n / 16)) 2>&1 | grep -q "actually processed: $n/$n" ||
     { echo "$target: pgbench did not complete $n transactions" >&2; exit 1; }

@@ -228,9 +228,11 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
 }
 
 /// The dotted key written last at or before byte `offset`, for errors
-/// the parser reports by position only (unknown keys, bad values).
+/// the parser reports by position only (unknown keys, bad values). An
+/// error about a whole table (a missing field) points at its header's
+/// `[`: the keys of that header, written just after, name it.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    fn walk(table: &DeTable, prefix: &str, offset: usize, best: &mut Option<(usize, String)>) {
+    fn walk(table: &DeTable, prefix: &str, upto: usize, best: &mut Option<(usize, String)>) {
         for (k, v) in table.iter() {
             let path = if prefix.is_empty() {
                 k.get_ref().to_string()
@@ -238,17 +240,23 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
                 format!("{prefix}.{}", k.get_ref())
             };
             let start = k.span().start;
-            if start <= offset && best.as_ref().is_none_or(|(b, _)| start >= *b) {
+            if start <= upto && best.as_ref().is_none_or(|(b, _)| start >= *b) {
                 *best = Some((start, path.clone()));
             }
             if let DeValue::Table(t) = v.get_ref() {
-                walk(t, &path, offset, best);
+                walk(t, &path, upto, best);
             }
         }
     }
+    let rest = text.get(offset..)?;
+    let upto = if rest.starts_with('[') {
+        offset + rest.find(']').unwrap_or(0)
+    } else {
+        offset
+    };
     let root = DeTable::parse(text).ok()?;
     let mut best = None;
-    walk(root.get_ref(), "", offset, &mut best);
+    walk(root.get_ref(), "", upto, &mut best);
     best.map(|(_, path)| path)
 }
 
@@ -321,6 +329,15 @@ users = { app = "globex-secret" }
         let dur = GOOD.replace("[proxy]\n", "[proxy]\nquery_wait_timeout = \"soon\"\n");
         let err = parse_str(&dur, "t.toml").expect_err("invalid");
         assert_eq!(err.key, "proxy.query_wait_timeout", "{err}");
+    }
+
+    #[test]
+    fn a_missing_field_names_its_table() {
+        let bad = GOOD.replace("isolation = \"database\"\n", "");
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert!(err.message.contains("isolation"), "{err}");
+        assert_eq!(err.key, "placements.acme_db", "{err}");
+        assert_eq!(err.line, Some(10), "{err}");
     }
 
     #[test]
