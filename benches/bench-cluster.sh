@@ -2,7 +2,8 @@
 # data, and configs for pgtenant and PgBouncer in front of it, in a temp
 # folder that is removed on exit (KEEP=1 keeps it). Loopback only.
 #
-# In:  ROOT, SCALE (pgbench scale), PG_PORT, PGTENANT_PORT, PGBOUNCER_PORT
+# In:  ROOT, SCALE (pgbench scale), PG_PORT, PGTENANT_PORT, PGBOUNCER_PORT,
+#      PGTENANT_BIN (optional: another build to measure; else built here)
 # Out: W (the folder), AS (run-as-postgres prefix when root), PIDS (to
 #      stop on exit), PG_BIN; $W/pgtenant.toml, $W/pgbouncer.ini
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
@@ -69,7 +70,10 @@ logfile = $W/pgbouncer.log
 CONF
 echo '"bench" ""' >"$W/userlist.txt"
 chmod 644 "$W"/*.toml "$W"/*.ini "$W/userlist.txt"
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+if [[ -z ${PGTENANT_BIN:-} ]]; then
+  cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
+  PGTENANT_BIN=$ROOT/target/release/pgtenant
+fi
 
 # Waits until a proxy on port $1 answers a query (about 20 s at most).
 wait_port() {

@@ -29,7 +29,7 @@ source "$ROOT/benches/bench-cluster.sh"
 "${AS[@]}" "$PGBOUNCER_BIN" "$W/pgbouncer.ini" >"$W/pgbouncer.out" 2>&1 &
 PIDS+=($!)
 declare -A PID=([pgbouncer]=$!)
-PGTENANT_LOG=warn "$ROOT/target/release/pgtenant" -c "$W/pgtenant.toml" >"$W/pgtenant.out" 2>&1 &
+PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/pgtenant.toml" >"$W/pgtenant.out" 2>&1 &
 PIDS+=($!)
 PID[pgtenant]=$!
 declare -A PORT=([pgbouncer]=$PGBOUNCER_PORT [pgtenant]=$PGTENANT_PORT)

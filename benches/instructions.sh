@@ -37,7 +37,7 @@ measure() {
   local port=$PGTENANT_PORT
   case $target in
     pgtenant) PGTENANT_LOG=warn "${VG[@]}" --callgrind-out-file="$out" \
-                "$ROOT/target/release/pgtenant" -c "$W/pgtenant.toml" >"$W/$target.out" 2>&1 & ;;
+                "$PGTENANT_BIN" -c "$W/pgtenant.toml" >"$W/$target.out" 2>&1 & ;;
     pgbouncer) port=$PGBOUNCER_PORT
                "${AS[@]}" "${VG[@]}" --callgrind-out-file="$out" \
                 "$PGBOUNCER_BIN" "$W/pgbouncer.ini" >"$W/$target.out" 2>&1 & ;;
