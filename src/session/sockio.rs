@@ -79,11 +79,7 @@ fn recv(s: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
             0usize,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    byte_count(n)
 }
 
 #[cfg(target_os = "linux")]
@@ -101,11 +97,13 @@ fn send(s: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
             0usize,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    byte_count(n)
+}
+
+/// A byte-count syscall's result: the count, or the error in `errno`.
+#[cfg(target_os = "linux")]
+fn byte_count(n: libc::c_long) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(not(target_os = "linux"))]
