@@ -31,7 +31,8 @@ VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
 [[ $CACHE == 1 ]] && VG+=(--cache-sim=yes)
 
 # Runs target $1 under callgrind for $2 measured transactions; prints the
-# callgrind totals line (event counts).
+# callgrind totals line (event counts). Runs in a subshell ($(...)), so it
+# stops its own proxy, on failure too.
 measure() {
   local target=$1 n=$2 out=$W/cg.$1.$2 pid
   local port=$PGTENANT_PORT
@@ -48,7 +49,7 @@ measure() {
   local args=(-n -S -M "$MODE" -c 16 -j 2 -h 127.0.0.1 -p "$port" -U bench bench)
   pgbench "${args[@]}" -t 100 >/dev/null 2>&1
   pgbench "${args[@]}" -t $((n / 16)) 2>&1 | grep -q "actually processed: $n/$n" ||
-    { echo "$target: pgbench did not complete $n transactions" >&2; exit 1; }
+    { echo "$target: pgbench did not complete $n transactions" >&2; kill "$pid"; exit 1; }
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
   sed -n 's/^events: //p' "$out" >"$W/events"

@@ -203,18 +203,17 @@ impl Session<'_> {
         txn: &mut TxnState,
     ) -> PumpExit {
         loop {
-            let exit = if txn.stop_when_idle {
-                // Transaction mode, or a stop already seen: the pump stops
-                // at the next idle point by itself; nothing else to watch.
-                pump::pump(
-                    &mut client.stream,
-                    &mut client.flow,
-                    &mut lease.conn_mut().stream,
-                    server_flow,
-                    txn,
-                )
-                .await
-            } else {
+            // Transaction mode, or a stop already seen: the pump stops at
+            // the next idle point by itself; nothing else to watch.
+            let watch_stop = !txn.stop_when_idle;
+            let pumped = pump::pump(
+                &mut client.stream,
+                &mut client.flow,
+                &mut lease.conn_mut().stream,
+                server_flow,
+                txn,
+            );
+            let exit = if watch_stop {
                 tokio::select! {
                     biased;
                     _ = self.stop.stopped() => {
@@ -225,14 +224,10 @@ impl Session<'_> {
                             continue;
                         }
                     }
-                    exit = pump::pump(
-                        &mut client.stream,
-                        &mut client.flow,
-                        &mut lease.conn_mut().stream,
-                        server_flow,
-                        txn,
-                    ) => exit,
+                    exit = pumped => exit,
                 }
+            } else {
+                pumped.await
             };
             if !txn.has_session_effects() {
                 return exit;
@@ -485,38 +480,36 @@ impl Session<'_> {
                 .map_err(|e| checkout_error(&self.tenant, e))?,
         };
         if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
-            // In sync (the common case).
-        } else if self.wanted == lease.conn().applied {
+            return Ok((lease, false)); // in sync: the common case
+        }
+        let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
             // Equal but apart: share, so the next check is a pointer compare.
             lease.conn_mut().applied = Arc::clone(&self.wanted);
-        } else if let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) {
-            let conn = lease.conn_mut();
-            match conn.simple_query(&sql).await {
-                Ok(b'I') => {
-                    conn.applied = Arc::clone(&self.wanted);
-                    return Ok((lease, true));
+            return Ok((lease, false));
+        };
+        let conn = lease.conn_mut();
+        match conn.simple_query(&sql).await {
+            Ok(b'I') => {
+                conn.applied = Arc::clone(&self.wanted);
+                Ok((lease, true))
+            }
+            Ok(_) => Err(ClientError::Protocol(
+                "server left a transaction open while applying settings".into(),
+            )),
+            Err(ServerError::Rejected { code, message }) => {
+                // The connection is fine; the client's settings are not.
+                conn.applied = Default::default();
+                let reset = conn.simple_query("RESET ALL").await;
+                if matches!(reset, Ok(b'I')) {
+                    lease.release();
                 }
-                Ok(_) => {
-                    return Err(ClientError::Protocol(
-                        "server left a transaction open while applying settings".into(),
-                    ));
-                }
-                Err(ServerError::Rejected { code, message }) => {
-                    // The connection is fine; the client's settings are not.
-                    conn.applied = Default::default();
-                    let reset = conn.simple_query("RESET ALL").await;
-                    if matches!(reset, Ok(b'I')) {
-                        lease.release();
-                    }
-                    return Err(ClientError::Server { code, message });
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %self.tenant.id, "server failed while applying settings: {e}");
-                    return Err(ClientError::ServerLost(self.tenant.id.clone()));
-                }
+                Err(ClientError::Server { code, message })
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, "server failed while applying settings: {e}");
+                Err(ClientError::ServerLost(self.tenant.id.clone()))
             }
         }
-        Ok((lease, false))
     }
 
     /// After the client left (or, in session mode, at shutdown): give the

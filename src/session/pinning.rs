@@ -199,27 +199,34 @@ static LENGTHS: [u16; 256] = {
 /// Sixteen bytes per step with SSE2 (part of every x86-64 CPU).
 #[cfg(target_arch = "x86_64")]
 fn block_mask(block: &[u8]) -> u64 {
+    lane_masks(block, |v: [u8; 16]| u64::from(ident16(v)))
+}
+
+/// `block_mask` from `lanes`, which gives the identifier bits of N bytes:
+/// whole lanes first; a short tail takes the last N bytes of the block
+/// (zeros, not identifier bytes, shift in at the top) or, in a block
+/// shorter than a lane, NUL padding.
+fn lane_masks<const N: usize>(block: &[u8], lanes: impl Fn([u8; N]) -> u64) -> u64 {
     let mut mask = 0u64;
-    let mut chunks = block.chunks_exact(16);
+    let mut chunks = block.chunks_exact(N);
     let mut k = 0;
     for chunk in chunks.by_ref() {
-        let mut sixteen = [0u8; 16];
-        sixteen.copy_from_slice(chunk); // fixed length: no call
-        mask |= u64::from(ident16(sixteen)) << (16 * k);
+        let mut lane = [0u8; N];
+        lane.copy_from_slice(chunk); // fixed length: no call
+        mask |= lanes(lane) << (N * k);
         k += 1;
     }
     let tail = chunks.remainder();
     if !tail.is_empty() {
-        let mut sixteen = [0u8; 16];
-        let m = if block.len() >= 16 {
-            // The last sixteen bytes, shifted so the tail starts at bit 0.
-            sixteen.copy_from_slice(&block[block.len() - 16..]);
-            ident16(sixteen) >> (16 - tail.len())
+        let mut lane = [0u8; N];
+        let m = if block.len() >= N {
+            lane.copy_from_slice(&block[block.len() - N..]);
+            lanes(lane) >> (N - tail.len())
         } else {
-            sixteen[..tail.len()].copy_from_slice(tail); // NUL pads
-            ident16(sixteen)
+            lane[..tail.len()].copy_from_slice(tail);
+            lanes(lane)
         };
-        mask |= u64::from(m) << (16 * k);
+        mask |= m << (N * k);
     }
     mask
 }
@@ -259,31 +266,9 @@ fn block_mask(block: &[u8]) -> u64 {
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn swar_block_mask(block: &[u8]) -> u64 {
     // The high bit of byte i moves to bit i of one byte.
-    let pack = |v: u64| ((ident_mask(v) >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56;
-    let mut mask = 0u64;
-    let mut chunks = block.chunks_exact(8);
-    let mut k = 0;
-    for chunk in chunks.by_ref() {
-        let mut eight = [0u8; 8];
-        eight.copy_from_slice(chunk); // fixed length: no call
-        mask |= pack(u64::from_le_bytes(eight)) << (8 * k);
-        k += 1;
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut eight = [0u8; 8];
-        let v = if block.len() >= 8 {
-            // The last eight bytes, shifted so the tail starts at byte 0
-            // (zeros, not identifier bytes, come in at the top).
-            eight.copy_from_slice(&block[block.len() - 8..]);
-            u64::from_le_bytes(eight) >> (8 * (8 - tail.len()))
-        } else {
-            eight[..tail.len()].copy_from_slice(tail); // NUL pads
-            u64::from_le_bytes(eight)
-        };
-        mask |= pack(v) << (8 * k);
-    }
-    mask
+    lane_masks(block, |v: [u8; 8]| {
+        ((ident_mask(u64::from_le_bytes(v)) >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+    })
 }
 
 const HIGH: u64 = 0x8080_8080_8080_8080;

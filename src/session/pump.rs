@@ -106,8 +106,14 @@ impl Flow {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if self.read_armed && !read_ready(src) {
-            return Poll::Pending;
+        if self.read_armed {
+            if !read_ready(src) {
+                return Poll::Pending;
+            }
+            // Readiness is set, so the event that set it has woken the
+            // task and taken its waker: a read that finds nothing must
+            // register again.
+            self.read_armed = false;
         }
         if self.buf.is_empty() {
             // Rewind to the front of the allocation (no copy, no
@@ -122,16 +128,12 @@ impl Flow {
         loop {
             match try_recv(src, &mut self.buf) {
                 Ok(n) => {
-                    self.read_armed = false;
                     self.reads_in_a_row += 1;
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Poll::Ready(Err(e)),
-            }
-            if self.read_armed {
-                return Poll::Pending;
             }
             // Registers this task's waker; Ready if readiness came back
             // meanwhile.

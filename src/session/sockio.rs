@@ -47,7 +47,10 @@ pub fn try_recv(src: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
             unsafe { buf.set_len(buf.len() + n) };
             Ok(n)
         }
-        None => read.map(|()| 0),
+        // Nothing was read, so this is never Ok(0), which means EOF.
+        None => Err(read
+            .err()
+            .unwrap_or_else(|| io::ErrorKind::WouldBlock.into())),
     }
 }
 
@@ -65,44 +68,42 @@ pub fn poll_send(cx: &mut Context<'_>, dst: &TcpStream, bytes: &[u8]) -> Poll<io
 
 #[cfg(target_os = "linux")]
 fn recv(s: &TcpStream, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the kernel
     // writes at most that many.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            s.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            0,
-            0usize,
-            0usize,
-        )
-    };
-    byte_count(n)
+    unsafe { socket_call(libc::SYS_recvfrom, s, buf.as_mut_ptr().cast(), buf.len(), 0) }
 }
 
 #[cfg(target_os = "linux")]
 fn send(s: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes.
-    let n = unsafe {
-        libc::syscall(
+    // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes, and
+    // `sendto` only reads them.
+    unsafe {
+        socket_call(
             libc::SYS_sendto,
-            s.as_raw_fd(),
-            bytes.as_ptr(),
+            s,
+            bytes.as_ptr().cast_mut().cast(),
             bytes.len(),
             libc::MSG_NOSIGNAL,
-            0usize,
-            0usize,
         )
-    };
-    byte_count(n)
+    }
 }
 
-/// A byte-count syscall's result: the count, or the error in `errno`.
+/// `recvfrom`/`sendto` (syscall `nr`) on `s` with no address: the byte
+/// count, or the error in `errno`.
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes, for writes when `nr` writes.
 #[cfg(target_os = "linux")]
-fn byte_count(n: libc::c_long) -> io::Result<usize> {
+unsafe fn socket_call(
+    nr: libc::c_long,
+    s: &TcpStream,
+    buf: *mut libc::c_void,
+    len: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the caller vouches for `buf`; the address arguments are null.
+    let n = unsafe { libc::syscall(nr, s.as_raw_fd(), buf, len, flags, 0usize, 0usize) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
