@@ -37,6 +37,12 @@ pub trait FrameSink {
     /// it, or a prefix length (fewer if the body is shorter). Bodies
     /// beyond that are streamed through as they arrive.
     fn body_needed(&self, tag: u8) -> usize;
+    /// Frames of this tag are forwarded without `on_frame` (nor a look at
+    /// their bodies): the bulk of a result, rows, costs one header check
+    /// each. Asked after the header is validated.
+    fn passes(&self, _tag: u8) -> bool {
+        false
+    }
     /// Called once per frame (again after a `StopBefore`). `frame` holds
     /// the header and the body bytes asked for; `frame_len` is the whole
     /// frame's length.
@@ -121,6 +127,12 @@ impl FrameScanner {
                 return done(pos, false, 0);
             };
             let frame_len = header.len + 1;
+            if sink.passes(header.tag) {
+                let take = frame_len.min(rest.len());
+                pos += take;
+                self.remaining = frame_len - take;
+                continue;
+            }
             let need = HEADER_LEN + sink.body_needed(header.tag).min(header.len - 4);
             if rest.len() < need {
                 return done(pos, false, 0);
@@ -189,6 +201,7 @@ mod tests {
         skip: Option<u8>,
         body_for: Option<u8>,
         bodies: Vec<Vec<u8>>,
+        passes: Option<u8>,
     }
 
     impl Rec {
@@ -200,6 +213,7 @@ mod tests {
                 skip: None,
                 body_for: None,
                 bodies: vec![],
+                passes: None,
             }
         }
     }
@@ -211,6 +225,9 @@ mod tests {
             } else {
                 0
             }
+        }
+        fn passes(&self, tag: u8) -> bool {
+            Some(tag) == self.passes
         }
         fn on_frame(&mut self, tag: u8, frame: &[u8], _len: usize) -> Step {
             if Some(tag) == self.stop_before {
@@ -263,6 +280,28 @@ mod tests {
         assert_eq!(scan.forward, 905);
         assert!(s.at_boundary());
         assert_eq!(r.tags, b"D");
+    }
+
+    #[test]
+    fn passed_frames_are_forwarded_unseen_in_any_pieces() {
+        let mut buf = msg(b'T', b"row description");
+        buf.extend_from_slice(&msg(b'D', &[9u8; 300]));
+        buf.extend_from_slice(&msg(b'D', b"short"));
+        buf.extend_from_slice(&msg(b'C', b"SELECT 2\0"));
+        buf.extend_from_slice(&msg(b'Z', b"I"));
+        // Every split of the stream into two reads gives the same result.
+        for cut in 0..=buf.len() {
+            let mut s = FrameScanner::new(1 << 20);
+            let mut r = Rec::new();
+            r.passes = Some(b'D');
+            r.body_for = Some(b'Z');
+            let first = s.scan(&buf[..cut], &mut r).expect("valid");
+            let second = s.scan(&buf[first.forward..], &mut r).expect("valid");
+            assert_eq!(first.forward + second.forward, buf.len(), "cut at {cut}");
+            assert_eq!(r.tags, b"TCZ", "cut at {cut}");
+            assert_eq!(r.bodies, vec![b"I".to_vec()]);
+            assert!(s.at_boundary());
+        }
     }
 
     #[test]

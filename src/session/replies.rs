@@ -244,6 +244,21 @@ impl Replies {
         wrote
     }
 
+    /// `on_server_message(tag)` would end no entry and nothing is due to
+    /// be emitted around it: DataRow always, RowDescription in reply to a
+    /// simple Query (not to a Describe, which it ends). Such messages need
+    /// no look at all.
+    #[inline]
+    pub fn passes(&self, tag: u8) -> bool {
+        self.synth == 0
+            && self.markers == 0
+            && match tag {
+                b'D' => true,
+                b'T' => self.q.front().is_some_and(|e| e.reply == Reply::UntilReady),
+                _ => false,
+            }
+    }
+
     /// Matches one server message (not ParameterStatus, Notice or
     /// Notification) against the queue.
     #[inline]
@@ -363,6 +378,25 @@ mod tests {
         assert!(!r.is_empty());
         r.on_server_message(b'Z');
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn only_messages_that_end_nothing_pass_unseen() {
+        let mut r = Replies::default();
+        r.push_client_message(b'Q', b"Q....");
+        assert!(r.passes(b'T') && r.passes(b'D'));
+        assert!(!r.passes(b'C') && !r.passes(b'Z') && !r.passes(b'E'));
+        // RowDescription ends a Describe; a due proxy reply must go first.
+        let mut r = Replies::default();
+        r.push_client_message(b'D', b"D\0\0\0\x06P\0");
+        assert!(!r.passes(b'T') && r.passes(b'D'));
+        r.push(Reply::CloseComplete, Mode::Synth, [None, None]);
+        assert!(!r.passes(b'D'));
+        // Past a COPY's end the queue holds a marker: rows are looked at.
+        let mut r = Replies::default();
+        r.push_client_message(b'Q', b"Q....");
+        r.push_client_message(b'c', b"c....");
+        assert!(!r.passes(b'D'));
     }
 
     #[test]

@@ -265,6 +265,10 @@ impl FrameSink for ServerSink<'_> {
         }
     }
 
+    fn passes(&self, tag: u8) -> bool {
+        self.st.replies.passes(tag)
+    }
+
     fn on_frame(&mut self, tag: u8, frame: &[u8], _frame_len: usize) -> Step {
         let st = &mut *self.st;
         let body = &frame[HEADER_LEN..];
