@@ -80,7 +80,8 @@ pub struct TxnState {
     /// Custom (dotted) setting names the client's SQL set; `pg_settings`
     /// does not list them, so the session reads them by name.
     pub custom_names: Vec<Vec<u8>>,
-    /// The last Parse text scanned (kept across leases).
+    /// The last Query and Parse texts scanned (kept across leases).
+    last_query: pinning::LastText,
     last_parse: pinning::LastText,
 }
 
@@ -108,6 +109,7 @@ impl TxnState {
             statements_dropped: false,
             settings_changed: false,
             custom_names: Vec::new(),
+            last_query: pinning::LastText::default(),
             last_parse: pinning::LastText::default(),
         }
     }
@@ -182,7 +184,7 @@ impl FrameSink for ClientSink<'_> {
             let body = &frame[HEADER_LEN..];
             let names = &mut st.custom_names;
             let m = match tag {
-                b'Q' => Some(pinning::scan(body, |n| names.push(n.to_vec()))),
+                b'Q' => Some(st.last_query.scan(body, names)),
                 // Parse: the query text follows the statement name.
                 b'P' => body
                     .iter()
