@@ -518,6 +518,20 @@ impl Session<'_> {
     /// the client's departure never waits on the server and the slot stays
     /// counted until the connection is clean or closed.
     fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow) {
+        // The end of every transaction-mode transaction: clean as it is
+        // (what `Recovery::is_clean` would say, without building one).
+        if self.mode == PoolMode::Transaction
+            && !txn.pinned
+            && server_flow.ready == server_flow.buf.len()
+            && server_flow.scanner.at_boundary()
+            && txn.is_idle()
+            && !txn.replies.in_copy_in()
+            && !txn.settings_changed
+            && !txn.statements_dropped
+        {
+            lease.release();
+            return;
+        }
         let recovery = recover::Recovery {
             leftover: BytesMut::from(&server_flow.buf[server_flow.ready..]),
             skip: server_flow.scanner.remaining(),
