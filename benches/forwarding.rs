@@ -95,6 +95,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("scan_orm_select", |b| {
         b.iter(|| black_box(pgtenant::session::pinning::scan(black_box(orm), |_| {})))
     });
+    // The same statement again with another number: the last text's
+    // result, reused after a shape compare.
+    let (q1, q2) = (
+        &b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;\0"[..],
+        &b"SELECT abalance FROM pgbench_accounts WHERE aid = 678;\0"[..],
+    );
+    let mut last = pgtenant::session::pinning::LastText::default();
+    let mut names = Vec::new();
+    last.scan(q1, &mut names);
+    g.throughput(Throughput::Bytes(q2.len() as u64));
+    g.bench_function("last_text_pgbench_select", |b| {
+        b.iter(|| black_box(last.scan(black_box(q2), &mut names)))
+    });
     g.finish();
 }
 
