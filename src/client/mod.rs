@@ -45,7 +45,7 @@ struct Login {
     tenant: Arc<crate::catalog::TenantEntry>,
     wanted: Vec<(String, String)>,
     /// The ParameterStatus set the client was sent.
-    reported: Vec<(String, String)>,
+    reported: params::Reported,
     _guards: [CountGuard; 2],
 }
 
@@ -252,14 +252,16 @@ async fn login(
         .startup_params(snap.config.proxy.query_wait_timeout)
         .await
         .map_err(|e| session::checkout_error(&tenant, e))?;
-    let mut reported = Vec::with_capacity(server_params.len());
-    for (name, value) in server_params.iter() {
+    let mut reported = params::Reported::new(Arc::clone(&server_params));
+    for (name, server_value) in server_params.iter() {
         let value = wanted
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map_or(value.as_str(), |(_, v)| v.as_str());
+            .map_or(server_value.as_str(), |(_, v)| v.as_str());
         messages::parameter_status(&mut client.out, name, value);
-        reported.push((name.clone(), value.to_string()));
+        if value != server_value {
+            reported.set(name, value);
+        }
     }
     tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "authenticated");
     Ok(Login {

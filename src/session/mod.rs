@@ -54,7 +54,7 @@ pub struct Session<'a> {
     /// The client's startup settings: what RESET returns to.
     pub startup_settings: Vec<(String, String)>,
     /// ParameterStatus values the client has been told.
-    pub reported: Vec<(String, String)>,
+    pub reported: params::Reported,
     /// Custom (dotted) settings this client has set, read by name when
     /// learning its settings (at most `MAX_CUSTOM_SETTINGS`).
     pub custom_settings: Vec<String>,
@@ -237,7 +237,7 @@ impl Session<'_> {
                 conn.set_param(&name, &value);
                 params::upsert(Arc::make_mut(&mut conn.applied), &name, &value);
                 params::upsert(Arc::make_mut(&mut self.wanted), &name, &value);
-                params::upsert(&mut self.reported, &name, &value);
+                self.reported.set(&name, &value);
             }
             apply_undo(&mut txn.replies, &mut self.statements, &mut conn.prepared);
             for name in txn.custom_names.drain(..) {
@@ -456,14 +456,10 @@ impl Session<'_> {
     /// may arrive at any time, per the protocol).
     fn report_changes(&mut self, conn: &crate::pool::ServerConn, to_client: &mut BytesMut) {
         for (name, value) in &conn.params {
-            let seen = self
-                .reported
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v);
-            if seen.is_some_and(|v| v != value) {
+            let changed = self.reported.get(name).is_some_and(|v| v != value);
+            if changed {
                 crate::protocol::messages::parameter_status(to_client, name, value);
-                params::upsert(&mut self.reported, name, value);
+                self.reported.set(name, value);
             }
         }
     }

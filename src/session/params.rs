@@ -79,6 +79,41 @@ pub fn upsert(list: &mut Vec<(String, String)>, name: &str, value: &str) {
     }
 }
 
+/// ParameterStatus values a client has been told: its placement's server
+/// values, shared by every client of the placement, with this client's
+/// own values on top. A login then copies only what differs (say,
+/// `application_name`), not the dozen strings the server reports.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    base: Arc<[(String, String)]>,
+    own: Vec<(String, String)>,
+}
+
+impl Reported {
+    pub fn new(base: Arc<[(String, String)]>) -> Reported {
+        Reported {
+            base,
+            own: Vec::new(),
+        }
+    }
+
+    /// The value the client was last told for `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.own
+            .iter()
+            .chain(self.base.iter())
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The client has been told `value` for `name`.
+    pub fn set(&mut self, name: &str, value: &str) {
+        if self.get(name) != Some(value) {
+            upsert(&mut self.own, name, value);
+        }
+    }
+}
+
 /// Reads the settings a server connection has at session level (what
 /// SET, RESET and the proxy's own syncs left), after a transaction that
 /// changed settings.
@@ -161,6 +196,25 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn reported_values_copy_only_what_differs() {
+        let base: Arc<[(String, String)]> =
+            s(&[("application_name", ""), ("DateStyle", "ISO, MDY")]).into();
+        let mut r = Reported::new(Arc::clone(&base));
+        r.set("application_name", "");
+        r.set("datestyle", "ISO, MDY");
+        assert!(r.own.is_empty(), "equal values are not copied");
+        assert_eq!(r.get("DATESTYLE"), Some("ISO, MDY"));
+        r.set("application_name", "psql");
+        r.set("Application_Name", "app");
+        assert_eq!(r.get("application_name"), Some("app"));
+        assert_eq!(r.own.len(), 1);
+        r.set("TimeZone", "UTC");
+        assert_eq!(r.get("timezone"), Some("UTC"));
+        assert_eq!(r.get("server_version"), None);
+        assert_eq!(base[0].1, "", "the shared values never change");
     }
 
     #[test]
