@@ -119,7 +119,11 @@ fn worker_main(
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        tracker.spawn(client::serve(Arc::clone(&state), stream, peer));
+                        // Boxed: a client's future is several kB (the whole
+                        // session state machine), and spawning moves a
+                        // future by value several times on its way into
+                        // the task; a box moves as one pointer.
+                        tracker.spawn(Box::pin(client::serve(Arc::clone(&state), stream, peer)));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
