@@ -4,10 +4,14 @@
 //! ends, then give the connection back clean or close it.
 //!
 //! Modules: `pump` (the forwarding hot path) and `sockio` (its socket
-//! calls), `txn` (what the pump tracks while frames go by), `params`
-//! (settings that follow the client), `cancel` (proxy-issued cancel keys).
+//! calls), `txn` (what the pump tracks while frames go by), `lease`
+//! (checkout and settings sync) with `params` (settings that follow the
+//! client), `pinning` (session state that ties a client to a connection),
+//! `recover` (making a connection clean), `cancel` (proxy-issued cancel
+//! keys).
 
 pub mod cancel;
+mod lease;
 pub mod params;
 pub mod pinning;
 pub mod prepared;
@@ -22,9 +26,9 @@ use crate::catalog::TenantEntry;
 use crate::client::conn::ClientConn;
 use crate::client::error::ClientError;
 use crate::config::{PinPolicy, PoolMode};
-use crate::pool::{CheckoutError, Lease, PlacementPool, ServerError};
+use crate::pool::{Lease, PlacementPool, ServerError};
 use crate::protocol::{HEADER_LEN, codec};
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit};
 use replies::{Replies, Undo};
@@ -34,6 +38,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use txn::TxnState;
+
+pub use lease::checkout_error;
 
 /// Server messages may be large (a DataRow up to 1 GB); the proxy only
 /// reads the bodies of tiny ones, so this cap just bounds a corrupt length.
@@ -431,118 +437,16 @@ impl Session<'_> {
         }
     }
 
-    /// After a transaction that ran SET, RESET or DISCARD ALL: read what
-    /// the connection now has at session level, which is what this client
-    /// expects from now on. False if the connection failed (close it).
-    async fn learn_settings(&mut self, lease: &mut Lease) -> bool {
-        let conn = lease.conn_mut();
-        let mut notices = BytesMut::new();
-        let sql = params::session_settings_sql(&self.custom_settings);
-        match conn.query_pairs(&sql, &mut notices).await {
-            Ok(session) => {
-                self.wanted = Arc::new(params::overlay(&self.startup_settings, &session));
-                conn.applied = Arc::new(session);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %self.tenant.id, "reading session settings failed: {e}");
-                false
-            }
-        }
-    }
-
-    /// Tells the client about reported parameters whose value changed
-    /// while the proxy synced a connection to its settings (ParameterStatus
-    /// may arrive at any time, per the protocol).
-    fn report_changes(&mut self, conn: &crate::pool::ServerConn, to_client: &mut BytesMut) {
-        for (name, value) in &conn.params {
-            let changed = self.reported.get(name).is_some_and(|v| v != value);
-            if changed {
-                crate::protocol::messages::parameter_status(to_client, name, value);
-                self.reported.set(name, value);
-            }
-        }
-    }
-
-    /// Leases a server connection and applies the client's settings;
-    /// true if that took a sync (so reported values may have changed).
-    async fn lease(&self) -> Result<(Lease, bool), ClientError> {
-        let mut lease = match self.pool.try_checkout() {
-            Some(lease) => lease,
-            None => self
-                .pool
-                .checkout(self.wait_timeout)
-                .await
-                .map_err(|e| checkout_error(&self.tenant, e))?,
-        };
-        if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
-            return Ok((lease, false)); // in sync: the common case
-        }
-        let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
-            // Equal but apart: share, so the next check is a pointer compare.
-            lease.conn_mut().applied = Arc::clone(&self.wanted);
-            return Ok((lease, false));
-        };
-        let conn = lease.conn_mut();
-        match conn.simple_query(&sql).await {
-            Ok(b'I') => {
-                conn.applied = Arc::clone(&self.wanted);
-                Ok((lease, true))
-            }
-            Ok(_) => Err(ClientError::Protocol(
-                "server left a transaction open while applying settings".into(),
-            )),
-            Err(ServerError::Rejected { code, message }) => {
-                // The connection is fine; the client's settings are not.
-                conn.applied = Default::default();
-                let reset = conn.simple_query("RESET ALL").await;
-                if matches!(reset, Ok(b'I')) {
-                    lease.release();
-                }
-                Err(ClientError::Server { code, message })
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %self.tenant.id, "server failed while applying settings: {e}");
-                Err(ClientError::ServerLost(self.tenant.id.clone()))
-            }
-        }
-    }
-
     /// After the client left (or, in session mode, at shutdown): give the
     /// connection back once it is clean, else close it. Anything that
     /// takes a round trip runs in the background, holding the lease, so
     /// the client's departure never waits on the server and the slot stays
     /// counted until the connection is clean or closed.
     fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow) {
-        // The end of every transaction-mode transaction: clean as it is
-        // (what `Recovery::is_clean` would say, without building one).
-        if self.mode == PoolMode::Transaction
-            && !txn.pinned
-            && server_flow.ready == server_flow.buf.len()
-            && server_flow.scanner.at_boundary()
-            && txn.is_idle()
-            && !txn.replies.in_copy_in()
-            && !txn.settings_changed
-            && !txn.statements_dropped
-        {
-            lease.release();
-            return;
-        }
-        let recovery = recover::Recovery {
-            leftover: BytesMut::from(&server_flow.buf[server_flow.ready..]),
-            skip: server_flow.scanner.remaining(),
-            expected_z: txn.expected_z,
-            unsynced: txn.unsynced,
-            copy_in: txn.replies.in_copy_in(),
-            status: txn.status,
-            reset: (self.mode == PoolMode::Session || txn.pinned).then(|| self.reset_query.clone()),
-            settings_unknown: txn.settings_changed,
-            statements_dropped: txn.statements_dropped,
-        };
-        if recovery.is_clean() {
-            lease.release();
-        } else {
-            recovery.spawn(lease);
+        let reset = (self.mode == PoolMode::Session || txn.pinned).then_some(&*self.reset_query);
+        match recover::Recovery::plan(txn, server_flow, reset) {
+            None => lease.release(),
+            Some(recovery) => recovery.spawn(lease),
         }
     }
 
@@ -587,17 +491,6 @@ pub(crate) fn apply_undo(
             Undo::ClientRestore(name, None) => {
                 statements.remove(&name);
             }
-        }
-    }
-}
-
-/// Maps a failed checkout to what the client is told.
-pub fn checkout_error(tenant: &TenantEntry, e: CheckoutError) -> ClientError {
-    match e {
-        CheckoutError::WaitTimeout => ClientError::WaitTimeout(tenant.id.clone()),
-        CheckoutError::Connect(e) => {
-            tracing::warn!(tenant = %tenant.id, "placement unreachable: {e}");
-            ClientError::PlacementUnreachable(tenant.id.clone())
         }
     }
 }

@@ -5,6 +5,8 @@
 //! in the pool, clean, or closed.
 
 use super::cancel::send_cancel;
+use super::pump::Flow;
+use super::txn::TxnState;
 use crate::pool::{Lease, ServerError};
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::{backend, frontend};
@@ -39,17 +41,34 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// Nothing to do: the connection can go straight back.
-    pub fn is_clean(&self) -> bool {
-        self.leftover.is_empty()
-            && self.skip == 0
-            && self.expected_z == 0
-            && !self.unsynced
-            && !self.copy_in
-            && self.status == b'I'
-            && self.reset.is_none()
-            && !self.settings_unknown
-            && !self.statements_dropped
+    /// What a leased connection needs before anyone else may use it, from
+    /// the state its session left (`reset`: the query to run, in session
+    /// mode or after a pin). `None`: nothing, it can go straight back.
+    /// Runs at the end of every transaction, so the clean case is checked
+    /// in place and builds nothing.
+    pub fn plan(txn: &TxnState, server_flow: &Flow, reset: Option<&str>) -> Option<Recovery> {
+        let leftover = &server_flow.buf[server_flow.ready..];
+        let skip = server_flow.scanner.remaining();
+        let clean = leftover.is_empty()
+            && skip == 0
+            && txn.expected_z == 0
+            && !txn.unsynced
+            && !txn.replies.in_copy_in()
+            && txn.status == b'I'
+            && reset.is_none()
+            && !txn.settings_changed
+            && !txn.statements_dropped;
+        (!clean).then(|| Recovery {
+            leftover: BytesMut::from(leftover),
+            skip,
+            expected_z: txn.expected_z,
+            unsynced: txn.unsynced,
+            copy_in: txn.replies.in_copy_in(),
+            status: txn.status,
+            reset: reset.map(str::to_owned),
+            settings_unknown: txn.settings_changed,
+            statements_dropped: txn.statements_dropped,
+        })
     }
 
     /// Runs in the background; returns the connection to the pool if it

@@ -135,14 +135,7 @@ mod tests {
 
         peer.write_all(b"hello").await.expect("write");
         let mut buf = BytesMut::with_capacity(64);
-        let n = loop {
-            ours.readable().await.expect("readable");
-            match try_recv(&ours, &mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => panic!("recv: {e}"),
-            }
-        };
+        let n = recv_when_ready(&ours, &mut buf).await;
         assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
         // The short read cleared readiness: nothing more without a syscall.
         assert!(!read_ready(&ours));
@@ -156,14 +149,19 @@ mod tests {
         assert_eq!(&back, b"back");
 
         drop(peer);
-        let eof = loop {
-            ours.readable().await.expect("readable");
-            match try_recv(&ours, &mut buf) {
-                Ok(n) => break n,
+        assert_eq!(recv_when_ready(&ours, &mut buf).await, 0, "EOF");
+    }
+
+    /// `try_recv` once tokio says `s` is readable, again after a spurious
+    /// wake-up.
+    async fn recv_when_ready(s: &TcpStream, buf: &mut BytesMut) -> usize {
+        loop {
+            s.readable().await.expect("readable");
+            match try_recv(s, buf) {
+                Ok(n) => return n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("recv: {e}"),
             }
-        };
-        assert_eq!(eof, 0);
+        }
     }
 }

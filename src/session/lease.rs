@@ -1,0 +1,104 @@
+//! Leasing a server connection for a client: checkout, then the client's
+//! settings on it (synced when they differ, read back after a transaction
+//! that changed them), and the ParameterStatus changes that brings.
+
+use super::{Session, params};
+use crate::catalog::TenantEntry;
+use crate::client::error::ClientError;
+use crate::pool::{CheckoutError, Lease, ServerError};
+use bytes::BytesMut;
+use std::sync::Arc;
+
+impl Session<'_> {
+    /// After a transaction that ran SET, RESET or DISCARD ALL: read what
+    /// the connection now has at session level, which is what this client
+    /// expects from now on. False if the connection failed (close it).
+    pub(super) async fn learn_settings(&mut self, lease: &mut Lease) -> bool {
+        let conn = lease.conn_mut();
+        let mut notices = BytesMut::new();
+        let sql = params::session_settings_sql(&self.custom_settings);
+        match conn.query_pairs(&sql, &mut notices).await {
+            Ok(session) => {
+                self.wanted = Arc::new(params::overlay(&self.startup_settings, &session));
+                conn.applied = Arc::new(session);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, "reading session settings failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Tells the client about reported parameters whose value changed
+    /// while the proxy synced a connection to its settings (ParameterStatus
+    /// may arrive at any time, per the protocol).
+    pub(super) fn report_changes(
+        &mut self,
+        conn: &crate::pool::ServerConn,
+        to_client: &mut BytesMut,
+    ) {
+        for (name, value) in &conn.params {
+            let changed = self.reported.get(name).is_some_and(|v| v != value);
+            if changed {
+                crate::protocol::messages::parameter_status(to_client, name, value);
+                self.reported.set(name, value);
+            }
+        }
+    }
+
+    /// Leases a server connection and applies the client's settings;
+    /// true if that took a sync (so reported values may have changed).
+    pub(super) async fn lease(&self) -> Result<(Lease, bool), ClientError> {
+        let mut lease = match self.pool.try_checkout() {
+            Some(lease) => lease,
+            None => self
+                .pool
+                .checkout(self.wait_timeout)
+                .await
+                .map_err(|e| checkout_error(&self.tenant, e))?,
+        };
+        if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
+            return Ok((lease, false)); // in sync: the common case
+        }
+        let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
+            // Equal but apart: share, so the next check is a pointer compare.
+            lease.conn_mut().applied = Arc::clone(&self.wanted);
+            return Ok((lease, false));
+        };
+        let conn = lease.conn_mut();
+        match conn.simple_query(&sql).await {
+            Ok(b'I') => {
+                conn.applied = Arc::clone(&self.wanted);
+                Ok((lease, true))
+            }
+            Ok(_) => Err(ClientError::Protocol(
+                "server left a transaction open while applying settings".into(),
+            )),
+            Err(ServerError::Rejected { code, message }) => {
+                // The connection is fine; the client's settings are not.
+                conn.applied = Default::default();
+                let reset = conn.simple_query("RESET ALL").await;
+                if matches!(reset, Ok(b'I')) {
+                    lease.release();
+                }
+                Err(ClientError::Server { code, message })
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant.id, "server failed while applying settings: {e}");
+                Err(ClientError::ServerLost(self.tenant.id.clone()))
+            }
+        }
+    }
+}
+
+/// Maps a failed checkout to what the client is told.
+pub fn checkout_error(tenant: &TenantEntry, e: CheckoutError) -> ClientError {
+    match e {
+        CheckoutError::WaitTimeout => ClientError::WaitTimeout(tenant.id.clone()),
+        CheckoutError::Connect(e) => {
+            tracing::warn!(tenant = %tenant.id, "placement unreachable: {e}");
+            ClientError::PlacementUnreachable(tenant.id.clone())
+        }
+    }
+}
