@@ -175,7 +175,7 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Session state in transaction mode (see `session/pinning.rs`).
+/// Session state in transaction mode (see `session/pinning/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PinPolicy {

@@ -50,7 +50,7 @@ pub struct TxnState {
     /// Transaction mode: look for session-state keywords in SQL text.
     pub scan_text: bool,
     /// The client holds session state on this server connection, so it
-    /// keeps it across transactions (see `pinning.rs`).
+    /// keeps it across transactions (see `pinning/mod.rs`).
     pub pinned: bool,
     /// Session-state keywords or command tags seen since the last check.
     pub mentions: Mentions,
