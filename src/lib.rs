@@ -12,7 +12,8 @@
 //! - `client`: accept-side handshake, routing and auth, then a session.
 //!   `client -> routing, catalog, session`.
 //! - `state`: what all connections share (config snapshot, registries).
-//! - `runtime`: the data-plane worker threads.
+//! - `runtime`: the data-plane worker threads and the set of sessions each
+//!   one runs. `runtime -> client`.
 //! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -35,7 +36,6 @@ use config::{Config, ConfigSource};
 use state::{ProxyState, Snapshot};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Runs the proxy on an already bound listener until `shutdown` is
 /// cancelled, then stops accepting, lets sessions finish their current
@@ -75,7 +75,7 @@ pub async fn run(
         let state = Arc::clone(&state);
         let handle = std::thread::Builder::new()
             .name(format!("pgtenant-worker-{id}"))
-            .spawn(move || worker_main(id, state, listener, grace))
+            .spawn(move || runtime::worker_main(id, state, listener, grace))
             .context("starting a worker thread")?;
         handles.push(handle);
     }
@@ -97,50 +97,4 @@ pub async fn run(
         let _ = done_tx.send(result);
     });
     done_rx.await.context("worker threads vanished")?
-}
-
-fn worker_main(
-    id: usize,
-    state: Arc<ProxyState>,
-    listener: std::net::TcpListener,
-    grace: std::time::Duration,
-) -> anyhow::Result<()> {
-    runtime::set_current_worker(id);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the worker runtime")?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let tracker = TaskTracker::new();
-        let shutdown = state.shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // Boxed: a client's future is several kB (the whole
-                        // session state machine), and spawning moves a
-                        // future by value several times on its way into
-                        // the task; a box moves as one pointer.
-                        tracker.spawn(Box::pin(client::serve(Arc::clone(&state), stream, peer)));
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-            }
-        }
-        drop(listener);
-        tracker.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                worker = id,
-                "shutdown_timeout reached; closing remaining sessions"
-            );
-        }
-        Ok(())
-    })
 }

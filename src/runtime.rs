@@ -6,8 +6,24 @@
 //! the difference between beating PgBouncer and losing to it
 //! (`shared/research/perf-floor.md`: 17.4 vs 25.9 µs/txn for the same
 //! relay on a current-thread vs multi-thread runtime).
+//!
+//! A worker's sessions are not tokio tasks of their own: one task polls
+//! them all (`run_sessions`), which takes the scheduler out of each
+//! session wake-up.
 
+use crate::client;
+use crate::state::ProxyState;
+use anyhow::Context as _;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use std::cell::Cell;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -38,5 +54,135 @@ pub fn worker_count(configured: usize) -> usize {
         std::thread::available_parallelism()
             .map(|n| (n.get() / 2).max(1))
             .unwrap_or(1)
+    }
+}
+
+/// One data-plane thread: accepts from its clone of the listener and runs
+/// every session it accepts, until shutdown; then lets the sessions end
+/// their transactions for up to `grace`.
+pub fn worker_main(
+    id: usize,
+    state: Arc<ProxyState>,
+    listener: std::net::TcpListener,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    set_current_worker(id);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the worker runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (to_sessions, inbox) = mpsc::unbounded_channel();
+        // Unconstrained: tokio's cooperative budget is per task, and this
+        // task is every session of the worker; the sessions keep their
+        // own fairness (`Flow::poll_fill` yields after a run of reads).
+        let sessions = tokio::spawn(tokio::task::unconstrained(run_sessions(inbox)));
+        let shutdown = state.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let session = client::serve(Arc::clone(&state), stream, peer);
+                        // Boxed: a client's future is several kB (the whole
+                        // session state machine); a box moves as one pointer.
+                        if to_sessions.send(Box::pin(session) as SessionFuture).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        drop(to_sessions);
+        if tokio::time::timeout(grace, sessions).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                "shutdown_timeout reached; closing remaining sessions"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// A client's whole life (`client::serve`), boxed.
+type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Polls all of a worker's sessions inside one tokio task, until the
+/// accept loop has closed `inbox` and every session has ended.
+///
+/// Why not a task per session: a wake-up of a tokio task costs a trip
+/// through the scheduler (schedule, run-queue pop, task state
+/// transitions, harness), several hundred instructions, twice per
+/// forwarded transaction. Here the events of one reactor turn wake this
+/// one task, and each woken session costs a push and a pop of a ready
+/// queue (`FuturesUnordered`).
+///
+/// A panicking session is caught at its own boundary, so it ends alone
+/// and the worker's other sessions go on.
+async fn run_sessions(mut inbox: mpsc::UnboundedReceiver<SessionFuture>) {
+    let mut sessions = FuturesUnordered::new();
+    let mut open = true;
+    std::future::poll_fn(|cx| {
+        while open {
+            match inbox.poll_recv(cx) {
+                Poll::Ready(Some(session)) => {
+                    sessions.push(AssertUnwindSafe(session).catch_unwind());
+                }
+                Poll::Ready(None) => open = false,
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some(ended)) = sessions.poll_next_unpin(cx) {
+            if ended.is_err() {
+                tracing::error!("a session panicked; its client is disconnected");
+            }
+        }
+        if open || !sessions.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A panicking session ends alone: the others run to completion, each
+    /// woken by its own events (a timer here), and the set finishes once
+    /// the inbox is closed and every session has ended.
+    #[tokio::test]
+    async fn a_panicking_session_ends_alone() {
+        let (tx, inbox) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(run_sessions(inbox));
+        let finished = Arc::new(AtomicUsize::new(0));
+        for i in 0..8u64 {
+            let finished = Arc::clone(&finished);
+            let session: SessionFuture = Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5 * i)).await;
+                if i == 3 {
+                    panic!("session {i} fails");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+            tx.send(session).expect("driver alive");
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the set finishes once its sessions have")
+            .expect("the driver itself does not panic");
+        assert_eq!(finished.load(Ordering::SeqCst), 7);
     }
 }
