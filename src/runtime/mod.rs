@@ -8,22 +8,20 @@
 //! relay on a current-thread vs multi-thread runtime).
 //!
 //! A worker's sessions are not tokio tasks of their own: one task polls
-//! them all (`run_sessions`), which takes the scheduler out of each
+//! them all (`session_set`), which takes tokio's scheduler out of each
 //! session wake-up.
 
 use crate::client;
 use crate::state::ProxyState;
 use anyhow::Context as _;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use session_set::{SessionFuture, SessionSet};
 use std::cell::Cell;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod session_set;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -111,43 +109,24 @@ pub fn worker_main(
     })
 }
 
-/// A client's whole life (`client::serve`), boxed.
-type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Polls all of a worker's sessions inside one tokio task, until the
-/// accept loop has closed `inbox` and every session has ended.
-///
-/// Why not a task per session: a wake-up of a tokio task costs a trip
-/// through the scheduler (schedule, run-queue pop, task state
-/// transitions, harness), several hundred instructions, twice per
-/// forwarded transaction. Here the events of one reactor turn wake this
-/// one task, and each woken session costs a push and a pop of a ready
-/// queue (`FuturesUnordered`).
-///
-/// A panicking session is caught at its own boundary, so it ends alone
-/// and the worker's other sessions go on.
+/// Runs a worker's sessions (see `session_set`) until the accept loop
+/// has closed `inbox` and every session has ended.
 async fn run_sessions(mut inbox: mpsc::UnboundedReceiver<SessionFuture>) {
-    let mut sessions = FuturesUnordered::new();
+    let mut sessions = SessionSet::new();
     let mut open = true;
     std::future::poll_fn(|cx| {
         while open {
             match inbox.poll_recv(cx) {
-                Poll::Ready(Some(session)) => {
-                    sessions.push(AssertUnwindSafe(session).catch_unwind());
-                }
+                Poll::Ready(Some(session)) => sessions.push(session),
                 Poll::Ready(None) => open = false,
                 Poll::Pending => break,
             }
         }
-        while let Poll::Ready(Some(ended)) = sessions.poll_next_unpin(cx) {
-            if ended.is_err() {
-                tracing::error!("a session panicked; its client is disconnected");
-            }
-        }
-        if open || !sessions.is_empty() {
-            Poll::Pending
-        } else {
+        let all_ended = sessions.poll(cx).is_ready();
+        if all_ended && !open {
             Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     })
     .await
