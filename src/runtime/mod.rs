@@ -14,12 +14,10 @@
 use crate::client;
 use crate::state::ProxyState;
 use anyhow::Context as _;
-use session_set::{SessionFuture, SessionSet};
+use session_set::SessionSet;
 use std::cell::Cell;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 mod session_set;
 
@@ -71,11 +69,15 @@ pub fn worker_main(
         .context("building the worker runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let (to_sessions, inbox) = mpsc::unbounded_channel();
-        // Unconstrained: tokio's cooperative budget is per task, and this
-        // task is every session of the worker; the sessions keep their
-        // own fairness (`Flow::poll_fill` yields after a run of reads).
-        let sessions = tokio::spawn(tokio::task::unconstrained(run_sessions(inbox)));
+        // Created here, on this thread, so `spawn_local` reaches it before
+        // its task first runs. Unconstrained: tokio's cooperative budget
+        // is per task, and this task is every session of the worker; the
+        // sessions keep their own fairness (`Flow::poll_fill` yields after
+        // a run of reads).
+        let mut set = SessionSet::new();
+        let sessions = tokio::spawn(tokio::task::unconstrained(std::future::poll_fn(
+            move |cx| set.poll(cx),
+        )));
         let shutdown = state.shutdown.clone();
         loop {
             tokio::select! {
@@ -85,7 +87,7 @@ pub fn worker_main(
                         let session = client::serve(Arc::clone(&state), stream, peer);
                         // Boxed: a client's future is several kB (the whole
                         // session state machine); a box moves as one pointer.
-                        if to_sessions.send(Box::pin(session) as SessionFuture).is_err() {
+                        if session_set::spawn_local(Box::pin(session)).is_err() {
                             break;
                         }
                     }
@@ -98,7 +100,7 @@ pub fn worker_main(
             }
         }
         drop(listener);
-        drop(to_sessions);
+        session_set::close_local();
         if tokio::time::timeout(grace, sessions).await.is_err() {
             tracing::warn!(
                 worker = id,
@@ -107,61 +109,4 @@ pub fn worker_main(
         }
         Ok(())
     })
-}
-
-/// Runs a worker's sessions (see `session_set`) until the accept loop
-/// has closed `inbox` and every session has ended.
-async fn run_sessions(mut inbox: mpsc::UnboundedReceiver<SessionFuture>) {
-    let mut sessions = SessionSet::new();
-    let mut open = true;
-    std::future::poll_fn(|cx| {
-        while open {
-            match inbox.poll_recv(cx) {
-                Poll::Ready(Some(session)) => sessions.push(session),
-                Poll::Ready(None) => open = false,
-                Poll::Pending => break,
-            }
-        }
-        let all_ended = sessions.poll(cx).is_ready();
-        if all_ended && !open {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A panicking session ends alone: the others run to completion, each
-    /// woken by its own events (a timer here), and the set finishes once
-    /// the inbox is closed and every session has ended.
-    #[tokio::test]
-    async fn a_panicking_session_ends_alone() {
-        let (tx, inbox) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(run_sessions(inbox));
-        let finished = Arc::new(AtomicUsize::new(0));
-        for i in 0..8u64 {
-            let finished = Arc::clone(&finished);
-            let session: SessionFuture = Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(5 * i)).await;
-                if i == 3 {
-                    panic!("session {i} fails");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                finished.fetch_add(1, Ordering::SeqCst);
-            });
-            tx.send(session).expect("driver alive");
-        }
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(10), driver)
-            .await
-            .expect("the set finishes once its sessions have")
-            .expect("the driver itself does not panic");
-        assert_eq!(finished.load(Ordering::SeqCst), 7);
-    }
 }

@@ -40,7 +40,14 @@ static NEXT_SET_ID: AtomicUsize = AtomicUsize::new(1);
 thread_local! {
     /// The ready list of the set that runs on this thread.
     static LOCAL: RefCell<Local> = const {
-        RefCell::new(Local { set: 0, ready: Vec::new(), driver: None, awake: false })
+        RefCell::new(Local {
+            set: 0,
+            ready: Vec::new(),
+            incoming: Vec::new(),
+            closed: false,
+            driver: None,
+            awake: false,
+        })
     };
 }
 
@@ -49,6 +56,10 @@ struct Local {
     set: usize,
     /// Sessions woken since the set last took the list.
     ready: Vec<Ticket>,
+    /// New sessions (`spawn_local`), not yet in the set.
+    incoming: Vec<SessionFuture>,
+    /// No more sessions will come (`close_local`).
+    closed: bool,
     /// The waker of the tokio task that polls the set.
     driver: Option<Waker>,
     /// That task is polling the set, or is scheduled to: no need to wake
@@ -127,17 +138,23 @@ pub struct SessionSet {
     free: Vec<usize>,
     /// The ready list being worked through (swapped with the thread's).
     batch: Vec<Ticket>,
+    /// New sessions being added (swapped with the thread's).
+    arrivals: Vec<SessionFuture>,
+    closed: bool,
     len: usize,
 }
 
 impl SessionSet {
-    /// A set that runs on this thread (one per thread at a time).
+    /// A set that runs on this thread (one per thread at a time): the
+    /// one `spawn_local` and `close_local` reach.
     pub fn new() -> SessionSet {
         let id = NEXT_SET_ID.fetch_add(1, Ordering::Relaxed);
         LOCAL.with(|local| {
             let mut local = local.borrow_mut();
             local.set = id;
             local.ready.clear();
+            local.incoming.clear();
+            local.closed = false;
             local.driver = None;
             local.awake = false;
         });
@@ -151,12 +168,21 @@ impl SessionSet {
             slots: Vec::new(),
             free: Vec::new(),
             batch: Vec::new(),
+            arrivals: Vec::new(),
+            closed: false,
             len: 0,
         }
     }
 
     /// Adds a session; it is first polled at the set's next `poll`.
+    #[cfg(test)]
     pub fn push(&mut self, future: SessionFuture) {
+        let ticket = self.insert(future);
+        self.wake(ticket);
+    }
+
+    /// Puts `future` in a free slot, marked queued (the caller queues it).
+    fn insert(&mut self, future: SessionFuture) -> Ticket {
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: 0,
@@ -168,22 +194,29 @@ impl SessionSet {
         let state = Arc::new(SessionWaker {
             shared: Arc::clone(&self.shared),
             ticket: (index, slot.generation),
-            queued: AtomicBool::new(false),
+            queued: AtomicBool::new(true),
         });
-        let waker = Waker::from(Arc::clone(&state));
-        waker.wake_by_ref();
+        let ticket = state.ticket;
         slot.session = Some(Session {
             future,
-            waker,
+            waker: Waker::from(Arc::clone(&state)),
             state,
         });
         self.len += 1;
+        ticket
     }
 
-    /// Polls every session woken since the last call (sessions woken while
-    /// this runs wait for the next call, which the set asks tokio for), so
-    /// the worker's other tasks get their turn. Ready once the set is
-    /// empty.
+    /// Queues `ticket` on this thread's ready list.
+    #[cfg(test)]
+    fn wake(&self, ticket: Ticket) {
+        LOCAL.with(|local| local.borrow_mut().ready.push(ticket));
+    }
+
+    /// Adds the sessions handed over by `spawn_local` and polls every
+    /// session woken since the last call (sessions woken while this runs
+    /// wait for the next call, which the set asks tokio for), so the
+    /// worker's other tasks get their turn. Ready once `close_local` has
+    /// been called and every session has ended.
     ///
     /// Must be called from the thread that created the set.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -198,7 +231,17 @@ impl SessionSet {
             }
             local.awake = true;
             std::mem::swap(&mut local.ready, &mut self.batch);
+            if !local.incoming.is_empty() {
+                std::mem::swap(&mut local.incoming, &mut self.arrivals);
+            }
+            self.closed |= local.closed;
         });
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        for session in arrivals.drain(..) {
+            let ticket = self.insert(session);
+            self.batch.push(ticket);
+        }
+        self.arrivals = arrivals;
         self.shared.driver.register(cx.waker());
         if self.shared.remote_pending.swap(false, Ordering::AcqRel) {
             let mut remote = self.shared.remote.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,14 +253,14 @@ impl SessionSet {
         self.batch.clear();
         let more = LOCAL.with(|local| {
             let mut local = local.borrow_mut();
-            let more = !local.ready.is_empty();
+            let more = !local.ready.is_empty() || !local.incoming.is_empty();
             local.awake = more;
             more
         });
         if more {
             cx.waker().wake_by_ref();
         }
-        if self.len == 0 {
+        if self.closed && self.len == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -258,6 +301,40 @@ impl SessionSet {
     }
 }
 
+/// Hands `session` to the set running on this thread; gives it back if
+/// there is none.
+pub fn spawn_local(session: SessionFuture) -> Result<(), SessionFuture> {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        if local.set == 0 || local.closed {
+            return Err(session);
+        }
+        local.incoming.push(session);
+        if !local.awake {
+            local.awake = true;
+            if let Some(driver) = &local.driver {
+                driver.wake_by_ref();
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Tells the set running on this thread that no more sessions will come:
+/// its `poll` is Ready once the sessions it has end.
+pub fn close_local() {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        local.closed = true;
+        if !local.awake {
+            local.awake = true;
+            if let Some(driver) = &local.driver {
+                driver.wake_by_ref();
+            }
+        }
+    });
+}
+
 impl Default for SessionSet {
     fn default() -> Self {
         Self::new()
@@ -274,6 +351,7 @@ impl Drop for SessionSet {
             {
                 local.set = 0;
                 local.ready.clear();
+                local.incoming.clear();
                 local.driver = None;
                 local.awake = false;
             }
@@ -287,8 +365,9 @@ mod tests {
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
-    /// Polls `set` until it is empty (or the test times out).
+    /// Polls `set` until it is closed and empty (or the test times out).
     async fn run(set: &mut SessionSet) {
+        close_local();
         tokio::time::timeout(
             Duration::from_secs(10),
             std::future::poll_fn(|cx| set.poll(cx)),
@@ -332,7 +411,9 @@ mod tests {
                 Poll::Ready(())
             })));
         }
-        run(&mut set).await;
+        // One poll: it ends at once, the set stays open.
+        let first = futures_util::poll!(std::future::poll_fn(|cx| set.poll(cx)));
+        assert!(first.is_pending());
 
         let polls = Arc::new(AtomicU32::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -370,9 +451,40 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 2, "five wake-ups, one poll");
 
         tx.send(()).expect("session waits");
+        close_local();
         tokio::time::timeout(Duration::from_secs(10), driver)
             .await
             .expect("the session ends");
         assert_eq!(polls.load(Ordering::SeqCst), 3);
+    }
+
+    /// A panicking session ends alone: the others run to completion, each
+    /// woken by its own events (timers here), and the set finishes once
+    /// it is closed and every session has ended. Sessions come in through
+    /// `spawn_local`, as from the accept loop.
+    #[tokio::test]
+    async fn a_panicking_session_ends_alone() {
+        let mut set = SessionSet::new();
+        let driver = tokio::spawn(std::future::poll_fn(move |cx| set.poll(cx)));
+        let finished = Arc::new(AtomicU32::new(0));
+        for i in 0..8u64 {
+            let finished = Arc::clone(&finished);
+            let session: SessionFuture = Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5 * i)).await;
+                if i == 3 {
+                    panic!("session {i} fails");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+            assert!(spawn_local(session).is_ok(), "a set runs on this thread");
+        }
+        close_local();
+        assert!(spawn_local(Box::pin(async {})).is_err(), "closed");
+        tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the set finishes once its sessions have")
+            .expect("the driver itself does not panic");
+        assert_eq!(finished.load(Ordering::SeqCst), 7);
     }
 }
