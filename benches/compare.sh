@@ -25,7 +25,11 @@ cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 export PGTENANT_BIN=$ROOT/target/release/pgtenant
 export PGTENANT_WORKERS=${PGTENANT_WORKERS:-0}
 export PROXY_NAME=${PROXY_NAME:-pgtenant}
-export PROXY_PORT=${PROXY_PORT:-56440}
+# Listening ports above Linux's default ephemeral range (32768-60999):
+# a port in it may be held by a TIME_WAIT connection of an earlier run,
+# and then PostgreSQL or a proxy cannot bind it.
+export PG_PORT=${PG_PORT:-61432} PGB_PORT=${PGB_PORT:-61433}
+export PROXY_PORT=${PROXY_PORT:-61440}
 export PROXY_DB=bench PROXY_USER=bench PROXY_PASSWORD=bench
 # anchors.sh exports BENCH_* before starting this; it writes the config
 # from them and execs the proxy.

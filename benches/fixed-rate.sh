@@ -18,9 +18,10 @@ DURATION=${DURATION:-10}
 REPS=${REPS:-5}
 MODE=${MODE:-simple}
 SCALE=${SCALE:-10}
-PG_PORT=${PG_PORT:-55642}
-PGTENANT_PORT=${PGTENANT_PORT:-56642}
-PGBOUNCER_PORT=${PGBOUNCER_PORT:-56643}
+# Above the ephemeral range (32768-60999): see compare.sh.
+PG_PORT=${PG_PORT:-61642}
+PGTENANT_PORT=${PGTENANT_PORT:-61643}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-61644}
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
 [[ -x $PGBOUNCER_BIN ]] || { echo "needs PgBouncer at $PGBOUNCER_BIN" >&2; exit 1; }
 # shellcheck source=benches/bench-cluster.sh

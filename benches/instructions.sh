@@ -19,9 +19,10 @@ N1=${N1:-4000}
 N2=${N2:-20000}
 CACHE=${CACHE:-0}
 SCALE=1
-PG_PORT=${PG_PORT:-55632}
-PGTENANT_PORT=${PGTENANT_PORT:-56632}
-PGBOUNCER_PORT=${PGBOUNCER_PORT:-56633}
+# Above the ephemeral range (32768-60999): see compare.sh.
+PG_PORT=${PG_PORT:-61632}
+PGTENANT_PORT=${PGTENANT_PORT:-61633}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-61634}
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 # shellcheck source=benches/bench-cluster.sh
