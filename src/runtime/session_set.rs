@@ -67,6 +67,29 @@ struct Local {
     awake: bool,
 }
 
+impl Local {
+    /// Makes sure the set's task will poll: wakes it through tokio unless
+    /// it is polling or already woken.
+    fn wake_driver(&mut self) {
+        if !self.awake {
+            self.awake = true;
+            if let Some(driver) = &self.driver {
+                driver.wake_by_ref();
+            }
+        }
+    }
+
+    /// Belongs to set `set` (0: none), with nothing pending.
+    fn reset(&mut self, set: usize) {
+        self.set = set;
+        self.ready.clear();
+        self.incoming.clear();
+        self.closed = false;
+        self.driver = None;
+        self.awake = false;
+    }
+}
+
 /// What wakers from other threads reach.
 struct Shared {
     id: usize,
@@ -99,12 +122,7 @@ impl Wake for SessionWaker {
                 return false;
             }
             local.ready.push(self.ticket);
-            if !local.awake {
-                local.awake = true;
-                if let Some(driver) = &local.driver {
-                    driver.wake_by_ref();
-                }
-            }
+            local.wake_driver();
             true
         });
         if local != Ok(true) {
@@ -149,15 +167,7 @@ impl SessionSet {
     /// one `spawn_local` and `close_local` reach.
     pub fn new() -> SessionSet {
         let id = NEXT_SET_ID.fetch_add(1, Ordering::Relaxed);
-        LOCAL.with(|local| {
-            let mut local = local.borrow_mut();
-            local.set = id;
-            local.ready.clear();
-            local.incoming.clear();
-            local.closed = false;
-            local.driver = None;
-            local.awake = false;
-        });
+        LOCAL.with(|local| local.borrow_mut().reset(id));
         SessionSet {
             shared: Arc::new(Shared {
                 id,
@@ -310,12 +320,7 @@ pub fn spawn_local(session: SessionFuture) -> Result<(), SessionFuture> {
             return Err(session);
         }
         local.incoming.push(session);
-        if !local.awake {
-            local.awake = true;
-            if let Some(driver) = &local.driver {
-                driver.wake_by_ref();
-            }
-        }
+        local.wake_driver();
         Ok(())
     })
 }
@@ -326,12 +331,7 @@ pub fn close_local() {
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
         local.closed = true;
-        if !local.awake {
-            local.awake = true;
-            if let Some(driver) = &local.driver {
-                driver.wake_by_ref();
-            }
-        }
+        local.wake_driver();
     });
 }
 
@@ -349,11 +349,7 @@ impl Drop for SessionSet {
             if let Ok(mut local) = local.try_borrow_mut()
                 && local.set == self.shared.id
             {
-                local.set = 0;
-                local.ready.clear();
-                local.incoming.clear();
-                local.driver = None;
-                local.awake = false;
+                local.reset(0);
             }
         });
     }
