@@ -303,8 +303,12 @@ impl SessionSet {
         if ended {
             slot.generation = slot.generation.wrapping_add(1);
             // Dropping the session may wake others (a released server
-            // connection): nothing of the set is borrowed elsewhere.
-            slot.session = None;
+            // connection): nothing of the set is borrowed elsewhere. A
+            // panic in a destructor, too, must not take the set down.
+            let session = slot.session.take();
+            if std::panic::catch_unwind(AssertUnwindSafe(|| drop(session))).is_err() {
+                tracing::error!("a session panicked while closing");
+            }
             self.free.push(index);
             self.len -= 1;
         }
@@ -454,9 +458,28 @@ mod tests {
         assert_eq!(polls.load(Ordering::SeqCst), 3);
     }
 
+    struct PanicOnDrop;
+
+    /// A session whose future panics when dropped after it is done.
+    struct EndsWithPanic(SessionFuture, PanicOnDrop);
+
+    impl Future for EndsWithPanic {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.0.as_mut().poll(cx)
+        }
+    }
+
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            panic!("a destructor fails");
+        }
+    }
+
     /// A panicking session ends alone: the others run to completion, each
     /// woken by its own events (timers here), and the set finishes once
-    /// it is closed and every session has ended. Sessions come in through
+    /// it is closed and every session has ended; so does a session whose
+    /// destructor panics. Sessions come in through
     /// `spawn_local`, as from the accept loop.
     #[tokio::test]
     async fn a_panicking_session_ends_alone() {
@@ -473,6 +496,12 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 finished.fetch_add(1, Ordering::SeqCst);
             });
+            // Session 5 panics in a destructor once it has ended.
+            let session = if i == 5 {
+                Box::pin(EndsWithPanic(session, PanicOnDrop))
+            } else {
+                session
+            };
             assert!(spawn_local(session).is_ok(), "a set runs on this thread");
         }
         close_local();
