@@ -8,9 +8,8 @@
 //! every registered session.
 
 use futures_util::task::AtomicWaker;
-use std::collections::HashMap;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -18,8 +17,16 @@ use std::task::{Context, Poll};
 #[derive(Default)]
 pub struct StopSignal {
     stopping: AtomicBool,
-    waiters: Mutex<HashMap<u64, Arc<AtomicWaker>>>,
-    next_id: AtomicU64,
+    waiters: Mutex<Waiters>,
+}
+
+/// The subscribed sessions' wakers, by slot: a subscription costs a push
+/// or a reused slot, not a hash of an id (a connection's login counted
+/// about 300 instructions of SipHash for it).
+#[derive(Default)]
+struct Waiters {
+    slots: Vec<Option<Arc<AtomicWaker>>>,
+    free: Vec<usize>,
 }
 
 impl StopSignal {
@@ -27,7 +34,7 @@ impl StopSignal {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for w in waiters.values() {
+        for w in waiters.slots.iter().flatten() {
             w.wake();
         }
     }
@@ -38,15 +45,22 @@ impl StopSignal {
 
     /// Registers a session (once, for its whole life).
     pub fn subscribe(self: &Arc<Self>) -> StopWait {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(AtomicWaker::new());
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::clone(&waker));
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = match waiters.free.pop() {
+            Some(i) => {
+                waiters.slots[i] = Some(Arc::clone(&waker));
+                i
+            }
+            None => {
+                waiters.slots.push(Some(Arc::clone(&waker)));
+                waiters.slots.len() - 1
+            }
+        };
+        drop(waiters);
         StopWait {
             signal: Arc::clone(self),
-            id,
+            slot,
             waker,
             registered: AtomicBool::new(false),
         }
@@ -57,7 +71,7 @@ impl StopSignal {
 /// task only (the session's), whose waker never changes.
 pub struct StopWait {
     signal: Arc<StopSignal>,
-    id: u64,
+    slot: usize,
     waker: Arc<AtomicWaker>,
     /// The task's waker is registered: later waits skip the two atomic
     /// swaps a registration costs (a stop takes the waker out, but after
@@ -93,11 +107,15 @@ impl StopWait {
 
 impl Drop for StopWait {
     fn drop(&mut self) {
-        self.signal
+        let mut waiters = self
+            .signal
             .waiters
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = waiters.slots.get_mut(self.slot) {
+            *w = None;
+            waiters.free.push(self.slot);
+        }
     }
 }
 
@@ -122,7 +140,17 @@ mod tests {
                 .expect("woken")
                 .expect("task");
         }
-        // Waiters that ended unregistered themselves.
-        assert!(signal.waiters.lock().expect("lock").is_empty());
+        // Waiters that ended unregistered themselves, and their slots
+        // are reused.
+        let waiters = signal.waiters.lock().expect("lock");
+        assert!(waiters.slots.iter().all(Option::is_none));
+        assert_eq!(waiters.free.len(), waiters.slots.len());
+        drop(waiters);
+        let again: Vec<StopWait> = (0..4).map(|_| signal.subscribe()).collect();
+        let waiters = signal.waiters.lock().expect("lock");
+        assert_eq!(waiters.slots.len(), 4, "three reused, one new");
+        assert_eq!(waiters.slots.iter().flatten().count(), 4);
+        drop(waiters);
+        drop(again);
     }
 }
