@@ -8,6 +8,7 @@
 //! every registered session.
 
 use futures_util::task::AtomicWaker;
+use slab::Slab;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,16 +18,10 @@ use std::task::{Context, Poll};
 #[derive(Default)]
 pub struct StopSignal {
     stopping: AtomicBool,
-    waiters: Mutex<Waiters>,
-}
-
-/// The subscribed sessions' wakers, by slot: a subscription costs a push
-/// or a reused slot, not a hash of an id (a connection's login counted
-/// about 300 instructions of SipHash for it).
-#[derive(Default)]
-struct Waiters {
-    slots: Vec<Option<Arc<AtomicWaker>>>,
-    free: Vec<usize>,
+    /// The subscribed sessions' wakers, by slot: a subscription reuses a
+    /// free slot instead of hashing an id (a login counted about 300
+    /// instructions of SipHash for that).
+    waiters: Mutex<Slab<Arc<AtomicWaker>>>,
 }
 
 impl StopSignal {
@@ -34,7 +29,7 @@ impl StopSignal {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for w in waiters.slots.iter().flatten() {
+        for (_, w) in waiters.iter() {
             w.wake();
         }
     }
@@ -46,18 +41,11 @@ impl StopSignal {
     /// Registers a session (once, for its whole life).
     pub fn subscribe(self: &Arc<Self>) -> StopWait {
         let waker = Arc::new(AtomicWaker::new());
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = match waiters.free.pop() {
-            Some(i) => {
-                waiters.slots[i] = Some(Arc::clone(&waker));
-                i
-            }
-            None => {
-                waiters.slots.push(Some(Arc::clone(&waker)));
-                waiters.slots.len() - 1
-            }
-        };
-        drop(waiters);
+        let slot = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Arc::clone(&waker));
         StopWait {
             signal: Arc::clone(self),
             slot,
@@ -107,15 +95,11 @@ impl StopWait {
 
 impl Drop for StopWait {
     fn drop(&mut self) {
-        let mut waiters = self
-            .signal
+        self.signal
             .waiters
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = waiters.slots.get_mut(self.slot) {
-            *w = None;
-            waiters.free.push(self.slot);
-        }
+            .unwrap_or_else(|p| p.into_inner())
+            .try_remove(self.slot);
     }
 }
 
@@ -142,15 +126,11 @@ mod tests {
         }
         // Waiters that ended unregistered themselves, and their slots
         // are reused.
-        let waiters = signal.waiters.lock().expect("lock");
-        assert!(waiters.slots.iter().all(Option::is_none));
-        assert_eq!(waiters.free.len(), waiters.slots.len());
-        drop(waiters);
+        assert!(signal.waiters.lock().expect("lock").is_empty());
         let again: Vec<StopWait> = (0..4).map(|_| signal.subscribe()).collect();
-        let waiters = signal.waiters.lock().expect("lock");
-        assert_eq!(waiters.slots.len(), 4, "three reused, one new");
-        assert_eq!(waiters.slots.iter().flatten().count(), 4);
-        drop(waiters);
-        drop(again);
+        let mut slots: Vec<usize> = again.iter().map(|w| w.slot).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, [0, 1, 2, 3], "three reused, one new");
+        assert_eq!(signal.waiters.lock().expect("lock").len(), 4);
     }
 }

@@ -17,6 +17,7 @@
 //! future, so dropping it drops them all, whatever their wakers do.
 
 use futures_util::task::AtomicWaker;
+use slab::Slab;
 use std::cell::RefCell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -29,8 +30,9 @@ use std::task::{Context, Poll, Wake, Waker};
 /// pointer).
 pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Which slot a wake-up is for: index and generation, so a stale waker of
-/// an ended session never polls the session that reused its slot.
+/// Which session a wake-up is for: its slot and its generation (a number
+/// no other session of the set had), so a stale waker of an ended session
+/// never polls the session that reused its slot.
 type Ticket = (usize, u32);
 
 /// Sets get distinct ids so a waker can tell whether its set lives on the
@@ -137,12 +139,6 @@ impl Wake for SessionWaker {
     }
 }
 
-struct Slot {
-    /// Bumped each time the slot is freed.
-    generation: u32,
-    session: Option<Session>,
-}
-
 struct Session {
     future: SessionFuture,
     waker: Waker,
@@ -152,14 +148,13 @@ struct Session {
 /// Owns a worker's sessions; `poll` runs the woken ones.
 pub struct SessionSet {
     shared: Arc<Shared>,
-    slots: Vec<Slot>,
-    free: Vec<usize>,
+    sessions: Slab<Session>,
+    /// The next session's generation.
+    generation: u32,
     /// The ready list being worked through (swapped with the thread's).
     batch: Vec<Ticket>,
     /// New sessions being added (swapped with the thread's).
     arrivals: Vec<SessionFuture>,
-    closed: bool,
-    len: usize,
 }
 
 impl SessionSet {
@@ -175,12 +170,10 @@ impl SessionSet {
                 remote_pending: AtomicBool::new(false),
                 driver: AtomicWaker::new(),
             }),
-            slots: Vec::new(),
-            free: Vec::new(),
+            sessions: Slab::new(),
+            generation: 0,
             batch: Vec::new(),
             arrivals: Vec::new(),
-            closed: false,
-            len: 0,
         }
     }
 
@@ -188,38 +181,25 @@ impl SessionSet {
     #[cfg(test)]
     pub fn push(&mut self, future: SessionFuture) {
         let ticket = self.insert(future);
-        self.wake(ticket);
+        LOCAL.with(|local| local.borrow_mut().ready.push(ticket));
     }
 
     /// Puts `future` in a free slot, marked queued (the caller queues it).
     fn insert(&mut self, future: SessionFuture) -> Ticket {
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(Slot {
-                generation: 0,
-                session: None,
-            });
-            self.slots.len() - 1
-        });
-        let slot = &mut self.slots[index];
+        let entry = self.sessions.vacant_entry();
         let state = Arc::new(SessionWaker {
             shared: Arc::clone(&self.shared),
-            ticket: (index, slot.generation),
+            ticket: (entry.key(), self.generation),
             queued: AtomicBool::new(true),
         });
+        self.generation = self.generation.wrapping_add(1);
         let ticket = state.ticket;
-        slot.session = Some(Session {
+        entry.insert(Session {
             future,
             waker: Waker::from(Arc::clone(&state)),
             state,
         });
-        self.len += 1;
         ticket
-    }
-
-    /// Queues `ticket` on this thread's ready list.
-    #[cfg(test)]
-    fn wake(&self, ticket: Ticket) {
-        LOCAL.with(|local| local.borrow_mut().ready.push(ticket));
     }
 
     /// Adds the sessions handed over by `spawn_local` and polls every
@@ -244,7 +224,6 @@ impl SessionSet {
             if !local.incoming.is_empty() {
                 std::mem::swap(&mut local.incoming, &mut self.arrivals);
             }
-            self.closed |= local.closed;
         });
         let mut arrivals = std::mem::take(&mut self.arrivals);
         for session in arrivals.drain(..) {
@@ -261,32 +240,29 @@ impl SessionSet {
             self.poll_one(self.batch[i]);
         }
         self.batch.clear();
-        let more = LOCAL.with(|local| {
+        let (more, closed) = LOCAL.with(|local| {
             let mut local = local.borrow_mut();
             let more = !local.ready.is_empty() || !local.incoming.is_empty();
             local.awake = more;
-            more
+            (more, local.closed)
         });
         if more {
             cx.waker().wake_by_ref();
         }
-        if self.closed && self.len == 0 {
+        if closed && self.sessions.is_empty() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
     }
 
-    fn poll_one(&mut self, (index, generation): Ticket) {
-        let Some(slot) = self.slots.get_mut(index) else {
+    fn poll_one(&mut self, ticket: Ticket) {
+        let Some(session) = self.sessions.get_mut(ticket.0) else {
             return;
         };
-        if slot.generation != generation {
+        if session.state.ticket != ticket {
             return;
         }
-        let Some(session) = &mut slot.session else {
-            return;
-        };
         // Before the poll: a wake-up during it must queue the session again.
         session.state.queued.store(false, Ordering::Release);
         let mut cx = Context::from_waker(&session.waker);
@@ -301,16 +277,13 @@ impl SessionSet {
             }
         };
         if ended {
-            slot.generation = slot.generation.wrapping_add(1);
             // Dropping the session may wake others (a released server
             // connection): nothing of the set is borrowed elsewhere. A
             // panic in a destructor, too, must not take the set down.
-            let session = slot.session.take();
+            let session = self.sessions.remove(ticket.0);
             if std::panic::catch_unwind(AssertUnwindSafe(|| drop(session))).is_err() {
                 tracing::error!("a session panicked while closing");
             }
-            self.free.push(index);
-            self.len -= 1;
         }
     }
 }
@@ -339,12 +312,6 @@ pub fn close_local() {
     });
 }
 
-impl Default for SessionSet {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Drop for SessionSet {
     fn drop(&mut self) {
         // Wakers that outlive the set take the remote path, which nobody
@@ -366,14 +333,16 @@ mod tests {
     use std::time::Duration;
 
     /// Polls `set` until it is closed and empty (or the test times out).
+    ///
+    /// Not `tokio::time::timeout`: it polls the set once more when time is
+    /// up, and that poll would finish the work of a lost wake-up.
     async fn run(set: &mut SessionSet) {
         close_local();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            std::future::poll_fn(|cx| set.poll(cx)),
-        )
-        .await
-        .expect("every session ends");
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("every session ends"),
+            _ = std::future::poll_fn(|cx| set.poll(cx)) => {}
+        }
     }
 
     /// A session woken from another thread (a pool waiter, a cancel) is
@@ -452,9 +421,12 @@ mod tests {
 
         tx.send(()).expect("session waits");
         close_local();
-        tokio::time::timeout(Duration::from_secs(10), driver)
-            .await
-            .expect("the session ends");
+        // As in `run`: time up must not poll the set once more.
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("the session ends"),
+            _ = driver => {}
+        }
         assert_eq!(polls.load(Ordering::SeqCst), 3);
     }
 

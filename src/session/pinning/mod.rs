@@ -156,9 +156,9 @@ impl Words {
             (7, b'd') => m.release |= is(b"discard"),
             (4, b'd') => m.release |= is(b"drop"),
             (5, b'c') => m.release |= is(b"close"),
-            // pg_advisory_lock, pg_try_advisory_lock_shared, ...: an
-            // underscore after 8 bytes at least.
-            (13.., _) if word[8..].contains(&b'_') => {
+            // pg_advisory_lock, pg_try_advisory_lock_shared, ...
+            // (`advisory` looks only at underscores past the 8th byte).
+            (13.., _) => {
                 let (state, release) = advisory(word);
                 m.state |= state;
                 m.release |= release;
