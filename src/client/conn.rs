@@ -5,15 +5,15 @@
 use super::error::ClientError;
 use crate::protocol::error::{Severity, write_error};
 use crate::protocol::{HEADER_LEN, codec};
+use crate::runtime::net::Socket;
 use crate::session::pump::Flow;
 use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A connected client.
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: Socket,
     /// Client → server direction of the pump; also where startup-phase
     /// reads land.
     pub flow: Flow,
@@ -22,7 +22,7 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, max_message: usize) -> ClientConn {
+    pub fn new(stream: Socket, max_message: usize) -> ClientConn {
         ClientConn {
             stream,
             flow: Flow::new(max_message),

@@ -14,6 +14,7 @@ use crate::config::{AuthType, Isolation};
 use crate::protocol::messages;
 use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::routing::{self, RoutingInput};
+use crate::runtime::net::Socket;
 use crate::session::{self, Session, params};
 use crate::state::{CountGuard, ProxyState, Snapshot};
 use conn::ClientConn;
@@ -21,12 +22,11 @@ use error::ClientError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::Instrument;
 
 /// Serves one accepted connection to its end. Never panics on client
 /// input; every failure the client can be told about is told.
-pub async fn serve(state: Arc<ProxyState>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(state: Arc<ProxyState>, stream: Socket, peer: SocketAddr) {
     let span = tracing::info_span!("client", %peer, tenant = tracing::field::Empty);
     async move {
         let _ = stream.set_nodelay(true);
@@ -66,7 +66,7 @@ async fn serve_inner(
     let login = tokio::select! {
         biased;
         _ = state.shutdown.cancelled() => Err(ClientError::NotAccepting),
-        r = tokio::time::timeout(login_timeout, login) => r.map_err(|_| ClientError::LoginTimeout)?,
+        r = crate::runtime::time::timeout(login_timeout, login) => r.map_err(|_| ClientError::LoginTimeout)?,
     };
     let Some(login) = login? else {
         return Ok(());

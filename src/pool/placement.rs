@@ -286,7 +286,7 @@ impl PlacementPool {
     /// The round trip for a connection idle past `server_check_delay`.
     async fn check(&self, lease: &mut Lease) -> bool {
         let conn = lease.conn_mut();
-        let outcome = tokio::time::timeout(self.timeouts.connect, conn.check()).await;
+        let outcome = crate::runtime::time::timeout(self.timeouts.connect, conn.check()).await;
         match outcome {
             Ok(Ok(())) => {
                 conn.needs_check = false;
@@ -324,7 +324,7 @@ impl PlacementPool {
             rx: Some(rx),
         };
         let rx = guard.rx.as_mut().ok_or(CheckoutError::WaitTimeout)?;
-        match tokio::time::timeout(wait, rx).await {
+        match crate::runtime::time::timeout(wait, rx).await {
             Ok(Ok(grant)) => {
                 guard.rx = None;
                 Ok(grant)

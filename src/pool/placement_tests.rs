@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::pool::CONNECT_CONCURRENCY;
+use crate::runtime::reactor::block_on;
+use crate::runtime::time::sleep;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> {
@@ -16,8 +18,12 @@ fn closed_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-#[tokio::test]
-async fn a_failed_connect_makes_the_next_checkouts_fail_fast() {
+#[test]
+fn a_failed_connect_makes_the_next_checkouts_fail_fast() {
+    block_on(failed_connect_backs_off());
+}
+
+async fn failed_connect_backs_off() {
     let timeouts = PoolTimeouts {
         login_retry: Duration::from_secs(60),
         ..PoolTimeouts::default()
@@ -41,7 +47,7 @@ async fn a_failed_connect_makes_the_next_checkouts_fail_fast() {
     assert_eq!(pool.stats().connect_failures.load(Ordering::Relaxed), 1);
     assert_eq!(pool.stats().backoff_refusals.load(Ordering::Relaxed), 20);
     // After the delay: one more attempt, and a doubled delay.
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    sleep(Duration::from_millis(120)).await;
     let e = pool.checkout(wait).await.err().expect("still nothing");
     assert!(
         matches!(e, CheckoutError::Connect(ServerError::Io(_))),
@@ -58,22 +64,24 @@ async fn a_failed_connect_makes_the_next_checkouts_fail_fast() {
     assert_eq!((c.idle, c.active, c.connecting, c.waiting), (0, 0, 0, 0));
 }
 
-#[tokio::test]
-async fn concurrent_connects_are_bounded_and_waiters_learn_of_a_failure() {
+#[test]
+fn concurrent_connects_are_bounded_and_waiters_learn_of_a_failure() {
     // Accepts and never answers: every attempt times out.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let accepted = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&accepted);
-    let server = tokio::spawn(async move {
+    std::thread::spawn(move || {
         let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept() {
             counter.fetch_add(1, Ordering::Relaxed);
             held.push(s);
         }
     });
+    block_on(bounded_connects(port, accepted));
+}
+
+async fn bounded_connects(port: u16, accepted: Arc<AtomicU64>) {
     let timeouts = PoolTimeouts {
         connect: Duration::from_millis(300),
         ..PoolTimeouts::default()
@@ -83,11 +91,14 @@ async fn concurrent_connects_are_bounded_and_waiters_learn_of_a_failure() {
     let mut tasks = Vec::new();
     for _ in 0..12 {
         let pool = Arc::clone(&pool);
-        tasks.push(tokio::spawn(async move {
-            pool.checkout(Duration::from_secs(30)).await.err()
-        }));
+        let (tx, rx) = oneshot::channel();
+        let task = async move {
+            let _ = tx.send(pool.checkout(Duration::from_secs(30)).await.err());
+        };
+        assert!(crate::runtime::spawn_local(Box::pin(task)).is_ok());
+        tasks.push(rx);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    sleep(Duration::from_millis(100)).await;
     let c = pool.counts();
     assert_eq!(c.connecting, CONNECT_CONCURRENCY, "{c:?}");
     assert_eq!(c.waiting, 12 - CONNECT_CONCURRENCY, "{c:?}");
@@ -110,5 +121,4 @@ async fn concurrent_connects_are_bounded_and_waiters_learn_of_a_failure() {
     assert_eq!(accepted.load(Ordering::Relaxed), CONNECT_CONCURRENCY as u64);
     let c = pool.counts();
     assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
-    server.abort();
 }

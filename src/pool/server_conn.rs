@@ -5,12 +5,12 @@
 //! Knows nothing of clients: the session decides what flows over it.
 
 use crate::protocol::CancelKey;
+use crate::runtime::net::Socket;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Where and as whom to connect, parsed from a placement `url`.
 #[derive(Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub enum ServerError {
 /// An open, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Socket,
     /// Bytes read from the server and not yet handled.
     pub(crate) buf: BytesMut,
     /// The server's own cancel key (never shown to clients).
@@ -129,7 +129,7 @@ impl ServerConn {
         timeout: Duration,
         worker: usize,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(timeout, Self::connect_inner(target, worker))
+        crate::runtime::time::timeout(timeout, Self::connect_inner(target, worker))
             .await
             .map_err(|_| ServerError::Timeout)?
     }
@@ -138,7 +138,7 @@ impl ServerConn {
         target: &BackendTarget,
         worker: usize,
     ) -> Result<ServerConn, ServerError> {
-        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let stream = Socket::connect(&target.host, target.port).await?;
         stream.set_nodelay(true)?;
         let mut conn = ServerConn {
             stream,
@@ -365,13 +365,12 @@ impl ServerConn {
         if !self.buf.is_empty() {
             return false;
         }
-        // The usual answer, without building a WouldBlock error.
-        if !crate::session::sockio::read_ready(&self.stream) {
+        // The usual answer, without a syscall: registered with this
+        // thread's loop, which has seen nothing to read.
+        if self.stream.is_local() && !self.stream.read_ready() {
             return true;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_quiet()
     }
 
     /// A real round trip for a connection idle a long time, which may have
@@ -419,13 +418,10 @@ impl ServerConn {
         if self.worker == worker {
             return Ok(self);
         }
-        let conn = *self;
-        let std = conn.stream.into_std()?;
-        Ok(Box::new(ServerConn {
-            stream: TcpStream::from_std(std)?,
-            worker,
-            ..conn
-        }))
+        let mut conn = *self;
+        conn.stream = conn.stream.rebind()?;
+        conn.worker = worker;
+        Ok(Box::new(conn))
     }
 
     pub fn cancel_key(&self) -> CancelKey {

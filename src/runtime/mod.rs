@@ -1,5 +1,5 @@
 //! The data-plane threads. Each worker is a thread with its own
-//! single-threaded tokio runtime, accepting from the shared listener. A
+//! event loop, accepting from the shared listener. A
 //! client and the server connections it leases stay on one thread (the
 //! pool prefers connections registered with the caller's worker), so a
 //! transaction costs no cross-thread wake-ups: on these machines that is
@@ -7,9 +7,10 @@
 //! (`shared/research/perf-floor.md`: 17.4 vs 25.9 µs/txn for the same
 //! relay on a current-thread vs multi-thread runtime).
 //!
-//! A worker's sessions are not tokio tasks of their own: one task polls
-//! them all (`session_set`), which takes tokio's scheduler out of each
-//! session wake-up.
+//! A worker runs no tokio runtime: its own event loop (`reactor`) waits
+//! on epoll and timers and polls the worker's sessions (`session_set`),
+//! which takes tokio's scheduler, reactor and clock out of each
+//! forwarded message. Sessions use `net` sockets and `time` timers.
 
 use crate::client;
 use crate::state::ProxyState;
@@ -19,7 +20,12 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod net;
+pub mod reactor;
 mod session_set;
+pub mod time;
+
+pub use session_set::spawn_local;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -54,8 +60,9 @@ pub fn worker_count(configured: usize) -> usize {
 }
 
 /// One data-plane thread: accepts from its clone of the listener and runs
-/// every session it accepts, until shutdown; then lets the sessions end
-/// their transactions for up to `grace`.
+/// every session it accepts on its own event loop (`reactor`), until
+/// shutdown; then lets the sessions end their transactions for up to
+/// `grace`.
 pub fn worker_main(
     id: usize,
     state: Arc<ProxyState>,
@@ -63,50 +70,62 @@ pub fn worker_main(
     grace: Duration,
 ) -> anyhow::Result<()> {
     set_current_worker(id);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the worker runtime")?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        // Created here, on this thread, so `spawn_local` reaches it before
-        // its task first runs. Unconstrained: tokio's cooperative budget
-        // is per task, and this task is every session of the worker; the
-        // sessions keep their own fairness (`Flow::poll_fill` yields after
-        // a run of reads).
-        let mut set = SessionSet::new();
-        let sessions = tokio::spawn(tokio::task::unconstrained(std::future::poll_fn(
-            move |cx| set.poll(cx),
-        )));
-        let shutdown = state.shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let session = client::serve(Arc::clone(&state), stream, peer);
-                        // Boxed: a client's future is several kB (the whole
-                        // session state machine); a box moves as one pointer.
-                        if session_set::spawn_local(Box::pin(session)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-            }
+    // Created here, on this thread, so `spawn_local` reaches it.
+    let mut set = SessionSet::new();
+    let shutdown = state.shutdown.clone();
+    let acceptor = accept_loop(state, listener);
+    if session_set::spawn_local(Box::pin(acceptor)).is_err() {
+        anyhow::bail!("the worker's session set refused its acceptor");
+    }
+    // The loop ends when every session has ended after shutdown, or when
+    // the grace period is over (the set, dropped after, drops the rest).
+    let grace_over = async {
+        shutdown.cancelled().await;
+        time::sleep(grace).await;
+    };
+    let ended = reactor::run(&mut set, grace_over).context("running the worker's event loop")?;
+    if ended.is_some() {
+        tracing::warn!(
+            worker = id,
+            "shutdown_timeout reached; closing remaining sessions"
+        );
+    }
+    Ok(())
+}
+
+/// Accepts clients until shutdown, each a session of this worker's set;
+/// then closes the set to newcomers.
+async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
+    let listener = match net::Listener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on this worker: {e}");
+            session_set::close_local();
+            return;
         }
-        drop(listener);
-        session_set::close_local();
-        if tokio::time::timeout(grace, sessions).await.is_err() {
-            tracing::warn!(
-                worker = id,
-                "shutdown_timeout reached; closing remaining sessions"
-            );
+    };
+    let shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let session = client::serve(Arc::clone(&state), stream, peer);
+                    // Boxed: a client's future is several kB (the whole
+                    // session state machine); a box moves as one pointer.
+                    if session_set::spawn_local(Box::pin(session)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    time::sleep(Duration::from_millis(50)).await;
+                }
+            },
         }
-        Ok(())
-    })
+    }
+    drop(listener);
+    session_set::close_local();
 }

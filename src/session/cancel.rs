@@ -68,7 +68,7 @@ impl CancelSlot {
                 notified.await;
             }
         };
-        let _ = tokio::time::timeout(CANCEL_TIMEOUT, wait).await;
+        let _ = crate::runtime::time::timeout(CANCEL_TIMEOUT, wait).await;
     }
 
     fn target(&self) -> Option<(Arc<PlacementPool>, CancelKey)> {
@@ -162,13 +162,13 @@ pub async fn send_cancel(target: &BackendTarget, key: CancelKey) {
     let mut out = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut out);
     let send = async {
-        let mut s = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let mut s = crate::runtime::net::Socket::connect(&target.host, target.port).await?;
         s.write_all(&out).await?;
         let mut sink = [0u8; 64];
         while tokio::io::AsyncReadExt::read(&mut s, &mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };
-    match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
+    match crate::runtime::time::timeout(CANCEL_TIMEOUT, send).await {
         Ok(Ok(())) => tracing::debug!("cancel forwarded"),
         Ok(Err(e)) => tracing::warn!("cancel not delivered: {e}"),
         Err(_) => tracing::warn!("cancel timed out"),

@@ -309,7 +309,7 @@ impl Session<'_> {
         let max = client.flow.scanner.max_len();
         let limited = !self.client_idle_timeout.is_zero();
         let mut idle_limit = std::pin::pin!(sleep_until_opt(
-            limited.then(|| tokio::time::Instant::now() + self.client_idle_timeout)
+            limited.then(|| std::time::Instant::now() + self.client_idle_timeout)
         ));
         let mut discard = 0usize;
         loop {
@@ -333,10 +333,10 @@ impl Session<'_> {
                     Ok(None) => {}
                 }
             }
-            // Unconstrained: see `Flow::poll_fill`. A client sending
-            // stray copy data without pause is read in bounded gulps,
-            // since every Request returns and every wait yields.
-            let read = tokio::task::unconstrained(poll_fn(|cx| {
+            // A client sending stray copy data without pause is read in
+            // bounded gulps, since every Request returns and every wait
+            // yields (see `Flow::poll_fill`).
+            let read = poll_fn(|cx| {
                 if self.stop.poll_stopped(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::ShuttingDown));
                 }
@@ -344,7 +344,7 @@ impl Session<'_> {
                     return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
                 }
                 client.flow.poll_fill(cx, &mut client.stream).map(Ok)
-            }))
+            })
             .await?;
             match read {
                 Ok(0) | Err(_) => return Ok(Next::Leave),
@@ -377,7 +377,7 @@ impl Session<'_> {
             _ = client.stream.readable() => Ok(()),
             _ = lease.conn().stream.readable() => Ok(()),
             _ = self.stop.stopped(), if !txn.stop_when_idle => Ok(()),
-            _ = tokio::time::sleep(limit) => {
+            _ = crate::runtime::time::sleep(limit) => {
                 tracing::info!(tenant = %self.tenant.id, "{err}");
                 Err(err)
             }
@@ -467,9 +467,9 @@ impl Session<'_> {
 }
 
 /// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => crate::runtime::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

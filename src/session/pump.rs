@@ -21,15 +21,15 @@
 //! the future (e.g. when a shutdown branch of a `select!` wins) loses
 //! nothing; polling again resumes where it stopped.
 
-use super::sockio::{poll_send, read_ready, try_recv};
+use super::sockio::{poll_send, recv_into};
 use super::txn::{ClientSink, Halt, ServerSink, TxnState};
 use crate::protocol::{FrameError, FrameScanner, HEADER_LEN};
+use crate::runtime::net::Socket;
 use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll, ready};
-use tokio::net::TcpStream;
 
 /// Read-buffer growth step; also the most a single read takes in.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -119,28 +119,22 @@ impl Flow {
     ///
     /// Each wake-up of a session polls every socket it waits on, though
     /// usually only one woke it, and a poll of a socket that is not ready
-    /// costs tokio a lock and a waker compare. Once a poll has left this
-    /// task's waker with the socket (`read_armed`), one atomic readiness
-    /// load says whether polling again can find anything: an event sets
-    /// readiness before it wakes the task, so nothing is missed.
+    /// stores the waker again. Once a poll has left this task's waker with
+    /// the socket (`read_armed`), one readiness lookup says whether
+    /// polling again can find anything: an event sets readiness before it
+    /// wakes the task, so nothing is missed.
     ///
-    /// Must run outside tokio's cooperative budget
-    /// (`tokio::task::unconstrained`): a budget refusal returns Pending
-    /// without registering the waker, which would make `read_armed` a lie.
-    /// Fairness comes from here instead: after `READS_IN_A_ROW` reads that
-    /// found data, the task yields once to the worker's other sessions.
-    pub fn poll_fill(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut TcpStream,
-    ) -> Poll<io::Result<usize>> {
+    /// The event loop has no cooperative budget; fairness comes from here:
+    /// after `READS_IN_A_ROW` reads that found data, the task yields once
+    /// to the worker's other sessions.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>, src: &mut Socket) -> Poll<io::Result<usize>> {
         if self.reads_in_a_row >= READS_IN_A_ROW {
             self.reads_in_a_row = 0;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         if self.read_armed {
-            if !read_ready(src) {
+            if !src.read_ready() {
                 return Poll::Pending;
             }
             // Readiness is set, so the event that set it has woken the
@@ -159,25 +153,28 @@ impl Flow {
             self.buf.reserve(READ_CHUNK);
         }
         loop {
-            match try_recv(src, &mut self.buf) {
+            if !src.read_ready() {
+                // Stores this task's waker; Ready if readiness came back
+                // meanwhile.
+                match src.poll_read_ready(cx) {
+                    Poll::Pending => {
+                        self.read_armed = true;
+                        self.reads_in_a_row = 0;
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                }
+            }
+            match recv_into(src, &mut self.buf) {
                 Ok(n) => {
                     self.reads_in_a_row += 1;
                     return Poll::Ready(Ok(n));
                 }
+                // Readiness is cleared: the next turn stores the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
-            }
-            // Registers this task's waker; Ready if readiness came back
-            // meanwhile.
-            match src.poll_read_ready(cx) {
-                Poll::Pending => {
-                    self.read_armed = true;
-                    self.reads_in_a_row = 0;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -239,17 +236,15 @@ impl Side {
 const READS_IN_A_ROW: u32 = 32;
 
 /// Runs both directions until one of them has something to report.
-///
-/// The pump runs unconstrained by tokio's cooperative budget (see
-/// `Flow::poll_fill`), which also yields for fairness.
+/// `Flow::poll_fill` yields for fairness.
 pub async fn pump(
-    client: &mut TcpStream,
+    client: &mut Socket,
     client_flow: &mut Flow,
-    server: &mut TcpStream,
+    server: &mut Socket,
     server_flow: &mut Flow,
     state: &mut TxnState,
 ) -> PumpExit {
-    tokio::task::unconstrained(poll_fn(|cx| {
+    poll_fn(|cx| {
         if let Poll::Ready(exit) =
             poll_direction(cx, client, server, client_flow, state, Side::Client)
         {
@@ -257,7 +252,7 @@ pub async fn pump(
         }
         state.client_at_rest = client_flow.at_rest();
         poll_direction(cx, server, client, server_flow, state, Side::Server)
-    }))
+    })
     .await
 }
 
@@ -265,8 +260,8 @@ pub async fn pump(
 /// (Pending) or something must be reported (Ready).
 fn poll_direction(
     cx: &mut Context<'_>,
-    src: &mut TcpStream,
-    dst: &mut TcpStream,
+    src: &mut Socket,
+    dst: &mut Socket,
     flow: &mut Flow,
     state: &mut TxnState,
     side: Side,

@@ -71,17 +71,21 @@ impl Recovery {
         })
     }
 
-    /// Runs in the background; returns the connection to the pool if it
-    /// ends clean, closes it otherwise.
+    /// Runs in the background, as a session of this worker of its own;
+    /// returns the connection to the pool if it ends clean, closes it
+    /// otherwise (at once, if the worker takes no more sessions).
     pub fn spawn(self, lease: Lease) {
-        tokio::spawn(async move {
+        let recovery = async move {
             let mut lease = lease;
-            match tokio::time::timeout(RECOVERY_TIMEOUT, self.run(&mut lease)).await {
+            match crate::runtime::time::timeout(RECOVERY_TIMEOUT, self.run(&mut lease)).await {
                 Ok(Ok(())) => lease.release(),
                 Ok(Err(e)) => tracing::debug!("closing server connection: {e}"),
                 Err(_) => tracing::debug!("closing server connection: recovery timed out"),
             }
-        });
+        };
+        if crate::runtime::spawn_local(Box::pin(recovery)).is_err() {
+            tracing::debug!("closing server connection: the worker is shutting down");
+        }
     }
 
     async fn run(mut self, lease: &mut Lease) -> Result<(), ServerError> {

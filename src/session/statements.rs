@@ -8,10 +8,10 @@ use super::pump::Flow;
 use super::replies::{Mode, Replies, Reply, Undo};
 use crate::client::error::ClientError;
 use crate::protocol::{HEADER_LEN, codec};
+use crate::runtime::net::Socket;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// A client's named statements, by the name the client gave them.
 pub type ClientStatements = HashMap<Vec<u8>, Arc<Statement>>;
@@ -33,10 +33,7 @@ pub struct Rewriter<'a> {
 }
 
 /// Reads the rest of the frame at the front of `flow.buf` if needed.
-pub async fn read_whole_frame(
-    client: &mut TcpStream,
-    flow: &mut Flow,
-) -> Result<usize, ClientError> {
+pub async fn read_whole_frame(client: &mut Socket, flow: &mut Flow) -> Result<usize, ClientError> {
     let max = flow.scanner.max_len();
     loop {
         if let Some(h) =
@@ -45,7 +42,7 @@ pub async fn read_whole_frame(
         {
             return Ok(h.len + 1);
         }
-        let n = tokio::task::unconstrained(std::future::poll_fn(|cx| flow.poll_fill(cx, client)))
+        let n = std::future::poll_fn(|cx| flow.poll_fill(cx, client))
             .await
             .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
         if n == 0 {
