@@ -93,6 +93,24 @@ pub fn worker_main(
     Ok(())
 }
 
+/// Connections accepted without letting the worker's other sessions run.
+const ACCEPTS_IN_A_ROW: u32 = 64;
+
+/// Returns Pending once, asking to be polled again at once: the set polls
+/// the sessions already woken first.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Accepts clients until shutdown, each a session of this worker's set;
 /// then closes the set to newcomers.
 async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
@@ -105,7 +123,16 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
         }
     };
     let shutdown = state.shutdown.clone();
+    let mut in_a_row = 0u32;
     loop {
+        // A burst of connections is taken in gulps: the sessions already
+        // running get their turn between them (the loop has no
+        // cooperative budget to force it).
+        in_a_row += 1;
+        if in_a_row > ACCEPTS_IN_A_ROW {
+            in_a_row = 0;
+            yield_now().await;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
