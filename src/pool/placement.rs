@@ -213,7 +213,15 @@ impl PlacementPool {
             self.discard_dead(conn);
             return None;
         }
-        Some(self.lease(conn))
+        // On this worker's loop already but for a connection left by a
+        // loop that ended; then it moves here.
+        match conn.into_worker(worker) {
+            Ok(conn) => Some(self.lease(conn)),
+            Err(_) => {
+                self.forget_one();
+                None
+            }
+        }
     }
 
     /// An idle connection found dead at checkout: close it, free its slot.

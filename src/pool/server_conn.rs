@@ -409,13 +409,16 @@ impl ServerConn {
         let _ = socket2::SockRef::from(&self.stream).send(TERMINATE);
     }
 
-    /// Moves the socket to `worker`'s reactor if it is registered with
-    /// another, so that its wake-ups stay on the thread that uses it.
+    /// Moves the socket to this thread's event loop (worker `worker`) if
+    /// it is registered with another, so that its wake-ups stay on the
+    /// thread that uses it. The loop is checked too, not only the worker
+    /// number: a worker that ended (shutdown) leaves its connections on a
+    /// loop that no longer runs.
     pub(crate) fn into_worker(
         self: Box<Self>,
         worker: usize,
     ) -> Result<Box<ServerConn>, ServerError> {
-        if self.worker == worker {
+        if self.worker == worker && self.stream.is_local() {
             return Ok(self);
         }
         let mut conn = *self;
