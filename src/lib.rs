@@ -12,8 +12,9 @@
 //! - `client`: accept-side handshake, routing and auth, then a session.
 //!   `client -> routing, catalog, session`.
 //! - `state`: what all connections share (config snapshot, registries).
-//! - `runtime`: the data-plane worker threads and the set of sessions each
-//!   one runs. `runtime -> client`.
+//! - `runtime`: the data-plane worker threads: each one's event loop
+//!   (epoll, timers, sockets) and the set of sessions it runs.
+//!   `runtime -> client`.
 //! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -1,4 +1,5 @@
-//! The sessions of one worker thread, polled inside one tokio task.
+//! The sessions of one worker thread, polled by its event loop
+//! (`reactor::run`; any executor can poll a set, as the tests here do).
 //!
 //! Why not a tokio task per session: a wake-up of a task takes it through
 //! tokio's scheduler (schedule, run-queue pop, task state transitions,
@@ -13,7 +14,8 @@
 //!
 //! Wakers may still be sent anywhere (pool waiters, shutdown, cancel): a
 //! wake-up from another thread goes through a mutex-protected list and
-//! wakes the set's task through tokio. The set owns every session
+//! wakes whoever polls the set (the loop: through its eventfd). The set
+//! owns every session
 //! future, so dropping it drops them all, whatever their wakers do.
 
 use futures_util::task::AtomicWaker;
@@ -62,7 +64,7 @@ struct Local {
     incoming: Vec<SessionFuture>,
     /// No more sessions will come (`close_local`).
     closed: bool,
-    /// The waker of the tokio task that polls the set.
+    /// The waker of whoever polls the set (the worker's loop).
     driver: Option<Waker>,
     /// That task is polling the set, or is scheduled to: no need to wake
     /// it again.
@@ -70,7 +72,7 @@ struct Local {
 }
 
 impl Local {
-    /// Makes sure the set's task will poll: wakes it through tokio unless
+    /// Makes sure the set will be polled: wakes its poller unless
     /// it is polling or already woken.
     fn wake_driver(&mut self) {
         if !self.awake {
@@ -204,7 +206,7 @@ impl SessionSet {
 
     /// Adds the sessions handed over by `spawn_local` and polls every
     /// session woken since the last call (sessions woken while this runs
-    /// wait for the next call, which the set asks tokio for), so the
+    /// wait for the next call, which the set asks its poller for), so the
     /// worker's other tasks get their turn. Ready once `close_local` has
     /// been called and every session has ended.
     ///

@@ -1,7 +1,7 @@
 //! The forwarding path's socket calls: one `recv` or `send` per readiness,
-//! without the layers of `AsyncRead`/`AsyncWrite` (cooperative budget,
-//! `ReadBuf`, a readiness poll that may take a lock). The caller registers
-//! for readiness only when a call finds nothing.
+//! without the layers of `AsyncRead`/`AsyncWrite` (`ReadBuf`, a readiness
+//! poll per call). The caller registers for readiness only when a call
+//! finds nothing.
 //!
 //! The syscalls themselves are made directly (`runtime::net`).
 
