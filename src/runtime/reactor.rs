@@ -35,6 +35,18 @@ use std::time::Instant;
 /// Readiness bits of a slot.
 pub const READ: u8 = 1;
 pub const WRITE: u8 = 2;
+/// The peer closed its side (or the socket failed): final states, never
+/// cleared. A read that empties the socket clears READ, but the FIN that
+/// arrived with the data it read is reported in the same event, and no
+/// other event will come for it; this bit keeps the next read coming,
+/// which then sees EOF. (tokio keeps its closed bits for the same reason.)
+const READ_CLOSED: u8 = 4;
+const WRITE_CLOSED: u8 = 8;
+
+/// The bits that make `dir` ready: its own and its closed state.
+fn ready_mask(dir: u8) -> u8 {
+    dir | (dir << 2)
+}
 
 /// The epoll token of the eventfd that wakes the loop.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -237,14 +249,25 @@ impl Reactor {
             if slot.token != tok {
                 continue;
             }
-            const ANY: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
-            if bits & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | ANY) != 0 {
-                slot.mark(READ);
+            let mut ready = 0;
+            if bits & libc::EPOLLIN as u32 != 0 {
+                ready |= READ;
+            }
+            if bits & libc::EPOLLRDHUP as u32 != 0 {
+                ready |= READ | READ_CLOSED;
+            }
+            if bits & libc::EPOLLOUT as u32 != 0 {
+                ready |= WRITE;
+            }
+            if bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                ready |= READ | READ_CLOSED | WRITE | WRITE_CLOSED;
+            }
+            slot.mark(ready);
+            if ready & READ != 0 {
                 // SAFETY: dispatch runs on the loop's thread.
                 unsafe { slot.wake(READ) };
             }
-            if bits & (libc::EPOLLOUT as u32 | ANY) != 0 {
-                slot.mark(WRITE);
+            if ready & WRITE != 0 {
                 // SAFETY: as above.
                 unsafe { slot.wake(WRITE) };
             }
@@ -393,13 +416,14 @@ impl Registration {
         Poll::Pending
     }
 
-    /// Whether `dir` is ready: one load, no syscall, no waker stored.
+    /// Whether `dir` is ready (or closed): one load, no syscall, no waker
+    /// stored.
     pub fn is_ready(&self, dir: u8) -> bool {
-        self.slot.ready.load(Ordering::Relaxed) & dir != 0
+        self.slot.ready.load(Ordering::Relaxed) & ready_mask(dir) != 0
     }
 
     /// The socket gave all it had (or took all it could) in `dir`: wait
-    /// for the kernel's next report.
+    /// for the kernel's next report. A closed state stays.
     pub fn clear(&self, dir: u8) {
         let r = self.slot.ready.load(Ordering::Relaxed);
         self.slot.ready.store(r & !dir, Ordering::Relaxed);

@@ -103,6 +103,32 @@ mod tests {
         });
     }
 
+    /// Data and the peer's FIN reported in one event: the read that takes
+    /// the data (a short read, which clears readiness) is followed by one
+    /// that sees EOF, though no further event comes.
+    #[test]
+    fn eof_right_behind_data_is_seen() {
+        block_on(async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = std_listener.local_addr().expect("addr");
+            let listener = Listener::from_std(std_listener).expect("register");
+            let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+            let (ours, _) = listener.accept().await.expect("accept");
+            std::io::Write::write_all(&mut peer, b"bye").expect("write");
+            drop(peer);
+            // Both arrive before the loop next asks the kernel.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut buf = BytesMut::with_capacity(64);
+            let limit = std::time::Duration::from_secs(5);
+            let got = crate::runtime::time::timeout(limit, async {
+                let n = recv_when_ready(&ours, &mut buf).await;
+                (n, recv_when_ready(&ours, &mut buf).await)
+            })
+            .await;
+            assert_eq!(got, Ok((3, 0)), "the data, then EOF");
+        });
+    }
+
     /// A socket registered on one thread's loop and moved to another's
     /// (a pooled server connection checked out by another worker) works
     /// there, and is refused on a thread whose loop it was not moved to.
