@@ -6,14 +6,13 @@
 //! (reusing pools by placement name) and swaps it in atomically; a
 //! connection keeps the snapshot it started with for its lookups.
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ConfigMap};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
 use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts};
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +28,7 @@ pub struct Snapshot {
     pub config: Config,
     pub rules: RoutingRules,
     pub catalog: Catalog,
-    pub placements: HashMap<String, Placement>,
+    pub placements: ConfigMap<String, Placement>,
 }
 
 impl Snapshot {
@@ -39,7 +38,7 @@ impl Snapshot {
         workers: usize,
     ) -> Result<Snapshot, ConfigError> {
         let catalog = Catalog::from_config(&config, src)?;
-        let mut placements = HashMap::new();
+        let mut placements = ConfigMap::default();
         for (name, p) in &config.placements {
             let target = BackendTarget::from_url(p.url.expose())
                 .map_err(|m| src.error(&format!("placements.{name}.url"), m))?;
@@ -90,7 +89,8 @@ pub struct ProxyState {
     pub cancels: CancelRegistry,
     /// Client connections open right now (all tenants, any phase).
     clients: Arc<AtomicU32>,
-    tenant_clients: DashMap<TenantId, Arc<AtomicU32>>,
+    /// Keyed by config-defined tenants: a fast hasher (see `ConfigMap`).
+    tenant_clients: DashMap<TenantId, Arc<AtomicU32>, foldhash::fast::RandomState>,
     pub shutdown: CancellationToken,
     pub workers: usize,
     /// Fired when `shutdown` fires; what sessions watch between
@@ -106,7 +106,7 @@ impl ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             cancels: CancelRegistry::default(),
             clients: Arc::new(AtomicU32::new(0)),
-            tenant_clients: DashMap::new(),
+            tenant_clients: DashMap::default(),
             shutdown,
             workers,
             pins: Default::default(),

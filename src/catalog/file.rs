@@ -11,9 +11,9 @@ impl Catalog {
     /// turned into SCRAM verifiers here, once, so no request ever needs
     /// the plaintext again.
     pub fn from_config(cfg: &Config, src: &ConfigSource) -> Result<Catalog, ConfigError> {
-        let mut tenants = std::collections::HashMap::new();
+        let mut tenants = super::ConfigMap::default();
         for (name, t) in &cfg.tenants {
-            let mut users = std::collections::HashMap::new();
+            let mut users = super::ConfigMap::default();
             for (user, secret) in &t.users {
                 let text = secret.expose();
                 let cred = if text.starts_with("SCRAM-SHA-256$") {

@@ -11,6 +11,14 @@ mod file;
 use crate::client::scram::Verifier;
 use crate::routing::TenantId;
 use std::collections::HashMap;
+
+/// Maps keyed by names the config defines (tenants, users, placements),
+/// looked up once or twice per login with the name the client sent.
+/// foldhash instead of std's SipHash: these maps take no client-chosen
+/// keys, so flooding them with colliding keys is not possible, and
+/// SipHash was about 4 % of the login path's instructions (callgrind).
+/// Maps that do take client-chosen keys keep std's hasher.
+pub type ConfigMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 /// How a tenant user proves who they are.
@@ -24,14 +32,14 @@ pub enum Credential {
 pub struct TenantEntry {
     pub id: TenantId,
     pub placement: String,
-    pub users: HashMap<String, Credential>,
+    pub users: ConfigMap<String, Credential>,
     pub max_client_connections: Option<u32>,
 }
 
 /// All tenants, by name.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    tenants: HashMap<String, Arc<TenantEntry>>,
+    tenants: ConfigMap<String, Arc<TenantEntry>>,
 }
 
 impl Catalog {

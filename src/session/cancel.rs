@@ -92,7 +92,9 @@ impl CancelSlot {
 /// All live clients' cancel keys.
 #[derive(Default)]
 pub struct CancelRegistry {
-    slots: DashMap<CancelKey, Arc<CancelSlot>>,
+    /// Keys the proxy drew at random; a client can only look them up, so
+    /// a fast hasher is safe (see `catalog::ConfigMap`).
+    slots: DashMap<CancelKey, Arc<CancelSlot>, foldhash::fast::RandomState>,
 }
 
 /// Removes a client's key when its session ends.
