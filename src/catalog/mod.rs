@@ -11,6 +11,7 @@ mod file;
 use crate::client::scram::Verifier;
 use crate::routing::TenantId;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Maps keyed by names the config defines (tenants, users, placements),
 /// looked up once or twice per login with the name the client sent.
@@ -19,7 +20,6 @@ use std::collections::HashMap;
 /// SipHash was about 4 % of the login path's instructions (callgrind).
 /// Maps that do take client-chosen keys keep std's hasher.
 pub type ConfigMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-use std::sync::Arc;
 
 /// How a tenant user proves who they are.
 #[derive(Debug, Clone)]

@@ -411,14 +411,14 @@ impl ServerConn {
 
     /// Moves the socket to this thread's event loop (worker `worker`) if
     /// it is registered with another, so that its wake-ups stay on the
-    /// thread that uses it. The loop is checked too, not only the worker
-    /// number: a worker that ended (shutdown) leaves its connections on a
-    /// loop that no longer runs.
+    /// thread that uses it. Asked of the socket, not the worker number: a
+    /// worker that ended (shutdown) leaves its connections on a loop that
+    /// no longer runs.
     pub(crate) fn into_worker(
         self: Box<Self>,
         worker: usize,
     ) -> Result<Box<ServerConn>, ServerError> {
-        if self.worker == worker && self.stream.is_local() {
+        if self.stream.is_local() {
             return Ok(self);
         }
         let mut conn = *self;

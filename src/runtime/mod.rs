@@ -96,21 +96,6 @@ pub fn worker_main(
 /// Connections accepted without letting the worker's other sessions run.
 const ACCEPTS_IN_A_ROW: u32 = 64;
 
-/// Returns Pending once, asking to be polled again at once: the set polls
-/// the sessions already woken first.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if std::mem::replace(&mut yielded, true) {
-            std::task::Poll::Ready(())
-        } else {
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}
-
 /// Accepts clients until shutdown, each a session of this worker's set;
 /// then closes the set to newcomers.
 async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
@@ -131,7 +116,8 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
         in_a_row += 1;
         if in_a_row > ACCEPTS_IN_A_ROW {
             in_a_row = 0;
-            yield_now().await;
+            // tokio's yield_now needs no runtime: it wakes at once.
+            tokio::task::yield_now().await;
         }
         tokio::select! {
             biased;

@@ -60,7 +60,7 @@ impl Socket {
         }
         let s = Socket::from_std(sock.into())?;
         // Writable once the handshake is done, or failed.
-        std::future::poll_fn(|cx| s.reg.poll_ready(cx, WRITE)).await?;
+        std::future::poll_fn(|cx| s.poll_write_ready(cx)).await?;
         if let Some(e) = s.io.take_error()? {
             return Err(e);
         }
@@ -89,12 +89,8 @@ impl Socket {
         self.io.peer_addr()
     }
 
-    /// Ready once the kernel reported `dir` (READ or WRITE) readiness not
-    /// yet used up; otherwise the task waits for it.
-    pub fn poll_ready(&self, cx: &mut Context<'_>, dir: u8) -> Poll<io::Result<()>> {
-        self.reg.poll_ready(cx, dir)
-    }
-
+    /// Ready once the kernel reported readiness not yet used up;
+    /// otherwise the task waits for it.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.reg.poll_ready(cx, READ)
     }

@@ -11,11 +11,6 @@ use bytes::BytesMut;
 use std::io;
 use std::task::{Context, Poll, ready};
 
-/// The event loop has seen `src` readable: no syscall.
-pub fn read_ready(src: &Socket) -> bool {
-    src.read_ready()
-}
-
 /// One `recv` into the spare capacity of `buf` (the caller knows the loop
 /// has seen `src` readable).
 ///
@@ -45,14 +40,6 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
     }
 }
 
-/// `recv_into` if the loop has seen `src` readable; WouldBlock if not.
-pub fn try_recv(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
-    if !src.read_ready() {
-        return Err(io::ErrorKind::WouldBlock.into());
-    }
-    recv_into(src, buf)
-}
-
 /// Writes what `dst` takes of `bytes` now; Pending (with the task's waker
 /// registered) if it takes nothing.
 pub fn poll_send(cx: &mut Context<'_>, dst: &Socket, bytes: &[u8]) -> Poll<io::Result<usize>> {
@@ -77,20 +64,15 @@ mod tests {
     #[test]
     fn recv_and_send_round_trip() {
         block_on(async {
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let addr = std_listener.local_addr().expect("addr");
-            let listener = Listener::from_std(std_listener).expect("register");
-            let mut peer = Socket::connect("127.0.0.1", addr.port())
-                .await
-                .expect("connect");
-            let (ours, _) = listener.accept().await.expect("accept");
+            let (ours, peer) = accepted().await;
+            let mut peer = Socket::from_std(peer).expect("register");
 
             peer.write_all(b"hello").await.expect("write");
             let mut buf = BytesMut::with_capacity(64);
             let n = recv_when_ready(&ours, &mut buf).await;
             assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
             // The short read cleared readiness: nothing more without a syscall.
-            assert!(!read_ready(&ours));
+            assert!(!ours.read_ready());
 
             let sent = std::future::poll_fn(|cx| poll_send(cx, &ours, b"back")).await;
             assert_eq!(sent.expect("send"), 4);
@@ -109,11 +91,7 @@ mod tests {
     #[test]
     fn eof_right_behind_data_is_seen() {
         block_on(async {
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let addr = std_listener.local_addr().expect("addr");
-            let listener = Listener::from_std(std_listener).expect("register");
-            let mut peer = std::net::TcpStream::connect(addr).expect("connect");
-            let (ours, _) = listener.accept().await.expect("accept");
+            let (ours, mut peer) = accepted().await;
             std::io::Write::write_all(&mut peer, b"bye").expect("write");
             drop(peer);
             // Both arrive before the loop next asks the kernel.
@@ -166,12 +144,23 @@ mod tests {
         assert_eq!(&server.join().expect("server"), b"ping");
     }
 
-    /// `try_recv` once the loop says `s` is readable, again after a
+    /// A connection accepted through the loop's listener, and its peer
+    /// end (a plain blocking socket).
+    async fn accepted() -> (Socket, std::net::TcpStream) {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        let listener = Listener::from_std(std_listener).expect("register");
+        let peer = std::net::TcpStream::connect(addr).expect("connect");
+        let (ours, _) = listener.accept().await.expect("accept");
+        (ours, peer)
+    }
+
+    /// `recv_into` once the loop says `s` is readable, again after a
     /// spurious wake-up.
     async fn recv_when_ready(s: &Socket, buf: &mut BytesMut) -> usize {
         loop {
             s.readable().await.expect("readable");
-            match try_recv(s, buf) {
+            match recv_into(s, buf) {
                 Ok(n) => return n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("recv: {e}"),

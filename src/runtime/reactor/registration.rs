@@ -1,0 +1,173 @@
+//! A socket's place in its thread's reactor: the slot the kernel's
+//! events mark ready, which the socket holds directly.
+
+use super::{LOOP_ID, READ, Shared, epoll_add, off_loop, ready_mask, token, with_reactor};
+use std::cell::{Cell, UnsafeCell};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Waker};
+
+/// A registered fd's state: readiness seen and not yet used up, and who
+/// to wake. The socket holds it directly, so a readiness check is one
+/// load. The wakers stay after a wake-up (a socket that waits again with
+/// the same task stores nothing); a spurious wake-up of a former owner is
+/// harmless.
+pub(super) struct Slot {
+    /// READ | WRITE bits. Atomic only so that a socket used (wrongly) off
+    /// its thread stays memory-safe: the loop's thread is the only writer.
+    ready: AtomicU8,
+    /// The id of the reactor it is registered with.
+    reactor: usize,
+    pub(super) token: u64,
+    reader: UnsafeCell<Option<Waker>>,
+    writer: UnsafeCell<Option<Waker>>,
+}
+
+// SAFETY: `reader` and `writer` are read and written only on the thread
+// whose loop has id `reactor` (`Registration::is_local` is checked before
+// every write; `dispatch` runs there), and dropped with the last
+// reference, when no other thread can reach them.
+unsafe impl Sync for Slot {}
+
+impl Slot {
+    pub(super) fn mark(&self, bits: u8) {
+        let r = self.ready.load(Ordering::Relaxed);
+        self.ready.store(r | bits, Ordering::Relaxed);
+    }
+
+    /// Wakes the waker stored for `dir`.
+    ///
+    /// # Safety
+    /// On the slot's loop thread only.
+    pub(super) unsafe fn wake(&self, dir: u8) {
+        let cell = if dir == READ {
+            &self.reader
+        } else {
+            &self.writer
+        };
+        // SAFETY: the caller is on the loop's thread, the only one that
+        // touches the cell; wakers do not poll inline, so nothing writes
+        // it while this reference lives.
+        if let Some(w) = unsafe { &*cell.get() } {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A file descriptor's place in the reactor of the thread that
+/// registered it. Dropping it frees the place (at once on that thread,
+/// at the loop's next turn from elsewhere); the fd itself belongs to the
+/// caller, who closes it after.
+pub struct Registration {
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("reactor", &self.slot.reactor)
+            .field("token", &self.slot.token)
+            .finish()
+    }
+}
+
+impl Registration {
+    /// Registers `fd` (edge-triggered, both directions) with this
+    /// thread's reactor. Nothing is ready until the kernel says so (it
+    /// reports the current state right after registration).
+    pub fn new(fd: RawFd) -> io::Result<Registration> {
+        with_reactor(|r| {
+            let generation = r.next_generation;
+            r.next_generation = r.next_generation.wrapping_add(1);
+            let entry = r.regs.vacant_entry();
+            let tok = token(entry.key(), generation);
+            let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+            epoll_add(r.shared.epfd.as_raw_fd(), fd, events, tok)?;
+            let slot = Arc::new(Slot {
+                ready: AtomicU8::new(0),
+                reactor: r.shared.id,
+                token: tok,
+                reader: UnsafeCell::new(None),
+                writer: UnsafeCell::new(None),
+            });
+            entry.insert(Arc::clone(&slot));
+            Ok(Registration {
+                shared: Arc::clone(&r.shared),
+                slot,
+            })
+        })
+        .unwrap_or_else(|| Err(off_loop()))
+    }
+
+    /// Whether this registration belongs to the current thread's loop.
+    pub fn is_local(&self) -> bool {
+        LOOP_ID.try_with(Cell::get).unwrap_or(0) == self.slot.reactor
+    }
+
+    /// Ready if the kernel reported `dir` (READ or WRITE) since it was
+    /// last cleared; otherwise stores the task's waker for it. An error
+    /// off the loop the socket is registered with.
+    pub fn poll_ready(&self, cx: &mut Context<'_>, dir: u8) -> Poll<io::Result<()>> {
+        if self.is_ready(dir) {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.is_local() {
+            return Poll::Ready(Err(off_loop()));
+        }
+        let cell = if dir == READ {
+            &self.slot.reader
+        } else {
+            &self.slot.writer
+        };
+        // SAFETY: on the slot's loop thread (checked above), the only one
+        // that touches the cell, and not inside `dispatch`'s borrow of it
+        // (wakers do not poll inline).
+        let stored = unsafe { &mut *cell.get() };
+        if !stored.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *stored = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Whether `dir` is ready (or closed): one load, no syscall, no waker
+    /// stored.
+    pub fn is_ready(&self, dir: u8) -> bool {
+        self.slot.ready.load(Ordering::Relaxed) & ready_mask(dir) != 0
+    }
+
+    /// The socket gave all it had (or took all it could) in `dir`: wait
+    /// for the kernel's next report. A closed state stays.
+    pub fn clear(&self, dir: u8) {
+        let r = self.slot.ready.load(Ordering::Relaxed);
+        self.slot.ready.store(r & !dir, Ordering::Relaxed);
+    }
+
+    /// Takes `fd` off the reactor's epoll instance now (from any thread),
+    /// for an fd that stays open: duplicated listeners, sockets moving to
+    /// another worker.
+    pub fn forget_fd(&self, fd: RawFd) {
+        self.shared.forget_fd(fd);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let tok = self.slot.token;
+        let freed = self.is_local()
+            && with_reactor(|r| {
+                r.free(tok);
+            })
+            .is_some();
+        if !freed {
+            self.shared
+                .freed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tok);
+            self.shared.freed_pending.store(true, Ordering::Release);
+        }
+    }
+}
