@@ -16,6 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long recovery may take before the connection is closed instead.
 pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long recovery waits for the departed client's replies before it
+/// cancels again (`Recovery::run`).
+const CANCEL_AGAIN: Duration = Duration::from_secs(1);
+
 /// What the server still owes and what must be undone.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -92,9 +96,10 @@ impl Recovery {
         let target = lease.pool().target().clone();
         let conn = lease.conn_mut();
         let busy = self.expected_z > 0 || self.unsynced || self.copy_in;
+        let key = conn.cancel_key();
         if busy {
             // Stop whatever runs for the departed client.
-            send_cancel(&target, conn.cancel_key()).await;
+            send_cancel(&target, key).await;
         }
         // Put back unhandled bytes, then drop the rest of a message that was
         // half-forwarded to the client.
@@ -120,7 +125,19 @@ impl Recovery {
             conn.stream.write_all(&out).await?;
         }
         while self.expected_z > 0 {
-            match conn.read_message().await? {
+            // PostgreSQL ignores a cancel that reaches the backend between
+            // two statements of a pipeline (it cancels only what runs), and
+            // the next one then runs on: cancel again while the replies do
+            // not come. Sent one at a time, each delivered before reading
+            // on, so none can reach the cleanup queries below.
+            let msg = match crate::runtime::time::timeout(CANCEL_AGAIN, conn.read_message()).await {
+                Ok(msg) => msg?,
+                Err(_) => {
+                    send_cancel(&target, key).await;
+                    continue;
+                }
+            };
+            match msg {
                 backend::Message::ReadyForQuery(z) => {
                     self.expected_z -= 1;
                     self.status = z.status();
