@@ -52,6 +52,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let workers = runtime::worker_count(config.proxy.workers);
     let grace = config.proxy.shutdown_timeout;
+    let options = runtime::reactor::LoopOptions {
+        batch_sends: config.proxy.io_uring,
+    };
     let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
@@ -76,7 +79,7 @@ pub async fn run(
         let state = Arc::clone(&state);
         let handle = std::thread::Builder::new()
             .name(format!("pgtenant-worker-{id}"))
-            .spawn(move || runtime::worker_main(id, state, listener, grace))
+            .spawn(move || runtime::worker_main(id, state, listener, grace, options))
             .context("starting a worker thread")?;
         handles.push(handle);
     }

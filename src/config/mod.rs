@@ -87,6 +87,9 @@ pub struct ProxyConfig {
     pub auth_type: AuthType,
     /// Data-plane threads; 0 means half the CPUs, at least one.
     pub workers: usize,
+    /// Submit each worker's small sends of a loop turn together through
+    /// io_uring (falls back to one `send` each where the kernel refuses).
+    pub io_uring: bool,
     /// Client connections the whole proxy accepts at once.
     pub max_client_connections: u32,
     /// Largest frontend message accepted after startup, checked against the
@@ -156,6 +159,7 @@ impl Default for ProxyConfig {
             default_placement: None,
             auth_type: AuthType::ScramSha256,
             workers: 0,
+            io_uring: true,
             max_client_connections: 10_000,
             max_message_size: ByteSize(64 * 1024 * 1024),
             client_login_timeout: Duration::from_secs(60),

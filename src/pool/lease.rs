@@ -31,7 +31,9 @@ impl Lease {
     /// unread) to the pool.
     pub fn release(mut self) {
         if let Some(c) = self.conn.take() {
-            if c.buf.is_empty() {
+            // Anything the loop still holds for the server goes out first;
+            // a connection with bytes that would not go is not clean.
+            if c.buf.is_empty() && c.stream.settle_for_handoff() {
                 self.pool.put_back(c);
             } else {
                 // Unsolicited bytes after the last ReadyForQuery (say, a

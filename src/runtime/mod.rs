@@ -68,6 +68,7 @@ pub fn worker_main(
     state: Arc<ProxyState>,
     listener: std::net::TcpListener,
     grace: Duration,
+    options: reactor::LoopOptions,
 ) -> anyhow::Result<()> {
     set_current_worker(id);
     // Created here, on this thread, so `spawn_local` reaches it.
@@ -83,7 +84,8 @@ pub fn worker_main(
         shutdown.cancelled().await;
         time::sleep(grace).await;
     };
-    let ended = reactor::run(&mut set, grace_over).context("running the worker's event loop")?;
+    let ended =
+        reactor::run(&mut set, grace_over, options).context("running the worker's event loop")?;
     if ended.is_some() {
         tracing::warn!(
             worker = id,

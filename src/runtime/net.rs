@@ -159,9 +159,62 @@ impl Socket {
         recv(self.io.as_raw_fd(), buf)
     }
 
-    /// One `send` of `bytes` (no readiness check).
+    /// One `send` of `bytes` (no readiness check, nothing queued first).
     pub fn send(&self, bytes: &[u8]) -> io::Result<usize> {
-        send(self.io.as_raw_fd(), bytes)
+        send_fd(self.io.as_raw_fd(), bytes)
+    }
+
+    /// Writes `bytes` the cheap way for the forwarding path: a small write
+    /// is handed to the loop, which sends it with the turn's other sends
+    /// (`reactor::sends`), and counts as written; a larger one (or any
+    /// where the loop does not batch) goes straight out, after what the
+    /// socket has queued. Pending while an earlier send's backlog is not
+    /// yet out; an earlier send's error, if it met one.
+    pub fn poll_send_soon(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        if self.reg.unsettled() {
+            ready!(self.reg.poll_settle(cx))?;
+        }
+        if self.reg.queue_send(bytes, cx.waker()) {
+            return Poll::Ready(Ok(bytes.len()));
+        }
+        self.poll_send_now(cx, bytes)
+    }
+
+    /// Writes what the kernel takes of `bytes` now, after anything the
+    /// socket has queued or left over; Pending (with the task's waker
+    /// registered) if it takes nothing.
+    pub fn poll_send_now(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        self.reg.flush_queued();
+        if self.reg.unsettled() {
+            ready!(self.reg.poll_settle(cx))?;
+        }
+        loop {
+            match self.try_io(WRITE, || self.send(bytes)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.poll_write_ready(cx))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    /// Pending while a send handed to the loop is unfinished (backlog);
+    /// its error if it failed. The pump asks this before it reads more
+    /// for the peer (back-pressure).
+    pub fn poll_settle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.reg.unsettled() {
+            return Poll::Ready(Ok(()));
+        }
+        self.reg.poll_settle(cx)
+    }
+
+    /// Before the socket goes to another session or worker (a pooled
+    /// server connection): sends what it has queued; false if bytes or an
+    /// error are left, and it must not be reused.
+    pub fn settle_for_handoff(&self) -> bool {
+        self.reg.flush_queued();
+        !self.reg.unsettled()
     }
 }
 
@@ -213,22 +266,16 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.poll_write_ready(cx))?;
-            match self.send(bytes) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.reg.clear(WRITE),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.poll_send_now(cx, bytes)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.reg.flush_queued();
+        Socket::poll_settle(&self, cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
         Poll::Ready(self.io.shutdown(std::net::Shutdown::Write))
     }
 }
@@ -365,7 +412,7 @@ fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     }
 }
 
-fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+pub(super) fn send_fd(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes, and
     // `sendto` only reads them.
     unsafe {

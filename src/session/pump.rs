@@ -21,7 +21,7 @@
 //! the future (e.g. when a shutdown branch of a `select!` wins) loses
 //! nothing; polling again resumes where it stopped.
 
-use super::sockio::{poll_send, recv_into};
+use super::sockio::recv_into;
 use super::txn::{ClientSink, Halt, ServerSink, TxnState};
 use crate::protocol::{FrameError, FrameScanner, HEADER_LEN};
 use crate::runtime::net::Socket;
@@ -267,9 +267,14 @@ fn poll_direction(
     side: Side,
 ) -> Poll<PumpExit> {
     let (read_err, write_err, eof, frame_err) = side.exits();
+    // A send the loop took over and could not finish holds this
+    // direction back (back-pressure), and its error ends the pump.
+    if let Err(e) = ready!(dst.poll_settle(cx)) {
+        return Poll::Ready(write_err(e));
+    }
     loop {
         while flow.ready > 0 {
-            match ready!(poll_send(cx, dst, &flow.buf[..flow.ready])) {
+            match ready!(dst.poll_send_soon(cx, &flow.buf[..flow.ready])) {
                 Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     flow.buf.advance(n);
@@ -283,7 +288,7 @@ fn poll_direction(
             flow.skip = 0;
         }
         while !flow.inject.is_empty() {
-            match ready!(poll_send(cx, dst, &flow.inject)) {
+            match ready!(dst.poll_send_soon(cx, &flow.inject)) {
                 Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => flow.inject.advance(n),
                 Err(e) => return Poll::Ready(write_err(e)),

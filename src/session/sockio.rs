@@ -1,15 +1,14 @@
-//! The forwarding path's socket calls: one `recv` or `send` per readiness,
-//! without the layers of `AsyncRead`/`AsyncWrite` (`ReadBuf`, a readiness
-//! poll per call). The caller registers for readiness only when a call
-//! finds nothing.
+//! The forwarding path's reads: one `recv` per readiness, without the
+//! layers of `AsyncRead` (`ReadBuf`, a readiness poll per call). The
+//! caller registers for readiness only when a call finds nothing. Its
+//! writes are `Socket::poll_send_soon`.
 //!
 //! The syscalls themselves are made directly (`runtime::net`).
 
 use crate::runtime::net::Socket;
-use crate::runtime::reactor::{READ, WRITE};
+use crate::runtime::reactor::READ;
 use bytes::BytesMut;
 use std::io;
-use std::task::{Context, Poll, ready};
 
 /// One `recv` into the spare capacity of `buf` (the caller knows the loop
 /// has seen `src` readable).
@@ -40,23 +39,12 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
     }
 }
 
-/// Writes what `dst` takes of `bytes` now; Pending (with the task's waker
-/// registered) if it takes nothing.
-pub fn poll_send(cx: &mut Context<'_>, dst: &Socket, bytes: &[u8]) -> Poll<io::Result<usize>> {
-    loop {
-        match dst.try_io(WRITE, || dst.send(bytes)) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(dst.poll_write_ready(cx))?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            done => return Poll::Ready(done),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::net::Listener;
     use crate::runtime::reactor::block_on;
+    use std::task::Poll;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Bytes go both ways through the direct calls, a short read leaves
@@ -74,7 +62,7 @@ mod tests {
             // The short read cleared readiness: nothing more without a syscall.
             assert!(!ours.read_ready());
 
-            let sent = std::future::poll_fn(|cx| poll_send(cx, &ours, b"back")).await;
+            let sent = std::future::poll_fn(|cx| ours.poll_send_soon(cx, b"back")).await;
             assert_eq!(sent.expect("send"), 4);
             let mut back = [0u8; 4];
             peer.read_exact(&mut back).await.expect("read back");

@@ -33,12 +33,16 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 mod registration;
+mod sends;
+#[cfg(test)]
+mod sends_tests;
 #[cfg(test)]
 mod tests;
 mod timers;
 
 pub use registration::Registration;
 use registration::Slot;
+pub use sends::BATCH_MAX;
 use timers::Timer;
 #[cfg(test)]
 pub use timers::timer_heap_len;
@@ -125,6 +129,8 @@ struct Reactor {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Heap entries whose timer is gone.
     stale: usize,
+    /// This turn's sends (None: each send is a syscall of its own).
+    sends: Option<sends::Batch>,
 }
 
 fn token(key: usize, generation: u32) -> u64 {
@@ -151,7 +157,7 @@ fn with_reactor<R>(f: impl FnOnce(&mut Reactor) -> R) -> Option<R> {
 }
 
 impl Reactor {
-    fn new() -> io::Result<Reactor> {
+    fn new(batch_sends: bool) -> io::Result<Reactor> {
         // SAFETY: plain syscalls; each returned fd is checked, then owned.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epfd < 0 {
@@ -182,6 +188,11 @@ impl Reactor {
             timers: Slab::new(),
             heap: BinaryHeap::new(),
             stale: 0,
+            sends: if batch_sends {
+                sends::Batch::new()
+            } else {
+                None
+            },
         })
     }
 
@@ -227,6 +238,9 @@ impl Reactor {
                 unsafe { slot.wake(READ) };
             }
             if ready & WRITE != 0 {
+                if slot.unsettled() {
+                    sends::drain_backlog(slot);
+                }
                 // SAFETY: as above.
                 unsafe { slot.wake(WRITE) };
             }
@@ -297,12 +311,24 @@ impl Drop for Installed {
     }
 }
 
+/// How a loop runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopOptions {
+    /// Submit each turn's small sends together through io_uring
+    /// (`sends`), where the kernel allows it.
+    pub batch_sends: bool,
+}
+
 /// Runs `main` and the sessions of `set` on this thread until `main` ends
 /// (Some(its output)) or the set is closed and empty (None). The thread's
 /// reactor exists while this runs; sockets and timers are used from
 /// inside it.
-pub fn run<F: Future>(set: &mut SessionSet, main: F) -> io::Result<Option<F::Output>> {
-    let reactor = Reactor::new()?;
+pub fn run<F: Future>(
+    set: &mut SessionSet,
+    main: F,
+    options: LoopOptions,
+) -> io::Result<Option<F::Output>> {
+    let reactor = Reactor::new(options.batch_sends)?;
     let shared = Arc::clone(&reactor.shared);
     let installed = REACTOR.with(|r| {
         let mut r = r.borrow_mut();
@@ -339,6 +365,9 @@ pub fn run<F: Future>(set: &mut SessionSet, main: F) -> io::Result<Option<F::Out
         {
             break None;
         }
+        // The turn's sends go out before the loop waits (a failed one may
+        // wake a session, so before `busy` is read).
+        with_reactor(Reactor::flush_sends);
         let busy =
             main_flag.notified.load(Ordering::Acquire) || set_flag.notified.load(Ordering::Acquire);
         let timeout = if busy {
@@ -367,6 +396,7 @@ pub fn run<F: Future>(set: &mut SessionSet, main: F) -> io::Result<Option<F::Out
         });
         events.clear();
     };
+    with_reactor(Reactor::flush_sends);
     drop(installed);
     Ok(result)
 }
@@ -375,8 +405,13 @@ pub fn run<F: Future>(set: &mut SessionSet, main: F) -> io::Result<Option<F::Out
 /// (with an empty session set that `spawn_local` reaches): for tests and
 /// tools that drive sockets outside a worker.
 pub fn block_on<F: Future>(f: F) -> F::Output {
+    block_on_with(f, LoopOptions { batch_sends: true })
+}
+
+/// `block_on` with the given options.
+pub fn block_on_with<F: Future>(f: F, options: LoopOptions) -> F::Output {
     let mut set = SessionSet::new();
-    match run(&mut set, f) {
+    match run(&mut set, f, options) {
         Ok(Some(out)) => out,
         Ok(None) => unreachable!("a set nobody closed never ends"),
         Err(e) => panic!("event loop failed: {e}"),
@@ -387,4 +422,11 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 #[cfg(test)]
 pub fn registered() -> usize {
     with_reactor(|r| r.regs.len()).unwrap_or(0)
+}
+
+/// Sends queued this turn on this thread's loop; None if it does not
+/// batch (tests).
+#[cfg(test)]
+pub fn queued_sends() -> Option<usize> {
+    with_reactor(|r| r.sends.as_ref().map(sends::Batch::queued)).flatten()
 }

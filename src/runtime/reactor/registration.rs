@@ -1,8 +1,10 @@
 //! A socket's place in its thread's reactor: the slot the kernel's
 //! events mark ready, which the socket holds directly.
 
-use super::{LOOP_ID, READ, Shared, epoll_add, off_loop, ready_mask, token, with_reactor};
-use std::cell::{Cell, UnsafeCell};
+use super::{
+    LOOP_ID, READ, Shared, WRITE, epoll_add, off_loop, ready_mask, sends, token, with_reactor,
+};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -23,18 +25,39 @@ pub(super) struct Slot {
     pub(super) token: u64,
     reader: UnsafeCell<Option<Waker>>,
     writer: UnsafeCell<Option<Waker>>,
+    pub(super) fd: RawFd,
+    /// Sends the loop took over (`sends`), loop thread only like the
+    /// wakers: this turn's queued bytes (batch index + 1; 0: none)...
+    pub(super) queued: Cell<u32>,
+    /// ...bytes a submitted send left (the kernel's buffer was full),
+    /// which the loop sends on the next write event...
+    pub(super) backlog: RefCell<Vec<u8>>,
+    /// ...and the error a submitted send met (sticky).
+    pub(super) send_error: Cell<Option<i32>>,
 }
 
-// SAFETY: `reader` and `writer` are read and written only on the thread
-// whose loop has id `reactor` (`Registration::is_local` is checked before
-// every write; `dispatch` runs there), and dropped with the last
-// reference, when no other thread can reach them.
+// SAFETY: `reader`, `writer` and the send state are read and written only
+// on the thread whose loop has id `reactor` (`Registration::is_local` is
+// checked before every use; `dispatch` and the batch's flush run there),
+// and dropped with the last reference, when no other thread can reach
+// them.
 unsafe impl Sync for Slot {}
 
 impl Slot {
+    /// Backlog or an error left by a submitted send.
+    pub(super) fn unsettled(&self) -> bool {
+        self.send_error.get().is_some() || !self.backlog.borrow().is_empty()
+    }
+
     pub(super) fn mark(&self, bits: u8) {
         let r = self.ready.load(Ordering::Relaxed);
         self.ready.store(r | bits, Ordering::Relaxed);
+    }
+
+    /// Clears `bits` (not the closed states): the last call used it up.
+    pub(super) fn unmark(&self, bits: u8) {
+        let r = self.ready.load(Ordering::Relaxed);
+        self.ready.store(r & !bits, Ordering::Relaxed);
     }
 
     /// Wakes the waker stored for `dir`.
@@ -53,6 +76,18 @@ impl Slot {
         if let Some(w) = unsafe { &*cell.get() } {
             w.wake_by_ref();
         }
+    }
+}
+
+/// Stores `waker` in `cell` unless it holds one that wakes the same task.
+///
+/// # Safety
+/// On the cell's loop thread, outside any borrow of the cell.
+unsafe fn store_waker(cell: &UnsafeCell<Option<Waker>>, waker: &Waker) {
+    // SAFETY: per the caller.
+    let stored = unsafe { &mut *cell.get() };
+    if !stored.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        *stored = Some(waker.clone());
     }
 }
 
@@ -92,6 +127,10 @@ impl Registration {
                 token: tok,
                 reader: UnsafeCell::new(None),
                 writer: UnsafeCell::new(None),
+                fd,
+                queued: Cell::new(0),
+                backlog: RefCell::new(Vec::new()),
+                send_error: Cell::new(None),
             });
             entry.insert(Arc::clone(&slot));
             Ok(Registration {
@@ -125,10 +164,61 @@ impl Registration {
         // SAFETY: on the slot's loop thread (checked above), the only one
         // that touches the cell, and not inside `dispatch`'s borrow of it
         // (wakers do not poll inline).
-        let stored = unsafe { &mut *cell.get() };
-        if !stored.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *stored = Some(cx.waker().clone());
+        unsafe { store_waker(cell, cx.waker()) };
+        Poll::Pending
+    }
+
+    /// Hands `bytes` to the loop, which sends them with the turn's other
+    /// sends (`sends`); false if it does not take them (no batching on
+    /// this loop, or this socket's bytes this turn would pass
+    /// `sends::BATCH_MAX`): then the caller sends them itself, after
+    /// `flush_queued`. `waker` is woken if the send fails.
+    pub fn queue_send(&self, bytes: &[u8], waker: &Waker) -> bool {
+        if !self.is_local() {
+            return false;
         }
+        let queued = with_reactor(|r| r.queue_send(&self.slot, bytes)).unwrap_or(false);
+        if queued {
+            // SAFETY: on the loop's thread (checked above).
+            unsafe { store_waker(&self.slot.writer, waker) };
+        }
+        queued
+    }
+
+    /// Sends this socket's queued bytes now (and with them the rest of
+    /// the turn's batch), before bytes that must follow them go out
+    /// another way.
+    pub fn flush_queued(&self) {
+        if self.is_local() && self.slot.queued.get() != 0 {
+            with_reactor(|r| r.flush_sends());
+        }
+    }
+
+    /// Whether a submitted send left a backlog or an error (one load on
+    /// the hot path when there is none).
+    pub fn unsettled(&self) -> bool {
+        self.is_local() && self.slot.unsettled()
+    }
+
+    /// Ready once no submitted send is left unfinished; the error one
+    /// met, if any. A backlog is sent here when the socket is writable,
+    /// else by the loop at its next write event, which wakes the task.
+    pub fn poll_settle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.is_local() {
+            // Nothing this thread queued; the owning loop's state is its own.
+            return Poll::Ready(Ok(()));
+        }
+        if self.is_ready(WRITE) {
+            sends::drain_backlog(&self.slot);
+        }
+        if let Some(code) = self.slot.send_error.get() {
+            return Poll::Ready(Err(io::Error::from_raw_os_error(code)));
+        }
+        if self.slot.backlog.borrow().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        // SAFETY: on the loop's thread (checked above).
+        unsafe { store_waker(&self.slot.writer, cx.waker()) };
         Poll::Pending
     }
 
@@ -141,8 +231,7 @@ impl Registration {
     /// The socket gave all it had (or took all it could) in `dir`: wait
     /// for the kernel's next report. A closed state stays.
     pub fn clear(&self, dir: u8) {
-        let r = self.slot.ready.load(Ordering::Relaxed);
-        self.slot.ready.store(r & !dir, Ordering::Relaxed);
+        self.slot.unmark(dir);
     }
 
     /// Takes `fd` off the reactor's epoll instance now (from any thread),
@@ -155,6 +244,13 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        // Bytes handed to the loop go out before the fd closes (the socket
+        // drops its registration first): a later socket could get the
+        // same fd number. A backlog gets one last try.
+        if self.is_local() {
+            self.flush_queued();
+            sends::drain_backlog(&self.slot);
+        }
         let tok = self.slot.token;
         let freed = self.is_local()
             && with_reactor(|r| {
