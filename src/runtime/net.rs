@@ -1,7 +1,8 @@
 //! TCP sockets on a worker's event loop (`reactor`): a listener, and a
 //! stream that implements tokio's `AsyncRead`/`AsyncWrite` for the login
 //! and recovery paths and offers readiness-level calls for the forwarding
-//! path (`session::sockio`).
+//! path (`session::sockio`). Small writes of both kinds are queued for
+//! the loop's batch of sends (`reactor::sends`).
 //!
 //! A socket belongs to the reactor of the thread that registered it and
 //! is used there only; [`Socket::rebind`] moves it to the current
@@ -266,7 +267,10 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_send_now(cx, bytes)
+        // Logins, resets and recovery batch as the pump does: a turn's
+        // sends still go out before the loop waits, and `poll_flush`
+        // sends at once.
+        self.poll_send_soon(cx, bytes)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
