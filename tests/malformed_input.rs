@@ -207,6 +207,27 @@ async fn encryption_requests_and_protocol_negotiation() {
         assert_eq!(raw::simple_query(&mut s, "SELECT 1").await, b'I', "{what}");
         assert_healthy(&proxy, &clients, what).await;
     }
+    // Data sent ahead of the answer to an encryption request would pass
+    // as if it had come encrypted: refused (as PostgreSQL does since the
+    // fix for CVE-2021-23214), not answered 'N'.
+    let mut s = raw::connect(proxy.port).await;
+    let mut ahead = raw::request_code(raw::SSL_REQUEST);
+    ahead.extend(raw::startup(3, 0, &params));
+    raw::send(&mut s, &ahead).await;
+    let e = raw::expect_error_then_close(&mut s, "08P01", "data after SSLRequest").await;
+    assert!(e.message().contains("unencrypted data"), "{}", e.message());
+    // A startup packet and the first query in one write: the query waits
+    // in the buffer through authentication and is answered after it.
+    let mut s = raw::connect(proxy.port).await;
+    let mut both = raw::startup(3, 0, &params);
+    both.extend(raw::query("SELECT 1"));
+    raw::send(&mut s, &both).await;
+    raw::read_to_ready(&mut s, "startup with a query behind it").await;
+    let (msgs, status) = raw::read_to_ready(&mut s, "the pipelined query").await;
+    assert_eq!(status, b'I');
+    assert!(msgs.iter().any(|m| m.tag == b'D'), "{msgs:?}");
+    assert_healthy(&proxy, &clients, "after pipelined startup").await;
+
     // Both, one after the other (libpq with gssencmode=prefer, sslmode=prefer).
     let mut s = raw::connect(proxy.port).await;
     raw::send(&mut s, &raw::request_code(raw::GSSENC_REQUEST)).await;

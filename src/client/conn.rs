@@ -4,7 +4,7 @@
 
 use super::error::ClientError;
 use crate::protocol::error::{Severity, write_error};
-use crate::protocol::{HEADER_LEN, codec};
+use crate::protocol::{HEADER_LEN, codec, startup};
 use crate::runtime::net::Socket;
 use crate::session::pump::Flow;
 use bytes::{Buf, BytesMut};
@@ -55,14 +55,35 @@ impl ClientConn {
         let _ = self.stream.shutdown().await;
     }
 
-    /// Reads exactly `n` more bytes into the read buffer (startup phase:
-    /// never reads past what was asked, so nothing sent ahead of a TLS
-    /// handshake can be buffered in plaintext).
-    pub async fn read_exact_into_buf(&mut self, n: usize) -> io::Result<()> {
-        let start = self.flow.buf.len();
-        self.flow.buf.resize(start + n, 0);
-        self.stream.read_exact(&mut self.flow.buf[start..]).await?;
-        Ok(())
+    /// Reads until the read buffer starts with a whole startup-phase
+    /// packet, whose length it returns (checked before the rest is read).
+    /// Each read takes what the socket has, so a packet usually costs one
+    /// `recv`, and a short read leaves the socket waiting for readiness
+    /// rather than paying a `recv` that finds nothing. Bytes past the
+    /// packet stay in the buffer (the caller decides whether they may be
+    /// there); the buffer never grows past the largest packet plus one
+    /// read.
+    pub async fn read_startup_packet(&mut self) -> Result<usize, ClientError> {
+        loop {
+            if let Some(b) = self.flow.buf.get(..4) {
+                let len = startup::packet_len([b[0], b[1], b[2], b[3]])
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if self.flow.buf.len() >= len {
+                    return Ok(len);
+                }
+                self.flow.buf.reserve(len - self.flow.buf.len());
+            } else {
+                self.flow.buf.reserve(HEADER_LEN);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.flow.buf)
+                .await
+                .map_err(super::early_eof)?;
+            if n == 0 {
+                return Err(super::early_eof(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
     }
 
     /// Reads one whole frame during authentication (tag, body), checked

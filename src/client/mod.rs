@@ -119,23 +119,27 @@ async fn handshake(
     client: &mut ClientConn,
 ) -> Result<Option<Startup>, ClientError> {
     // At most one SSLRequest and one GSSENCRequest precede the startup.
+    client.flow.buf.clear();
     for _ in 0..3 {
-        client.flow.buf.clear();
-        client.read_exact_into_buf(4).await.map_err(early_eof)?;
-        let b = &client.flow.buf;
-        let len = startup::packet_len([b[0], b[1], b[2], b[3]])
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        client
-            .read_exact_into_buf(len - 4)
-            .await
-            .map_err(early_eof)?;
-        let packet =
-            startup::parse(&client.flow.buf).map_err(|e| ClientError::Protocol(e.to_string()));
-        client.flow.buf.clear();
+        let len = client.read_startup_packet().await?;
+        let packet = startup::parse(&client.flow.buf[..len])
+            .map_err(|e| ClientError::Protocol(e.to_string()));
+        // Bytes after the packet stay: a client may send its first
+        // message without waiting for the authentication result.
+        bytes::Buf::advance(&mut client.flow.buf, len);
         match packet? {
             // TLS is not configured (its own issue): decline, as PostgreSQL
             // does without ssl = on; the client may go on in plaintext.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                // The client must wait for the answer: anything sent
+                // ahead of it would be read as if it had come over the
+                // encrypted channel (PostgreSQL refuses it too, since the
+                // fix for CVE-2021-23214).
+                if !client.flow.buf.is_empty() {
+                    return Err(ClientError::Protocol(
+                        "received unencrypted data after an encryption request".into(),
+                    ));
+                }
                 client.stream.write_all(b"N").await.map_err(early_eof)?;
             }
             StartupPacket::Cancel(key) => {
@@ -148,7 +152,7 @@ async fn handshake(
     Err(ClientError::Protocol("too many encryption requests".into()))
 }
 
-fn early_eof(e: std::io::Error) -> ClientError {
+pub(crate) fn early_eof(e: std::io::Error) -> ClientError {
     ClientError::Protocol(format!("incomplete startup packet: {e}"))
 }
 
