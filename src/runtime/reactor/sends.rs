@@ -40,7 +40,7 @@ pub const BATCH_MAX: usize = 8 * 1024;
 /// submitted in several).
 const RING_ENTRIES: u32 = 256;
 /// Queued-send buffers kept for reuse, at most.
-const SPARE_MAX: usize = 256;
+const SPARE_MAX: usize = 64;
 
 pub(super) struct Batch {
     ring: IoUring,
@@ -130,14 +130,23 @@ impl Reactor {
         }
         let mut failed = false;
         for chunk in b.entries.chunks_mut(RING_ENTRIES as usize) {
-            if failed || !submit(&mut b.ring, chunk) {
-                failed = true;
-                // The ring is given up below; these go out one by one.
-                for e in chunk.iter_mut() {
-                    e.result = match crate::runtime::net::send_fd(e.slot.fd, &e.buf) {
-                        Ok(n) => n as i32,
-                        Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
-                    };
+            let outcome = if failed {
+                Submitted::None
+            } else {
+                submit(&mut b.ring, chunk)
+            };
+            match outcome {
+                Submitted::All => {}
+                Submitted::Unknown => failed = true,
+                Submitted::None => {
+                    failed = true;
+                    // The ring is given up below; these go out one by one.
+                    for e in chunk.iter_mut() {
+                        e.result = match crate::runtime::net::send_fd(e.slot.fd, &e.buf) {
+                            Ok(n) => n as i32,
+                            Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
+                        };
+                    }
                 }
             }
         }
@@ -156,60 +165,92 @@ impl Reactor {
     }
 }
 
-/// Submits `chunk`'s sends and collects their results; false (with
-/// nothing of the chunk sent) if the ring fails.
-fn submit(ring: &mut IoUring, chunk: &mut [Entry]) -> bool {
+/// How a chunk's submission went.
+enum Submitted {
+    /// Every send ran; each entry holds its result.
+    All,
+    /// The ring took none of them (they may be sent another way).
+    None,
+    /// The ring took them but results could not all be collected: those
+    /// missing count as failed, and the ring must be given up.
+    Unknown,
+}
+
+/// A result not (yet) collected.
+const PENDING: i32 = i32::MIN;
+/// Collections retried after EINTR, EAGAIN or EBUSY before giving up.
+const RETRIES: u32 = 1000;
+
+/// Submits `chunk`'s sends and collects their results.
+fn submit(ring: &mut IoUring, chunk: &mut [Entry]) -> Submitted {
     {
         let mut sq = ring.submission();
-        for (i, e) in chunk.iter().enumerate() {
+        for (i, e) in chunk.iter_mut().enumerate() {
+            e.result = PENDING;
             let len = e.buf.len() as u32; // at most BATCH_MAX
             let sqe = opcode::Send::new(types::Fd(e.slot.fd), e.buf.as_ptr(), len)
                 .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .build()
                 .user_data(i as u64);
-            // SAFETY: the buffer lives in `chunk` until the completions
-            // below are reaped (the submit returns with every send done:
-            // MSG_DONTWAIT sends never wait inside io_uring), and the fd
-            // stays open meanwhile (sockets flush before they close).
+            // SAFETY: the buffer stays where it is until its completion is
+            // collected below (MSG_DONTWAIT sends never wait inside
+            // io_uring, so the submit returns with every send done), or
+            // is leaked if it cannot be; the fd stays open meanwhile
+            // (sockets flush before they close).
             if unsafe { sq.push(&sqe) }.is_err() {
-                return false; // cannot happen: the queue is empty and as large as a chunk
+                // Cannot happen (the queue is empty and as large as a
+                // chunk); the ring is given up, which discards the rest.
+                return Submitted::None;
             }
         }
     }
     let mut left = chunk.len();
-    let mut wait = false;
+    let mut first = true;
+    let mut retries = 0;
     while left > 0 {
-        let r = if wait {
-            ring.submitter().submit_and_wait(1)
-        } else {
+        // The first call submits; later ones (if any completion were
+        // missing) submit what is left and wait for one.
+        let r = if first {
             ring.submit()
+        } else {
+            ring.submitter().submit_and_wait(1)
         };
         match r {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if !wait => {
+            Err(e) if first && e.kind() != std::io::ErrorKind::Interrupted => {
+                // io_uring_enter fails only when it took no entry.
                 tracing::warn!(error = %e, "io_uring submit failed; sending without it");
-                return false;
+                return Submitted::None;
+            }
+            Err(e)
+                if retries < RETRIES
+                    && (e.kind() == std::io::ErrorKind::Interrupted
+                        || e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::EBUSY)) =>
+            {
+                retries += 1;
             }
             Err(e) => {
-                // Submitted but not collected: results unknown. Treat
-                // the socket as failed rather than send twice.
-                tracing::warn!(error = %e, "io_uring wait failed");
-                for e in chunk.iter_mut() {
+                tracing::warn!(error = %e, "io_uring completions lost; failing those sends");
+                for e in chunk.iter_mut().filter(|e| e.result == PENDING) {
                     e.result = -libc::EIO;
+                    // The kernel may still read it.
+                    std::mem::forget(std::mem::take(&mut e.buf));
                 }
-                return true;
+                return Submitted::Unknown;
             }
         }
+        first = false;
         for cqe in ring.completion() {
-            if let Some(e) = chunk.get_mut(cqe.user_data() as usize) {
+            if let Some(e) = chunk.get_mut(cqe.user_data() as usize)
+                && e.result == PENDING
+            {
                 e.result = cqe.result();
                 left -= 1;
             }
         }
-        wait = true;
     }
-    true
+    Submitted::All
 }
 
 /// Records a submitted send's outcome on its socket.

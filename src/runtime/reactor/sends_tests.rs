@@ -1,5 +1,5 @@
 //! Tests of batched sends (`sends`): order against direct sends, bytes
-//! queued by a socket that closes, backlog and back-pressure.
+//! queued by a socket that closes, backlog and back-pressure, errors.
 
 use super::*;
 use crate::runtime::net::{Listener, Socket};
@@ -140,4 +140,35 @@ fn a_backlog_holds_writes_back_and_arrives_in_order() {
         got.iter().enumerate().all(|(i, b)| *b == i as u8),
         "in order"
     );
+}
+
+/// A queued send that fails (the peer reset the connection) is reported
+/// when the socket is next asked, not lost with the batch.
+#[test]
+fn a_failed_send_is_reported_at_the_next_ask() {
+    block_on(async {
+        let (ours, peer) = accepted().await;
+        tokio::task::yield_now().await;
+        // Closing with unread data or a zero linger sends a reset.
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        send_soon(&ours, b"into the void");
+        if queued_sends() != Some(1) {
+            eprintln!("io_uring unavailable here: batching not exercised");
+            return;
+        }
+        tokio::task::yield_now().await;
+        let settled = std::future::poll_fn(|cx| ours.poll_settle(cx)).await;
+        let e = settled.expect_err("the reset is reported");
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e:?}"
+        );
+    });
 }
