@@ -256,15 +256,14 @@ async fn login(
         .startup_params(snap.config.proxy.query_wait_timeout)
         .await
         .map_err(|e| session::checkout_error(&tenant, e))?;
-    let mut reported = params::Reported::new(Arc::clone(&server_params));
-    for (name, server_value) in server_params.iter() {
-        let value = wanted
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map_or(server_value.as_str(), |(_, v)| v.as_str());
-        messages::parameter_status(&mut client.out, name, value);
-        if value != server_value {
-            reported.set(name, value);
+    let mut reported = params::Reported::new(Arc::clone(&server_params.list));
+    for (i, (name, server_value)) in server_params.list.iter().enumerate() {
+        match wanted.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some((_, value)) if value != server_value => {
+                messages::parameter_status(&mut client.out, name, value);
+                reported.set(name, value);
+            }
+            _ => client.out.extend_from_slice(server_params.message(i)),
         }
     }
     tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "authenticated");

@@ -69,8 +69,39 @@ pub enum CheckoutError {
     Connect(#[from] ServerError),
 }
 
-/// A server's ParameterStatus set, as shown to clients at startup.
-pub type StartupParams = Arc<[(String, String)]>;
+/// A server's ParameterStatus set, as shown to clients at startup, with
+/// the messages that show it encoded once per placement (a login copies
+/// them instead of framing a dozen messages: about 1 200 instructions per
+/// connection in callgrind).
+pub struct StartupParams {
+    pub list: Arc<[(String, String)]>,
+    /// One ParameterStatus message per entry of `list`, back to back.
+    messages: Box<[u8]>,
+    /// Where each message ends in `messages`.
+    ends: Box<[usize]>,
+}
+
+impl StartupParams {
+    pub fn new(list: Arc<[(String, String)]>) -> StartupParams {
+        let mut messages = bytes::BytesMut::new();
+        let mut ends = Vec::with_capacity(list.len());
+        for (name, value) in list.iter() {
+            crate::protocol::messages::parameter_status(&mut messages, name, value);
+            ends.push(messages.len());
+        }
+        StartupParams {
+            list,
+            messages: messages[..].into(),
+            ends: ends.into(),
+        }
+    }
+
+    /// The ParameterStatus message for entry `i` of `list`.
+    pub fn message(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.messages[start..self.ends[i]]
+    }
+}
 
 /// Server connections to one placement database.
 pub struct PlacementPool {
@@ -81,7 +112,7 @@ pub struct PlacementPool {
     stats: PoolStats,
     /// ParameterStatus set of the first server connection, shown to
     /// clients at startup (before any server is leased to them).
-    startup_params: Mutex<Option<StartupParams>>,
+    startup_params: Mutex<Option<Arc<StartupParams>>>,
 }
 
 impl PlacementPool {
@@ -168,7 +199,7 @@ impl PlacementPool {
     pub async fn startup_params(
         self: &Arc<Self>,
         wait: Duration,
-    ) -> Result<StartupParams, CheckoutError> {
+    ) -> Result<Arc<StartupParams>, CheckoutError> {
         if let Some(p) = self.cached_params() {
             return Ok(p);
         }
@@ -180,7 +211,7 @@ impl PlacementPool {
         )))
     }
 
-    fn cached_params(&self) -> Option<StartupParams> {
+    fn cached_params(&self) -> Option<Arc<StartupParams>> {
         self.startup_params
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -356,7 +387,7 @@ impl PlacementPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if p.is_none() {
-            *p = Some(conn.params.clone().into());
+            *p = Some(Arc::new(StartupParams::new(conn.params.clone().into())));
         }
     }
 

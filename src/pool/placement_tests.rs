@@ -122,3 +122,20 @@ async fn bounded_connects(port: u16, accepted: Arc<AtomicU64>) {
     let c = pool.counts();
     assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
 }
+
+/// The startup messages encoded once are the ones a login would frame.
+#[test]
+fn startup_messages_are_encoded_per_parameter() {
+    let list: Arc<[(String, String)]> = vec![
+        ("server_version".to_owned(), "15.18".to_owned()),
+        ("DateStyle".to_owned(), "ISO, MDY".to_owned()),
+        ("application_name".to_owned(), String::new()),
+    ]
+    .into();
+    let p = StartupParams::new(Arc::clone(&list));
+    for (i, (name, value)) in list.iter().enumerate() {
+        let mut want = bytes::BytesMut::new();
+        crate::protocol::messages::parameter_status(&mut want, name, value);
+        assert_eq!(p.message(i), &want[..], "{name}");
+    }
+}
