@@ -89,8 +89,8 @@ pub struct ProxyState {
     pub cancels: CancelRegistry,
     /// Client connections open right now (all tenants, any phase).
     clients: Arc<AtomicU32>,
-    /// Keyed by config-defined tenants: a fast hasher (see `ConfigMap`).
-    tenant_clients: DashMap<TenantId, Arc<AtomicU32>, foldhash::fast::RandomState>,
+    /// Keyed by config-defined tenants: a fast hasher (see `FastHash`).
+    tenant_clients: DashMap<TenantId, Arc<AtomicU32>, crate::catalog::FastHash>,
     pub shutdown: CancellationToken,
     pub workers: usize,
     /// Fired when `shutdown` fires; what sessions watch between

@@ -19,7 +19,11 @@ use std::sync::Arc;
 /// keys, so flooding them with colliding keys is not possible, and
 /// SipHash was about 4 % of the login path's instructions (callgrind).
 /// Maps that do take client-chosen keys keep std's hasher.
-pub type ConfigMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub type ConfigMap<K, V> = HashMap<K, V, FastHash>;
+
+/// The hasher of `ConfigMap`, for other maps whose keys clients cannot
+/// choose (concurrent ones, keys the proxy draws).
+pub type FastHash = foldhash::fast::RandomState;
 
 /// How a tenant user proves who they are.
 #[derive(Debug, Clone)]

@@ -65,9 +65,9 @@ impl ClientConn {
     /// read.
     pub async fn read_startup_packet(&mut self) -> Result<usize, ClientError> {
         loop {
-            if let Some(b) = self.flow.buf.get(..4) {
-                let len = startup::packet_len([b[0], b[1], b[2], b[3]])
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let declared = startup::declared_len(&self.flow.buf)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(len) = declared {
                 if self.flow.buf.len() >= len {
                     return Ok(len);
                 }

@@ -119,7 +119,6 @@ async fn handshake(
     client: &mut ClientConn,
 ) -> Result<Option<Startup>, ClientError> {
     // At most one SSLRequest and one GSSENCRequest precede the startup.
-    client.flow.buf.clear();
     for _ in 0..3 {
         let len = client.read_startup_packet().await?;
         let packet = startup::parse(&client.flow.buf[..len])
@@ -152,7 +151,7 @@ async fn handshake(
     Err(ClientError::Protocol("too many encryption requests".into()))
 }
 
-pub(crate) fn early_eof(e: std::io::Error) -> ClientError {
+fn early_eof(e: std::io::Error) -> ClientError {
     ClientError::Protocol(format!("incomplete startup packet: {e}"))
 }
 

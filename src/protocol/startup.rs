@@ -65,12 +65,18 @@ pub fn packet_len(buf: [u8; 4]) -> Result<usize, StartupError> {
     Ok(len as usize)
 }
 
+/// The checked length word at the front of `buf`; None while `buf` holds
+/// fewer than its 4 bytes.
+pub fn declared_len(buf: &[u8]) -> Result<Option<usize>, StartupError> {
+    match buf {
+        [a, b, c, d, ..] => packet_len([*a, *b, *c, *d]).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Parses one whole packet (length word included).
 pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
-    let len = packet
-        .get(..4)
-        .map(|b| packet_len([b[0], b[1], b[2], b[3]]))
-        .ok_or(StartupError::Malformed("short packet"))??;
+    let len = declared_len(packet)?.ok_or(StartupError::Malformed("short packet"))?;
     if packet.len() != len {
         return Err(StartupError::Malformed("length does not match"));
     }

@@ -172,9 +172,7 @@ impl Socket {
     /// socket has queued. Pending while an earlier send's backlog is not
     /// yet out; an earlier send's error, if it met one.
     pub fn poll_send_soon(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        if self.reg.unsettled() {
-            ready!(self.reg.poll_settle(cx))?;
-        }
+        ready!(self.poll_settle(cx))?;
         if self.reg.queue_send(bytes, cx.waker()) {
             return Poll::Ready(Ok(bytes.len()));
         }
@@ -186,9 +184,7 @@ impl Socket {
     /// registered) if it takes nothing.
     pub fn poll_send_now(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         self.reg.flush_queued();
-        if self.reg.unsettled() {
-            ready!(self.reg.poll_settle(cx))?;
-        }
+        ready!(self.poll_settle(cx))?;
         loop {
             match self.try_io(WRITE, || self.send(bytes)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -204,9 +200,6 @@ impl Socket {
     /// its error if it failed. The pump asks this before it reads more
     /// for the peer (back-pressure).
     pub fn poll_settle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.reg.unsettled() {
-            return Poll::Ready(Ok(()));
-        }
         self.reg.poll_settle(cx)
     }
 
@@ -330,6 +323,18 @@ impl Drop for Listener {
         // ours would not take it off our epoll instance.
         self.reg.forget_fd(self.io.as_raw_fd());
     }
+}
+
+/// A connection accepted through this thread's loop, and its peer end (a
+/// plain blocking socket): for tests of the loop's sockets.
+#[cfg(test)]
+pub(crate) async fn accepted() -> (Socket, std::net::TcpStream) {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = std_listener.local_addr().expect("addr");
+    let listener = Listener::from_std(std_listener).expect("register");
+    let peer = std::net::TcpStream::connect(addr).expect("connect");
+    let (ours, _) = listener.accept().await.expect("accept");
+    (ours, peer)
 }
 
 /// Addresses of `host:port`: an IP at once, a name through the system

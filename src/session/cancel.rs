@@ -93,8 +93,8 @@ impl CancelSlot {
 #[derive(Default)]
 pub struct CancelRegistry {
     /// Keys the proxy drew at random; a client can only look them up, so
-    /// a fast hasher is safe (see `catalog::ConfigMap`).
-    slots: DashMap<CancelKey, Arc<CancelSlot>, foldhash::fast::RandomState>,
+    /// a fast hasher is safe (see `catalog::FastHash`).
+    slots: DashMap<CancelKey, Arc<CancelSlot>, crate::catalog::FastHash>,
 }
 
 /// Removes a client's key when its session ends.

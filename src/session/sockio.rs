@@ -42,7 +42,7 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::net::Listener;
+    use crate::runtime::net::accepted;
     use crate::runtime::reactor::block_on;
     use std::task::Poll;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,17 +130,6 @@ mod tests {
             assert_eq!(&b, b"ping");
         });
         assert_eq!(&server.join().expect("server"), b"ping");
-    }
-
-    /// A connection accepted through the loop's listener, and its peer
-    /// end (a plain blocking socket).
-    async fn accepted() -> (Socket, std::net::TcpStream) {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = std_listener.local_addr().expect("addr");
-        let listener = Listener::from_std(std_listener).expect("register");
-        let peer = std::net::TcpStream::connect(addr).expect("connect");
-        let (ours, _) = listener.accept().await.expect("accept");
-        (ours, peer)
     }
 
     /// `recv_into` once the loop says `s` is readable, again after a

@@ -28,7 +28,7 @@ pub(super) struct Slot {
     pub(super) fd: RawFd,
     /// Sends the loop took over (`sends`), loop thread only like the
     /// wakers: this turn's queued bytes (batch index + 1; 0: none)...
-    pub(super) queued: Cell<u32>,
+    pub(super) queued: Cell<usize>,
     /// ...bytes a submitted send left (the kernel's buffer was full),
     /// which the loop sends on the next write event...
     pub(super) backlog: RefCell<Vec<u8>>,
@@ -194,18 +194,18 @@ impl Registration {
         }
     }
 
-    /// Whether a submitted send left a backlog or an error (one load on
-    /// the hot path when there is none).
+    /// Whether a submitted send left a backlog or an error.
     pub fn unsettled(&self) -> bool {
         self.is_local() && self.slot.unsettled()
     }
 
-    /// Ready once no submitted send is left unfinished; the error one
-    /// met, if any. A backlog is sent here when the socket is writable,
-    /// else by the loop at its next write event, which wakes the task.
+    /// Ready once no submitted send is left unfinished (at once, on the
+    /// hot path, when there is none); the error one met, if any. A
+    /// backlog is sent here when the socket is writable, else by the loop
+    /// at its next write event, which wakes the task. Off the socket's
+    /// loop, Ready: nothing this thread queued is pending.
     pub fn poll_settle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.is_local() {
-            // Nothing this thread queued; the owning loop's state is its own.
+        if !self.unsettled() {
             return Poll::Ready(Ok(()));
         }
         if self.is_ready(WRITE) {
@@ -217,7 +217,7 @@ impl Registration {
         if self.slot.backlog.borrow().is_empty() {
             return Poll::Ready(Ok(()));
         }
-        // SAFETY: on the loop's thread (checked above).
+        // SAFETY: on the loop's thread (`unsettled` checked it).
         unsafe { store_waker(&self.slot.writer, cx.waker()) };
         Poll::Pending
     }

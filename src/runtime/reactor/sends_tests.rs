@@ -2,21 +2,10 @@
 //! queued by a socket that closes, backlog and back-pressure, errors.
 
 use super::*;
-use crate::runtime::net::{Listener, Socket};
+use crate::runtime::net::{Socket, accepted};
 use std::io::Read;
 use std::task::Poll;
 use std::time::Duration;
-
-/// A connection accepted through the loop, and its peer end (a plain
-/// blocking socket).
-async fn accepted() -> (Socket, std::net::TcpStream) {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = std_listener.local_addr().expect("addr");
-    let listener = Listener::from_std(std_listener).expect("register");
-    let peer = std::net::TcpStream::connect(addr).expect("connect");
-    let (ours, _) = listener.accept().await.expect("accept");
-    (ours, peer)
-}
 
 /// `poll_send_soon` once; it must take everything.
 fn send_soon(s: &Socket, bytes: &[u8]) {
