@@ -23,6 +23,12 @@ pub enum ClientError {
     PlacementUnreachable(TenantId),
     #[error("server connection of tenant \"{0}\" was lost")]
     ServerLost(TenantId),
+    /// The session settings after a SET could not be read back, so they
+    /// cannot follow the client: it is told rather than losing them.
+    #[error(
+        "tenant \"{0}\": the session settings could not be read back after a SET; the connection is closed so that none is lost silently"
+    )]
+    SettingsUnknown(TenantId),
     #[error("{0}")]
     Protocol(String),
     #[error("{0}")]
@@ -59,9 +65,9 @@ impl ClientError {
             ClientError::AuthFailed { .. } => SqlState::INVALID_PASSWORD,
             ClientError::TenantFull(_) | ClientError::ProxyFull => SqlState::TOO_MANY_CONNECTIONS,
             ClientError::WaitTimeout(_) => SqlState::QUERY_CANCELED,
-            ClientError::PlacementUnreachable(_) | ClientError::ServerLost(_) => {
-                SqlState::CONNECTION_FAILURE
-            }
+            ClientError::PlacementUnreachable(_)
+            | ClientError::ServerLost(_)
+            | ClientError::SettingsUnknown(_) => SqlState::CONNECTION_FAILURE,
             ClientError::Protocol(_) | ClientError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
             ClientError::NotSupported(_) | ClientError::SessionState { .. } => {
                 SqlState::FEATURE_NOT_SUPPORTED
@@ -84,7 +90,9 @@ impl ClientError {
             ClientError::AuthFailed { .. } => "auth",
             ClientError::TenantFull(_) | ClientError::ProxyFull => "limit",
             ClientError::WaitTimeout(_) => "wait_timeout",
-            ClientError::PlacementUnreachable(_) | ClientError::ServerLost(_) => "server",
+            ClientError::PlacementUnreachable(_)
+            | ClientError::ServerLost(_)
+            | ClientError::SettingsUnknown(_) => "server",
             ClientError::Protocol(_) | ClientError::LoginTimeout => "protocol",
             ClientError::NotSupported(_) => "not_supported",
             ClientError::SessionState { .. } => "session_state",

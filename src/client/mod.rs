@@ -96,6 +96,7 @@ async fn serve_inner(
         wait_timeout: snap.config.proxy.query_wait_timeout,
         reset_query: snap.config.proxy.server_reset_query.clone(),
         cancel: &registration.slot,
+        client_pid: registration.key.pid,
         stop: state.stop.subscribe(),
         startup_settings: login.wanted.clone(),
         wanted: params::interned(login.wanted),

@@ -289,14 +289,18 @@ impl ServerConn {
     }
 
     /// Runs a simple query returning two text columns; reads to
-    /// ReadyForQuery. Control path only (release-time checks).
-    /// NotificationResponses that arrive meanwhile belong to the client
-    /// (it LISTENs): they are re-encoded into `notifications`.
+    /// ReadyForQuery and returns the rows with its transaction status.
+    /// Control path only (release-time checks). NotificationResponses that
+    /// arrive meanwhile belong to the client (it LISTENs): they are
+    /// re-encoded into `notifications`, the sender's pid shown as
+    /// `client_pid` when it is this connection's backend and as 0
+    /// otherwise (no real backend pid reaches a client).
     pub(crate) async fn query_pairs(
         &mut self,
         sql: &str,
         notifications: &mut BytesMut,
-    ) -> Result<Vec<(String, String)>, ServerError> {
+        client_pid: i32,
+    ) -> Result<(Vec<(String, String)>, u8), ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out)?;
         self.stream.write_all(&out).await?;
@@ -329,16 +333,21 @@ impl ServerConn {
                     let payload = n.message().map_err(proto_err)?;
                     notifications.put_u8(b'A');
                     notifications.put_i32((4 + 4 + channel.len() + 1 + payload.len() + 1) as i32);
-                    notifications.put_i32(n.process_id());
+                    let pid = if n.process_id() == self.key.pid {
+                        client_pid
+                    } else {
+                        0
+                    };
+                    notifications.put_i32(pid);
                     notifications.put_slice(channel.as_bytes());
                     notifications.put_u8(0);
                     notifications.put_slice(payload.as_bytes());
                     notifications.put_u8(0);
                 }
-                backend::Message::ReadyForQuery(_) => {
+                backend::Message::ReadyForQuery(z) => {
                     return match failure {
                         Some(e) => Err(e),
-                        None => Ok(rows),
+                        None => Ok((rows, z.status())),
                     };
                 }
                 _ => {}

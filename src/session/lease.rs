@@ -12,20 +12,28 @@ use std::sync::Arc;
 impl Session<'_> {
     /// After a transaction that ran SET, RESET or DISCARD ALL: read what
     /// the connection now has at session level, which is what this client
-    /// expects from now on. False if the connection failed (close it).
-    pub(super) async fn learn_settings(&mut self, lease: &mut Lease) -> bool {
+    /// expects from now on. A read that fails ends the session with an
+    /// error (the connection is closed): the client's settings are never
+    /// dropped without a word.
+    pub(super) async fn learn_settings(&mut self, lease: &mut Lease) -> Result<(), ClientError> {
         let conn = lease.conn_mut();
         let mut notices = BytesMut::new();
-        let sql = params::session_settings_sql(&self.custom_settings);
-        match conn.query_pairs(&sql, &mut notices).await {
+        match super::control::read_settings(
+            conn,
+            &self.custom_settings,
+            &mut notices,
+            self.client_pid,
+        )
+        .await
+        {
             Ok(session) => {
                 self.wanted = Arc::new(params::overlay(&self.startup_settings, &session));
                 conn.applied = Arc::new(session);
-                true
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!(tenant = %self.tenant.id, "reading session settings failed: {e}");
-                false
+                Err(ClientError::SettingsUnknown(self.tenant.id.clone()))
             }
         }
     }

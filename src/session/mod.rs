@@ -11,6 +11,7 @@
 //! keys).
 
 pub mod cancel;
+mod control;
 mod lease;
 pub mod params;
 pub mod pinning;
@@ -53,6 +54,9 @@ pub struct Session<'a> {
     pub wait_timeout: Duration,
     pub reset_query: String,
     pub cancel: &'a CancelSlot,
+    /// The pid this client was given in BackendKeyData: what it sees in
+    /// place of its server connection's real pid.
+    pub client_pid: i32,
     /// The stop signal, watched between transactions without a lock.
     pub stop: crate::shutdown::StopWait,
     /// Settings that follow this client onto every server connection.
@@ -160,12 +164,12 @@ impl Session<'_> {
                     // (session-mode or pinned reset, leftover bytes) is
                     // recovery's, which releases a clean connection as is.
                     if std::mem::take(&mut txn.settings_changed)
-                        && !self.learn_settings(&mut lease).await
+                        && let Err(e) = self.learn_settings(&mut lease).await
                     {
                         drop(lease);
-                    } else {
-                        self.finish(lease, &txn, &server_flow);
+                        return Err(e);
                     }
+                    self.finish(lease, &txn, &server_flow);
                     if self.is_stopping() {
                         return Err(ClientError::ShuttingDown);
                     }
@@ -399,13 +403,11 @@ impl Session<'_> {
         // replies come after it on the socket, read here, not by the pump.
         server_flow.read_armed = false;
         let conn = lease.conn_mut();
-        let probe = conn
-            .query_pairs(pinning::PROBE_SQL, &mut server_flow.inject)
-            .await;
+        let probe = control::probe(conn, &mut server_flow.inject, self.client_pid).await;
         let kinds = match probe {
-            Ok(rows) => pinning::present(&rows),
-            // The connection is fine but the probe failed (say, a tiny
-            // statement_timeout): assume state, which is the safe side.
+            Ok(kinds) => kinds,
+            // The connection answers but the probe failed each time:
+            // assume state, which is the safe side.
             Err(ServerError::Rejected { .. }) => vec!["unknown".to_string()],
             Err(e) => {
                 tracing::warn!(tenant = %self.tenant.id, "session-state probe failed: {e}");
@@ -443,8 +445,8 @@ impl Session<'_> {
     /// the client's departure never waits on the server and the slot stays
     /// counted until the connection is clean or closed.
     fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow) {
-        let reset = (self.mode == PoolMode::Session || txn.pinned).then_some(&*self.reset_query);
-        match recover::Recovery::plan(txn, server_flow, reset) {
+        let reset_due = self.mode == PoolMode::Session || txn.pinned;
+        match recover::Recovery::plan(txn, server_flow, reset_due, &self.reset_query) {
             None => lease.release(),
             Some(recovery) => recovery.spawn(lease),
         }

@@ -114,32 +114,9 @@ impl Reported {
     }
 }
 
-/// Reads the settings a server connection has at session level (what
-/// SET, RESET and the proxy's own syncs left), after a transaction that
-/// changed settings.
-pub const SESSION_SETTINGS_SQL: &str =
-    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'";
-
 /// Custom settings tracked per client; past this, more are not followed
 /// (bounds what one client can make the proxy query).
 pub const MAX_CUSTOM_SETTINGS: usize = 64;
-
-/// The settings read: `pg_settings` at session level, plus the custom
-/// (placeholder) settings named, which `pg_settings` does not list.
-pub fn session_settings_sql(custom: &[String]) -> String {
-    if custom.is_empty() {
-        return SESSION_SETTINGS_SQL.to_string();
-    }
-    let names: Vec<String> = custom
-        .iter()
-        .map(|n| format!("({})", escape_literal(n)))
-        .collect();
-    format!(
-        "{SESSION_SETTINGS_SQL} UNION ALL SELECT n, pg_catalog.current_setting(n, true) \
-         FROM (VALUES {}) AS v(n) WHERE pg_catalog.current_setting(n, true) IS NOT NULL",
-        names.join(", ")
-    )
-}
 
 /// What a client expects: its startup settings, overridden by what it set
 /// since (RESET returns a setting to its startup value, as in PostgreSQL).

@@ -35,10 +35,13 @@ pub struct Recovery {
     pub copy_in: bool,
     /// Last transaction status seen.
     pub status: u8,
-    /// Session mode: the reset query to run.
-    pub reset: Option<String>,
-    /// The departed client changed session settings (SET, RESET): the
-    /// connection's settings are unknown until reset.
+    /// The connection may carry session state (session mode, a pin, code
+    /// the scan could not see into, a probe that did not run): reset it
+    /// completely, then run this configured query too, if any.
+    pub reset: Option<Option<String>>,
+    /// The departed client changed session settings (SET, RESET) and they
+    /// were not read back: the connection's settings are unknown until
+    /// reset.
     pub settings_unknown: bool,
     /// DEALLOCATE ALL / DISCARD ALL ran: the statement cache is stale.
     pub statements_dropped: bool,
@@ -46,20 +49,29 @@ pub struct Recovery {
 
 impl Recovery {
     /// What a leased connection needs before anyone else may use it, from
-    /// the state its session left (`reset`: the query to run, in session
-    /// mode or after a pin). `None`: nothing, it can go straight back.
-    /// Runs at the end of every transaction, so the clean case is checked
-    /// in place and builds nothing.
-    pub fn plan(txn: &TxnState, server_flow: &Flow, reset: Option<&str>) -> Option<Recovery> {
+    /// the state its session left. `reset_due`: the session (session mode,
+    /// or a pinned client) may have left state; `extra`: the configured
+    /// `server_reset_query`, run after the full reset. `None`: nothing, it
+    /// can go straight back. Runs at the end of every transaction, so the
+    /// clean case is checked in place and builds nothing.
+    pub fn plan(
+        txn: &TxnState,
+        server_flow: &Flow,
+        reset_due: bool,
+        extra: &str,
+    ) -> Option<Recovery> {
         let leftover = &server_flow.buf[server_flow.ready..];
         let skip = server_flow.scanner.remaining();
+        // State the proxy could not rule out: code it cannot see into, or
+        // state-making SQL whose probe never ran (the client left first).
+        let reset_due = reset_due || txn.unknown || txn.mentions.state;
         let clean = leftover.is_empty()
             && skip == 0
             && txn.expected_z == 0
             && !txn.unsynced
             && !txn.replies.in_copy_in()
             && txn.status == b'I'
-            && reset.is_none()
+            && !reset_due
             && !txn.settings_changed
             && !txn.statements_dropped;
         (!clean).then(|| Recovery {
@@ -69,7 +81,11 @@ impl Recovery {
             unsynced: txn.unsynced,
             copy_in: txn.replies.in_copy_in(),
             status: txn.status,
-            reset: reset.map(str::to_owned),
+            reset: reset_due.then(|| {
+                let extra = extra.trim();
+                (!extra.is_empty() && !extra.eq_ignore_ascii_case(FULL_RESET))
+                    .then(|| extra.to_owned())
+            }),
             settings_unknown: txn.settings_changed,
             statements_dropped: txn.statements_dropped,
         })
@@ -171,24 +187,39 @@ impl Recovery {
         if self.statements_dropped {
             conn.prepared.clear();
         }
-        if self.settings_unknown && self.reset.is_none() {
-            if conn.simple_query("RESET ALL").await? != b'I' {
-                return Err(ServerError::Protocol(
-                    "RESET ALL left a transaction open".into(),
-                ));
-            }
-            conn.applied = Default::default();
-        }
-        if let Some(q) = self.reset {
-            if conn.simple_query(&q).await? != b'I' {
-                return Err(ServerError::Protocol(
-                    "reset query left a transaction open".into(),
-                ));
-            }
-            // DISCARD ALL dropped the settings and statements.
+        if self.settings_unknown || self.reset.is_some() {
+            // The client's own timeouts must not make the reset fail (a
+            // failure closes the connection: safe, but a waste).
+            expect_idle(conn.simple_query(NO_TIMEOUTS).await?)?;
+            expect_idle(conn.simple_query(FULL_RESET).await?)?;
+            // DISCARD ALL dropped the settings (role and session
+            // authorization included) and the statements.
             conn.applied = Default::default();
             conn.prepared.clear();
         }
+        if let Some(Some(q)) = self.reset {
+            expect_idle(conn.simple_query(&q).await?)?;
+        }
         Ok(())
+    }
+}
+
+/// Drops every kind of session state PostgreSQL has: settings (RESET ALL
+/// keeps `role` and `session_authorization`; this does not), prepared
+/// statements, cursors, temporary objects, LISTEN, session advisory
+/// locks, cached plans and sequence state. It cannot run inside a
+/// transaction block, so it is a Query of its own.
+pub const FULL_RESET: &str = "DISCARD ALL";
+
+/// Sent before the full reset; DISCARD ALL resets these again.
+const NO_TIMEOUTS: &str = "SET statement_timeout = 0; SET lock_timeout = 0";
+
+fn expect_idle(status: u8) -> Result<(), ServerError> {
+    if status == b'I' {
+        Ok(())
+    } else {
+        Err(ServerError::Protocol(
+            "a reset left a transaction open".into(),
+        ))
     }
 }

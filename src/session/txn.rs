@@ -54,6 +54,11 @@ pub struct TxnState {
     pub pinned: bool,
     /// Session-state keywords or command tags seen since the last check.
     pub mentions: Mentions,
+    /// Something ran that the scan cannot see into (a FunctionCall, DO,
+    /// CALL, a text longer than the scanned prefix): the connection may
+    /// hold any session state, so it is reset before anyone else gets it.
+    /// Kept for the whole lease (a probe does not clear it).
+    pub unknown: bool,
     /// Stop at quiet points inside a transaction (idle_transaction_timeout).
     pub rest_in_transaction: bool,
     /// Stop at idle points without releasing (client_idle_timeout, session
@@ -63,7 +68,6 @@ pub struct TxnState {
     /// Updated by the pump before each server scan: the client direction
     /// has nothing in flight.
     pub(super) client_at_rest: bool,
-    /// What the last stopping scan wants reported.
     /// What the last stopping scan of each direction wants reported. Kept
     /// apart: a direction reports only its own stop, once its own bytes
     /// before the stop are written.
@@ -99,6 +103,7 @@ impl TxnState {
             scan_text: transaction_mode,
             pinned: false,
             mentions: Mentions::default(),
+            unknown: false,
             rest_in_transaction: false,
             rest_when_idle: false,
             replies: Replies::default(),
@@ -122,6 +127,7 @@ impl TxnState {
         self.stop_when_idle = self.scan_text;
         self.pinned = false;
         self.mentions = Mentions::default();
+        self.unknown = false;
         self.replies.clear();
         self.client_at_rest = true;
         self.client_halt = None;
@@ -151,11 +157,23 @@ impl TxnState {
     /// after SQL that mentioned session state: check before letting it go.
     fn probe_due(&self, status: Option<u8>) -> bool {
         self.scan_text
-            && (self.mentions.state || (self.pinned && self.mentions.release))
+            && (self.mentions.state
+                || self.mentions.unknown
+                || (self.pinned && self.mentions.release))
             && status == Some(b'I')
             && self.expected_z == 1
             && !self.unsynced
             && self.client_at_rest
+    }
+
+    /// Something ran that the scan cannot see into: probe at the next
+    /// idle point (`mentions`), reset before release (`unknown`).
+    #[inline]
+    fn note_unknown(&mut self, yes: bool) {
+        if yes {
+            self.mentions.unknown = true;
+            self.unknown = true;
+        }
     }
 
     /// Nothing is outstanding on the server, though a transaction may be
@@ -196,14 +214,18 @@ impl FrameSink for ClientSink<'_> {
                 st.mentions.state |= m.state;
                 st.mentions.release |= m.release;
                 st.settings_changed |= m.settings || !st.custom_names.is_empty();
+                // A text longer than the prefix was not searched whole.
+                st.note_unknown(m.unknown || frame.len() < frame_len);
             }
+            // A FunctionCall can call anything (set_config, advisory
+            // locks) by OID; no text to scan.
+            st.note_unknown(tag == b'F');
         }
         if st.rewrite && names_statement(tag, &frame[HEADER_LEN..], frame.len() == frame_len) {
             st.client_halt = Some(Halt::Rewrite);
             return Step::StopBefore;
         }
         match tag {
-            // Query and FunctionCall each end with one ReadyForQuery.
             // Query and FunctionCall each end with one ReadyForQuery, and so
             // does Sync, unless the server will skip or ignore it.
             b'Q' | b'F' | b'S' => {
@@ -291,6 +313,9 @@ impl FrameSink for ServerSink<'_> {
                 }
                 if st.scan_text && pinning::state_tag(body) {
                     st.mentions.state = true;
+                }
+                if st.scan_text {
+                    st.note_unknown(pinning::unknown_tag(body));
                 }
             }
             _ => {}

@@ -4,6 +4,9 @@
 use super::masks::{common_prefix, digit_run};
 use super::{Mentions, scan};
 
+/// Longest text kept for comparison.
+const KEEP_MAX: usize = 4096;
+
 /// The last text scanned (of a Query, or of a Parse) and what it
 /// mentioned. Drivers parse the same statement text again and again (an
 /// unnamed statement per execution), and simple-protocol clients send the
@@ -35,7 +38,9 @@ impl LastText {
         let m = scan(sql, |n| custom.push(n.to_vec()));
         self.text.clear();
         self.mentions = Mentions::default(); // what the empty text mentions
-        if custom.len() == named {
+        // Long texts are scanned each time: keeping one would let every
+        // client hold a copy of its longest statement.
+        if custom.len() == named && sql.len() <= KEEP_MAX {
             self.text.extend_from_slice(sql);
             self.mentions = m;
         }

@@ -15,20 +15,30 @@ mod masks;
 pub use last_text::LastText;
 use masks::{block_mask, is_ident};
 
-/// How much of a Query/Parse body is searched for keywords.
-pub const TEXT_PREFIX: usize = 4096;
+/// How much of a Query/Parse body is searched for keywords. A longer text
+/// is not searched past this: its lease counts as having unknown state
+/// (probed, then reset before anyone else gets the connection).
+pub const TEXT_PREFIX: usize = 64 * 1024;
 
 // Keywords, matched case-insensitively in `scan`: whole words TEMP,
 // TEMPORARY, LISTEN, PREPARE, HOLD may create state; UNLISTEN, DEALLOCATE,
 // DISCARD, CLOSE, DROP may release it (a pinned client is then re-probed).
 // The substrings advisory_lock / advisory_unlock catch session-level
-// advisory locks (pg_advisory_xact_lock does not match).
+// advisory locks (pg_advisory_xact_lock does not match). Code the scan
+// cannot see into makes the state unknown: a DO block (DO followed by its
+// code string), CALL of a procedure, and U&"..." identifiers (which can
+// spell any name, set_config included).
 
 /// Command tags that create state whatever the text looked like.
 pub fn state_tag(tag_body: &[u8]) -> bool {
     tag_body.starts_with(b"LISTEN\0")
         || tag_body.starts_with(b"PREPARE\0")
         || tag_body.starts_with(b"DECLARE CURSOR\0")
+}
+
+/// Command tags of statements that run code the scan cannot see into.
+pub fn unknown_tag(tag_body: &[u8]) -> bool {
+    tag_body == b"DO\0" || tag_body == b"CALL\0"
 }
 
 /// Keyword classes found in SQL text.
@@ -38,6 +48,9 @@ pub struct Mentions {
     pub release: bool,
     /// `set_config(` was called: settings may have changed without a SET.
     pub settings: bool,
+    /// Code the scan cannot look into (DO, CALL, U&"" names): any session
+    /// state may have been created.
+    pub unknown: bool,
 }
 
 /// Searches `sql` for the keywords above, word by word (a word being a
@@ -146,6 +159,9 @@ impl Words {
                     custom(name);
                 }
             }
+            (2, b'd') if is(b"do") && code_string_follows(&sql[end..]) => m.unknown = true,
+            (4, b'c') if is(b"call") && procedure_follows(&sql[end..]) => m.unknown = true,
+            (1, b'u') if sql[end..].starts_with(b"&\"") => m.unknown = true,
             (4, b't') => m.state |= is(b"temp"),
             (9, b't') => m.state |= is(b"temporary"),
             (6, b'l') => m.state |= is(b"listen"),
@@ -177,9 +193,9 @@ static LENGTHS: [u16; 256] = {
     t[b'l' as usize] = 1 << 6; // listen
     t[b'p' as usize] = 1 << 7; // prepare
     t[b'h' as usize] = 1 << 4; // hold
-    t[b'u' as usize] = 1 << 8; // unlisten
-    t[b'd' as usize] = 1 << 4 | 1 << 7 | 1 << 10; // drop, discard, deallocate
-    t[b'c' as usize] = 1 << 5; // close
+    t[b'u' as usize] = 1 << 1 | 1 << 8; // U&"...", unlisten
+    t[b'd' as usize] = 1 << 2 | 1 << 4 | 1 << 7 | 1 << 10; // do, drop, discard, deallocate
+    t[b'c' as usize] = 1 << 4 | 1 << 5; // call, close
     t
 };
 
@@ -201,6 +217,84 @@ fn advisory(word: &[u8]) -> (bool, bool) {
     (state, release)
 }
 
+/// Skips white space and comments (`-- ...` to the end of the line,
+/// nested `/* ... */`), as PostgreSQL's lexer does between tokens.
+fn skip_blank(mut s: &[u8]) -> &[u8] {
+    loop {
+        s = trim_start(s);
+        if let Some(rest) = s.strip_prefix(b"--") {
+            let eol = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |p| p + 1);
+            s = &rest[eol..];
+        } else if s.starts_with(b"/*") {
+            let mut depth = 0usize;
+            let mut i = 0;
+            while i < s.len() {
+                if s[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if s[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            s = &s[i..];
+        } else {
+            return s;
+        }
+    }
+}
+
+/// After the word DO: a DO statement's code string (`$$`, `$tag$`, `'`,
+/// `E'`, `U&'`) or its LANGUAGE clause, and not `ON CONFLICT DO NOTHING`.
+fn code_string_follows(rest: &[u8]) -> bool {
+    let s = skip_blank(rest);
+    match s.first().map(|b| b | 0x20) {
+        Some(b'$') | Some(b'\'') => true,
+        Some(b'e') => s.get(1) == Some(&b'\'') || starts_word(s, b"language"),
+        Some(b'u') => s.get(1) == Some(&b'&'),
+        Some(b'l') => starts_word(s, b"language"),
+        // The end of what was scanned: a longer text counts as unknown
+        // anyway; a short one cut here would be a syntax error.
+        None => true,
+        _ => false,
+    }
+}
+
+/// After the word CALL: a procedure name and its argument list (`CALL
+/// p(...)`), not a column named `call`.
+fn procedure_follows(rest: &[u8]) -> bool {
+    let s = skip_blank(rest);
+    let name_len = s
+        .iter()
+        .take_while(|&&b| is_ident(b) || b == b'.' || b == b'"')
+        .count();
+    if name_len == 0 {
+        return false;
+    }
+    let word = &s[..name_len];
+    const NOT_NAMES: [&[u8]; 8] = [
+        b"from", b"as", b"in", b"on", b"and", b"or", b"where", b"exists",
+    ];
+    if NOT_NAMES.iter().any(|k| word.eq_ignore_ascii_case(k)) {
+        return false;
+    }
+    skip_blank(&s[name_len..]).first() == Some(&b'(')
+}
+
+fn starts_word(s: &[u8], word: &[u8]) -> bool {
+    s.len() >= word.len()
+        && s[..word.len()].eq_ignore_ascii_case(word)
+        && !s.get(word.len()).copied().is_some_and(is_ident)
+}
+
 /// `( 'text'` at the start of `rest` (after optional spaces): the text.
 fn first_string_argument(rest: &[u8]) -> Option<&[u8]> {
     let rest = trim_start(rest).strip_prefix(b"(")?;
@@ -212,25 +306,6 @@ fn first_string_argument(rest: &[u8]) -> Option<&[u8]> {
 fn trim_start(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
     &b[n..]
-}
-
-/// One round trip that lists the session state a server connection holds,
-/// as (kind, count) rows.
-pub const PROBE_SQL: &str = "\
-SELECT 'LISTEN', count(*)::text FROM pg_catalog.pg_listening_channels() \
-UNION ALL SELECT 'advisory lock', count(*)::text FROM pg_catalog.pg_locks \
- WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() \
-UNION ALL SELECT 'temporary table', count(*)::text FROM pg_catalog.pg_class \
- WHERE relpersistence = 't' AND relnamespace = pg_catalog.pg_my_temp_schema() \
-UNION ALL SELECT 'WITH HOLD cursor', count(*)::text FROM pg_catalog.pg_cursors WHERE is_holdable \
-UNION ALL SELECT 'SQL PREPARE', count(*)::text FROM pg_catalog.pg_prepared_statements WHERE from_sql";
-
-/// The kinds of state present, from the probe's rows.
-pub fn present(rows: &[(String, String)]) -> Vec<String> {
-    rows.iter()
-        .filter(|(_, n)| n.parse::<u64>().is_ok_and(|n| n > 0))
-        .map(|(k, _)| k.clone())
-        .collect()
 }
 
 #[cfg(test)]
@@ -281,6 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn unknown_code_makes_state_unknown() {
+        for sql in [
+            &b"DO $$BEGIN EXECUTE 'LIS'||'TEN x'; END$$"[..],
+            b"do/* x /* nested */ */ $body$ select 1 $body$",
+            b"DO -- comment\n 'BEGIN NULL; END'",
+            b"DO LANGUAGE plpgsql $$ $$",
+            b"do E'begin null; end'",
+            b"CALL p(1)",
+            b"call  public.\"Proc\" ( )",
+            b"SELECT U&\"\\0073et_config\"('search_path', 'x', false)",
+            b"SELECT 1; DO",
+        ] {
+            assert!(scan_(sql).unknown, "{}", String::from_utf8_lossy(sql));
+        }
+        for sql in [
+            &b"INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING"[..],
+            b"INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1",
+            b"SELECT call FROM calls WHERE call = 1",
+            b"SELECT call FROM (SELECT 1 AS call) s",
+            b"SELECT U&'\\0041'",
+        ] {
+            assert!(!scan_(sql).unknown, "{}", String::from_utf8_lossy(sql));
+        }
+    }
+
+    #[test]
     fn finds_release_keywords() {
         assert!(scan_(b"UNLISTEN *").release);
         assert!(scan_(b"DEALLOCATE p").release);
@@ -327,16 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_probe_rows() {
-        let rows = vec![
-            ("LISTEN".to_string(), "1".to_string()),
-            ("advisory lock".to_string(), "0".to_string()),
-            ("temporary table".to_string(), "2".to_string()),
-        ];
-        assert_eq!(
-            present(&rows),
-            vec!["LISTEN".to_string(), "temporary table".to_string()]
-        );
+    fn state_tags() {
         assert!(state_tag(b"LISTEN\0") && !state_tag(b"SELECT 1\0"));
     }
 }
