@@ -63,20 +63,38 @@ async fn backend_running(admin: &Client, marker: &str) -> i32 {
     }
 }
 
-/// Starts a slow query as initech; returns its task and its backend pid.
-async fn initech_busy(
-    proxy: &TestProxy,
-    admin: &Client,
-    marker: &str,
-) -> (
-    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-    i32,
-) {
-    let initech = proxy.connect("initech").await;
-    let sql = format!("SELECT '{marker}', pg_sleep(3)");
-    let task = tokio::spawn(async move { initech.simple_query(&sql).await.map(|_| ()) });
-    let pid = backend_running(admin, marker).await;
-    (task, pid)
+/// A query of initech's kept running until `Busy::finish`: it waits for
+/// a lock another initech client holds in an open transaction, so no
+/// timing decides whether an attack lands while it runs.
+struct Busy {
+    holder: Client,
+    task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    pid: i32,
+}
+
+impl Busy {
+    async fn start(proxy: &TestProxy, admin: &Client, marker: &str) -> Busy {
+        let holder = proxy.connect("initech").await;
+        holder
+            .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(42)")
+            .await
+            .expect("take the lock");
+        let initech = proxy.connect("initech").await;
+        let sql = format!("SELECT '{marker}', pg_advisory_xact_lock(42)");
+        let task = tokio::spawn(async move { initech.simple_query(&sql).await.map(|_| ()) });
+        let pid = backend_running(admin, marker).await;
+        Busy { holder, task, pid }
+    }
+
+    /// Lets the query finish; its outcome.
+    async fn finish(self) -> Result<(), tokio_postgres::Error> {
+        // The holder may be gone too (terminated along with the database).
+        let _ = self.holder.batch_execute("COMMIT").await;
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("initech's query ends once the lock is free")
+            .expect("join")
+    }
 }
 
 /// Runs every attack of acme's on initech through `proxy` (started with
@@ -89,7 +107,7 @@ async fn attack(pg: &PgCluster, config: &str) -> Damage {
     let mut damage = Damage::default();
 
     // Watching: initech's SQL text, inlined values included.
-    let (task, _) = initech_busy(&proxy, &admin, "initech-card-4242").await;
+    let busy = Busy::start(&proxy, &admin, "initech-card-4242").await;
     let texts = acme
         .query(
             "SELECT coalesce(query, '') FROM pg_stat_activity WHERE datname = 'tenant_initech'",
@@ -100,16 +118,17 @@ async fn attack(pg: &PgCluster, config: &str) -> Damage {
     damage.read_query_text = texts
         .iter()
         .any(|r| r.get::<_, String>(0).contains("initech-card-4242"));
-    task.await.expect("join").expect("initech's query");
+    busy.finish().await.expect("initech's query");
 
     // Signalling initech's backends, bypassing the proxy's cancel keys.
     for (verb, hit) in [
         ("pg_cancel_backend", &mut damage.cancelled),
         ("pg_terminate_backend", &mut damage.terminated),
     ] {
-        let (task, pid) = initech_busy(&proxy, &admin, &format!("initech-{verb}")).await;
+        let busy = Busy::start(&proxy, &admin, &format!("initech-{verb}")).await;
+        let pid = busy.pid;
         let sent = acme.query_one(&format!("SELECT {verb}($1)"), &[&pid]).await;
-        let outcome = task.await.expect("join");
+        let outcome = busy.finish().await;
         *hit = outcome.is_err();
         if let Err(e) = &sent {
             assert_eq!(sqlstate(e), "42501", "{verb}: {e}");
@@ -344,7 +363,11 @@ async fn refusal_setup() -> (PgCluster, String) {
         ("signal", ""),
         ("trusted", "SUPERUSER"),
     ];
-    let mut config = "[proxy]\nlisten = \"127.0.0.1:0\"\nauth_type = \"trust\"\n\n".to_string();
+    // A long backoff cap: attempts (and log lines) stay few however slow
+    // the clients are.
+    let mut config = "[proxy]\nlisten = \"127.0.0.1:0\"\nauth_type = \"trust\"\n\
+                      server_login_retry = \"60s\"\n\n"
+        .to_string();
     for (t, attrs) in roles {
         let role = format!("r_{t}");
         pgtenant::provision::dedicated_database(
@@ -409,8 +432,8 @@ fn check_refusal_log(log: &str) {
     ] {
         let lines = log.lines().filter(|l| l.contains(needle)).count();
         assert!(lines >= 1, "{t}: the log does not say {needle:?}:\n{log}");
-        // 10 clients, at most a few attempts (100 ms backoff, doubling):
-        // the pool's line and its probing client's, per attempt.
+        // 10 clients, a few attempts (100 ms backoff, doubling), one
+        // line each.
         assert!(
             lines < 10,
             "{t}: logged {lines} times for 10 clients:\n{log}"
