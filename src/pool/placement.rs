@@ -23,7 +23,9 @@
 //! next checkout makes one attempt (a probe; others wait for it); its
 //! success ends the backoff and connections open at full concurrency
 //! again. So a down server sees about one attempt per delay per pool, not
-//! one per client, and clients are told 08006 without waiting.
+//! one per client, and clients are told 08006 without waiting. A backend
+//! role that fails its check (`role_check.rs`, run on new connections
+//! until one passes) counts as a failed connect the same way.
 //!
 //! Upkeep (`janitor.rs` calls [`PlacementPool::maintain`] every second):
 //! idle connections past `server_idle_timeout` or their lifetime are
