@@ -26,6 +26,8 @@ async fn cluster() -> PgCluster {
 /// What acme's attacks on initech achieved.
 #[derive(Debug, Default)]
 struct Damage {
+    /// acme's backend role could log in to initech's database.
+    connected: bool,
     /// acme read initech's query text in pg_stat_activity.
     read_query_text: bool,
     /// initech's running query was cancelled by acme.
@@ -105,6 +107,17 @@ async fn attack(pg: &PgCluster, config: &str) -> Damage {
     let proxy = TestProxy::start(config).await;
     let acme = proxy.connect("acme").await;
     let mut damage = Damage::default();
+
+    // Logging in to initech's database with acme's backend credentials
+    // (which acme learns by setting its role's password, below).
+    let (cfg, _) = pgtenant::config::parse_str(config, "t.toml").expect("config");
+    let mut direct: tokio_postgres::Config =
+        cfg.placements["acme_db"].url.expose().parse().expect("url");
+    direct.dbname("tenant_initech");
+    match direct.connect(tokio_postgres::NoTls).await {
+        Ok(_) => damage.connected = true,
+        Err(e) => assert_eq!(sqlstate(&e), "42501", "{e}"),
+    }
 
     // Watching: initech's SQL text, inlined values included.
     let busy = Busy::start(&proxy, &admin, "initech-card-4242").await;
@@ -213,6 +226,7 @@ async fn in_the_demo_setup_no_tenant_reaches_another() {
         .await
         .expect("demo setup");
     let damage = attack(&pg, &config).await;
+    assert!(!damage.connected, "{damage:?}");
     assert!(!damage.read_query_text, "{damage:?}");
     assert!(!damage.cancelled, "{damage:?}");
     assert!(!damage.terminated, "{damage:?}");
@@ -254,6 +268,7 @@ async fn in_the_old_shared_role_setup_every_attack_works() {
         ));
     }
     let damage = attack(&pg, &config).await;
+    assert!(damage.connected, "{damage:?}");
     assert!(damage.read_query_text, "{damage:?}");
     assert!(damage.cancelled, "{damage:?}");
     assert!(damage.terminated, "{damage:?}");
@@ -451,6 +466,7 @@ fn check_refusal_log(log: &str) {
 }
 
 /// `pgtenant check`: exit status and message for a config.
+/// `true` for exit status 0; a refusal must exit with 1.
 fn check(dir: &std::path::Path, name: &str, config: &str) -> (bool, String) {
     let path = dir.join(name);
     std::fs::write(&path, config).expect("write");
@@ -458,10 +474,13 @@ fn check(dir: &std::path::Path, name: &str, config: &str) -> (bool, String) {
         .args(["check", "-c", path.to_str().expect("path")])
         .output()
         .expect("run pgtenant check");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{:?}: {err}",
+        out.status
+    );
+    (out.status.success(), err)
 }
 
 #[test]
