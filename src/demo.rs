@@ -1,57 +1,62 @@
 //! `pgtenant demo`: the newcomer's one command. Starts a throwaway
 //! PostgreSQL, creates a database per demo tenant plus a shared database,
-//! runs the proxy in front of them and prints `psql` connection strings.
+//! each with its own backend login role (`provision.rs`), runs the proxy
+//! in front of them and prints `psql` connection strings.
 //! Ctrl-C stops the proxy and PostgreSQL and removes the data.
 
 use crate::config;
 use crate::pgcluster::{HostAuth, PgCluster};
+use crate::provision::{backend_role, dedicated_database, tenant_database};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-const BACKEND_PASSWORD: &str = "pgtenant-demo";
 const SAMPLE_SQL: &str = include_str!("../sql/demo_tenant.sql");
 /// Tenants with a dedicated database in the demo.
-const DEDICATED: &[&str] = &["acme", "initech", "hooli"];
+pub const DEDICATED: &[&str] = &["acme", "initech", "hooli"];
 /// Tenants placed on the shared database.
 const SHARED: &[&str] = &["globex", "umbrella"];
+/// The shared database and its backend role.
+const SHARED_DB: &str = "app_shared";
+const SHARED_ROLE: &str = "pgt_shared";
 
-pub async fn run(port: u16) -> anyhow::Result<()> {
-    eprintln!("starting a throwaway PostgreSQL...");
-    let pg = tokio::task::spawn_blocking(|| PgCluster::start(HostAuth::ScramSha256))
-        .await
-        .context("starting PostgreSQL")??;
-    let admin = pg.admin("postgres").await?;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE pgtenant LOGIN PASSWORD '{BACKEND_PASSWORD}'"
-        ))
-        .await?;
-    for t in DEDICATED {
-        admin
-            .batch_execute(&format!("CREATE DATABASE tenant_{t} OWNER pgtenant"))
-            .await?;
-        let (db, conn) = tokio_postgres::connect(
-            &pg.url("pgtenant", BACKEND_PASSWORD, &format!("tenant_{t}")),
-            tokio_postgres::NoTls,
+/// Creates the demo's databases on `pg` (through `admin`, a superuser
+/// connection), each with its own backend login role and a password made
+/// up here, and returns the proxy config for them, listening on `port`.
+/// The tests run this same setup.
+pub async fn setup(
+    pg: &PgCluster,
+    admin: &tokio_postgres::Client,
+    port: u16,
+) -> anyhow::Result<String> {
+    let password = || {
+        format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
         )
-        .await?;
-        tokio::spawn(conn);
-        db.batch_execute(&SAMPLE_SQL.replace(":tenant", t)).await?;
-    }
-    admin
-        .batch_execute("CREATE DATABASE app_shared OWNER pgtenant")
-        .await?;
-
+    };
+    let shared_pw = password();
+    dedicated_database(pg, admin, SHARED_DB, SHARED_ROLE, &shared_pw, "").await?;
     let mut toml = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_placement = \"shared\"\n\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 10\n\n",
-        pg.url("pgtenant", BACKEND_PASSWORD, "app_shared")
+        pg.url(SHARED_ROLE, &shared_pw, SHARED_DB)
     );
     for t in DEDICATED {
+        let (role, db, pw) = (backend_role(t), tenant_database(t), password());
+        dedicated_database(
+            pg,
+            admin,
+            &db,
+            &role,
+            &pw,
+            &SAMPLE_SQL.replace(":tenant", t),
+        )
+        .await?;
         toml.push_str(&format!(
             "[placements.{t}_db]\nurl = \"{}\"\nisolation = \"database\"\npool_size = 5\n\n\
              [tenants.{t}]\nplacement = \"{t}_db\"\nusers = {{ app = \"{t}-secret\" }}\n\n",
-            pg.url("pgtenant", BACKEND_PASSWORD, &format!("tenant_{t}"))
+            pg.url(&role, &pw, &db)
         ));
     }
     for t in SHARED {
@@ -59,6 +64,16 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
             "[tenants.{t}]\nusers = {{ app = \"{t}-secret\" }}\n\n"
         ));
     }
+    Ok(toml)
+}
+
+pub async fn run(port: u16) -> anyhow::Result<()> {
+    eprintln!("starting a throwaway PostgreSQL...");
+    let pg = tokio::task::spawn_blocking(|| PgCluster::start(HostAuth::ScramSha256))
+        .await
+        .context("starting PostgreSQL")??;
+    let admin = pg.admin("postgres").await?;
+    let toml = setup(&pg, &admin, port).await?;
     let config_path = pg.dir().join("pgtenant-demo.toml");
     std::fs::write(&config_path, &toml)?;
     let (cfg, src) = config::load_file(&config_path)?;

@@ -15,7 +15,8 @@
 //! - `runtime`: the data-plane worker threads: each one's event loop
 //!   (epoll, timers, sockets) and the set of sessions it runs.
 //!   `runtime -> client`.
-//! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests.
+//! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests;
+//!   `provision`: a tenant database with its own backend role on it.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
+pub mod provision;
 pub mod routing;
 pub mod runtime;
 pub mod session;

@@ -8,7 +8,7 @@
 
 use crate::catalog::{Catalog, ConfigMap};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
-use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts};
+use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts, RolePolicy};
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;
 use arc_swap::ArcSwap;
@@ -39,15 +39,32 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let catalog = Catalog::from_config(&config, src)?;
         let mut placements = ConfigMap::default();
+        let mut targets = Vec::with_capacity(config.placements.len());
         for (name, p) in &config.placements {
             let target = BackendTarget::from_url(p.url.expose())
                 .map_err(|m| src.error(&format!("placements.{name}.url"), m))?;
+            targets.push((name, target));
+        }
+        for (name, target) in targets.iter().cloned() {
+            let p = &config.placements[name];
+            // Any other placement's role, whatever its host: a role name
+            // seen on another server is checked for nothing worse than
+            // membership, and host spellings differ.
+            let roles = RolePolicy {
+                trusted: p.trust_backend_role,
+                other_placements: targets
+                    .iter()
+                    .filter(|(other, t)| *other != name && t.user != target.user)
+                    .map(|(other, t)| (t.user.clone(), (*other).clone()))
+                    .collect(),
+            };
             let pool = PlacementPool::new(
                 PlacementName(name.clone()),
                 target,
                 p.pool_size as usize,
                 workers,
                 PoolTimeouts::from_config(&config.proxy),
+                roles,
             );
             placements.insert(
                 name.clone(),

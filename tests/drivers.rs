@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{BACKEND_USER, TestPg, TestProxy};
+use common::{TestPg, TestProxy, backend_user};
 use pgtenant::pgcluster::HostAuth;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -110,11 +110,12 @@ async fn start() -> (TestPg, TestProxy) {
     let pg = TestPg::start(HostAuth::ScramSha256, &["acme"]).await;
     let db = pg.cluster.admin("tenant_acme").await.expect("admin");
     db.batch_execute(&format!(
-        "SET ROLE {BACKEND_USER};
+        "SET ROLE {};
          CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL);
          INSERT INTO items SELECT i, 'item-' || i, i * 3 FROM generate_series(1, 1000) i;
          CREATE TABLE ledger (id bigserial PRIMARY KEY, driver text NOT NULL,
-                              client int NOT NULL, seq int NOT NULL, amount int NOT NULL);"
+                              client int NOT NULL, seq int NOT NULL, amount int NOT NULL);",
+        backend_user("acme")
     ))
     .await
     .expect("seed");
@@ -243,7 +244,7 @@ async fn check_backend(pg: &TestPg, d: &Driver) {
     let servers: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&BACKEND_USER],
+            &[&backend_user("acme")],
         )
         .await
         .expect("activity")

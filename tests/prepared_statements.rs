@@ -67,7 +67,7 @@ async fn named_statements_follow_the_client_across_server_connections() {
     // each of the 3 server connections holds each distinct statement once.
     let admin = pg.cluster.admin("tenant_acme").await.expect("admin");
     let rows = admin
-        .query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'tenant_acme' AND usename = 'pgtenant'", &[])
+        .query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'tenant_acme' AND usename = 'pgt_acme'", &[])
         .await
         .expect("activity");
     assert!(rows[0].get::<_, i64>(0) <= 3);

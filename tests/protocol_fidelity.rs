@@ -1022,7 +1022,7 @@ async fn large_result_to_a_slow_reader_keeps_memory_flat() {
             let wait: Option<String> = admin
                 .query_opt(
                     "SELECT wait_event FROM pg_stat_activity \
-                     WHERE usename = 'pgtenant' AND query LIKE 'SELECT g, repeat%'",
+                     WHERE usename = 'pgt_x' AND query LIKE 'SELECT g, repeat%'",
                     &[],
                 )
                 .await
@@ -1157,7 +1157,7 @@ impl Raw {
 async fn create_copy_table(pg: &TestPg) {
     let admin = pg.cluster.admin(DB).await.expect("admin");
     admin
-        .batch_execute("SET ROLE pgtenant; CREATE TABLE items (a int, b text)")
+        .batch_execute("SET ROLE pgt_x; CREATE TABLE items (a int, b text)")
         .await
         .expect("create items");
 }

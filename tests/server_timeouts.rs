@@ -36,7 +36,7 @@ async fn scalar(client: &Client, sql: &str) -> String {
 async fn backends(admin: &Client) -> i64 {
     scalar(
         admin,
-        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgtenant'",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgt_acme'",
     )
     .await
     .parse()
@@ -207,7 +207,7 @@ async fn stale_idle_connections_are_checked_with_a_round_trip() {
     let pg = TestPg::start(HostAuth::Trust, &[TENANT]).await;
     let admin = pg.cluster.admin("postgres").await.expect("admin");
     admin
-        .batch_execute("ALTER ROLE pgtenant SET log_statement = 'all'")
+        .batch_execute("ALTER ROLE pgt_acme SET log_statement = 'all'")
         .await
         .expect("log statements");
     let proxy = TestProxy::start(&config(

@@ -47,7 +47,7 @@ async fn create_items(pg: &TestPg) {
     let admin = pg.cluster.admin(DB).await.expect("admin");
     admin
         .batch_execute(
-            "SET ROLE pgtenant;
+            "SET ROLE pgt_x;
              CREATE TABLE items (client_id int NOT NULL, n int NOT NULL, body text NOT NULL)",
         )
         .await
@@ -88,7 +88,7 @@ impl BackendWatch {
 async fn proxy_backends(admin: &Client) -> i64 {
     admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'tenant_x' AND usename = 'pgtenant'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'tenant_x' AND usename = 'pgt_x'",
             &[],
         )
         .await

@@ -2,7 +2,7 @@
 //! about and, where the file has it, the line.
 
 use super::Config;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -142,15 +142,33 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
             .parse::<SocketAddr>()
             .map_err(|_| src.error("admin.listen", format!("{listen:?} is not an address")))?;
     }
+    let mut roles: HashMap<(String, u16, String), &str> = HashMap::new();
     for (name, pl) in &cfg.placements {
         let key = format!("placements.{name}");
         check_name(name).map_err(|m| src.error(&key, m))?;
         if pl.pool_size == 0 {
             return Err(src.error(&format!("{key}.pool_size"), "must be at least 1"));
         }
-        crate::pool::BackendTarget::from_url(pl.url.expose())
+        let target = crate::pool::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
+        // One backend role serving two placements can signal and watch
+        // the other's backends and change its password: no boundary.
+        let role = (target.host.to_ascii_lowercase(), target.port, target.user);
+        if let Some(first) = roles.insert(role.clone(), name)
+            && !(pl.trust_backend_role && cfg.placements[first].trust_backend_role)
+        {
+            return Err(src.error(
+                &format!("{key}.url"),
+                format!(
+                    "placements.{first} and placements.{name} both log in as user {:?} on {}:{}; \
+                     each could terminate, cancel and watch the other's backends. Give each \
+                     placement its own role, or set trust_backend_role = true on both",
+                    role.2, role.0, role.1
+                ),
+            ));
+        }
     }
+    let mut dedicated: HashMap<&str, &str> = HashMap::new();
     for (name, t) in &cfg.tenants {
         let key = format!("tenants.{name}");
         check_name(name).map_err(|m| src.error(&key, m))?;
@@ -168,6 +186,23 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 ));
             }
             _ => {}
+        }
+        // Several tenants in one database see each other's data.
+        let placement = t.placement.as_deref().or(p.default_placement.as_deref());
+        if let Some(pl) = placement
+            && let Some(pc) = cfg.placements.get(pl)
+            && pc.isolation == super::Isolation::Database
+            && !pc.allow_shared_database
+            && let Some(first) = dedicated.insert(pl, name)
+        {
+            return Err(src.error(
+                &format!("{key}.placement"),
+                format!(
+                    "tenants {first} and {name} are both on placements.{pl}, whose isolation is \
+                     \"database\": one database holds one tenant. Give each tenant its own \
+                     placement, or set allow_shared_database = true on placements.{pl}"
+                ),
+            ));
         }
         if t.users.is_empty() {
             return Err(src.error(
@@ -274,7 +309,7 @@ url = "postgres://pgtenant:secret@127.0.0.1:5432/app_shared"
 isolation = "rls"
 
 [placements.acme_db]
-url = "postgres://pgtenant:secret@127.0.0.1:5432/tenant_acme"
+url = "postgres://pgt_acme:secret@127.0.0.1:5432/tenant_acme"
 isolation = "database"
 pool_size = 10
 
@@ -345,6 +380,51 @@ users = { app = "globex-secret" }
         let bad = GOOD.replace("default_placement = \"shared\"\n", "");
         let err = parse_str(&bad, "t.toml").expect_err("invalid");
         assert_eq!(err.key, "tenants.globex");
+    }
+
+    #[test]
+    fn one_role_on_two_placements_is_refused_unless_both_trust_it() {
+        let bad = GOOD.replace("pgt_acme:secret", "pgtenant:other");
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert!(err.message.contains("trust_backend_role"), "{err}");
+        assert!(err.message.contains("placements.acme_db"), "{err}");
+        // Host names compare without case; another port is another server.
+        let other_host = bad.replace("127.0.0.1:5432/tenant_acme", "LOCALHOST:5432/tenant_acme");
+        parse_str(&other_host, "t.toml").expect("another host");
+        let upper = bad.replace("127.0.0.1:5432/app_shared", "LOCALHOST:5432/app_shared");
+        let upper = upper.replace("127.0.0.1:5432/tenant_acme", "localhost:5432/tenant_acme");
+        parse_str(&upper, "t.toml").expect_err("same host");
+        let other_port = bad.replace("5432/tenant_acme", "5433/tenant_acme");
+        parse_str(&other_port, "t.toml").expect("another port");
+        let one = bad.replace(
+            "pool_size = 10\n",
+            "pool_size = 10\ntrust_backend_role = true\n",
+        );
+        parse_str(&one, "t.toml").expect_err("only one placement opted out");
+        let both = one.replace(
+            "isolation = \"rls\"\n",
+            "isolation = \"rls\"\ntrust_backend_role = true\n",
+        );
+        parse_str(&both, "t.toml").expect("both opted out");
+    }
+
+    #[test]
+    fn two_tenants_on_one_database_placement_are_refused_unless_allowed() {
+        let bad = GOOD.replace(
+            "users = { app = \"globex-secret\" }",
+            "placement = \"acme_db\"\nusers = { app = \"globex-secret\" }",
+        );
+        let err = parse_str(&bad, "t.toml").expect_err("invalid");
+        assert_eq!(err.key, "tenants.globex.placement", "{err}");
+        assert!(err.message.contains("allow_shared_database"), "{err}");
+        let allowed = bad.replace(
+            "pool_size = 10\n",
+            "pool_size = 10\nallow_shared_database = true\n",
+        );
+        parse_str(&allowed, "t.toml").expect("opted out");
+        // Several tenants on an rls placement are what it is for.
+        let rls = GOOD.replace("placement = \"acme_db\"\n", "");
+        parse_str(&rls, "t.toml").expect("rls");
     }
 
     #[test]

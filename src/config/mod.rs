@@ -235,6 +235,16 @@ pub struct PlacementConfig {
     pub isolation: Isolation,
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
+    /// Accept the backend role as it is: no role check when the pool
+    /// opens its first connection, and the same host, port and user may
+    /// serve other placements that say the same. Off by default: the role
+    /// is what keeps one placement's tenants out of the others'.
+    #[serde(default)]
+    pub trust_backend_role: bool,
+    /// Let several tenants share this `isolation = "database"` placement
+    /// (they are not isolated from each other). Off by default.
+    #[serde(default)]
+    pub allow_shared_database: bool,
 }
 
 fn default_pool_size() -> u32 {

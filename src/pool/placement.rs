@@ -23,7 +23,9 @@
 //! next checkout makes one attempt (a probe; others wait for it); its
 //! success ends the backoff and connections open at full concurrency
 //! again. So a down server sees about one attempt per delay per pool, not
-//! one per client, and clients are told 08006 without waiting.
+//! one per client, and clients are told 08006 without waiting. A backend
+//! role that fails its check (`role_check.rs`, run on new connections
+//! until one passes) counts as a failed connect the same way.
 //!
 //! Upkeep (`janitor.rs` calls [`PlacementPool::maintain`] every second):
 //! idle connections past `server_idle_timeout` or their lifetime are
@@ -35,6 +37,7 @@
 
 use super::lease::Lease;
 use super::queue::{Grant, State, Waiter, hand_to_waiter, pop_any, serve_waiters, take};
+use super::role_check::{self, RolePolicy};
 use super::server_conn::{BackendTarget, ServerConn, ServerError};
 use super::stats::{PoolCounts, PoolStats, bump};
 use super::timing::{PoolTimeouts, jittered_lifetime, retry_delay};
@@ -46,6 +49,7 @@ use super::timing::{PoolTimeouts, jittered_lifetime, retry_delay};
 pub(super) type Pooled = Box<ServerConn>;
 use crate::runtime::current_worker;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -113,6 +117,11 @@ pub struct PlacementPool {
     /// ParameterStatus set of the first server connection, shown to
     /// clients at startup (before any server is leased to them).
     startup_params: Mutex<Option<Arc<StartupParams>>>,
+    /// What the backend role must not be able to do (`role_check.rs`).
+    roles: RolePolicy,
+    /// The role passed its check (or is trusted): later connects skip it.
+    /// Until then every new connection is checked before anyone uses it.
+    role_vetted: AtomicBool,
 }
 
 impl PlacementPool {
@@ -122,8 +131,11 @@ impl PlacementPool {
         max: usize,
         workers: usize,
         timeouts: PoolTimeouts,
+        roles: RolePolicy,
     ) -> Arc<PlacementPool> {
         Arc::new(PlacementPool {
+            role_vetted: AtomicBool::new(roles.trusted),
+            roles,
             name,
             target,
             timeouts,
@@ -297,8 +309,16 @@ impl PlacementPool {
                         pool: self,
                         armed: true,
                     };
-                    let opened =
-                        ServerConn::connect(&self.target, self.timeouts.connect, worker).await;
+                    let opened = match ServerConn::connect(
+                        &self.target,
+                        self.timeouts.connect,
+                        worker,
+                    )
+                    .await
+                    {
+                        Ok(conn) => self.vet_role(conn).await,
+                        Err(e) => Err(e),
+                    };
                     slot.armed = false;
                     return match opened {
                         Ok(mut conn) => {
@@ -318,6 +338,35 @@ impl PlacementPool {
                     bump(&self.stats.backoff_refusals, 1);
                     return Err(ServerError::Backoff(retry_in).into());
                 }
+            }
+        }
+    }
+
+    /// Until the placement's role has passed its check, runs it on each
+    /// new connection before anyone uses it; a refused role closes the
+    /// connection and fails the connect (so the pool backs off and logs
+    /// why once per attempt).
+    async fn vet_role(&self, mut conn: ServerConn) -> Result<ServerConn, ServerError> {
+        if self.role_vetted.load(Ordering::Acquire) {
+            return Ok(conn);
+        }
+        let checked = crate::runtime::time::timeout(
+            self.timeouts.connect,
+            role_check::check(&mut conn, &self.target.user, &self.roles),
+        )
+        .await;
+        match checked {
+            Ok(Ok(())) => {
+                self.role_vetted.store(true, Ordering::Release);
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                conn.close();
+                Err(e)
+            }
+            Err(_) => {
+                conn.close();
+                Err(ServerError::Timeout)
             }
         }
     }

@@ -9,7 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> {
     let target =
         BackendTarget::from_url(&format!("postgres://u:p@127.0.0.1:{port}/db")).expect("url");
-    PlacementPool::new(PlacementName("p".into()), target, max, 1, timeouts)
+    PlacementPool::new(
+        PlacementName("p".into()),
+        target,
+        max,
+        1,
+        timeouts,
+        RolePolicy::trusted(),
+    )
 }
 
 /// A port where nothing listens.

@@ -80,6 +80,10 @@ pub enum ServerError {
     NoPassword,
     #[error("server protocol error: {0}")]
     Protocol(String),
+    /// The placement's backend role could act beyond its own database
+    /// (see `role_check.rs`); says what and how to fix it.
+    #[error("{0}")]
+    UnsafeRole(String),
     /// Not an attempt: a recent one failed, and the pool waits this long
     /// before the next (see `placement.rs`, reconnect backoff).
     #[error("connecting failed recently; next attempt in {0:?}")]
@@ -451,7 +455,7 @@ fn proto_err(e: std::io::Error) -> ServerError {
     ServerError::Protocol(e.to_string())
 }
 
-fn rejected(body: &backend::ErrorResponseBody) -> ServerError {
+pub(super) fn rejected(body: &backend::ErrorResponseBody) -> ServerError {
     use fallible_iterator::FallibleIterator;
     let mut code = String::new();
     let mut message = String::new();

@@ -104,6 +104,12 @@ impl Session<'_> {
 pub fn checkout_error(tenant: &TenantEntry, e: CheckoutError) -> ClientError {
     match e {
         CheckoutError::WaitTimeout => ClientError::WaitTimeout(tenant.id.clone()),
+        // The pool logged why at the failed attempt; a client refused
+        // while it backs off, or told the role check failed, adds nothing.
+        CheckoutError::Connect(e @ (ServerError::Backoff(_) | ServerError::UnsafeRole(_))) => {
+            tracing::debug!(tenant = %tenant.id, "placement unreachable: {e}");
+            ClientError::PlacementUnreachable(tenant.id.clone())
+        }
         CheckoutError::Connect(e) => {
             tracing::warn!(tenant = %tenant.id, "placement unreachable: {e}");
             ClientError::PlacementUnreachable(tenant.id.clone())

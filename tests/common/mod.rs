@@ -10,11 +10,20 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-pub const BACKEND_USER: &str = "pgtenant";
-pub const BACKEND_PASSWORD: &str = "backend-secret";
+/// The backend login role of tenant `t`'s database: it owns no database
+/// and may connect only to its own (`pgtenant::provision`), so the proxy's
+/// role check passes.
+pub fn backend_user(tenant: &str) -> String {
+    pgtenant::provision::backend_role(tenant)
+}
+
+pub fn backend_password(tenant: &str) -> String {
+    format!("backend-{tenant}-secret")
+}
 
 /// A PostgreSQL cluster with one database per tenant (`tenant_<name>`),
-/// each holding a `notes` table with rows that name their tenant.
+/// each with its own login role (`pgt_<name>`) and holding a `notes` table
+/// with rows that name their tenant.
 pub struct TestPg {
     pub cluster: PgCluster,
 }
@@ -26,34 +35,31 @@ impl TestPg {
             .expect("join")
             .expect("start PostgreSQL");
         let admin = cluster.admin("postgres").await.expect("admin connection");
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {BACKEND_USER} LOGIN PASSWORD '{BACKEND_PASSWORD}'"
-            ))
-            .await
-            .expect("create role");
         for t in tenants {
-            admin
-                .batch_execute(&format!("CREATE DATABASE tenant_{t} OWNER {BACKEND_USER}"))
-                .await
-                .expect("create database");
-            let db = cluster
-                .admin(&format!("tenant_{t}"))
-                .await
-                .expect("connect");
-            db.batch_execute(&format!(
-                "SET ROLE {BACKEND_USER};
-                 CREATE TABLE notes (id serial PRIMARY KEY, tenant_id text NOT NULL, body text NOT NULL);
-                 INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
-            ))
+            pgtenant::provision::dedicated_database(
+                &cluster,
+                &admin,
+                &format!("tenant_{t}"),
+                &backend_user(t),
+                &backend_password(t),
+                &format!(
+                    "CREATE TABLE notes (id serial PRIMARY KEY, tenant_id text NOT NULL, body text NOT NULL);
+                     INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
+                ),
+            )
             .await
-            .expect("seed");
+            .expect("create tenant database");
         }
         TestPg { cluster }
     }
 
+    /// The placement URL of `database` (`tenant_<name>`), as its own role.
     pub fn url(&self, database: &str) -> String {
-        self.cluster.url(BACKEND_USER, BACKEND_PASSWORD, database)
+        let tenant = database
+            .strip_prefix("tenant_")
+            .unwrap_or_else(|| panic!("{database} is not a tenant database"));
+        self.cluster
+            .url(&backend_user(tenant), &backend_password(tenant), database)
     }
 
     /// A config with one dedicated placement per tenant; `extra_proxy`

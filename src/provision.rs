@@ -1,0 +1,78 @@
+//! Creating a tenant's database and its own backend login role the way
+//! the README's Isolation section asks: the role may log in to that one
+//! database and use it, and nothing else. `pgtenant demo` and the tests
+//! set their tenants up with it, so what they show is the safe setup.
+//!
+//! Setup code, run as a superuser on a cluster the caller controls; never
+//! on the data path.
+
+use crate::pgcluster::PgCluster;
+use anyhow::Context;
+
+/// The backend login role of a tenant with its own database.
+pub fn backend_role(tenant: &str) -> String {
+    format!("pgt_{tenant}")
+}
+
+/// The database of a tenant with its own database.
+pub fn tenant_database(tenant: &str) -> String {
+    format!("tenant_{tenant}")
+}
+
+/// Creates login role `role` (no attributes that reach beyond one
+/// database, no memberships) and database `database`, owned by the
+/// superuser `admin` is connected as, not by `role`. Only `role` may
+/// connect to the database (and create temporary tables there); it may
+/// use and create objects in its schema `public`. Then runs `seed` in the
+/// database as `role`, so the tenant's app owns its own tables.
+pub async fn dedicated_database(
+    cluster: &PgCluster,
+    admin: &tokio_postgres::Client,
+    database: &str,
+    role: &str,
+    password: &str,
+    seed: &str,
+) -> anyhow::Result<()> {
+    let (r, db) = (ident(role), ident(database));
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {r} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             NOBYPASSRLS NOREPLICATION",
+            literal(password)
+        ))
+        .await
+        .with_context(|| format!("creating role {role}"))?;
+    // CREATE DATABASE runs alone: not inside a multi-statement string.
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .with_context(|| format!("creating database {database}"))?;
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {db} FROM PUBLIC;
+             GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {r}"
+        ))
+        .await
+        .with_context(|| format!("granting {role} its database"))?;
+    let inside = cluster.admin(database).await?;
+    inside
+        .batch_execute(&format!(
+            "GRANT USAGE, CREATE ON SCHEMA public TO {r};
+             SET ROLE {r};
+             {seed};
+             RESET ROLE;"
+        ))
+        .await
+        .with_context(|| format!("seeding {database}"))?;
+    Ok(())
+}
+
+/// A quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A quoted SQL string literal (standard_conforming_strings, the default).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
