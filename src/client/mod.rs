@@ -9,6 +9,7 @@ pub mod auth;
 pub mod conn;
 pub mod error;
 pub mod scram;
+pub mod secret;
 
 use crate::config::{AuthType, Isolation};
 use crate::protocol::messages;
@@ -204,16 +205,16 @@ async fn login(
         .get(resolved.tenant.as_str())
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
-    match snap.config.proxy.auth_type {
-        AuthType::ScramSha256 => auth::scram_sha_256(client, &tenant, &resolved.user).await?,
-        AuthType::Trust => {
-            if !tenant.users.contains_key(&resolved.user) {
-                return Err(ClientError::AuthFailed {
-                    user: resolved.user.clone(),
-                    tenant: tenant.id.clone(),
-                });
-            }
-        }
+    if snap.config.proxy.auth_type == AuthType::ScramSha256 {
+        auth::scram_sha_256(client, &snap.catalog, &tenant, &resolved.user).await?;
+    }
+    // Belt and braces after SCRAM (an unknown user's exchange is doomed
+    // already); the whole check under trust.
+    if !tenant.users.contains_key(&resolved.user) {
+        return Err(ClientError::AuthFailed {
+            user: resolved.user.clone(),
+            tenant: tenant.id.clone(),
+        });
     }
     // Counted only once authenticated, so that nobody who merely knows a
     // tenant's name can hold its slots with stalled handshakes.
