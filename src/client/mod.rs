@@ -250,6 +250,7 @@ async fn login(
         }
         params::upsert(&mut wanted, k, v);
     }
+    canonical_client_encoding(&mut wanted)?;
 
     let server_params = placement
         .pool
@@ -273,4 +274,30 @@ async fn login(
         reported,
         _guards: [proxy_guard, tenant_guard],
     })
+}
+
+/// Spells the client's `client_encoding` as the server reports it
+/// (`utf-8` -> `UTF8`), so the ParameterStatus the client gets at login is
+/// the one PostgreSQL would send; a name PostgreSQL refuses is refused
+/// here, as PostgreSQL refuses it at startup.
+fn canonical_client_encoding(wanted: &mut [(String, String)]) -> Result<(), ClientError> {
+    let Some((_, value)) = wanted
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
+    else {
+        return Ok(());
+    };
+    match crate::protocol::encoding::reported_client_encoding(value) {
+        Some(name) if name == value => Ok(()),
+        Some(name) => {
+            *value = name.to_string();
+            Ok(())
+        }
+        None => Err(ClientError::Server {
+            code: crate::protocol::SqlState::INVALID_PARAMETER_VALUE
+                .as_str()
+                .to_string(),
+            message: format!("invalid value for parameter \"client_encoding\": \"{value}\""),
+        }),
+    }
 }
