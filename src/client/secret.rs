@@ -140,7 +140,15 @@ impl AuthSecret {
         let shown = path.display();
         let secret = AuthSecret::generate()?;
         let text: String = secret.0.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let cannot = |e: std::io::Error| format!("cannot create the secret file {shown}: {e}");
+        // A name of its own, so a leftover of a crashed start is no obstacle.
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(
+            ".tmp{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let tmp = PathBuf::from(name);
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -149,10 +157,14 @@ impl AuthSecret {
             .and_then(|mut f| {
                 f.write_all(format!("{text}\n").as_bytes())?;
                 f.sync_all()
-            })
-            .and_then(|()| std::fs::hard_link(&tmp, path));
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(cannot(e));
+        }
+        let linked = std::fs::hard_link(&tmp, path);
         let _ = std::fs::remove_file(&tmp);
-        match written {
+        match linked {
             Ok(()) => {
                 tracing::info!("created the authentication secret file {shown}");
                 Ok(secret)
@@ -160,7 +172,7 @@ impl AuthSecret {
             // Another proxy won the race: use its secret.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => AuthSecret::load(path)?
                 .ok_or_else(|| format!("the secret file {shown} vanished while being created")),
-            Err(e) => Err(format!("cannot create the secret file {shown}: {e}")),
+            Err(e) => Err(cannot(e)),
         }
     }
 
@@ -207,6 +219,23 @@ mod tests {
         let again = AuthSecret::load_or_create(&path).expect("re-read");
         assert_eq!(first.salt("t", "u"), again.salt("t", "u"));
         // Only the secret file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+    }
+
+    #[test]
+    fn proxies_starting_together_agree_on_one_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DEFAULT_FILE);
+        let salts: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| AuthSecret::load_or_create(&path).map(|k| k.salt("t", "u"))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread").expect("secret"))
+                .collect()
+        });
+        assert!(salts.windows(2).all(|w| w[0] == w[1]), "{salts:?}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
     }
 
