@@ -38,7 +38,7 @@ impl std::fmt::Debug for AuthSecret {
 pub enum SecretLocation {
     File(PathBuf),
     /// A config parsed from text, with no folder and no `proxy.secret_file`:
-    /// a fresh secret per process (salts change at every start).
+    /// a secret made once per process (salts change at every start).
     Process,
 }
 
@@ -75,9 +75,19 @@ impl AuthSecret {
                     "no proxy.secret_file and no config folder: using a per-process secret, so \
                      SCRAM salts change at every restart"
                 );
-                AuthSecret::generate()
+                AuthSecret::per_process()
             }
         }
+    }
+
+    /// One secret for the life of the process, made on first use.
+    fn per_process() -> Result<AuthSecret, String> {
+        static SECRET: std::sync::OnceLock<AuthSecret> = std::sync::OnceLock::new();
+        if let Some(s) = SECRET.get() {
+            return Ok(s.clone());
+        }
+        let fresh = AuthSecret::generate()?;
+        Ok(SECRET.get_or_init(|| fresh).clone())
     }
 
     /// Reads `path`, or creates it (mode 0600, never over an existing file)
