@@ -43,7 +43,8 @@ pub enum SecretLocation {
 }
 
 impl SecretLocation {
-    /// `proxy.secret_file` (relative to the config's folder), else
+    /// `proxy.secret_file` (relative to the config's folder, or to the
+    /// current directory for a config parsed from text), else
     /// `pgtenant.secret` in the config's folder, else per process.
     pub fn of(cfg: &Config) -> SecretLocation {
         match &cfg.proxy.secret_file {
