@@ -40,6 +40,14 @@ COPY config/pgtenant.toml /etc/pgtenant/pgtenant.toml
 RUN sed -i 's/^listen = "127\.0\.0\.1:6432"$/listen = "0.0.0.0:6432"/' \
         /etc/pgtenant/pgtenant.toml \
     && grep -q '^listen = "0.0.0.0:6432"$' /etc/pgtenant/pgtenant.toml
+# The authentication secret (SCRAM salts) is created on first start where
+# the proxy's user may write it; mount a volume (or a mode-0600 secret
+# file) at /var/lib/pgtenant so that it survives the container.
+RUN install -d -o pgtenant -g pgtenant -m 0700 /var/lib/pgtenant \
+    && sed -i 's|^#secret_file = "pgtenant.secret"$|secret_file = "/var/lib/pgtenant/pgtenant.secret"|' \
+        /etc/pgtenant/pgtenant.toml \
+    && grep -q '^secret_file = "/var/lib/pgtenant/pgtenant.secret"$' /etc/pgtenant/pgtenant.toml
+VOLUME /var/lib/pgtenant
 USER pgtenant
 # 6432: PostgreSQL clients. 9930: admin HTTP (/metrics, /healthz) once
 # [admin] is implemented; nothing listens there yet.

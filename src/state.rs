@@ -37,7 +37,9 @@ impl Snapshot {
         src: &ConfigSource,
         workers: usize,
     ) -> Result<Snapshot, ConfigError> {
-        let catalog = Catalog::from_config(&config, src)?;
+        let secret = crate::client::secret::AuthSecret::for_config(&config)
+            .map_err(|m| src.error("proxy.secret_file", m))?;
+        let catalog = Catalog::from_config(&config, src, secret)?;
         let mut placements = ConfigMap::default();
         let mut targets = Vec::with_capacity(config.placements.len());
         for (name, p) in &config.placements {

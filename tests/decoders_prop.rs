@@ -474,7 +474,8 @@ proptest! {
 // ---------------------------------------------------------------- SCRAM
 
 /// Deriving a verifier runs 4096 PBKDF2 rounds: do it once.
-static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| Verifier::from_password("pw"));
+static VERIFIER: LazyLock<Verifier> =
+    LazyLock::new(|| Verifier::from_password("pw", b"0123456789abcdef"));
 
 fn client_first() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![

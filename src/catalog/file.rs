@@ -2,6 +2,7 @@
 
 use super::{Catalog, Credential, TenantEntry};
 use crate::client::scram::Verifier;
+use crate::client::secret::AuthSecret;
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::routing::TenantId;
 use std::sync::Arc;
@@ -9,8 +10,13 @@ use std::sync::Arc;
 impl Catalog {
     /// Turns config tenants into catalog entries. Plaintext passwords are
     /// turned into SCRAM verifiers here, once, so no request ever needs
-    /// the plaintext again.
-    pub fn from_config(cfg: &Config, src: &ConfigSource) -> Result<Catalog, ConfigError> {
+    /// the plaintext again; their salts are keyed by `auth_secret`, so they stay
+    /// the same across restarts and look like an unknown user's.
+    pub fn from_config(
+        cfg: &Config,
+        src: &ConfigSource,
+        auth_secret: AuthSecret,
+    ) -> Result<Catalog, ConfigError> {
         let mut tenants = super::ConfigMap::default();
         for (name, t) in &cfg.tenants {
             let mut users = super::ConfigMap::default();
@@ -29,7 +35,7 @@ impl Catalog {
                         "md5 hashes are not accepted; give the password or a SCRAM-SHA-256 verifier",
                     ));
                 } else {
-                    Verifier::from_password(text)
+                    Verifier::from_password(text, &auth_secret.salt(name, user))
                 };
                 users.insert(user.clone(), Credential::Scram(cred));
             }
@@ -51,6 +57,9 @@ impl Catalog {
                 }),
             );
         }
-        Ok(Catalog { tenants })
+        Ok(Catalog {
+            tenants,
+            secret: auth_secret,
+        })
     }
 }

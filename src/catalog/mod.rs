@@ -9,6 +9,7 @@
 mod file;
 
 use crate::client::scram::Verifier;
+use crate::client::secret::AuthSecret;
 use crate::routing::TenantId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,12 +42,24 @@ pub struct TenantEntry {
 }
 
 /// All tenants, by name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     tenants: ConfigMap<String, Arc<TenantEntry>>,
+    /// Keys the salts of plaintext passwords and of unknown users.
+    secret: AuthSecret,
 }
 
 impl Catalog {
+    /// What a SCRAM exchange for `user` of `tenant` runs against: the
+    /// user's verifier, or for a name that is not configured a doomed one
+    /// with the salt such a user would have (PostgreSQL's mock exchange).
+    pub fn scram_verifier(&self, tenant: &TenantEntry, user: &str) -> Verifier {
+        match tenant.users.get(user) {
+            Some(Credential::Scram(v)) => v.clone(),
+            None => Verifier::doomed(&self.secret.salt(tenant.id.as_str(), user)),
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<TenantEntry>> {
         self.tenants.get(name)
     }

@@ -1,12 +1,13 @@
 //! Authenticating a client against its tenant's users with SCRAM-SHA-256.
 //! A wrong password and an unknown user fail identically (same exchange
-//! against a mock verifier, same `28P01` message), so the proxy does not
-//! reveal which user names exist.
+//! against a doomed verifier whose salt is keyed like a real user's, same
+//! `28P01` message), so the proxy does not reveal which user names exist,
+//! and no proof logs in as a user that does not exist.
 
 use super::conn::ClientConn;
 use super::error::ClientError;
-use super::scram::{self, ScramError, Verifier};
-use crate::catalog::{Credential, TenantEntry};
+use super::scram::{self, ScramError};
+use crate::catalog::{Catalog, TenantEntry};
 use crate::protocol::messages;
 use base64::Engine;
 use rand::RngExt;
@@ -16,13 +17,11 @@ const MAX_AUTH_MESSAGE: usize = 8 * 1024;
 
 pub async fn scram_sha_256(
     client: &mut ClientConn,
+    catalog: &Catalog,
     tenant: &TenantEntry,
     user: &str,
 ) -> Result<(), ClientError> {
-    let verifier = match tenant.users.get(user) {
-        Some(Credential::Scram(v)) => v.clone(),
-        None => Verifier::mock(format!("{}/{user}", tenant.id).as_bytes()),
-    };
+    let verifier = catalog.scram_verifier(tenant, user);
     let fail = || ClientError::AuthFailed {
         user: user.to_string(),
         tenant: tenant.id.clone(),

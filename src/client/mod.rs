@@ -9,6 +9,7 @@ pub mod auth;
 pub mod conn;
 pub mod error;
 pub mod scram;
+pub mod secret;
 
 use crate::config::{AuthType, Isolation};
 use crate::protocol::messages;
@@ -205,16 +206,16 @@ async fn login(
         .get(resolved.tenant.as_str())
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
-    match snap.config.proxy.auth_type {
-        AuthType::ScramSha256 => auth::scram_sha_256(client, &tenant, &resolved.user).await?,
-        AuthType::Trust => {
-            if !tenant.users.contains_key(&resolved.user) {
-                return Err(ClientError::AuthFailed {
-                    user: resolved.user.clone(),
-                    tenant: tenant.id.clone(),
-                });
-            }
-        }
+    if snap.config.proxy.auth_type == AuthType::ScramSha256 {
+        auth::scram_sha_256(client, &snap.catalog, &tenant, &resolved.user).await?;
+    }
+    // Belt and braces after SCRAM (an unknown user's exchange is doomed
+    // already); the whole check under trust.
+    if !tenant.users.contains_key(&resolved.user) {
+        return Err(ClientError::AuthFailed {
+            user: resolved.user.clone(),
+            tenant: tenant.id.clone(),
+        });
     }
     // Counted only once authenticated, so that nobody who merely knows a
     // tenant's name can hold its slots with stalled handshakes.
@@ -250,6 +251,7 @@ async fn login(
         }
         params::upsert(&mut wanted, k, v);
     }
+    canonical_client_encoding(&mut wanted)?;
 
     let server_params = placement
         .pool
@@ -273,4 +275,30 @@ async fn login(
         reported,
         _guards: [proxy_guard, tenant_guard],
     })
+}
+
+/// Spells the client's `client_encoding` as the server reports it
+/// (`utf-8` -> `UTF8`), so the ParameterStatus the client gets at login is
+/// the one PostgreSQL would send; a name PostgreSQL refuses is refused
+/// here, as PostgreSQL refuses it at startup.
+fn canonical_client_encoding(wanted: &mut [(String, String)]) -> Result<(), ClientError> {
+    let Some((_, value)) = wanted
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
+    else {
+        return Ok(());
+    };
+    match crate::protocol::encoding::reported_client_encoding(value) {
+        Some(name) if name == value => Ok(()),
+        Some(name) => {
+            *value = name.to_string();
+            Ok(())
+        }
+        None => Err(ClientError::Server {
+            code: crate::protocol::SqlState::INVALID_PARAMETER_VALUE
+                .as_str()
+                .to_string(),
+            message: format!("invalid value for parameter \"client_encoding\": \"{value}\""),
+        }),
+    }
 }

@@ -15,13 +15,19 @@ use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A stored SCRAM-SHA-256 verifier, as in `pg_authid.rolpassword`.
+/// Iterations for verifiers the proxy derives, as PostgreSQL's default.
+pub const ITERATIONS: u32 = 4096;
+
+/// A stored SCRAM-SHA-256 verifier, as in `pg_authid.rolpassword`, or the
+/// doomed stand-in for a user that does not exist.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Verifier {
     iterations: u32,
     salt: Vec<u8>,
     stored_key: [u8; 32],
     server_key: [u8; 32],
+    /// The exchange fails whatever the proof (PostgreSQL's `doomed`).
+    doomed: bool,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -57,37 +63,57 @@ impl Verifier {
             salt,
             stored_key: B64.decode(stored).ok()?.try_into().ok()?,
             server_key: B64.decode(server).ok()?.try_into().ok()?,
+            doomed: false,
         })
     }
 
-    /// Derives a verifier from a plaintext password (random salt, 4096
-    /// iterations, SASLprep as PostgreSQL does).
-    pub fn from_password(password: &str) -> Verifier {
-        let text = postgres_protocol::password::scram_sha_256(password.as_bytes());
-        // The crate's own output always parses; fall back to a verifier
-        // nobody can match rather than panic.
-        Verifier::parse(&text).unwrap_or_else(|| Verifier::mock(password.as_bytes()))
-    }
-
-    /// A verifier that no password matches, derived deterministically from
-    /// `seed`, so that an unknown user's exchange looks like a real one
-    /// (same salt on every attempt) and fails the same way.
-    pub fn mock(seed: &[u8]) -> Verifier {
-        let digest = Sha256::new()
-            .chain_update(b"pgtenant mock verifier")
-            .chain_update(seed)
-            .finalize();
-        let mut salt = [0u8; 16];
-        salt.copy_from_slice(&digest[..16]);
-        let mut stored_key = [0u8; 32];
-        stored_key.copy_from_slice(&Sha256::digest(digest));
+    /// Derives a verifier from a plaintext password with the given salt
+    /// (the caller keys it, see `secret.rs`), 4096 iterations, and SASLprep
+    /// where it applies, as PostgreSQL's `scram_build_secret` does.
+    pub fn from_password(password: &str, salt: &[u8]) -> Verifier {
+        // A password SASLprep refuses is used as it is (PostgreSQL too).
+        let prepared = stringprep::saslprep(password)
+            .map(|p| p.into_owned())
+            .unwrap_or_else(|_| password.to_string());
+        let salted = hi(prepared.as_bytes(), salt, ITERATIONS);
         Verifier {
-            iterations: 4096,
+            iterations: ITERATIONS,
             salt: salt.to_vec(),
-            stored_key,
-            server_key: [0; 32],
+            stored_key: Sha256::digest(hmac(&salted, b"Client Key")).into(),
+            server_key: hmac(&salted, b"Server Key"),
+            doomed: false,
         }
     }
+
+    /// The stand-in for a user that does not exist: the exchange looks like
+    /// a real one (the caller passes the salt a real user of that name would
+    /// have, same iteration count) and fails whatever the client sends.
+    pub fn doomed(salt: &[u8]) -> Verifier {
+        Verifier {
+            iterations: ITERATIONS,
+            salt: salt.to_vec(),
+            // Never compared to any effect (doomed), and no known input
+            // hashes to zeros anyway.
+            stored_key: [0; 32],
+            server_key: [0; 32],
+            doomed: true,
+        }
+    }
+}
+
+/// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's `Hi()`.
+fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut block = salt.to_vec();
+    block.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = hmac(password, &block);
+    let mut out = u;
+    for _ in 1..iterations {
+        u = hmac(password, &u);
+        for (o, x) in out.iter_mut().zip(u.iter()) {
+            *o ^= x;
+        }
+    }
+    out
 }
 
 /// State between the server-first and client-final messages.
@@ -196,7 +222,9 @@ impl ScramExchange {
             *k = p ^ s;
         }
         let computed: [u8; 32] = Sha256::digest(client_key).into();
-        if !bool::from(computed.ct_eq(&self.verifier.stored_key)) {
+        // The same work for a doomed exchange, then the same failure.
+        let matches = bool::from(computed.ct_eq(&self.verifier.stored_key));
+        if !matches || self.verifier.doomed {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
@@ -232,11 +260,24 @@ mod tests {
             .map_err(|_| ScramError::Protocol("client rejected server signature"))
     }
 
+    const SALT: [u8; 16] = *b"0123456789abcdef";
+
     #[test]
     fn interoperates_with_postgres_protocol_client() {
-        let v = Verifier::from_password("acme-secret");
+        let v = Verifier::from_password("acme-secret", &SALT);
         assert_eq!(run("acme-secret", &v), Ok(()));
         assert_eq!(run("wrong", &v), Err(ScramError::BadProof));
+    }
+
+    #[test]
+    fn derived_verifier_matches_known_vector() {
+        // postgres-protocol's own test vector (password "secret").
+        let salt: Vec<u8> = (1..=16).collect();
+        let known = Verifier::parse(
+            "SCRAM-SHA-256$4096:AQIDBAUGBwgJCgsMDQ4PEA==$8rrDg00OqaiWXJ7p+sCgHEIaBSHY89ZJl3mfIsf32oY=:05L1f+yZbiN8O0AnO40Og85NNRhvzTS57naKRWCcsIA=",
+        )
+        .expect("parses");
+        assert_eq!(Verifier::from_password("secret", &salt), known);
     }
 
     #[test]
@@ -244,21 +285,31 @@ mod tests {
         let text = postgres_protocol::password::scram_sha_256(b"pw");
         let v = Verifier::parse(&text).expect("parses");
         assert_eq!(run("pw", &v), Ok(()));
+        assert!(!v.doomed);
         assert!(Verifier::parse("md5abc").is_none());
         assert!(Verifier::parse("SCRAM-SHA-256$0:c2FsdA==$AA==:AA==").is_none());
         assert!(Verifier::parse("SCRAM-SHA-256$4096:c2FsdA==$AA==:AA==").is_none());
     }
 
     #[test]
-    fn mock_verifier_fails_like_a_wrong_password() {
-        let v = Verifier::mock(b"acme/nobody");
-        assert_eq!(run("anything", &v), Err(ScramError::BadProof));
-        assert_eq!(Verifier::mock(b"x"), Verifier::mock(b"x"));
+    fn doomed_exchange_fails_even_with_the_right_proof() {
+        let d = Verifier::doomed(&SALT);
+        assert_eq!(run("anything", &d), Err(ScramError::BadProof));
+        assert_eq!((d.iterations, &d.salt[..]), (ITERATIONS, &SALT[..]));
+        // A proof that matches the keys is still refused: doomed decides,
+        // not the keys (the audit's C1 forged exactly such a proof).
+        let real = Verifier::from_password("pw", &SALT);
+        let doomed_real = Verifier {
+            doomed: true,
+            ..real.clone()
+        };
+        assert_eq!(run("pw", &real), Ok(()));
+        assert_eq!(run("pw", &doomed_real), Err(ScramError::BadProof));
     }
 
     #[test]
     fn rejects_malformed_messages() {
-        let v = Verifier::from_password("pw");
+        let v = Verifier::from_password("pw", &SALT);
         for bad in [
             &b""[..],
             b"n",

@@ -62,12 +62,12 @@ pub fn load_file(path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
         key: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-        .canonicalize()
-        .unwrap_or_default();
+    // `pgtenant.toml` has the parent "": the current directory.
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => Path::new(".").to_path_buf(),
+    };
+    let base = base.canonicalize().unwrap_or(base);
     let (mut cfg, src) = parse_str(&text, &path.display().to_string())?;
     cfg.base_dir = base;
     Ok((cfg, src))
@@ -114,6 +114,12 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 format!("{:?} is listed twice", s.as_str()),
             ));
         }
+    }
+    if p.secret_file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return Err(src.error("proxy.secret_file", "must not be empty"));
     }
     if p.user_separator.is_empty() {
         return Err(src.error("proxy.user_separator", "must not be empty"));

@@ -28,7 +28,8 @@ pub struct Config {
     pub placements: BTreeMap<String, PlacementConfig>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
-    /// Folder relative paths resolve from (the config file's folder).
+    /// Folder relative paths resolve from (the config file's folder);
+    /// empty for a config parsed from text (`parse_str`).
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
@@ -141,6 +142,9 @@ pub struct ProxyConfig {
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_timeout: Duration,
+    /// The authentication secret that keys SCRAM salts (`client/secret.rs`);
+    /// relative to the config's folder. Default: `pgtenant.secret` there.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -175,6 +179,7 @@ impl Default for ProxyConfig {
             pin_policy: PinPolicy::Pin,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout: Duration::from_secs(30),
+            secret_file: None,
         }
     }
 }

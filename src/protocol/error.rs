@@ -60,6 +60,8 @@ impl SqlState {
     pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState::lit("25P03");
     /// `57P05`: idle longer than client_idle_timeout.
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState::lit("57P05");
+    /// `22023`: a startup setting PostgreSQL would refuse.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState::lit("22023");
     /// `XX000`: a bug or an unexpected state inside pgtenant.
     pub const INTERNAL_ERROR: SqlState = SqlState::lit("XX000");
 }

@@ -7,6 +7,7 @@
 //! bytes and must return an error rather than panic.
 
 pub mod codec;
+pub mod encoding;
 pub mod error;
 pub mod messages;
 pub mod startup;

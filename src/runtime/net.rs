@@ -8,7 +8,7 @@
 //! is used there only; [`Socket::rebind`] moves it to the current
 //! thread's (a pooled server connection checked out by another worker).
 
-use super::reactor::{READ, Registration, WRITE};
+use super::reactor::{READ, Registration, SharedStream, WRITE};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -18,17 +18,20 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A connected TCP stream registered with this thread's event loop.
+/// The stream is shared with the sends the loop has queued for it, so it
+/// closes when the last of them is done (`reactor::sends`).
 #[derive(Debug)]
 pub struct Socket {
     reg: Registration,
-    io: std::net::TcpStream,
+    io: SharedStream,
 }
 
 impl Socket {
     /// Registers a connected stream with this thread's event loop.
     pub fn from_std(io: std::net::TcpStream) -> io::Result<Socket> {
         io.set_nonblocking(true)?;
-        let reg = Registration::new(io.as_raw_fd())?;
+        let io = std::sync::Arc::new(io);
+        let reg = Registration::for_stream(&io)?;
         Ok(Socket { reg, io })
     }
 
@@ -78,7 +81,7 @@ impl Socket {
         let Socket { reg, io } = self;
         reg.forget_fd(io.as_raw_fd());
         drop(reg);
-        let reg = Registration::new(io.as_raw_fd())?;
+        let reg = Registration::for_stream(&io)?;
         Ok(Socket { reg, io })
     }
 
@@ -302,7 +305,8 @@ impl Listener {
             ready!(self.reg.poll_ready(cx, READ))?;
             match accept(self.io.as_raw_fd()) {
                 Ok((io, peer)) => {
-                    let reg = Registration::new(io.as_raw_fd())?;
+                    let io = std::sync::Arc::new(io);
+                    let reg = Registration::for_stream(&io)?;
                     return Poll::Ready(Ok((Socket { reg, io }, peer)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.reg.clear(READ),

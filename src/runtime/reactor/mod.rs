@@ -41,6 +41,7 @@ mod tests;
 mod timers;
 
 pub use registration::Registration;
+pub(crate) use registration::SharedStream;
 use registration::Slot;
 pub use sends::BATCH_MAX;
 use timers::Timer;

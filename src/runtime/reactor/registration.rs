@@ -25,15 +25,28 @@ pub(super) struct Slot {
     pub(super) token: u64,
     reader: UnsafeCell<Option<Waker>>,
     writer: UnsafeCell<Option<Waker>>,
-    pub(super) fd: RawFd,
     /// Sends the loop took over (`sends`), loop thread only like the
     /// wakers: this turn's queued bytes (batch index + 1; 0: none)...
     pub(super) queued: Cell<usize>,
     /// ...bytes a submitted send left (the kernel's buffer was full),
     /// which the loop sends on the next write event...
-    pub(super) backlog: RefCell<Vec<u8>>,
+    pub(super) backlog: RefCell<Backlog>,
     /// ...and the error a submitted send met (sticky).
     pub(super) send_error: Cell<Option<i32>>,
+}
+
+/// A stream socket whose descriptor the loop's pending sends share: a
+/// queued send or a backlog holds a clone, so the descriptor stays open
+/// (and its number cannot go to another socket) until they are done, and
+/// no send path takes a bare fd number.
+pub(crate) type SharedStream = Arc<std::net::TcpStream>;
+
+/// Bytes a submitted send left, and the socket they are for (held only
+/// while there are some).
+#[derive(Default)]
+pub(super) struct Backlog {
+    pub(super) to: Option<SharedStream>,
+    pub(super) bytes: Vec<u8>,
 }
 
 // SAFETY: `reader`, `writer` and the send state are read and written only
@@ -46,7 +59,7 @@ unsafe impl Sync for Slot {}
 impl Slot {
     /// Backlog or an error left by a submitted send.
     pub(super) fn unsettled(&self) -> bool {
-        self.send_error.get().is_some() || !self.backlog.borrow().is_empty()
+        self.send_error.get().is_some() || !self.backlog.borrow().bytes.is_empty()
     }
 
     pub(super) fn mark(&self, bits: u8) {
@@ -94,10 +107,12 @@ unsafe fn store_waker(cell: &UnsafeCell<Option<Waker>>, waker: &Waker) {
 /// A file descriptor's place in the reactor of the thread that
 /// registered it. Dropping it frees the place (at once on that thread,
 /// at the loop's next turn from elsewhere); the fd itself belongs to the
-/// caller, who closes it after.
+/// caller (shared with pending sends, for a stream), who closes it after.
 pub struct Registration {
     shared: Arc<Shared>,
     slot: Arc<Slot>,
+    /// The stream sends are queued for; None (nothing queued): a listener.
+    stream: Option<SharedStream>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -112,8 +127,19 @@ impl std::fmt::Debug for Registration {
 impl Registration {
     /// Registers `fd` (edge-triggered, both directions) with this
     /// thread's reactor. Nothing is ready until the kernel says so (it
-    /// reports the current state right after registration).
+    /// reports the current state right after registration). Sends are
+    /// never queued for it (see `for_stream`).
     pub fn new(fd: RawFd) -> io::Result<Registration> {
+        Registration::register(fd, None)
+    }
+
+    /// Registers a stream whose small sends may be queued for the turn's
+    /// batch; each queued send holds the stream (`SharedStream`).
+    pub fn for_stream(stream: &SharedStream) -> io::Result<Registration> {
+        Registration::register(stream.as_raw_fd(), Some(Arc::clone(stream)))
+    }
+
+    fn register(fd: RawFd, stream: Option<SharedStream>) -> io::Result<Registration> {
         with_reactor(|r| {
             let generation = r.next_generation;
             r.next_generation = r.next_generation.wrapping_add(1);
@@ -127,15 +153,15 @@ impl Registration {
                 token: tok,
                 reader: UnsafeCell::new(None),
                 writer: UnsafeCell::new(None),
-                fd,
                 queued: Cell::new(0),
-                backlog: RefCell::new(Vec::new()),
+                backlog: RefCell::new(Backlog::default()),
                 send_error: Cell::new(None),
             });
             entry.insert(Arc::clone(&slot));
             Ok(Registration {
                 shared: Arc::clone(&r.shared),
                 slot,
+                stream,
             })
         })
         .unwrap_or_else(|| Err(off_loop()))
@@ -174,10 +200,13 @@ impl Registration {
     /// `sends::BATCH_MAX`): then the caller sends them itself, after
     /// `flush_queued`. `waker` is woken if the send fails.
     pub fn queue_send(&self, bytes: &[u8], waker: &Waker) -> bool {
+        let Some(stream) = &self.stream else {
+            return false;
+        };
         if !self.is_local() {
             return false;
         }
-        let queued = with_reactor(|r| r.queue_send(&self.slot, bytes)).unwrap_or(false);
+        let queued = with_reactor(|r| r.queue_send(&self.slot, stream, bytes)).unwrap_or(false);
         if queued {
             // SAFETY: on the loop's thread (checked above).
             unsafe { store_waker(&self.slot.writer, waker) };
@@ -214,7 +243,7 @@ impl Registration {
         if let Some(code) = self.slot.send_error.get() {
             return Poll::Ready(Err(io::Error::from_raw_os_error(code)));
         }
-        if self.slot.backlog.borrow().is_empty() {
+        if self.slot.backlog.borrow().bytes.is_empty() {
             return Poll::Ready(Ok(()));
         }
         // SAFETY: on the loop's thread (`unsettled` checked it).
@@ -244,9 +273,11 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Bytes handed to the loop go out before the fd closes (the socket
-        // drops its registration first): a later socket could get the
-        // same fd number. A backlog gets one last try.
+        // Bytes handed to the loop go out now, in order, before the
+        // socket closes. Where that cannot run (off the loop, reactor
+        // busy), queued sends and the backlog hold the stream, so they
+        // still go to this socket, never to one that reuses its number.
+        // A backlog gets one last try.
         if self.is_local() {
             self.flush_queued();
             sends::drain_backlog(&self.slot);

@@ -23,13 +23,20 @@
 //! before); an error is kept for the socket's next write. Larger writes
 //! go straight out, after whatever the socket had queued.
 //!
+//! A queued send and a backlog hold their socket's stream
+//! (`SharedStream`), not its fd number: the descriptor stays open until
+//! they are done, so their bytes can only reach that socket, even if it
+//! is dropped off its loop or without a flush (a bare number could by
+//! then name another client's socket).
+//!
 //! Where io_uring is unavailable (old kernels, seccomp profiles that
 //! forbid it, `io_uring_disabled`) or turned off, nothing is queued and
 //! every write is a `send` of its own.
 
-use super::registration::Slot;
+use super::registration::{SharedStream, Slot};
 use super::{Reactor, WRITE};
 use io_uring::{IoUring, opcode, types};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 /// The most bytes one socket may have queued in one turn; larger writes
@@ -49,6 +56,9 @@ pub(super) struct Batch {
 }
 
 struct Entry {
+    /// The socket's descriptor, held until the send is done: it cannot be
+    /// closed, nor its number reused, while the entry waits.
+    stream: SharedStream,
     slot: Arc<Slot>,
     buf: Vec<u8>,
     /// The send's result: bytes taken or -errno.
@@ -88,7 +98,12 @@ impl Batch {
 
 impl Reactor {
     /// Queues `bytes` for `slot`'s socket (see `Registration::queue_send`).
-    pub(super) fn queue_send(&mut self, slot: &Arc<Slot>, bytes: &[u8]) -> bool {
+    pub(super) fn queue_send(
+        &mut self,
+        slot: &Arc<Slot>,
+        stream: &SharedStream,
+        bytes: &[u8],
+    ) -> bool {
         let Some(b) = self.sends.as_mut() else {
             return false;
         };
@@ -100,6 +115,7 @@ impl Reactor {
                 let mut buf = b.spare.pop().unwrap_or_default();
                 buf.extend_from_slice(bytes);
                 b.entries.push(Entry {
+                    stream: Arc::clone(stream),
                     slot: Arc::clone(slot),
                     buf,
                     result: 0,
@@ -142,7 +158,8 @@ impl Reactor {
                     failed = true;
                     // The ring is given up below; these go out one by one.
                     for e in chunk.iter_mut() {
-                        e.result = match crate::runtime::net::send_fd(e.slot.fd, &e.buf) {
+                        e.result = match crate::runtime::net::send_fd(e.stream.as_raw_fd(), &e.buf)
+                        {
                             Ok(n) => n as i32,
                             Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
                         };
@@ -151,7 +168,7 @@ impl Reactor {
             }
         }
         for mut e in b.entries.drain(..) {
-            settle(&e.slot, &e.buf, e.result);
+            settle(&e.slot, &e.stream, &e.buf, e.result);
             if b.spare.len() < SPARE_MAX && e.buf.capacity() <= BATCH_MAX {
                 e.buf.clear();
                 b.spare.push(e.buf);
@@ -188,7 +205,7 @@ fn submit(ring: &mut IoUring, chunk: &mut [Entry]) -> Submitted {
         for (i, e) in chunk.iter_mut().enumerate() {
             e.result = PENDING;
             let len = e.buf.len() as u32; // at most BATCH_MAX
-            let sqe = opcode::Send::new(types::Fd(e.slot.fd), e.buf.as_ptr(), len)
+            let sqe = opcode::Send::new(types::Fd(e.stream.as_raw_fd()), e.buf.as_ptr(), len)
                 .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .build()
                 .user_data(i as u64);
@@ -196,7 +213,7 @@ fn submit(ring: &mut IoUring, chunk: &mut [Entry]) -> Submitted {
             // collected below (MSG_DONTWAIT sends never wait inside
             // io_uring, so the submit returns with every send done), or
             // is leaked if it cannot be; the fd stays open meanwhile
-            // (sockets flush before they close).
+            // (the entry holds the stream).
             if unsafe { sq.push(&sqe) }.is_err() {
                 // Cannot happen (the queue is empty and as large as a
                 // chunk); the ring is given up, which discards the rest.
@@ -254,7 +271,7 @@ fn submit(ring: &mut IoUring, chunk: &mut [Entry]) -> Submitted {
 }
 
 /// Records a submitted send's outcome on its socket.
-fn settle(slot: &Slot, buf: &[u8], result: i32) {
+fn settle(slot: &Slot, stream: &SharedStream, buf: &[u8], result: i32) {
     slot.queued.set(0);
     let taken = match result {
         n if n >= 0 => (n as usize).min(buf.len()),
@@ -270,7 +287,9 @@ fn settle(slot: &Slot, buf: &[u8], result: i32) {
         }
     };
     if taken < buf.len() {
-        slot.backlog.borrow_mut().extend_from_slice(&buf[taken..]);
+        let mut backlog = slot.backlog.borrow_mut();
+        backlog.bytes.extend_from_slice(&buf[taken..]);
+        backlog.to.get_or_insert_with(|| Arc::clone(stream));
         slot.unmark(WRITE);
     }
 }
@@ -279,14 +298,18 @@ fn settle(slot: &Slot, buf: &[u8], result: i32) {
 /// error is kept for the socket's next write.
 pub(super) fn drain_backlog(slot: &Slot) {
     let mut backlog = slot.backlog.borrow_mut();
-    while !backlog.is_empty() && slot.send_error.get().is_none() {
-        match crate::runtime::net::send_fd(slot.fd, &backlog) {
+    let super::registration::Backlog { to, bytes } = &mut *backlog;
+    let Some(stream) = to else {
+        return; // no backlog
+    };
+    while !bytes.is_empty() && slot.send_error.get().is_none() {
+        match crate::runtime::net::send_fd(stream.as_raw_fd(), bytes) {
             Ok(0) => {
                 slot.unmark(WRITE);
                 return;
             }
             Ok(n) => {
-                backlog.drain(..n);
+                bytes.drain(..n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -298,4 +321,6 @@ pub(super) fn drain_backlog(slot: &Slot) {
                 .set(Some(e.raw_os_error().unwrap_or(libc::EIO))),
         }
     }
+    // All sent, or never will be (the error is sticky): let the stream go.
+    *to = None;
 }
