@@ -12,6 +12,8 @@
 //! - `client`: accept-side handshake, routing and auth, then a session.
 //!   `client -> routing, catalog, session`.
 //! - `state`: what all connections share (config snapshot, registries).
+//! - `admission`: counts connections from accept until they
+//!   authenticate (a total and a per-address cap).
 //! - `runtime`: the data-plane worker threads: each one's event loop
 //!   (epoll, timers, sockets) and the set of sessions it runs.
 //!   `runtime -> client`.
@@ -19,6 +21,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admission;
 pub mod catalog;
 pub mod client;
 pub mod config;
