@@ -349,7 +349,7 @@ async fn a_flood_of_logins_that_never_finish_locks_nobody_out() {
     let took = t.elapsed();
     println!(
         "flood in place after {in_place:?}: {silent_held} silent sockets and {stalled_held} stalled \
-         SCRAM exchanges held open, {} attempts refused ({} with 53300); \
+         SCRAM exchanges held open (no answer within 300 ms), {} attempts refused ({} with 53300); \
          a globex client logged in and ran a query in {took:?} ({before:?} before the flood)",
         flood.refused.load(Ordering::SeqCst),
         flood.refused_53300.load(Ordering::SeqCst),

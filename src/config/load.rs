@@ -378,7 +378,7 @@ users = { app = "globex-secret" }
         let (cfg, _) = parse_str(GOOD, "t.toml").expect("valid");
         let p = &cfg.proxy;
         assert_eq!(p.max_unauthenticated_connections, 2_000);
-        assert_eq!(p.max_unauthenticated_per_address, 64);
+        assert_eq!(p.max_unauthenticated_per_address, 128);
         assert_eq!(p.default_tenant_max_client_connections, 1_000);
         assert_eq!(p.client_startup_timeout.as_secs(), 5);
         assert_eq!(p.client_login_timeout.as_secs(), 15);

@@ -96,7 +96,10 @@ pub struct ProxyConfig {
     /// counted apart from `max_client_connections`, so that stalled
     /// logins never take an authenticated client's slot.
     pub max_unauthenticated_connections: u32,
-    /// Of those, from one source address at once.
+    /// Of those, from one source address at once. Also bounds a burst of
+    /// logins from one host: 128 lets an application open a hundred
+    /// connections at once (pool warm-up), while a flood must come from 16
+    /// addresses to fill the default total.
     pub max_unauthenticated_per_address: u32,
     /// A tenant's client connections at once, where the tenant sets no
     /// `max_client_connections` of its own.
@@ -176,7 +179,7 @@ impl Default for ProxyConfig {
             io_uring: true,
             max_client_connections: 10_000,
             max_unauthenticated_connections: 2_000,
-            max_unauthenticated_per_address: 64,
+            max_unauthenticated_per_address: 128,
             default_tenant_max_client_connections: 1_000,
             max_message_size: ByteSize(64 * 1024 * 1024),
             client_startup_timeout: Duration::from_secs(5),
