@@ -7,6 +7,12 @@
 //! connections that never log in can hold at most its own budget and
 //! never an authenticated client's slot.
 //!
+//! The last tenth of the total is kept for addresses with fewer than
+//! [`LIGHT`] logins in flight: a flood from a few addresses fills the rest
+//! and is then refused, while other clients still get in. (The
+//! per-address cap cannot be that low: it also bounds one host's burst of
+//! logins.) To lock others out, a flood must come from many addresses.
+//!
 //! Must not block: the accept loop calls [`Unauthenticated::admit`] on
 //! every connection; a map shard is locked for one update and never
 //! across an await.
@@ -16,6 +22,10 @@ use dashmap::mapref::entry::Entry;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Logins in flight from one address below which the reserve is open to
+/// it.
+pub const LIGHT: u32 = 4;
 
 /// Unauthenticated connections open right now.
 #[derive(Debug, Default)]
@@ -74,26 +84,28 @@ impl Unauthenticated {
         // An IPv4 client of a dual-stack listener arrives as
         // ::ffff:a.b.c.d; it is the same address as a.b.c.d.
         let address = peer.to_canonical();
-        counts
+        let before = counts
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < caps.total).then_some(n + 1)
             })
             .map_err(|_| Refusal::Total)?;
-        let admitted = match counts.per_address.entry(address) {
-            Entry::Occupied(mut e) if *e.get() < caps.per_address => {
+        let in_reserve = before >= caps.total - caps.total / 10;
+        let refusal = match counts.per_address.entry(address) {
+            Entry::Occupied(e) if *e.get() >= caps.per_address => Some(Refusal::Address),
+            Entry::Occupied(e) if in_reserve && *e.get() >= LIGHT => Some(Refusal::Total),
+            Entry::Occupied(mut e) => {
                 *e.get_mut() += 1;
-                true
+                None
             }
-            Entry::Occupied(_) => false,
             Entry::Vacant(e) => {
                 e.insert(1);
-                true
+                None
             }
         };
-        if !admitted {
+        if let Some(refusal) = refusal {
             counts.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::Address);
+            return Err(refusal);
         }
         Ok(Unauthenticated {
             counts: Arc::clone(counts),
@@ -185,6 +197,47 @@ mod tests {
         drop(held);
         assert_eq!(counts.total(), 0);
         Unauthenticated::admit(&counts, v4(100), CAPS).expect("room again");
+    }
+
+    #[test]
+    fn the_reserve_is_for_light_addresses() {
+        let counts = Arc::new(UnauthenticatedCounts::default());
+        let caps = Caps {
+            total: 100,
+            per_address: 60,
+        };
+        let heavy = |i: u8| IpAddr::V4(Ipv4Addr::new(10, 1, 0, i));
+        // Two addresses take the first 90 (the rest is the reserve).
+        let mut held: Vec<_> = (0..90)
+            .map(|i| Unauthenticated::admit(&counts, heavy(i % 2), caps).expect("general"))
+            .collect();
+        assert_eq!(
+            Unauthenticated::admit(&counts, heavy(0), caps).err(),
+            Some(Refusal::Total),
+            "a heavy address is kept out of the reserve"
+        );
+        // Addresses with fewer than LIGHT logins in flight get in...
+        for i in 0..(LIGHT as usize * 2) {
+            held.push(
+                Unauthenticated::admit(&counts, v4((i / LIGHT as usize) as u8), caps)
+                    .expect("a light address in the reserve"),
+            );
+        }
+        // ...up to LIGHT each.
+        assert_eq!(
+            Unauthenticated::admit(&counts, v4(0), caps).err(),
+            Some(Refusal::Total)
+        );
+        assert_eq!(counts.total(), 98);
+        held.push(Unauthenticated::admit(&counts, v4(7), caps).expect("99"));
+        held.push(Unauthenticated::admit(&counts, v4(8), caps).expect("100"));
+        assert_eq!(
+            Unauthenticated::admit(&counts, v4(9), caps).err(),
+            Some(Refusal::Total)
+        );
+        // Below the reserve, only the per-address cap applies again.
+        held.truncate(80);
+        Unauthenticated::admit(&counts, heavy(0), caps).expect("general again");
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub struct ProxyConfig {
     pub max_client_connections: u32,
     /// Client connections accepted but not yet authenticated, at once;
     /// counted apart from `max_client_connections`, so that stalled
-    /// logins never take an authenticated client's slot.
+    /// logins never take an authenticated client's slot. Its last tenth
+    /// is kept for lightly loaded addresses (`admission`).
     pub max_unauthenticated_connections: u32,
     /// Of those, from one source address at once. Also bounds a burst of
     /// logins from one host: 128 lets an application open a hundred
