@@ -3,7 +3,9 @@
 //! catalog lookup, limits, authentication, and the hand-over to a
 //! [`Session`].
 //!
-//! Every refusal goes through [`ClientConn::refuse`], once, here.
+//! Every refusal goes through [`ClientConn::refuse`], once, here; only
+//! the accept loop's, which must not wait, use
+//! [`conn::refuse_at_accept`].
 
 pub mod auth;
 pub mod conn;
