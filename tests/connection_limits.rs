@@ -374,7 +374,7 @@ async fn a_flood_of_logins_that_never_finish_locks_nobody_out() {
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!(
-            "the real client was refused during the flood: {e:?}\nproxy log:\n{}",
+            "the real client could not log in during the flood: {e:?}\nproxy log:\n{}",
             proxy.log_tail()
         ),
         Err(_) => panic!(
