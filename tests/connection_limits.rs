@@ -246,6 +246,13 @@ impl ProxyProcess {
         Some(dir.count())
     }
 
+    /// The proxy's resident memory now (Linux), as /proc reports it.
+    fn rss(&self) -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        Some(line.trim_start_matches("VmRSS:").trim().to_string())
+    }
+
     /// The log's last lines, for a failure message.
     fn log_tail(&self) -> String {
         let log = self.log();
@@ -353,6 +360,7 @@ async fn a_flood_of_logins_that_never_finish_locks_nobody_out() {
     let silent_held = flood.silent_held.load(Ordering::SeqCst);
     let stalled_held = flood.stalled_held.load(Ordering::SeqCst);
     let proxy_files = proxy.open_files();
+    let proxy_rss = proxy.rss();
 
     // The real client: another tenant, from its own address (127.0.0.1).
     let t = Instant::now();
@@ -363,7 +371,7 @@ async fn a_flood_of_logins_that_never_finish_locks_nobody_out() {
         "flood in place after {in_place:?}: as the attackers see it, {silent_held} silent sockets and \
          {stalled_held} stalled SCRAM exchanges open (no answer within 1 s: this includes some still \
          in the listen backlog), {} attempts refused ({} with 53300); the proxy had {proxy_files:?} \
-         files open; a globex client logged in and ran a query in {took:?} ({before:?} before the flood)",
+         files open and {proxy_rss:?} resident; a globex client logged in and ran a query in {took:?} ({before:?} before the flood)",
         flood.refused.load(Ordering::SeqCst),
         flood.refused_53300.load(Ordering::SeqCst),
     );
