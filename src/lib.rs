@@ -12,6 +12,10 @@
 //! - `client`: accept-side handshake, routing and auth, then a session.
 //!   `client -> routing, catalog, session`.
 //! - `state`: what all connections share (config snapshot, registries).
+//! - `admission`: counts connections from accept until they
+//!   authenticate (a total and a per-address cap).
+//! - `open_files`: `RLIMIT_NOFILE`, raised at start and checked against
+//!   the configured limits.
 //! - `runtime`: the data-plane worker threads: each one's event loop
 //!   (epoll, timers, sockets) and the set of sessions it runs.
 //!   `runtime -> client`.
@@ -20,10 +24,12 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admission;
 pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod open_files;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
@@ -57,6 +63,7 @@ pub async fn run(
     let options = runtime::reactor::LoopOptions {
         batch_sends: config.proxy.io_uring,
     };
+    raise_open_files_limit(&config);
     let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
@@ -103,4 +110,35 @@ pub async fn run(
         let _ = done_tx.send(result);
     });
     done_rx.await.context("worker threads vanished")?
+}
+
+/// Raises `RLIMIT_NOFILE` to its hard limit, logs the figure, and warns
+/// when the configured limits may need more (the proxy still starts: the
+/// caps, not the descriptor limit, should be what refuses clients, but an
+/// operator may knowingly run with fewer).
+fn raise_open_files_limit(config: &Config) {
+    let limit = match open_files::raise_to_hard() {
+        Ok((before, after)) => {
+            if after.soft > before.soft {
+                tracing::info!(
+                    "open files limit raised from {} to {} (the hard limit)",
+                    before.soft,
+                    after.soft
+                );
+            } else {
+                tracing::info!("open files limit: {}", after.soft);
+            }
+            after.soft
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the open files limit: {e}");
+            match open_files::current() {
+                Ok(l) => l.soft,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Some(warning) = open_files::shortfall(config, limit) {
+        tracing::warn!("{warning}");
+    }
 }

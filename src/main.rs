@@ -104,6 +104,19 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     if cfg.tls.is_some() {
         eprintln!("warning: [tls] is not supported yet; SSLRequest is answered 'N'");
     }
+    // `serve` raises its soft limit to the hard one, so that is the figure
+    // to compare with (as seen from this shell; a service manager may set
+    // another).
+    match pgtenant::open_files::current() {
+        Ok(limit) => {
+            if let Some(warning) = pgtenant::open_files::shortfall(&cfg, limit.hard) {
+                eprintln!(
+                    "warning: {warning} (the limit compared is this shell's hard limit, which pgtenant raises its soft limit to)"
+                );
+            }
+        }
+        Err(e) => eprintln!("warning: cannot read the open files limit: {e}"),
+    }
     println!(
         "{}: ok ({} placements, {} tenants)",
         path.display(),

@@ -6,6 +6,7 @@
 //! (reusing pools by placement name) and swaps it in atomically; a
 //! connection keeps the snapshot it started with for its lookups.
 
+use crate::admission::{Caps, Refusal, Unauthenticated, UnauthenticatedCounts};
 use crate::catalog::{Catalog, ConfigMap};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
 use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts, RolePolicy};
@@ -106,8 +107,10 @@ impl Snapshot {
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
     pub cancels: CancelRegistry,
-    /// Client connections open right now (all tenants, any phase).
+    /// Authenticated client connections open right now (all tenants).
     clients: Arc<AtomicU32>,
+    /// Client connections accepted and not yet authenticated.
+    pub unauthenticated: Arc<UnauthenticatedCounts>,
     /// Keyed by config-defined tenants: a fast hasher (see `FastHash`).
     tenant_clients: DashMap<TenantId, Arc<AtomicU32>, crate::catalog::FastHash>,
     pub shutdown: CancellationToken,
@@ -125,6 +128,7 @@ impl ProxyState {
             snapshot: ArcSwap::from_pointee(snapshot),
             cancels: CancelRegistry::default(),
             clients: Arc::new(AtomicU32::new(0)),
+            unauthenticated: Default::default(),
             tenant_clients: DashMap::default(),
             shutdown,
             workers,
@@ -137,20 +141,37 @@ impl ProxyState {
         self.snapshot.load_full()
     }
 
-    /// Counts a client against the proxy-wide limit; `None` when full.
+    /// Counts a connection just accepted from `peer` against the
+    /// unauthenticated caps of the current configuration.
+    pub fn admit_unauthenticated(
+        &self,
+        peer: std::net::IpAddr,
+    ) -> Result<Unauthenticated, Refusal> {
+        let caps = {
+            let snap = self.snapshot.load();
+            Caps {
+                total: snap.config.proxy.max_unauthenticated_connections,
+                per_address: snap.config.proxy.max_unauthenticated_per_address,
+            }
+        };
+        Unauthenticated::admit(&self.unauthenticated, peer, caps)
+    }
+
+    /// Counts an authenticated client against the proxy-wide limit;
+    /// `None` when full.
     pub fn admit_client(&self, max: u32) -> Option<CountGuard> {
         CountGuard::acquire(&self.clients, max)
     }
 
     /// Counts a client against its tenant's limit; `None` when full.
-    pub fn admit_tenant_client(&self, tenant: &TenantId, max: Option<u32>) -> Option<CountGuard> {
+    pub fn admit_tenant_client(&self, tenant: &TenantId, max: u32) -> Option<CountGuard> {
         let counter = Arc::clone(
             self.tenant_clients
                 .entry(tenant.clone())
                 .or_insert_with(|| Arc::new(AtomicU32::new(0)))
                 .value(),
         );
-        CountGuard::acquire(&counter, max.unwrap_or(u32::MAX))
+        CountGuard::acquire(&counter, max)
     }
 }
 

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{BACKEND_USER, TestPg, TestProxy, raw};
+use common::{TestPg, TestProxy, backend_user, raw};
 use pgtenant::pgcluster::HostAuth;
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
@@ -45,7 +45,10 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
     let admin = pg.cluster.admin("tenant_acme").await.expect("admin");
-    let mut setup = format!("CREATE ROLE other NOLOGIN; GRANT other TO {BACKEND_USER};");
+    let mut setup = format!(
+        "CREATE ROLE other NOLOGIN; GRANT other TO {};",
+        backend_user("acme")
+    );
     for (i, (kind, _)) in KINDS.iter().enumerate() {
         setup.push_str(&format!(
             "CREATE FUNCTION public.leak_{i}() RETURNS void LANGUAGE plpgsql AS \
@@ -85,10 +88,15 @@ async fn leftovers(proxy: &TestProxy) -> Vec<String> {
     let c = proxy.connect("acme").await;
     let rows = c
         .simple_query(
-            "SELECT (SELECT count(*) FROM pg_listening_channels())::text, \
-             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())::text, \
-             (SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relnamespace = pg_my_temp_schema())::text, \
-             current_user::text",
+            // Qualified: the check must not be fooled by what it checks for.
+            "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels())::pg_catalog.text, \
+             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks \
+              WHERE locktype OPERATOR(pg_catalog.=) 'advisory' \
+              AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())::pg_catalog.text, \
+             (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class \
+              WHERE relpersistence OPERATOR(pg_catalog.=) 't' \
+              AND relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())::pg_catalog.text, \
+             current_user::pg_catalog.text, pg_catalog.current_setting('search_path')",
         )
         .await
         .expect("check");
@@ -108,8 +116,11 @@ async fn leftovers(proxy: &TestProxy) -> Vec<String> {
             found.push(kind.to_string());
         }
     }
-    if row.get(3) != Some(BACKEND_USER) {
+    if row.get(3) != Some(backend_user("acme").as_str()) {
         found.push(format!("role {:?}", row.get(3)));
+    }
+    if row.get(4) != Some("\"$user\", public") {
+        found.push(format!("search_path {:?}", row.get(4)));
     }
     found
 }
@@ -201,7 +212,7 @@ async fn role_follows_the_client_and_never_the_connection() {
         .query_one("SELECT current_user::text", &[])
         .await
         .expect("query");
-    assert_eq!(who.get::<_, String>(0), BACKEND_USER);
+    assert_eq!(who.get::<_, String>(0), backend_user("acme"));
 }
 
 /// Operators on the client's search_path cannot fake the probe's answer:
@@ -209,10 +220,17 @@ async fn role_follows_the_client_and_never_the_connection() {
 #[tokio::test]
 async fn control_queries_ignore_the_clients_operators() {
     let f = fixture().await;
+    let admin = f._pg.cluster.admin("tenant_acme").await.expect("admin");
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA evil AUTHORIZATION {};",
+            backend_user("acme")
+        ))
+        .await
+        .expect("schema");
     let a = f.proxy.connect("acme").await;
     a.batch_execute(
-        "CREATE SCHEMA evil;
-         CREATE FUNCTION evil.never(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT false';
+        "CREATE FUNCTION evil.never(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT false';
          CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.never);",
     )
     .await

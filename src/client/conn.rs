@@ -3,6 +3,8 @@
 //! before the connection is closed.
 
 use super::error::ClientError;
+use crate::admission::Refusal;
+use crate::protocol::SqlState;
 use crate::protocol::error::{Severity, write_error};
 use crate::protocol::{HEADER_LEN, codec, startup};
 use crate::runtime::net::Socket;
@@ -10,6 +12,26 @@ use crate::session::pump::Flow;
 use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Refuses a connection in the accept loop, which must not wait: one
+/// non-blocking `send` of a FATAL 53300 ErrorResponse (dropped if the
+/// socket cannot take it now), then the close. Whatever the client
+/// already sent (its startup packet) is read off first, where it is
+/// there, so that the close is a FIN after the error rather than a
+/// reset that could discard it.
+pub fn refuse_at_accept(stream: Socket, why: Refusal) {
+    let mut drain = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    let _ = stream.recv(&mut drain);
+    let mut out = BytesMut::with_capacity(128);
+    write_error(
+        &mut out,
+        Severity::Fatal,
+        SqlState::TOO_MANY_CONNECTIONS,
+        why.message(),
+        None,
+    );
+    let _ = stream.send(&out);
+}
 
 /// A connected client.
 pub struct ClientConn {

@@ -46,6 +46,8 @@ pub enum ClientError {
     NotAccepting,
     #[error("startup and authentication did not finish within client_login_timeout")]
     LoginTimeout,
+    #[error("no startup packet within client_startup_timeout")]
+    StartupTimeout,
     /// Session state under `pin_policy = "error"`.
     #[error(
         "tenant \"{tenant}\": {kinds} cannot be kept across transactions with transaction pooling (pin_policy = \"error\"); release it in the same transaction or use session mode"
@@ -68,7 +70,9 @@ impl ClientError {
             ClientError::PlacementUnreachable(_)
             | ClientError::ServerLost(_)
             | ClientError::SettingsUnknown(_) => SqlState::CONNECTION_FAILURE,
-            ClientError::Protocol(_) | ClientError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
+            ClientError::Protocol(_) | ClientError::LoginTimeout | ClientError::StartupTimeout => {
+                SqlState::PROTOCOL_VIOLATION
+            }
             ClientError::NotSupported(_) | ClientError::SessionState { .. } => {
                 SqlState::FEATURE_NOT_SUPPORTED
             }
@@ -93,7 +97,9 @@ impl ClientError {
             ClientError::PlacementUnreachable(_)
             | ClientError::ServerLost(_)
             | ClientError::SettingsUnknown(_) => "server",
-            ClientError::Protocol(_) | ClientError::LoginTimeout => "protocol",
+            ClientError::Protocol(_) | ClientError::LoginTimeout | ClientError::StartupTimeout => {
+                "protocol"
+            }
             ClientError::NotSupported(_) => "not_supported",
             ClientError::SessionState { .. } => "session_state",
             ClientError::ShuttingDown | ClientError::NotAccepting => "shutdown",

@@ -3,7 +3,9 @@
 //! catalog lookup, limits, authentication, and the hand-over to a
 //! [`Session`].
 //!
-//! Every refusal goes through [`ClientConn::refuse`], once, here.
+//! Every refusal goes through [`ClientConn::refuse`], once, here; only
+//! the accept loop's, which must not wait, use
+//! [`conn::refuse_at_accept`].
 
 pub mod auth;
 pub mod conn;
@@ -11,29 +13,41 @@ pub mod error;
 pub mod scram;
 pub mod secret;
 
+use crate::admission::Unauthenticated;
 use crate::config::{AuthType, Isolation};
+use crate::protocol::CancelKey;
 use crate::protocol::messages;
 use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::routing::{self, RoutingInput};
 use crate::runtime::net::Socket;
+use crate::runtime::time;
 use crate::session::{self, Session, params};
 use crate::state::{CountGuard, ProxyState, Snapshot};
 use conn::ClientConn;
 use error::ClientError;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 /// Serves one accepted connection to its end. Never panics on client
 /// input; every failure the client can be told about is told.
-pub async fn serve(state: Arc<ProxyState>, stream: Socket, peer: SocketAddr) {
+/// `unauthenticated` counts the connection until it authenticates (or,
+/// if it never does, until it is closed).
+pub async fn serve(
+    state: Arc<ProxyState>,
+    stream: Socket,
+    peer: SocketAddr,
+    unauthenticated: Unauthenticated,
+) {
     let span = tracing::info_span!("client", %peer, tenant = tracing::field::Empty);
     async move {
         let _ = stream.set_nodelay(true);
         let snap = state.snapshot();
         let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
-        if let Err(e) = serve_inner(&state, &snap, &mut client).await {
+        let mut unauthenticated = Some(unauthenticated);
+        if let Err(e) = serve_inner(&state, &snap, &mut client, &mut unauthenticated).await {
             client.refuse(&e).await;
         }
     }
@@ -54,20 +68,44 @@ async fn serve_inner(
     state: &Arc<ProxyState>,
     snap: &Arc<Snapshot>,
     client: &mut ClientConn,
+    unauthenticated: &mut Option<Unauthenticated>,
 ) -> Result<(), ClientError> {
-    let login_timeout = snap.config.proxy.client_login_timeout;
-    // Startup and authentication: bounded by client_login_timeout, and
-    // abandoned when shutdown begins (nothing has started that must finish).
+    let proxy = &snap.config.proxy;
+    // Both limits count from accept: the startup packet within
+    // client_startup_timeout, authentication within client_login_timeout.
+    // What the client cannot stall (waiting for the placement's first
+    // server connection) has its own bound, query_wait_timeout. Shutdown
+    // abandons a login at any point: nothing has started that must finish.
+    let login_deadline = Instant::now() + proxy.client_login_timeout;
+    let startup_limit = proxy.client_startup_timeout.min(proxy.client_login_timeout);
     let login = async {
-        let Some(startup) = handshake(state, client).await? else {
-            return Ok(None); // a cancel request: nothing more to say
+        let first = time::timeout(startup_limit, handshake(client))
+            .await
+            .map_err(|_| ClientError::StartupTimeout)??;
+        let startup = match first {
+            First::Startup(s) => s,
+            First::Cancel(key) => {
+                time::timeout_at(login_deadline, state.cancels.cancel(key))
+                    .await
+                    .map_err(|_| ClientError::LoginTimeout)?;
+                return Ok(None); // nothing more to say
+            }
         };
-        login(state, snap, client, &startup).await.map(Some)
+        login(
+            state,
+            snap,
+            client,
+            &startup,
+            login_deadline,
+            unauthenticated,
+        )
+        .await
+        .map(Some)
     };
     let login = tokio::select! {
         biased;
         _ = state.shutdown.cancelled() => Err(ClientError::NotAccepting),
-        r = crate::runtime::time::timeout(login_timeout, login) => r.map_err(|_| ClientError::LoginTimeout)?,
+        r = login => r,
     };
     let Some(login) = login? else {
         return Ok(());
@@ -94,8 +132,8 @@ async fn serve_inner(
         tenant: Arc::clone(&login.tenant),
         pool: Arc::clone(&placement.pool),
         mode: snap.pool_mode(),
-        wait_timeout: snap.config.proxy.query_wait_timeout,
-        reset_query: snap.config.proxy.server_reset_query.clone(),
+        wait_timeout: proxy.query_wait_timeout,
+        reset_query: proxy.server_reset_query.clone(),
         cancel: &registration.slot,
         client_pid: registration.key.pid,
         stop: state.stop.subscribe(),
@@ -103,23 +141,26 @@ async fn serve_inner(
         wanted: params::interned(login.wanted),
         reported: login.reported,
         custom_settings: Vec::new(),
-        max_prepared: snap.config.proxy.max_prepared_statements,
+        max_prepared: proxy.max_prepared_statements,
         statements: Default::default(),
-        pin_policy: snap.config.proxy.pin_policy,
-        idle_transaction_timeout: snap.config.proxy.idle_transaction_timeout,
-        client_idle_timeout: snap.config.proxy.client_idle_timeout,
+        pin_policy: proxy.pin_policy,
+        idle_transaction_timeout: proxy.idle_transaction_timeout,
+        client_idle_timeout: proxy.client_idle_timeout,
         pins: &state.pins,
     }
     .run(client)
     .await
 }
 
-/// Reads startup-phase packets until a StartupMessage (`Some`) or a
-/// CancelRequest (`None`, after forwarding it).
-async fn handshake(
-    state: &ProxyState,
-    client: &mut ClientConn,
-) -> Result<Option<Startup>, ClientError> {
+/// The first packet that is not an encryption request.
+enum First {
+    Startup(Startup),
+    Cancel(CancelKey),
+}
+
+/// Reads startup-phase packets until a StartupMessage or a
+/// CancelRequest, answering encryption requests on the way.
+async fn handshake(client: &mut ClientConn) -> Result<First, ClientError> {
     // At most one SSLRequest and one GSSENCRequest precede the startup.
     for _ in 0..3 {
         let len = client.read_startup_packet().await?;
@@ -143,11 +184,8 @@ async fn handshake(
                 }
                 client.stream.write_all(b"N").await.map_err(early_eof)?;
             }
-            StartupPacket::Cancel(key) => {
-                state.cancels.cancel(key).await;
-                return Ok(None);
-            }
-            StartupPacket::Startup(s) => return Ok(Some(s)),
+            StartupPacket::Cancel(key) => return Ok(First::Cancel(key)),
+            StartupPacket::Startup(s) => return Ok(First::Startup(s)),
         }
     }
     Err(ClientError::Protocol("too many encryption requests".into()))
@@ -162,6 +200,8 @@ async fn login(
     snap: &Snapshot,
     client: &mut ClientConn,
     startup: &Startup,
+    login_deadline: Instant,
+    unauthenticated: &mut Option<Unauthenticated>,
 ) -> Result<Login, ClientError> {
     // Newer 3.x minor versions and unknown `_pq_.` options: say what we
     // speak instead of refusing (protocol docs, NegotiateProtocolVersion).
@@ -186,10 +226,6 @@ async fn login(
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
 
-    let proxy_guard = state
-        .admit_client(snap.config.proxy.max_client_connections)
-        .ok_or(ClientError::ProxyFull)?;
-
     let resolved = routing::resolve(
         &snap.rules,
         &RoutingInput {
@@ -207,7 +243,12 @@ async fn login(
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
     if snap.config.proxy.auth_type == AuthType::ScramSha256 {
-        auth::scram_sha_256(client, &snap.catalog, &tenant, &resolved.user).await?;
+        time::timeout_at(
+            login_deadline,
+            auth::scram_sha_256(client, &snap.catalog, &tenant, &resolved.user),
+        )
+        .await
+        .map_err(|_| ClientError::LoginTimeout)??;
     }
     // Belt and braces after SCRAM (an unknown user's exchange is doomed
     // already); the whole check under trust.
@@ -218,10 +259,18 @@ async fn login(
         });
     }
     // Counted only once authenticated, so that nobody who merely knows a
-    // tenant's name can hold its slots with stalled handshakes.
+    // tenant's name can hold these slots with stalled handshakes: until
+    // now the connection counted against the unauthenticated caps only.
+    let proxy_guard = state
+        .admit_client(snap.config.proxy.max_client_connections)
+        .ok_or(ClientError::ProxyFull)?;
+    let tenant_limit = tenant
+        .max_client_connections
+        .unwrap_or(snap.config.proxy.default_tenant_max_client_connections);
     let tenant_guard = state
-        .admit_tenant_client(&tenant.id, tenant.max_client_connections)
+        .admit_tenant_client(&tenant.id, tenant_limit)
         .ok_or_else(|| ClientError::TenantFull(tenant.id.clone()))?;
+    *unauthenticated = None;
     messages::auth_ok(&mut client.out);
 
     let placement = snap

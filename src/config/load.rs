@@ -127,8 +127,34 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
     if p.workers > 256 {
         return Err(src.error("proxy.workers", "at most 256"));
     }
-    if p.max_client_connections == 0 {
-        return Err(src.error("proxy.max_client_connections", "must be at least 1"));
+    for (key, value) in [
+        ("max_client_connections", p.max_client_connections),
+        (
+            "max_unauthenticated_connections",
+            p.max_unauthenticated_connections,
+        ),
+        (
+            "max_unauthenticated_per_address",
+            p.max_unauthenticated_per_address,
+        ),
+        (
+            "default_tenant_max_client_connections",
+            p.default_tenant_max_client_connections,
+        ),
+    ] {
+        if value == 0 {
+            return Err(src.error(&format!("proxy.{key}"), "must be at least 1"));
+        }
+    }
+    // Zero would refuse every client; a client that must never be timed
+    // out is not one the proxy can defend against.
+    for (key, value) in [
+        ("client_startup_timeout", p.client_startup_timeout),
+        ("client_login_timeout", p.client_login_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(src.error(&format!("proxy.{key}"), "must be more than 0"));
+        }
     }
     if p.max_message_size.0 < 1024 || p.max_message_size.0 > (1 << 30) {
         return Err(src.error("proxy.max_message_size", "must be between 1kB and 1GB"));
@@ -431,6 +457,30 @@ users = { app = "globex-secret" }
         // Several tenants on an rls placement are what it is for.
         let rls = GOOD.replace("placement = \"acme_db\"\n", "");
         parse_str(&rls, "t.toml").expect("rls");
+    }
+
+    #[test]
+    fn login_limits_default_and_refuse_zero() {
+        let (cfg, _) = parse_str(GOOD, "t.toml").expect("valid");
+        let p = &cfg.proxy;
+        assert_eq!(p.max_unauthenticated_connections, 2_000);
+        assert_eq!(p.max_unauthenticated_per_address, 128);
+        assert_eq!(p.default_tenant_max_client_connections, 1_000);
+        assert_eq!(p.client_startup_timeout.as_secs(), 5);
+        assert_eq!(p.client_login_timeout.as_secs(), 15);
+        for line in [
+            "max_unauthenticated_connections = 0",
+            "max_unauthenticated_per_address = 0",
+            "default_tenant_max_client_connections = 0",
+            "client_startup_timeout = \"0s\"",
+            "client_login_timeout = \"0s\"",
+        ] {
+            let bad = GOOD.replace("[proxy]\n", &format!("[proxy]\n{line}\n"));
+            let err = parse_str(&bad, "t.toml").expect_err(line);
+            let key = line.split(' ').next().expect("key");
+            assert_eq!(err.key, format!("proxy.{key}"), "{err}");
+            assert_eq!(err.line, Some(3), "{err}");
+        }
     }
 
     #[test]

@@ -91,12 +91,30 @@ pub struct ProxyConfig {
     /// Submit each worker's small sends of a loop turn together through
     /// io_uring (falls back to one `send` each where the kernel refuses).
     pub io_uring: bool,
-    /// Client connections the whole proxy accepts at once.
+    /// Authenticated client connections the whole proxy serves at once.
     pub max_client_connections: u32,
+    /// Client connections accepted but not yet authenticated, at once;
+    /// counted apart from `max_client_connections`, so that stalled
+    /// logins never take an authenticated client's slot. Its last tenth
+    /// is kept for lightly loaded addresses (`admission`).
+    pub max_unauthenticated_connections: u32,
+    /// Of those, from one source address at once. Also bounds a burst of
+    /// logins from one host: 128 lets an application open a hundred
+    /// connections at once (pool warm-up), while a flood must come from 16
+    /// addresses to fill the default total.
+    pub max_unauthenticated_per_address: u32,
+    /// A tenant's client connections at once, where the tenant sets no
+    /// `max_client_connections` of its own.
+    pub default_tenant_max_client_connections: u32,
     /// Largest frontend message accepted after startup, checked against the
     /// length header before anything is read.
     pub max_message_size: ByteSize,
-    /// A client must finish startup and authentication within this.
+    /// From accept, a client must send its StartupMessage (after any
+    /// SSLRequest/GSSENCRequest) within this.
+    #[serde(with = "humantime_serde_compat")]
+    pub client_startup_timeout: Duration,
+    /// From accept, a client must finish startup and authentication
+    /// within this.
     #[serde(with = "humantime_serde_compat")]
     pub client_login_timeout: Duration,
     /// How long a client waits for a server connection before `57014`.
@@ -165,8 +183,12 @@ impl Default for ProxyConfig {
             workers: 0,
             io_uring: true,
             max_client_connections: 10_000,
+            max_unauthenticated_connections: 2_000,
+            max_unauthenticated_per_address: 128,
+            default_tenant_max_client_connections: 1_000,
             max_message_size: ByteSize(64 * 1024 * 1024),
-            client_login_timeout: Duration::from_secs(60),
+            client_startup_timeout: Duration::from_secs(5),
+            client_login_timeout: Duration::from_secs(15),
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),
             server_idle_timeout: Duration::from_secs(600),

@@ -95,6 +95,37 @@ pub fn worker_main(
     Ok(())
 }
 
+/// Refusals at accept come in floods: they are logged as a count, at most
+/// once per interval, so that an attacker cannot flood the log too.
+#[derive(Default)]
+struct RefusalLog {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn count(&mut self, peer: std::net::SocketAddr, refusal: crate::admission::Refusal) {
+        self.since_last += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Self::INTERVAL)
+        {
+            tracing::warn!(
+                worker = current_worker(),
+                "refused {} connection(s) at accept since the last report; the latest from {}: {}",
+                self.since_last,
+                peer.ip(),
+                refusal.message()
+            );
+            self.since_last = 0;
+            self.last = Some(now);
+        }
+    }
+}
+
 /// Connections accepted without letting the worker's other sessions run.
 const ACCEPTS_IN_A_ROW: u32 = 64;
 
@@ -111,6 +142,7 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
     };
     let shutdown = state.shutdown.clone();
     let mut in_a_row = 0u32;
+    let mut refusals = RefusalLog::default();
     loop {
         // A burst of connections is taken in gulps: the sessions already
         // running get their turn between them (the loop has no
@@ -126,7 +158,15 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let session = client::serve(Arc::clone(&state), stream, peer);
+                    let unauthenticated = match state.admit_unauthenticated(peer.ip()) {
+                        Ok(u) => u,
+                        Err(refusal) => {
+                            client::conn::refuse_at_accept(stream, refusal);
+                            refusals.count(peer, refusal);
+                            continue;
+                        }
+                    };
+                    let session = client::serve(Arc::clone(&state), stream, peer, unauthenticated);
                     // Boxed: a client's future is several kB (the whole
                     // session state machine); a box moves as one pointer.
                     if session_set::spawn_local(Box::pin(session)).is_err() {

@@ -94,6 +94,14 @@ pub fn timeout<F: Future>(limit: Duration, fut: F) -> Timeout<F> {
     }
 }
 
+/// Runs `fut` until `deadline` at most.
+pub fn timeout_at<F: Future>(deadline: Instant, fut: F) -> Timeout<F> {
+    Timeout {
+        fut,
+        sleep: sleep_until(deadline),
+    }
+}
+
 impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, Elapsed>;
 

@@ -112,6 +112,8 @@ impl Session<'_> {
             lease.conn_mut().buf.clear();
 
             txn.begin();
+            txn.backend_pid = lease.conn().cancel_key().pid;
+            txn.client_pid = self.client_pid;
             self.cancel.arm(lease.conn().cancel_key());
             let exit = loop {
                 let exit = self

@@ -341,17 +341,41 @@ fn scan(flow: &mut Flow, st: &mut TxnState, side: &Side) -> Result<bool, FrameEr
     let unscanned = &buf[*ready..];
     let s = match side {
         Side::Client => scanner.scan(unscanned, &mut ClientSink(st))?,
-        Side::Server => scanner.scan(
-            unscanned,
-            &mut ServerSink {
-                st,
-                to_client: inject,
-            },
-        )?,
+        Side::Server => {
+            let s = scanner.scan(
+                unscanned,
+                &mut ServerSink {
+                    base: unscanned.as_ptr() as usize,
+                    st,
+                    to_client: inject,
+                },
+            )?;
+            if !st.notify_pids.is_empty() {
+                rewrite_notify_pids(&mut buf[*ready..], st);
+            }
+            s
+        }
     };
     *ready += s.forward;
     *skip = s.skip;
     Ok(s.forward > 0 || s.stopped)
+}
+
+/// Shows the client its own pid (from BackendKeyData) in place of its
+/// server connection's real one, and 0 for any other sender: no real
+/// backend pid reaches a client.
+fn rewrite_notify_pids(scanned: &mut [u8], st: &mut TxnState) {
+    for at in st.notify_pids.drain(..) {
+        if let Some(field) = scanned.get_mut(at..at + 4) {
+            let pid = i32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+            let shown = if pid == st.backend_pid {
+                st.client_pid
+            } else {
+                0
+            };
+            field.copy_from_slice(&shown.to_be_bytes());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,14 @@ pub struct TxnState {
     /// Custom (dotted) setting names the client's SQL set; `pg_settings`
     /// does not list them, so the session reads them by name.
     pub custom_names: Vec<Vec<u8>>,
+    /// Offsets (from the scanned bytes' start) of the pid fields of
+    /// NotificationResponses just scanned, for the pump to rewrite.
+    pub(super) notify_pids: Vec<usize>,
+    /// The leased connection's real backend pid, and the pid its client
+    /// was given: a client sees its own pid in its notifications and no
+    /// real backend pid at all (others show as 0).
+    pub backend_pid: i32,
+    pub client_pid: i32,
     /// The last Query and Parse texts scanned (kept across leases).
     last_query: pinning::LastText,
     last_parse: pinning::LastText,
@@ -114,6 +122,9 @@ impl TxnState {
             statements_dropped: false,
             settings_changed: false,
             custom_names: Vec::new(),
+            notify_pids: Vec::new(),
+            backend_pid: 0,
+            client_pid: 0,
             last_query: pinning::LastText::default(),
             last_parse: pinning::LastText::default(),
         }
@@ -136,6 +147,7 @@ impl TxnState {
         self.statements_dropped = false;
         self.settings_changed = false;
         self.custom_names.clear();
+        self.notify_pids.clear();
     }
 
     /// Something seen while pumping changes the session's own state
@@ -277,6 +289,8 @@ fn names_statement(tag: u8, body: &[u8], whole: bool) -> bool {
 /// tags, and pairs replies with the client messages they answer.
 pub(super) struct ServerSink<'a> {
     pub(super) st: &'a mut TxnState,
+    /// Address of the first scanned byte (to locate frames in the buffer).
+    pub(super) base: usize,
     /// The client direction's bytes to the client (proxy replies).
     pub(super) to_client: &'a mut BytesMut,
 }
@@ -285,6 +299,8 @@ impl FrameSink for ServerSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
         match tag {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
+            // NotificationResponse: the sender's pid, rewritten (`pump`).
+            b'A' => 4,
             _ => 0,
         }
     }
@@ -303,7 +319,13 @@ impl FrameSink for ServerSink<'_> {
                 }
                 return Step::Continue;
             }
-            b'N' | b'A' => return Step::Continue,
+            b'N' => return Step::Continue,
+            b'A' => {
+                // Where its pid is, from the start of the scanned bytes.
+                st.notify_pids
+                    .push(frame.as_ptr() as usize - self.base + HEADER_LEN);
+                return Step::Continue;
+            }
             b'C' => {
                 if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
                     st.statements_dropped = true;
