@@ -9,7 +9,7 @@ use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use rand::RngExt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
@@ -27,6 +27,10 @@ pub struct CancelSlot {
     /// 0, so a cancel that PostgreSQL applies late (after the query ended)
     /// can only meet an idle backend, which ignores it.
     inflight: AtomicU32,
+    /// A cancel for this client was given up on (its delivery timed out
+    /// or failed): PostgreSQL may still act on it later, so the server
+    /// connection must not go to anyone else.
+    lost: AtomicBool,
     done: tokio::sync::Notify,
 }
 
@@ -49,16 +53,19 @@ impl CancelSlot {
 
     /// Waits (bounded) until no cancel for this client is being forwarded.
     /// Call after `disarm`, before the server connection is released.
-    /// The common case, nothing in flight, is one atomic load and no
-    /// future.
-    pub fn settle(&self) -> Option<impl Future<Output = ()> + '_> {
-        if self.inflight.load(Ordering::SeqCst) == 0 {
+    /// The common case, nothing in flight, is two atomic loads and no
+    /// future (`None`: the connection may be released). The future's
+    /// answer is whether it may: not after a cancel that was given up on,
+    /// or one still in flight when the wait ended, since PostgreSQL may
+    /// apply it to whoever holds the connection next.
+    pub fn settle(&self) -> Option<impl Future<Output = bool> + '_> {
+        if self.inflight.load(Ordering::SeqCst) == 0 && !self.lost.load(Ordering::SeqCst) {
             return None;
         }
         Some(self.wait_settled())
     }
 
-    async fn wait_settled(&self) {
+    async fn wait_settled(&self) -> bool {
         let wait = async {
             while self.inflight.load(Ordering::SeqCst) > 0 {
                 let notified = self.done.notified();
@@ -68,7 +75,11 @@ impl CancelSlot {
                 notified.await;
             }
         };
-        let _ = crate::runtime::time::timeout(CANCEL_TIMEOUT, wait).await;
+        let settled = crate::runtime::time::timeout(CANCEL_TIMEOUT, wait)
+            .await
+            .is_ok();
+        let lost = self.lost.swap(false, Ordering::SeqCst);
+        settled && !lost
     }
 
     fn target(&self) -> Option<(Arc<PlacementPool>, CancelKey)> {
@@ -144,7 +155,9 @@ impl CancelRegistry {
         // this sees the cancel in flight and waits for it in `settle`.
         slot.inflight.fetch_add(1, Ordering::SeqCst);
         if let Some((pool, server_key)) = slot.target() {
-            send_cancel(pool.target(), server_key).await;
+            if !send_cancel(pool.target(), server_key).await {
+                slot.lost.store(true, Ordering::SeqCst);
+            }
         } else {
             tracing::debug!("cancel request for a client with nothing running");
         }
@@ -159,8 +172,9 @@ const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Sends a CancelRequest for `key` to the server behind `target` on a new
 /// connection (protocol docs, "Canceling Requests in Progress"), and, as
 /// libpq does, waits for the server to close that connection: then the
-/// server has processed the request and signalled the backend.
-pub async fn send_cancel(target: &BackendTarget, key: CancelKey) {
+/// server has processed the request and signalled the backend. False if
+/// that was not seen: the cancel may still reach the backend later.
+pub async fn send_cancel(target: &BackendTarget, key: CancelKey) -> bool {
     let mut out = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut out);
     let send = async {
@@ -171,8 +185,17 @@ pub async fn send_cancel(target: &BackendTarget, key: CancelKey) {
         Ok::<(), std::io::Error>(())
     };
     match crate::runtime::time::timeout(CANCEL_TIMEOUT, send).await {
-        Ok(Ok(())) => tracing::debug!("cancel forwarded"),
-        Ok(Err(e)) => tracing::warn!("cancel not delivered: {e}"),
-        Err(_) => tracing::warn!("cancel timed out"),
+        Ok(Ok(())) => {
+            tracing::debug!("cancel forwarded");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("cancel not delivered: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("cancel timed out");
+            false
+        }
     }
 }

@@ -135,8 +135,9 @@ impl Session<'_> {
                     Ok(()) => continue,
                     Err(e) => {
                         self.cancel.disarm();
-                        if let Some(wait) = self.cancel.settle() {
-                            wait.await;
+                        if !self.settle_cancels().await {
+                            drop(lease);
+                            return self.tell_client_if_possible(&server_flow, e);
                         }
                         if matches!(exit, PumpExit::Probe) {
                             // The held-back ReadyForQuery ('I') is the next
@@ -156,8 +157,26 @@ impl Session<'_> {
                 }
             };
             self.cancel.disarm();
-            if let Some(wait) = self.cancel.settle() {
-                wait.await;
+            if !self.settle_cancels().await {
+                // A cancel of this client's may still hit the connection:
+                // nobody else may have it. The client goes on with another.
+                if matches!(exit, PumpExit::Idle) && std::mem::take(&mut txn.settings_changed) {
+                    self.learn_settings(&mut lease).await?;
+                }
+                drop(lease);
+                match exit {
+                    PumpExit::Idle if !self.is_stopping() => continue,
+                    PumpExit::Idle => return Err(ClientError::ShuttingDown),
+                    PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
+                        return Ok(());
+                    }
+                    _ => {
+                        return self.tell_client_if_possible(
+                            &server_flow,
+                            ClientError::ServerLost(self.tenant.id.clone()),
+                        );
+                    }
+                }
             }
 
             match exit {
@@ -302,6 +321,15 @@ impl Session<'_> {
         txn.unsynced = true;
         client.flow.buf.advance(len);
         Ok(())
+    }
+
+    /// Whether the server connection may go to another client as far as
+    /// this client's cancels go (see `CancelSlot::settle`).
+    async fn settle_cancels(&self) -> bool {
+        match self.cancel.settle() {
+            None => true,
+            Some(wait) => wait.await,
+        }
     }
 
     fn is_stopping(&self) -> bool {

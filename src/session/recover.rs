@@ -113,9 +113,11 @@ impl Recovery {
         let conn = lease.conn_mut();
         let busy = self.expected_z > 0 || self.unsynced || self.copy_in;
         let key = conn.cancel_key();
-        if busy {
-            // Stop whatever runs for the departed client.
-            send_cancel(&target, key).await;
+        // Stop whatever runs for the departed client. A cancel whose
+        // delivery was not confirmed could reach the backend after it is
+        // back in the pool: close the connection instead.
+        if busy && !send_cancel(&target, key).await {
+            return Err(ServerError::Protocol("a cancel was not confirmed".into()));
         }
         // Put back unhandled bytes, then drop the rest of a message that was
         // half-forwarded to the client.
@@ -149,7 +151,9 @@ impl Recovery {
             let msg = match crate::runtime::time::timeout(CANCEL_AGAIN, conn.read_message()).await {
                 Ok(msg) => msg?,
                 Err(_) => {
-                    send_cancel(&target, key).await;
+                    if !send_cancel(&target, key).await {
+                        return Err(ServerError::Protocol("a cancel was not confirmed".into()));
+                    }
                     continue;
                 }
             };
