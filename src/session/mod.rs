@@ -10,6 +10,9 @@
 //! `recover` (making a connection clean), `cancel` (proxy-issued cancel
 //! keys).
 
+pub mod boundary;
+#[cfg(test)]
+mod boundary_prop;
 pub mod cancel;
 mod control;
 mod lease;
@@ -143,8 +146,7 @@ impl Session<'_> {
                             // The held-back ReadyForQuery ('I') is the next
                             // frame: the server owes nothing more.
                             server_flow.buf.advance(HEADER_LEN + 1);
-                            txn.expected_z = txn.expected_z.saturating_sub(1);
-                            txn.status = b'I';
+                            txn.consume_held_ready();
                         }
                         if matches!(e, ClientError::SessionState { .. }) {
                             txn.pinned = true; // clean it with the reset query
@@ -318,7 +320,9 @@ impl Session<'_> {
             to_client: &mut server_flow.inject,
         };
         rw.handle(&client.flow.buf[..len])?;
-        txn.unsynced = true;
+        // The rewritten message went to the server: replies are owed
+        // until a Sync.
+        txn.position = txn.position.step(boundary::Event::Extended);
         client.flow.buf.advance(len);
         Ok(())
     }
@@ -395,7 +399,7 @@ impl Session<'_> {
         lease: &Lease,
         txn: &TxnState,
     ) -> Result<(), ClientError> {
-        let (limit, err) = if txn.status == b'I' {
+        let (limit, err) = if txn.position.last_status() == boundary::TxStatus::Idle {
             (
                 self.client_idle_timeout,
                 ClientError::ClientIdle(self.tenant.id.clone()),

@@ -4,6 +4,7 @@
 //! connection keeps counting against `pool_size` until it is either back
 //! in the pool, clean, or closed.
 
+use super::boundary::{Event, Position, TxStatus};
 use super::cancel::send_cancel;
 use super::pump::Flow;
 use super::txn::TxnState;
@@ -27,14 +28,10 @@ pub struct Recovery {
     pub leftover: BytesMut,
     /// Body bytes of a half-forwarded message still to come.
     pub skip: usize,
-    /// ReadyForQuery messages still owed.
-    pub expected_z: u32,
-    /// Extended-protocol messages were sent without a Sync.
-    pub unsynced: bool,
+    /// What the server still owes, and its last transaction status.
+    pub position: Position,
     /// The server waits for COPY data the client will never send.
     pub copy_in: bool,
-    /// Last transaction status seen.
-    pub status: u8,
     /// The connection may carry session state (session mode, a pin, code
     /// the scan could not see into, a probe that did not run): reset it
     /// completely, then run this configured query too, if any.
@@ -65,22 +62,20 @@ impl Recovery {
         // State the proxy could not rule out: code it cannot see into, or
         // state-making SQL whose probe never ran (the client left first).
         let reset_due = reset_due || txn.unknown || txn.mentions.state;
+        // The one "clean" predicate: nothing owed, nothing unread, no
+        // transaction open, no session state the proxy has not ruled out.
         let clean = leftover.is_empty()
             && skip == 0
-            && txn.expected_z == 0
-            && !txn.unsynced
+            && txn.position.is_idle()
             && !txn.replies.in_copy_in()
-            && txn.status == b'I'
             && !reset_due
             && !txn.settings_changed
             && !txn.statements_dropped;
         (!clean).then(|| Recovery {
             leftover: BytesMut::from(leftover),
             skip,
-            expected_z: txn.expected_z,
-            unsynced: txn.unsynced,
+            position: txn.position,
             copy_in: txn.replies.in_copy_in(),
-            status: txn.status,
             reset: reset_due.then(|| {
                 let extra = extra.trim();
                 (!extra.is_empty() && !extra.eq_ignore_ascii_case(FULL_RESET))
@@ -111,7 +106,7 @@ impl Recovery {
     async fn run(mut self, lease: &mut Lease) -> Result<(), ServerError> {
         let target = lease.pool().target().clone();
         let conn = lease.conn_mut();
-        let busy = self.expected_z > 0 || self.unsynced || self.copy_in;
+        let busy = !self.position.is_quiet() || self.copy_in;
         let key = conn.cancel_key();
         // Stop whatever runs for the departed client. A cancel whose
         // delivery was not confirmed could reach the backend after it is
@@ -135,14 +130,14 @@ impl Recovery {
         if self.copy_in {
             frontend::copy_fail("client disconnected", &mut out)?;
         }
-        if self.unsynced {
+        if self.position.unsynced() {
             frontend::sync(&mut out);
-            self.expected_z += 1;
+            self.position = self.position.step(Event::Sync { answered: true });
         }
         if !out.is_empty() {
             conn.stream.write_all(&out).await?;
         }
-        while self.expected_z > 0 {
+        while self.position.owed() > 0 {
             // PostgreSQL ignores a cancel that reaches the backend between
             // two statements of a pipeline (it cancels only what runs), and
             // the next one then runs on: cancel again while the replies do
@@ -159,8 +154,7 @@ impl Recovery {
             };
             match msg {
                 backend::Message::ReadyForQuery(z) => {
-                    self.expected_z -= 1;
-                    self.status = z.status();
+                    self.position = self.position.step(Event::Ready(z.status()));
                 }
                 backend::Message::CopyInResponse(_) => {
                     out.clear();
@@ -183,7 +177,9 @@ impl Recovery {
                 _ => {}
             }
         }
-        if self.status != b'I' && conn.simple_query("ROLLBACK").await? != b'I' {
+        if self.position.last_status() != TxStatus::Idle
+            && conn.simple_query("ROLLBACK").await? != b'I'
+        {
             return Err(ServerError::Protocol(
                 "ROLLBACK left a transaction open".into(),
             ));

@@ -7,6 +7,7 @@
 //! (a Parse of a statement the connection already has) and hide replies to
 //! messages it sent itself (a Parse it injected before a Bind).
 
+use super::boundary::{Event, Position};
 use super::pinning::{self, Mentions};
 use super::replies::Replies;
 use crate::protocol::{FrameSink, HEADER_LEN, Step};
@@ -37,12 +38,9 @@ pub enum Halt {
 /// Transaction state, kept by the sinks while frames go by.
 #[derive(Debug)]
 pub struct TxnState {
-    /// ReadyForQuery messages the server still owes the client.
-    pub expected_z: u32,
-    /// The client sent extended-protocol messages not yet followed by Sync.
-    pub unsynced: bool,
-    /// Status byte of the last ReadyForQuery (`I`, `T` or `E`).
-    pub status: u8,
+    /// What the server owes and its last transaction status (changed
+    /// only through `Position::step`).
+    pub position: Position,
     /// Stop the pump at the next point where the server is idle.
     pub stop_when_idle: bool,
     /// Transaction mode: named statements are handed to the session.
@@ -103,9 +101,7 @@ impl TxnState {
     /// session, reset for each lease (`begin`), so buffers are reused.
     pub fn new(transaction_mode: bool, rewrite: bool) -> TxnState {
         TxnState {
-            expected_z: 0,
-            unsynced: false,
-            status: b'I',
+            position: Position::default(),
             stop_when_idle: transaction_mode,
             rewrite,
             scan_text: transaction_mode,
@@ -132,9 +128,7 @@ impl TxnState {
 
     /// Starts a new lease: nothing outstanding, nothing seen yet.
     pub fn begin(&mut self) {
-        self.expected_z = 0;
-        self.unsynced = false;
-        self.status = b'I';
+        self.position = Position::default();
         self.stop_when_idle = self.scan_text;
         self.pinned = false;
         self.mentions = Mentions::default();
@@ -160,9 +154,17 @@ impl TxnState {
             || self.statements_dropped
     }
 
-    /// The server connection could serve another client as it is.
+    /// At a transaction boundary with nothing owed or queued: the pump
+    /// may stop here (whether the connection is clean enough for another
+    /// client is `recover::Recovery::plan`'s to say).
     pub fn is_idle(&self) -> bool {
-        self.expected_z == 0 && !self.unsynced && self.status == b'I' && self.replies.is_empty()
+        self.position.is_idle() && self.replies.is_empty()
+    }
+
+    /// The session consumed the ReadyForQuery ('I') the server sink held
+    /// back for a probe (the probe failed; the session ends).
+    pub fn consume_held_ready(&mut self) {
+        self.position = self.position.step(Event::Ready(b'I'));
     }
 
     /// A ReadyForQuery with `status` now would leave the connection idle
@@ -173,8 +175,7 @@ impl TxnState {
                 || self.mentions.unknown
                 || (self.pinned && self.mentions.release))
             && status == Some(b'I')
-            && self.expected_z == 1
-            && !self.unsynced
+            && self.position.awaits_last_ready()
             && self.client_at_rest
     }
 
@@ -191,7 +192,7 @@ impl TxnState {
     /// Nothing is outstanding on the server, though a transaction may be
     /// open (status `T` or `E`): a ROLLBACK would make it idle.
     pub fn is_quiet(&self) -> bool {
-        self.expected_z == 0 && !self.unsynced && self.replies.is_empty()
+        self.position.is_quiet() && self.replies.is_empty()
     }
 }
 
@@ -204,6 +205,10 @@ impl FrameSink for ClientSink<'_> {
         match tag {
             b'Q' | b'P' if self.0.scan_text => pinning::TEXT_PREFIX,
             b'P' | b'B' | b'D' | b'C' if self.0.rewrite => NAMES_PREFIX,
+            // Describe's first byte says statement or portal, whose
+            // replies differ (found by `boundary_prop`: without it a
+            // portal's Describe waited for a ParameterDescription).
+            b'D' => 1,
             _ => 0,
         }
     }
@@ -240,20 +245,19 @@ impl FrameSink for ClientSink<'_> {
         match tag {
             // Query and FunctionCall each end with one ReadyForQuery, and so
             // does Sync, unless the server will skip or ignore it.
-            b'Q' | b'F' | b'S' => {
-                if tag == b'S' {
-                    st.unsynced = false;
-                }
-                if st.replies.push_client_message(tag, frame) {
-                    st.expected_z += 1;
-                }
+            b'Q' | b'F' if st.replies.push_client_message(tag, frame) => {
+                st.position = st.position.step(Event::Request);
+            }
+            b'S' => {
+                let answered = st.replies.push_client_message(tag, frame);
+                st.position = st.position.step(Event::Sync { answered });
             }
             // Parse, Bind, Describe, Execute, Close: state lives on the
             // server until the next Sync. (Flush alone leaves none: psycopg
             // sends one after its last Sync.)
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 st.replies.push_client_message(tag, frame);
-                st.unsynced = true;
+                st.position = st.position.step(Event::Extended);
             }
             b'c' | b'f' => {
                 st.replies.push_client_message(tag, frame);
@@ -351,18 +355,20 @@ impl FrameSink for ServerSink<'_> {
             return Step::StopBefore;
         }
         let verdict = st.replies.on_server_message(tag);
-        st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
+        if verdict.dropped_queries > 0 {
+            st.position = st.position.step(Event::Dropped(verdict.dropped_queries));
+        }
         if verdict.swallow {
             return Step::Skip;
         }
         if tag == b'Z' {
-            st.status = body.first().copied().unwrap_or(b'E');
-            st.expected_z = st.expected_z.saturating_sub(1);
+            let status = body.first().copied().unwrap_or(b'E');
+            st.position = st.position.step(Event::Ready(status));
             if st.stop_when_idle && st.is_idle() && st.client_at_rest {
                 st.server_halt = Some(Halt::Idle);
                 return Step::StopAfter;
             }
-            let rest = if st.status == b'I' {
+            let rest = if status == b'I' {
                 st.rest_when_idle
             } else {
                 st.rest_in_transaction
