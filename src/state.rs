@@ -113,6 +113,8 @@ pub struct ProxyState {
     pub unauthenticated: Arc<UnauthenticatedCounts>,
     /// Keyed by config-defined tenants: a fast hasher (see `FastHash`).
     tenant_clients: DashMap<TenantId, Arc<AtomicU32>, crate::catalog::FastHash>,
+    /// Pinned server connections per tenant (keyed like `tenant_clients`).
+    tenant_pins: DashMap<TenantId, Arc<AtomicU32>, crate::catalog::FastHash>,
     pub shutdown: CancellationToken,
     pub workers: usize,
     /// Fired when `shutdown` fires; what sessions watch between
@@ -130,6 +132,7 @@ impl ProxyState {
             clients: Arc::new(AtomicU32::new(0)),
             unauthenticated: Default::default(),
             tenant_clients: DashMap::default(),
+            tenant_pins: DashMap::default(),
             shutdown,
             workers,
             pins: Default::default(),
@@ -163,6 +166,16 @@ impl ProxyState {
         CountGuard::acquire(&self.clients, max)
     }
 
+    /// The counter of a tenant's pinned server connections.
+    pub fn tenant_pins(&self, tenant: &TenantId) -> Arc<AtomicU32> {
+        Arc::clone(
+            self.tenant_pins
+                .entry(tenant.clone())
+                .or_insert_with(|| Arc::new(AtomicU32::new(0)))
+                .value(),
+        )
+    }
+
     /// Counts a client against its tenant's limit; `None` when full.
     pub fn admit_tenant_client(&self, tenant: &TenantId, max: u32) -> Option<CountGuard> {
         let counter = Arc::clone(
@@ -179,7 +192,7 @@ impl ProxyState {
 pub struct CountGuard(Arc<AtomicU32>);
 
 impl CountGuard {
-    fn acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<CountGuard> {
+    pub fn acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<CountGuard> {
         counter
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)

@@ -54,6 +54,7 @@ impl Catalog {
                     placement,
                     users,
                     max_client_connections: t.max_client_connections,
+                    max_pinned_connections: t.max_pinned_connections,
                 }),
             );
         }

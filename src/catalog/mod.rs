@@ -39,6 +39,7 @@ pub struct TenantEntry {
     pub placement: String,
     pub users: ConfigMap<String, Credential>,
     pub max_client_connections: Option<u32>,
+    pub max_pinned_connections: Option<u32>,
 }
 
 /// All tenants, by name.

@@ -53,6 +53,20 @@ pub enum ClientError {
         "tenant \"{tenant}\": {kinds} cannot be kept across transactions with transaction pooling (pin_policy = \"error\"); release it in the same transaction or use session mode"
     )]
     SessionState { tenant: TenantId, kinds: String },
+    /// Session state past the tenant's cap on pinned connections.
+    #[error(
+        "tenant \"{tenant}\" already holds {max} server connections pinned by session state (max_pinned_connections); {kinds} cannot be kept across transactions: release it in the same transaction"
+    )]
+    TooManyPins {
+        tenant: TenantId,
+        max: u32,
+        kinds: String,
+    },
+    /// A message begun and not finished within client_message_timeout.
+    #[error(
+        "terminating connection of tenant \"{0}\": a message was not finished within client_message_timeout"
+    )]
+    MessageTimeout(TenantId),
     /// The server refused a setting the client asked for; its own words.
     #[error("{message}")]
     Server { code: String, message: String },
@@ -65,7 +79,10 @@ impl ClientError {
             ClientError::Routing(_) => SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
             ClientError::UnknownTenant(_) => SqlState::INVALID_CATALOG_NAME,
             ClientError::AuthFailed { .. } => SqlState::INVALID_PASSWORD,
-            ClientError::TenantFull(_) | ClientError::ProxyFull => SqlState::TOO_MANY_CONNECTIONS,
+            ClientError::TenantFull(_)
+            | ClientError::ProxyFull
+            | ClientError::TooManyPins { .. } => SqlState::TOO_MANY_CONNECTIONS,
+            ClientError::MessageTimeout(_) => SqlState::PROTOCOL_VIOLATION,
             ClientError::WaitTimeout(_) => SqlState::QUERY_CANCELED,
             ClientError::PlacementUnreachable(_)
             | ClientError::ServerLost(_)
@@ -92,7 +109,10 @@ impl ClientError {
             ClientError::Routing(_) => "routing",
             ClientError::UnknownTenant(_) => "unknown_tenant",
             ClientError::AuthFailed { .. } => "auth",
-            ClientError::TenantFull(_) | ClientError::ProxyFull => "limit",
+            ClientError::TenantFull(_)
+            | ClientError::ProxyFull
+            | ClientError::TooManyPins { .. } => "limit",
+            ClientError::MessageTimeout(_) => "timeout",
             ClientError::WaitTimeout(_) => "wait_timeout",
             ClientError::PlacementUnreachable(_)
             | ClientError::ServerLost(_)

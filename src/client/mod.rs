@@ -147,6 +147,13 @@ async fn serve_inner(
         idle_transaction_timeout: proxy.idle_transaction_timeout,
         client_idle_timeout: proxy.client_idle_timeout,
         pins: &state.pins,
+        pin_slots: state.tenant_pins(&login.tenant.id),
+        max_pins: login
+            .tenant
+            .max_pinned_connections
+            .unwrap_or((placement.pool.counts().max as u32 / 2).max(1)),
+        pin_guard: None,
+        message_timeout: proxy.client_message_timeout,
     }
     .run(client)
     .await

@@ -242,6 +242,12 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 "list at least one user, e.g. users = { app = \"secret\" }",
             ));
         }
+        if t.max_pinned_connections == Some(0) {
+            return Err(src.error(
+                &format!("{key}.max_pinned_connections"),
+                "must be at least 1",
+            ));
+        }
         if t.max_client_connections == Some(0) {
             return Err(src.error(
                 &format!("{key}.max_client_connections"),

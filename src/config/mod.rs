@@ -151,6 +151,11 @@ pub struct ProxyConfig {
     /// (57P05); 0: never.
     #[serde(with = "humantime_serde_compat")]
     pub client_idle_timeout: Duration,
+    /// A client that has begun a message must send the part the proxy
+    /// needs before it leases a server connection (all of it, or its first
+    /// 64 kB) within this, or it is disconnected (08P01); 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub client_message_timeout: Duration,
     /// Transaction mode: what to do when a client creates session state
     /// (LISTEN, session advisory locks, temporary tables, WITH HOLD
     /// cursors, SQL PREPARE).
@@ -198,6 +203,7 @@ impl Default for ProxyConfig {
             max_prepared_statements: 200,
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
+            client_message_timeout: Duration::from_secs(30),
             pin_policy: PinPolicy::Pin,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout: Duration::from_secs(30),
@@ -286,6 +292,10 @@ pub struct TenantConfig {
     #[serde(default)]
     pub users: BTreeMap<String, Secret>,
     pub max_client_connections: Option<u32>,
+    /// Server connections this tenant's clients may hold pinned at once
+    /// (session state in transaction mode); default: half the placement's
+    /// pool_size, at least 1.
+    pub max_pinned_connections: Option<u32>,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".

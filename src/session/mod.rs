@@ -45,6 +45,10 @@ use txn::TxnState;
 
 pub use lease::checkout_error;
 
+/// How much of a request's first message must have arrived before a
+/// server connection is leased for it: all of it, up to this.
+const LEASE_AFTER: usize = 64 * 1024;
+
 /// Server messages may be large (a DataRow up to 1 GB); the proxy only
 /// reads the bodies of tiny ones, so this cap just bounds a corrupt length.
 const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
@@ -79,6 +83,13 @@ pub struct Session<'a> {
     pub pin_policy: PinPolicy,
     /// Pins started, proxy-wide.
     pub pins: &'a std::sync::atomic::AtomicU64,
+    /// This tenant's pinned server connections now, and its cap.
+    pub pin_slots: Arc<std::sync::atomic::AtomicU32>,
+    pub max_pins: u32,
+    /// Held while this client is pinned.
+    pub pin_guard: Option<crate::state::CountGuard>,
+    /// 0: off.
+    pub message_timeout: Duration,
     /// 0: off.
     pub idle_transaction_timeout: Duration,
     /// 0: off.
@@ -148,7 +159,10 @@ impl Session<'_> {
                             server_flow.buf.advance(HEADER_LEN + 1);
                             txn.consume_held_ready();
                         }
-                        if matches!(e, ClientError::SessionState { .. }) {
+                        if matches!(
+                            e,
+                            ClientError::SessionState { .. } | ClientError::TooManyPins { .. }
+                        ) {
                             txn.pinned = true; // clean it with the reset query
                         }
                         // Recovery rolls back (or resets) and returns the
@@ -193,6 +207,7 @@ impl Session<'_> {
                         return Err(e);
                     }
                     self.finish(lease, &txn, &server_flow);
+                    self.pin_guard = None;
                     if self.is_stopping() {
                         return Err(ClientError::ShuttingDown);
                     }
@@ -349,6 +364,11 @@ impl Session<'_> {
         let mut idle_limit = std::pin::pin!(sleep_until_opt(
             limited.then(|| std::time::Instant::now() + self.client_idle_timeout)
         ));
+        // Armed once a message has begun and not arrived far enough: a
+        // client that sends half a message holds no server connection,
+        // and not forever.
+        let mut message_limit = std::pin::pin!(sleep_until_opt(None));
+        let mut message_started = false;
         let mut discard = 0usize;
         loop {
             let buf = &mut client.flow.buf;
@@ -366,10 +386,19 @@ impl Session<'_> {
                             discard = h.len + 1;
                             continue;
                         }
-                        _ => return Ok(Next::Request),
+                        _ if buf.len() >= (h.len + 1).min(LEASE_AFTER) => {
+                            return Ok(Next::Request);
+                        }
+                        _ => {}
                     },
                     Ok(None) => {}
                 }
+            }
+            if !message_started && !buf.is_empty() && !self.message_timeout.is_zero() {
+                message_started = true;
+                message_limit.set(sleep_until_opt(Some(
+                    std::time::Instant::now() + self.message_timeout,
+                )));
             }
             // A client sending stray copy data without pause is read in
             // bounded gulps, since every Request returns and every wait
@@ -380,6 +409,9 @@ impl Session<'_> {
                 }
                 if limited && idle_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
+                }
+                if message_started && message_limit.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
                 }
                 client.flow.poll_fill(cx, &mut client.stream).map(Ok)
             })
@@ -453,6 +485,7 @@ impl Session<'_> {
                 tracing::debug!(tenant = %self.tenant.id, "session state gone; unpinned");
             }
             txn.pinned = false;
+            self.pin_guard = None;
             txn.stop_when_idle = true;
             return Ok(());
         }
@@ -462,6 +495,19 @@ impl Session<'_> {
                 kinds: kinds.join(", "),
             }),
             PinPolicy::Pin => {
+                if self.pin_guard.is_none() {
+                    // One tenant's pins must not take its placement's pool.
+                    match crate::state::CountGuard::acquire(&self.pin_slots, self.max_pins) {
+                        Some(g) => self.pin_guard = Some(g),
+                        None => {
+                            return Err(ClientError::TooManyPins {
+                                tenant: self.tenant.id.clone(),
+                                max: self.max_pins,
+                                kinds: kinds.join(", "),
+                            });
+                        }
+                    }
+                }
                 if !txn.pinned {
                     self.pins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(tenant = %self.tenant.id, state = %kinds.join(", "), "client pinned to its server connection");

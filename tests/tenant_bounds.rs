@@ -1,0 +1,77 @@
+//! Limits that keep one client or tenant from holding a placement's server
+//! connections: a half-sent message holds none, and pins are capped per
+//! tenant.
+
+mod common;
+
+use common::{TestPg, TestProxy, raw, sqlstate};
+use pgtenant::pgcluster::HostAuth;
+use std::time::{Duration, Instant};
+
+/// A client that starts a message and never finishes it holds no server
+/// connection: another client of a one-connection pool goes on at once,
+/// and the stalled one is told why after client_message_timeout.
+#[tokio::test]
+async fn a_half_sent_message_holds_no_server_connection() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nclient_message_timeout = \"2s\"\nquery_wait_timeout = \"30s\"",
+    ))
+    .await;
+    let mut stalled = raw::login_trust(proxy.port, "acme").await;
+    // A Query of 100 bytes, of which only the first 10 come.
+    let mut partial = raw::header(b'Q', 104);
+    partial.extend_from_slice(b"SELECT 1; ");
+    raw::send(&mut stalled, &partial).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let other = proxy.connect("acme").await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), other.batch_execute("SELECT 1"))
+        .await
+        .expect("the other client is not blocked by the half-sent message")
+        .expect("query");
+    println!("other client's query took {:?}", started.elapsed());
+
+    let e = raw::expect_error_then_close(&mut stalled, "08P01", "stalled message").await;
+    assert!(
+        e.message().contains("client_message_timeout"),
+        "{:?}",
+        e.fields()
+    );
+}
+
+/// A tenant's clients may pin at most max_pinned_connections server
+/// connections; past it, session state is refused with 53300 and the
+/// rest of the pool stays free.
+#[tokio::test]
+async fn pins_are_capped_per_tenant() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let config = pg.config(&["acme"], 4, "auth_type = \"trust\"").replace(
+        "[tenants.acme]\n",
+        "[tenants.acme]\nmax_pinned_connections = 1\n",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let a = proxy.connect("acme").await;
+    a.batch_execute("LISTEN one").await.expect("a pins");
+    let b = proxy.connect("acme").await;
+    let err = b
+        .batch_execute("LISTEN two")
+        .await
+        .expect_err("a second pin is over the cap");
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    let message = err.as_db_error().map(|d| d.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("max_pinned_connections")),
+        "{message:?}"
+    );
+    // Others still run, and once a lets go another client may pin.
+    let c = proxy.connect("acme").await;
+    c.batch_execute("SELECT 1").await.expect("unpinned work");
+    a.batch_execute("UNLISTEN *").await.expect("a unpins");
+    c.batch_execute("LISTEN three").await.expect("c pins now");
+}
