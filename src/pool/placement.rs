@@ -113,6 +113,9 @@ pub struct PlacementPool {
     /// ParameterStatus set of the first server connection, shown to
     /// clients at startup (before any server is leased to them).
     startup_params: Mutex<Option<Arc<StartupParams>>>,
+    /// Statements a server of this placement accepted (see
+    /// `session::known`).
+    pub known_statements: crate::session::known::KnownStatements,
 }
 
 impl PlacementPool {
@@ -140,6 +143,7 @@ impl PlacementPool {
             }),
             stats: PoolStats::default(),
             startup_params: Mutex::new(None),
+            known_statements: Default::default(),
         })
     }
 

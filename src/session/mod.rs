@@ -11,6 +11,8 @@
 //! keys).
 
 pub mod cancel;
+pub mod deallocate;
+pub mod known;
 mod lease;
 pub mod params;
 pub mod pinning;
@@ -28,7 +30,7 @@ use crate::client::error::ClientError;
 use crate::config::{PinPolicy, PoolMode};
 use crate::pool::{Lease, PlacementPool, ServerError};
 use crate::protocol::{HEADER_LEN, codec};
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit};
 use replies::{Replies, Undo};
@@ -153,6 +155,11 @@ impl Session<'_> {
             if let Some(wait) = self.cancel.settle() {
                 wait.await;
             }
+            // Statements a server accepted this lease: known placement-wide.
+            let prepared = &lease.conn().prepared;
+            self.pool
+                .known_statements
+                .learn(&mut txn.replies.sent_parse, |n| prepared.contains(n));
 
             match exit {
                 PumpExit::Idle => {
@@ -284,6 +291,8 @@ impl Session<'_> {
         }
         let len = statements::read_whole_frame(&mut client.stream, &mut client.flow).await?;
         let conn = lease.conn_mut();
+        let nothing_in_flight = txn.is_quiet() && server_flow.at_rest();
+        let lease_goes_on = txn.status == b'T' || (txn.status == b'I' && txn.pinned);
         let mut rw = Rewriter {
             statements: &mut self.statements,
             prepared: &mut conn.prepared,
@@ -291,9 +300,14 @@ impl Session<'_> {
             replies: &mut txn.replies,
             to_server: &mut client.flow.inject,
             to_client: &mut server_flow.inject,
+            answer_status: (nothing_in_flight && lease_goes_on).then_some(txn.status),
         };
-        rw.handle(&client.flow.buf[..len])?;
-        txn.unsynced = true;
+        let frame = &client.flow.buf[..len];
+        if rw.handle(frame)? {
+            txn.expected_z += 1;
+        } else if frame[0] != b'Q' {
+            txn.unsynced = true;
+        }
         client.flow.buf.advance(len);
         Ok(())
     }
@@ -305,7 +319,7 @@ impl Session<'_> {
     /// Waits (between transactions) for the client's next request.
     /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
     /// outside COPY, are dropped here without leasing anything.
-    async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
+    async fn wait_for_request(&mut self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
         let limited = !self.client_idle_timeout.is_zero();
         let mut idle_limit = std::pin::pin!(sleep_until_opt(
@@ -327,6 +341,18 @@ impl Session<'_> {
                         b'd' | b'c' | b'f' => {
                             discard = h.len + 1;
                             continue;
+                        }
+                        b'P' | b'Q'
+                            if self.max_prepared > 0 && self.mode == PoolMode::Transaction =>
+                        {
+                            match self.answer_without_server(client).await? {
+                                known::Local::Answered(n) => {
+                                    client.flow.buf.advance(n);
+                                    continue;
+                                }
+                                known::Local::NeedMore => {}
+                                known::Local::Server => return Ok(Next::Request),
+                            }
                         }
                         _ => return Ok(Next::Request),
                     },
@@ -351,6 +377,31 @@ impl Session<'_> {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Requests answered without a server connection (`known.rs`); the
+    /// answer is written before anything else is read.
+    async fn answer_without_server(
+        &mut self,
+        client: &mut ClientConn,
+    ) -> Result<known::Local, ClientError> {
+        let mut out = BytesMut::new();
+        let local = known::answer_without_server(
+            &client.flow.buf,
+            client.flow.scanner.max_len(),
+            &mut self.statements,
+            &self.pool.known_statements,
+            &mut out,
+        );
+        if !out.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            client
+                .stream
+                .write_all(&out)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+        }
+        Ok(local)
     }
 
     /// Both sides are quiet: wait for either to speak, within the idle

@@ -20,6 +20,10 @@ use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// Entries a reply queue keeps room for between leases; a longer pipeline
+/// gives the rest back when it ends.
+const SHRINK_ABOVE: usize = 256;
+
 /// What reply ends an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -38,12 +42,26 @@ pub enum Reply {
     /// Not a reply: marks where the client ended a COPY (CopyDone or
     /// CopyFail), bounding the Syncs the server ignores during copy-in.
     CopyEnd,
+    /// The proxy's ErrorResponse for a message it refused (a statement
+    /// name the client never prepared); bytes in `Replies::canned`.
+    Refused,
+    /// The proxy's whole answer to a simple Query it handled itself
+    /// (CommandComplete and ReadyForQuery); bytes in `Replies::canned`.
+    Answered,
 }
 
 impl Reply {
     /// Part of an extended-protocol batch, skipped after an error.
     fn is_extended(self) -> bool {
-        !matches!(self, Reply::Sync | Reply::UntilReady | Reply::CopyEnd)
+        !matches!(
+            self,
+            Reply::Sync | Reply::UntilReady | Reply::CopyEnd | Reply::Answered
+        )
+    }
+
+    /// Written from `Replies::canned`.
+    fn is_canned(self) -> bool {
+        matches!(self, Reply::Refused | Reply::Answered)
     }
 }
 
@@ -112,7 +130,17 @@ pub struct Replies {
     synth: usize,
     /// `CopyEnd` markers queued.
     markers: usize,
+    /// The proxy refused a message of the current batch: like the server
+    /// after an error, it drops the client's messages up to its Sync
+    /// (which still goes to the server, to end the batch there).
+    refusing: bool,
+    /// Bytes of the queued `Refused` and `Answered` entries, in order.
+    canned: VecDeque<Vec<u8>>,
     pub undo: Vec<Undo>,
+    /// Server-side names this lease sent a Parse for; the session learns
+    /// from them which statements the server accepted (kept across
+    /// `clear`, drained by the session).
+    pub sent_parse: Vec<ServerName>,
 }
 
 impl Replies {
@@ -125,9 +153,38 @@ impl Replies {
         self.copy_in
     }
 
-    /// Messages sent now will be skipped by the server.
+    /// Messages sent now will be skipped by the server, or dropped by the
+    /// proxy after it refused one.
     pub fn skipping(&self) -> bool {
-        self.skipping
+        self.skipping || self.refusing
+    }
+
+    /// The proxy drops the client's messages up to its next Sync.
+    #[inline]
+    pub fn refusing(&self) -> bool {
+        self.refusing
+    }
+
+    /// Queues the proxy's ErrorResponse `error` for a refused extended
+    /// message, in the place of its reply, and drops what follows up to
+    /// the client's Sync. Nothing if the server skips already.
+    pub fn refuse(&mut self, error: Vec<u8>) {
+        if self.skipping() {
+            return;
+        }
+        self.refusing = true;
+        self.canned.push_back(error);
+        self.push(Reply::Refused, Mode::Synth, [None, None]);
+    }
+
+    /// Queues the proxy's whole answer to a simple Query (`bytes`: up to
+    /// and including ReadyForQuery); false if the server skips now.
+    pub fn answer(&mut self, bytes: Vec<u8>) -> bool {
+        if self.skipping() {
+            return false;
+        }
+        self.canned.push_back(bytes);
+        self.push(Reply::Answered, Mode::Synth, [None, None])
     }
 
     /// Forgets everything (a new lease).
@@ -137,7 +194,13 @@ impl Replies {
         self.copy_in = false;
         self.synth = 0;
         self.markers = 0;
+        self.refusing = false;
+        self.canned.clear();
         self.undo.clear();
+        // A queue grown by a long pipeline gives its memory back.
+        if self.q.capacity() > SHRINK_ABOVE {
+            self.q.shrink_to(SHRINK_ABOVE);
+        }
     }
 
     /// Queues the reply to a client message forwarded as it is. Returns
@@ -179,6 +242,7 @@ impl Replies {
                 return false; // ignored by the server during copy-in
             }
             self.skipping = false;
+            self.refusing = false;
         } else if self.skipping {
             return false;
         }
@@ -199,7 +263,8 @@ impl Replies {
         }
         if reply == Reply::Sync {
             self.skipping = false;
-        } else if self.skipping {
+            self.refusing = false;
+        } else if self.skipping() && reply != Reply::Refused {
             self.undo.extend(undo.into_iter().flatten());
             return false;
         }
@@ -218,6 +283,9 @@ impl Replies {
         let e = self.q.pop_front()?;
         self.synth -= usize::from(e.mode == Mode::Synth);
         self.markers -= usize::from(e.reply == Reply::CopyEnd);
+        if e.reply.is_canned() {
+            self.canned.pop_front();
+        }
         Some(e)
     }
 
@@ -230,16 +298,20 @@ impl Replies {
 
     fn emit_synth(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
-        while self.q.front().is_some_and(|e| e.mode == Mode::Synth) {
-            if let Some(e) = self.pop() {
-                let tag = match e.reply {
+        while let Some(e) = self.q.front().filter(|e| e.mode == Mode::Synth) {
+            if e.reply.is_canned() {
+                if let Some(bytes) = self.canned.front() {
+                    out.extend_from_slice(bytes);
+                }
+            } else {
+                out.put_u8(match e.reply {
                     Reply::CloseComplete => b'3',
                     _ => b'1',
-                };
-                out.put_u8(tag);
+                });
                 out.put_i32(4);
-                wrote = true;
             }
+            self.pop();
+            wrote = true;
         }
         wrote
     }
@@ -315,7 +387,7 @@ impl Replies {
             Reply::DescribePortal => matches!(tag, b'T' | b'n'),
             Reply::Execute => matches!(tag, b'C' | b'I' | b's'),
             Reply::Sync | Reply::UntilReady => tag == b'Z',
-            Reply::CopyEnd => false,
+            Reply::CopyEnd | Reply::Refused | Reply::Answered => false,
         };
         if done {
             v.swallow = front.mode == Mode::Swallow;

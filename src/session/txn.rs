@@ -74,6 +74,11 @@ pub struct TxnState {
     /// CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL` seen: the
     /// server dropped its prepared statements.
     pub statements_dropped: bool,
+    /// The proxy's server-side statements on this connection may have
+    /// been dropped or replaced by SQL (`DEALLOCATE name`, `PREPARE`, a
+    /// "does not exist"/"already exists" error on them): recovery drops
+    /// them all before anyone else uses the connection.
+    pub statements_suspect: bool,
     /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
     /// `set_config(` in the SQL): session settings may have changed.
     pub settings_changed: bool,
@@ -107,6 +112,7 @@ impl TxnState {
             server_halt: None,
             param_changes: Vec::new(),
             statements_dropped: false,
+            statements_suspect: false,
             settings_changed: false,
             custom_names: Vec::new(),
             last_query: pinning::LastText::default(),
@@ -128,6 +134,7 @@ impl TxnState {
         self.server_halt = None;
         self.param_changes.clear();
         self.statements_dropped = false;
+        self.statements_suspect = false;
         self.settings_changed = false;
         self.custom_names.clear();
     }
@@ -171,6 +178,9 @@ pub(super) struct ClientSink<'a>(pub(super) &'a mut TxnState);
 
 impl FrameSink for ClientSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
+        if self.0.replies.refusing() && !matches!(tag, b'S' | b'H' | b'X') {
+            return crate::protocol::WHOLE_BODY; // to drop it whole
+        }
         match tag {
             b'Q' | b'P' if self.0.scan_text => pinning::TEXT_PREFIX,
             b'P' | b'B' | b'D' | b'C' if self.0.rewrite => NAMES_PREFIX,
@@ -180,6 +190,11 @@ impl FrameSink for ClientSink<'_> {
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
         let st = &mut *self.0;
+        if st.replies.refusing() && !matches!(tag, b'S' | b'H' | b'X') {
+            // The proxy refused a message of this batch: the rest up to
+            // Sync is dropped, as PostgreSQL skips it after an error.
+            return Step::Skip;
+        }
         if st.scan_text {
             let body = &frame[HEADER_LEN..];
             let names = &mut st.custom_names;
@@ -247,6 +262,8 @@ fn names_statement(tag: u8, body: &[u8], whole: bool) -> bool {
             None => !whole,
         },
         b'D' | b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&c| c != 0),
+        // `DEALLOCATE name` of a statement the proxy renamed.
+        b'Q' => super::deallocate::may_be(body),
         _ => false,
     }
 }
@@ -263,6 +280,7 @@ impl FrameSink for ServerSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
         match tag {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
+            b'E' if self.st.rewrite => crate::protocol::WHOLE_BODY,
             _ => 0,
         }
     }
@@ -282,12 +300,18 @@ impl FrameSink for ServerSink<'_> {
                 return Step::Continue;
             }
             b'N' | b'A' => return Step::Continue,
+            b'E' if st.rewrite && names_missing_or_taken(body) => {
+                st.statements_suspect = true;
+            }
             b'C' => {
                 if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
                     st.statements_dropped = true;
                 }
                 if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
                     st.settings_changed = true;
+                }
+                if st.rewrite && (body == b"DEALLOCATE\0" || body == b"PREPARE\0") {
+                    st.statements_suspect = true;
                 }
                 if st.scan_text && pinning::state_tag(body) {
                     st.mentions.state = true;
@@ -330,6 +354,15 @@ impl FrameSink for ServerSink<'_> {
         }
         Step::Continue
     }
+}
+
+/// An ErrorResponse with SQLSTATE 26000 (statement does not exist) or
+/// 42P05 (already exists): with the client's own unknown names answered
+/// by the proxy, these mean the proxy's statements on the connection are
+/// not what it believes.
+fn names_missing_or_taken(body: &[u8]) -> bool {
+    body.split(|&b| b == 0)
+        .any(|f| f == b"C26000" || f == b"C42P05")
 }
 
 fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
