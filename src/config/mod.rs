@@ -124,6 +124,13 @@ pub struct ProxyConfig {
     /// transaction mode (least recently used closed first); 0 turns the
     /// statement mapping off, so named statements only work in session mode.
     pub max_prepared_statements: usize,
+    /// Transaction mode: the most named-statement text (query text and
+    /// parameter types, summed over its statements) one client may keep;
+    /// a Parse past it gets 54000.
+    pub max_client_memory: ByteSize,
+    /// Transaction mode: the largest named statement a client may prepare
+    /// (54000 past it).
+    pub max_statement_size: ByteSize,
     /// A client idle inside a transaction for longer is disconnected
     /// (25P03) and its transaction rolled back; 0: never.
     #[serde(with = "humantime_serde_compat")]
@@ -170,6 +177,8 @@ impl Default for ProxyConfig {
             server_check_delay: Duration::from_secs(30),
             server_login_retry: Duration::from_secs(5),
             max_prepared_statements: 200,
+            max_client_memory: ByteSize(16 * 1024 * 1024),
+            max_statement_size: ByteSize(1024 * 1024),
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
             pin_policy: PinPolicy::Pin,

@@ -12,6 +12,7 @@
 //! connection that runs it later prepares it first, as for any statement.
 //! Likewise `DEALLOCATE name` of a client's own statement.
 
+use super::budget::StatementLimits;
 use super::deallocate::{self, Target};
 use super::prepared::{self, ServerName, Statement};
 use super::statements::{ClientStatements, MAX_CLIENT_STATEMENTS};
@@ -82,9 +83,10 @@ pub fn answer_without_server(
     max: usize,
     statements: &mut ClientStatements,
     known: &KnownStatements,
+    limits: &StatementLimits,
     out: &mut BytesMut,
 ) -> Local {
-    match answer(buf, max, statements, known, out) {
+    match answer(buf, max, statements, known, limits, out) {
         Some(n) => Local::Answered(n),
         None => match frame_at(buf, max) {
             Some((b'P', f))
@@ -102,6 +104,7 @@ fn answer(
     max: usize,
     statements: &mut ClientStatements,
     known: &KnownStatements,
+    limits: &StatementLimits,
     out: &mut BytesMut,
 ) -> Option<usize> {
     let (tag, first) = frame_at(buf, max)?;
@@ -122,8 +125,15 @@ fn answer(
             if sync != b'S' || name.is_empty() {
                 return None;
             }
+            // Over a limit: the usual path refuses it.
             if !statements.contains_key(name) && statements.len() >= MAX_CLIENT_STATEMENTS {
-                return None; // the usual path refuses it
+                return None;
+            }
+            if limits
+                .refusal(statements, Some(name), definition.len())
+                .is_some()
+            {
+                return None;
             }
             let server_name = prepared::server_name(definition);
             if !known.contains(&server_name) {

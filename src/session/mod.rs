@@ -10,6 +10,7 @@
 //! `recover` (making a connection clean), `cancel` (proxy-issued cancel
 //! keys).
 
+pub mod budget;
 pub mod cancel;
 pub mod deallocate;
 pub mod known;
@@ -70,6 +71,8 @@ pub struct Session<'a> {
     pub max_prepared: usize,
     /// The client's named statements (transaction mode).
     pub statements: ClientStatements,
+    /// How much named-statement text the client may keep.
+    pub statement_limits: budget::StatementLimits,
     /// What to do when the client creates session state (transaction mode).
     pub pin_policy: PinPolicy,
     /// Pins started, proxy-wide.
@@ -289,6 +292,13 @@ impl Session<'_> {
                 "internal: rewrite with unwritten bytes".into(),
             ));
         }
+        // Buffers grown for an earlier large message, now written.
+        if client.flow.inject.is_empty() {
+            budget::shrink(&mut client.flow.inject);
+        }
+        if server_flow.inject.is_empty() {
+            budget::shrink(&mut server_flow.inject);
+        }
         let len = statements::read_whole_frame(&mut client.stream, &mut client.flow).await?;
         let conn = lease.conn_mut();
         let nothing_in_flight = txn.is_quiet() && server_flow.at_rest();
@@ -301,6 +311,7 @@ impl Session<'_> {
             to_server: &mut client.flow.inject,
             to_client: &mut server_flow.inject,
             answer_status: (nothing_in_flight && lease_goes_on).then_some(txn.status),
+            limits: self.statement_limits,
         };
         let frame = &client.flow.buf[..len];
         if rw.handle(frame)? {
@@ -309,6 +320,7 @@ impl Session<'_> {
             txn.unsynced = true;
         }
         client.flow.buf.advance(len);
+        budget::shrink(&mut client.flow.buf);
         Ok(())
     }
 
@@ -391,6 +403,7 @@ impl Session<'_> {
             client.flow.scanner.max_len(),
             &mut self.statements,
             &self.pool.known_statements,
+            &self.statement_limits,
             &mut out,
         );
         if !out.is_empty() {

@@ -106,6 +106,8 @@ impl Flow {
     /// Discards state for a new server connection (server direction only).
     pub fn reset(&mut self) {
         self.buf.clear();
+        super::budget::shrink(&mut self.buf);
+        super::budget::shrink(&mut self.inject);
         self.ready = 0;
         self.skip = 0;
         self.inject.clear();
@@ -245,6 +247,8 @@ pub async fn pump(
     state: &mut TxnState,
 ) -> PumpExit {
     poll_fn(|cx| {
+        state.client_paused =
+            super::budget::over_backlog(server_flow.inject.len(), state.replies.len());
         if let Poll::Ready(exit) =
             poll_direction(cx, client, server, client_flow, state, Side::Client)
         {
@@ -315,6 +319,11 @@ fn poll_direction(
                 Ok(false) => {}
                 Err(e) => return Poll::Ready(frame_err(e)),
             }
+        }
+        if state.client_paused && matches!(side, Side::Client) {
+            // Back-pressure: the server direction's progress wakes this
+            // task and lifts the pause (see `budget`).
+            return Poll::Pending;
         }
         match ready!(flow.poll_fill(cx, src)) {
             Ok(0) => return Poll::Ready(eof),

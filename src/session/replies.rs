@@ -148,6 +148,12 @@ impl Replies {
         self.q.is_empty()
     }
 
+    /// Entries queued.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
     /// The server waits for COPY data the client has not finished sending.
     pub fn in_copy_in(&self) -> bool {
         self.copy_in

@@ -36,6 +36,7 @@ pub struct Rewriter<'a> {
     /// proxy may answer one itself now (nothing in flight, and the lease
     /// goes on after it: in a transaction, or pinned).
     pub answer_status: Option<u8>,
+    pub limits: super::budget::StatementLimits,
 }
 
 /// Reads the rest of the frame at the front of `flow.buf` if needed.
@@ -139,6 +140,13 @@ impl Rewriter<'_> {
         if self.replies.skipping() {
             return Ok(()); // the server would skip it: no reply, no effect
         }
+        if let Some(why) = self
+            .limits
+            .refusal(self.statements, Some(name), definition.len())
+        {
+            self.refuse(SqlState::PROGRAM_LIMIT_EXCEEDED, &why);
+            return Ok(());
+        }
         if !self.statements.contains_key(name) && self.statements.len() >= MAX_CLIENT_STATEMENTS {
             return Err(ClientError::Protocol(format!(
                 "more than {MAX_CLIENT_STATEMENTS} prepared statements on one connection"
@@ -240,18 +248,18 @@ impl Rewriter<'_> {
 
     /// Answers 26000 for `name` in the place of the message's reply.
     fn refuse_unknown(&mut self, name: &[u8]) {
-        let mut err = BytesMut::new();
         let msg = format!(
             "prepared statement \"{}\" does not exist",
             String::from_utf8_lossy(name)
         );
-        write_error(
-            &mut err,
-            Severity::Error,
-            SqlState::INVALID_SQL_STATEMENT_NAME,
-            &msg,
-            None,
-        );
+        self.refuse(SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+    }
+
+    /// An ERROR in the place of the message's reply; the rest of the
+    /// batch is dropped, as PostgreSQL does after an error.
+    fn refuse(&mut self, code: SqlState, message: &str) {
+        let mut err = BytesMut::new();
+        write_error(&mut err, Severity::Error, code, message, None);
         self.replies.refuse(err.to_vec());
     }
 

@@ -63,6 +63,9 @@ pub struct TxnState {
     /// Updated by the pump before each server scan: the client direction
     /// has nothing in flight.
     pub(super) client_at_rest: bool,
+    /// Updated by the pump before each client read: the backlog towards
+    /// the client is over its limit, so the client is not read (`budget`).
+    pub(super) client_paused: bool,
     /// What the last stopping scan wants reported.
     /// What the last stopping scan of each direction wants reported. Kept
     /// apart: a direction reports only its own stop, once its own bytes
@@ -108,6 +111,7 @@ impl TxnState {
             rest_when_idle: false,
             replies: Replies::default(),
             client_at_rest: true,
+            client_paused: false,
             client_halt: None,
             server_halt: None,
             param_changes: Vec::new(),
