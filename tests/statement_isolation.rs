@@ -278,3 +278,35 @@ async fn sql_deallocate_of_my_own_protocol_statement_works() {
         .get(0);
     assert_eq!(v, 2);
 }
+
+#[tokio::test]
+async fn a_statement_over_the_size_limit_gets_54000_and_the_session_goes_on() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nmax_statement_size = \"64kB\"\nmax_client_memory = \"100kB\"",
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    let big = format!("SELECT '{}'", "x".repeat(70_000));
+    let mut b = parse("big", &big);
+    b.extend(sync());
+    raw::send(&mut s, &b).await;
+    let got = read_batch(&mut s, "big").await;
+    assert_eq!(tags(&got), "EZ", "{got:?}");
+    assert_eq!(got[0].code(), "54000");
+    assert!(got[0].message().contains("max_statement_size"));
+
+    // Under the per-statement limit, but over the client's total.
+    let mid = format!("SELECT '{}'", "y".repeat(40_000));
+    prepare_raw(&mut s, "m1", &mid).await;
+    prepare_raw(&mut s, "m2", &mid).await;
+    let mut b = parse("m3", &mid);
+    b.extend(sync());
+    raw::send(&mut s, &b).await;
+    let got = read_batch(&mut s, "m3").await;
+    assert_eq!((tags(&got).as_str(), got[0].code()), ("EZ", "54000".into()));
+    assert!(got[0].message().contains("max_client_memory"));
+    assert_eq!(tags(&run_raw(&mut s, "m1").await), "2DCZ");
+}
