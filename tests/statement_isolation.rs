@@ -310,3 +310,26 @@ async fn a_statement_over_the_size_limit_gets_54000_and_the_session_goes_on() {
     assert!(got[0].message().contains("max_client_memory"));
     assert_eq!(tags(&run_raw(&mut s, "m1").await), "2DCZ");
 }
+
+/// A Flush between transactions (psycopg sends one after its last Sync)
+/// must not lease a server connection that no reply would release.
+#[tokio::test]
+async fn a_stray_flush_between_transactions_holds_no_server_connection() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nquery_wait_timeout = \"5s\"",
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    assert_eq!(raw::simple_query(&mut s, "SELECT 1").await, b'I');
+    raw::send(&mut s, &raw::frame(b'H', &[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = proxy.connect("acme").await;
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("the only server connection is free");
+    assert_eq!(raw::simple_query(&mut s, "SELECT 2").await, b'I');
+}

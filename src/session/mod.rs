@@ -330,7 +330,8 @@ impl Session<'_> {
 
     /// Waits (between transactions) for the client's next request.
     /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
-    /// outside COPY, are dropped here without leasing anything.
+    /// outside COPY, and Flush, which would get no reply, are dropped here
+    /// without leasing anything.
     async fn wait_for_request(&mut self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
         let limited = !self.client_idle_timeout.is_zero();
@@ -350,7 +351,10 @@ impl Session<'_> {
                     Err(e) => return Err(ClientError::Protocol(e.to_string())),
                     Ok(Some(h)) => match h.tag {
                         b'X' => return Ok(Next::Leave),
-                        b'd' | b'c' | b'f' => {
+                        // A Flush with nothing pending asks the server for
+                        // nothing: leasing for it would hold a connection
+                        // that no reply ever releases.
+                        b'd' | b'c' | b'f' | b'H' => {
                             discard = h.len + 1;
                             continue;
                         }
