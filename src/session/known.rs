@@ -10,7 +10,10 @@
 //! needs no server: its ParseComplete and the Sync's ReadyForQuery ('I':
 //! the client is between transactions) come from the proxy; the server
 //! connection that runs it later prepares it first, as for any statement.
-//! Likewise `DEALLOCATE name` of a client's own statement.
+//! Likewise a Describe of such a statement (libpq `PQdescribePrepared`,
+//! which psycopg calls while holding the GIL its other connections' threads
+//! need), once a server's answer to a Describe of it was kept; a Close;
+//! and `DEALLOCATE name` of a client's own statement.
 
 use super::budget::StatementLimits;
 use super::deallocate::{self, Target};
@@ -18,39 +21,71 @@ use super::prepared::{self, ServerName, Statement};
 use super::statements::{ClientStatements, MAX_CLIENT_STATEMENTS};
 use crate::protocol::{HEADER_LEN, codec};
 use bytes::{BufMut, BytesMut};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// At most this many names per placement (36 bytes each and the set's
+/// At most this many names per placement (36 bytes each and the map's
 /// overhead); past it no more are learned, and Parses of new statements
 /// take a server connection as before.
 const MAX_KNOWN: usize = 50_000;
 
-/// The set of server-side names a placement's servers accepted.
+/// At most this many bytes of kept Describe answers per placement.
+const MAX_DESCRIBED_BYTES: usize = 16 << 20;
+
+/// Requests answered in place wait for their Sync up to this many bytes;
+/// past it they take a server connection (which streams them).
+const MAX_PENDING: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Name → the server's answer to a Describe of it, if one was kept.
+    names: HashMap<ServerName, Option<Arc<[u8]>>>,
+    described_bytes: usize,
+}
+
+/// The statements a placement's servers accepted.
 #[derive(Debug, Default)]
 pub struct KnownStatements {
-    names: Mutex<HashSet<ServerName>>,
+    inner: Mutex<Known>,
 }
 
 impl KnownStatements {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<ServerName>> {
-        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn contains(&self, name: &ServerName) -> bool {
-        self.lock().contains(name)
+    /// `None`: not known; `Some(None)`: known, no Describe answer kept.
+    fn get(&self, name: &ServerName) -> Option<Option<Arc<[u8]>>> {
+        self.lock().names.get(name).cloned()
     }
 
     /// Learns the names of `sent` that a server accepted (`accepted`),
-    /// emptying `sent`.
-    pub fn learn(&self, sent: &mut Vec<ServerName>, accepted: impl Fn(&ServerName) -> bool) {
-        if sent.is_empty() {
+    /// and the Describe answers in `described` (the latest answer wins:
+    /// after DDL a server answers differently), emptying both.
+    pub fn learn(
+        &self,
+        sent: &mut Vec<ServerName>,
+        described: &mut Vec<(ServerName, Vec<u8>)>,
+        accepted: impl Fn(&ServerName) -> bool,
+    ) {
+        if sent.is_empty() && described.is_empty() {
             return;
         }
-        let mut names = self.lock();
+        let mut k = self.lock();
         for name in sent.drain(..) {
-            if names.len() < MAX_KNOWN && accepted(&name) {
-                names.insert(name);
+            if k.names.len() < MAX_KNOWN && accepted(&name) {
+                k.names.entry(name).or_insert(None);
+            }
+        }
+        for (name, answer) in described.drain(..) {
+            let known = k.names.len() < MAX_KNOWN || k.names.contains_key(&name);
+            if !known || k.described_bytes + answer.len() > MAX_DESCRIBED_BYTES {
+                continue;
+            }
+            k.described_bytes += answer.len();
+            let old = k.names.insert(name, Some(answer.into()));
+            if let Some(Some(old)) = old {
+                k.described_bytes -= old.len();
             }
         }
     }
@@ -68,8 +103,8 @@ fn frame_at(buf: &[u8], max: usize) -> Option<(u8, &[u8])> {
 pub enum Local {
     /// Answered into `out`: drop this many bytes.
     Answered(usize),
-    /// A named Parse whose next message has not arrived (a server would
-    /// not answer before it either).
+    /// Requests that may be answered in place, whose Sync has not arrived
+    /// (a server would not answer before it either).
     NeedMore,
     /// A request for a server connection.
     Server,
@@ -86,71 +121,123 @@ pub fn answer_without_server(
     limits: &StatementLimits,
     out: &mut BytesMut,
 ) -> Local {
-    match answer(buf, max, statements, known, limits, out) {
-        Some(n) => Local::Answered(n),
-        None => match frame_at(buf, max) {
-            Some((b'P', f))
-                if f.get(HEADER_LEN) != Some(&0) && frame_at(&buf[f.len()..], max).is_none() =>
-            {
-                Local::NeedMore
-            }
-            _ => Local::Server,
-        },
+    let Some((b'Q', query)) = frame_at(buf, max) else {
+        return answer_batch(buf, max, statements, known, limits, out);
+    };
+    // `DEALLOCATE` of the client's own protocol-level statement.
+    match deallocate::parse(&query[HEADER_LEN..]) {
+        Some(Target::Name(name)) if statements.remove(&name).is_some() => {
+            out.extend_from_slice(&deallocate::answer(b'I'));
+            Local::Answered(query.len())
+        }
+        _ => Local::Server,
     }
 }
 
-fn answer(
+/// A change to the client's map, applied once the whole batch is known to
+/// be answerable.
+enum Change {
+    Insert(Vec<u8>, Arc<Statement>),
+    Remove(Vec<u8>),
+}
+
+/// Parse, Describe('S') and Close('S') messages up to a Sync, each
+/// answerable in place.
+fn answer_batch(
     buf: &[u8],
     max: usize,
     statements: &mut ClientStatements,
     known: &KnownStatements,
     limits: &StatementLimits,
     out: &mut BytesMut,
-) -> Option<usize> {
-    let (tag, first) = frame_at(buf, max)?;
-    match tag {
-        b'Q' => {
-            // `DEALLOCATE` of the client's own protocol-level statement.
-            let Some(Target::Name(name)) = deallocate::parse(&first[HEADER_LEN..]) else {
-                return None;
-            };
-            statements.remove(&name)?;
-            out.extend_from_slice(&deallocate::answer(b'I'));
-            Some(first.len())
+) -> Local {
+    let mut changes: Vec<Change> = Vec::new();
+    let mut reply = BytesMut::new();
+    let mut at = 0;
+    // The statement a name means once the earlier changes apply.
+    let lookup = |changes: &[Change], name: &[u8]| -> Option<Arc<Statement>> {
+        for c in changes.iter().rev() {
+            match c {
+                Change::Insert(n, s) if n == name => return Some(Arc::clone(s)),
+                Change::Remove(n) if n == name => return None,
+                _ => {}
+            }
         }
-        b'P' => {
-            // Parse then Sync, of a statement a server accepted.
-            let (name, definition) = prepared::parse_parse(&first[HEADER_LEN..])?;
-            let (sync, sync_frame) = frame_at(&buf[first.len()..], max)?;
-            if sync != b'S' || name.is_empty() {
-                return None;
-            }
-            // Over a limit: the usual path refuses it.
-            if !statements.contains_key(name) && statements.len() >= MAX_CLIENT_STATEMENTS {
-                return None;
-            }
-            if limits
-                .refusal(statements, Some(name), definition.len())
-                .is_some()
-            {
-                return None;
-            }
-            let server_name = prepared::server_name(definition);
-            if !known.contains(&server_name) {
-                return None;
-            }
-            statements.insert(
-                name.to_vec(),
-                Arc::new(Statement {
+        statements.get(name).cloned()
+    };
+    loop {
+        let Some((tag, frame)) = frame_at(&buf[at..], max) else {
+            return if at > 0 && buf.len() < MAX_PENDING {
+                Local::NeedMore
+            } else {
+                Local::Server
+            };
+        };
+        let body = &frame[HEADER_LEN..];
+        match tag {
+            b'P' => {
+                let Some((name, definition)) = prepared::parse_parse(body) else {
+                    return Local::Server;
+                };
+                let new = lookup(&changes, name).is_none();
+                let over = (new && statements.len() + changes.len() >= MAX_CLIENT_STATEMENTS)
+                    || limits
+                        .refusal(statements, Some(name), definition.len())
+                        .is_some();
+                let server_name = prepared::server_name(definition);
+                if name.is_empty() || over || known.get(&server_name).is_none() {
+                    return Local::Server; // the usual path answers or refuses
+                }
+                let stmt = Arc::new(Statement {
                     server_name,
                     definition: definition.to_vec(),
-                }),
-            );
-            out.put_u8(b'1');
-            out.put_i32(4);
-            crate::protocol::messages::ready_for_query(out, b'I');
-            Some(first.len() + sync_frame.len())
+                });
+                changes.push(Change::Insert(name.to_vec(), stmt));
+                reply.put_u8(b'1');
+                reply.put_i32(4);
+            }
+            b'D' => {
+                let Some((b'S', name)) = prepared::parse_target(body) else {
+                    return Local::Server;
+                };
+                let answer = lookup(&changes, name)
+                    .and_then(|s| known.get(&s.server_name))
+                    .flatten();
+                let Some(answer) = answer else {
+                    return Local::Server;
+                };
+                reply.extend_from_slice(&answer);
+            }
+            b'C' => {
+                let Some((b'S', name)) = prepared::parse_target(body) else {
+                    return Local::Server;
+                };
+                if name.is_empty() {
+                    return Local::Server;
+                }
+                changes.push(Change::Remove(name.to_vec()));
+                reply.put_u8(b'3');
+                reply.put_i32(4);
+            }
+            b'S' if at > 0 => {
+                at += frame.len();
+                break;
+            }
+            _ => return Local::Server,
         }
-        _ => None,
+        at += frame.len();
     }
+    for c in changes {
+        match c {
+            Change::Insert(name, stmt) => {
+                statements.insert(name, stmt);
+            }
+            Change::Remove(name) => {
+                statements.remove(&name);
+            }
+        }
+    }
+    out.extend_from_slice(&reply);
+    crate::protocol::messages::ready_for_query(out, b'I');
+    Local::Answered(at)
 }

@@ -160,9 +160,12 @@ impl Session<'_> {
             }
             // Statements a server accepted this lease: known placement-wide.
             let prepared = &lease.conn().prepared;
-            self.pool
-                .known_statements
-                .learn(&mut txn.replies.sent_parse, |n| prepared.contains(n));
+            let replies = &mut txn.replies;
+            self.pool.known_statements.learn(
+                &mut replies.sent_parse,
+                &mut replies.described,
+                |n| prepared.contains(n),
+            );
 
             match exit {
                 PumpExit::Idle => {
@@ -358,7 +361,7 @@ impl Session<'_> {
                             discard = h.len + 1;
                             continue;
                         }
-                        b'P' | b'Q'
+                        b'P' | b'Q' | b'D' | b'C'
                             if self.max_prepared > 0 && self.mode == PoolMode::Transaction =>
                         {
                             match self.answer_without_server(client).await? {

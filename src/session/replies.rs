@@ -94,6 +94,9 @@ struct Entry {
     mode: Mode,
     /// ParameterDescription seen (DescribeStatement).
     got_params: bool,
+    /// A Describe of a proxy-named statement whose answer is kept
+    /// (`Replies::described`); its name is in `capture_names`.
+    capture: bool,
     /// Boxed: only rewritten messages carry effects, and a small entry
     /// keeps the common push/pop a few words of copying with no drop glue
     /// to run.
@@ -141,6 +144,14 @@ pub struct Replies {
     /// from them which statements the server accepted (kept across
     /// `clear`, drained by the session).
     pub sent_parse: Vec<ServerName>,
+    /// Names of the queued `capture` entries, in order.
+    capture_names: VecDeque<ServerName>,
+    /// The answer being kept for the front `capture` entry.
+    capturing: Vec<u8>,
+    /// Server answers (ParameterDescription, then RowDescription or
+    /// NoData) to Describes of proxy-named statements this lease (kept
+    /// across `clear`, drained by the session).
+    pub described: Vec<(ServerName, Vec<u8>)>,
 }
 
 impl Replies {
@@ -183,6 +194,46 @@ impl Replies {
         self.push(Reply::Refused, Mode::Synth, [None, None]);
     }
 
+    /// Queues the reply to a Describe of the proxy-named statement `name`,
+    /// keeping the server's answer (see `described`); `Swallow` for one
+    /// the proxy sent itself.
+    pub fn push_captured_describe(&mut self, name: ServerName, mode: Mode) -> bool {
+        if !self.push(Reply::DescribeStatement, mode, [None, None]) {
+            return false;
+        }
+        if let Some(e) = self.q.back_mut() {
+            e.capture = true;
+            self.capture_names.push_back(name);
+        }
+        true
+    }
+
+    /// The front entry keeps its answer: ParameterDescription,
+    /// RowDescription and NoData frames are to be shown whole to
+    /// `capture`.
+    #[inline]
+    pub fn capturing_front(&self) -> bool {
+        !self.capture_names.is_empty() && self.q.front().is_some_and(|e| e.capture)
+    }
+
+    /// Keeps one whole frame of the front entry's answer.
+    pub fn capture(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            b't' => {
+                self.capturing.clear();
+                self.capturing.extend_from_slice(frame);
+            }
+            b'T' | b'n' if !self.capturing.is_empty() => {
+                self.capturing.extend_from_slice(frame);
+                if let Some(name) = self.capture_names.front() {
+                    let answer = std::mem::take(&mut self.capturing);
+                    self.described.push((name.clone(), answer));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Queues the proxy's whole answer to a simple Query (`bytes`: up to
     /// and including ReadyForQuery); false if the server skips now.
     pub fn answer(&mut self, bytes: Vec<u8>) -> bool {
@@ -202,6 +253,8 @@ impl Replies {
         self.markers = 0;
         self.refusing = false;
         self.canned.clear();
+        self.capture_names.clear();
+        self.capturing.clear();
         self.undo.clear();
         // A queue grown by a long pipeline gives its memory back.
         if self.q.capacity() > SHRINK_ABOVE {
@@ -229,6 +282,7 @@ impl Replies {
                         reply: Reply::CopyEnd,
                         mode: Mode::Forward,
                         got_params: false,
+                        capture: false,
                         undo: None,
                     });
                 }
@@ -256,6 +310,7 @@ impl Replies {
             reply,
             mode: Mode::Forward,
             got_params: false,
+            capture: false,
             undo: None,
         });
         true
@@ -280,6 +335,7 @@ impl Replies {
             reply,
             mode,
             got_params: false,
+            capture: false,
             undo,
         });
         true
@@ -291,6 +347,9 @@ impl Replies {
         self.markers -= usize::from(e.reply == Reply::CopyEnd);
         if e.reply.is_canned() {
             self.canned.pop_front();
+        }
+        if e.capture {
+            self.capture_names.pop_front();
         }
         Some(e)
     }
@@ -387,6 +446,8 @@ impl Replies {
             Reply::DescribeStatement => {
                 if tag == b't' {
                     front.got_params = true;
+                    // The first of its two parts: hidden like the second.
+                    v.swallow = front.mode == Mode::Swallow;
                 }
                 front.got_params && matches!(tag, b'T' | b'n')
             }
@@ -574,6 +635,27 @@ mod tests {
         r.on_server_message(b'E');
         r.on_server_message(b'Z');
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_swallowed_describe_hides_both_parts_and_keeps_them() {
+        let mut r = Replies::default();
+        let name = names();
+        r.push(Reply::ParseComplete, Mode::Swallow, [None, None]);
+        r.push_captured_describe(name.clone(), Mode::Swallow);
+        r.push_client_message(b'S', b"S....");
+        assert!(r.on_server_message(b'1').swallow);
+        assert!(r.capturing_front());
+        r.capture(b't', b"t\0\0\0\x06\0\0");
+        assert!(r.on_server_message(b't').swallow);
+        r.capture(b'n', b"n\0\0\0\x04");
+        assert!(r.on_server_message(b'n').swallow);
+        assert!(!r.capturing_front());
+        assert!(!r.on_server_message(b'Z').swallow);
+        assert!(r.is_empty());
+        assert_eq!(r.described.len(), 1);
+        assert_eq!(r.described[0].0, name);
+        assert_eq!(&r.described[0].1[..], b"t\0\0\0\x06\0\0n\0\0\0\x04");
     }
 
     #[test]

@@ -171,8 +171,9 @@ impl Rewriter<'_> {
             self.replies.push(
                 Reply::ParseComplete,
                 Mode::Forward,
-                [restore, Some(Undo::ServerForget(server_name))],
+                [restore, Some(Undo::ServerForget(server_name.clone()))],
             );
+            self.learn_description(&server_name);
         }
         Ok(())
     }
@@ -191,6 +192,9 @@ impl Rewriter<'_> {
             Some((b'S', name)) if !name.is_empty() => self.statements.get(name).cloned(),
             _ => None,
         };
+        // Reply::DescribeStatement: the server's answer is kept, so a later
+        // Describe of the same statement between transactions needs no
+        // server connection (`known.rs`).
         self.use_statement(frame, stmt, Reply::DescribeStatement, |out, name| {
             prepared::write_statement_target(out, b'D', name);
         });
@@ -223,7 +227,12 @@ impl Rewriter<'_> {
         }
         self.ensure_prepared(&stmt);
         write(self.to_server, &stmt.server_name);
-        self.replies.push(reply, Mode::Forward, [None, None]);
+        if reply == Reply::DescribeStatement {
+            self.replies
+                .push_captured_describe(stmt.server_name.clone(), Mode::Forward);
+        } else {
+            self.replies.push(reply, Mode::Forward, [None, None]);
+        }
     }
 
     fn close(&mut self, frame: &[u8], body: &[u8]) {
@@ -279,6 +288,17 @@ impl Rewriter<'_> {
             Mode::Swallow,
             [Some(Undo::ServerForget(stmt.server_name.clone())), None],
         );
+        self.learn_description(&stmt.server_name);
+    }
+
+    /// After a Parse sent to the server: a Describe of its own, whose
+    /// answer the client does not see and the placement keeps, so that a
+    /// later Describe of the statement between transactions needs no
+    /// server connection (`known.rs`).
+    fn learn_description(&mut self, name: &prepared::ServerName) {
+        prepared::write_statement_target(self.to_server, b'D', name);
+        self.replies
+            .push_captured_describe(name.clone(), Mode::Swallow);
     }
 
     /// Closes the least recently used statement if the cache is full.

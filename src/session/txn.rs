@@ -285,6 +285,8 @@ impl FrameSink for ServerSink<'_> {
         match tag {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
             b'E' if self.st.rewrite => crate::protocol::WHOLE_BODY,
+            // The answer to a Describe of a proxy-named statement is kept.
+            b't' | b'T' | b'n' if self.st.replies.capturing_front() => crate::protocol::WHOLE_BODY,
             _ => 0,
         }
     }
@@ -330,6 +332,9 @@ impl FrameSink for ServerSink<'_> {
         if tag == b'Z' && st.probe_due(body.first().copied()) {
             st.server_halt = Some(Halt::Probe);
             return Step::StopBefore;
+        }
+        if matches!(tag, b't' | b'T' | b'n') && st.replies.capturing_front() {
+            st.replies.capture(tag, frame);
         }
         let verdict = st.replies.on_server_message(tag);
         st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
