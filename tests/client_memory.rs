@@ -126,3 +126,63 @@ async fn a_client_that_never_reads_cannot_grow_the_proxy() {
     drop(s);
     drop(proxy);
 }
+
+/// A client that never reads its results is disconnected once its backlog
+/// has been over the limit for `client_read_timeout`, and the server
+/// connection it held serves others again.
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected_and_frees_its_connection() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = common::TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nclient_read_timeout = \"2s\"\nquery_wait_timeout = \"25s\"",
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    let mut parse = Vec::new();
+    cstr(&mut parse, "s1");
+    cstr(&mut parse, "SELECT 1");
+    parse.extend_from_slice(&[0, 0]);
+    let parse = raw::frame(b'P', &parse);
+    let mut first = parse.clone();
+    first.extend(raw::frame(b'S', &[]));
+    raw::send(&mut s, &first).await;
+    raw::read_to_ready(&mut s, "prepare").await;
+
+    raw::send(&mut s, &raw::query("SELECT pg_sleep(60)")).await;
+    let mut close = vec![b'S'];
+    cstr(&mut close, "s1");
+    let mut chunk = Vec::new();
+    for _ in 0..1000 {
+        chunk.extend(raw::frame(b'C', &close));
+        chunk.extend(&parse);
+        chunk.extend(raw::frame(b'S', &[]));
+    }
+    let flood = tokio::spawn(async move {
+        let mut at = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            match tokio::time::timeout(Duration::from_millis(200), s.write(&chunk[at..])).await {
+                Ok(Ok(n)) => at = (at + n) % chunk.len(),
+                Ok(Err(_)) => return true, // the proxy closed the connection
+                Err(_) => {}
+            }
+        }
+        false
+    });
+
+    let started = Instant::now();
+    let other = proxy.connect("acme").await;
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("the server connection is free again");
+    let waited = started.elapsed();
+    println!("the other client got the connection after {waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    assert!(
+        flood.await.expect("flood task"),
+        "the client that never read is disconnected"
+    );
+}

@@ -102,6 +102,7 @@ async fn serve_inner(
         reported: login.reported,
         custom_settings: Vec::new(),
         max_prepared: snap.config.proxy.max_prepared_statements,
+        client_read_timeout: snap.config.proxy.client_read_timeout,
         statement_limits: crate::session::budget::StatementLimits {
             max_statement: snap.config.proxy.max_statement_size.0 as usize,
             max_total: snap.config.proxy.max_client_memory.0 as usize,

@@ -131,6 +131,11 @@ pub struct ProxyConfig {
     /// Transaction mode: the largest named statement a client may prepare
     /// (54000 past it).
     pub max_statement_size: ByteSize,
+    /// A client whose results back up in the proxy (it stopped reading
+    /// while its server went on answering) is disconnected (54000) once
+    /// the backlog has been over its limit this long; 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub client_read_timeout: Duration,
     /// A client idle inside a transaction for longer is disconnected
     /// (25P03) and its transaction rolled back; 0: never.
     #[serde(with = "humantime_serde_compat")]
@@ -178,6 +183,7 @@ impl Default for ProxyConfig {
             server_login_retry: Duration::from_secs(5),
             max_prepared_statements: 200,
             max_client_memory: ByteSize(16 * 1024 * 1024),
+            client_read_timeout: Duration::from_secs(60),
             max_statement_size: ByteSize(1024 * 1024),
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,

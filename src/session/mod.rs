@@ -81,6 +81,8 @@ pub struct Session<'a> {
     pub idle_transaction_timeout: Duration,
     /// 0: off.
     pub client_idle_timeout: Duration,
+    /// How long a client's backlog may stay over its limit; 0: forever.
+    pub client_read_timeout: Duration,
 }
 
 /// What the idle client did next.
@@ -128,6 +130,13 @@ impl Session<'_> {
                             .await
                     }
                     PumpExit::Rest => self.rest(client, &lease, &txn).await,
+                    PumpExit::Backlog => {
+                        if !self.client_read_timeout.is_zero() {
+                            txn.stall_deadline =
+                                Some(std::time::Instant::now() + self.client_read_timeout);
+                        }
+                        Ok(())
+                    }
                     other => break other,
                 };
                 match result {
@@ -187,12 +196,18 @@ impl Session<'_> {
                     self.finish(lease, &txn, &server_flow);
                     return Ok(());
                 }
+                PumpExit::ClientStalled => {
+                    tracing::info!(tenant = %self.tenant.id, "client did not read its results; disconnected");
+                    self.finish(lease, &txn, &server_flow);
+                    return Err(ClientError::ClientStalled(self.tenant.id.clone()));
+                }
                 PumpExit::ServerEof
                 | PumpExit::ServerIo(_)
                 | PumpExit::ServerProtocol(_)
                 | PumpExit::Rewrite
                 | PumpExit::Probe
-                | PumpExit::Rest => {
+                | PumpExit::Rest
+                | PumpExit::Backlog => {
                     tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
                     drop(lease);
                     return self.tell_client_if_possible(
@@ -225,6 +240,7 @@ impl Session<'_> {
             // Transaction mode, or a stop already seen: the pump stops at
             // the next idle point by itself; nothing else to watch.
             let watch_stop = !txn.stop_when_idle;
+            let stall_deadline = txn.stall_deadline;
             let pumped = pump::pump(
                 &mut client.stream,
                 &mut client.flow,
@@ -232,7 +248,22 @@ impl Session<'_> {
                 server_flow,
                 txn,
             );
-            let exit = if watch_stop {
+            let exit = if let Some(deadline) = stall_deadline {
+                // The client's backlog is over its limit: it has until
+                // the deadline to read it (only while paused).
+                tokio::select! {
+                    biased;
+                    _ = crate::runtime::time::sleep_until(deadline) => {
+                        txn.stall_deadline = None;
+                        if txn.client_paused {
+                            PumpExit::ClientStalled
+                        } else {
+                            continue;
+                        }
+                    }
+                    exit = pumped => exit,
+                }
+            } else if watch_stop {
                 tokio::select! {
                     biased;
                     _ = self.stop.stopped() => {

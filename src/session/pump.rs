@@ -196,6 +196,12 @@ pub enum PumpExit {
     Probe,
     /// Quiet on both sides (only when an idle timeout applies).
     Rest,
+    /// The client stopped being read: its backlog is over the limit
+    /// (`budget`). Reported once per pause, after both directions ran.
+    Backlog,
+    /// The client did not read its backlog within `client_read_timeout`
+    /// (reported by the session, never by `pump`).
+    ClientStalled,
     ClientEof,
     ServerEof,
     ClientIo(io::Error),
@@ -249,13 +255,22 @@ pub async fn pump(
     poll_fn(|cx| {
         state.client_paused =
             super::budget::over_backlog(server_flow.inject.len(), state.replies.len());
+        if !state.client_paused {
+            state.backlog_reported = false;
+        }
         if let Poll::Ready(exit) =
             poll_direction(cx, client, server, client_flow, state, Side::Client)
         {
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
-        poll_direction(cx, server, client, server_flow, state, Side::Server)
+        match poll_direction(cx, server, client, server_flow, state, Side::Server) {
+            Poll::Pending if state.client_paused && !state.backlog_reported => {
+                state.backlog_reported = true;
+                Poll::Ready(PumpExit::Backlog)
+            }
+            polled => polled,
+        }
     })
     .await
 }

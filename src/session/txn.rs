@@ -66,6 +66,11 @@ pub struct TxnState {
     /// Updated by the pump before each client read: the backlog towards
     /// the client is over its limit, so the client is not read (`budget`).
     pub(super) client_paused: bool,
+    /// Set by the session when the client was paused: by then the client
+    /// must have read its backlog (`client_read_timeout`).
+    pub(super) stall_deadline: Option<std::time::Instant>,
+    /// This pause was reported (`PumpExit::Backlog`).
+    pub(super) backlog_reported: bool,
     /// What the last stopping scan wants reported.
     /// What the last stopping scan of each direction wants reported. Kept
     /// apart: a direction reports only its own stop, once its own bytes
@@ -112,6 +117,8 @@ impl TxnState {
             replies: Replies::default(),
             client_at_rest: true,
             client_paused: false,
+            stall_deadline: None,
+            backlog_reported: false,
             client_halt: None,
             server_halt: None,
             param_changes: Vec::new(),
@@ -134,6 +141,9 @@ impl TxnState {
         self.mentions = Mentions::default();
         self.replies.clear();
         self.client_at_rest = true;
+        self.client_paused = false;
+        self.stall_deadline = None;
+        self.backlog_reported = false;
         self.client_halt = None;
         self.server_halt = None;
         self.param_changes.clear();
