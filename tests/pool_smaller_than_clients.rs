@@ -87,3 +87,43 @@ async fn pgbench_prepared_with_more_clients_than_server_connections_finishes() {
     .await
     .expect("pgbench");
 }
+
+/// Answers kept from earlier Describes are dropped when a client changes
+/// the schema: a fresh server connection's answer is the new shape.
+#[tokio::test]
+async fn kept_describe_answers_are_dropped_after_ddl() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(&["acme"], 2, "auth_type = \"trust\"")).await;
+    let a = proxy.connect("acme").await;
+    a.batch_execute("CREATE TABLE shapes (x int)")
+        .await
+        .expect("create");
+    let s = a.prepare("SELECT * FROM shapes").await.expect("prepare");
+    assert_eq!(s.columns().len(), 1);
+    let b = proxy.connect("acme").await;
+    assert_eq!(
+        b.prepare("SELECT * FROM shapes")
+            .await
+            .expect("b")
+            .columns()
+            .len(),
+        1
+    );
+    a.batch_execute("ALTER TABLE shapes ADD COLUMN y text")
+        .await
+        .expect("alter");
+    // New server connections, which do not hold the old statement (on the
+    // old ones PostgreSQL itself refuses: "cached plan must not change
+    // result type").
+    let admin = pg.cluster.admin("postgres").await.expect("admin");
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'pgtenant'",
+        )
+        .await
+        .expect("terminate");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let c = proxy.connect("acme").await;
+    let after = c.prepare("SELECT * FROM shapes").await.expect("after DDL");
+    assert_eq!(after.columns().len(), 2, "a stale description");
+}

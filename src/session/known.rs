@@ -43,7 +43,10 @@ struct Known {
     described_bytes: usize,
 }
 
-/// The statements a placement's servers accepted.
+/// The statements a placement's servers accepted, and the answers to
+/// Describes of them. An answer depends on the tables the text resolves
+/// to: answers are kept and used only for clients on the default
+/// `search_path`, and all are dropped when any client runs DDL.
 #[derive(Debug, Default)]
 pub struct KnownStatements {
     inner: Mutex<Known>,
@@ -57,6 +60,16 @@ impl KnownStatements {
     /// `None`: not known; `Some(None)`: known, no Describe answer kept.
     fn get(&self, name: &ServerName) -> Option<Option<Arc<[u8]>>> {
         self.lock().names.get(name).cloned()
+    }
+
+    /// Drops the kept Describe answers (after DDL).
+    pub fn forget_described(&self) {
+        let mut k = self.lock();
+        if k.described_bytes == 0 {
+            return;
+        }
+        k.names.values_mut().for_each(|a| *a = None);
+        k.described_bytes = 0;
     }
 
     /// Learns the names of `sent` that a server accepted (`accepted`),
@@ -119,10 +132,11 @@ pub fn answer_without_server(
     statements: &mut ClientStatements,
     known: &KnownStatements,
     limits: &StatementLimits,
+    use_described: bool,
     out: &mut BytesMut,
 ) -> Local {
     let Some((b'Q', query)) = frame_at(buf, max) else {
-        return answer_batch(buf, max, statements, known, limits, out);
+        return answer_batch(buf, max, statements, known, limits, use_described, out);
     };
     // `DEALLOCATE` of the client's own protocol-level statement.
     match deallocate::parse(&query[HEADER_LEN..]) {
@@ -149,6 +163,7 @@ fn answer_batch(
     statements: &mut ClientStatements,
     known: &KnownStatements,
     limits: &StatementLimits,
+    use_described: bool,
     out: &mut BytesMut,
 ) -> Local {
     let mut changes: Vec<Change> = Vec::new();
@@ -201,6 +216,7 @@ fn answer_batch(
                     return Local::Server;
                 };
                 let answer = lookup(&changes, name)
+                    .filter(|_| use_described)
                     .and_then(|s| known.get(&s.server_name))
                     .flatten();
                 let Some(answer) = answer else {

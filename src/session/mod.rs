@@ -170,6 +170,12 @@ impl Session<'_> {
             // Statements a server accepted this lease: known placement-wide.
             let prepared = &lease.conn().prepared;
             let replies = &mut txn.replies;
+            if txn.schema_changed {
+                self.pool.known_statements.forget_described();
+            }
+            if !self.default_search_path() {
+                replies.described.clear();
+            }
             self.pool.known_statements.learn(
                 &mut replies.sent_parse,
                 &mut replies.described,
@@ -436,12 +442,14 @@ impl Session<'_> {
         client: &mut ClientConn,
     ) -> Result<known::Local, ClientError> {
         let mut out = BytesMut::new();
+        let use_described = self.default_search_path();
         let local = known::answer_without_server(
             &client.flow.buf,
             client.flow.scanner.max_len(),
             &mut self.statements,
             &self.pool.known_statements,
             &self.statement_limits,
+            use_described,
             &mut out,
         );
         if !out.is_empty() {
@@ -453,6 +461,16 @@ impl Session<'_> {
                 .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
         }
         Ok(local)
+    }
+
+    /// The client resolves names as every other client of the placement
+    /// does by default (it set no `search_path` of its own), so kept
+    /// Describe answers apply to it.
+    fn default_search_path(&self) -> bool {
+        !self
+            .wanted
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("search_path"))
     }
 
     /// Both sides are quiet: wait for either to speak, within the idle

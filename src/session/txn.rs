@@ -87,6 +87,9 @@ pub struct TxnState {
     /// "does not exist"/"already exists" error on them): recovery drops
     /// them all before anyone else uses the connection.
     pub statements_suspect: bool,
+    /// A DDL command tag (CREATE, ALTER, DROP) seen: kept Describe
+    /// answers of the placement may be stale (`known.rs`).
+    pub schema_changed: bool,
     /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
     /// `set_config(` in the SQL): session settings may have changed.
     pub settings_changed: bool,
@@ -124,6 +127,7 @@ impl TxnState {
             param_changes: Vec::new(),
             statements_dropped: false,
             statements_suspect: false,
+            schema_changed: false,
             settings_changed: false,
             custom_names: Vec::new(),
             last_query: pinning::LastText::default(),
@@ -149,6 +153,7 @@ impl TxnState {
         self.param_changes.clear();
         self.statements_dropped = false;
         self.statements_suspect = false;
+        self.schema_changed = false;
         self.settings_changed = false;
         self.custom_names.clear();
     }
@@ -328,6 +333,13 @@ impl FrameSink for ServerSink<'_> {
                 }
                 if st.rewrite && (body == b"DEALLOCATE\0" || body == b"PREPARE\0") {
                     st.statements_suspect = true;
+                }
+                if st.rewrite
+                    && [&b"CREATE "[..], b"ALTER ", b"DROP "]
+                        .iter()
+                        .any(|p| body.starts_with(p))
+                {
+                    st.schema_changed = true;
                 }
                 if st.scan_text && pinning::state_tag(body) {
                     st.mentions.state = true;
