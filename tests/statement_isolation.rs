@@ -200,6 +200,35 @@ async fn naming_a_statement_the_client_never_prepared_gets_26000_from_the_proxy(
     let got = read_batch(&mut s, "after").await;
     assert_eq!(tags(&got), "2DCZ", "{got:?}");
     assert_eq!(raw::simple_query(&mut s, "SELECT 1").await, b'I');
+
+    // As in PostgreSQL, the error aborts the transaction it happens in,
+    // and the batch's earlier work in an implicit transaction is undone.
+    assert_eq!(raw::simple_query(&mut s, "BEGIN").await, b'T');
+    let mut batch = bind(&name);
+    batch.extend(sync());
+    raw::send(&mut s, &batch).await;
+    let got = read_batch(&mut s, "in a transaction").await;
+    assert_eq!(tags(&got), "EZ", "{got:?}");
+    assert_eq!(got[1].body, b"E", "the transaction is aborted");
+    assert_eq!(raw::simple_query(&mut s, "ROLLBACK").await, b'I');
+    raw::simple_query(&mut s, "CREATE TABLE IF NOT EXISTS marks (n int)").await;
+    let mut batch = parse("", "INSERT INTO marks VALUES (1)");
+    batch.extend(bind(""));
+    batch.extend(execute());
+    batch.extend(bind("nope"));
+    batch.extend(sync());
+    raw::send(&mut s, &batch).await;
+    let got = read_batch(&mut s, "implicit").await;
+    assert_eq!(tags(&got), "12CEZ", "{got:?}");
+    let (rows, _) = {
+        raw::send(&mut s, &raw::query("SELECT count(*) FROM marks")).await;
+        raw::read_to_ready(&mut s, "count").await
+    };
+    let row = rows.iter().find(|m| m.tag == b'D').expect("a row");
+    assert!(
+        row.body.ends_with(b"0"),
+        "the INSERT was rolled back: {row:?}"
+    );
 }
 
 /// Runs a simple query; returns every message up to ReadyForQuery.

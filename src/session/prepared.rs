@@ -107,6 +107,14 @@ pub fn server_name(definition: &[u8]) -> ServerName {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A server-side name nobody prepares: a Describe of it fails with 26000
+/// (no client definition hashes to it: a definition's parameter types
+/// have the length their count says, and these bytes do not).
+pub fn refusal_name() -> &'static ServerName {
+    static NAME: OnceLock<ServerName> = OnceLock::new();
+    NAME.get_or_init(|| server_name(b"\0pgtenant: refused"))
+}
+
 fn frame(out: &mut BytesMut, tag: u8, body_len: usize, f: impl FnOnce(&mut BytesMut)) {
     out.reserve(body_len + 5);
     out.put_u8(tag);

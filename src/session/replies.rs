@@ -42,8 +42,11 @@ pub enum Reply {
     /// Not a reply: marks where the client ended a COPY (CopyDone or
     /// CopyFail), bounding the Syncs the server ignores during copy-in.
     CopyEnd,
-    /// The proxy's ErrorResponse for a message it refused (a statement
-    /// name the client never prepared); bytes in `Replies::canned`.
+    /// A message the proxy refused (a statement name the client never
+    /// prepared): in its place the server got a Describe that fails, so it
+    /// aborts the transaction and skips to Sync as PostgreSQL would; the
+    /// client sees the proxy's ErrorResponse (`Replies::canned`) instead
+    /// of the server's.
     Refused,
     /// The proxy's whole answer to a simple Query it handled itself
     /// (CommandComplete and ReadyForQuery); bytes in `Replies::canned`.
@@ -183,15 +186,42 @@ impl Replies {
     }
 
     /// Queues the proxy's ErrorResponse `error` for a refused extended
-    /// message, in the place of its reply, and drops what follows up to
-    /// the client's Sync. Nothing if the server skips already.
-    pub fn refuse(&mut self, error: Vec<u8>) {
+    /// message, in the place of its reply (the caller sends the failing
+    /// Describe), and drops what follows up to the client's Sync. False
+    /// (nothing to send) if the server skips already.
+    pub fn refuse(&mut self, error: Vec<u8>) -> bool {
         if self.skipping() {
-            return;
+            return false;
         }
         self.refusing = true;
         self.canned.push_back(error);
-        self.push(Reply::Refused, Mode::Synth, [None, None]);
+        self.push(Reply::Refused, Mode::Forward, [None, None])
+    }
+
+    /// The next server message answers a refused message.
+    #[inline]
+    pub fn front_is_refused(&self) -> bool {
+        self.q.front().is_some_and(|e| e.reply == Reply::Refused)
+    }
+
+    /// A server message for the refused message at the front: its error
+    /// is replaced by the proxy's (written to `out`). Should the Describe
+    /// have succeeded after all, its answer is dropped and the proxy's
+    /// error stands. The caller drops the server's message.
+    pub fn answer_refused(&mut self, tag: u8, out: &mut BytesMut) -> Verdict {
+        match tag {
+            b'E' | b'T' | b'n' => {
+                if let Some(error) = self.canned.front() {
+                    out.extend_from_slice(error);
+                }
+                if tag == b'E' {
+                    return self.match_reply(tag); // skips to Sync, as the server does
+                }
+                self.pop();
+                Verdict::default()
+            }
+            _ => Verdict::default(),
+        }
     }
 
     /// Queues the reply to a Describe of the proxy-named statement `name`,

@@ -269,7 +269,9 @@ impl Rewriter<'_> {
     fn refuse(&mut self, code: SqlState, message: &str) {
         let mut err = BytesMut::new();
         write_error(&mut err, Severity::Error, code, message, None);
-        self.replies.refuse(err.to_vec());
+        if self.replies.refuse(err.to_vec()) {
+            prepared::write_statement_target(self.to_server, b'D', prepared::refusal_name());
+        }
     }
 
     /// Prepares `stmt` on this connection first if it lacks it; the

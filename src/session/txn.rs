@@ -300,6 +300,8 @@ impl FrameSink for ServerSink<'_> {
         match tag {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
             b'E' if self.st.rewrite => crate::protocol::WHOLE_BODY,
+            // Dropped whole when they answer a refused message.
+            b't' | b'T' | b'n' if self.st.replies.front_is_refused() => crate::protocol::WHOLE_BODY,
             // The answer to a Describe of a proxy-named statement is kept.
             b't' | b'T' | b'n' if self.st.replies.capturing_front() => crate::protocol::WHOLE_BODY,
             _ => 0,
@@ -321,7 +323,10 @@ impl FrameSink for ServerSink<'_> {
                 return Step::Continue;
             }
             b'N' | b'A' => return Step::Continue,
-            b'E' if st.rewrite && names_missing_or_taken(body) => {
+            b'E' if st.rewrite
+                && !st.replies.front_is_refused()
+                && names_missing_or_taken(body) =>
+            {
                 st.statements_suspect = true;
             }
             b'C' => {
@@ -357,6 +362,12 @@ impl FrameSink for ServerSink<'_> {
         }
         if matches!(tag, b't' | b'T' | b'n') && st.replies.capturing_front() {
             st.replies.capture(tag, frame);
+        }
+        if st.replies.front_is_refused() && matches!(tag, b'E' | b't' | b'T' | b'n') {
+            // The proxy's own error replaces the server's.
+            let verdict = st.replies.answer_refused(tag, self.to_client);
+            st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
+            return Step::Skip;
         }
         let verdict = st.replies.on_server_message(tag);
         st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
