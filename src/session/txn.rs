@@ -318,7 +318,12 @@ impl FrameSink for ServerSink<'_> {
         match tag {
             b'S' => {
                 if let Some((name, value)) = parse_parameter_status(body) {
-                    st.param_changes.push((name.to_string(), value.to_string()));
+                    // One entry per name: a client repeating SETs in one
+                    // pipeline does not grow the list.
+                    match st.param_changes.iter_mut().find(|(n, _)| n == name) {
+                        Some(change) => change.1 = value.to_string(),
+                        None => st.param_changes.push((name.to_string(), value.to_string())),
+                    }
                 }
                 return Step::Continue;
             }
@@ -363,7 +368,7 @@ impl FrameSink for ServerSink<'_> {
         if matches!(tag, b't' | b'T' | b'n') && st.replies.capturing_front() {
             st.replies.capture(tag, frame);
         }
-        if st.replies.front_is_refused() && matches!(tag, b'E' | b't' | b'T' | b'n') {
+        if matches!(tag, b'E' | b't' | b'T' | b'n') && st.replies.front_is_refused() {
             // The proxy's own error replaces the server's.
             let verdict = st.replies.answer_refused(tag, self.to_client);
             st.expected_z = st.expected_z.saturating_sub(verdict.dropped_queries);
