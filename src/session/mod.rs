@@ -173,7 +173,7 @@ impl Session<'_> {
             if txn.schema_changed {
                 self.pool.known_statements.forget_described();
             }
-            if !self.default_search_path() {
+            if !replies.described.is_empty() && !self.default_search_path() {
                 replies.described.clear();
             }
             self.pool.known_statements.learn(
