@@ -41,6 +41,11 @@ pub enum ClientError {
     IdleInTransaction(TenantId),
     #[error("terminating connection of tenant \"{0}\": idle longer than client_idle_timeout")]
     ClientIdle(TenantId),
+    /// The client did not read what the proxy held for it.
+    #[error(
+        "terminating connection of tenant \"{0}\": it did not read its results, and more than 1 MB waited for it longer than client_read_timeout"
+    )]
+    ClientStalled(TenantId),
     /// Shutdown began before the client finished logging in.
     #[error("pgtenant is shutting down and accepts no new sessions")]
     NotAccepting,
@@ -96,6 +101,7 @@ impl ClientError {
             ClientError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
             ClientError::IdleInTransaction(_) => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             ClientError::ClientIdle(_) => SqlState::IDLE_SESSION_TIMEOUT,
+            ClientError::ClientStalled(_) => SqlState::PROGRAM_LIMIT_EXCEEDED,
             ClientError::NotAccepting => SqlState::CANNOT_CONNECT_NOW,
             ClientError::Server { code, .. } => {
                 SqlState::parse(code).unwrap_or(SqlState::INTERNAL_ERROR)
@@ -124,6 +130,7 @@ impl ClientError {
             ClientError::SessionState { .. } => "session_state",
             ClientError::ShuttingDown | ClientError::NotAccepting => "shutdown",
             ClientError::IdleInTransaction(_) | ClientError::ClientIdle(_) => "idle_timeout",
+            ClientError::ClientStalled(_) => "limit",
             ClientError::Server { .. } => "server_refused",
         }
     }

@@ -142,6 +142,11 @@ async fn serve_inner(
         reported: login.reported,
         custom_settings: Vec::new(),
         max_prepared: proxy.max_prepared_statements,
+        client_read_timeout: proxy.client_read_timeout,
+        statement_limits: crate::session::budget::StatementLimits {
+            max_statement: proxy.max_statement_size.0 as usize,
+            max_total: proxy.max_client_memory.0 as usize,
+        },
         statements: Default::default(),
         pin_policy: proxy.pin_policy,
         idle_transaction_timeout: proxy.idle_transaction_timeout,

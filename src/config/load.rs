@@ -159,6 +159,12 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
     if p.max_message_size.0 < 1024 || p.max_message_size.0 > (1 << 30) {
         return Err(src.error("proxy.max_message_size", "must be between 1kB and 1GB"));
     }
+    if p.max_statement_size.0 < 1024 || p.max_statement_size.0 > p.max_client_memory.0 {
+        return Err(src.error(
+            "proxy.max_statement_size",
+            "must be at least 1kB and at most max_client_memory",
+        ));
+    }
     if let Some(dp) = &p.default_placement
         && !cfg.placements.contains_key(dp)
     {

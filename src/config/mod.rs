@@ -143,6 +143,18 @@ pub struct ProxyConfig {
     /// transaction mode (least recently used closed first); 0 turns the
     /// statement mapping off, so named statements only work in session mode.
     pub max_prepared_statements: usize,
+    /// Transaction mode: the most named-statement text (query text and
+    /// parameter types, summed over its statements) one client may keep;
+    /// a Parse past it gets 54000.
+    pub max_client_memory: ByteSize,
+    /// Transaction mode: the largest named statement a client may prepare
+    /// (54000 past it).
+    pub max_statement_size: ByteSize,
+    /// A client whose results back up in the proxy (it stopped reading
+    /// while its server went on answering) is disconnected (54000) once
+    /// the backlog has been over its limit this long; 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub client_read_timeout: Duration,
     /// A client idle inside a transaction for longer is disconnected
     /// (25P03) and its transaction rolled back; 0: never.
     #[serde(with = "humantime_serde_compat")]
@@ -201,6 +213,9 @@ impl Default for ProxyConfig {
             server_check_delay: Duration::from_secs(30),
             server_login_retry: Duration::from_secs(5),
             max_prepared_statements: 200,
+            max_client_memory: ByteSize(16 * 1024 * 1024),
+            client_read_timeout: Duration::from_secs(60),
+            max_statement_size: ByteSize(1024 * 1024),
             idle_transaction_timeout: Duration::ZERO,
             client_idle_timeout: Duration::ZERO,
             client_message_timeout: Duration::from_secs(30),

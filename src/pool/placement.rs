@@ -122,6 +122,9 @@ pub struct PlacementPool {
     /// The role passed its check (or is trusted): later connects skip it.
     /// Until then every new connection is checked before anyone uses it.
     role_vetted: AtomicBool,
+    /// Statements a server of this placement accepted (see
+    /// `session::known`).
+    pub known_statements: crate::session::known::KnownStatements,
 }
 
 impl PlacementPool {
@@ -152,6 +155,7 @@ impl PlacementPool {
             }),
             stats: PoolStats::default(),
             startup_params: Mutex::new(None),
+            known_statements: Default::default(),
         })
     }
 

@@ -62,6 +62,11 @@ impl SqlState {
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState::lit("57P05");
     /// `22023`: a startup setting PostgreSQL would refuse.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState::lit("22023");
+    /// `26000`: a statement name the client never prepared (the proxy
+    /// answers it as PostgreSQL would, without asking a server).
+    pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState::lit("26000");
+    /// `54000`: a client went past a per-client memory limit.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState::lit("54000");
     /// `XX000`: a bug or an unexpected state inside pgtenant.
     pub const INTERNAL_ERROR: SqlState = SqlState::lit("XX000");
 }

@@ -20,6 +20,15 @@ pub enum TxStatus {
 }
 
 impl TxStatus {
+    /// The status byte, as ReadyForQuery carries it.
+    pub fn as_byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InBlock => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+
     /// Any byte other than `I` and `T` counts as failed: the safe reading
     /// of a status the proxy does not know.
     pub fn from_byte(b: u8) -> TxStatus {

@@ -13,8 +13,11 @@
 pub mod boundary;
 #[cfg(test)]
 mod boundary_prop;
+pub mod budget;
 pub mod cancel;
 mod control;
+pub mod deallocate;
+pub mod known;
 mod lease;
 pub mod params;
 pub mod pinning;
@@ -32,7 +35,7 @@ use crate::client::error::ClientError;
 use crate::config::{PinPolicy, PoolMode};
 use crate::pool::{Lease, PlacementPool, ServerError};
 use crate::protocol::{HEADER_LEN, codec};
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit};
 use replies::{Replies, Undo};
@@ -79,6 +82,8 @@ pub struct Session<'a> {
     pub max_prepared: usize,
     /// The client's named statements (transaction mode).
     pub statements: ClientStatements,
+    /// How much named-statement text the client may keep.
+    pub statement_limits: budget::StatementLimits,
     /// What to do when the client creates session state (transaction mode).
     pub pin_policy: PinPolicy,
     /// Pins started, proxy-wide.
@@ -94,6 +99,8 @@ pub struct Session<'a> {
     pub idle_transaction_timeout: Duration,
     /// 0: off.
     pub client_idle_timeout: Duration,
+    /// How long a client's backlog may stay over its limit; 0: forever.
+    pub client_read_timeout: Duration,
 }
 
 /// What the idle client did next.
@@ -143,6 +150,13 @@ impl Session<'_> {
                             .await
                     }
                     PumpExit::Rest => self.rest(client, &lease, &txn).await,
+                    PumpExit::Backlog => {
+                        if !self.client_read_timeout.is_zero() {
+                            txn.stall_deadline =
+                                Some(std::time::Instant::now() + self.client_read_timeout);
+                        }
+                        Ok(())
+                    }
                     other => break other,
                 };
                 match result {
@@ -194,6 +208,20 @@ impl Session<'_> {
                     }
                 }
             }
+            // Statements a server accepted this lease: known placement-wide.
+            let prepared = &lease.conn().prepared;
+            let replies = &mut txn.replies;
+            if txn.schema_changed {
+                self.pool.known_statements.forget_described();
+            }
+            if !replies.described.is_empty() && !self.default_search_path() {
+                replies.described.clear();
+            }
+            self.pool.known_statements.learn(
+                &mut replies.sent_parse,
+                &mut replies.described,
+                |n| prepared.contains(n),
+            );
 
             match exit {
                 PumpExit::Idle => {
@@ -216,12 +244,18 @@ impl Session<'_> {
                     self.finish(lease, &txn, &server_flow);
                     return Ok(());
                 }
+                PumpExit::ClientStalled => {
+                    tracing::info!(tenant = %self.tenant.id, "client did not read its results; disconnected");
+                    self.finish(lease, &txn, &server_flow);
+                    return Err(ClientError::ClientStalled(self.tenant.id.clone()));
+                }
                 PumpExit::ServerEof
                 | PumpExit::ServerIo(_)
                 | PumpExit::ServerProtocol(_)
                 | PumpExit::Rewrite
                 | PumpExit::Probe
-                | PumpExit::Rest => {
+                | PumpExit::Rest
+                | PumpExit::Backlog => {
                     tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
                     drop(lease);
                     return self.tell_client_if_possible(
@@ -254,6 +288,7 @@ impl Session<'_> {
             // Transaction mode, or a stop already seen: the pump stops at
             // the next idle point by itself; nothing else to watch.
             let watch_stop = !txn.stop_when_idle;
+            let stall_deadline = txn.stall_deadline;
             let pumped = pump::pump(
                 &mut client.stream,
                 &mut client.flow,
@@ -261,7 +296,22 @@ impl Session<'_> {
                 server_flow,
                 txn,
             );
-            let exit = if watch_stop {
+            let exit = if let Some(deadline) = stall_deadline {
+                // The client's backlog is over its limit: it has until
+                // the deadline to read it (only while paused).
+                tokio::select! {
+                    biased;
+                    _ = crate::runtime::time::sleep_until(deadline) => {
+                        txn.stall_deadline = None;
+                        if txn.client_paused {
+                            PumpExit::ClientStalled
+                        } else {
+                            continue;
+                        }
+                    }
+                    exit = pumped => exit,
+                }
+            } else if watch_stop {
                 tokio::select! {
                     biased;
                     _ = self.stop.stopped() => {
@@ -324,8 +374,19 @@ impl Session<'_> {
                 "internal: rewrite with unwritten bytes".into(),
             ));
         }
+        // Buffers grown for an earlier large message, now written.
+        if client.flow.inject.is_empty() {
+            budget::shrink(&mut client.flow.inject);
+        }
+        if server_flow.inject.is_empty() {
+            budget::shrink(&mut server_flow.inject);
+        }
         let len = statements::read_whole_frame(&mut client.stream, &mut client.flow).await?;
         let conn = lease.conn_mut();
+        let nothing_in_flight = txn.is_quiet() && server_flow.at_rest();
+        let status = txn.position.last_status();
+        let lease_goes_on = status == boundary::TxStatus::InBlock
+            || (status == boundary::TxStatus::Idle && txn.pinned);
         let mut rw = Rewriter {
             statements: &mut self.statements,
             prepared: &mut conn.prepared,
@@ -333,12 +394,19 @@ impl Session<'_> {
             replies: &mut txn.replies,
             to_server: &mut client.flow.inject,
             to_client: &mut server_flow.inject,
+            answer_status: (nothing_in_flight && lease_goes_on).then_some(status.as_byte()),
+            limits: self.statement_limits,
         };
-        rw.handle(&client.flow.buf[..len])?;
-        // The rewritten message went to the server: replies are owed
-        // until a Sync.
-        txn.position = txn.position.step(boundary::Event::Extended);
+        let frame = &client.flow.buf[..len];
+        // What the rewritten message leaves owed: a ReadyForQuery (a
+        // Query the rewriter forwarded), or replies until a Sync.
+        if rw.handle(frame)? {
+            txn.position = txn.position.step(boundary::Event::Request);
+        } else if frame[0] != b'Q' {
+            txn.position = txn.position.step(boundary::Event::Extended);
+        }
         client.flow.buf.advance(len);
+        budget::shrink(&mut client.flow.buf);
         Ok(())
     }
 
@@ -357,8 +425,9 @@ impl Session<'_> {
 
     /// Waits (between transactions) for the client's next request.
     /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
-    /// outside COPY, are dropped here without leasing anything.
-    async fn wait_for_request(&self, client: &mut ClientConn) -> Result<Next, ClientError> {
+    /// outside COPY, and Flush, which would get no reply, are dropped here
+    /// without leasing anything.
+    async fn wait_for_request(&mut self, client: &mut ClientConn) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
         let limited = !self.client_idle_timeout.is_zero();
         let mut idle_limit = std::pin::pin!(sleep_until_opt(
@@ -382,9 +451,26 @@ impl Session<'_> {
                     Err(e) => return Err(ClientError::Protocol(e.to_string())),
                     Ok(Some(h)) => match h.tag {
                         b'X' => return Ok(Next::Leave),
-                        b'd' | b'c' | b'f' => {
+                        // A Flush with nothing pending asks the server for
+                        // nothing: leasing for it would hold a connection
+                        // that no reply ever releases.
+                        b'd' | b'c' | b'f' | b'H' => {
                             discard = h.len + 1;
                             continue;
+                        }
+                        b'P' | b'Q' | b'D' | b'C'
+                            if self.max_prepared > 0 && self.mode == PoolMode::Transaction =>
+                        {
+                            let whole = buf.len() >= (h.len + 1).min(LEASE_AFTER);
+                            match self.answer_without_server(client).await? {
+                                known::Local::Answered(n) => {
+                                    client.flow.buf.advance(n);
+                                    continue;
+                                }
+                                known::Local::NeedMore => {}
+                                known::Local::Server if whole => return Ok(Next::Request),
+                                known::Local::Server => {}
+                            }
                         }
                         _ if buf.len() >= (h.len + 1).min(LEASE_AFTER) => {
                             return Ok(Next::Request);
@@ -394,7 +480,7 @@ impl Session<'_> {
                     Ok(None) => {}
                 }
             }
-            if !message_started && !buf.is_empty() && !self.message_timeout.is_zero() {
+            if !message_started && !client.flow.buf.is_empty() && !self.message_timeout.is_zero() {
                 message_started = true;
                 message_limit.set(sleep_until_opt(Some(
                     std::time::Instant::now() + self.message_timeout,
@@ -421,6 +507,44 @@ impl Session<'_> {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Requests answered without a server connection (`known.rs`); the
+    /// answer is written before anything else is read.
+    async fn answer_without_server(
+        &mut self,
+        client: &mut ClientConn,
+    ) -> Result<known::Local, ClientError> {
+        let mut out = BytesMut::new();
+        let use_described = self.default_search_path();
+        let local = known::answer_without_server(
+            &client.flow.buf,
+            client.flow.scanner.max_len(),
+            &mut self.statements,
+            &self.pool.known_statements,
+            &self.statement_limits,
+            use_described,
+            &mut out,
+        );
+        if !out.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            client
+                .stream
+                .write_all(&out)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+        }
+        Ok(local)
+    }
+
+    /// The client resolves names as every other client of the placement
+    /// does by default (it set no `search_path` of its own), so kept
+    /// Describe answers apply to it.
+    fn default_search_path(&self) -> bool {
+        !self
+            .wanted
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("search_path"))
     }
 
     /// Both sides are quiet: wait for either to speak, within the idle

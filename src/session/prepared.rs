@@ -7,17 +7,22 @@
 //! identical statements from many clients share one server-side statement
 //! and makes the name valid on every connection once prepared there.
 //!
+//! The derivation is keyed with a secret drawn at start, so no client can
+//! compute the name of another's statement (to run, drop or replace it).
+//!
 //! This file holds the naming, the frame readers/rewriters and the
 //! bounded per-connection set; the session decides when to use them.
 
 use bytes::{BufMut, BytesMut};
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, KeyInit, Mac};
+use rand::rand_core::TryRng;
+use sha2::Sha256;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// A server-side statement name: `pgt_` and 32 hex digits of SHA-256 over
-/// the Parse body after the name (query text and parameter types), so a
-/// collision would need a SHA-256 prefix collision.
+/// A server-side statement name: `pgt_` and 32 hex digits of
+/// HMAC-SHA-256, under a per-process secret, over the Parse body after the
+/// name (query text and parameter types).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServerName(Arc<str>);
 
@@ -68,9 +73,29 @@ pub fn parse_target(body: &[u8]) -> Option<(u8, &[u8])> {
     (tail.is_empty() && (kind == b'S' || kind == b'P')).then_some((kind, name))
 }
 
+/// The key of the statement names: random per process, never sent.
+fn name_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        if rand::rngs::SysRng.try_fill_bytes(&mut key).is_err() {
+            // The thread generator is a CSPRNG seeded from the OS too.
+            key = rand::RngExt::random(&mut rand::rng());
+        }
+        key
+    })
+}
+
 /// The server-side name for a statement definition.
 pub fn server_name(definition: &[u8]) -> ServerName {
-    let digest = Sha256::digest(definition);
+    let digest = match Hmac::<Sha256>::new_from_slice(name_key()) {
+        Ok(mut mac) => {
+            mac.update(definition);
+            mac.finalize().into_bytes()
+        }
+        // Any key length is valid for HMAC: unreachable.
+        Err(_) => Default::default(),
+    };
     let mut s = String::with_capacity(36);
     s.push_str("pgt_");
     for b in &digest[..16] {
@@ -81,6 +106,14 @@ pub fn server_name(definition: &[u8]) -> ServerName {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A server-side name nobody prepares: a Describe of it fails with 26000
+/// (no client definition hashes to it: a definition's parameter types
+/// have the length their count says, and these bytes do not).
+pub fn refusal_name() -> &'static ServerName {
+    static NAME: OnceLock<ServerName> = OnceLock::new();
+    NAME.get_or_init(|| server_name(b"\0pgtenant: refused"))
+}
 
 fn frame(out: &mut BytesMut, tag: u8, body_len: usize, f: impl FnOnce(&mut BytesMut)) {
     out.reserve(body_len + 5);
@@ -217,6 +250,19 @@ mod tests {
         assert_ne!(server_name(da), server_name(dc));
         assert_eq!(server_name(da).as_str().len(), 36);
         assert!(parse_parse(b"s1\0select\0\0\x01").is_none());
+    }
+
+    #[test]
+    fn names_are_keyed_not_a_plain_hash() {
+        use sha2::Digest;
+        let def = b"select 1\0\0\0";
+        let plain: String = Sha256::digest(def)[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = server_name(def);
+        assert_eq!(name, server_name(def), "stable within the process");
+        assert_ne!(name.as_str(), format!("pgt_{plain}"));
     }
 
     #[test]

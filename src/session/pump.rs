@@ -106,6 +106,8 @@ impl Flow {
     /// Discards state for a new server connection (server direction only).
     pub fn reset(&mut self) {
         self.buf.clear();
+        super::budget::shrink(&mut self.buf);
+        super::budget::shrink(&mut self.inject);
         self.ready = 0;
         self.skip = 0;
         self.inject.clear();
@@ -194,6 +196,12 @@ pub enum PumpExit {
     Probe,
     /// Quiet on both sides (only when an idle timeout applies).
     Rest,
+    /// The client stopped being read: its backlog is over the limit
+    /// (`budget`). Reported once per pause, after both directions ran.
+    Backlog,
+    /// The client did not read its backlog within `client_read_timeout`
+    /// (reported by the session, never by `pump`).
+    ClientStalled,
     ClientEof,
     ServerEof,
     ClientIo(io::Error),
@@ -245,13 +253,24 @@ pub async fn pump(
     state: &mut TxnState,
 ) -> PumpExit {
     poll_fn(|cx| {
+        state.client_paused =
+            super::budget::over_backlog(server_flow.inject.len(), state.replies.len());
+        if !state.client_paused {
+            state.backlog_reported = false;
+        }
         if let Poll::Ready(exit) =
             poll_direction(cx, client, server, client_flow, state, Side::Client)
         {
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
-        poll_direction(cx, server, client, server_flow, state, Side::Server)
+        match poll_direction(cx, server, client, server_flow, state, Side::Server) {
+            Poll::Pending if state.client_paused && !state.backlog_reported => {
+                state.backlog_reported = true;
+                Poll::Ready(PumpExit::Backlog)
+            }
+            polled => polled,
+        }
     })
     .await
 }
@@ -315,6 +334,11 @@ fn poll_direction(
                 Ok(false) => {}
                 Err(e) => return Poll::Ready(frame_err(e)),
             }
+        }
+        if state.client_paused && matches!(side, Side::Client) {
+            // Back-pressure: the server direction's progress wakes this
+            // task and lifts the pause (see `budget`).
+            return Poll::Pending;
         }
         match ready!(flow.poll_fill(cx, src)) {
             Ok(0) => return Poll::Ready(eof),

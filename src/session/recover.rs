@@ -42,6 +42,9 @@ pub struct Recovery {
     pub settings_unknown: bool,
     /// DEALLOCATE ALL / DISCARD ALL ran: the statement cache is stale.
     pub statements_dropped: bool,
+    /// The proxy's statements may have been dropped or replaced by the
+    /// departed client: drop them all (`TxnState::statements_suspect`).
+    pub statements_suspect: bool,
 }
 
 impl Recovery {
@@ -70,7 +73,8 @@ impl Recovery {
             && !txn.replies.in_copy_in()
             && !reset_due
             && !txn.settings_changed
-            && !txn.statements_dropped;
+            && !txn.statements_dropped
+            && !txn.statements_suspect;
         (!clean).then(|| Recovery {
             leftover: BytesMut::from(leftover),
             skip,
@@ -83,6 +87,7 @@ impl Recovery {
             }),
             settings_unknown: txn.settings_changed,
             statements_dropped: txn.statements_dropped,
+            statements_suspect: txn.statements_suspect,
         })
     }
 
@@ -173,6 +178,7 @@ impl Recovery {
                     let tag = c.tag().unwrap_or_default();
                     self.settings_unknown |= matches!(tag, "SET" | "RESET" | "DISCARD ALL");
                     self.statements_dropped |= matches!(tag, "DEALLOCATE ALL" | "DISCARD ALL");
+                    self.statements_suspect |= matches!(tag, "DEALLOCATE" | "PREPARE");
                 }
                 _ => {}
             }
@@ -183,6 +189,15 @@ impl Recovery {
             return Err(ServerError::Protocol(
                 "ROLLBACK left a transaction open".into(),
             ));
+        }
+        if self.statements_suspect {
+            // A server-side name may now run another client's SQL.
+            if conn.simple_query("DEALLOCATE ALL").await? != b'I' {
+                return Err(ServerError::Protocol(
+                    "DEALLOCATE ALL left a transaction open".into(),
+                ));
+            }
+            self.statements_dropped = true;
         }
         if self.statements_dropped {
             conn.prepared.clear();

@@ -20,6 +20,10 @@ use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// Entries a reply queue keeps room for between leases; a longer pipeline
+/// gives the rest back when it ends.
+const SHRINK_ABOVE: usize = 256;
+
 /// What reply ends an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -38,12 +42,29 @@ pub enum Reply {
     /// Not a reply: marks where the client ended a COPY (CopyDone or
     /// CopyFail), bounding the Syncs the server ignores during copy-in.
     CopyEnd,
+    /// A message the proxy refused (a statement name the client never
+    /// prepared): in its place the server got a Describe that fails, so it
+    /// aborts the transaction and skips to Sync as PostgreSQL would; the
+    /// client sees the proxy's ErrorResponse (`Replies::canned`) instead
+    /// of the server's.
+    Refused,
+    /// The proxy's whole answer to a simple Query it handled itself
+    /// (CommandComplete and ReadyForQuery); bytes in `Replies::canned`.
+    Answered,
 }
 
 impl Reply {
     /// Part of an extended-protocol batch, skipped after an error.
     fn is_extended(self) -> bool {
-        !matches!(self, Reply::Sync | Reply::UntilReady | Reply::CopyEnd)
+        !matches!(
+            self,
+            Reply::Sync | Reply::UntilReady | Reply::CopyEnd | Reply::Answered
+        )
+    }
+
+    /// Written from `Replies::canned`.
+    fn is_canned(self) -> bool {
+        matches!(self, Reply::Refused | Reply::Answered)
     }
 }
 
@@ -76,6 +97,9 @@ struct Entry {
     mode: Mode,
     /// ParameterDescription seen (DescribeStatement).
     got_params: bool,
+    /// A Describe of a proxy-named statement whose answer is kept
+    /// (`Replies::described`); its name is in `capture_names`.
+    capture: bool,
     /// Boxed: only rewritten messages carry effects, and a small entry
     /// keeps the common push/pop a few words of copying with no drop glue
     /// to run.
@@ -112,7 +136,25 @@ pub struct Replies {
     synth: usize,
     /// `CopyEnd` markers queued.
     markers: usize,
+    /// The proxy refused a message of the current batch: like the server
+    /// after an error, it drops the client's messages up to its Sync
+    /// (which still goes to the server, to end the batch there).
+    refusing: bool,
+    /// Bytes of the queued `Refused` and `Answered` entries, in order.
+    canned: VecDeque<Vec<u8>>,
     pub undo: Vec<Undo>,
+    /// Server-side names this lease sent a Parse for; the session learns
+    /// from them which statements the server accepted (kept across
+    /// `clear`, drained by the session).
+    pub sent_parse: Vec<ServerName>,
+    /// Names of the queued `capture` entries, in order.
+    capture_names: VecDeque<ServerName>,
+    /// The answer being kept for the front `capture` entry.
+    capturing: Vec<u8>,
+    /// Server answers (ParameterDescription, then RowDescription or
+    /// NoData) to Describes of proxy-named statements this lease (kept
+    /// across `clear`, drained by the session).
+    pub described: Vec<(ServerName, Vec<u8>)>,
 }
 
 impl Replies {
@@ -120,14 +162,116 @@ impl Replies {
         self.q.is_empty()
     }
 
+    /// Entries queued.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
     /// The server waits for COPY data the client has not finished sending.
     pub fn in_copy_in(&self) -> bool {
         self.copy_in
     }
 
-    /// Messages sent now will be skipped by the server.
+    /// Messages sent now will be skipped by the server, or dropped by the
+    /// proxy after it refused one.
     pub fn skipping(&self) -> bool {
-        self.skipping
+        self.skipping || self.refusing
+    }
+
+    /// The proxy drops the client's messages up to its next Sync.
+    #[inline]
+    pub fn refusing(&self) -> bool {
+        self.refusing
+    }
+
+    /// Queues the proxy's ErrorResponse `error` for a refused extended
+    /// message, in the place of its reply (the caller sends the failing
+    /// Describe), and drops what follows up to the client's Sync. False
+    /// (nothing to send) if the server skips already.
+    pub fn refuse(&mut self, error: Vec<u8>) -> bool {
+        if self.skipping() {
+            return false;
+        }
+        self.refusing = true;
+        self.canned.push_back(error);
+        self.push(Reply::Refused, Mode::Forward, [None, None])
+    }
+
+    /// The next server message answers a refused message.
+    #[inline]
+    pub fn front_is_refused(&self) -> bool {
+        self.q.front().is_some_and(|e| e.reply == Reply::Refused)
+    }
+
+    /// A server message for the refused message at the front: its error
+    /// is replaced by the proxy's (written to `out`). Should the Describe
+    /// have succeeded after all, its answer is dropped and the proxy's
+    /// error stands. The caller drops the server's message.
+    pub fn answer_refused(&mut self, tag: u8, out: &mut BytesMut) -> Verdict {
+        match tag {
+            b'E' | b'T' | b'n' => {
+                if let Some(error) = self.canned.front() {
+                    out.extend_from_slice(error);
+                }
+                if tag == b'E' {
+                    return self.match_reply(tag); // skips to Sync, as the server does
+                }
+                self.pop();
+                Verdict::default()
+            }
+            _ => Verdict::default(),
+        }
+    }
+
+    /// Queues the reply to a Describe of the proxy-named statement `name`,
+    /// keeping the server's answer (see `described`); `Swallow` for one
+    /// the proxy sent itself.
+    pub fn push_captured_describe(&mut self, name: ServerName, mode: Mode) -> bool {
+        if !self.push(Reply::DescribeStatement, mode, [None, None]) {
+            return false;
+        }
+        if let Some(e) = self.q.back_mut() {
+            e.capture = true;
+            self.capture_names.push_back(name);
+        }
+        true
+    }
+
+    /// The front entry keeps its answer: ParameterDescription,
+    /// RowDescription and NoData frames are to be shown whole to
+    /// `capture`.
+    #[inline]
+    pub fn capturing_front(&self) -> bool {
+        !self.capture_names.is_empty() && self.q.front().is_some_and(|e| e.capture)
+    }
+
+    /// Keeps one whole frame of the front entry's answer.
+    pub fn capture(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            b't' => {
+                self.capturing.clear();
+                self.capturing.extend_from_slice(frame);
+            }
+            b'T' | b'n' if !self.capturing.is_empty() => {
+                self.capturing.extend_from_slice(frame);
+                if let Some(name) = self.capture_names.front() {
+                    let answer = std::mem::take(&mut self.capturing);
+                    self.described.push((name.clone(), answer));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues the proxy's whole answer to a simple Query (`bytes`: up to
+    /// and including ReadyForQuery); false if the server skips now.
+    pub fn answer(&mut self, bytes: Vec<u8>) -> bool {
+        if self.skipping() {
+            return false;
+        }
+        self.canned.push_back(bytes);
+        self.push(Reply::Answered, Mode::Synth, [None, None])
     }
 
     /// Forgets everything (a new lease).
@@ -137,7 +281,15 @@ impl Replies {
         self.copy_in = false;
         self.synth = 0;
         self.markers = 0;
+        self.refusing = false;
+        self.canned.clear();
+        self.capture_names.clear();
+        self.capturing.clear();
         self.undo.clear();
+        // A queue grown by a long pipeline gives its memory back.
+        if self.q.capacity() > SHRINK_ABOVE {
+            self.q.shrink_to(SHRINK_ABOVE);
+        }
     }
 
     /// Queues the reply to a client message forwarded as it is. Returns
@@ -160,6 +312,7 @@ impl Replies {
                         reply: Reply::CopyEnd,
                         mode: Mode::Forward,
                         got_params: false,
+                        capture: false,
                         undo: None,
                     });
                 }
@@ -179,6 +332,7 @@ impl Replies {
                 return false; // ignored by the server during copy-in
             }
             self.skipping = false;
+            self.refusing = false;
         } else if self.skipping {
             return false;
         }
@@ -186,6 +340,7 @@ impl Replies {
             reply,
             mode: Mode::Forward,
             got_params: false,
+            capture: false,
             undo: None,
         });
         true
@@ -199,7 +354,8 @@ impl Replies {
         }
         if reply == Reply::Sync {
             self.skipping = false;
-        } else if self.skipping {
+            self.refusing = false;
+        } else if self.skipping() && reply != Reply::Refused {
             self.undo.extend(undo.into_iter().flatten());
             return false;
         }
@@ -209,6 +365,7 @@ impl Replies {
             reply,
             mode,
             got_params: false,
+            capture: false,
             undo,
         });
         true
@@ -218,6 +375,12 @@ impl Replies {
         let e = self.q.pop_front()?;
         self.synth -= usize::from(e.mode == Mode::Synth);
         self.markers -= usize::from(e.reply == Reply::CopyEnd);
+        if e.reply.is_canned() {
+            self.canned.pop_front();
+        }
+        if e.capture {
+            self.capture_names.pop_front();
+        }
         Some(e)
     }
 
@@ -230,16 +393,20 @@ impl Replies {
 
     fn emit_synth(&mut self, out: &mut BytesMut) -> bool {
         let mut wrote = false;
-        while self.q.front().is_some_and(|e| e.mode == Mode::Synth) {
-            if let Some(e) = self.pop() {
-                let tag = match e.reply {
+        while let Some(e) = self.q.front().filter(|e| e.mode == Mode::Synth) {
+            if e.reply.is_canned() {
+                if let Some(bytes) = self.canned.front() {
+                    out.extend_from_slice(bytes);
+                }
+            } else {
+                out.put_u8(match e.reply {
                     Reply::CloseComplete => b'3',
                     _ => b'1',
-                };
-                out.put_u8(tag);
+                });
                 out.put_i32(4);
-                wrote = true;
             }
+            self.pop();
+            wrote = true;
         }
         wrote
     }
@@ -309,13 +476,15 @@ impl Replies {
             Reply::DescribeStatement => {
                 if tag == b't' {
                     front.got_params = true;
+                    // The first of its two parts: hidden like the second.
+                    v.swallow = front.mode == Mode::Swallow;
                 }
                 front.got_params && matches!(tag, b'T' | b'n')
             }
             Reply::DescribePortal => matches!(tag, b'T' | b'n'),
             Reply::Execute => matches!(tag, b'C' | b'I' | b's'),
             Reply::Sync | Reply::UntilReady => tag == b'Z',
-            Reply::CopyEnd => false,
+            Reply::CopyEnd | Reply::Refused | Reply::Answered => false,
         };
         if done {
             v.swallow = front.mode == Mode::Swallow;
@@ -496,6 +665,27 @@ mod tests {
         r.on_server_message(b'E');
         r.on_server_message(b'Z');
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_swallowed_describe_hides_both_parts_and_keeps_them() {
+        let mut r = Replies::default();
+        let name = names();
+        r.push(Reply::ParseComplete, Mode::Swallow, [None, None]);
+        r.push_captured_describe(name.clone(), Mode::Swallow);
+        r.push_client_message(b'S', b"S....");
+        assert!(r.on_server_message(b'1').swallow);
+        assert!(r.capturing_front());
+        r.capture(b't', b"t\0\0\0\x06\0\0");
+        assert!(r.on_server_message(b't').swallow);
+        r.capture(b'n', b"n\0\0\0\x04");
+        assert!(r.on_server_message(b'n').swallow);
+        assert!(!r.capturing_front());
+        assert!(!r.on_server_message(b'Z').swallow);
+        assert!(r.is_empty());
+        assert_eq!(r.described.len(), 1);
+        assert_eq!(r.described[0].0, name);
+        assert_eq!(&r.described[0].1[..], b"t\0\0\0\x06\0\0n\0\0\0\x04");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! of a named statement. See `prepared.rs` for the naming and `replies.rs`
 //! for how replies are paired.
 
+use super::deallocate::{self, Target};
 use super::prepared::{self, PreparedSet, Statement};
 use super::pump::Flow;
 use super::replies::{Mode, Replies, Reply, Undo};
 use crate::client::error::ClientError;
-use crate::protocol::{HEADER_LEN, codec};
+use crate::protocol::error::write_error;
+use crate::protocol::{HEADER_LEN, Severity, SqlState, codec};
 use crate::runtime::net::Socket;
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -30,6 +32,11 @@ pub struct Rewriter<'a> {
     pub to_server: &'a mut BytesMut,
     /// The proxy's own replies to the client.
     pub to_client: &'a mut BytesMut,
+    /// The transaction status to answer a simple Query with, when the
+    /// proxy may answer one itself now (nothing in flight, and the lease
+    /// goes on after it: in a transaction, or pinned).
+    pub answer_status: Option<u8>,
+    pub limits: super::budget::StatementLimits,
 }
 
 /// Reads the rest of the frame at the front of `flow.buf` if needed.
@@ -55,26 +62,73 @@ pub async fn read_whole_frame(client: &mut Socket, flow: &mut Flow) -> Result<us
 
 impl Rewriter<'_> {
     /// Handles the whole frame `frame` (tag, length, body); the caller
-    /// then drops it from the client's buffer.
-    pub fn handle(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+    /// then drops it from the client's buffer. True if the server now
+    /// owes one more ReadyForQuery (a simple Query went to it).
+    pub fn handle(&mut self, frame: &[u8]) -> Result<bool, ClientError> {
         super::apply_undo(self.replies, self.statements, self.prepared);
         let tag = frame[0];
         let body = &frame[HEADER_LEN..];
+        let mut owes_ready = false;
         match tag {
+            _ if self.replies.refusing() && tag != b'S' => {} // dropped, as the server would
             b'P' => self.parse(frame, body)?,
             b'B' => self.bind(frame, body),
             b'D' => self.describe(frame, body),
             b'C' => self.close(frame, body),
-            _ => self.forward(frame),
+            b'Q' => owes_ready = self.query(frame, body),
+            _ => owes_ready = self.forward(frame) && matches!(tag, b'S' | b'F'),
         }
         self.replies.emit_ready(self.to_client);
-        Ok(())
+        Ok(owes_ready)
     }
 
-    /// Sends a message unchanged.
-    fn forward(&mut self, frame: &[u8]) {
+    /// Sends a message unchanged; false if the server will skip it.
+    fn forward(&mut self, frame: &[u8]) -> bool {
         self.to_server.extend_from_slice(frame);
-        self.replies.push_client_message(frame[0], frame);
+        self.replies.push_client_message(frame[0], frame)
+    }
+
+    /// A simple Query that may be `DEALLOCATE` of one of the client's
+    /// statements: the client's name goes; the server-side statement,
+    /// shared, goes from this connection only if the server is asked to
+    /// (so the answer is the server's, with its transaction status).
+    /// True if the server owes a ReadyForQuery for it.
+    fn query(&mut self, frame: &[u8], body: &[u8]) -> bool {
+        let name = match deallocate::parse(body) {
+            Some(Target::Name(name)) if self.statements.contains_key(&name) => name,
+            _ => return self.forward(frame),
+        };
+        if self.replies.skipping() {
+            return false; // the server would skip it too
+        }
+        let Some(stmt) = self.statements.get(&name).cloned() else {
+            return self.forward(frame);
+        };
+        if self.prepared.contains(&stmt.server_name) {
+            let sql = format!("DEALLOCATE {}", stmt.server_name.as_str());
+            let mut q = BytesMut::new();
+            postgres_protocol::message::frontend::query(&sql, &mut q).ok();
+            let old = self.statements.remove(&name);
+            self.prepared.remove(&stmt.server_name);
+            self.to_server.extend_from_slice(&q);
+            return self.replies.push(
+                Reply::UntilReady,
+                Mode::Forward,
+                [
+                    Some(Undo::ClientRestore(name, old)),
+                    Some(Undo::ServerKeep(stmt.server_name.clone())),
+                ],
+            );
+        }
+        match self.answer_status {
+            Some(status) if self.replies.answer(deallocate::answer(status)) => {
+                self.statements.remove(&name);
+                false
+            }
+            // Not prepared here and the proxy cannot answer in place:
+            // the server answers, as it would have without the proxy.
+            _ => self.forward(frame),
+        }
     }
 
     fn parse(&mut self, frame: &[u8], body: &[u8]) -> Result<(), ClientError> {
@@ -85,6 +139,13 @@ impl Rewriter<'_> {
         };
         if self.replies.skipping() {
             return Ok(()); // the server would skip it: no reply, no effect
+        }
+        if let Some(why) = self
+            .limits
+            .refusal(self.statements, Some(name), definition.len())
+        {
+            self.refuse(SqlState::PROGRAM_LIMIT_EXCEEDED, &why);
+            return Ok(());
         }
         if !self.statements.contains_key(name) && self.statements.len() >= MAX_CLIENT_STATEMENTS {
             return Err(ClientError::Protocol(format!(
@@ -106,11 +167,13 @@ impl Rewriter<'_> {
             self.evict_for(&stmt);
             prepared::write_parse(self.to_server, &server_name, &stmt.definition);
             self.prepared.insert(server_name.clone());
+            self.replies.sent_parse.push(server_name.clone());
             self.replies.push(
                 Reply::ParseComplete,
                 Mode::Forward,
-                [restore, Some(Undo::ServerForget(server_name))],
+                [restore, Some(Undo::ServerForget(server_name.clone()))],
             );
+            self.learn_description(&server_name);
         }
         Ok(())
     }
@@ -129,6 +192,9 @@ impl Rewriter<'_> {
             Some((b'S', name)) if !name.is_empty() => self.statements.get(name).cloned(),
             _ => None,
         };
+        // Reply::DescribeStatement: the server's answer is kept, so a later
+        // Describe of the same statement between transactions needs no
+        // server connection (`known.rs`).
         self.use_statement(frame, stmt, Reply::DescribeStatement, |out, name| {
             prepared::write_statement_target(out, b'D', name);
         });
@@ -136,8 +202,10 @@ impl Rewriter<'_> {
 
     /// A Bind or Describe of a client's statement: prepare it on this
     /// connection if needed, send the message renamed (`write`), queue its
-    /// reply. Unnamed or unknown names go to the server as they are, which
-    /// answers as PostgreSQL would ("does not exist").
+    /// reply. The unnamed statement goes to the server as it is; a name
+    /// the client never prepared never reaches the server (it could name
+    /// another client's statement there): the proxy answers "does not
+    /// exist" as PostgreSQL would.
     fn use_statement(
         &mut self,
         frame: &[u8],
@@ -146,7 +214,12 @@ impl Rewriter<'_> {
         write: impl FnOnce(&mut BytesMut, &prepared::ServerName),
     ) {
         let Some(stmt) = stmt else {
-            self.forward(frame);
+            match named_statement(frame) {
+                Some(name) => self.refuse_unknown(name),
+                None => {
+                    self.forward(frame);
+                }
+            }
             return;
         };
         if self.replies.skipping() {
@@ -154,7 +227,12 @@ impl Rewriter<'_> {
         }
         self.ensure_prepared(&stmt);
         write(self.to_server, &stmt.server_name);
-        self.replies.push(reply, Mode::Forward, [None, None]);
+        if reply == Reply::DescribeStatement {
+            self.replies
+                .push_captured_describe(stmt.server_name.clone(), Mode::Forward);
+        } else {
+            self.replies.push(reply, Mode::Forward, [None, None]);
+        }
     }
 
     fn close(&mut self, frame: &[u8], body: &[u8]) {
@@ -177,6 +255,25 @@ impl Rewriter<'_> {
         );
     }
 
+    /// Answers 26000 for `name` in the place of the message's reply.
+    fn refuse_unknown(&mut self, name: &[u8]) {
+        let msg = format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        );
+        self.refuse(SqlState::INVALID_SQL_STATEMENT_NAME, &msg);
+    }
+
+    /// An ERROR in the place of the message's reply; the rest of the
+    /// batch is dropped, as PostgreSQL does after an error.
+    fn refuse(&mut self, code: SqlState, message: &str) {
+        let mut err = BytesMut::new();
+        write_error(&mut err, Severity::Error, code, message, None);
+        if self.replies.refuse(err.to_vec()) {
+            prepared::write_statement_target(self.to_server, b'D', prepared::refusal_name());
+        }
+    }
+
     /// Prepares `stmt` on this connection first if it lacks it; the
     /// server's ParseComplete is hidden from the client.
     fn ensure_prepared(&mut self, stmt: &Statement) {
@@ -187,11 +284,23 @@ impl Rewriter<'_> {
         self.evict_for(stmt);
         prepared::write_parse(self.to_server, &stmt.server_name, &stmt.definition);
         self.prepared.insert(stmt.server_name.clone());
+        self.replies.sent_parse.push(stmt.server_name.clone());
         self.replies.push(
             Reply::ParseComplete,
             Mode::Swallow,
             [Some(Undo::ServerForget(stmt.server_name.clone())), None],
         );
+        self.learn_description(&stmt.server_name);
+    }
+
+    /// After a Parse sent to the server: a Describe of its own, whose
+    /// answer the client does not see and the placement keeps, so that a
+    /// later Describe of the statement between transactions needs no
+    /// server connection (`known.rs`).
+    fn learn_description(&mut self, name: &prepared::ServerName) {
+        prepared::write_statement_target(self.to_server, b'D', name);
+        self.replies
+            .push_captured_describe(name.clone(), Mode::Swallow);
     }
 
     /// Closes the least recently used statement if the cache is full.
@@ -208,4 +317,19 @@ impl Rewriter<'_> {
             );
         }
     }
+}
+
+/// The statement a Bind or Describe('S') names, if it names one (not the
+/// unnamed statement).
+fn named_statement(frame: &[u8]) -> Option<&[u8]> {
+    let body = frame.get(HEADER_LEN..)?;
+    let name = match frame[0] {
+        b'B' => prepared::parse_bind_names(body)?.1,
+        b'D' => match prepared::parse_target(body)? {
+            (b'S', name) => name,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    (!name.is_empty()).then_some(name)
 }

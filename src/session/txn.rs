@@ -66,6 +66,14 @@ pub struct TxnState {
     /// Updated by the pump before each server scan: the client direction
     /// has nothing in flight.
     pub(super) client_at_rest: bool,
+    /// Updated by the pump before each client read: the backlog towards
+    /// the client is over its limit, so the client is not read (`budget`).
+    pub(super) client_paused: bool,
+    /// Set by the session when the client was paused: by then the client
+    /// must have read its backlog (`client_read_timeout`).
+    pub(super) stall_deadline: Option<std::time::Instant>,
+    /// This pause was reported (`PumpExit::Backlog`).
+    pub(super) backlog_reported: bool,
     /// What the last stopping scan of each direction wants reported. Kept
     /// apart: a direction reports only its own stop, once its own bytes
     /// before the stop are written.
@@ -76,6 +84,14 @@ pub struct TxnState {
     /// CommandComplete of `DEALLOCATE ALL` / `DISCARD ALL` seen: the
     /// server dropped its prepared statements.
     pub statements_dropped: bool,
+    /// The proxy's server-side statements on this connection may have
+    /// been dropped or replaced by SQL (`DEALLOCATE name`, `PREPARE`, a
+    /// "does not exist"/"already exists" error on them): recovery drops
+    /// them all before anyone else uses the connection.
+    pub statements_suspect: bool,
+    /// A DDL command tag (CREATE, ALTER, DROP) seen: kept Describe
+    /// answers of the placement may be stale (`known.rs`).
+    pub schema_changed: bool,
     /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
     /// `set_config(` in the SQL): session settings may have changed.
     pub settings_changed: bool,
@@ -112,10 +128,15 @@ impl TxnState {
             rest_when_idle: false,
             replies: Replies::default(),
             client_at_rest: true,
+            client_paused: false,
+            stall_deadline: None,
+            backlog_reported: false,
             client_halt: None,
             server_halt: None,
             param_changes: Vec::new(),
             statements_dropped: false,
+            statements_suspect: false,
+            schema_changed: false,
             settings_changed: false,
             custom_names: Vec::new(),
             notify_pids: Vec::new(),
@@ -135,10 +156,15 @@ impl TxnState {
         self.unknown = false;
         self.replies.clear();
         self.client_at_rest = true;
+        self.client_paused = false;
+        self.stall_deadline = None;
+        self.backlog_reported = false;
         self.client_halt = None;
         self.server_halt = None;
         self.param_changes.clear();
         self.statements_dropped = false;
+        self.statements_suspect = false;
+        self.schema_changed = false;
         self.settings_changed = false;
         self.custom_names.clear();
         self.notify_pids.clear();
@@ -202,6 +228,9 @@ pub(super) struct ClientSink<'a>(pub(super) &'a mut TxnState);
 
 impl FrameSink for ClientSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
+        if self.0.replies.refusing() && !matches!(tag, b'S' | b'H' | b'X') {
+            return crate::protocol::WHOLE_BODY; // to drop it whole
+        }
         match tag {
             b'Q' | b'P' if self.0.scan_text => pinning::TEXT_PREFIX,
             b'P' | b'B' | b'D' | b'C' if self.0.rewrite => NAMES_PREFIX,
@@ -215,6 +244,11 @@ impl FrameSink for ClientSink<'_> {
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
         let st = &mut *self.0;
+        if st.replies.refusing() && !matches!(tag, b'S' | b'H' | b'X') {
+            // The proxy refused a message of this batch: the rest up to
+            // Sync is dropped, as PostgreSQL skips it after an error.
+            return Step::Skip;
+        }
         if st.scan_text {
             let body = &frame[HEADER_LEN..];
             let names = &mut st.custom_names;
@@ -285,6 +319,8 @@ fn names_statement(tag: u8, body: &[u8], whole: bool) -> bool {
             None => !whole,
         },
         b'D' | b'C' => body.first() == Some(&b'S') && body.get(1).is_some_and(|&c| c != 0),
+        // `DEALLOCATE name` of a statement the proxy renamed.
+        b'Q' => super::deallocate::may_be(body),
         _ => false,
     }
 }
@@ -305,6 +341,11 @@ impl FrameSink for ServerSink<'_> {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
             // NotificationResponse: the sender's pid, rewritten (`pump`).
             b'A' => 4,
+            b'E' if self.st.rewrite => crate::protocol::WHOLE_BODY,
+            // Dropped whole when they answer a refused message.
+            b't' | b'T' | b'n' if self.st.replies.front_is_refused() => crate::protocol::WHOLE_BODY,
+            // The answer to a Describe of a proxy-named statement is kept.
+            b't' | b'T' | b'n' if self.st.replies.capturing_front() => crate::protocol::WHOLE_BODY,
             _ => 0,
         }
     }
@@ -319,7 +360,12 @@ impl FrameSink for ServerSink<'_> {
         match tag {
             b'S' => {
                 if let Some((name, value)) = parse_parameter_status(body) {
-                    st.param_changes.push((name.to_string(), value.to_string()));
+                    // One entry per name: a client repeating SETs in one
+                    // pipeline does not grow the list.
+                    match st.param_changes.iter_mut().find(|(n, _)| n == name) {
+                        Some(change) => change.1 = value.to_string(),
+                        None => st.param_changes.push((name.to_string(), value.to_string())),
+                    }
                 }
                 return Step::Continue;
             }
@@ -330,12 +376,28 @@ impl FrameSink for ServerSink<'_> {
                     .push(frame.as_ptr() as usize - self.base + HEADER_LEN);
                 return Step::Continue;
             }
+            b'E' if st.rewrite
+                && !st.replies.front_is_refused()
+                && names_missing_or_taken(body) =>
+            {
+                st.statements_suspect = true;
+            }
             b'C' => {
                 if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") {
                     st.statements_dropped = true;
                 }
                 if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
                     st.settings_changed = true;
+                }
+                if st.rewrite && (body == b"DEALLOCATE\0" || body == b"PREPARE\0") {
+                    st.statements_suspect = true;
+                }
+                if st.rewrite
+                    && [&b"CREATE "[..], b"ALTER ", b"DROP "]
+                        .iter()
+                        .any(|p| body.starts_with(p))
+                {
+                    st.schema_changed = true;
                 }
                 if st.scan_text && pinning::state_tag(body) {
                     st.mentions.state = true;
@@ -353,6 +415,17 @@ impl FrameSink for ServerSink<'_> {
         if tag == b'Z' && st.probe_due(body.first().copied()) {
             st.server_halt = Some(Halt::Probe);
             return Step::StopBefore;
+        }
+        if matches!(tag, b't' | b'T' | b'n') && st.replies.capturing_front() {
+            st.replies.capture(tag, frame);
+        }
+        if matches!(tag, b'E' | b't' | b'T' | b'n') && st.replies.front_is_refused() {
+            // The proxy's own error replaces the server's.
+            let verdict = st.replies.answer_refused(tag, self.to_client);
+            if verdict.dropped_queries > 0 {
+                st.position = st.position.step(Event::Dropped(verdict.dropped_queries));
+            }
+            return Step::Skip;
         }
         let verdict = st.replies.on_server_message(tag);
         if verdict.dropped_queries > 0 {
@@ -383,6 +456,15 @@ impl FrameSink for ServerSink<'_> {
         }
         Step::Continue
     }
+}
+
+/// An ErrorResponse with SQLSTATE 26000 (statement does not exist) or
+/// 42P05 (already exists): with the client's own unknown names answered
+/// by the proxy, these mean the proxy's statements on the connection are
+/// not what it believes.
+fn names_missing_or_taken(body: &[u8]) -> bool {
+    body.split(|&b| b == 0)
+        .any(|f| f == b"C26000" || f == b"C42P05")
 }
 
 fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {

@@ -1,0 +1,188 @@
+//! Every client is bounded (issue 17 point 5): a client that pipelines
+//! Close/Parse/Sync without reading, behind a busy statement, cannot grow
+//! the proxy's memory without bound. The real binary runs as a child
+//! process so its resident set can be read from /proc.
+
+mod common;
+
+use common::TestPg;
+use common::raw;
+use pgtenant::pgcluster::HostAuth;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// How long the client floods.
+const FLOOD: Duration = Duration::from_secs(30);
+
+/// The most the proxy's resident set may grow during the flood.
+const BOUND_KB: u64 = 64 * 1024;
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cstr(v: &mut Vec<u8>, s: &str) {
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_grow_the_proxy() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = pg.config(&["acme"], 1, "auth_type = \"trust\"").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtenant.toml");
+    std::fs::write(&path, config).expect("write config");
+    let proxy = Proxy(
+        Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+            .arg("-c")
+            .arg(&path)
+            .env("PGTENANT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start pgtenant"),
+    );
+    let pid = proxy.0.id();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "proxy did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut s = raw::login_trust(port, "acme").await;
+    let mut parse = Vec::new();
+    cstr(&mut parse, "s1");
+    cstr(&mut parse, "SELECT 1");
+    parse.extend_from_slice(&[0, 0]);
+    let parse = raw::frame(b'P', &parse);
+    let mut first = parse.clone();
+    first.extend(raw::frame(b'S', &[]));
+    raw::send(&mut s, &first).await;
+    raw::read_to_ready(&mut s, "prepare").await;
+
+    // A busy statement, then Close/Parse/Sync without end, never reading.
+    raw::send(&mut s, &raw::query("SELECT pg_sleep(60)")).await;
+    let mut close = vec![b'S'];
+    cstr(&mut close, "s1");
+    let mut chunk = Vec::new();
+    for _ in 0..1000 {
+        chunk.extend(raw::frame(b'C', &close));
+        chunk.extend(&parse);
+        chunk.extend(raw::frame(b'S', &[]));
+    }
+    let before = rss_kb(pid);
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut at = 0;
+    while start.elapsed() < FLOOD {
+        // Writes block once the proxy stops reading: that is the point.
+        if let Ok(n) = tokio::time::timeout(Duration::from_millis(200), s.write(&chunk[at..])).await
+        {
+            let n = n.expect("write");
+            sent += n;
+            at = (at + n) % chunk.len();
+        }
+    }
+    let after = rss_kb(pid);
+    let grew = after.saturating_sub(before);
+    println!(
+        "sent {} MB in {FLOOD:?}; proxy RSS {before} kB -> {after} kB (+{grew} kB)",
+        sent >> 20
+    );
+    assert!(
+        grew < BOUND_KB,
+        "the proxy grew by {grew} kB (bound {BOUND_KB} kB) after {} MB from a client that never reads",
+        sent >> 20
+    );
+    drop(s);
+    drop(proxy);
+}
+
+/// A client that never reads its results is disconnected once its backlog
+/// has been over the limit for `client_read_timeout`, and the server
+/// connection it held serves others again.
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected_and_frees_its_connection() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = common::TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nclient_read_timeout = \"2s\"\nquery_wait_timeout = \"25s\"",
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    let mut parse = Vec::new();
+    cstr(&mut parse, "s1");
+    cstr(&mut parse, "SELECT 1");
+    parse.extend_from_slice(&[0, 0]);
+    let parse = raw::frame(b'P', &parse);
+    let mut first = parse.clone();
+    first.extend(raw::frame(b'S', &[]));
+    raw::send(&mut s, &first).await;
+    raw::read_to_ready(&mut s, "prepare").await;
+
+    raw::send(&mut s, &raw::query("SELECT pg_sleep(60)")).await;
+    let mut close = vec![b'S'];
+    cstr(&mut close, "s1");
+    let mut chunk = Vec::new();
+    for _ in 0..1000 {
+        chunk.extend(raw::frame(b'C', &close));
+        chunk.extend(&parse);
+        chunk.extend(raw::frame(b'S', &[]));
+    }
+    let flood = tokio::spawn(async move {
+        let mut at = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            match tokio::time::timeout(Duration::from_millis(200), s.write(&chunk[at..])).await {
+                Ok(Ok(n)) => at = (at + n) % chunk.len(),
+                Ok(Err(_)) => return true, // the proxy closed the connection
+                Err(_) => {}
+            }
+        }
+        false
+    });
+
+    let started = Instant::now();
+    let other = proxy.connect("acme").await;
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("the server connection is free again");
+    let waited = started.elapsed();
+    println!("the other client got the connection after {waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    assert!(
+        flood.await.expect("flood task"),
+        "the client that never read is disconnected"
+    );
+}
