@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Started by anchors.sh (through benches/compare.sh) once its PostgreSQL is
-# up: writes a one-tenant pgtenant config from the BENCH_* variables and
-# execs the proxy. Tenant "bench" is named by the database pgbench uses.
+# Started by anchors.sh (through benches/compare.sh or benches/ab.sh) once
+# its PostgreSQL is up: writes a one-tenant pgtenant config from the BENCH_*
+# variables and execs the proxy. Tenant "bench" is named by the database
+# pgbench uses. Optional argument: the binary (default $PGTENANT_BIN); in
+# the PROXY2 slot anchors.sh passes the port as BENCH_PROXY_PORT.
 set -euo pipefail
+bin=${1:-$PGTENANT_BIN}
+port=${BENCH_PROXY_PORT:-$PROXY_PORT}
 auth=scram-sha-256
 [[ ${BENCH_AUTH_METHOD:-trust} == trust ]] && auth=trust
-cfg=$BENCH_WORKDIR/pgtenant.toml
+cfg=$BENCH_WORKDIR/pgtenant-$port.toml
 cat >"$cfg" <<TOML
 [proxy]
-listen = "127.0.0.1:${PROXY_PORT}"
+listen = "127.0.0.1:${port}"
 pool_mode = "transaction"
 auth_type = "$auth"
 workers = ${PGTENANT_WORKERS:-0}
@@ -23,4 +27,4 @@ pool_size = ${BENCH_POOL_SIZE}
 placement = "bench"
 users = { ${BENCH_USER} = "${BENCH_PASSWORD}" }
 TOML
-PGTENANT_LOG=${PGTENANT_LOG:-warn} exec "$PGTENANT_BIN" -c "$cfg"
+PGTENANT_LOG=${PGTENANT_LOG:-warn} exec "$bin" -c "$cfg"

@@ -75,3 +75,37 @@ async fn pins_are_capped_per_tenant() {
     a.batch_execute("UNLISTEN *").await.expect("a unpins");
     c.batch_execute("LISTEN three").await.expect("c pins now");
 }
+
+/// The same inside a transaction, where the client holds its server
+/// connection: half a message is bounded by client_message_timeout, then
+/// the transaction is rolled back and the connection goes to the next
+/// client.
+#[tokio::test]
+async fn a_half_sent_message_inside_a_transaction_is_bounded() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nclient_message_timeout = \"2s\"\nquery_wait_timeout = \"30s\"",
+    ))
+    .await;
+    let mut stalled = raw::login_trust(proxy.port, "acme").await;
+    assert_eq!(raw::simple_query(&mut stalled, "BEGIN").await, b'T');
+    let mut partial = raw::header(b'Q', 104);
+    partial.extend_from_slice(b"SELECT 1; ");
+    raw::send(&mut stalled, &partial).await;
+
+    let other = proxy.connect("acme").await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), other.batch_execute("SELECT 1"))
+        .await
+        .expect("the half-sent message does not hold the connection for ever")
+        .expect("query");
+    println!("other client waited {:?}", started.elapsed());
+    let e = raw::expect_error_then_close(&mut stalled, "08P01", "stalled message").await;
+    assert!(
+        e.message().contains("client_message_timeout"),
+        "{:?}",
+        e.fields()
+    );
+}

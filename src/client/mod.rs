@@ -143,6 +143,7 @@ async fn serve_inner(
         custom_settings: Vec::new(),
         max_prepared: proxy.max_prepared_statements,
         client_read_timeout: proxy.client_read_timeout,
+        walk_again_at: 0,
         statement_limits: crate::session::budget::StatementLimits {
             max_statement: proxy.max_statement_size.0 as usize,
             max_total: proxy.max_client_memory.0 as usize,

@@ -36,6 +36,21 @@ const MAX_DESCRIBED_BYTES: usize = 16 << 20;
 /// past it they take a server connection (which streams them).
 const MAX_PENDING: usize = 64 * 1024;
 
+/// Messages of a batch answered without a server, at most.
+const MAX_BATCH: usize = 64;
+
+/// Bytes of the message at the front of `b` once whole (its header's
+/// length, or the header's own five bytes while it is incomplete).
+fn whole_len(b: &[u8]) -> usize {
+    match b.get(1..HEADER_LEN) {
+        Some(len) => {
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            usize::try_from(len).map_or(HEADER_LEN, |l| l.saturating_add(1))
+        }
+        None => HEADER_LEN,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Known {
     /// Name → the server's answer to a Describe of it, if one was kept.
@@ -117,8 +132,10 @@ pub enum Local {
     /// Answered into `out`: drop this many bytes.
     Answered(usize),
     /// Requests that may be answered in place, whose Sync has not arrived
-    /// (a server would not answer before it either).
-    NeedMore,
+    /// (a server would not answer before it either). Nothing changes
+    /// until the buffer holds this many bytes (the message the walk
+    /// stopped at is whole): the caller need not walk again before.
+    NeedMore(usize),
     /// A request for a server connection.
     Server,
 }
@@ -180,20 +197,33 @@ fn answer_batch(
         }
         statements.get(name).cloned()
     };
+    let mut frames = 0;
     loop {
         let Some((tag, frame)) = frame_at(&buf[at..], max) else {
             return if at > 0 && buf.len() < MAX_PENDING {
-                Local::NeedMore
+                Local::NeedMore(at + whole_len(&buf[at..]))
             } else {
                 Local::Server
             };
         };
+        // Each walk costs per message before it: a long batch goes to a
+        // server, which answers it as cheaply.
+        frames += 1;
+        if frames > MAX_BATCH {
+            return Local::Server;
+        }
         let body = &frame[HEADER_LEN..];
         match tag {
             b'P' => {
                 let Some((name, definition)) = prepared::parse_parse(body) else {
                     return Local::Server;
                 };
+                // Unnamed: the usual extended-protocol request, for a
+                // server. Decided before any hashing: this runs for every
+                // such transaction.
+                if name.is_empty() {
+                    return Local::Server;
+                }
                 let new = lookup(&changes, name).is_none();
                 let over = (new && statements.len() + changes.len() >= MAX_CLIENT_STATEMENTS)
                     || limits

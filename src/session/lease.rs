@@ -69,12 +69,35 @@ impl Session<'_> {
         if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
             return Ok((lease, false)); // in sync: the common case
         }
-        let Some(sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
+        let Some(mut sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
             // Equal but apart: share, so the next check is a pointer compare.
             lease.conn_mut().applied = Arc::clone(&self.wanted);
             return Ok((lease, false));
         };
         let conn = lease.conn_mut();
+        if params::needs_utf8_first(&conn.params, &sql) {
+            // The server reads the sync in the connection's current
+            // client_encoding; in one whose multibyte characters may end
+            // in a backslash or quote byte (SJIS, BIG5, GBK, ...), an
+            // escaped value could end its literal. Switch to UTF8 first,
+            // in a statement of its own (a query string is lexed whole).
+            if !matches!(
+                conn.simple_query("SET client_encoding = 'UTF8'").await,
+                Ok(b'I')
+            ) {
+                return Err(ClientError::ServerLost(self.tenant.id.clone()));
+            }
+            let mut applied = (*conn.applied).clone();
+            params::upsert(&mut applied, "client_encoding", "UTF8");
+            conn.applied = Arc::new(applied);
+            match params::sync_sql(&self.wanted, &conn.applied) {
+                Some(s) => sql = s,
+                None => {
+                    conn.applied = Arc::clone(&self.wanted);
+                    return Ok((lease, true));
+                }
+            }
+        }
         match conn.simple_query(&sql).await {
             Ok(b'I') => {
                 conn.applied = Arc::clone(&self.wanted);
@@ -85,8 +108,12 @@ impl Session<'_> {
             )),
             Err(ServerError::Rejected { code, message }) => {
                 // The connection is fine; the client's settings are not.
+                // The sync stopped part way, so the previous client's
+                // settings may remain, `role` among them, which RESET ALL
+                // keeps: reset everything.
                 conn.applied = Default::default();
-                let reset = conn.simple_query("RESET ALL").await;
+                conn.prepared.clear();
+                let reset = conn.simple_query(super::recover::FULL_RESET).await;
                 if matches!(reset, Ok(b'I')) {
                     lease.release();
                 }

@@ -84,6 +84,9 @@ pub struct Session<'a> {
     pub statements: ClientStatements,
     /// How much named-statement text the client may keep.
     pub statement_limits: budget::StatementLimits,
+    /// Requests between transactions are walked for a local answer again
+    /// only once the buffer holds this many bytes (`known::Local::NeedMore`).
+    pub walk_again_at: usize,
     /// What to do when the client creates session state (transaction mode).
     pub pin_policy: PinPolicy,
     /// Pins started, proxy-wide.
@@ -124,6 +127,7 @@ impl Session<'_> {
             if let Next::Leave = self.wait_for_request(client).await? {
                 return Ok(());
             }
+            self.walk_again_at = 0;
             let (mut lease, synced) = self.lease().await?;
             server_flow.reset();
             if synced {
@@ -154,6 +158,16 @@ impl Session<'_> {
                         if !self.client_read_timeout.is_zero() {
                             txn.stall_deadline =
                                 Some(std::time::Instant::now() + self.client_read_timeout);
+                        }
+                        Ok(())
+                    }
+                    // Half a message holds the server connection: bound
+                    // it, from when this message stalled (the client is
+                    // being read, so no backlog deadline is running).
+                    PumpExit::MidMessage => {
+                        if !self.message_timeout.is_zero() {
+                            txn.stall_deadline =
+                                Some(std::time::Instant::now() + self.message_timeout);
                         }
                         Ok(())
                     }
@@ -214,7 +228,19 @@ impl Session<'_> {
             if txn.schema_changed {
                 self.pool.known_statements.forget_described();
             }
-            if !replies.described.is_empty() && !self.default_search_path() {
+            // Describe answers are shared with every client of the
+            // placement: keep none from a lease that could have changed
+            // what names resolve to (DDL, settings such as search_path or
+            // role, SET LOCAL included, temporary tables of a pin, code
+            // the scan cannot see into).
+            let name_resolution_changed = txn.schema_changed
+                || txn.settings_changed
+                || txn.unknown
+                || txn.pinned
+                || txn.mentions.state;
+            if !replies.described.is_empty()
+                && (name_resolution_changed || !self.default_search_path())
+            {
                 replies.described.clear();
             }
             self.pool.known_statements.learn(
@@ -249,13 +275,22 @@ impl Session<'_> {
                     self.finish(lease, &txn, &server_flow);
                     return Err(ClientError::ClientStalled(self.tenant.id.clone()));
                 }
+                PumpExit::MessageStalled => {
+                    tracing::info!(tenant = %self.tenant.id, "client did not finish a message; disconnected");
+                    self.finish(lease, &txn, &server_flow);
+                    return self.tell_client_if_possible(
+                        &server_flow,
+                        ClientError::MessageTimeout(self.tenant.id.clone()),
+                    );
+                }
                 PumpExit::ServerEof
                 | PumpExit::ServerIo(_)
                 | PumpExit::ServerProtocol(_)
                 | PumpExit::Rewrite
                 | PumpExit::Probe
                 | PumpExit::Rest
-                | PumpExit::Backlog => {
+                | PumpExit::Backlog
+                | PumpExit::MidMessage => {
                     tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
                     drop(lease);
                     return self.tell_client_if_possible(
@@ -305,6 +340,8 @@ impl Session<'_> {
                         txn.stall_deadline = None;
                         if txn.client_paused {
                             PumpExit::ClientStalled
+                        } else if txn.mid_message_reported && client.flow.mid_message() {
+                            PumpExit::MessageStalled
                         } else {
                             continue;
                         }
@@ -441,6 +478,11 @@ impl Session<'_> {
         let mut discard = 0usize;
         loop {
             let buf = &mut client.flow.buf;
+            if message_started && buf.is_empty() {
+                // The message was answered or discarded: nothing half-sent.
+                message_started = false;
+                message_limit.set(sleep_until_opt(None));
+            }
             if discard > 0 {
                 let n = discard.min(buf.len());
                 buf.advance(n);
@@ -467,7 +509,7 @@ impl Session<'_> {
                                     client.flow.buf.advance(n);
                                     continue;
                                 }
-                                known::Local::NeedMore => {}
+                                known::Local::NeedMore(_) => {}
                                 known::Local::Server if whole => return Ok(Next::Request),
                                 known::Local::Server => {}
                             }
@@ -515,6 +557,10 @@ impl Session<'_> {
         &mut self,
         client: &mut ClientConn,
     ) -> Result<known::Local, ClientError> {
+        if client.flow.buf.len() < self.walk_again_at {
+            // The message the last walk stopped at is still not whole.
+            return Ok(known::Local::NeedMore(self.walk_again_at));
+        }
         let mut out = BytesMut::new();
         let use_described = self.default_search_path();
         let local = known::answer_without_server(
@@ -526,13 +572,23 @@ impl Session<'_> {
             use_described,
             &mut out,
         );
+        self.walk_again_at = match local {
+            known::Local::NeedMore(at) => at,
+            _ => 0,
+        };
         if !out.is_empty() {
             use tokio::io::AsyncWriteExt;
-            client
-                .stream
-                .write_all(&out)
-                .await
-                .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+            // A client that does not read gets client_read_timeout, as in
+            // a lease (its answers are bounded by MAX_PENDING).
+            let write = client.stream.write_all(&out);
+            let written = if self.client_read_timeout.is_zero() {
+                write.await
+            } else {
+                crate::runtime::time::timeout(self.client_read_timeout, write)
+                    .await
+                    .map_err(|_| ClientError::ClientStalled(self.tenant.id.clone()))?
+            };
+            written.map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
         }
         Ok(local)
     }
@@ -541,10 +597,12 @@ impl Session<'_> {
     /// does by default (it set no `search_path` of its own), so kept
     /// Describe answers apply to it.
     fn default_search_path(&self) -> bool {
-        !self
-            .wanted
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("search_path"))
+        // A role changes what "$user" in the default path means.
+        !self.wanted.iter().any(|(name, _)| {
+            name.eq_ignore_ascii_case("search_path")
+                || name.eq_ignore_ascii_case("role")
+                || name.eq_ignore_ascii_case("session_authorization")
+        })
     }
 
     /// Both sides are quiet: wait for either to speak, within the idle
@@ -601,6 +659,8 @@ impl Session<'_> {
             Err(ServerError::Rejected { .. }) => vec!["unknown".to_string()],
             Err(e) => {
                 tracing::warn!(tenant = %self.tenant.id, "session-state probe failed: {e}");
+                // Not proven clean: never back to the pool as it is.
+                txn.unknown = true;
                 return Err(ClientError::ServerLost(self.tenant.id.clone()));
             }
         };

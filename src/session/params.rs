@@ -118,6 +118,23 @@ impl Reported {
 /// (bounds what one client can make the proxy query).
 pub const MAX_CUSTOM_SETTINGS: usize = 64;
 
+/// Client encodings whose multibyte characters can contain ASCII bytes
+/// such as `\` or `'` (PostgreSQL accepts them only as client encodings).
+const ASCII_UNSAFE_ENCODINGS: &[&str] = &["SJIS", "BIG5", "GBK", "UHC", "GB18030", "JOHAB"];
+
+/// Whether `sql`, sent on a connection that reported `params`, must wait
+/// for the connection to be switched to UTF8: its client_encoding is one
+/// of the ASCII-unsafe ones and `sql` holds bytes it could misread.
+pub fn needs_utf8_first(params: &[(String, String)], sql: &str) -> bool {
+    let unsafe_encoding = params.iter().any(|(k, v)| {
+        k == "client_encoding"
+            && ASCII_UNSAFE_ENCODINGS
+                .iter()
+                .any(|e| v.eq_ignore_ascii_case(e))
+    });
+    unsafe_encoding && sql.bytes().any(|b| b >= 0x80 || b == b'\\')
+}
+
 /// What a client expects: its startup settings, overridden by what it set
 /// since (RESET returns a setting to its startup value, as in PostgreSQL).
 pub fn overlay(
@@ -252,6 +269,19 @@ mod tests {
                 ("work_mem", "13312")
             ])
         );
+    }
+
+    #[test]
+    fn syncs_wait_for_utf8_only_where_an_encoding_could_misread_them() {
+        let sjis = s(&[("client_encoding", "SJIS")]);
+        let utf8 = s(&[("client_encoding", "UTF8")]);
+        let escaped = "SELECT pg_catalog.set_config('app.x', E'\u{441}\\''', false)";
+        assert!(needs_utf8_first(&sjis, escaped));
+        assert!(!needs_utf8_first(&utf8, escaped));
+        assert!(!needs_utf8_first(
+            &sjis,
+            "SELECT pg_catalog.set_config('a.b', 'x', false)"
+        ));
     }
 
     #[test]

@@ -98,6 +98,12 @@ impl Flow {
         }
     }
 
+    /// The source has sent part of a message: inside a frame, or a
+    /// header or held prefix not yet scanned.
+    pub fn mid_message(&self) -> bool {
+        !self.scanner.at_boundary() || self.buf.len() > self.ready
+    }
+
     /// Nothing scanned-but-unwritten and not inside a frame.
     pub fn at_rest(&self) -> bool {
         self.ready == 0 && self.inject.is_empty() && self.scanner.at_boundary()
@@ -202,6 +208,12 @@ pub enum PumpExit {
     /// The client did not read its backlog within `client_read_timeout`
     /// (reported by the session, never by `pump`).
     ClientStalled,
+    /// Both directions wait and the client is in the middle of a message.
+    /// Reported once per message, so the session can bound it.
+    MidMessage,
+    /// The client did not finish that message within
+    /// `client_message_timeout` (reported by the session).
+    MessageStalled,
     ClientEof,
     ServerEof,
     ClientIo(io::Error),
@@ -258,6 +270,9 @@ pub async fn pump(
         if !state.client_paused {
             state.backlog_reported = false;
         }
+        if state.mid_message_reported && !client_flow.mid_message() {
+            state.mid_message_reported = false;
+        }
         if let Poll::Ready(exit) =
             poll_direction(cx, client, server, client_flow, state, Side::Client)
         {
@@ -268,6 +283,14 @@ pub async fn pump(
             Poll::Pending if state.client_paused && !state.backlog_reported => {
                 state.backlog_reported = true;
                 Poll::Ready(PumpExit::Backlog)
+            }
+            Poll::Pending
+                if !state.client_paused
+                    && !state.mid_message_reported
+                    && client_flow.mid_message() =>
+            {
+                state.mid_message_reported = true;
+                Poll::Ready(PumpExit::MidMessage)
             }
             polled => polled,
         }

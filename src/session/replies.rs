@@ -18,6 +18,11 @@
 use super::prepared::{ServerName, Statement};
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
+
+/// Describe answers kept during one lease, at most (bytes); and Parse
+/// names noted (`sent_parse`), at most.
+const MAX_LEASE_DESCRIBED: usize = 1 << 20;
+pub const MAX_LEASE_SENT_PARSE: usize = 4096;
 use std::sync::Arc;
 
 /// Entries a reply queue keeps room for between leases; a longer pipeline
@@ -155,6 +160,8 @@ pub struct Replies {
     /// NoData) to Describes of proxy-named statements this lease (kept
     /// across `clear`, drained by the session).
     pub described: Vec<(ServerName, Vec<u8>)>,
+    /// Bytes in `described`.
+    pub described_bytes: usize,
 }
 
 impl Replies {
@@ -257,7 +264,12 @@ impl Replies {
                 self.capturing.extend_from_slice(frame);
                 if let Some(name) = self.capture_names.front() {
                     let answer = std::mem::take(&mut self.capturing);
-                    self.described.push((name.clone(), answer));
+                    // Bounded per lease: a lease that never ends must not
+                    // keep answers without limit (they are hints only).
+                    if self.described_bytes + answer.len() <= MAX_LEASE_DESCRIBED {
+                        self.described_bytes += answer.len();
+                        self.described.push((name.clone(), answer));
+                    }
                 }
             }
             _ => {}
@@ -274,6 +286,14 @@ impl Replies {
         self.push(Reply::Answered, Mode::Synth, [None, None])
     }
 
+    /// A Parse of `name` went to the server (learnt at the lease's end,
+    /// up to `MAX_LEASE_SENT_PARSE` per lease).
+    pub fn note_sent_parse(&mut self, name: &ServerName) {
+        if self.sent_parse.len() < MAX_LEASE_SENT_PARSE {
+            self.sent_parse.push(name.clone());
+        }
+    }
+
     /// Forgets everything (a new lease).
     pub fn clear(&mut self) {
         self.q.clear();
@@ -285,6 +305,9 @@ impl Replies {
         self.canned.clear();
         self.capture_names.clear();
         self.capturing.clear();
+        self.described.clear();
+        self.described_bytes = 0;
+        self.sent_parse.clear();
         self.undo.clear();
         // A queue grown by a long pipeline gives its memory back.
         if self.q.capacity() > SHRINK_ABOVE {

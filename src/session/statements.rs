@@ -167,7 +167,7 @@ impl Rewriter<'_> {
             self.evict_for(&stmt);
             prepared::write_parse(self.to_server, &server_name, &stmt.definition);
             self.prepared.insert(server_name.clone());
-            self.replies.sent_parse.push(server_name.clone());
+            self.replies.note_sent_parse(&server_name);
             self.replies.push(
                 Reply::ParseComplete,
                 Mode::Forward,
@@ -284,7 +284,7 @@ impl Rewriter<'_> {
         self.evict_for(stmt);
         prepared::write_parse(self.to_server, &stmt.server_name, &stmt.definition);
         self.prepared.insert(stmt.server_name.clone());
-        self.replies.sent_parse.push(stmt.server_name.clone());
+        self.replies.note_sent_parse(&stmt.server_name);
         self.replies.push(
             Reply::ParseComplete,
             Mode::Swallow,

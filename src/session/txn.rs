@@ -74,6 +74,9 @@ pub struct TxnState {
     pub(super) stall_deadline: Option<std::time::Instant>,
     /// This pause was reported (`PumpExit::Backlog`).
     pub(super) backlog_reported: bool,
+    /// The client's current partial message was reported
+    /// (`PumpExit::MidMessage`).
+    pub(super) mid_message_reported: bool,
     /// What the last stopping scan of each direction wants reported. Kept
     /// apart: a direction reports only its own stop, once its own bytes
     /// before the stop are written.
@@ -131,6 +134,7 @@ impl TxnState {
             client_paused: false,
             stall_deadline: None,
             backlog_reported: false,
+            mid_message_reported: false,
             client_halt: None,
             server_halt: None,
             param_changes: Vec::new(),
@@ -159,6 +163,7 @@ impl TxnState {
         self.client_paused = false;
         self.stall_deadline = None;
         self.backlog_reported = false;
+        self.mid_message_reported = false;
         self.client_halt = None;
         self.server_halt = None;
         self.param_changes.clear();

@@ -7,6 +7,10 @@ use super::{Mentions, scan};
 /// Longest text kept for comparison.
 const KEEP_MAX: usize = 4096;
 
+/// Custom setting names noted per lease at most (as many as a session
+/// follows: `params::MAX_CUSTOM_SETTINGS`).
+const MAX_CUSTOM_NAMES: usize = crate::session::params::MAX_CUSTOM_SETTINGS;
+
 /// The last text scanned (of a Query, or of a Parse) and what it
 /// mentioned. Drivers parse the same statement text again and again (an
 /// unnamed statement per execution), and simple-protocol clients send the
@@ -29,18 +33,33 @@ pub struct LastText {
 }
 
 impl LastText {
-    /// `scan(sql)`, pushing custom setting names to `custom`.
+    /// `scan(sql)`, adding the custom setting names it finds to `custom`
+    /// (each once, at most `MAX_CUSTOM_NAMES`; past that the state counts
+    /// as unknown, so a flood of names costs no memory and loses nothing
+    /// silently).
     pub fn scan(&mut self, sql: &[u8], custom: &mut Vec<Vec<u8>>) -> Mentions {
         if same_shape(&self.text, sql) {
             return self.mentions;
         }
-        let named = custom.len();
-        let m = scan(sql, |n| custom.push(n.to_vec()));
+        let mut named = false;
+        let mut overflow = false;
+        let mut m = scan(sql, |n| {
+            named = true;
+            if custom.iter().any(|c| c.eq_ignore_ascii_case(n)) {
+                return;
+            }
+            if custom.len() >= MAX_CUSTOM_NAMES {
+                overflow = true;
+                return;
+            }
+            custom.push(n.to_vec());
+        });
+        m.unknown |= overflow;
         self.text.clear();
         self.mentions = Mentions::default(); // what the empty text mentions
         // Long texts are scanned each time: keeping one would let every
         // client hold a copy of its longest statement.
-        if custom.len() == named && sql.len() <= KEEP_MAX {
+        if !named && sql.len() <= KEEP_MAX {
             self.text.extend_from_slice(sql);
             self.mentions = m;
         }
