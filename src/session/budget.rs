@@ -56,7 +56,7 @@ impl StatementLimits {
                 self.max_statement
             ));
         }
-        let held: usize = statements.values().map(|s| s.definition.len()).sum();
+        let held = statements.held_bytes();
         let freed = replaced
             .and_then(|n| statements.get(n))
             .map_or(0, |s| s.definition.len());
@@ -108,6 +108,20 @@ mod tests {
         assert!(over.contains("max_client_memory"), "{over}");
         // Replacing a statement frees its bytes.
         assert!(limits.refusal(&held, Some(&[0]), 100).is_none());
+        // The running total follows inserts, replacements and removals.
+        assert_eq!(held.held_bytes(), 200);
+        held.insert(
+            vec![0],
+            Arc::new(Statement {
+                server_name: server_name(&[9]),
+                definition: vec![0; 30],
+            }),
+        );
+        assert_eq!(held.held_bytes(), 130);
+        held.remove(&[1]);
+        assert_eq!(held.held_bytes(), 30);
+        held.clear();
+        assert_eq!(held.held_bytes(), 0);
     }
 
     #[test]

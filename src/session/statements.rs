@@ -15,8 +15,59 @@ use bytes::BytesMut;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A client's named statements, by the name the client gave them.
-pub type ClientStatements = HashMap<Vec<u8>, Arc<Statement>>;
+/// A client's named statements, by the name the client gave them, and
+/// the bytes of their definitions together (kept as they change, so the
+/// per-client limit costs nothing per Parse).
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    map: HashMap<Vec<u8>, Arc<Statement>>,
+    bytes: usize,
+}
+
+impl ClientStatements {
+    pub fn insert(&mut self, name: Vec<u8>, stmt: Arc<Statement>) -> Option<Arc<Statement>> {
+        self.bytes += stmt.definition.len();
+        let old = self.map.insert(name, stmt);
+        if let Some(o) = &old {
+            self.bytes -= o.definition.len();
+        }
+        old
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        let old = self.map.remove(name);
+        if let Some(o) = &old {
+            self.bytes -= o.definition.len();
+        }
+        old
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.map.get(name)
+    }
+
+    pub fn contains_key(&self, name: &[u8]) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+
+    /// Bytes of all definitions held.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+}
 
 /// A client may hold this many named statements; past it the connection
 /// is refused rather than letting one client grow the proxy without bound.
