@@ -1,6 +1,6 @@
 //! Limits that keep one client or tenant from holding a placement's server
-//! connections: a half-sent message holds none, and pins are capped per
-//! tenant.
+//! connections: a half-sent message holds none (or not for long), and
+//! pins are capped per tenant.
 
 mod common;
 
@@ -8,11 +8,8 @@ use common::{TestPg, TestProxy, raw, sqlstate};
 use pgtenant::pgcluster::HostAuth;
 use std::time::{Duration, Instant};
 
-/// A client that starts a message and never finishes it holds no server
-/// connection: another client of a one-connection pool goes on at once,
-/// and the stalled one is told why after client_message_timeout.
-#[tokio::test]
-async fn a_half_sent_message_holds_no_server_connection() {
+/// A one-connection pool with a 2 s client_message_timeout.
+async fn one_connection_proxy() -> (TestPg, TestProxy) {
     let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
     let proxy = TestProxy::start(&pg.config(
         &["acme"],
@@ -20,27 +17,57 @@ async fn a_half_sent_message_holds_no_server_connection() {
         "auth_type = \"trust\"\nclient_message_timeout = \"2s\"\nquery_wait_timeout = \"30s\"",
     ))
     .await;
-    let mut stalled = raw::login_trust(proxy.port, "acme").await;
-    // A Query of 100 bytes, of which only the first 10 come.
+    (pg, proxy)
+}
+
+/// Sends the first 10 bytes of a 100-byte Query.
+async fn send_half_a_query(s: &mut tokio::net::TcpStream) {
     let mut partial = raw::header(b'Q', 104);
     partial.extend_from_slice(b"SELECT 1; ");
-    raw::send(&mut stalled, &partial).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw::send(s, &partial).await;
+}
 
+/// Another client's query goes through within `within`, and the stalled
+/// client is told about client_message_timeout and closed.
+async fn other_client_goes_on(proxy: &TestProxy, stalled: &mut tokio::net::TcpStream, within: u64) {
     let other = proxy.connect("acme").await;
     let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), other.batch_execute("SELECT 1"))
+    tokio::time::timeout(Duration::from_secs(within), other.batch_execute("SELECT 1"))
         .await
-        .expect("the other client is not blocked by the half-sent message")
+        .expect("the half-sent message does not hold the server connection")
         .expect("query");
     println!("other client's query took {:?}", started.elapsed());
-
-    let e = raw::expect_error_then_close(&mut stalled, "08P01", "stalled message").await;
+    let e = raw::expect_error_then_close(stalled, "08P01", "stalled message").await;
     assert!(
         e.message().contains("client_message_timeout"),
         "{:?}",
         e.fields()
     );
+}
+
+/// A client that starts a message and never finishes it holds no server
+/// connection: another client of a one-connection pool goes on at once,
+/// and the stalled one is told why after client_message_timeout.
+#[tokio::test]
+async fn a_half_sent_message_holds_no_server_connection() {
+    let (_pg, proxy) = one_connection_proxy().await;
+    let mut stalled = raw::login_trust(proxy.port, "acme").await;
+    send_half_a_query(&mut stalled).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other_client_goes_on(&proxy, &mut stalled, 5).await;
+}
+
+/// The same inside a transaction, where the client holds its server
+/// connection: half a message is bounded by client_message_timeout, then
+/// the transaction is rolled back and the connection goes to the next
+/// client.
+#[tokio::test]
+async fn a_half_sent_message_inside_a_transaction_is_bounded() {
+    let (_pg, proxy) = one_connection_proxy().await;
+    let mut stalled = raw::login_trust(proxy.port, "acme").await;
+    assert_eq!(raw::simple_query(&mut stalled, "BEGIN").await, b'T');
+    send_half_a_query(&mut stalled).await;
+    other_client_goes_on(&proxy, &mut stalled, 15).await;
 }
 
 /// A tenant's clients may pin at most max_pinned_connections server
@@ -74,38 +101,4 @@ async fn pins_are_capped_per_tenant() {
     c.batch_execute("SELECT 1").await.expect("unpinned work");
     a.batch_execute("UNLISTEN *").await.expect("a unpins");
     c.batch_execute("LISTEN three").await.expect("c pins now");
-}
-
-/// The same inside a transaction, where the client holds its server
-/// connection: half a message is bounded by client_message_timeout, then
-/// the transaction is rolled back and the connection goes to the next
-/// client.
-#[tokio::test]
-async fn a_half_sent_message_inside_a_transaction_is_bounded() {
-    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
-    let proxy = TestProxy::start(&pg.config(
-        &["acme"],
-        1,
-        "auth_type = \"trust\"\nclient_message_timeout = \"2s\"\nquery_wait_timeout = \"30s\"",
-    ))
-    .await;
-    let mut stalled = raw::login_trust(proxy.port, "acme").await;
-    assert_eq!(raw::simple_query(&mut stalled, "BEGIN").await, b'T');
-    let mut partial = raw::header(b'Q', 104);
-    partial.extend_from_slice(b"SELECT 1; ");
-    raw::send(&mut stalled, &partial).await;
-
-    let other = proxy.connect("acme").await;
-    let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(15), other.batch_execute("SELECT 1"))
-        .await
-        .expect("the half-sent message does not hold the connection for ever")
-        .expect("query");
-    println!("other client waited {:?}", started.elapsed());
-    let e = raw::expect_error_then_close(&mut stalled, "08P01", "stalled message").await;
-    assert!(
-        e.message().contains("client_message_timeout"),
-        "{:?}",
-        e.fields()
-    );
 }

@@ -180,13 +180,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
+    use crate::session::params::tests::s;
 
     #[test]
     fn neutralised_timeouts_count_only_when_set() {

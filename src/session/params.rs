@@ -182,10 +182,11 @@ pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Op
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// A settings list from literals (also used by `control`'s tests).
+    pub(crate) fn s(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
