@@ -148,6 +148,9 @@ pub fn overlay(
     out
 }
 
+/// Timeouts a sync switches off before it runs (see `sync_sql`).
+const SYNC_TIMEOUTS: [&str; 2] = ["statement_timeout", "lock_timeout"];
+
 /// The SQL that turns a connection's `applied` settings into `wanted`, or
 /// `None` when they already match. Values go through `set_config`, which
 /// takes them as the text of the setting (so list settings such as
@@ -156,11 +159,25 @@ pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Op
     if wanted == applied {
         return None;
     }
+    // The previous client's timeouts would apply to this very sync (say,
+    // its statement_timeout of 1 ms): switch them off first, then set or
+    // reset them like any other setting.
+    let has =
+        |list: &[(String, String)], k: &str| list.iter().any(|(n, _)| n.eq_ignore_ascii_case(k));
+    let neutralised =
+        |k: &str| SYNC_TIMEOUTS.iter().any(|t| k.eq_ignore_ascii_case(t)) && has(applied, k);
+    let mut sql = String::new();
+    for t in SYNC_TIMEOUTS {
+        if has(applied, t) {
+            sql.push_str(&format!("SET {t} = 0;"));
+        }
+    }
     let mut sets = Vec::new();
     for (k, v) in wanted {
-        let same = applied
-            .iter()
-            .any(|(ak, av)| ak.eq_ignore_ascii_case(k) && av == v);
+        let same = !neutralised(k)
+            && applied
+                .iter()
+                .any(|(ak, av)| ak.eq_ignore_ascii_case(k) && av == v);
         if !same {
             sets.push(format!(
                 "pg_catalog.set_config({}, {}, false)",
@@ -169,9 +186,8 @@ pub fn sync_sql(wanted: &[(String, String)], applied: &[(String, String)]) -> Op
             ));
         }
     }
-    let mut sql = String::new();
     if !sets.is_empty() {
-        sql = format!("SELECT {};", sets.join(", "));
+        sql.push_str(&format!("SELECT {};", sets.join(", ")));
     }
     for (k, _) in applied {
         if !wanted.iter().any(|(wk, _)| wk.eq_ignore_ascii_case(k)) {
@@ -283,6 +299,26 @@ pub(crate) mod tests {
             &sjis,
             "SELECT pg_catalog.set_config('a.b', 'x', false)"
         ));
+    }
+
+    #[test]
+    fn a_previous_clients_timeouts_are_off_while_syncing() {
+        let applied = s(&[("statement_timeout", "1ms"), ("application_name", "a")]);
+        let wanted = s(&[("application_name", "b")]);
+        assert_eq!(
+            sync_sql(&wanted, &applied).as_deref(),
+            Some(
+                "SET statement_timeout = 0;SELECT pg_catalog.set_config('application_name', 'b', false);RESET \"statement_timeout\";"
+            )
+        );
+        // Kept by the next client too: set again after the switch-off.
+        let wanted = s(&[("statement_timeout", "1ms"), ("application_name", "b")]);
+        assert_eq!(
+            sync_sql(&wanted, &applied).as_deref(),
+            Some(
+                "SET statement_timeout = 0;SELECT pg_catalog.set_config('statement_timeout', '1ms', false), pg_catalog.set_config('application_name', 'b', false);"
+            )
+        );
     }
 
     #[test]
