@@ -102,3 +102,54 @@ async fn pins_are_capped_per_tenant() {
     a.batch_execute("UNLISTEN *").await.expect("a unpins");
     c.batch_execute("LISTEN three").await.expect("c pins now");
 }
+
+/// A large message that keeps arriving, slowly, is not cut off: the bound
+/// is for a client that stops.
+#[tokio::test]
+async fn a_slow_upload_is_not_a_stalled_one() {
+    let (_pg, proxy) = one_connection_proxy().await;
+    let mut slow = raw::login_trust(proxy.port, "acme").await;
+    // About 250 kB of Query in 20 kB pieces, 400 ms apart: over 4 s in
+    // all, never 2 s without progress.
+    let sql = format!("SELECT length('{}')", "x".repeat(250 * 1024));
+    let msg = raw::query(&sql);
+    for piece in msg.chunks(20 * 1024) {
+        raw::send(&mut slow, piece).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (got, status) = raw::read_to_ready(&mut slow, "slow upload").await;
+    assert_eq!(status, b'I');
+    assert!(got.iter().any(|m| m.tag == b'D'), "a row: {got:?}");
+}
+
+/// A named Parse the pump stopped at (for the statement mapping) and whose
+/// rest never comes is bounded too.
+#[tokio::test]
+async fn half_a_named_statement_is_bounded() {
+    let (_pg, proxy) = one_connection_proxy().await;
+    let mut stalled = raw::login_trust(proxy.port, "acme").await;
+    assert_eq!(raw::simple_query(&mut stalled, "BEGIN").await, b'T');
+    // Parse "s1" of a 200 kB text, of which 100 kB come.
+    let text = format!("SELECT '{}'", "y".repeat(200 * 1024));
+    let mut body = b"s1\0".to_vec();
+    body.extend_from_slice(text.as_bytes());
+    body.extend_from_slice(b"\0\0\0");
+    let parse = raw::frame(b'P', &body);
+    raw::send(&mut stalled, &parse[..100 * 1024]).await;
+    other_client_goes_on(&proxy, &mut stalled, 15).await;
+}
+
+/// Between transactions, a request followed by a length word far past
+/// max_message_size is refused as malformed; the proxy does not buffer
+/// what follows it.
+#[tokio::test]
+async fn a_huge_length_word_between_transactions_is_refused() {
+    let (_pg, proxy) = one_connection_proxy().await;
+    let mut c = raw::login_trust(proxy.port, "acme").await;
+    let mut bytes = raw::frame(b'C', b"Sx\0");
+    bytes.extend_from_slice(&raw::header(b'P', 0x7fff_fff0));
+    bytes.extend_from_slice(&vec![b'z'; 128 * 1024]);
+    raw::send(&mut c, &bytes).await;
+    let e = raw::expect_error_then_close(&mut c, "08P01", "huge length").await;
+    assert!(e.message().contains("over the limit"), "{:?}", e.fields());
+}

@@ -13,6 +13,10 @@ use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How long the goodbye (an ErrorResponse, then shutdown) to a refused
+/// client may take.
+const REFUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Refuses a connection in the accept loop, which must not wait: one
 /// non-blocking `send` of a FATAL 53300 ErrorResponse (dropped if the
 /// socket cannot take it now), then the close. Whatever the client
@@ -72,9 +76,13 @@ impl ClientConn {
             &err.to_string(),
             None,
         );
-        // The client may already be gone; nothing more to do then.
-        let _ = self.flush_out().await;
-        let _ = self.stream.shutdown().await;
+        // The client may already be gone, or not reading (its send buffer
+        // full): the goodbye is bounded, so no uncounted socket lingers.
+        let goodbye = async {
+            let _ = self.flush_out().await;
+            let _ = self.stream.shutdown().await;
+        };
+        let _ = crate::runtime::time::timeout(REFUSE_TIMEOUT, goodbye).await;
     }
 
     /// Reads until the read buffer starts with a whole startup-phase

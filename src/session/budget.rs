@@ -41,25 +41,37 @@ pub struct StatementLimits {
     pub max_total: usize,
 }
 
+/// Longest statement name a client may keep (PostgreSQL itself tells
+/// names apart by their first 63 bytes only).
+pub const MAX_NAME: usize = 1024;
+
 impl StatementLimits {
     /// Why a definition of `len` bytes may not be kept by a client that
     /// holds `statements` (replacing `replaced`, if any), if it may not.
+    /// Names count too: they are kept (and copied per message in flight).
     pub fn refusal(
         &self,
         statements: &ClientStatements,
         replaced: Option<&[u8]>,
         len: usize,
     ) -> Option<String> {
+        let name_len = replaced.map_or(0, <[u8]>::len);
+        if name_len > MAX_NAME {
+            return Some(format!(
+                "prepared statement name of {name_len} bytes is over the limit of {MAX_NAME} bytes"
+            ));
+        }
         if len > self.max_statement {
             return Some(format!(
                 "prepared statement of {len} bytes is over the limit of {} bytes (max_statement_size)",
                 self.max_statement
             ));
         }
+        let len = len + name_len;
         let held = statements.held_bytes();
         let freed = replaced
             .and_then(|n| statements.get(n))
-            .map_or(0, |s| s.definition.len());
+            .map_or(0, |s| name_len + s.definition.len());
         let total = held - freed + len;
         (total > self.max_total).then(|| {
             format!(
@@ -90,7 +102,7 @@ mod tests {
     fn statement_limits_count_every_name() {
         let limits = StatementLimits {
             max_statement: 100,
-            max_total: 250,
+            max_total: 252,
         };
         let mut held = ClientStatements::default();
         assert!(limits.refusal(&held, None, 101).is_some());
@@ -108,8 +120,9 @@ mod tests {
         assert!(over.contains("max_client_memory"), "{over}");
         // Replacing a statement frees its bytes.
         assert!(limits.refusal(&held, Some(&[0]), 100).is_none());
-        // The running total follows inserts, replacements and removals.
-        assert_eq!(held.held_bytes(), 200);
+        // The running total (names included) follows inserts,
+        // replacements and removals.
+        assert_eq!(held.held_bytes(), 202);
         held.insert(
             vec![0],
             Arc::new(Statement {
@@ -117,9 +130,12 @@ mod tests {
                 definition: vec![0; 30],
             }),
         );
-        assert_eq!(held.held_bytes(), 130);
+        assert_eq!(held.held_bytes(), 132);
         held.remove(&[1]);
-        assert_eq!(held.held_bytes(), 30);
+        assert_eq!(held.held_bytes(), 31);
+        // Long names are refused whatever the budget.
+        let long = vec![b'n'; MAX_NAME + 1];
+        assert!(limits.refusal(&held, Some(&long), 1).is_some());
         held.clear();
         assert_eq!(held.held_bytes(), 0);
     }

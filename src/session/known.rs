@@ -201,7 +201,9 @@ fn answer_batch(
     loop {
         let Some((tag, frame)) = frame_at(&buf[at..], max) else {
             return if at > 0 && buf.len() < MAX_PENDING {
-                Local::NeedMore(at + whole_len(&buf[at..]))
+                // Never past what a batch may hold: a huge length word
+                // must not let the buffer grow unwalked.
+                Local::NeedMore((at + whole_len(&buf[at..])).min(MAX_PENDING))
             } else {
                 Local::Server
             };

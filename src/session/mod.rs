@@ -340,7 +340,10 @@ impl Session<'_> {
                         txn.stall_deadline = None;
                         if txn.client_paused {
                             PumpExit::ClientStalled
-                        } else if txn.mid_message_reported && client.flow.mid_message() {
+                        } else if txn.mid_message_reported
+                            && client.flow.mid_message()
+                            && client.flow.progress() == txn.mid_message_mark
+                        {
                             PumpExit::MessageStalled
                         } else {
                             continue;
@@ -418,7 +421,16 @@ impl Session<'_> {
         if server_flow.inject.is_empty() {
             budget::shrink(&mut server_flow.inject);
         }
-        let len = statements::read_whole_frame(&mut client.stream, &mut client.flow).await?;
+        // The rest of a message the pump stopped at: bounded like any
+        // half-sent message (the lease is held meanwhile).
+        let read = statements::read_whole_frame(&mut client.stream, &mut client.flow);
+        let len = if self.message_timeout.is_zero() {
+            read.await?
+        } else {
+            crate::runtime::time::timeout(self.message_timeout, read)
+                .await
+                .map_err(|_| ClientError::MessageTimeout(self.tenant.id.clone()))??
+        };
         let conn = lease.conn_mut();
         let nothing_in_flight = txn.is_quiet() && server_flow.at_rest();
         let status = txn.position.last_status();

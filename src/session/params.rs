@@ -120,7 +120,15 @@ pub const MAX_CUSTOM_SETTINGS: usize = 64;
 
 /// Client encodings whose multibyte characters can contain ASCII bytes
 /// such as `\` or `'` (PostgreSQL accepts them only as client encodings).
-const ASCII_UNSAFE_ENCODINGS: &[&str] = &["SJIS", "BIG5", "GBK", "UHC", "GB18030", "JOHAB"];
+const ASCII_UNSAFE_ENCODINGS: &[&str] = &[
+    "SJIS",
+    "SHIFT_JIS_2004",
+    "BIG5",
+    "GBK",
+    "UHC",
+    "GB18030",
+    "JOHAB",
+];
 
 /// Whether `sql`, sent on a connection that reported `params`, must wait
 /// for the connection to be switched to UTF8: its client_encoding is one

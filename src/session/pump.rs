@@ -104,6 +104,12 @@ impl Flow {
         !self.scanner.at_boundary() || self.buf.len() > self.ready
     }
 
+    /// Changes whenever bytes arrive for the message in progress (body
+    /// still to come, bytes held): tells a stalled message from a slow one.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.scanner.remaining(), self.buf.len() - self.ready)
+    }
+
     /// Nothing scanned-but-unwritten and not inside a frame.
     pub fn at_rest(&self) -> bool {
         self.ready == 0 && self.inject.is_empty() && self.scanner.at_boundary()
@@ -270,7 +276,10 @@ pub async fn pump(
         if !state.client_paused {
             state.backlog_reported = false;
         }
-        if state.mid_message_reported && !client_flow.mid_message() {
+        // A message that is no longer half-sent, or that moved on since
+        // it was reported, is reported afresh when it stalls again: the
+        // bound is for a client that stops, not for a slow upload.
+        if state.mid_message_reported && client_flow.progress() != state.mid_message_mark {
             state.mid_message_reported = false;
         }
         if let Poll::Ready(exit) =
@@ -290,6 +299,7 @@ pub async fn pump(
                     && client_flow.mid_message() =>
             {
                 state.mid_message_reported = true;
+                state.mid_message_mark = client_flow.progress();
                 Poll::Ready(PumpExit::MidMessage)
             }
             polled => polled,

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A client's named statements, by the name the client gave them, and
-/// the bytes of their definitions together (kept as they change, so the
-/// per-client limit costs nothing per Parse).
+/// the bytes of their names and definitions together (kept as they
+/// change, so the per-client limit costs nothing per Parse).
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     map: HashMap<Vec<u8>, Arc<Statement>>,
@@ -26,10 +26,11 @@ pub struct ClientStatements {
 
 impl ClientStatements {
     pub fn insert(&mut self, name: Vec<u8>, stmt: Arc<Statement>) -> Option<Arc<Statement>> {
-        self.bytes += stmt.definition.len();
+        let name_len = name.len();
+        self.bytes += name_len + stmt.definition.len();
         let old = self.map.insert(name, stmt);
         if let Some(o) = &old {
-            self.bytes -= o.definition.len();
+            self.bytes -= name_len + o.definition.len();
         }
         old
     }
@@ -37,7 +38,7 @@ impl ClientStatements {
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let old = self.map.remove(name);
         if let Some(o) = &old {
-            self.bytes -= o.definition.len();
+            self.bytes -= name.len() + o.definition.len();
         }
         old
     }

@@ -77,6 +77,8 @@ pub struct TxnState {
     /// The client's current partial message was reported
     /// (`PumpExit::MidMessage`).
     pub(super) mid_message_reported: bool,
+    /// `Flow::progress` of the client when it was reported.
+    pub(super) mid_message_mark: (usize, usize),
     /// What the last stopping scan of each direction wants reported. Kept
     /// apart: a direction reports only its own stop, once its own bytes
     /// before the stop are written.
@@ -135,6 +137,7 @@ impl TxnState {
             stall_deadline: None,
             backlog_reported: false,
             mid_message_reported: false,
+            mid_message_mark: (0, 0),
             client_halt: None,
             server_halt: None,
             param_changes: Vec::new(),
