@@ -394,11 +394,15 @@ async fn a_flood_of_logins_that_never_finish_locks_nobody_out() {
         took < Duration::from_secs(1),
         "login and query took {took:?} during the flood"
     );
-    // The flood was real: the proxy held (nearly) all the unauthenticated
-    // connections it allows (1,800 before the reserve), far past 1,024.
+    // The flood was real: the proxy held far more files than the service
+    // limit it started under (a proxy that kept that limit sits at exactly
+    // 1,024). How many of the 1,800 unauthenticated slots are taken when
+    // this is read varies with how fast the attackers' connects are
+    // accepted on a loaded machine (1,485 to 1,820 seen), so the bar is
+    // the limit plus a margin, not the cap.
     let proxy_files = proxy_files.expect("/proc/PID/fd of the proxy");
     assert!(
-        proxy_files >= 1_500,
+        proxy_files as u64 >= SERVICE_SOFT_LIMIT + 256,
         "the proxy held only {proxy_files} files during the flood"
     );
     // The proxy raised its limit from the service default, and said so.

@@ -109,13 +109,13 @@ async fn pins_are_capped_per_tenant() {
 async fn a_slow_upload_is_not_a_stalled_one() {
     let (_pg, proxy) = one_connection_proxy().await;
     let mut slow = raw::login_trust(proxy.port, "acme").await;
-    // About 250 kB of Query in 20 kB pieces, 400 ms apart: over 4 s in
-    // all, never 2 s without progress.
+    // About 250 kB of Query in 20 kB pieces, 300 ms apart: nearly 4 s in
+    // all (twice the timeout), never 2 s without progress.
     let sql = format!("SELECT length('{}')", "x".repeat(250 * 1024));
     let msg = raw::query(&sql);
     for piece in msg.chunks(20 * 1024) {
         raw::send(&mut slow, piece).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let (got, status) = raw::read_to_ready(&mut slow, "slow upload").await;
     assert_eq!(status, b'I');
