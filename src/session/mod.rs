@@ -340,11 +340,17 @@ impl Session<'_> {
                         txn.stall_deadline = None;
                         if txn.client_paused {
                             PumpExit::ClientStalled
-                        } else if txn.mid_message_reported
-                            && client.flow.mid_message()
-                            && client.flow.progress() == txn.mid_message_mark
-                        {
-                            PumpExit::MessageStalled
+                        } else if txn.mid_message_reported && client.flow.mid_message() {
+                            if client.flow.progress() == txn.mid_message_mark {
+                                // Not a byte of it in a whole period.
+                                PumpExit::MessageStalled
+                            } else {
+                                // Still arriving: another period from now.
+                                txn.mid_message_mark = client.flow.progress();
+                                txn.stall_deadline =
+                                    Some(std::time::Instant::now() + self.message_timeout);
+                                continue;
+                            }
                         } else {
                             continue;
                         }

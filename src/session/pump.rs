@@ -276,10 +276,10 @@ pub async fn pump(
         if !state.client_paused {
             state.backlog_reported = false;
         }
-        // A message that is no longer half-sent, or that moved on since
-        // it was reported, is reported afresh when it stalls again: the
-        // bound is for a client that stops, not for a slow upload.
-        if state.mid_message_reported && client_flow.progress() != state.mid_message_mark {
+        // A message that is no longer half-sent is reported afresh when
+        // the next one stalls (the session re-arms its deadline while one
+        // makes progress: the bound is for a client that stops).
+        if state.mid_message_reported && !client_flow.mid_message() {
             state.mid_message_reported = false;
         }
         if let Poll::Ready(exit) =
