@@ -2,7 +2,8 @@
 //! checking that a placement's backend role stays in its own database
 //! (`role_check`), pooling them per placement (`placement`, with `lease`
 //! for a connection handed to a session, `timing` for the time limits and
-//! backoff, `stats` for what a pool reports), and the pools' upkeep
+//! backoff, `stats` for what a pool reports, `startup_params` for the server
+//! parameters logins show), and the pools' upkeep
 //! (`janitor`). Never names clients.
 
 pub mod janitor;
@@ -11,12 +12,14 @@ mod placement;
 mod queue;
 mod role_check;
 mod server_conn;
+mod startup_params;
 mod stats;
 mod timing;
 
 pub use lease::Lease;
-pub use placement::{CheckoutError, PlacementName, PlacementPool, StartupParams};
+pub use placement::{CheckoutError, PlacementName, PlacementPool};
 pub use role_check::RolePolicy;
 pub use server_conn::{BackendTarget, ServerConn, ServerError};
+pub use startup_params::StartupParams;
 pub use stats::{PoolCounts, PoolStats};
 pub use timing::{CONNECT_CONCURRENCY, PoolTimeouts, RETRY_BASE, jittered_lifetime, retry_delay};

@@ -8,7 +8,10 @@
 //! (checkout and settings sync) with `params` (settings that follow the
 //! client), `pinning` (session state that ties a client to a connection),
 //! `recover` (making a connection clean), `cancel` (proxy-issued cancel
-//! keys).
+//! keys), `idle` (the client between requests), `probe` (the
+//! session-state check), `boundary` (what the server owes), `control`
+//! (the proxy's own queries), `statements`/`prepared`/`replies`/`known`
+//! (named statements), `budget` (per-client bounds).
 
 pub mod boundary;
 #[cfg(test)]
@@ -17,11 +20,13 @@ pub mod budget;
 pub mod cancel;
 mod control;
 pub mod deallocate;
+mod idle;
 pub mod known;
 mod lease;
 pub mod params;
 pub mod pinning;
 pub mod prepared;
+mod probe;
 pub mod pump;
 pub mod recover;
 pub mod replies;
@@ -33,16 +38,14 @@ use crate::catalog::TenantEntry;
 use crate::client::conn::ClientConn;
 use crate::client::error::ClientError;
 use crate::config::{PinPolicy, PoolMode};
-use crate::pool::{Lease, PlacementPool, ServerError};
-use crate::protocol::{HEADER_LEN, codec};
-use bytes::{Buf, BytesMut};
+use crate::pool::{Lease, PlacementPool};
+use crate::protocol::HEADER_LEN;
+use bytes::Buf;
 use cancel::CancelSlot;
 use pump::{Flow, PumpExit};
 use replies::{Replies, Undo};
 use statements::{ClientStatements, Rewriter};
-use std::future::{Future, poll_fn};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use txn::TxnState;
 
@@ -107,7 +110,7 @@ pub struct Session<'a> {
 }
 
 /// What the idle client did next.
-enum Next {
+pub(super) enum Next {
     Request,
     Leave,
 }
@@ -478,249 +481,6 @@ impl Session<'_> {
         self.stop.is_stopping()
     }
 
-    /// Waits (between transactions) for the client's next request.
-    /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
-    /// outside COPY, and Flush, which would get no reply, are dropped here
-    /// without leasing anything.
-    async fn wait_for_request(&mut self, client: &mut ClientConn) -> Result<Next, ClientError> {
-        let max = client.flow.scanner.max_len();
-        let limited = !self.client_idle_timeout.is_zero();
-        let mut idle_limit = std::pin::pin!(sleep_until_opt(
-            limited.then(|| std::time::Instant::now() + self.client_idle_timeout)
-        ));
-        // Armed once a message has begun and not arrived far enough: a
-        // client that sends half a message holds no server connection,
-        // and not forever.
-        let mut message_limit = std::pin::pin!(sleep_until_opt(None));
-        let mut message_started = false;
-        let mut discard = 0usize;
-        loop {
-            let buf = &mut client.flow.buf;
-            if message_started && buf.is_empty() {
-                // The message was answered or discarded: nothing half-sent.
-                message_started = false;
-                message_limit.set(sleep_until_opt(None));
-            }
-            if discard > 0 {
-                let n = discard.min(buf.len());
-                buf.advance(n);
-                discard -= n;
-            }
-            if discard == 0 {
-                match codec::parse_header(buf, max) {
-                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
-                    Ok(Some(h)) => match h.tag {
-                        b'X' => return Ok(Next::Leave),
-                        // A Flush with nothing pending asks the server for
-                        // nothing: leasing for it would hold a connection
-                        // that no reply ever releases.
-                        b'd' | b'c' | b'f' | b'H' => {
-                            discard = h.len + 1;
-                            continue;
-                        }
-                        b'P' | b'Q' | b'D' | b'C'
-                            if self.max_prepared > 0 && self.mode == PoolMode::Transaction =>
-                        {
-                            let whole = buf.len() >= (h.len + 1).min(LEASE_AFTER);
-                            match self.answer_without_server(client).await? {
-                                known::Local::Answered(n) => {
-                                    client.flow.buf.advance(n);
-                                    continue;
-                                }
-                                known::Local::NeedMore(_) => {}
-                                known::Local::Server if whole => return Ok(Next::Request),
-                                known::Local::Server => {}
-                            }
-                        }
-                        _ if buf.len() >= (h.len + 1).min(LEASE_AFTER) => {
-                            return Ok(Next::Request);
-                        }
-                        _ => {}
-                    },
-                    Ok(None) => {}
-                }
-            }
-            if !message_started && !client.flow.buf.is_empty() && !self.message_timeout.is_zero() {
-                message_started = true;
-                message_limit.set(sleep_until_opt(Some(
-                    std::time::Instant::now() + self.message_timeout,
-                )));
-            }
-            // A client sending stray copy data without pause is read in
-            // bounded gulps, since every Request returns and every wait
-            // yields (see `Flow::poll_fill`).
-            let read = poll_fn(|cx| {
-                if self.stop.poll_stopped(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::ShuttingDown));
-                }
-                if limited && idle_limit.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
-                }
-                if message_started && message_limit.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
-                }
-                client.flow.poll_fill(cx, &mut client.stream).map(Ok)
-            })
-            .await?;
-            match read {
-                Ok(0) | Err(_) => return Ok(Next::Leave),
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Requests answered without a server connection (`known.rs`); the
-    /// answer is written before anything else is read.
-    async fn answer_without_server(
-        &mut self,
-        client: &mut ClientConn,
-    ) -> Result<known::Local, ClientError> {
-        if client.flow.buf.len() < self.walk_again_at {
-            // The message the last walk stopped at is still not whole.
-            return Ok(known::Local::NeedMore(self.walk_again_at));
-        }
-        let mut out = BytesMut::new();
-        let use_described = self.default_search_path();
-        let local = known::answer_without_server(
-            &client.flow.buf,
-            client.flow.scanner.max_len(),
-            &mut self.statements,
-            &self.pool.known_statements,
-            &self.statement_limits,
-            use_described,
-            &mut out,
-        );
-        self.walk_again_at = match local {
-            known::Local::NeedMore(at) => at,
-            _ => 0,
-        };
-        if !out.is_empty() {
-            use tokio::io::AsyncWriteExt;
-            // A client that does not read gets client_read_timeout, as in
-            // a lease (its answers are bounded by MAX_PENDING).
-            let write = client.stream.write_all(&out);
-            let written = if self.client_read_timeout.is_zero() {
-                write.await
-            } else {
-                crate::runtime::time::timeout(self.client_read_timeout, write)
-                    .await
-                    .map_err(|_| ClientError::ClientStalled(self.tenant.id.clone()))?
-            };
-            written.map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
-        }
-        Ok(local)
-    }
-
-    /// The client resolves names as every other client of the placement
-    /// does by default (it set no `search_path` of its own), so kept
-    /// Describe answers apply to it.
-    fn default_search_path(&self) -> bool {
-        // A role changes what "$user" in the default path means.
-        !self.wanted.iter().any(|(name, _)| {
-            name.eq_ignore_ascii_case("search_path")
-                || name.eq_ignore_ascii_case("role")
-                || name.eq_ignore_ascii_case("session_authorization")
-        })
-    }
-
-    /// Both sides are quiet: wait for either to speak, within the idle
-    /// timeout that applies (in a transaction, or idle in session mode).
-    async fn rest(
-        &self,
-        client: &ClientConn,
-        lease: &Lease,
-        txn: &TxnState,
-    ) -> Result<(), ClientError> {
-        let (limit, err) = if txn.position.last_status() == boundary::TxStatus::Idle {
-            (
-                self.client_idle_timeout,
-                ClientError::ClientIdle(self.tenant.id.clone()),
-            )
-        } else {
-            (
-                self.idle_transaction_timeout,
-                ClientError::IdleInTransaction(self.tenant.id.clone()),
-            )
-        };
-        tokio::select! {
-            // Whatever comes (data, EOF, a notice), the pump handles it.
-            _ = client.stream.readable() => Ok(()),
-            _ = lease.conn().stream.readable() => Ok(()),
-            _ = self.stop.stopped(), if !txn.stop_when_idle => Ok(()),
-            _ = crate::runtime::time::sleep(limit) => {
-                tracing::info!(tenant = %self.tenant.id, "{err}");
-                Err(err)
-            }
-        }
-    }
-
-    /// At an idle point after SQL that may have created (or released)
-    /// session state: one probe says what the connection holds. State
-    /// pins the client to this connection (or ends the session under
-    /// `pin_policy = "error"`); no state unpins it.
-    async fn check_session_state(
-        &mut self,
-        lease: &mut Lease,
-        server_flow: &mut Flow,
-        txn: &mut TxnState,
-    ) -> Result<(), ClientError> {
-        txn.mentions = pinning::Mentions::default();
-        // The server's ReadyForQuery waits in `server_flow.buf`; the probe's
-        // replies come after it on the socket, read here, not by the pump.
-        server_flow.read_armed = false;
-        let conn = lease.conn_mut();
-        let probe = control::probe(conn, &mut server_flow.inject, self.client_pid).await;
-        let kinds = match probe {
-            Ok(kinds) => kinds,
-            // The connection answers but the probe failed each time:
-            // assume state, which is the safe side.
-            Err(ServerError::Rejected { .. }) => vec!["unknown".to_string()],
-            Err(e) => {
-                tracing::warn!(tenant = %self.tenant.id, "session-state probe failed: {e}");
-                // Not proven clean: never back to the pool as it is.
-                txn.unknown = true;
-                return Err(ClientError::ServerLost(self.tenant.id.clone()));
-            }
-        };
-        if kinds.is_empty() {
-            if txn.pinned {
-                tracing::debug!(tenant = %self.tenant.id, "session state gone; unpinned");
-            }
-            txn.pinned = false;
-            self.pin_guard = None;
-            txn.stop_when_idle = true;
-            return Ok(());
-        }
-        match self.pin_policy {
-            PinPolicy::Error => Err(ClientError::SessionState {
-                tenant: self.tenant.id.clone(),
-                kinds: kinds.join(", "),
-            }),
-            PinPolicy::Pin => {
-                if self.pin_guard.is_none() {
-                    // One tenant's pins must not take its placement's pool.
-                    match crate::state::CountGuard::acquire(&self.pin_slots, self.max_pins) {
-                        Some(g) => self.pin_guard = Some(g),
-                        None => {
-                            return Err(ClientError::TooManyPins {
-                                tenant: self.tenant.id.clone(),
-                                max: self.max_pins,
-                                kinds: kinds.join(", "),
-                            });
-                        }
-                    }
-                }
-                if !txn.pinned {
-                    self.pins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(tenant = %self.tenant.id, state = %kinds.join(", "), "client pinned to its server connection");
-                }
-                txn.pinned = true;
-                txn.stop_when_idle = self.is_stopping();
-                Ok(())
-            }
-        }
-    }
-
     /// After the client left (or, in session mode, at shutdown): give the
     /// connection back once it is clean, else close it. Anything that
     /// takes a round trip runs in the background, holding the lease, so
@@ -747,14 +507,6 @@ impl Session<'_> {
             tracing::info!(tenant = %self.tenant.id, "closing client mid-message: {err}");
             Ok(())
         }
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
-    match deadline {
-        Some(d) => crate::runtime::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

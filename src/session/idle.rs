@@ -1,0 +1,202 @@
+//! The client between requests: waiting for its next request without a
+//! server connection (answering what needs none, bounding a half-sent
+//! message), and resting inside a lease while both sides are quiet.
+
+use super::{LEASE_AFTER, Next, Session, boundary, known, txn::TxnState};
+use crate::client::conn::ClientConn;
+use crate::client::error::ClientError;
+use crate::config::PoolMode;
+use crate::pool::Lease;
+use crate::protocol::codec;
+use bytes::{Buf, BytesMut};
+use std::future::{Future, poll_fn};
+use std::task::Poll;
+
+impl Session<'_> {
+    /// Waits (between transactions) for the client's next request.
+    /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
+    /// outside COPY, and Flush, which would get no reply, are dropped here
+    /// without leasing anything.
+    pub(super) async fn wait_for_request(
+        &mut self,
+        client: &mut ClientConn,
+    ) -> Result<Next, ClientError> {
+        let max = client.flow.scanner.max_len();
+        let limited = !self.client_idle_timeout.is_zero();
+        let mut idle_limit = std::pin::pin!(sleep_until_opt(
+            limited.then(|| std::time::Instant::now() + self.client_idle_timeout)
+        ));
+        // Armed once a message has begun and not arrived far enough: a
+        // client that sends half a message holds no server connection,
+        // and not forever.
+        let mut message_limit = std::pin::pin!(sleep_until_opt(None));
+        let mut message_started = false;
+        let mut discard = 0usize;
+        loop {
+            let buf = &mut client.flow.buf;
+            if message_started && buf.is_empty() {
+                // The message was answered or discarded: nothing half-sent.
+                message_started = false;
+                message_limit.set(sleep_until_opt(None));
+            }
+            if discard > 0 {
+                let n = discard.min(buf.len());
+                buf.advance(n);
+                discard -= n;
+            }
+            if discard == 0 {
+                match codec::parse_header(buf, max) {
+                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                    Ok(Some(h)) => match h.tag {
+                        b'X' => return Ok(Next::Leave),
+                        // A Flush with nothing pending asks the server for
+                        // nothing: leasing for it would hold a connection
+                        // that no reply ever releases.
+                        b'd' | b'c' | b'f' | b'H' => {
+                            discard = h.len + 1;
+                            continue;
+                        }
+                        b'P' | b'Q' | b'D' | b'C'
+                            if self.max_prepared > 0 && self.mode == PoolMode::Transaction =>
+                        {
+                            let whole = buf.len() >= (h.len + 1).min(LEASE_AFTER);
+                            match self.answer_without_server(client).await? {
+                                known::Local::Answered(n) => {
+                                    client.flow.buf.advance(n);
+                                    continue;
+                                }
+                                known::Local::NeedMore(_) => {}
+                                known::Local::Server if whole => return Ok(Next::Request),
+                                known::Local::Server => {}
+                            }
+                        }
+                        _ if buf.len() >= (h.len + 1).min(LEASE_AFTER) => {
+                            return Ok(Next::Request);
+                        }
+                        _ => {}
+                    },
+                    Ok(None) => {}
+                }
+            }
+            if !message_started && !client.flow.buf.is_empty() && !self.message_timeout.is_zero() {
+                message_started = true;
+                message_limit.set(sleep_until_opt(Some(
+                    std::time::Instant::now() + self.message_timeout,
+                )));
+            }
+            // A client sending stray copy data without pause is read in
+            // bounded gulps, since every Request returns and every wait
+            // yields (see `Flow::poll_fill`).
+            let read = poll_fn(|cx| {
+                if self.stop.poll_stopped(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::ShuttingDown));
+                }
+                if limited && idle_limit.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
+                }
+                if message_started && message_limit.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
+                }
+                client.flow.poll_fill(cx, &mut client.stream).map(Ok)
+            })
+            .await?;
+            match read {
+                Ok(0) | Err(_) => return Ok(Next::Leave),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Requests answered without a server connection (`known.rs`); the
+    /// answer is written before anything else is read.
+    async fn answer_without_server(
+        &mut self,
+        client: &mut ClientConn,
+    ) -> Result<known::Local, ClientError> {
+        if client.flow.buf.len() < self.walk_again_at {
+            // The message the last walk stopped at is still not whole.
+            return Ok(known::Local::NeedMore(self.walk_again_at));
+        }
+        let mut out = BytesMut::new();
+        let use_described = self.default_search_path();
+        let local = known::answer_without_server(
+            &client.flow.buf,
+            client.flow.scanner.max_len(),
+            &mut self.statements,
+            &self.pool.known_statements,
+            &self.statement_limits,
+            use_described,
+            &mut out,
+        );
+        self.walk_again_at = match local {
+            known::Local::NeedMore(at) => at,
+            _ => 0,
+        };
+        if !out.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            // A client that does not read gets client_read_timeout, as in
+            // a lease (its answers are bounded by MAX_PENDING).
+            let write = client.stream.write_all(&out);
+            let written = if self.client_read_timeout.is_zero() {
+                write.await
+            } else {
+                crate::runtime::time::timeout(self.client_read_timeout, write)
+                    .await
+                    .map_err(|_| ClientError::ClientStalled(self.tenant.id.clone()))?
+            };
+            written.map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+        }
+        Ok(local)
+    }
+
+    /// The client resolves names as every other client of the placement
+    /// does by default (it set no `search_path` of its own), so kept
+    /// Describe answers apply to it.
+    pub(super) fn default_search_path(&self) -> bool {
+        // A role changes what "$user" in the default path means.
+        !self.wanted.iter().any(|(name, _)| {
+            name.eq_ignore_ascii_case("search_path")
+                || name.eq_ignore_ascii_case("role")
+                || name.eq_ignore_ascii_case("session_authorization")
+        })
+    }
+
+    /// Both sides are quiet: wait for either to speak, within the idle
+    /// timeout that applies (in a transaction, or idle in session mode).
+    pub(super) async fn rest(
+        &self,
+        client: &ClientConn,
+        lease: &Lease,
+        txn: &TxnState,
+    ) -> Result<(), ClientError> {
+        let (limit, err) = if txn.position.last_status() == boundary::TxStatus::Idle {
+            (
+                self.client_idle_timeout,
+                ClientError::ClientIdle(self.tenant.id.clone()),
+            )
+        } else {
+            (
+                self.idle_transaction_timeout,
+                ClientError::IdleInTransaction(self.tenant.id.clone()),
+            )
+        };
+        tokio::select! {
+            // Whatever comes (data, EOF, a notice), the pump handles it.
+            _ = client.stream.readable() => Ok(()),
+            _ = lease.conn().stream.readable() => Ok(()),
+            _ = self.stop.stopped(), if !txn.stop_when_idle => Ok(()),
+            _ = crate::runtime::time::sleep(limit) => {
+                tracing::info!(tenant = %self.tenant.id, "{err}");
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => crate::runtime::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
