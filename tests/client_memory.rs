@@ -78,27 +78,8 @@ async fn a_client_that_never_reads_cannot_grow_the_proxy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut s = raw::login_trust(port, "acme").await;
-    let mut parse = Vec::new();
-    cstr(&mut parse, "s1");
-    cstr(&mut parse, "SELECT 1");
-    parse.extend_from_slice(&[0, 0]);
-    let parse = raw::frame(b'P', &parse);
-    let mut first = parse.clone();
-    first.extend(raw::frame(b'S', &[]));
-    raw::send(&mut s, &first).await;
-    raw::read_to_ready(&mut s, "prepare").await;
-
     // A busy statement, then Close/Parse/Sync without end, never reading.
-    raw::send(&mut s, &raw::query("SELECT pg_sleep(60)")).await;
-    let mut close = vec![b'S'];
-    cstr(&mut close, "s1");
-    let mut chunk = Vec::new();
-    for _ in 0..1000 {
-        chunk.extend(raw::frame(b'C', &close));
-        chunk.extend(&parse);
-        chunk.extend(raw::frame(b'S', &[]));
-    }
+    let (mut s, chunk) = flood_setup(port).await;
     let before = rss_kb(pid);
     let start = Instant::now();
     let mut sent = 0usize;
@@ -139,26 +120,7 @@ async fn a_client_that_never_reads_is_disconnected_and_frees_its_connection() {
         "auth_type = \"trust\"\nclient_read_timeout = \"2s\"\nquery_wait_timeout = \"25s\"",
     ))
     .await;
-    let mut s = raw::login_trust(proxy.port, "acme").await;
-    let mut parse = Vec::new();
-    cstr(&mut parse, "s1");
-    cstr(&mut parse, "SELECT 1");
-    parse.extend_from_slice(&[0, 0]);
-    let parse = raw::frame(b'P', &parse);
-    let mut first = parse.clone();
-    first.extend(raw::frame(b'S', &[]));
-    raw::send(&mut s, &first).await;
-    raw::read_to_ready(&mut s, "prepare").await;
-
-    raw::send(&mut s, &raw::query("SELECT pg_sleep(60)")).await;
-    let mut close = vec![b'S'];
-    cstr(&mut close, "s1");
-    let mut chunk = Vec::new();
-    for _ in 0..1000 {
-        chunk.extend(raw::frame(b'C', &close));
-        chunk.extend(&parse);
-        chunk.extend(raw::frame(b'S', &[]));
-    }
+    let (mut s, chunk) = flood_setup(proxy.port).await;
     let flood = tokio::spawn(async move {
         let mut at = 0;
         let start = Instant::now();
@@ -185,4 +147,30 @@ async fn a_client_that_never_reads_is_disconnected_and_frees_its_connection() {
         flood.await.expect("flood task"),
         "the client that never read is disconnected"
     );
+}
+
+/// Logs in, prepares "s1", starts a 60 s statement, and returns the socket
+/// with a chunk of 1,000 Close/Parse/Sync triples to pipeline behind it.
+async fn flood_setup(port: u16) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut s = raw::login_trust(port, "acme").await;
+    let mut parse = Vec::new();
+    cstr(&mut parse, "s1");
+    cstr(&mut parse, "SELECT 1");
+    parse.extend_from_slice(&[0, 0]);
+    let parse = raw::frame(b'P', &parse);
+    let mut first = parse.clone();
+    first.extend(raw::frame(b'S', &[]));
+    raw::send(&mut s, &first).await;
+    raw::read_to_ready(&mut s, "prepare").await;
+
+    raw::send(&mut s, &raw::query("SELECT pg_sleep(60)")).await;
+    let mut close = vec![b'S'];
+    cstr(&mut close, "s1");
+    let mut chunk = Vec::new();
+    for _ in 0..1000 {
+        chunk.extend(raw::frame(b'C', &close));
+        chunk.extend(&parse);
+        chunk.extend(raw::frame(b'S', &[]));
+    }
+    (s, chunk)
 }

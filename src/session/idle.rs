@@ -121,11 +121,13 @@ impl Session<'_> {
         let use_described = self.default_search_path();
         let local = known::answer_without_server(
             &client.flow.buf,
-            client.flow.scanner.max_len(),
-            &mut self.statements,
-            &self.pool.known_statements,
-            &self.statement_limits,
-            use_described,
+            known::Answering {
+                max: client.flow.scanner.max_len(),
+                statements: &mut self.statements,
+                known: &self.pool.known_statements,
+                limits: &self.statement_limits,
+                use_described,
+            },
             &mut out,
         );
         self.walk_again_at = match local {

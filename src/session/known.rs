@@ -140,21 +140,26 @@ pub enum Local {
     Server,
 }
 
+/// What answering without a server consults and changes.
+pub struct Answering<'a> {
+    /// Largest client message.
+    pub max: usize,
+    /// The client's named statements.
+    pub statements: &'a mut ClientStatements,
+    pub known: &'a KnownStatements,
+    pub limits: &'a StatementLimits,
+    /// Kept Describe answers apply to this client (`Session::default_search_path`).
+    pub use_described: bool,
+}
+
 /// If the requests at the front of `buf` (between transactions) can be
 /// answered without a server, answers them into `out` and applies them
-/// to the client's `statements`.
-pub fn answer_without_server(
-    buf: &[u8],
-    max: usize,
-    statements: &mut ClientStatements,
-    known: &KnownStatements,
-    limits: &StatementLimits,
-    use_described: bool,
-    out: &mut BytesMut,
-) -> Local {
-    let Some((b'Q', query)) = frame_at(buf, max) else {
-        return answer_batch(buf, max, statements, known, limits, use_described, out);
+/// to the client's statements.
+pub fn answer_without_server(buf: &[u8], a: Answering<'_>, out: &mut BytesMut) -> Local {
+    let Some((b'Q', query)) = frame_at(buf, a.max) else {
+        return answer_batch(buf, a, out);
     };
+    let statements = a.statements;
     // `DEALLOCATE` of the client's own protocol-level statement.
     match deallocate::parse(&query[HEADER_LEN..]) {
         Some(Target::Name(name)) if statements.remove(&name).is_some() => {
@@ -174,15 +179,14 @@ enum Change {
 
 /// Parse, Describe('S') and Close('S') messages up to a Sync, each
 /// answerable in place.
-fn answer_batch(
-    buf: &[u8],
-    max: usize,
-    statements: &mut ClientStatements,
-    known: &KnownStatements,
-    limits: &StatementLimits,
-    use_described: bool,
-    out: &mut BytesMut,
-) -> Local {
+fn answer_batch(buf: &[u8], a: Answering<'_>, out: &mut BytesMut) -> Local {
+    let Answering {
+        max,
+        statements,
+        known,
+        limits,
+        use_described,
+    } = a;
     let mut changes: Vec<Change> = Vec::new();
     let mut reply = BytesMut::new();
     let mut at = 0;
