@@ -180,10 +180,7 @@ impl Session<'_> {
                     Ok(()) => continue,
                     Err(e) => {
                         self.cancel.disarm();
-                        if !self.settle_cancels().await {
-                            drop(lease);
-                            return self.tell_client_if_possible(&server_flow, e);
-                        }
+                        let settled = self.settle_cancels().await;
                         if matches!(exit, PumpExit::Probe) {
                             // The held-back ReadyForQuery ('I') is the next
                             // frame: the server owes nothing more.
@@ -198,33 +195,13 @@ impl Session<'_> {
                         }
                         // Recovery rolls back (or resets) and returns the
                         // connection if it can be made clean.
-                        self.finish(lease, &txn, &server_flow);
+                        self.finish(lease, &txn, &server_flow, settled);
                         return self.tell_client_if_possible(&server_flow, e);
                     }
                 }
             };
             self.cancel.disarm();
-            if !self.settle_cancels().await {
-                // A cancel of this client's may still hit the connection:
-                // nobody else may have it. The client goes on with another.
-                if matches!(exit, PumpExit::Idle) && std::mem::take(&mut txn.settings_changed) {
-                    self.learn_settings(&mut lease).await?;
-                }
-                drop(lease);
-                match exit {
-                    PumpExit::Idle if !self.is_stopping() => continue,
-                    PumpExit::Idle => return Err(ClientError::ShuttingDown),
-                    PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
-                        return Ok(());
-                    }
-                    _ => {
-                        return self.tell_client_if_possible(
-                            &server_flow,
-                            ClientError::ServerLost(self.tenant.id.clone()),
-                        );
-                    }
-                }
-            }
+            let settled = self.settle_cancels().await;
             // Statements a server accepted this lease: known placement-wide.
             let prepared = &lease.conn().prepared;
             let replies = &mut txn.replies;
@@ -263,24 +240,24 @@ impl Session<'_> {
                         drop(lease);
                         return Err(e);
                     }
-                    self.finish(lease, &txn, &server_flow);
+                    self.finish(lease, &txn, &server_flow, settled);
                     self.pin_guard = None;
                     if self.is_stopping() {
                         return Err(ClientError::ShuttingDown);
                     }
                 }
                 PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
-                    self.finish(lease, &txn, &server_flow);
+                    self.finish(lease, &txn, &server_flow, settled);
                     return Ok(());
                 }
                 PumpExit::ClientStalled => {
                     tracing::info!(tenant = %self.tenant.id, "client did not read its results; disconnected");
-                    self.finish(lease, &txn, &server_flow);
+                    self.finish(lease, &txn, &server_flow, settled);
                     return Err(ClientError::ClientStalled(self.tenant.id.clone()));
                 }
                 PumpExit::MessageStalled => {
                     tracing::info!(tenant = %self.tenant.id, "client did not finish a message; disconnected");
-                    self.finish(lease, &txn, &server_flow);
+                    self.finish(lease, &txn, &server_flow, settled);
                     return self.tell_client_if_possible(
                         &server_flow,
                         ClientError::MessageTimeout(self.tenant.id.clone()),
@@ -486,7 +463,14 @@ impl Session<'_> {
     /// takes a round trip runs in the background, holding the lease, so
     /// the client's departure never waits on the server and the slot stays
     /// counted until the connection is clean or closed.
-    fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow) {
+    /// `settled`: no cancel of this client's may still reach the
+    /// connection (`CancelSlot::settle`); otherwise it is closed, since
+    /// PostgreSQL could apply that cancel to its next lessee.
+    fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow, settled: bool) {
+        if !settled {
+            drop(lease);
+            return;
+        }
         let reset_due = self.mode == PoolMode::Session || txn.pinned;
         match recover::Recovery::plan(txn, server_flow, reset_due, &self.reset_query) {
             None => lease.release(),
