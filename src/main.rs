@@ -1,4 +1,5 @@
-//! The `pgtenant` command: `serve` (the default), `check` and `demo`.
+//! The `pgtenant` command: `serve` (the default), `check`, `demo` and
+//! `context-key`.
 //! Parses arguments, sets up logging and signals, then calls the library.
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,13 @@ enum Cmd {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Print the statement that registers an `isolation = "rls"`
+    /// placement's context key in its database (run it there as the
+    /// owner of schema pgtenant). Creates the secret file if missing.
+    ContextKey {
+        /// The placement, as named in the config.
+        placement: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Check => check(cli.config),
         Cmd::Serve => serve(cli.config),
+        Cmd::ContextKey { placement } => context_key(cli.config, &placement),
         Cmd::Demo { port } => {
             control_runtime().and_then(|rt| rt.block_on(pgtenant::demo::run(port)))
         }
@@ -94,10 +103,32 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     };
     pgtenant::catalog::Catalog::from_config(&cfg, &src, secret)?;
     for (name, p) in &cfg.placements {
-        if p.isolation != pgtenant::config::Isolation::Database {
+        let tenants: Vec<&str> = cfg
+            .tenants
+            .iter()
+            .filter(|(_, t)| {
+                t.placement
+                    .as_deref()
+                    .or(cfg.proxy.default_placement.as_deref())
+                    == Some(name)
+            })
+            .map(|(t, _)| t.as_str())
+            .collect();
+        let shown = tenants
+            .iter()
+            .take(8)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if tenants.len() > 8 { ", ..." } else { "" };
+        println!(
+            "placements.{name}: isolation {}, {} tenant(s) ({shown}{more})",
+            p.isolation.as_str(),
+            tenants.len()
+        );
+        if p.isolation == pgtenant::config::Isolation::Schema {
             eprintln!(
-                "warning: placements.{name}: isolation \"{}\" is not supported yet; its tenants will be refused",
-                p.isolation.as_str()
+                "warning: placements.{name}: isolation \"schema\" is not supported yet; its tenants will be refused"
             );
         }
     }
@@ -123,6 +154,21 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
         cfg.placements.len(),
         cfg.tenants.len()
     );
+    Ok(())
+}
+
+fn context_key(config: Option<PathBuf>, placement: &str) -> anyhow::Result<()> {
+    let path = require(config)?;
+    let (cfg, src) = pgtenant::config::load_file(&path)?;
+    match cfg.placements.get(placement) {
+        Some(p) if p.isolation == pgtenant::config::Isolation::Rls => {}
+        Some(_) => anyhow::bail!("placements.{placement} does not have isolation = \"rls\""),
+        None => anyhow::bail!("no [placements.{placement}] in {}", path.display()),
+    }
+    let secret = pgtenant::client::secret::AuthSecret::for_config(&cfg)
+        .map_err(|m| src.error("proxy.secret_file", m))?;
+    let ctx = pgtenant::pool::TenantContext::new(secret.context_key(placement), None);
+    println!("{}", ctx.install_statement());
     Ok(())
 }
 

@@ -67,6 +67,68 @@ pub async fn dedicated_database(
     Ok(())
 }
 
+/// The SQL a shared (`isolation = "rls"`) database installs.
+pub const PGTENANT_SQL: &str = include_str!("../sql/pgtenant.sql");
+
+/// Creates a shared database for an `isolation = "rls"` placement, the way
+/// the README's row-level security section asks: `owner`, a role that
+/// cannot log in, owns schema `pgtenant` (installed from
+/// `sql/pgtenant.sql`, with `context_key` registered) and the
+/// application's tables; `role`, the placement's login role, may connect
+/// to this database only, use schema `public`, and create nothing.
+/// `seed` runs as `owner`: tables, their policies and the grants to
+/// `role`.
+#[allow(clippy::too_many_arguments)]
+pub async fn shared_database(
+    cluster: &PgCluster,
+    admin: &tokio_postgres::Client,
+    database: &str,
+    owner: &str,
+    role: &str,
+    password: &str,
+    context_key: &[u8; 32],
+    seed: &str,
+) -> anyhow::Result<()> {
+    let (o, r, db) = (ident(owner), ident(role), ident(database));
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {o} NOLOGIN;
+             CREATE ROLE {r} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             NOBYPASSRLS NOREPLICATION",
+            literal(password)
+        ))
+        .await
+        .with_context(|| format!("creating roles {owner} and {role}"))?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .with_context(|| format!("creating database {database}"))?;
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {db} FROM PUBLIC;
+             GRANT CONNECT ON DATABASE {db} TO {r};
+             GRANT CONNECT, CREATE ON DATABASE {db} TO {o}"
+        ))
+        .await
+        .with_context(|| format!("granting {database}"))?;
+    let inside = cluster.admin(database).await?;
+    let hex: String = context_key.iter().map(|b| format!("{b:02x}")).collect();
+    inside
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             GRANT USAGE ON SCHEMA public TO {r};
+             GRANT USAGE, CREATE ON SCHEMA public TO {o};
+             SET ROLE {o};
+             {PGTENANT_SQL};
+             SELECT pgtenant.install_key('\\x{hex}'::bytea);
+             {seed};
+             RESET ROLE;"
+        ))
+        .await
+        .with_context(|| format!("installing pgtenant into {database}"))?;
+    Ok(())
+}
+
 /// A quoted SQL identifier.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

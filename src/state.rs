@@ -9,7 +9,9 @@
 use crate::admission::{Caps, Refusal, Unauthenticated, UnauthenticatedCounts};
 use crate::catalog::{Catalog, ConfigMap};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
-use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts, RolePolicy};
+use crate::pool::{
+    BackendTarget, PlacementName, PlacementPool, PoolTimeouts, RolePolicy, TenantContext,
+};
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;
 use arc_swap::ArcSwap;
@@ -40,6 +42,14 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let secret = crate::client::secret::AuthSecret::for_config(&config)
             .map_err(|m| src.error("proxy.secret_file", m))?;
+        // Keys of rls placements' tenant contexts, derived before the
+        // catalog takes the secret.
+        let context_keys: Vec<(&String, [u8; 32])> = config
+            .placements
+            .iter()
+            .filter(|(_, p)| p.isolation == Isolation::Rls)
+            .map(|(name, _)| (name, secret.context_key(name)))
+            .collect();
         let catalog = Catalog::from_config(&config, src, secret)?;
         let mut placements = ConfigMap::default();
         let mut targets = Vec::with_capacity(config.placements.len());
@@ -68,6 +78,10 @@ impl Snapshot {
                 workers,
                 PoolTimeouts::from_config(&config.proxy),
                 roles,
+                context_keys
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, key)| TenantContext::new(*key, p.tenant_setting.clone())),
             );
             placements.insert(
                 name.clone(),

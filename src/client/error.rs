@@ -23,6 +23,11 @@ pub enum ClientError {
     PlacementUnreachable(TenantId),
     #[error("server connection of tenant \"{0}\" was lost")]
     ServerLost(TenantId),
+    /// The lease's tenant context could not be set (`isolation = "rls"`).
+    #[error(
+        "tenant \"{0}\": the tenant context could not be set on the shared database; the server connection is closed"
+    )]
+    ContextFailed(TenantId),
     /// The session settings after a SET could not be read back, so they
     /// cannot follow the client: it is told rather than losing them.
     #[error(
@@ -91,6 +96,7 @@ impl ClientError {
             ClientError::WaitTimeout(_) => SqlState::QUERY_CANCELED,
             ClientError::PlacementUnreachable(_)
             | ClientError::ServerLost(_)
+            | ClientError::ContextFailed(_)
             | ClientError::SettingsUnknown(_) => SqlState::CONNECTION_FAILURE,
             ClientError::Protocol(_) | ClientError::LoginTimeout | ClientError::StartupTimeout => {
                 SqlState::PROTOCOL_VIOLATION
@@ -122,6 +128,7 @@ impl ClientError {
             ClientError::WaitTimeout(_) => "wait_timeout",
             ClientError::PlacementUnreachable(_)
             | ClientError::ServerLost(_)
+            | ClientError::ContextFailed(_)
             | ClientError::SettingsUnknown(_) => "server",
             ClientError::Protocol(_) | ClientError::LoginTimeout | ClientError::StartupTimeout => {
                 "protocol"

@@ -290,7 +290,7 @@ async fn login(
         .placements
         .get(&tenant.placement)
         .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
-    if placement.isolation != Isolation::Database {
+    if placement.isolation == Isolation::Schema {
         return Err(ClientError::NotSupported(format!(
             "tenant \"{}\" is on placement \"{}\" with isolation \"{}\", which is not supported yet",
             tenant.id,

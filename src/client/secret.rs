@@ -187,6 +187,24 @@ impl AuthSecret {
         }
     }
 
+    /// The tenant-context key of placement `placement` (`isolation =
+    /// "rls"`): what the shared database's `pgtenant.install_key()` is
+    /// given, and what keys the proof of each `pgtenant.enter()` call.
+    /// Derived, so it survives restarts with the secret file and differs
+    /// per placement.
+    pub fn context_key(&self, placement: &str) -> [u8; 32] {
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
+            Ok(m) => m,
+            // HMAC takes keys of any length; unreachable.
+            Err(_) => return [0; 32],
+        };
+        mac.update(b"pgtenant context key v1\0");
+        mac.update(placement.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&mac.finalize().into_bytes());
+        key
+    }
+
     /// The SCRAM salt of `user` of `tenant`: the same for a configured user
     /// and a name that does not exist, and stable across restarts.
     pub fn salt(&self, tenant: &str, user: &str) -> [u8; SALT_LEN] {

@@ -187,6 +187,23 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         if pl.pool_size == 0 {
             return Err(src.error(&format!("{key}.pool_size"), "must be at least 1"));
         }
+        if let Some(setting) = &pl.tenant_setting {
+            if pl.isolation != super::Isolation::Rls {
+                return Err(src.error(
+                    &format!("{key}.tenant_setting"),
+                    "applies to isolation = \"rls\" placements only",
+                ));
+            }
+            if !valid_custom_setting(setting) {
+                return Err(src.error(
+                    &format!("{key}.tenant_setting"),
+                    format!(
+                        "{setting:?} is not a custom setting name: two or more ASCII \
+                         identifiers joined by '.', such as \"app.tenant_id\""
+                    ),
+                ));
+            }
+        }
         let target = crate::pool::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
         // One backend role serving two placements can signal and watch
@@ -337,6 +354,20 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let mut best = None;
     walk(root.get_ref(), "", upto, &mut best);
     best.map(|(_, path)| path)
+}
+
+/// `app.tenant_id`: what `pgtenant.enter()` accepts as a mirror setting
+/// (a placeholder, never one of PostgreSQL's own settings).
+fn valid_custom_setting(name: &str) -> bool {
+    let ident = |p: &str| {
+        p.len() <= 63
+            && p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() >= 2 && parts.iter().all(|p| ident(p))
 }
 
 #[cfg(test)]

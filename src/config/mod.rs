@@ -293,6 +293,11 @@ pub struct PlacementConfig {
     /// (they are not isolated from each other). Off by default.
     #[serde(default)]
     pub allow_shared_database: bool,
+    /// `isolation = "rls"`: a custom setting (such as `app.tenant_id`)
+    /// that each lease also sets to the tenant's name, for applications
+    /// that read one. Informational: policies use
+    /// `pgtenant.current_tenant()`, which a client cannot forge.
+    pub tenant_setting: Option<String>,
 }
 
 fn default_pool_size() -> u32 {

@@ -1,11 +1,13 @@
 //! Server connections: opening and authenticating them (`server_conn`),
 //! checking that a placement's backend role stays in its own database
-//! (`role_check`), pooling them per placement (`placement`, with `lease`
+//! (`role_check`), driving the tenant context of `rls` placements
+//! (`context`), pooling them per placement (`placement`, with `lease`
 //! for a connection handed to a session, `timing` for the time limits and
 //! backoff, `stats` for what a pool reports, `startup_params` for the server
 //! parameters logins show), and the pools' upkeep
 //! (`janitor`). Never names clients.
 
+mod context;
 pub mod janitor;
 mod lease;
 mod placement;
@@ -16,6 +18,7 @@ mod startup_params;
 mod stats;
 mod timing;
 
+pub use context::TenantContext;
 pub use lease::Lease;
 pub use placement::{CheckoutError, PlacementName, PlacementPool};
 pub use role_check::RolePolicy;

@@ -35,6 +35,7 @@
 //! hot path pays for none of this: checkout reads one flag, release one
 //! comparison.
 
+use super::context::{self, TenantContext};
 use super::lease::Lease;
 use super::queue::{Grant, State, Waiter, hand_to_waiter, pop_any, serve_waiters, take};
 use super::role_check::{self, RolePolicy};
@@ -89,6 +90,11 @@ pub struct PlacementPool {
     /// The role passed its check (or is trusted): later connects skip it.
     /// Until then every new connection is checked before anyone uses it.
     role_vetted: AtomicBool,
+    /// `isolation = "rls"`: the tenant context each lease starts with
+    /// (`context.rs`).
+    context: Option<TenantContext>,
+    /// The context passed its self-test on a connection of this pool.
+    context_vetted: AtomicBool,
     /// Statements a server of this placement accepted (see
     /// `session::known`).
     pub known_statements: crate::session::known::KnownStatements,
@@ -102,9 +108,12 @@ impl PlacementPool {
         workers: usize,
         timeouts: PoolTimeouts,
         roles: RolePolicy,
+        context: Option<TenantContext>,
     ) -> Arc<PlacementPool> {
         Arc::new(PlacementPool {
             role_vetted: AtomicBool::new(roles.trusted),
+            context,
+            context_vetted: AtomicBool::new(false),
             roles,
             name,
             target,
@@ -287,7 +296,10 @@ impl PlacementPool {
                     )
                     .await
                     {
-                        Ok(conn) => self.vet_role(conn).await,
+                        Ok(conn) => match self.vet_role(conn).await {
+                            Ok(conn) => self.prepare_context(conn).await,
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     slot.armed = false;
@@ -329,6 +341,45 @@ impl PlacementPool {
         match checked {
             Ok(Ok(())) => {
                 self.role_vetted.store(true, Ordering::Release);
+                Ok(conn)
+            }
+            Ok(Err(e)) => {
+                conn.close();
+                Err(e)
+            }
+            Err(_) => {
+                conn.close();
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// The tenant context each lease of this placement starts with
+    /// (`isolation = "rls"`).
+    pub fn context(&self) -> Option<&TenantContext> {
+        self.context.as_ref()
+    }
+
+    /// `isolation = "rls"`: finds `pgtenant.enter` on a new connection,
+    /// and until the self-test has passed once, runs it first. Failing
+    /// either closes the connection and fails the connect (so the pool
+    /// backs off and logs what to install).
+    async fn prepare_context(&self, mut conn: ServerConn) -> Result<ServerConn, ServerError> {
+        let Some(ctx) = &self.context else {
+            return Ok(conn);
+        };
+        let prepared = crate::runtime::time::timeout(self.timeouts.connect, async {
+            let function = context::resolve(&mut conn).await?;
+            if !self.context_vetted.load(Ordering::Acquire) {
+                context::self_test(&mut conn, ctx, function).await?;
+                self.context_vetted.store(true, Ordering::Release);
+            }
+            Ok::<u32, ServerError>(function)
+        })
+        .await;
+        match prepared {
+            Ok(Ok(function)) => {
+                conn.context_function = Some(function);
                 Ok(conn)
             }
             Ok(Err(e)) => {

@@ -16,6 +16,7 @@ fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> 
         1,
         timeouts,
         RolePolicy::trusted(),
+        None,
     )
 }
 

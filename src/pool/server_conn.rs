@@ -6,7 +6,7 @@
 
 use crate::protocol::CancelKey;
 use crate::runtime::net::Socket;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 use std::time::{Duration, Instant};
@@ -84,6 +84,10 @@ pub enum ServerError {
     /// (see `role_check.rs`); says what and how to fix it.
     #[error("{0}")]
     UnsafeRole(String),
+    /// An `isolation = "rls"` placement whose database cannot carry the
+    /// tenant context (see `context.rs`); says what to install.
+    #[error("{0}")]
+    ContextUnavailable(String),
     /// Not an attempt: a recent one failed, and the pool waits this long
     /// before the next (see `placement.rs`, reconnect backoff).
     #[error("connecting failed recently; next attempt in {0:?}")]
@@ -116,6 +120,9 @@ pub struct ServerConn {
     /// Idle longer than `server_check_delay`: prove it answers before
     /// handing it out.
     pub(crate) needs_check: bool,
+    /// `pgtenant.enter` on this connection (`isolation = "rls"`; see
+    /// `context.rs`), looked up when it was opened.
+    pub(crate) context_function: Option<u32>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -155,6 +162,7 @@ impl ServerConn {
             last_used: Instant::now(),
             retire_at: None,
             needs_check: false,
+            context_function: None,
         };
         let mut out = BytesMut::new();
         frontend::startup_message(
@@ -249,9 +257,23 @@ impl ServerConn {
 
     /// Reads one whole backend message (control path only: startup, reset,
     /// rollback; never the forwarding path).
+    /// FunctionCallResponse ('V'), which postgres-protocol does not parse,
+    /// is skipped: the proxy's own calls (`context.rs`) need only whether
+    /// they succeeded.
     pub(crate) async fn read_message(&mut self) -> Result<backend::Message, ServerError> {
         loop {
-            if let Some(msg) = backend::Message::parse(&mut self.buf).map_err(proto_err)? {
+            if self.buf.first() == Some(&b'V') && self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let whole = usize::try_from(len).ok().filter(|&l| l >= 4).map(|l| l + 1);
+                match whole {
+                    Some(n) if self.buf.len() >= n => {
+                        self.buf.advance(n);
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => return Err(ServerError::Protocol("bad FunctionCallResponse".into())),
+                }
+            } else if let Some(msg) = backend::Message::parse(&mut self.buf).map_err(proto_err)? {
                 return Ok(msg);
             }
             // Bound what an unexpected server message can make us buffer.
@@ -271,7 +293,13 @@ impl ServerConn {
     pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<u8, ServerError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out)?;
-        self.stream.write_all(&out).await?;
+        self.exchange(&out).await
+    }
+
+    /// Sends `msg` (a Query or FunctionCall) and reads to ReadyForQuery;
+    /// returns its transaction status, or the server's error.
+    pub(crate) async fn exchange(&mut self, msg: &[u8]) -> Result<u8, ServerError> {
+        self.stream.write_all(msg).await?;
         let mut failure = None;
         loop {
             match self.read_message().await? {

@@ -133,7 +133,11 @@ pub fn checkout_error(tenant: &TenantEntry, e: CheckoutError) -> ClientError {
         CheckoutError::WaitTimeout => ClientError::WaitTimeout(tenant.id.clone()),
         // The pool logged why at the failed attempt; a client refused
         // while it backs off, or told the role check failed, adds nothing.
-        CheckoutError::Connect(e @ (ServerError::Backoff(_) | ServerError::UnsafeRole(_))) => {
+        CheckoutError::Connect(
+            e @ (ServerError::Backoff(_)
+            | ServerError::UnsafeRole(_)
+            | ServerError::ContextUnavailable(_)),
+        ) => {
             tracing::debug!(tenant = %tenant.id, "placement unreachable: {e}");
             ClientError::PlacementUnreachable(tenant.id.clone())
         }

@@ -142,6 +142,9 @@ impl Session<'_> {
             txn.begin();
             txn.backend_pid = lease.conn().cancel_key().pid;
             txn.client_pid = self.client_pid;
+            if let Some(ctx) = self.pool.context() {
+                self.enter_tenant(ctx, &lease, client, &mut txn)?;
+            }
             self.cancel.arm(lease.conn().cancel_key());
             let exit = loop {
                 let exit = self
@@ -277,6 +280,16 @@ impl Session<'_> {
                         &server_flow,
                         ClientError::ServerLost(self.tenant.id.clone()),
                     );
+                }
+                PumpExit::ContextFailed => {
+                    tracing::warn!(
+                        tenant = %self.tenant.id,
+                        placement = %self.pool.name(),
+                        "setting the tenant context failed: {}; the server connection is closed",
+                        txn.context_failure.as_deref().unwrap_or("")
+                    );
+                    drop(lease);
+                    return Err(ClientError::ContextFailed(self.tenant.id.clone()));
                 }
                 PumpExit::ClientProtocol(e) => {
                     drop(lease);
@@ -467,7 +480,9 @@ impl Session<'_> {
     /// connection (`CancelSlot::settle`); otherwise it is closed, since
     /// PostgreSQL could apply that cancel to its next lessee.
     fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow, settled: bool) {
-        if !settled {
+        // A context call still unanswered is owed a reply recovery does
+        // not count: close rather than guess (rare: the client left at once).
+        if !settled || txn.context_pending {
             drop(lease);
             return;
         }
@@ -476,6 +491,36 @@ impl Session<'_> {
             None => lease.release(),
             Some(recovery) => recovery.spawn(lease),
         }
+    }
+
+    /// Opens an `isolation = "rls"` lease: the call that makes this
+    /// client's tenant the server session's context goes to the server
+    /// first, in the same send as the client's request (`pool::context`).
+    /// Fails closed if the connection has no context function or the
+    /// client's bytes could overtake the call.
+    fn enter_tenant(
+        &self,
+        ctx: &crate::pool::TenantContext,
+        lease: &Lease,
+        client: &mut ClientConn,
+        txn: &mut TxnState,
+    ) -> Result<(), ClientError> {
+        let conn = lease.conn();
+        let (Some(function), true) = (
+            conn.context_function,
+            client.flow.ready == 0 && client.flow.inject.is_empty(),
+        ) else {
+            tracing::error!(tenant = %self.tenant.id, "cannot open the lease with the tenant context");
+            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+        };
+        ctx.write_enter(
+            function,
+            conn.cancel_key().pid,
+            self.tenant.id.as_str(),
+            &mut client.flow.inject,
+        );
+        txn.context_pending = true;
+        Ok(())
     }
 
     /// An error can be written only between server messages; in the

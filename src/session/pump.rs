@@ -208,6 +208,9 @@ pub enum PumpExit {
     Probe,
     /// Quiet on both sides (only when an idle timeout applies).
     Rest,
+    /// The tenant context call that opened the lease failed
+    /// (`TxnState::context_failure` says why).
+    ContextFailed,
     /// The client stopped being read: its backlog is over the limit
     /// (`budget`). Reported once per pause, after both directions ran.
     Backlog,
@@ -357,6 +360,7 @@ fn poll_direction(
                 Halt::Rewrite => PumpExit::Rewrite,
                 Halt::Probe => PumpExit::Probe,
                 Halt::Rest => PumpExit::Rest,
+                Halt::ContextFailed => PumpExit::ContextFailed,
             });
         }
         // Bytes left from an earlier read (a partial header, or a frame

@@ -33,6 +33,9 @@ pub enum Halt {
     /// The server is quiet and the client has nothing in flight (an idle
     /// timeout may apply).
     Rest,
+    /// The tenant context call that opened the lease failed (`isolation
+    /// = "rls"`); its ErrorResponse waits in the buffer.
+    ContextFailed,
 }
 
 /// Transaction state, kept by the sinks while frames go by.
@@ -111,6 +114,11 @@ pub struct TxnState {
     /// real backend pid at all (others show as 0).
     pub backend_pid: i32,
     pub client_pid: i32,
+    /// The lease opened with the tenant context call (`isolation =
+    /// "rls"`), whose reply the server sink drops and has not seen end.
+    pub context_pending: bool,
+    /// Why that call failed, for the log.
+    pub context_failure: Option<String>,
     /// The last Query and Parse texts scanned (kept across leases).
     last_query: pinning::LastText,
     last_parse: pinning::LastText,
@@ -149,6 +157,8 @@ impl TxnState {
             notify_pids: Vec::new(),
             backend_pid: 0,
             client_pid: 0,
+            context_pending: false,
+            context_failure: None,
             last_query: pinning::LastText::default(),
             last_parse: pinning::LastText::default(),
         }
@@ -176,6 +186,8 @@ impl TxnState {
         self.settings_changed = false;
         self.custom_names.clear();
         self.notify_pids.clear();
+        self.context_pending = false;
+        self.context_failure = None;
     }
 
     /// Something seen while pumping changes the session's own state
@@ -345,6 +357,11 @@ pub(super) struct ServerSink<'a> {
 
 impl FrameSink for ServerSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
+        if self.st.context_pending {
+            // Dropped whole, or read for the log (the reply to a call of
+            // a few bytes: small).
+            return crate::protocol::WHOLE_BODY;
+        }
         match tag {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
             // NotificationResponse: the sender's pid, rewritten (`pump`).
@@ -359,12 +376,15 @@ impl FrameSink for ServerSink<'_> {
     }
 
     fn passes(&self, tag: u8) -> bool {
-        self.st.replies.passes(tag)
+        !self.st.context_pending && self.st.replies.passes(tag)
     }
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], _frame_len: usize) -> Step {
         let st = &mut *self.st;
         let body = &frame[HEADER_LEN..];
+        if st.context_pending {
+            return context_reply(st, tag, body);
+        }
         match tag {
             b'S' => {
                 if let Some((name, value)) = parse_parameter_status(body) {
@@ -464,6 +484,42 @@ impl FrameSink for ServerSink<'_> {
         }
         Step::Continue
     }
+}
+
+/// A frame of the reply to the tenant context call that opened the lease:
+/// dropped, up to its ReadyForQuery; an error (or anything a FunctionCall
+/// does not answer with) ends the lease before any reply of the client's
+/// goes out. The client's messages behind the call ran with no tenant at
+/// all: `pgtenant.enter()` clears the context before anything that can
+/// fail.
+fn context_reply(st: &mut TxnState, tag: u8, body: &[u8]) -> Step {
+    match tag {
+        b'V' | b'N' | b'S' | b'A' => Step::Skip,
+        b'Z' => {
+            st.context_pending = false;
+            Step::Skip
+        }
+        _ => {
+            st.context_failure = Some(if tag == b'E' {
+                error_text(body)
+            } else {
+                format!("unexpected reply {:?}", tag as char)
+            });
+            st.server_halt = Some(Halt::ContextFailed);
+            Step::StopBefore
+        }
+    }
+}
+
+/// "SQLSTATE: message" of an ErrorResponse body.
+fn error_text(body: &[u8]) -> String {
+    let field = |t: u8| {
+        body.split(|&b| b == 0)
+            .find(|f| f.first() == Some(&t))
+            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+            .unwrap_or_default()
+    };
+    format!("{}: {}", field(b'C'), field(b'M'))
 }
 
 /// An ErrorResponse with SQLSTATE 26000 (statement does not exist) or

@@ -114,7 +114,7 @@ impl TestProxy {
             tenant,
         ))
         .await
-        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}"))
+        .unwrap_or_else(|e| panic!("connect as {tenant}: {e}: {:?}", e.as_db_error()))
     }
 
     pub async fn try_connect(&self, conn_str: &str) -> Result<Client, tokio_postgres::Error> {

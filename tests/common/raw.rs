@@ -221,3 +221,18 @@ pub async fn simple_query(s: &mut TcpStream, sql: &str) -> u8 {
     send(s, &query(sql)).await;
     read_to_ready(s, sql).await.1
 }
+
+/// Reads until ReadyForQuery, errors included; returns the messages read
+/// and the status byte.
+pub async fn read_until_ready_any(s: &mut TcpStream) -> (Vec<Msg>, u8) {
+    let mut got = Vec::new();
+    loop {
+        let m = expect_msg(s, "reply").await;
+        if m.tag == b'Z' {
+            let status = m.body.first().copied().unwrap_or(0);
+            got.push(m);
+            return (got, status);
+        }
+        got.push(m);
+    }
+}

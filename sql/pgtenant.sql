@@ -1,0 +1,190 @@
+-- pgtenant: the tenant context of an isolation = "rls" placement.
+--
+-- Install once per shared database, as the role that owns the
+-- application's tables (the migrations role; never the placement's login
+-- role, which must not be a member of it):
+--
+--     psql -v ON_ERROR_STOP=1 "dbname=app_shared user=app_owner" -f sql/pgtenant.sql
+--
+-- then register the placement's context key, which pgtenant prints:
+--
+--     pgtenant context-key -c pgtenant.toml shared | psql "dbname=app_shared user=app_owner"
+--
+-- Needs PostgreSQL 15 or later (unlogged sequences), no extension and no
+-- superuser. Plain SQL in one transaction (no psql variables), so tools
+-- and migration frameworks can run it too. Re-running it is safe: it
+-- replaces the functions and keeps the key.
+--
+-- How the context works (README, "Row-level security"):
+--
+-- * At the start of every lease pgtenant calls pgtenant.enter(tenant,
+--   mirror, proof), where proof is an HMAC over the tenant and the
+--   backend's pid keyed with the placement's context key. Only pgtenant
+--   knows the key; in the database only this schema's owner can read it.
+--   The call is a protocol-level FunctionCall: its arguments appear in no
+--   query text (pg_stat_activity, pg_stat_statements, logs).
+-- * enter() first clears the session's tenant, then checks the proof,
+--   then writes the tenant's name into sequences only this schema's owner
+--   may read or set. setval() is not transactional and a sequence's
+--   currval() is private to its session: the context belongs to this
+--   backend alone, survives the client's ROLLBACK, and a failed or
+--   forged enter() leaves no tenant at all, never the previous one.
+-- * pgtenant.current_tenant() returns that name. The setting
+--   pgtenant.tenant, which enter() also sets, only says whether to look:
+--   a client may RESET it (then it sees no rows) or set it to anything
+--   (the name still comes from the sequences). Nothing a client can read
+--   is a credential, so there is nothing to replay.
+-- * No context: NULL, so policies written
+--   `tenant_id = pgtenant.current_tenant()` match no row and WITH CHECK
+--   refuses every write.
+
+BEGIN;
+
+CREATE SCHEMA IF NOT EXISTS pgtenant;
+-- Every role may call current_tenant() (policies run it as whoever
+-- queries) and enter() (useless without the key); nothing else here.
+GRANT USAGE ON SCHEMA pgtenant TO PUBLIC;
+
+-- The placement's context key as HMAC-SHA-256 pads (key XOR 0x36.., key
+-- XOR 0x5c..), so that the per-lease check needs no pgcrypto.
+CREATE TABLE IF NOT EXISTS pgtenant.context_key (
+    id   int PRIMARY KEY CHECK (id = 1),
+    ipad bytea NOT NULL CHECK (length(ipad) = 64),
+    opad bytea NOT NULL CHECK (length(opad) = 64)
+);
+REVOKE ALL ON pgtenant.context_key FROM PUBLIC;
+
+-- The session's tenant: its name in up to 64 bytes, eight per sequence,
+-- the first byte of ctx_0 holding the length (0: no tenant). Unlogged:
+-- setval() writes no WAL and takes no transaction id. Only currval(),
+-- which is per session, is ever read.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_0
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_1
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_2
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_3
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_4
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_5
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_6
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_7
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+REVOKE ALL ON SEQUENCE pgtenant.ctx_0, pgtenant.ctx_1, pgtenant.ctx_2, pgtenant.ctx_3, pgtenant.ctx_4, pgtenant.ctx_5, pgtenant.ctx_6, pgtenant.ctx_7 FROM PUBLIC;
+
+-- Registers the context key (32 random bytes, printed by
+-- `pgtenant context-key`). Only this schema's owner may call it.
+CREATE OR REPLACE FUNCTION pgtenant.install_key(key bytea) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k bytea := key;
+    ipad bytea;
+    opad bytea;
+BEGIN
+    IF length(k) < 32 THEN
+        RAISE EXCEPTION 'pgtenant: the context key must be at least 32 bytes';
+    END IF;
+    IF length(k) > 64 THEN
+        k := sha256(k);
+    END IF;
+    k := k || decode(repeat('00', 64 - length(k)), 'hex');
+    ipad := k;
+    opad := k;
+    FOR i IN 0..63 LOOP
+        ipad := set_byte(ipad, i, get_byte(k, i) # 54);
+        opad := set_byte(opad, i, get_byte(k, i) # 92);
+    END LOOP;
+    INSERT INTO pgtenant.context_key (id, ipad, opad) VALUES (1, ipad, opad)
+    ON CONFLICT (id) DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad;
+END $$;
+REVOKE ALL ON FUNCTION pgtenant.install_key(bytea) FROM PUBLIC;
+
+-- Called by pgtenant at the start of each lease. p_mirror, when not
+-- empty, names a custom setting (such as app.tenant_id) that also gets the
+-- tenant's name, for applications that read one; it is informational
+-- only, like pgtenant.tenant.
+CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant text, p_mirror text, p_proof bytea)
+RETURNS int
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k pgtenant.context_key%ROWTYPE;
+    name bytea;
+    n int;
+    done bigint;
+BEGIN
+    -- First, before anything that can fail: no tenant. Not undone if the
+    -- rest fails or rolls back.
+    done := setval('pgtenant.ctx_0', 0, true);
+    SELECT * INTO k FROM pgtenant.context_key WHERE id = 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgtenant: no context key installed (see pgtenant context-key)'
+            USING ERRCODE = '42501';
+    END IF;
+    name := convert_to(p_tenant, 'UTF8');
+    n := length(name);
+    IF n IS NULL OR n < 1 OR n > 63 OR p_mirror IS NULL OR p_proof IS NULL THEN
+        RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
+    END IF;
+    -- Digests compared, not the MACs, so the time a mismatch takes says
+    -- nothing about the expected MAC.
+    IF sha256(sha256(k.opad || sha256(k.ipad || convert_to('pgtenant enter v1', 'UTF8')
+            || int4send(pg_backend_pid()) || name || '\x00'::bytea || convert_to(p_mirror, 'UTF8'))))
+       <> sha256(p_proof) THEN
+        RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
+    END IF;
+    IF p_mirror <> '' AND p_mirror !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$' THEN
+        RAISE EXCEPTION 'pgtenant: invalid mirror setting' USING ERRCODE = '42501';
+    END IF;
+    -- Length, then the name, zero-padded to whole sequences; ctx_0 last.
+    name := set_byte('\x00'::bytea, 0, n) || name || decode(repeat('00', (8 - (n + 1) % 8) % 8), 'hex');
+    IF n > 7 THEN done := setval('pgtenant.ctx_1', ('x' || encode(substr(name, 9, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    IF n > 15 THEN done := setval('pgtenant.ctx_2', ('x' || encode(substr(name, 17, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    IF n > 23 THEN done := setval('pgtenant.ctx_3', ('x' || encode(substr(name, 25, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    IF n > 31 THEN done := setval('pgtenant.ctx_4', ('x' || encode(substr(name, 33, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    IF n > 39 THEN done := setval('pgtenant.ctx_5', ('x' || encode(substr(name, 41, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    IF n > 47 THEN done := setval('pgtenant.ctx_6', ('x' || encode(substr(name, 49, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    IF n > 55 THEN done := setval('pgtenant.ctx_7', ('x' || encode(substr(name, 57, 8), 'hex'))::bit(64)::bigint, true); END IF;
+    done := setval('pgtenant.ctx_0', ('x' || encode(substr(name, 1, 8), 'hex'))::bit(64)::bigint, true);
+    name := convert_to(set_config('pgtenant.tenant', p_tenant, false), 'UTF8');
+    IF p_mirror <> '' THEN
+        name := convert_to(set_config(p_mirror, p_tenant, false), 'UTF8');
+    END IF;
+    RETURN 1;
+END $$;
+
+-- What policies use: USING (tenant_id = pgtenant.current_tenant()).
+-- STABLE, so an index scan evaluates it once per scan; a filter evaluates
+-- it per row (about 2 us each), which `(SELECT pgtenant.current_tenant())`
+-- turns into once per statement (README). Never IMMUTABLE: a cached plan
+-- must not carry one tenant's value to another.
+CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b bytea;
+    n int;
+BEGIN
+    IF coalesce(current_setting('pgtenant.tenant', true), '') = '' THEN
+        RETURN NULL;
+    END IF;
+    b := int8send(currval('pgtenant.ctx_0'));
+    n := get_byte(b, 0);
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    IF n > 7 THEN b := b || int8send(currval('pgtenant.ctx_1')); END IF;
+    IF n > 15 THEN b := b || int8send(currval('pgtenant.ctx_2')); END IF;
+    IF n > 23 THEN b := b || int8send(currval('pgtenant.ctx_3')); END IF;
+    IF n > 31 THEN b := b || int8send(currval('pgtenant.ctx_4')); END IF;
+    IF n > 39 THEN b := b || int8send(currval('pgtenant.ctx_5')); END IF;
+    IF n > 47 THEN b := b || int8send(currval('pgtenant.ctx_6')); END IF;
+    IF n > 55 THEN b := b || int8send(currval('pgtenant.ctx_7')); END IF;
+    RETURN convert_from(substr(b, 2, n), 'UTF8');
+END $$;
+
+COMMIT;

@@ -1,0 +1,500 @@
+//! `isolation = "rls"`: many tenants in one shared database behind one
+//! pool, each statement running with its client's tenant as the
+//! database-side context (`sql/pgtenant.sql`, `pool::context`). Every test
+//! attacks the boundary: tenants alternate on one server connection, a
+//! client tries each way to name another tenant (settings, functions,
+//! forged FunctionCalls, startup options, cached plans), and a connection
+//! without a context must see and write nothing.
+
+mod common;
+
+use common::{TestPg, TestProxy, raw, sqlstate};
+use pgtenant::client::secret::AuthSecret;
+use pgtenant::pgcluster::HostAuth;
+use std::time::Duration;
+use tokio_postgres::SimpleQueryMessage;
+
+const SHARED_ROLE: &str = "pgt_shared";
+const SHARED_PASSWORD: &str = "shared-backend-secret";
+
+/// The shared database's tables, as its owner: `notes` with forced RLS,
+/// two rows per tenant, and the grants the placement's role needs.
+fn seed(tenants: &[&str]) -> String {
+    let mut rows = String::new();
+    for t in tenants {
+        rows.push_str(&format!(
+            "INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
+        ));
+    }
+    format!(
+        "CREATE TABLE notes (id serial PRIMARY KEY,
+             tenant_id text NOT NULL DEFAULT pgtenant.current_tenant(), body text NOT NULL);
+         {rows}
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_rows ON notes
+             USING (tenant_id = pgtenant.current_tenant())
+             WITH CHECK (tenant_id = pgtenant.current_tenant());
+         GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {SHARED_ROLE};
+         GRANT USAGE ON SEQUENCE notes_id_seq TO {SHARED_ROLE}"
+    )
+}
+
+struct Shared {
+    pg: TestPg,
+    proxy: TestProxy,
+    secret_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A cluster with the shared database `app_shared` (installed and keyed
+/// for placement `shared`) and the proxy in front, `tenants` all on it.
+async fn shared(tenants: &[&str], pool_size: u32, extra_proxy: &str) -> Shared {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let pg = TestPg::start(HostAuth::ScramSha256, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("pgtenant.secret");
+    let secret = AuthSecret::load_or_create(&secret_file).expect("secret");
+    let admin = pg.cluster.admin("postgres").await.expect("admin");
+    pgtenant::provision::shared_database(
+        &pg.cluster,
+        &admin,
+        "app_shared",
+        "app_owner",
+        SHARED_ROLE,
+        SHARED_PASSWORD,
+        &secret.context_key("shared"),
+        &seed(tenants),
+    )
+    .await
+    .expect("shared database");
+    let mut config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n{extra_proxy}\n\n\
+         [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = {pool_size}\n\
+         tenant_setting = \"app.tenant_id\"\n\n",
+        secret_file.display(),
+        pg.cluster.url(SHARED_ROLE, SHARED_PASSWORD, "app_shared")
+    );
+    for t in tenants {
+        config.push_str(&format!(
+            "[tenants.{t}]\nplacement = \"shared\"\nusers = {{ app = \"{t}-secret\" }}\n\n"
+        ));
+    }
+    let proxy = TestProxy::start(&config).await;
+    Shared {
+        pg,
+        proxy,
+        secret_file,
+        _dir: dir,
+    }
+}
+
+/// The `body` column of every `notes` row the client sees, sorted.
+async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .query("SELECT body FROM notes", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Same through the simple protocol.
+async fn bodies_simple(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .simple_query("SELECT body FROM notes")
+        .await
+        .expect("select")
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn own(t: &str) -> Vec<String> {
+    vec![format!("more of {t}"), format!("secret of {t}")]
+}
+
+#[tokio::test]
+async fn tenants_alternating_on_one_connection_see_only_their_rows() {
+    let tenants = ["acme", "globex", "initech"];
+    let s = shared(&tenants, 1, "").await;
+    let mut clients = Vec::new();
+    for t in tenants {
+        clients.push((t, s.proxy.connect(t).await));
+    }
+    for round in 0..10 {
+        for (t, c) in &clients {
+            assert_eq!(bodies(c).await, own(t), "{t}, round {round}, extended");
+            assert_eq!(bodies_simple(c).await, own(t), "{t}, round {round}, simple");
+            let current: Option<String> = c
+                .query_one("SELECT pgtenant.current_tenant()", &[])
+                .await
+                .expect("current_tenant")
+                .get(0);
+            assert_eq!(current.as_deref(), Some(*t));
+            let mirror: String = c
+                .query_one("SELECT current_setting('app.tenant_id')", &[])
+                .await
+                .expect("mirror")
+                .get(0);
+            assert_eq!(mirror, *t, "the mirror setting follows the lease");
+        }
+    }
+    // Writes land in the writer's tenant (the DEFAULT and WITH CHECK use
+    // the context), and a row for another tenant is refused.
+    let (_, acme) = &clients[0];
+    let tenant: String = acme
+        .query_one(
+            "INSERT INTO notes (body) VALUES ('new') RETURNING tenant_id",
+            &[],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    assert_eq!(tenant, "acme");
+    let e = acme
+        .execute(
+            "INSERT INTO notes (tenant_id, body) VALUES ('globex', 'planted')",
+            &[],
+        )
+        .await
+        .expect_err("a row for another tenant");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    let (_, globex) = &clients[1];
+    assert_eq!(bodies(globex).await, own("globex"));
+    assert_eq!(
+        globex
+            .execute("UPDATE notes SET body = 'x' WHERE tenant_id = 'acme'", &[])
+            .await
+            .expect("update"),
+        0,
+        "no row of another tenant to update"
+    );
+}
+
+#[tokio::test]
+async fn session_mode_sets_the_context_for_the_whole_session() {
+    let tenants = ["acme", "globex"];
+    let s = shared(&tenants, 1, "pool_mode = \"session\"").await;
+    for round in 0..3 {
+        for t in tenants {
+            let c = s.proxy.connect(t).await;
+            for _ in 0..3 {
+                assert_eq!(bodies(&c).await, own(t), "{t}, round {round}");
+            }
+            c.batch_execute("BEGIN; SELECT 1; COMMIT; SELECT 2")
+                .await
+                .expect("transactions");
+            assert_eq!(bodies_simple(&c).await, own(t), "{t} after transactions");
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Everything a client of acme can send to name another tenant, on the
+/// one server connection globex also uses; after each attempt acme sees
+/// none of globex's rows and globex still sees exactly its own.
+#[tokio::test]
+async fn no_statement_names_another_tenant() {
+    let s = shared(&["acme", "globex"], 1, "").await;
+    let acme = s.proxy.connect("acme").await;
+    let globex = s.proxy.connect("globex").await;
+    let attempts = [
+        "SET pgtenant.tenant = 'globex'",
+        "SET app.tenant_id = 'globex'",
+        "SELECT set_config('pgtenant.tenant', 'globex', false)",
+        "BEGIN; SET LOCAL pgtenant.tenant = 'globex'; SELECT body FROM notes; COMMIT",
+        "DO $$BEGIN PERFORM set_config('pgtenant.tenant', 'globex', false); END$$",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SET ROLE app_owner",
+        "SET SESSION AUTHORIZATION app_owner",
+        "SELECT pgtenant.enter('globex', '', '\\x00'::bytea)",
+        "SELECT pgtenant.enter('globex', 'app.tenant_id', sha256('globex'::bytea))",
+        "SELECT setval('pgtenant.ctx_0', 0)",
+        "SELECT currval('pgtenant.ctx_0')",
+        "SELECT * FROM pgtenant.context_key",
+        "SELECT pgtenant.install_key(sha256('mine'::bytea) || sha256('mine'::bytea))",
+        "ALTER ROLE CURRENT_USER SET pgtenant.tenant = 'globex'",
+        "ALTER DATABASE app_shared SET pgtenant.tenant = 'globex'",
+        "CREATE TEMP TABLE notes (body text); INSERT INTO notes VALUES ('secret of globex')",
+        "CREATE FUNCTION pg_temp.current_tenant() RETURNS text LANGUAGE sql AS $$SELECT 'globex'$$",
+    ];
+    for sql in attempts {
+        let _ = acme.batch_execute(sql).await; // most are refused; none may help
+        let seen = bodies_simple(&acme).await;
+        assert!(
+            seen.iter().all(|b| !b.contains("globex")),
+            "after {sql:?} acme sees {seen:?}"
+        );
+        assert!(
+            seen.is_empty() || seen == own("acme"),
+            "after {sql:?} acme sees {seen:?}"
+        );
+        assert_eq!(bodies(&globex).await, own("globex"), "globex after {sql:?}");
+        // The next lease of acme has its context back.
+        assert_eq!(
+            bodies(&acme).await,
+            own("acme"),
+            "acme's next lease after {sql:?}"
+        );
+    }
+    // Startup options naming the context setting change nothing.
+    let opts = s
+        .proxy
+        .try_connect(&format!(
+            "{} options='-c pgtenant.tenant=globex -c app.tenant_id=globex'",
+            s.proxy.conn_str("app.acme", "acme-secret", "acme")
+        ))
+        .await
+        .expect("connect with options");
+    assert_eq!(bodies(&opts).await, own("acme"));
+}
+
+/// A statement prepared while one tenant held the connection runs with
+/// the context of whoever executes it, also as a cached generic plan.
+#[tokio::test]
+async fn cached_generic_plans_carry_no_tenant() {
+    let s = shared(&["acme", "globex"], 1, "").await;
+    let connect = |t: &'static str| {
+        let conn = format!(
+            "{} options='-c plan_cache_mode=force_generic_plan'",
+            s.proxy
+                .conn_str(&format!("app.{t}"), &format!("{t}-secret"), t)
+        );
+        let proxy = &s.proxy;
+        async move { proxy.try_connect(&conn).await.expect("connect") }
+    };
+    let acme = connect("acme").await;
+    let globex = connect("globex").await;
+    let sql = "SELECT body FROM notes WHERE body LIKE $1 ORDER BY body";
+    let (sa, sg) = (
+        acme.prepare(sql).await.expect("prepare"),
+        globex.prepare(sql).await.expect("prepare"),
+    );
+    for round in 0..8 {
+        for (t, c, st) in [("acme", &acme, &sa), ("globex", &globex, &sg)] {
+            let rows: Vec<String> = c
+                .query(st, &[&"%"])
+                .await
+                .expect("execute")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(rows, own(t), "{t}, round {round}");
+        }
+    }
+}
+
+/// Statements pipelined behind the first message of a lease, COPY TO and
+/// a FunctionCall all run with the lease's tenant.
+#[tokio::test]
+async fn pipelined_statements_copy_and_function_calls_have_the_context() {
+    let s = shared(&["acme", "globex"], 1, "auth_type = \"trust\"").await;
+    let globex = s.proxy.connect("globex").await;
+    assert_eq!(bodies(&globex).await, own("globex"));
+
+    // Three queries in one packet: every one sees acme's rows.
+    let mut raw_acme = raw::login_trust(s.proxy.port, "acme").await;
+    let mut packet = raw::query("SELECT count(*) FROM notes");
+    packet.extend(raw::query(
+        "SELECT string_agg(body, ',' ORDER BY body) FROM notes",
+    ));
+    packet.extend(raw::query("SELECT pgtenant.current_tenant()"));
+    raw::send(&mut raw_acme, &packet).await;
+    let mut values = Vec::new();
+    for _ in 0..3 {
+        let (msgs, _) = raw::read_to_ready(&mut raw_acme, "pipelined").await;
+        for m in msgs.iter().filter(|m| m.tag == b'D') {
+            let len = i32::from_be_bytes([m.body[2], m.body[3], m.body[4], m.body[5]]) as usize;
+            values.push(String::from_utf8_lossy(&m.body[6..6 + len]).into_owned());
+        }
+    }
+    assert_eq!(
+        values,
+        ["2", "more of acme,secret of acme", "acme"],
+        "pipelined queries"
+    );
+
+    // A FunctionCall of pgtenant.current_tenant() answers acme.
+    let acme = s.proxy.connect("acme").await;
+    let oid: u32 = acme
+        .query_one("SELECT 'pgtenant.current_tenant()'::regprocedure::oid", &[])
+        .await
+        .expect("oid")
+        .get(0);
+    let mut call = oid.to_be_bytes().to_vec();
+    call.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no args, text result
+    raw::send(&mut raw_acme, &raw::frame(b'F', &call)).await;
+    let (msgs, _) = raw::read_to_ready(&mut raw_acme, "function call").await;
+    let v = msgs
+        .iter()
+        .find(|m| m.tag == b'V')
+        .expect("FunctionCallResponse");
+    assert_eq!(&v.body[4..], b"acme");
+
+    // COPY TO sees acme's rows only.
+    let copied = {
+        use futures_util::StreamExt;
+        let stream = acme
+            .copy_out("COPY (SELECT body FROM notes ORDER BY body) TO STDOUT")
+            .await
+            .expect("copy out");
+        let chunks: Vec<_> = stream.collect().await;
+        chunks
+            .into_iter()
+            .map(|c| String::from_utf8_lossy(&c.expect("chunk")).into_owned())
+            .collect::<String>()
+    };
+    assert_eq!(copied, "more of acme\nsecret of acme\n");
+}
+
+/// A forged call of pgtenant.enter() in the middle of a lease (the
+/// client's own FunctionCall) fails, and leaves no tenant at all, not
+/// the lease's one nor another: enter() clears before it checks.
+#[tokio::test]
+async fn a_forged_enter_leaves_no_tenant() {
+    let s = shared(&["acme", "globex"], 1, "auth_type = \"trust\"").await;
+    let acme = s.proxy.connect("acme").await;
+    let oid: u32 = acme
+        .query_one(
+            "SELECT 'pgtenant.enter(text,text,bytea)'::regprocedure::oid",
+            &[],
+        )
+        .await
+        .expect("oid")
+        .get(0);
+    let mut raw_acme = raw::login_trust(s.proxy.port, "acme").await;
+    // A transaction keeps the lease (and its server connection) across
+    // messages; a savepoint lets it go on after the refusal.
+    raw::simple_query(&mut raw_acme, "BEGIN; SAVEPOINT before").await;
+    let mut call = oid.to_be_bytes().to_vec();
+    call.extend_from_slice(&[0, 1, 0, 1, 0, 3]);
+    for arg in [&b"globex"[..], b"", &[0u8; 32]] {
+        call.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+        call.extend_from_slice(arg);
+    }
+    call.extend_from_slice(&[0, 1]);
+    raw::send(&mut raw_acme, &raw::frame(b'F', &call)).await;
+    let (msgs, _) = raw::read_until_ready_any(&mut raw_acme).await;
+    let e = msgs.iter().find(|m| m.tag == b'E').expect("refused");
+    assert_eq!(e.code(), "42501", "{e:?}");
+    raw::simple_query(&mut raw_acme, "ROLLBACK TO SAVEPOINT before").await;
+    raw::send(
+        &mut raw_acme,
+        &raw::query(
+            "SELECT coalesce(pgtenant.current_tenant(), '<none>'), (SELECT count(*) FROM notes)",
+        ),
+    )
+    .await;
+    let (msgs, _) = raw::read_to_ready(&mut raw_acme, "after the forged call").await;
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("row");
+    assert!(
+        row.body.windows(6).any(|w| w == b"<none>"),
+        "no tenant after the forged call: {row:?}"
+    );
+    raw::simple_query(&mut raw_acme, "COMMIT").await;
+    // The next lease has acme again.
+    assert_eq!(bodies(&acme).await, own("acme"));
+    assert_eq!(bodies_simple(&acme).await, own("acme"));
+}
+
+/// A connection of the placement's role that did not come through the
+/// proxy has no context: no rows, no writes.
+#[tokio::test]
+async fn without_a_context_nothing_is_visible_or_writable() {
+    let s = shared(&["acme"], 1, "").await;
+    let (direct, conn) = tokio_postgres::connect(
+        &s.pg.cluster.url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("direct connection");
+    tokio::spawn(conn);
+    assert!(bodies(&direct).await.is_empty());
+    let current: Option<String> = direct
+        .query_one("SELECT pgtenant.current_tenant()", &[])
+        .await
+        .expect("current_tenant")
+        .get(0);
+    assert_eq!(current, None);
+    direct
+        .batch_execute("SET pgtenant.tenant = 'acme'; SET app.tenant_id = 'acme'")
+        .await
+        .expect("set");
+    assert!(
+        direct
+            .query("SELECT body FROM notes", &[])
+            .await
+            .map_or(true, |r| r.is_empty()),
+        "a setting alone gives no context"
+    );
+    let e = direct
+        .execute(
+            "INSERT INTO notes (tenant_id, body) VALUES ('acme', 'x')",
+            &[],
+        )
+        .await
+        .expect_err("no writes");
+    assert!(["42501", "55000"].contains(&sqlstate(&e).as_str()), "{e}");
+    drop(s.proxy);
+}
+
+/// A database holding another context key (or none) is refused, with the
+/// fix in the log; clients get 08006 and nothing runs.
+#[tokio::test]
+async fn a_database_with_another_key_refuses_the_placement() {
+    let s = shared(&["acme"], 1, "").await;
+    let owner = s.pg.cluster.admin("app_shared").await.expect("admin");
+    owner
+        .batch_execute(
+            "SET ROLE app_owner; SELECT pgtenant.install_key(sha256('other'::bytea) || sha256('key'::bytea))",
+        )
+        .await
+        .expect("another key");
+    let Err(e) = s
+        .proxy
+        .try_connect(&s.proxy.conn_str("app.acme", "acme-secret", "acme"))
+        .await
+    else {
+        panic!("a database with another key is refused");
+    };
+    assert_eq!(sqlstate(&e), "08006", "{e}");
+    // The right key again: the placement works without a restart, once
+    // the backoff allows another attempt.
+    let secret = AuthSecret::load(&s.secret_file)
+        .expect("load")
+        .expect("secret");
+    let hex: String = secret
+        .context_key("shared")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    owner
+        .batch_execute(&format!("SELECT pgtenant.install_key('\\x{hex}'::bytea)"))
+        .await
+        .expect("right key");
+    let mut ok = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Ok(c) = s
+            .proxy
+            .try_connect(&s.proxy.conn_str("app.acme", "acme-secret", "acme"))
+            .await
+        {
+            ok = Some(c);
+            break;
+        }
+    }
+    let c = ok.expect("connects once the key is right");
+    assert_eq!(bodies(&c).await, own("acme"));
+}
