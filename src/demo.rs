@@ -1,22 +1,25 @@
 //! `pgtenant demo`: the newcomer's one command. Starts a throwaway
-//! PostgreSQL, creates a database per demo tenant plus a shared database,
-//! each with its own backend login role (`provision.rs`), runs the proxy
-//! in front of them and prints `psql` connection strings.
+//! PostgreSQL, creates a database for each of two large tenants and one
+//! shared database with row-level security for several small ones, each
+//! placement with its own backend login role (`provision.rs`), runs the
+//! proxy in front of them and prints `psql` connection strings.
 //! Ctrl-C stops the proxy and PostgreSQL and removes the data.
 
 use crate::config;
 use crate::pgcluster::{HostAuth, PgCluster};
-use crate::provision::{backend_role, dedicated_database, tenant_database};
+use crate::provision::{backend_role, dedicated_database, shared_database, tenant_database};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 const SAMPLE_SQL: &str = include_str!("../sql/demo_tenant.sql");
+const SHARED_SQL: &str = include_str!("../sql/demo_shared.sql");
 /// Tenants with a dedicated database in the demo.
-pub const DEDICATED: &[&str] = &["acme", "initech", "hooli"];
+pub const DEDICATED: &[&str] = &["acme", "initech"];
 /// Tenants placed on the shared database.
-const SHARED: &[&str] = &["globex", "umbrella"];
-/// The shared database and its backend role.
+pub const SHARED: &[&str] = &["globex", "umbrella", "hooli", "stark"];
+/// The shared database, the owner of its tables and its backend role.
 const SHARED_DB: &str = "app_shared";
+const SHARED_OWNER: &str = "app_owner";
 const SHARED_ROLE: &str = "pgt_shared";
 
 /// Creates the demo's databases on `pg` (through `admin`, a superuser
@@ -36,10 +39,39 @@ pub async fn setup(
         )
     };
     let shared_pw = password();
-    dedicated_database(pg, admin, SHARED_DB, SHARED_ROLE, &shared_pw, "").await?;
+    // The proxy's secret (beside the config), from which the shared
+    // placement's context key derives: registered in its database here.
+    let secret_file = pg.dir().join(crate::client::secret::DEFAULT_FILE);
+    let secret = crate::client::secret::AuthSecret::load_or_create(&secret_file)
+        .map_err(anyhow::Error::msg)?;
+    let rows: String = SHARED
+        .iter()
+        .map(|t| {
+            format!(
+                "INSERT INTO notes (tenant_id, body) VALUES \
+                 ('{t}', '{t} shares a database, and sees only its own rows'), \
+                 ('{t}', 'only {t} can read this row');\n"
+            )
+        })
+        .collect();
+    shared_database(
+        pg,
+        admin,
+        SHARED_DB,
+        SHARED_OWNER,
+        SHARED_ROLE,
+        &shared_pw,
+        &secret.context_key("shared"),
+        &SHARED_SQL
+            .replace(":rows", &rows)
+            .replace(":shared_role", SHARED_ROLE),
+    )
+    .await?;
     let mut toml = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_placement = \"shared\"\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_placement = \"shared\"\n\
+         secret_file = \"{}\"\n\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 10\n\n",
+        secret_file.display(),
         pg.url(SHARED_ROLE, &shared_pw, SHARED_DB)
     );
     for t in DEDICATED {
@@ -90,11 +122,11 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
             "  psql \"postgres://app.{t}:{t}-secret@127.0.0.1:{port}/{t}\" -c 'select * from notes'"
         );
     }
-    println!(
-        "\nTenants on the shared database (row-level security; refused until RLS isolation lands):"
-    );
+    println!("\nTenants on the shared database, separated by row-level security:");
     for t in SHARED {
-        println!("  psql \"postgres://app.{t}:{t}-secret@127.0.0.1:{port}/{t}\"");
+        println!(
+            "  psql \"postgres://app.{t}:{t}-secret@127.0.0.1:{port}/{t}\" -c 'select * from notes'"
+        );
     }
     println!(
         "\nThe same tenant via options: psql \"host=127.0.0.1 port={port} user=app dbname=app options=tenant=acme password=acme-secret\""

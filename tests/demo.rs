@@ -58,14 +58,26 @@ fn demo_serves_tenants_and_cleans_up_on_ctrl_c() {
                 .nth(1)
                 .and_then(|r| r.split(':').next())
                 .expect("tenant");
-            assert_eq!(text.trim(), format!("tenant_{tenant}|{tenant}"), "{url}");
+            // A dedicated tenant has its database; a shared one sees
+            // only its own rows of the shared database.
+            let expected = if pgtenant::demo::SHARED.contains(&tenant) {
+                format!("app_shared|{tenant}")
+            } else {
+                format!("tenant_{tenant}|{tenant}")
+            };
+            assert_eq!(text.trim(), expected, "{url}");
             working += 1;
         }
     }
-    assert!(
-        working >= 3,
+    assert_eq!(
+        working,
+        strings.len(),
         "only {working} of {} printed tenants work",
         strings.len()
+    );
+    assert!(
+        working >= 5,
+        "two dedicated and several shared tenants: {strings:?}"
     );
 
     // Ctrl-C stops everything and removes the throwaway data.
