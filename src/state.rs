@@ -9,7 +9,9 @@
 use crate::admission::{Caps, Refusal, Unauthenticated, UnauthenticatedCounts};
 use crate::catalog::{Catalog, ConfigMap};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
-use crate::pool::{BackendTarget, PlacementName, PlacementPool, PoolTimeouts, RolePolicy};
+use crate::pool::{
+    BackendTarget, PlacementName, PlacementPool, PoolTenant, PoolTimeouts, RolePolicy,
+};
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;
 use arc_swap::ArcSwap;
@@ -41,6 +43,17 @@ impl Snapshot {
         let secret = crate::client::secret::AuthSecret::for_config(&config)
             .map_err(|m| src.error("proxy.secret_file", m))?;
         let catalog = Catalog::from_config(&config, src, secret)?;
+        // Each pool's tenants and their caps, from the catalog.
+        let mut tenants: ConfigMap<&str, Vec<PoolTenant>> = ConfigMap::default();
+        for t in catalog.iter() {
+            tenants
+                .entry(t.placement.as_str())
+                .or_default()
+                .push(PoolTenant {
+                    name: t.id.as_str().to_owned(),
+                    max_server_connections: t.max_server_connections as usize,
+                });
+        }
         let mut placements = ConfigMap::default();
         let mut targets = Vec::with_capacity(config.placements.len());
         for (name, p) in &config.placements {
@@ -68,6 +81,7 @@ impl Snapshot {
                 workers,
                 PoolTimeouts::from_config(&config.proxy),
                 roles,
+                tenants.remove(name.as_str()).unwrap_or_default(),
             );
             placements.insert(
                 name.clone(),
