@@ -493,6 +493,11 @@ impl PlacementPool {
         if let Some(c) = hand_to_waiter(&mut s, Grant::Conn(conn)) {
             put_idle(&mut s, c);
         }
+        // The release may have given a tenant room that the connection
+        // went past (another tenant's turn came first): a free slot may
+        // serve it. Nothing to do, at the cost of one check, when nobody
+        // with room waits.
+        serve_waiters(&mut s);
     }
 
     /// A connection `seat` held is gone (closed or broken): free its slot
