@@ -166,9 +166,10 @@ async fn a_flooding_tenant_holds_at_most_its_share() {
     let (times, most) = quiet_under_flood(&quiet, &admin).await;
     let flooded = flood.stop().await;
     println!("flood: {flooded} transactions, at most {most} server connections at once");
-    assert_eq!(
-        most, 5,
-        "the flood may hold half the pool (5 of 10) and no more"
+    // It did reach 5 (`until_flood_holds`).
+    assert!(
+        most <= 5,
+        "the flood may hold half the pool (5 of 10) and no more, held {most}"
     );
     let max = report(&times);
     assert!(times.len() >= 5, "only {} quiet transactions", times.len());
@@ -196,7 +197,7 @@ async fn a_single_waiter_is_served_in_turn_not_behind_a_flood() {
     let (times, most) = quiet_under_flood(&quiet, &admin).await;
     let flooded = flood.stop().await;
     println!("flood: {flooded} transactions, at most {most} server connections at once");
-    assert_eq!(most, 4, "the flood may fill the pool");
+    assert!(most <= 4, "{most} busy connections in a pool of 4");
     let max = report(&times);
     assert!(times.len() >= 5, "only {} quiet transactions", times.len());
     assert!(max < QUIET_BOUND, "a quiet transaction took {max:?}");
