@@ -10,7 +10,8 @@ use crate::admission::{Caps, Refusal, Unauthenticated, UnauthenticatedCounts};
 use crate::catalog::{Catalog, ConfigMap};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
 use crate::pool::{
-    BackendTarget, PlacementName, PlacementPool, PoolTimeouts, RolePolicy, TenantContext,
+    BackendTarget, PlacementName, PlacementPool, PoolTenant, PoolTimeouts, RolePolicy,
+    TenantContext,
 };
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;
@@ -51,6 +52,17 @@ impl Snapshot {
             .map(|(name, _)| (name, secret.context_key(name)))
             .collect();
         let catalog = Catalog::from_config(&config, src, secret)?;
+        // Each pool's tenants and their caps, from the catalog.
+        let mut tenants: ConfigMap<&str, Vec<PoolTenant>> = ConfigMap::default();
+        for t in catalog.iter() {
+            tenants
+                .entry(t.placement.as_str())
+                .or_default()
+                .push(PoolTenant {
+                    name: t.id.as_str().to_owned(),
+                    max_server_connections: t.max_server_connections as usize,
+                });
+        }
         let mut placements = ConfigMap::default();
         let mut targets = Vec::with_capacity(config.placements.len());
         for (name, p) in &config.placements {
@@ -82,6 +94,7 @@ impl Snapshot {
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, key)| TenantContext::new(*key, p.tenant_setting.clone())),
+                tenants.remove(name.as_str()).unwrap_or_default(),
             );
             placements.insert(
                 name.clone(),

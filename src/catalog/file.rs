@@ -18,6 +18,7 @@ impl Catalog {
         auth_secret: AuthSecret,
     ) -> Result<Catalog, ConfigError> {
         let mut tenants = super::ConfigMap::default();
+        let per_placement = cfg.tenants_per_placement();
         for (name, t) in &cfg.tenants {
             let mut users = super::ConfigMap::default();
             for (user, secret) in &t.users {
@@ -55,6 +56,11 @@ impl Catalog {
                     users,
                     max_client_connections: t.max_client_connections,
                     max_pinned_connections: t.max_pinned_connections,
+                    max_server_connections: cfg
+                        .tenant_server_cap(name, &per_placement)
+                        .ok_or_else(|| {
+                            src.error(&format!("tenants.{name}.placement"), "no such placement")
+                        })?,
                 }),
             );
         }

@@ -40,6 +40,9 @@ pub struct TenantEntry {
     pub users: ConfigMap<String, Credential>,
     pub max_client_connections: Option<u32>,
     pub max_pinned_connections: Option<u32>,
+    /// Server connections of its placement's pool its clients may hold
+    /// at once (the tenant's own setting or the placement's default).
+    pub max_server_connections: u32,
 }
 
 /// All tenants, by name.
@@ -59,6 +62,11 @@ impl Catalog {
             Some(Credential::Scram(v)) => v.clone(),
             None => Verifier::doomed(&self.secret.salt(tenant.id.as_str(), user)),
         }
+    }
+
+    /// Every tenant, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<TenantEntry>> {
+        self.tenants.values()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<TenantEntry>> {

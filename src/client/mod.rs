@@ -61,6 +61,8 @@ struct Login {
     wanted: Vec<(String, String)>,
     /// The ParameterStatus set the client was sent.
     reported: params::Reported,
+    /// The tenant's place at its placement's pool.
+    seat: crate::pool::TenantSeat,
     _guards: [CountGuard; 2],
 }
 
@@ -131,6 +133,7 @@ async fn serve_inner(
     Session {
         tenant: Arc::clone(&login.tenant),
         pool: Arc::clone(&placement.pool),
+        seat: login.seat,
         mode: snap.pool_mode(),
         wait_timeout: proxy.query_wait_timeout,
         reset_query: proxy.server_reset_query.clone(),
@@ -315,9 +318,16 @@ async fn login(
     }
     canonical_client_encoding(&mut wanted)?;
 
+    // Every catalog tenant has a seat at its placement's pool
+    // (`Snapshot::build`); one without is refused rather than let in
+    // uncounted.
+    let seat = placement
+        .pool
+        .seat(tenant.id.as_str())
+        .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
     let server_params = placement
         .pool
-        .startup_params(snap.config.proxy.query_wait_timeout)
+        .startup_params(seat, snap.config.proxy.query_wait_timeout)
         .await
         .map_err(|e| session::checkout_error(&tenant, e))?;
     let mut reported = params::Reported::new(Arc::clone(&server_params.list));
@@ -335,6 +345,7 @@ async fn login(
         tenant,
         wanted,
         reported,
+        seat,
         _guards: [proxy_guard, tenant_guard],
     })
 }

@@ -204,6 +204,10 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if let Some(cap) = pl.tenant_max_server_connections {
+            check_server_cap(cap, pl.pool_size)
+                .map_err(|m| src.error(&format!("{key}.tenant_max_server_connections"), m))?;
+        }
         let target = crate::pool::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
         // One backend role serving two placements can signal and watch
@@ -277,6 +281,27 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 "must be at least 1",
             ));
         }
+        if let Some(cap) = t.max_server_connections
+            && let Some(pc) = placement.and_then(|pl| cfg.placements.get(pl))
+        {
+            check_server_cap(cap, pc.pool_size)
+                .map_err(|m| src.error(&format!("{key}.max_server_connections"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// A tenant's share of a pool: at least one connection, and no more than
+/// the pool has (a larger cap would read as a promise the pool cannot
+/// keep).
+fn check_server_cap(cap: u32, pool_size: u32) -> Result<(), String> {
+    if cap == 0 {
+        return Err("must be at least 1".into());
+    }
+    if cap > pool_size {
+        return Err(format!(
+            "{cap} is more than the placement's pool_size ({pool_size})"
+        ));
     }
     Ok(())
 }
@@ -524,6 +549,81 @@ users = { app = "globex-secret" }
             assert_eq!(err.key, format!("proxy.{key}"), "{err}");
             assert_eq!(err.line, Some(3), "{err}");
         }
+    }
+
+    #[test]
+    fn tenant_server_caps_default_to_the_pool_or_half_of_a_shared_one() {
+        let (cfg, _) = parse_str(GOOD, "t.toml").expect("valid");
+        let n = cfg.tenants_per_placement();
+        // Alone on their placements: the whole pool.
+        assert_eq!(cfg.tenant_server_cap("acme", &n), Some(10));
+        assert_eq!(cfg.tenant_server_cap("globex", &n), Some(20));
+        assert_eq!(cfg.tenant_server_cap("nobody", &n), None);
+        let shared = format!("{GOOD}\n[tenants.initech]\nusers = {{ app = \"i\" }}\n");
+        let (cfg, _) = parse_str(&shared, "t.toml").expect("valid");
+        let n = cfg.tenants_per_placement();
+        assert_eq!(n.get("shared"), Some(&2));
+        assert_eq!(cfg.tenant_server_cap("globex", &n), Some(10));
+        assert_eq!(cfg.tenant_server_cap("initech", &n), Some(10));
+        assert_eq!(cfg.tenant_server_cap("acme", &n), Some(10));
+        // The placement's default, then the tenant's own.
+        let set = shared
+            .replace(
+                "isolation = \"rls\"\n",
+                "isolation = \"rls\"\ntenant_max_server_connections = 3\n",
+            )
+            .replace(
+                "[tenants.initech]\n",
+                "[tenants.initech]\nmax_server_connections = 20\n",
+            );
+        let (cfg, _) = parse_str(&set, "t.toml").expect("valid");
+        let n = cfg.tenants_per_placement();
+        assert_eq!(cfg.tenant_server_cap("globex", &n), Some(3));
+        assert_eq!(cfg.tenant_server_cap("initech", &n), Some(20));
+        // A pool of one shared: still one each.
+        let tiny = shared.replace("pool_size = 20\n", "").replace(
+            "isolation = \"rls\"\n",
+            "isolation = \"rls\"\npool_size = 1\n",
+        );
+        let (cfg, _) = parse_str(&tiny, "t.toml").expect("valid");
+        let n = cfg.tenants_per_placement();
+        assert_eq!(cfg.tenant_server_cap("globex", &n), Some(1));
+    }
+
+    #[test]
+    fn tenant_server_caps_must_fit_the_pool() {
+        for (find, put, key) in [
+            (
+                "isolation = \"rls\"\n",
+                "isolation = \"rls\"\ntenant_max_server_connections = 0\n",
+                "placements.shared.tenant_max_server_connections",
+            ),
+            (
+                "isolation = \"rls\"\n",
+                "isolation = \"rls\"\ntenant_max_server_connections = 21\n",
+                "placements.shared.tenant_max_server_connections",
+            ),
+            (
+                "max_client_connections = 500\n",
+                "max_client_connections = 500\nmax_server_connections = 0\n",
+                "tenants.acme.max_server_connections",
+            ),
+            (
+                "max_client_connections = 500\n",
+                "max_client_connections = 500\nmax_server_connections = 11\n",
+                "tenants.acme.max_server_connections",
+            ),
+        ] {
+            let bad = GOOD.replace(find, put);
+            let err = parse_str(&bad, "t.toml").expect_err(put);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.line.is_some(), "{err}");
+        }
+        let fits = GOOD.replace(
+            "max_client_connections = 500\n",
+            "max_client_connections = 500\nmax_server_connections = 10\n",
+        );
+        parse_str(&fits, "t.toml").expect("the whole pool is allowed");
     }
 
     #[test]

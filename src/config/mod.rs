@@ -298,6 +298,67 @@ pub struct PlacementConfig {
     /// that read one. Informational: policies use
     /// `pgtenant.current_tenant()`, which a client cannot forge.
     pub tenant_setting: Option<String>,
+    /// Server connections of this pool one tenant's clients may hold at
+    /// once, for tenants that set no `max_server_connections`; default:
+    /// see [`PlacementConfig::tenant_cap`].
+    pub tenant_max_server_connections: Option<u32>,
+}
+
+impl PlacementConfig {
+    /// The `max_server_connections` of a tenant on this placement that
+    /// sets none, when `tenants` tenants are on it:
+    /// `tenant_max_server_connections` if set, else the whole pool for a
+    /// placement with one tenant, else half of it (at least 1), so that no
+    /// tenant of a shared pool can take all of it and any other tenant
+    /// finds at least half the pool out of the first one's reach.
+    pub fn tenant_cap(&self, tenants: usize) -> u32 {
+        match self.tenant_max_server_connections {
+            Some(cap) => cap,
+            None if tenants <= 1 => self.pool_size,
+            None => (self.pool_size / 2).max(1),
+        }
+    }
+}
+
+impl Config {
+    /// The placement a tenant is on: its own, else `default_placement`.
+    pub fn placement_of<'a>(&'a self, tenant: &'a TenantConfig) -> Option<&'a str> {
+        tenant
+            .placement
+            .as_deref()
+            .or(self.proxy.default_placement.as_deref())
+    }
+
+    /// How many tenants each placement holds (placements with none are
+    /// absent).
+    pub fn tenants_per_placement(&self) -> std::collections::HashMap<&str, usize> {
+        let mut n = std::collections::HashMap::new();
+        for t in self.tenants.values() {
+            if let Some(p) = self.placement_of(t) {
+                *n.entry(p).or_insert(0) += 1;
+            }
+        }
+        n
+    }
+
+    /// The server connections of its placement's pool that `tenant`'s
+    /// clients may hold at once: its own `max_server_connections`, else
+    /// the placement's default (`PlacementConfig::tenant_cap`). `None` if
+    /// the tenant or its placement is unknown. `counts` is
+    /// [`Config::tenants_per_placement`], computed once by the caller.
+    pub fn tenant_server_cap(
+        &self,
+        tenant: &str,
+        counts: &std::collections::HashMap<&str, usize>,
+    ) -> Option<u32> {
+        let t = self.tenants.get(tenant)?;
+        if let Some(cap) = t.max_server_connections {
+            return Some(cap);
+        }
+        let name = self.placement_of(t)?;
+        let p = self.placements.get(name)?;
+        Some(p.tenant_cap(counts.get(name).copied().unwrap_or(1)))
+    }
 }
 
 fn default_pool_size() -> u32 {
@@ -316,6 +377,10 @@ pub struct TenantConfig {
     /// (session state in transaction mode); default: half the placement's
     /// pool_size, at least 1.
     pub max_pinned_connections: Option<u32>,
+    /// Server connections of its placement's pool this tenant's clients
+    /// may hold at once (leased, pinned or being opened); default: the
+    /// placement's `tenant_max_server_connections`.
+    pub max_server_connections: Option<u32>,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".

@@ -1,6 +1,7 @@
 //! A server connection leased to a session: released clean, or closed
 //! (and its slot freed) when dropped.
 
+use super::fair::TenantSeat;
 use super::placement::{PlacementPool, Pooled};
 use super::server_conn::ServerConn;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub struct Lease {
     pub(super) conn: Option<Pooled>,
     pub(super) pool: Arc<PlacementPool>,
+    /// The tenant it counts against until it comes back or is closed.
+    pub(super) seat: TenantSeat,
 }
 
 impl Lease {
@@ -34,12 +37,12 @@ impl Lease {
             // Anything the loop still holds for the server goes out first;
             // a connection with bytes that would not go is not clean.
             if c.buf.is_empty() && c.stream.settle_for_handoff() {
-                self.pool.put_back(c);
+                self.pool.put_back(c, self.seat);
             } else {
                 // Unsolicited bytes after the last ReadyForQuery (say, a
                 // NOTIFY): nobody else may receive them.
                 drop(c);
-                self.pool.forget_one();
+                self.pool.forget_one(self.seat);
             }
         }
     }
@@ -48,7 +51,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
-            self.pool.forget_one();
+            self.pool.forget_one(self.seat);
         }
     }
 }

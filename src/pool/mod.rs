@@ -4,10 +4,12 @@
 //! (`context`), pooling them per placement (`placement`, with `lease`
 //! for a connection handed to a session, `timing` for the time limits and
 //! backoff, `stats` for what a pool reports, `startup_params` for the server
-//! parameters logins show), and the pools' upkeep
-//! (`janitor`). Never names clients.
+//! parameters logins show, `fair` for each tenant's share of a pool and
+//! the round robin among waiting tenants, `queue` for the pool's locked
+//! state), and the pools' upkeep (`janitor`). Never names clients.
 
 mod context;
+mod fair;
 pub mod janitor;
 mod lease;
 mod placement;
@@ -19,8 +21,9 @@ mod stats;
 mod timing;
 
 pub use context::TenantContext;
+pub use fair::{TenantCounts, TenantSeat};
 pub use lease::Lease;
-pub use placement::{CheckoutError, PlacementName, PlacementPool};
+pub use placement::{CheckoutError, PlacementName, PlacementPool, PoolTenant};
 pub use role_check::RolePolicy;
 pub use server_conn::{BackendTarget, ServerConn, ServerError};
 pub use startup_params::StartupParams;

@@ -1,12 +1,18 @@
 //! The pool of server connections for one placement.
 //!
-//! Why not bb8: a proxy pool needs (a) FIFO hand-off of a returned
-//! connection straight to the oldest waiter (bb8 wakes waiters with a
-//! `Notify` and lets newcomers barge ahead), (b) connections that stay on
-//! the worker thread that uses them, (c) live resize, and later per-tenant
-//! fair checkout and pinning. bb8 expresses none of these; the whole pool
-//! is a few hundred lines around one mutex that is never held across an
-//! await.
+//! Why not bb8: a proxy pool needs (a) hand-off of a returned connection
+//! straight to a waiter (bb8 wakes waiters with a `Notify` and lets
+//! newcomers barge ahead), (b) connections that stay on the worker thread
+//! that uses them, (c) live resize, and (d) per-tenant fair checkout: a cap
+//! on what each tenant holds and a round robin across waiting tenants
+//! (`fair.rs`). bb8 expresses none of these; the whole pool is a few
+//! hundred lines around one mutex that is never held across an await.
+//!
+//! Tenants: every checkout names the tenant it is for (a [`TenantSeat`],
+//! looked up by name once per login with [`PlacementPool::seat`]). A
+//! tenant holding its `max_server_connections` (leased, pinned or being
+//! opened) waits even when connections are idle; waiters are served one
+//! tenant at a time in turn, oldest first within a tenant.
 //!
 //! Accounting: `total` counts every connection that exists or is being
 //! opened for this pool (idle + leased + connecting), so `pool_size` is a
@@ -36,8 +42,9 @@
 //! comparison.
 
 use super::context::{self, TenantContext};
+use super::fair::{TenantCounts, TenantSeat, Tenants};
 use super::lease::Lease;
-use super::queue::{Grant, State, Waiter, hand_to_waiter, pop_any, serve_waiters, take};
+use super::queue::{Grant, State, hand_to_waiter, pop_any, put_idle, serve_waiters, take};
 use super::role_check::{self, RolePolicy};
 use super::server_conn::{BackendTarget, ServerConn, ServerError};
 use super::startup_params::StartupParams;
@@ -50,7 +57,7 @@ use super::timing::{PoolTimeouts, jittered_lifetime, retry_delay};
 /// copied.
 pub(super) type Pooled = Box<ServerConn>;
 use crate::runtime::current_worker;
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -98,9 +105,22 @@ pub struct PlacementPool {
     /// Statements a server of this placement accepted (see
     /// `session::known`).
     pub known_statements: crate::session::known::KnownStatements,
+    /// The placement's tenants by name (fixed at creation; the hasher of
+    /// the catalog's maps, as clients cannot choose these keys).
+    seats: HashMap<Box<str>, TenantSeat, foldhash::fast::RandomState>,
+}
+
+/// A tenant of a placement and how many of its server connections the
+/// tenant's clients may hold at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTenant {
+    pub name: String,
+    pub max_server_connections: usize,
 }
 
 impl PlacementPool {
+    // Each argument is one independent part of the placement's config.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: PlacementName,
         target: BackendTarget,
@@ -109,7 +129,15 @@ impl PlacementPool {
         timeouts: PoolTimeouts,
         roles: RolePolicy,
         context: Option<TenantContext>,
+        tenants: Vec<PoolTenant>,
     ) -> Arc<PlacementPool> {
+        let caps = tenants.iter().map(|t| t.max_server_connections);
+        let shares = Tenants::new(caps);
+        let seats = tenants
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.into_boxed_str(), TenantSeat(i as u32)))
+            .collect();
         Arc::new(PlacementPool {
             role_vetted: AtomicBool::new(roles.trusted),
             context,
@@ -124,7 +152,7 @@ impl PlacementPool {
                 total: 0,
                 connecting: 0,
                 max: max.max(1),
-                waiters: VecDeque::new(),
+                tenants: shares,
                 next_waiter: 0,
                 failures: 0,
                 retry_at: None,
@@ -132,7 +160,20 @@ impl PlacementPool {
             stats: PoolStats::default(),
             startup_params: Mutex::new(None),
             known_statements: Default::default(),
+            seats,
         })
+    }
+
+    /// The seat of a tenant of this placement; `None` for a tenant the
+    /// pool was not made with.
+    pub fn seat(&self, tenant: &str) -> Option<TenantSeat> {
+        self.seats.get(tenant).copied()
+    }
+
+    /// What a tenant holds of this pool, how many of its clients wait, and
+    /// its cap.
+    pub fn tenant_counts(&self, seat: TenantSeat) -> Option<TenantCounts> {
+        self.lock().tenants.counts(seat)
     }
 
     pub fn name(&self) -> &PlacementName {
@@ -163,7 +204,7 @@ impl PlacementPool {
             idle: s.idle_count,
             active: s.total - s.idle_count - s.connecting,
             connecting: s.connecting,
-            waiting: s.waiters.len(),
+            waiting: s.tenants.waiting(),
             max: s.max,
         }
     }
@@ -190,12 +231,13 @@ impl PlacementPool {
     /// a connection the first time.
     pub async fn startup_params(
         self: &Arc<Self>,
+        seat: TenantSeat,
         wait: Duration,
     ) -> Result<Arc<StartupParams>, CheckoutError> {
         if let Some(p) = self.cached_params() {
             return Ok(p);
         }
-        let lease = self.checkout(wait).await?;
+        let lease = self.checkout(seat, wait).await?;
         let params = self.cached_params();
         lease.release();
         params.ok_or(CheckoutError::Connect(ServerError::Protocol(
@@ -210,74 +252,81 @@ impl PlacementPool {
             .clone()
     }
 
-    /// Leases a connection: an idle one (preferring this worker's), a new
-    /// one if under `pool_size`, or the next one returned, in arrival
-    /// order, within `wait`. While the placement backs off after failed
-    /// connects, a checkout that would need a new connection fails at
-    /// once. Cancel-safe: dropping the future gives any connection or
-    /// slot handed to it back to the pool.
     /// Checkout without waiting, for the common case: an idle connection
-    /// of this worker's that is due no check. `None` sends the caller to
-    /// `checkout`, which handles everything else (waiting, opening,
-    /// checking, moving between workers).
-    pub fn try_checkout(self: &Arc<Self>) -> Option<Lease> {
+    /// of this worker's that is due no check, for a tenant under its cap.
+    /// `None` sends the caller to `checkout`, which handles everything
+    /// else (waiting, opening, checking, moving between workers).
+    pub fn try_checkout(self: &Arc<Self>, seat: TenantSeat) -> Option<Lease> {
         let worker = current_worker();
         let conn = {
             let mut s = self.lock();
             let w = worker.min(s.idle.len() - 1);
             let top = s.idle[w].last()?;
-            if top.worker != worker || top.needs_check {
+            if top.worker != worker || top.needs_check || !s.tenants.has_room(seat) {
                 return None;
             }
+            let conn = s.idle[w].pop()?;
             s.idle_count -= 1;
-            s.idle[w].pop()?
+            s.tenants.acquire(seat);
+            conn
         };
         if !conn.is_alive() {
-            self.discard_dead(conn);
+            self.discard_dead(conn, seat);
             return None;
         }
         // On this worker's loop already but for a connection left by a
         // loop that ended; then it moves here.
         match conn.into_worker(worker) {
-            Ok(conn) => Some(self.lease(conn)),
+            Ok(conn) => Some(self.lease(conn, seat)),
             Err(_) => {
-                self.forget_one();
+                self.forget_one(seat);
                 None
             }
         }
     }
 
     /// An idle connection found dead at checkout: close it, free its slot.
-    fn discard_dead(&self, conn: Pooled) {
+    fn discard_dead(&self, conn: Pooled, seat: TenantSeat) {
         tracing::debug!(placement = %self.name, "dropping dead idle server connection");
         bump(&self.stats.closed_dead, 1);
         drop(conn);
-        self.forget_one();
+        self.forget_one(seat);
     }
 
-    pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<Lease, CheckoutError> {
+    /// Leases a connection for a client of `seat`'s tenant: an idle one
+    /// (preferring this worker's), a new one if under `pool_size`, or one
+    /// handed over when the tenant's turn comes, within `wait`. A tenant
+    /// holding its cap waits for one of its own to come back. While the
+    /// placement backs off after failed connects, a checkout that would
+    /// need a new connection fails at once. Cancel-safe: dropping the
+    /// future gives any connection or slot handed to it back to the pool.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        wait: Duration,
+    ) -> Result<Lease, CheckoutError> {
         let worker = current_worker();
         loop {
-            let taken = take(&mut self.lock(), worker);
+            let taken = take(&mut self.lock(), seat, worker);
             let grant = match taken {
                 Some(g) => g,
-                None => self.wait_for_grant(wait).await?,
+                None => self.wait_for_grant(seat, wait).await?,
             };
             match grant {
                 Grant::Conn(conn) => {
                     if !conn.is_alive() {
-                        self.discard_dead(conn);
+                        self.discard_dead(conn, seat);
                         continue;
                     }
                     let conn = match conn.into_worker(worker) {
                         Ok(conn) => conn,
                         Err(e) => {
-                            self.forget_one();
+                            self.forget_one(seat);
                             return Err(e.into());
                         }
                     };
                     let needs_check = conn.needs_check;
-                    let mut lease = self.lease(conn);
+                    let mut lease = self.lease(conn, seat);
                     if needs_check && !self.check(&mut lease).await {
                         // Dropping the lease closes it and frees its slot.
                         continue;
@@ -287,6 +336,7 @@ impl PlacementPool {
                 Grant::Slot => {
                     let mut slot = SlotGuard {
                         pool: self,
+                        seat,
                         armed: true,
                     };
                     let opened = match ServerConn::connect(
@@ -309,10 +359,10 @@ impl PlacementPool {
                             let life = jittered_lifetime(self.timeouts.lifetime, rand::random());
                             conn.retire_at = conn.last_used.checked_add(life);
                             self.remember_params(&conn);
-                            Ok(self.lease(Box::new(conn)))
+                            Ok(self.lease(Box::new(conn), seat))
                         }
                         Err(e) => {
-                            self.connect_failed(&e);
+                            self.connect_failed(seat, &e);
                             Err(e.into())
                         }
                     };
@@ -415,21 +465,29 @@ impl PlacementPool {
         }
     }
 
-    async fn wait_for_grant(self: &Arc<Self>, wait: Duration) -> Result<Grant, CheckoutError> {
+    async fn wait_for_grant(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        wait: Duration,
+    ) -> Result<Grant, CheckoutError> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut s = self.lock();
             // Re-check under the lock: something may have come back.
-            if let Some(grant) = take(&mut s, current_worker()) {
+            if let Some(grant) = take(&mut s, seat, current_worker()) {
                 return Ok(grant);
             }
             let id = s.next_waiter;
             s.next_waiter += 1;
-            s.waiters.push_back(Waiter { id, tx });
+            if !s.tenants.push(seat, id, tx) {
+                // Not a tenant of this pool (a bug): nothing to wait for.
+                return Err(CheckoutError::WaitTimeout);
+            }
             id
         };
         let mut guard = WaitGuard {
             pool: self,
+            seat,
             id,
             rx: Some(rx),
         };
@@ -445,10 +503,11 @@ impl PlacementPool {
         }
     }
 
-    fn lease(self: &Arc<Self>, conn: Pooled) -> Lease {
+    fn lease(self: &Arc<Self>, conn: Pooled, seat: TenantSeat) -> Lease {
         Lease {
             conn: Some(conn),
             pool: Arc::clone(self),
+            seat,
         }
     }
 
@@ -462,45 +521,53 @@ impl PlacementPool {
         }
     }
 
-    /// A clean connection comes back: closed if its lifetime is over,
-    /// else straight to the oldest waiter, or idle on its worker.
-    pub(super) fn put_back(&self, mut conn: Pooled) {
+    /// A clean connection `seat` held comes back: closed if its lifetime
+    /// is over, else straight to the waiter whose turn it is, or idle on
+    /// its worker.
+    pub(super) fn put_back(&self, mut conn: Pooled, seat: TenantSeat) {
         let now = Instant::now();
         conn.last_used = now;
         conn.needs_check = self.timeouts.check_delay.is_zero();
         if conn.retire_at.is_some_and(|at| now >= at) {
             bump(&self.stats.closed_lifetime, 1);
             conn.close();
-            self.forget_one();
+            self.forget_one(seat);
             return;
         }
         let mut s = self.lock();
+        s.tenants.release(seat);
         if s.total > s.max {
             s.total -= 1;
+            serve_waiters(&mut s);
             drop(s);
             conn.close(); // shrunk while leased
             return;
         }
         if let Some(c) = hand_to_waiter(&mut s, Grant::Conn(conn)) {
-            let w = c.worker.min(s.idle.len() - 1);
-            s.idle[w].push(c);
-            s.idle_count += 1;
+            put_idle(&mut s, c);
         }
+        // The release may have given a tenant room that the connection
+        // went past (another tenant's turn came first): a free slot may
+        // serve it. Nothing to do, at the cost of one check, when nobody
+        // with room waits.
+        serve_waiters(&mut s);
     }
 
-    /// A connection is gone (closed or broken): free its slot, and let
-    /// waiters have it.
-    pub(super) fn forget_one(&self) {
+    /// A connection `seat` held is gone (closed or broken): free its slot
+    /// and the tenant's share, and let waiters have them.
+    pub(super) fn forget_one(&self, seat: TenantSeat) {
         let mut s = self.lock();
         s.total -= 1;
+        s.tenants.release(seat);
         serve_waiters(&mut s);
     }
 
     /// A slot's connect was given up (its checkout was dropped).
-    fn slot_abandoned(&self) {
+    fn slot_abandoned(&self, seat: TenantSeat) {
         let mut s = self.lock();
         s.connecting -= 1;
         s.total -= 1;
+        s.tenants.release(seat);
         serve_waiters(&mut s);
     }
 
@@ -519,12 +586,13 @@ impl PlacementPool {
         }
     }
 
-    fn connect_failed(&self, e: &ServerError) {
+    fn connect_failed(&self, seat: TenantSeat, e: &ServerError) {
         bump(&self.stats.connect_failures, 1);
         let next = {
             let mut s = self.lock();
             s.connecting -= 1;
             s.total -= 1;
+            s.tenants.release(seat);
             // Attempts that were already under way when an earlier one
             // failed add nothing: the delay grows per probe, not per
             // attempt.
@@ -598,13 +666,14 @@ impl PlacementPool {
 /// Frees a reserved slot if opening the connection is dropped midway.
 struct SlotGuard<'a> {
     pool: &'a PlacementPool,
+    seat: TenantSeat,
     armed: bool,
 }
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.pool.slot_abandoned();
+            self.pool.slot_abandoned(self.seat);
         }
     }
 }
@@ -613,6 +682,7 @@ impl Drop for SlotGuard<'_> {
 /// it.
 struct WaitGuard<'a> {
     pool: &'a Arc<PlacementPool>,
+    seat: TenantSeat,
     id: u64,
     rx: Option<oneshot::Receiver<Grant>>,
 }
@@ -620,18 +690,14 @@ struct WaitGuard<'a> {
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else { return };
-        {
-            let mut s = self.pool.lock();
-            if let Some(i) = s.waiters.iter().position(|w| w.id == self.id) {
-                s.waiters.remove(i);
-                return;
-            }
+        if self.pool.lock().tenants.remove(self.seat, self.id) {
+            return;
         }
         // Already handed something: give it back.
         rx.close();
         match rx.try_recv() {
-            Ok(Grant::Conn(c)) => self.pool.put_back(c),
-            Ok(Grant::Slot) => self.pool.slot_abandoned(),
+            Ok(Grant::Conn(c)) => self.pool.put_back(c, self.seat),
+            Ok(Grant::Slot) => self.pool.slot_abandoned(self.seat),
             Ok(Grant::Down(_)) | Err(_) => {}
         }
     }

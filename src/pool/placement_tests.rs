@@ -17,7 +17,16 @@ fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> 
         timeouts,
         RolePolicy::trusted(),
         None,
+        vec![PoolTenant {
+            name: "t".into(),
+            max_server_connections: max,
+        }],
     )
+}
+
+/// The one tenant of `pool_at`'s pools.
+fn seat(pool: &PlacementPool) -> TenantSeat {
+    pool.seat("t").expect("seat")
 }
 
 /// A port where nothing listens.
@@ -38,13 +47,21 @@ async fn failed_connect_backs_off() {
     };
     let pool = pool_at(closed_port(), 4, timeouts);
     let wait = Duration::from_secs(5);
-    let first = pool.checkout(wait).await.err().expect("nothing listens");
+    let first = pool
+        .checkout(seat(&pool), wait)
+        .await
+        .err()
+        .expect("nothing listens");
     assert!(
         matches!(first, CheckoutError::Connect(ServerError::Io(_))),
         "{first:?}"
     );
     for _ in 0..20 {
-        let e = pool.checkout(wait).await.err().expect("backing off");
+        let e = pool
+            .checkout(seat(&pool), wait)
+            .await
+            .err()
+            .expect("backing off");
         match e {
             CheckoutError::Connect(ServerError::Backoff(d)) => {
                 assert!(d <= Duration::from_millis(100), "{d:?}")
@@ -56,12 +73,21 @@ async fn failed_connect_backs_off() {
     assert_eq!(pool.stats().backoff_refusals.load(Ordering::Relaxed), 20);
     // After the delay: one more attempt, and a doubled delay.
     sleep(Duration::from_millis(120)).await;
-    let e = pool.checkout(wait).await.err().expect("still nothing");
+    let e = pool
+        .checkout(seat(&pool), wait)
+        .await
+        .err()
+        .expect("still nothing");
     assert!(
         matches!(e, CheckoutError::Connect(ServerError::Io(_))),
         "{e:?}"
     );
-    match pool.checkout(wait).await.err().expect("backing off") {
+    match pool
+        .checkout(seat(&pool), wait)
+        .await
+        .err()
+        .expect("backing off")
+    {
         CheckoutError::Connect(ServerError::Backoff(d)) => {
             assert!(d > Duration::from_millis(100), "{d:?}")
         }
@@ -101,7 +127,11 @@ async fn bounded_connects(port: u16, accepted: Arc<AtomicU64>) {
         let pool = Arc::clone(&pool);
         let (tx, rx) = oneshot::channel();
         let task = async move {
-            let _ = tx.send(pool.checkout(Duration::from_secs(30)).await.err());
+            let _ = tx.send(
+                pool.checkout(seat(&pool), Duration::from_secs(30))
+                    .await
+                    .err(),
+            );
         };
         assert!(crate::runtime::spawn_local(Box::pin(task)).is_ok());
         tasks.push(rx);
@@ -129,6 +159,80 @@ async fn bounded_connects(port: u16, accepted: Arc<AtomicU64>) {
     assert_eq!(accepted.load(Ordering::Relaxed), CONNECT_CONCURRENCY as u64);
     let c = pool.counts();
     assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
+}
+
+#[test]
+fn a_tenant_at_its_cap_waits_while_another_gets_a_connection() {
+    // Accepts and never answers: connects stay in progress.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept() {
+            held.push(s);
+        }
+    });
+    block_on(capped_tenant_waits(port));
+}
+
+async fn capped_tenant_waits(port: u16) {
+    let target =
+        BackendTarget::from_url(&format!("postgres://u:p@127.0.0.1:{port}/db")).expect("url");
+    let timeouts = PoolTimeouts {
+        connect: Duration::from_secs(5),
+        ..PoolTimeouts::default()
+    };
+    let tenants = [("flood", 1), ("quiet", 4)].map(|(name, cap)| PoolTenant {
+        name: name.into(),
+        max_server_connections: cap,
+    });
+    let pool = PlacementPool::new(
+        PlacementName("p".into()),
+        target,
+        4,
+        1,
+        timeouts,
+        RolePolicy::trusted(),
+        None,
+        tenants.to_vec(),
+    );
+    let flood = pool.seat("flood").expect("seat");
+    let quiet = pool.seat("quiet").expect("seat");
+    assert_eq!(pool.seat("other"), None);
+    let mut tasks = Vec::new();
+    for seat in [flood, flood, flood, quiet] {
+        let pool = Arc::clone(&pool);
+        let task = async move {
+            let _ = pool.checkout(seat, Duration::from_millis(500)).await;
+        };
+        let (abort, reg) = futures_util::future::AbortHandle::new_pair();
+        let task = futures_util::future::Abortable::new(task, reg);
+        assert!(
+            crate::runtime::spawn_local(Box::pin(async move {
+                let _ = task.await;
+            }))
+            .is_ok()
+        );
+        tasks.push(abort);
+    }
+    sleep(Duration::from_millis(100)).await;
+    // The flood opens one (its cap) and queues two, though the pool has
+    // room for three more; the quiet tenant's connect goes ahead.
+    let c = pool.counts();
+    assert_eq!((c.connecting, c.waiting), (2, 2), "{c:?}");
+    let f = pool.tenant_counts(flood).expect("flood");
+    assert_eq!((f.held, f.waiting, f.cap), (1, 2, 1), "{f:?}");
+    let q = pool.tenant_counts(quiet).expect("quiet");
+    assert_eq!((q.held, q.waiting), (1, 0), "{q:?}");
+    // Given up: everything is handed back, nothing stays counted.
+    tasks.iter().for_each(|t| t.abort());
+    sleep(Duration::from_millis(50)).await;
+    let c = pool.counts();
+    assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
+    for seat in [flood, quiet] {
+        let t = pool.tenant_counts(seat).expect("counts");
+        assert_eq!((t.held, t.waiting), (0, 0), "{t:?}");
+    }
 }
 
 /// The startup messages encoded once are the ones a login would frame.

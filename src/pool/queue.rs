@@ -1,11 +1,17 @@
 //! The pool's locked state: idle connections per worker, the slot count,
-//! the FIFO of waiters, and the backoff after failed connects; and the
-//! operations on it, each run under the pool's mutex (never across an
-//! await).
+//! the tenants' shares and waiters (`fair.rs`), and the backoff after
+//! failed connects; and the operations on it, each run under the pool's
+//! mutex (never across an await).
+//!
+//! Invariant: no idle connection sits in the pool while a tenant with room
+//! under its cap has a waiter; every change that frees a tenant's room or
+//! makes a connection idle hands it on at once (`serve_waiters`,
+//! `hand_to_waiter`). So a newcomer that finds an idle connection barges
+//! ahead of nobody who could have had it.
 
+use super::fair::{TenantSeat, Tenants};
 use super::placement::Pooled;
 use super::timing::CONNECT_CONCURRENCY;
-use std::collections::VecDeque;
 use std::time::Duration;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -20,10 +26,7 @@ pub(super) enum Grant {
     Down(Duration),
 }
 
-pub(super) struct Waiter {
-    pub(super) id: u64,
-    pub(super) tx: oneshot::Sender<Grant>,
-}
+pub(super) type Waiter = oneshot::Sender<Grant>;
 
 pub(super) struct State {
     /// Idle connections per worker, most recently used last.
@@ -34,7 +37,8 @@ pub(super) struct State {
     /// Of `total`, those being opened.
     pub(super) connecting: usize,
     pub(super) max: usize,
-    pub(super) waiters: VecDeque<Waiter>,
+    /// What each tenant holds, and who waits, per tenant.
+    pub(super) tenants: Tenants<Waiter>,
     pub(super) next_waiter: u64,
     /// Consecutive failed connects.
     pub(super) failures: u32,
@@ -61,10 +65,19 @@ impl State {
     }
 }
 
-/// Takes what is there without waiting: an idle connection, a slot to
-/// open one, or word that the placement is backing off. `None`: wait.
-pub(super) fn take(s: &mut State, worker: usize) -> Option<Grant> {
+fn send(w: Waiter, g: Grant) -> Result<(), Grant> {
+    w.send(g)
+}
+
+/// Takes what is there for `seat` without waiting: an idle connection, a
+/// slot to open one, or word that the placement is backing off. `None`:
+/// wait (the pool is busy, or the tenant holds its cap).
+pub(super) fn take(s: &mut State, seat: TenantSeat, worker: usize) -> Option<Grant> {
+    if !s.tenants.has_room(seat) {
+        return None;
+    }
     if let Some(conn) = pop_local_first(s, worker) {
+        s.tenants.acquire(seat);
         return Some(Grant::Conn(conn));
     }
     if s.total >= s.max {
@@ -76,50 +89,71 @@ pub(super) fn take(s: &mut State, worker: usize) -> Option<Grant> {
     if s.connecting < s.connect_limit() {
         s.total += 1;
         s.connecting += 1;
+        s.tenants.acquire(seat);
         return Some(Grant::Slot);
     }
     None
 }
 
-/// After anything that frees a slot or a connect: hands slots to waiters
-/// while the pool has room and may open more; while it backs off,
-/// everyone waiting for a new connection is told at once. (Waiters while
-/// the pool is full wait for a connection to come back, as usual.)
+/// After anything that frees a slot, a connect or a tenant's room: hands
+/// idle connections to waiters that may now have them, then slots while
+/// the pool has room and may open more; while it backs off, every waiter
+/// of a tenant with room is told at once. (Waiters while the pool is full,
+/// or while their tenant holds its cap, wait for a connection to come
+/// back, as usual.)
 pub(super) fn serve_waiters(s: &mut State) {
-    if s.waiters.is_empty() || s.total >= s.max {
+    if !s.tenants.anyone_ready() {
+        return;
+    }
+    // Idle connections can only coexist with waiters whose tenant was at
+    // its cap; one of them has just got room.
+    while s.idle_count > 0 && s.tenants.anyone_ready() {
+        let Some(conn) = pop_any(s, 0) else { break };
+        if let Some(back) = hand_to_waiter(s, Grant::Conn(conn)) {
+            put_idle(s, back);
+            break;
+        }
+    }
+    if !s.tenants.anyone_ready() || s.total >= s.max {
         return;
     }
     if let Some(retry_in) = s.backing_off() {
-        while let Some(w) = s.waiters.pop_front() {
-            let _ = w.tx.send(Grant::Down(retry_in));
-        }
+        s.tenants.tell_ready(
+            || Grant::Down(retry_in),
+            |w, g| {
+                let _ = w.send(g);
+            },
+        );
         return;
     }
-    while s.total < s.max && s.connecting < s.connect_limit() && !s.waiters.is_empty() {
+    while s.total < s.max && s.connecting < s.connect_limit() && s.tenants.anyone_ready() {
         s.total += 1;
         s.connecting += 1;
         hand_to_waiter(s, Grant::Slot);
     }
 }
 
-/// Hands `grant` to the oldest live waiter; gives a connection back if
-/// nobody takes it (a `Slot` nobody takes is released here).
-pub(super) fn hand_to_waiter(s: &mut State, mut grant: Grant) -> Option<Pooled> {
-    while let Some(w) = s.waiters.pop_front() {
-        match w.tx.send(grant) {
-            Ok(()) => return None,
-            Err(back) => grant = back, // waiter gave up; try the next
-        }
-    }
-    match grant {
-        Grant::Conn(c) => Some(c),
-        Grant::Slot => {
+/// Hands `grant` to the next waiter in turn (round robin across tenants,
+/// oldest first within one); gives a connection back if nobody takes it
+/// (a `Slot` nobody takes is released here).
+pub(super) fn hand_to_waiter(s: &mut State, grant: Grant) -> Option<Pooled> {
+    match s.tenants.hand(grant, send) {
+        Ok(()) => None,
+        Err(Grant::Conn(c)) => Some(c),
+        Err(Grant::Slot) => {
             s.total -= 1;
             s.connecting -= 1;
             None
         }
-        Grant::Down(_) => None,
+        Err(Grant::Down(_)) => None,
     }
+}
+
+/// Files a connection nobody waits for under its worker.
+pub(super) fn put_idle(s: &mut State, c: Pooled) {
+    let w = c.worker.min(s.idle.len() - 1);
+    s.idle[w].push(c);
+    s.idle_count += 1;
 }
 
 pub(super) fn pop_local_first(s: &mut State, worker: usize) -> Option<Pooled> {

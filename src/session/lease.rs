@@ -58,11 +58,11 @@ impl Session<'_> {
     /// Leases a server connection and applies the client's settings;
     /// true if that took a sync (so reported values may have changed).
     pub(super) async fn lease(&self) -> Result<(Lease, bool), ClientError> {
-        let mut lease = match self.pool.try_checkout() {
+        let mut lease = match self.pool.try_checkout(self.seat) {
             Some(lease) => lease,
             None => self
                 .pool
-                .checkout(self.wait_timeout)
+                .checkout(self.seat, self.wait_timeout)
                 .await
                 .map_err(|e| checkout_error(&self.tenant, e))?,
         };

@@ -38,7 +38,7 @@ use crate::catalog::TenantEntry;
 use crate::client::conn::ClientConn;
 use crate::client::error::ClientError;
 use crate::config::{PinPolicy, PoolMode};
-use crate::pool::{Lease, PlacementPool};
+use crate::pool::{Lease, PlacementPool, TenantSeat};
 use crate::protocol::HEADER_LEN;
 use bytes::Buf;
 use cancel::CancelSlot;
@@ -63,6 +63,8 @@ const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
 pub struct Session<'a> {
     pub tenant: Arc<TenantEntry>,
     pub pool: Arc<PlacementPool>,
+    /// This client's tenant at `pool`: what its leases count against.
+    pub seat: TenantSeat,
     pub mode: PoolMode,
     pub wait_timeout: Duration,
     pub reset_query: String,
