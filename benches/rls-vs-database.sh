@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# What the shared placement costs: pgbench select-only through one
+# pgtenant, alternating between a tenant with its own database
+# (isolation = "database") and a tenant on a shared database with forced
+# row-level security (isolation = "rls": a tenant_id column, the policy
+# tenant_id = pgtenant.current_tenant(), and the context call that opens
+# every lease). Same data, same pool size, same proxy process; runs
+# interleaved so drift on a shared machine hits both alike. Reports TPS per
+# run, the medians and the median of the per-repetition ratios rls/database.
+#
+#   REPS=5 DURATION=10 CLIENTS=16 MODES="simple extended" benches/rls-vs-database.sh
+#
+# Needs the PostgreSQL server binaries and pgbench; builds the release
+# binary unless PGTENANT_BIN names one.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+REPS=${REPS:-5}
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-16}
+MODES=${MODES:-"simple extended"}
+SCALE=${SCALE:-10}
+PG_PORT=${PG_PORT:-55432}
+PGTENANT_PORT=${PGTENANT_PORT:-56432}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-57432}
+# shellcheck source=benches/bench-cluster.sh
+source "$ROOT/benches/bench-cluster.sh"
+
+sql() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" "$@"; }
+
+# The shared database: tables owned by bench_owner, the placement logs in
+# as bench_shared, which may read pgbench_accounts through the policy only.
+sql -U postgres -d postgres \
+  -c "CREATE ROLE bench_owner LOGIN" -c "CREATE ROLE bench_shared LOGIN" \
+  -c "CREATE DATABASE bench_shared" \
+  -c "REVOKE ALL ON DATABASE bench_shared FROM PUBLIC" \
+  -c "GRANT CONNECT ON DATABASE bench_shared TO bench_shared" \
+  -c "GRANT CONNECT, CREATE ON DATABASE bench_shared TO bench_owner"
+sql -U postgres -d bench_shared -c "GRANT CREATE ON SCHEMA public TO bench_owner"
+sql -U bench_owner -d bench_shared -f "$ROOT/sql/pgtenant.sql" >/dev/null
+pgbench -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench_owner bench_shared >/dev/null 2>&1
+# Every pgbench table gets a tenant and a forced policy (pgbench -S also
+# counts pgbench_branches at start).
+for t in accounts branches tellers history; do
+  sql -U bench_owner -d bench_shared <<SQL
+ALTER TABLE pgbench_$t ADD COLUMN tenant_id text NOT NULL DEFAULT 't1';
+ALTER TABLE pgbench_$t ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pgbench_$t FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON pgbench_$t
+    USING (tenant_id = pgtenant.current_tenant())
+    WITH CHECK (tenant_id = pgtenant.current_tenant());
+GRANT SELECT ON pgbench_$t TO bench_shared;
+SQL
+done
+
+cat >"$W/rls.toml" <<CONF
+[proxy]
+listen = "127.0.0.1:$PGTENANT_PORT"
+auth_type = "trust"
+workers = ${PGTENANT_WORKERS:-1}
+tenant_from = ["database"]
+secret_file = "$W/pgtenant.secret"
+
+[placements.dedicated]
+url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
+isolation = "database"
+pool_size = 20
+
+[placements.shared]
+url = "postgres://bench_shared@127.0.0.1:$PG_PORT/bench_shared"
+isolation = "rls"
+pool_size = 20
+
+[tenants.bench]
+placement = "dedicated"
+users = { bench = "bench" }
+
+[tenants.t1]
+placement = "shared"
+users = { bench = "bench" }
+CONF
+"$PGTENANT_BIN" context-key -c "$W/rls.toml" shared | sql -U bench_owner -d bench_shared >/dev/null
+PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/rls.toml" &
+PIDS+=($!)
+wait_port "$PGTENANT_PORT"
+psql -X -Atq -h 127.0.0.1 -p "$PGTENANT_PORT" -U bench -d t1 \
+  -c "select count(*) from pgbench_accounts" | grep -qx "$((SCALE * 100000))" ||
+  { echo "the rls tenant does not see its rows" >&2; exit 1; }
+
+tps() { # database mode
+  pgbench -n -S -M "$2" -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 -p "$PGTENANT_PORT" \
+    -U bench "$1" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+echo "select-only, $CLIENTS clients, ${DURATION}s x $REPS, scale $SCALE, one pgtenant (workers=${PGTENANT_WORKERS:-1})"
+for mode in $MODES; do
+  db=() rls=() ratios=()
+  for rep in $(seq 1 "$REPS"); do
+    a=$(tps bench "$mode")
+    b=$(tps t1 "$mode")
+    db+=("$a") rls+=("$b")
+    ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b / a}')")
+    echo "  $mode rep $rep: database $a tps, rls $b tps, ratio ${ratios[-1]}"
+  done
+  printf '%s: database median %s tps, rls median %s tps, median ratio rls/database %s\n' "$mode" \
+    "$(printf '%s\n' "${db[@]}" | median)" "$(printf '%s\n' "${rls[@]}" | median)" \
+    "$(printf '%s\n' "${ratios[@]}" | median)"
+done
