@@ -3,7 +3,7 @@
 use super::{Catalog, Credential, TenantEntry};
 use crate::client::scram::Verifier;
 use crate::client::secret::AuthSecret;
-use crate::config::{Config, ConfigError, ConfigSource};
+use crate::config::{Config, ConfigError, ConfigSource, Isolation, schema_names};
 use crate::routing::TenantId;
 use std::sync::Arc;
 
@@ -47,6 +47,20 @@ impl Catalog {
                     .clone()
                     .ok_or_else(|| src.error(&format!("tenants.{name}"), "has no placement"))?,
             };
+            let search_path = match cfg.placements.get(&placement) {
+                Some(pc) if pc.isolation == Isolation::Schema => Some(
+                    schema_names::tenant_search_path(
+                        pc.schema_pattern.as_deref(),
+                        pc.search_path.as_deref(),
+                        name,
+                        t.schema.as_deref(),
+                    )
+                    .map_err(|m| src.error(&format!("tenants.{name}"), m))?
+                    .1
+                    .into(),
+                ),
+                _ => None,
+            };
             tenants.insert(
                 name.clone(),
                 Arc::new(TenantEntry {
@@ -55,6 +69,7 @@ impl Catalog {
                     users,
                     max_client_connections: t.max_client_connections,
                     max_pinned_connections: t.max_pinned_connections,
+                    search_path,
                 }),
             );
         }

@@ -40,6 +40,9 @@ pub struct TenantEntry {
     pub users: ConfigMap<String, Credential>,
     pub max_client_connections: Option<u32>,
     pub max_pinned_connections: Option<u32>,
+    /// On an `isolation = "schema"` placement: the `search_path` this
+    /// tenant's clients start with (as if each had sent it at startup).
+    pub search_path: Option<Arc<str>>,
 }
 
 /// All tenants, by name.

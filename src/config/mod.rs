@@ -6,6 +6,7 @@
 //! offending key and line.
 
 mod load;
+pub mod schema_names;
 mod values;
 
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
@@ -293,6 +294,13 @@ pub struct PlacementConfig {
     /// (they are not isolated from each other). Off by default.
     #[serde(default)]
     pub allow_shared_database: bool,
+    /// `isolation = "schema"`: the schema of each tenant, `{tenant}`
+    /// standing for its name (`schema_names::DEFAULT_SCHEMA_PATTERN`).
+    pub schema_pattern: Option<String>,
+    /// `isolation = "schema"`: the `search_path` a tenant's clients start
+    /// with, `{schema}` standing for its schema
+    /// (`schema_names::DEFAULT_SEARCH_PATH`).
+    pub search_path: Option<String>,
 }
 
 fn default_pool_size() -> u32 {
@@ -311,6 +319,9 @@ pub struct TenantConfig {
     /// (session state in transaction mode); default: half the placement's
     /// pool_size, at least 1.
     pub max_pinned_connections: Option<u32>,
+    /// On an `isolation = "schema"` placement: this tenant's schema, in
+    /// place of the placement's `schema_pattern`.
+    pub schema: Option<String>,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".
