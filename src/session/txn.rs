@@ -33,6 +33,10 @@ pub enum Halt {
     /// The server is quiet and the client has nothing in flight (an idle
     /// timeout may apply).
     Rest,
+    /// The server is about to go idle after a RESET or DISCARD ALL on a
+    /// connection the client keeps (session mode, a pin): its ReadyForQuery
+    /// waits in the buffer while the client's startup settings are put back.
+    Restore,
 }
 
 /// Transaction state, kept by the sinks while frames go by.
@@ -100,6 +104,10 @@ pub struct TxnState {
     /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
     /// `set_config(` in the SQL): session settings may have changed.
     pub settings_changed: bool,
+    /// CommandComplete of `RESET` (`RESET ALL` included) or `DISCARD ALL`
+    /// seen: settings went back to the server connection's defaults, not
+    /// to the client's startup values, which PostgreSQL would restore.
+    pub defaults_reset: bool,
     /// Custom (dotted) setting names the client's SQL set; `pg_settings`
     /// does not list them, so the session reads them by name.
     pub custom_names: Vec<Vec<u8>>,
@@ -145,6 +153,7 @@ impl TxnState {
             statements_suspect: false,
             schema_changed: false,
             settings_changed: false,
+            defaults_reset: false,
             custom_names: Vec::new(),
             notify_pids: Vec::new(),
             backend_pid: 0,
@@ -174,6 +183,7 @@ impl TxnState {
         self.statements_suspect = false;
         self.schema_changed = false;
         self.settings_changed = false;
+        self.defaults_reset = false;
         self.custom_names.clear();
         self.notify_pids.clear();
     }
@@ -208,6 +218,17 @@ impl TxnState {
             && (self.mentions.state
                 || self.mentions.unknown
                 || (self.pinned && self.mentions.release))
+            && status == Some(b'I')
+            && self.position.awaits_last_ready()
+            && self.client_at_rest
+    }
+
+    /// A ReadyForQuery with `status` now would hand the client a
+    /// connection it keeps (so no next lease syncs it) with settings a
+    /// RESET took to the server's defaults: put the client's back first.
+    fn restore_due(&self, status: Option<u8>) -> bool {
+        self.defaults_reset
+            && !self.stop_when_idle
             && status == Some(b'I')
             && self.position.awaits_last_ready()
             && self.client_at_rest
@@ -396,6 +417,7 @@ impl FrameSink for ServerSink<'_> {
                 }
                 if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
                     st.settings_changed = true;
+                    st.defaults_reset |= body != b"SET\0";
                 }
                 if st.rewrite && (body == b"DEALLOCATE\0" || body == b"PREPARE\0") {
                     st.statements_suspect = true;
@@ -422,6 +444,10 @@ impl FrameSink for ServerSink<'_> {
         }
         if tag == b'Z' && st.probe_due(body.first().copied()) {
             st.server_halt = Some(Halt::Probe);
+            return Step::StopBefore;
+        }
+        if tag == b'Z' && st.restore_due(body.first().copied()) {
+            st.server_halt = Some(Halt::Restore);
             return Step::StopBefore;
         }
         if matches!(tag, b't' | b'T' | b'n') && st.replies.capturing_front() {
