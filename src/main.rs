@@ -94,7 +94,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     };
     pgtenant::catalog::Catalog::from_config(&cfg, &src, secret)?;
     for (name, p) in &cfg.placements {
-        if p.isolation != pgtenant::config::Isolation::Database {
+        if p.isolation == pgtenant::config::Isolation::Rls {
             eprintln!(
                 "warning: placements.{name}: isolation \"{}\" is not supported yet; its tenants will be refused",
                 p.isolation.as_str()
