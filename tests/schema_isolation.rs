@@ -423,3 +423,32 @@ async fn search_path_template_and_tenant_schema_override() {
         .expect_err("not on a's path");
     assert_eq!(sqlstate(&err), "42P01", "{err}");
 }
+
+/// Statements that run after a RESET in the same query string (or the
+/// same transaction block) run before the proxy can put the tenant's path
+/// back: they get the role's default. With the role's default path empty,
+/// as the README advises, they find no table rather than another schema's.
+#[tokio::test]
+async fn an_empty_role_default_makes_the_reset_gap_fail_closed() {
+    let pg = cluster().await;
+    let admin = pg.cluster.admin("tenant_shared").await.expect("admin");
+    admin
+        .batch_execute("ALTER ROLE pgt_shared IN DATABASE tenant_shared SET search_path = ''")
+        .await
+        .expect("role default");
+    for mode in ["transaction", "session"] {
+        let proxy = TestProxy::start(&config(&pg, mode, 1, "")).await;
+        let a = proxy.connect("a").await;
+        assert_eq!(notes_simple(&a).await, own("a"), "{mode}");
+        for gap in [
+            "RESET search_path; SELECT body FROM notes",
+            "BEGIN; RESET ALL; SELECT body FROM notes; COMMIT",
+        ] {
+            let err = a.batch_execute(gap).await.expect_err(gap);
+            assert_eq!(sqlstate(&err), "42P01", "{mode}: {gap}: {err}");
+            a.batch_execute("ROLLBACK").await.expect("rollback");
+            // The next statement has the tenant's path again.
+            assert_eq!(notes_simple(&a).await, own("a"), "{mode}: after {gap}");
+        }
+    }
+}
