@@ -452,3 +452,47 @@ async fn an_empty_role_default_makes_the_reset_gap_fail_closed() {
         }
     }
 }
+
+/// A statement a tenant's client prepared and described is known to the
+/// proxy: another client of the same tenant prepares it without a server
+/// connection (here all of them are taken), while another tenant's client,
+/// whose same text names another table, is not given that description.
+#[tokio::test]
+async fn kept_descriptions_serve_their_own_tenant_only() {
+    let pg = cluster().await;
+    let admin = pg.cluster.admin("tenant_shared").await.expect("admin");
+    admin
+        .batch_execute("ALTER TABLE tenant_b.notes ADD COLUMN extra text")
+        .await
+        .expect("migrate b");
+    let mut cfg = config(&pg, "transaction", 1, "");
+    cfg = cfg.replace("[proxy]\n", "[proxy]\nquery_wait_timeout = \"3s\"\n");
+    let proxy = TestProxy::start(&cfg).await;
+    let sql = "SELECT * FROM notes";
+    let a1 = proxy.connect("a").await;
+    assert_eq!(
+        a1.prepare(sql).await.expect("a1 prepares").columns().len(),
+        2
+    );
+    let a2 = proxy.connect("a").await;
+    let b = proxy.connect("b").await;
+    // The one server connection is taken by an open transaction.
+    let holder = proxy.connect("c-eu").await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let a2_prepared = tokio::time::timeout(std::time::Duration::from_secs(30), a2.prepare(sql))
+        .await
+        .expect("answered without a server connection")
+        .expect("a2 prepares");
+    assert_eq!(a2_prepared.columns().len(), 2);
+    let err = b.prepare(sql).await.expect_err("b needs the server");
+    assert_eq!(sqlstate(&err), "57014", "{err}");
+    holder.batch_execute("COMMIT").await.expect("commit");
+    // A wait timeout ends the client's connection.
+    let b = proxy.connect("b").await;
+    let b_prepared = b.prepare(sql).await.expect("b prepares");
+    assert_eq!(b_prepared.columns().len(), 3, "b's own columns");
+    let row = b.query_one(&b_prepared, &[]).await.expect("b runs it");
+    assert_eq!(row.get::<_, String>("body"), "note of b");
+    let row = a2.query_one(&a2_prepared, &[]).await.expect("a2 runs it");
+    assert_eq!(row.get::<_, String>("body"), "note of a");
+}
