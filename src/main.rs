@@ -126,11 +126,6 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
             p.isolation.as_str(),
             tenants.len()
         );
-        if p.isolation == pgtenant::config::Isolation::Schema {
-            eprintln!(
-                "warning: placements.{name}: isolation \"schema\" is not supported yet; its tenants will be refused"
-            );
-        }
     }
     if cfg.tls.is_some() {
         eprintln!("warning: [tls] is not supported yet; SSLRequest is answered 'N'");

@@ -194,6 +194,12 @@ async fn session_mode_sets_the_context_for_the_whole_session() {
                 .await
                 .expect("transactions");
             assert_eq!(bodies_simple(&c).await, own(t), "{t} after transactions");
+            // Statements that take the context with them: the session
+            // gets it back before it goes on.
+            for sql in ["RESET ALL", "DISCARD ALL", "DISCARD SEQUENCES"] {
+                c.batch_execute(sql).await.expect(sql);
+                assert_eq!(bodies(&c).await, own(t), "{t} after {sql}");
+            }
             drop(c);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

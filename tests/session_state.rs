@@ -61,3 +61,53 @@ async fn set_follows_the_client_and_never_leaks() {
     assert_eq!(show(&a, "work_mem").await, "13MB");
     assert_eq!(show(&b, "work_mem").await, "4MB");
 }
+
+/// PostgreSQL's RESET returns a setting to the value the client sent at
+/// startup. On a connection the client keeps (session mode), the server
+/// connection's own default is another one: the proxy puts the client's
+/// back before the client hears the server is idle.
+#[tokio::test]
+async fn reset_returns_to_the_startup_value_on_a_kept_connection() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\npool_mode = \"session\"",
+    ))
+    .await;
+    let (a, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .user("app.acme")
+        .dbname("acme")
+        .application_name("from-startup")
+        .options("-c work_mem=13MB")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    for reset in [
+        "RESET application_name; RESET work_mem",
+        "RESET ALL",
+        "DISCARD ALL",
+        "BEGIN; RESET ALL; COMMIT",
+    ] {
+        a.batch_execute("SET application_name = 'changed'; SET work_mem = '1MB'")
+            .await
+            .expect("set");
+        assert_eq!(show(&a, "application_name").await, "changed");
+        a.batch_execute(reset).await.expect("reset");
+        assert_eq!(
+            show(&a, "application_name").await,
+            "from-startup",
+            "{reset}"
+        );
+        assert_eq!(show(&a, "work_mem").await, "13MB", "{reset}");
+    }
+    // RESET inside a transaction block is undone by its ROLLBACK.
+    a.batch_execute("SET work_mem = '2MB'").await.expect("set");
+    a.batch_execute("BEGIN; RESET work_mem; ROLLBACK")
+        .await
+        .expect("rollback");
+    assert_eq!(show(&a, "work_mem").await, "2MB");
+}

@@ -3,7 +3,7 @@
 use super::{Catalog, Credential, TenantEntry};
 use crate::client::scram::Verifier;
 use crate::client::secret::AuthSecret;
-use crate::config::{Config, ConfigError, ConfigSource};
+use crate::config::{Config, ConfigError, ConfigSource, Isolation, schema_names};
 use crate::routing::TenantId;
 use std::sync::Arc;
 
@@ -48,6 +48,20 @@ impl Catalog {
                     .clone()
                     .ok_or_else(|| src.error(&format!("tenants.{name}"), "has no placement"))?,
             };
+            let search_path = match cfg.placements.get(&placement) {
+                Some(pc) if pc.isolation == Isolation::Schema => Some(
+                    schema_names::tenant_search_path(
+                        pc.schema_pattern.as_deref(),
+                        pc.search_path.as_deref(),
+                        name,
+                        t.schema.as_deref(),
+                    )
+                    .map_err(|m| src.error(&format!("tenants.{name}"), m))?
+                    .1
+                    .into(),
+                ),
+                _ => None,
+            };
             tenants.insert(
                 name.clone(),
                 Arc::new(TenantEntry {
@@ -61,6 +75,7 @@ impl Catalog {
                         .ok_or_else(|| {
                             src.error(&format!("tenants.{name}.placement"), "no such placement")
                         })?,
+                    search_path,
                 }),
             );
         }

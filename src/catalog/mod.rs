@@ -43,6 +43,9 @@ pub struct TenantEntry {
     /// Server connections of its placement's pool its clients may hold
     /// at once (the tenant's own setting or the placement's default).
     pub max_server_connections: u32,
+    /// On an `isolation = "schema"` placement: the `search_path` this
+    /// tenant's clients start with (as if each had sent it at startup).
+    pub search_path: Option<Arc<str>>,
 }
 
 /// All tenants, by name.

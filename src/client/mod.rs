@@ -14,7 +14,7 @@ pub mod scram;
 pub mod secret;
 
 use crate::admission::Unauthenticated;
-use crate::config::{AuthType, Isolation};
+use crate::config::AuthType;
 use crate::protocol::CancelKey;
 use crate::protocol::messages;
 use crate::protocol::startup::{self, Startup, StartupPacket};
@@ -151,7 +151,9 @@ async fn serve_inner(
             max_statement: proxy.max_statement_size.0 as usize,
             max_total: proxy.max_client_memory.0 as usize,
         },
-        statements: Default::default(),
+        statements: session::statements::ClientStatements::in_namespace(
+            login.tenant.search_path.clone(),
+        ),
         pin_policy: proxy.pin_policy,
         idle_transaction_timeout: proxy.idle_transaction_timeout,
         client_idle_timeout: proxy.client_idle_timeout,
@@ -293,16 +295,14 @@ async fn login(
         .placements
         .get(&tenant.placement)
         .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
-    if placement.isolation == Isolation::Schema {
-        return Err(ClientError::NotSupported(format!(
-            "tenant \"{}\" is on placement \"{}\" with isolation \"{}\", which is not supported yet",
-            tenant.id,
-            tenant.placement,
-            placement.isolation.as_str()
-        )));
-    }
 
+    // The tenant's schema comes first, as if the client had sent it at
+    // startup: the client's own startup value or `-c` option replaces it,
+    // and RESET returns to it (`Session::startup_settings`).
     let mut wanted = Vec::new();
+    if let Some(path) = &tenant.search_path {
+        params::upsert(&mut wanted, "search_path", path);
+    }
     for (k, v) in startup
         .params
         .iter()

@@ -1,7 +1,7 @@
 //! Reading and validating a config file. Every error names the key it is
 //! about and, where the file has it, the line.
 
-use super::Config;
+use super::{Config, schema_names};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -208,6 +208,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
             check_server_cap(cap, pl.pool_size)
                 .map_err(|m| src.error(&format!("{key}.tenant_max_server_connections"), m))?;
         }
+        check_schema_keys(pl, &key, src)?;
         let target = crate::pool::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
         // One backend role serving two placements can signal and watch
@@ -228,6 +229,8 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         }
     }
     let mut dedicated: HashMap<&str, &str> = HashMap::new();
+    // (placement, schema) -> the tenant that has it.
+    let mut schemas: HashMap<(&str, String), &str> = HashMap::new();
     for (name, t) in &cfg.tenants {
         let key = format!("tenants.{name}");
         check_name(name).map_err(|m| src.error(&key, m))?;
@@ -262,6 +265,41 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                      placement, or set allow_shared_database = true on placements.{pl}"
                 ),
             ));
+        }
+        match placement.and_then(|pl| cfg.placements.get_key_value(pl)) {
+            Some((pl, pc)) if pc.isolation == super::Isolation::Schema => {
+                let (schema, _) = schema_names::tenant_search_path(
+                    pc.schema_pattern.as_deref(),
+                    pc.search_path.as_deref(),
+                    name,
+                    t.schema.as_deref(),
+                )
+                .map_err(|m| {
+                    let at = if t.schema.is_some() {
+                        format!("{key}.schema")
+                    } else {
+                        format!("placements.{pl}.schema_pattern")
+                    };
+                    src.error(&at, m)
+                })?;
+                // Two tenants in one schema see each other's tables.
+                if let Some(first) = schemas.insert((pl.as_str(), schema.clone()), name) {
+                    return Err(src.error(
+                        &format!("{key}.schema"),
+                        format!(
+                            "tenants {first} and {name} would both use schema {schema:?} of \
+                             placements.{pl}; give one of them its own `schema`"
+                        ),
+                    ));
+                }
+            }
+            _ if t.schema.is_some() => {
+                return Err(src.error(
+                    &format!("{key}.schema"),
+                    "applies only to tenants on an isolation = \"schema\" placement",
+                ));
+            }
+            _ => {}
         }
         if t.users.is_empty() {
             return Err(src.error(
@@ -302,6 +340,37 @@ fn check_server_cap(cap: u32, pool_size: u32) -> Result<(), String> {
         return Err(format!(
             "{cap} is more than the placement's pool_size ({pool_size})"
         ));
+    }
+    Ok(())
+}
+
+/// `schema_pattern` and `search_path` belong to schema placements, and
+/// must be well formed there.
+fn check_schema_keys(
+    pl: &super::PlacementConfig,
+    key: &str,
+    src: &ConfigSource,
+) -> Result<(), ConfigError> {
+    let keys = [
+        ("schema_pattern", &pl.schema_pattern),
+        ("search_path", &pl.search_path),
+    ];
+    if pl.isolation != super::Isolation::Schema {
+        if let Some((k, _)) = keys.iter().find(|(_, v)| v.is_some()) {
+            return Err(src.error(
+                &format!("{key}.{k}"),
+                "applies only to isolation = \"schema\" placements",
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(p) = &pl.schema_pattern {
+        schema_names::check_pattern(p)
+            .map_err(|m| src.error(&format!("{key}.schema_pattern"), m))?;
+    }
+    if let Some(p) = &pl.search_path {
+        schema_names::check_search_path(p)
+            .map_err(|m| src.error(&format!("{key}.search_path"), m))?;
     }
     Ok(())
 }
@@ -525,6 +594,89 @@ users = { app = "globex-secret" }
         // Several tenants on an rls placement are what it is for.
         let rls = GOOD.replace("placement = \"acme_db\"\n", "");
         parse_str(&rls, "t.toml").expect("rls");
+    }
+
+    #[test]
+    fn schema_placements_check_their_keys_and_every_tenants_schema() {
+        let schema = GOOD.replace("isolation = \"rls\"", "isolation = \"schema\"");
+        parse_str(&schema, "t.toml").expect("defaults");
+        let keyed = |placement: &str, tenant: &str| {
+            schema
+                .replace(
+                    "isolation = \"schema\"\n",
+                    &format!("isolation = \"schema\"\n{placement}\n"),
+                )
+                .replace(
+                    "users = { app = \"globex-secret\" }",
+                    &format!("users = {{ app = \"globex-secret\" }}\n{tenant}"),
+                )
+        };
+        parse_str(
+            &keyed(
+                "schema_pattern = \"{tenant}_data\"\nsearch_path = \"{schema}, public\"",
+                "schema = \"globex-eu\"",
+            ),
+            "t.toml",
+        )
+        .expect("both keys and an override");
+        for (placement, tenant, key) in [
+            (
+                "schema_pattern = \"{tenant}\"",
+                "",
+                "placements.shared.schema_pattern",
+            ),
+            (
+                "schema_pattern = \"x\"",
+                "",
+                "placements.shared.schema_pattern",
+            ),
+            (
+                "search_path = \"public\"",
+                "",
+                "placements.shared.search_path",
+            ),
+            (
+                "search_path = \"{schema};x\"",
+                "",
+                "placements.shared.search_path",
+            ),
+            ("", "schema = \"public\"", "tenants.globex.schema"),
+            ("", "schema = \"a.b\"", "tenants.globex.schema"),
+        ] {
+            // "{tenant}" alone gives tenant "globex" the schema "globex";
+            // refused only where it names a shared one.
+            let text = keyed(placement, tenant).replace("[tenants.globex]", "[tenants.public]");
+            let err = parse_str(&text, "t.toml").expect_err(placement);
+            let key = key.replace("tenants.globex", "tenants.public");
+            assert_eq!(err.key, key, "{err}");
+        }
+        // Two tenants, one schema.
+        let twice = keyed("", "schema = \"tenant_acme\"").replace(
+            "[tenants.acme]\nplacement = \"acme_db\"\n",
+            "[tenants.acme]\n",
+        );
+        let err = parse_str(&twice, "t.toml").expect_err("one schema");
+        assert_eq!(err.key, "tenants.globex.schema", "{err}");
+        assert!(err.message.contains("acme"), "{err}");
+        // The keys belong to schema placements only.
+        let err = parse_str(
+            &GOOD.replace(
+                "isolation = \"rls\"",
+                "isolation = \"rls\"\nsearch_path = \"{schema}\"",
+            ),
+            "t.toml",
+        )
+        .expect_err("rls");
+        assert_eq!(err.key, "placements.shared.search_path", "{err}");
+        let err = parse_str(
+            &GOOD.replace(
+                "users = { app = \"acme-secret\" }",
+                "users = { app = \"acme-secret\" }\nschema = \"acme\"",
+            ),
+            "t.toml",
+        )
+        .expect_err("database");
+        assert_eq!(err.key, "tenants.acme.schema", "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! offending key and line.
 
 mod load;
+pub mod schema_names;
 mod values;
 
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
@@ -302,6 +303,13 @@ pub struct PlacementConfig {
     /// once, for tenants that set no `max_server_connections`; default:
     /// see [`PlacementConfig::tenant_cap`].
     pub tenant_max_server_connections: Option<u32>,
+    /// `isolation = "schema"`: the schema of each tenant, `{tenant}`
+    /// standing for its name (`schema_names::DEFAULT_SCHEMA_PATTERN`).
+    pub schema_pattern: Option<String>,
+    /// `isolation = "schema"`: the `search_path` a tenant's clients start
+    /// with, `{schema}` standing for its schema
+    /// (`schema_names::DEFAULT_SEARCH_PATH`).
+    pub search_path: Option<String>,
 }
 
 impl PlacementConfig {
@@ -381,6 +389,9 @@ pub struct TenantConfig {
     /// may hold at once (leased, pinned or being opened); default: the
     /// placement's `tenant_max_server_connections`.
     pub max_server_connections: Option<u32>,
+    /// On an `isolation = "schema"` placement: this tenant's schema, in
+    /// place of the placement's `schema_pattern`.
+    pub schema: Option<String>,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".

@@ -424,6 +424,8 @@ impl Harness {
             match self.st.server_halt.take() {
                 Some(Halt::Idle) => return self.release(false),
                 Some(Halt::Probe) => self.probe(),
+                // The session syncs settings; none are modelled here.
+                Some(Halt::Restore) => self.st.defaults_reset = false,
                 _ => {}
             }
             if !scan.stopped {

@@ -151,15 +151,20 @@ impl Session<'_> {
         Ok(local)
     }
 
-    /// The client resolves names as every other client of the placement
+    /// The client resolves names as every other client of its tenant
     /// does by default (it set no `search_path` of its own), so kept
-    /// Describe answers apply to it.
+    /// Describe answers apply to it. A schema tenant's default is its
+    /// tenant's path; its statements, and so their kept answers, are its
+    /// tenant's alone (`ClientStatements::in_namespace`).
     pub(super) fn default_search_path(&self) -> bool {
-        // A role changes what "$user" in the default path means.
-        !self.wanted.iter().any(|(name, _)| {
-            name.eq_ignore_ascii_case("search_path")
-                || name.eq_ignore_ascii_case("role")
-                || name.eq_ignore_ascii_case("session_authorization")
+        self.wanted.iter().all(|(name, value)| {
+            if name.eq_ignore_ascii_case("search_path") {
+                self.tenant.search_path.as_deref() == Some(value.as_str())
+            } else {
+                // A role changes what "$user" in the default path means.
+                !name.eq_ignore_ascii_case("role")
+                    && !name.eq_ignore_ascii_case("session_authorization")
+            }
         })
     }
 

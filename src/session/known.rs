@@ -235,7 +235,7 @@ fn answer_batch(buf: &[u8], a: Answering<'_>, out: &mut BytesMut) -> Local {
                     || limits
                         .refusal(statements, Some(name), definition.len())
                         .is_some();
-                let server_name = prepared::server_name(definition);
+                let server_name = statements.server_name(definition);
                 if name.is_empty() || over || known.get(&server_name).is_none() {
                     return Local::Server; // the usual path answers or refuses
                 }

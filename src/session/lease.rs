@@ -2,6 +2,8 @@
 //! settings on it (synced when they differ, read back after a transaction
 //! that changed them), and the ParameterStatus changes that brings.
 
+use super::pump::Flow;
+use super::txn::TxnState;
 use super::{Session, params};
 use crate::catalog::TenantEntry;
 use crate::client::error::ClientError;
@@ -66,13 +68,90 @@ impl Session<'_> {
                 .await
                 .map_err(|e| checkout_error(&self.tenant, e))?,
         };
+        match self.sync_settings(&mut lease).await {
+            Ok(synced) => Ok((lease, synced)),
+            Err(SyncFailure { error, clean }) => {
+                if clean {
+                    lease.release();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// After a RESET or DISCARD ALL on a connection the client keeps
+    /// (session mode, a pin), before its ReadyForQuery goes out: what was
+    /// reset went to the server connection's defaults, so the client's
+    /// startup values (its tenant's `search_path` among them) are put
+    /// back, as PostgreSQL's RESET would have.
+    pub(super) async fn restore_settings(
+        &mut self,
+        lease: &mut Lease,
+        server_flow: &mut Flow,
+        txn: &mut TxnState,
+    ) -> Result<(), ClientError> {
+        txn.defaults_reset = false;
+        // The server's ReadyForQuery waits in `server_flow.buf`; the
+        // replies to the proxy's queries come after it on the socket.
+        server_flow.read_armed = false;
+        if let Some(ctx) = self.pool.context() {
+            // RESET ALL, DISCARD ALL or DISCARD SEQUENCES took the tenant
+            // context (`pool::context`) with them: enter it again.
+            self.reenter_tenant(ctx, lease).await?;
+        }
+        if self.startup_settings.is_empty() {
+            return Ok(()); // the server's defaults are the client's
+        }
+        self.learn_settings(lease).await?;
+        txn.settings_changed = false;
+        match self.sync_settings(lease).await {
+            Ok(true) => {
+                self.report_changes(lease.conn(), &mut server_flow.inject);
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(SyncFailure { error, .. }) => {
+                // Not known any more: reset before anyone else has it.
+                txn.settings_changed = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// The tenant context call, waited for (a connection the client keeps
+    /// lost its context mid-session); fails closed.
+    async fn reenter_tenant(
+        &self,
+        ctx: &crate::pool::TenantContext,
+        lease: &mut Lease,
+    ) -> Result<(), ClientError> {
+        let conn = lease.conn_mut();
+        let Some(function) = conn.context_function else {
+            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+        };
+        let mut call = BytesMut::new();
+        let pid = conn.cancel_key().pid;
+        ctx.write_enter(function, pid, self.tenant.id.as_str(), &mut call);
+        conn.exchange(&call).await.map(|_| ()).map_err(|e| {
+            tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");
+            ClientError::ContextFailed(self.tenant.id.clone())
+        })
+    }
+
+    /// Brings a leased connection's settings in line with the client's;
+    /// true if that took a sync.
+    async fn sync_settings(&self, lease: &mut Lease) -> Result<bool, SyncFailure> {
         if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
-            return Ok((lease, false)); // in sync: the common case
+            return Ok(false); // in sync: the common case
         }
         let Some(mut sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
             // Equal but apart: share, so the next check is a pointer compare.
             lease.conn_mut().applied = Arc::clone(&self.wanted);
-            return Ok((lease, false));
+            return Ok(false);
+        };
+        let lost = |tenant: &TenantEntry| SyncFailure {
+            error: ClientError::ServerLost(tenant.id.clone()),
+            clean: false,
         };
         let conn = lease.conn_mut();
         if params::needs_utf8_first(&conn.params, &sql) {
@@ -85,7 +164,7 @@ impl Session<'_> {
                 conn.simple_query("SET client_encoding = 'UTF8'").await,
                 Ok(b'I')
             ) {
-                return Err(ClientError::ServerLost(self.tenant.id.clone()));
+                return Err(lost(&self.tenant));
             }
             let mut applied = (*conn.applied).clone();
             params::upsert(&mut applied, "client_encoding", "UTF8");
@@ -94,18 +173,21 @@ impl Session<'_> {
                 Some(s) => sql = s,
                 None => {
                     conn.applied = Arc::clone(&self.wanted);
-                    return Ok((lease, true));
+                    return Ok(true);
                 }
             }
         }
         match conn.simple_query(&sql).await {
             Ok(b'I') => {
                 conn.applied = Arc::clone(&self.wanted);
-                Ok((lease, true))
+                Ok(true)
             }
-            Ok(_) => Err(ClientError::Protocol(
-                "server left a transaction open while applying settings".into(),
-            )),
+            Ok(_) => Err(SyncFailure {
+                error: ClientError::Protocol(
+                    "server left a transaction open while applying settings".into(),
+                ),
+                clean: false,
+            }),
             Err(ServerError::Rejected { code, message }) => {
                 // The connection is fine; the client's settings are not.
                 // The sync stopped part way, so the previous client's
@@ -114,17 +196,24 @@ impl Session<'_> {
                 conn.applied = Default::default();
                 conn.prepared.clear();
                 let reset = conn.simple_query(super::recover::FULL_RESET).await;
-                if matches!(reset, Ok(b'I')) {
-                    lease.release();
-                }
-                Err(ClientError::Server { code, message })
+                Err(SyncFailure {
+                    error: ClientError::Server { code, message },
+                    clean: matches!(reset, Ok(b'I')),
+                })
             }
             Err(e) => {
                 tracing::warn!(tenant = %self.tenant.id, "server failed while applying settings: {e}");
-                Err(ClientError::ServerLost(self.tenant.id.clone()))
+                Err(lost(&self.tenant))
             }
         }
     }
+}
+
+/// A sync that failed: what the client is told, and whether the
+/// connection was left clean (reset) and may go back to the pool.
+struct SyncFailure {
+    error: ClientError,
+    clean: bool,
 }
 
 /// Maps a failed checkout to what the client is told.

@@ -161,6 +161,10 @@ impl Session<'_> {
                         self.check_session_state(&mut lease, &mut server_flow, &mut txn)
                             .await
                     }
+                    PumpExit::Restore => {
+                        self.restore_settings(&mut lease, &mut server_flow, &mut txn)
+                            .await
+                    }
                     PumpExit::Rest => self.rest(client, &lease, &txn).await,
                     PumpExit::Backlog => {
                         if !self.client_read_timeout.is_zero() {
@@ -186,7 +190,7 @@ impl Session<'_> {
                     Err(e) => {
                         self.cancel.disarm();
                         let settled = self.settle_cancels().await;
-                        if matches!(exit, PumpExit::Probe) {
+                        if matches!(exit, PumpExit::Probe | PumpExit::Restore) {
                             // The held-back ReadyForQuery ('I') is the next
                             // frame: the server owes nothing more.
                             server_flow.buf.advance(HEADER_LEN + 1);
@@ -273,6 +277,7 @@ impl Session<'_> {
                 | PumpExit::ServerProtocol(_)
                 | PumpExit::Rewrite
                 | PumpExit::Probe
+                | PumpExit::Restore
                 | PumpExit::Rest
                 | PumpExit::Backlog
                 | PumpExit::MidMessage => {

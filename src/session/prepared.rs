@@ -88,8 +88,19 @@ fn name_key() -> &'static [u8; 32] {
 
 /// The server-side name for a statement definition.
 pub fn server_name(definition: &[u8]) -> ServerName {
+    server_name_in(None, definition)
+}
+
+/// The server-side name for a statement definition in `namespace`
+/// (`ClientStatements::in_namespace`); the length prefix keeps every
+/// (namespace, definition) pair apart.
+pub fn server_name_in(namespace: Option<&str>, definition: &[u8]) -> ServerName {
     let digest = match Hmac::<Sha256>::new_from_slice(name_key()) {
         Ok(mut mac) => {
+            if let Some(ns) = namespace {
+                mac.update(&(ns.len() as u64).to_be_bytes());
+                mac.update(ns.as_bytes());
+            }
             mac.update(definition);
             mac.finalize().into_bytes()
         }
@@ -249,6 +260,11 @@ mod tests {
         assert_eq!(server_name(da), server_name(db));
         assert_ne!(server_name(da), server_name(dc));
         assert_eq!(server_name(da).as_str().len(), 36);
+        // Another namespace, another statement; the same one, the same.
+        let in_a = server_name_in(Some("\"tenant_a\""), da);
+        assert_ne!(in_a, server_name(da));
+        assert_ne!(in_a, server_name_in(Some("\"tenant_b\""), da));
+        assert_eq!(in_a, server_name_in(Some("\"tenant_a\""), db));
         assert!(parse_parse(b"s1\0select\0\0\x01").is_none());
     }
 

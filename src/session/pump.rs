@@ -206,6 +206,9 @@ pub enum PumpExit {
     Rewrite,
     /// Check for session state before the final ReadyForQuery goes out.
     Probe,
+    /// Put the client's startup settings back before the final
+    /// ReadyForQuery goes out (after a RESET, on a connection it keeps).
+    Restore,
     /// Quiet on both sides (only when an idle timeout applies).
     Rest,
     /// The tenant context call that opened the lease failed
@@ -361,6 +364,7 @@ fn poll_direction(
                 Halt::Probe => PumpExit::Probe,
                 Halt::Rest => PumpExit::Rest,
                 Halt::ContextFailed => PumpExit::ContextFailed,
+                Halt::Restore => PumpExit::Restore,
             });
         }
         // Bytes left from an earlier read (a partial header, or a frame

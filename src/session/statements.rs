@@ -22,9 +22,29 @@ use std::sync::Arc;
 pub struct ClientStatements {
     map: HashMap<Vec<u8>, Arc<Statement>>,
     bytes: usize,
+    /// What the server-side names are kept apart by (`prepared::server_name`).
+    namespace: Option<Arc<str>>,
 }
 
 impl ClientStatements {
+    /// Statements whose server-side names are kept apart from those of
+    /// other namespaces: a schema tenant's `search_path`, so that the same
+    /// text is a statement of its own for every schema (PostgreSQL would
+    /// re-plan a shared one at each switch, and refuse it where the
+    /// tenants' tables differ in shape: "cached plan must not change
+    /// result type").
+    pub fn in_namespace(namespace: Option<Arc<str>>) -> ClientStatements {
+        ClientStatements {
+            namespace,
+            ..Default::default()
+        }
+    }
+
+    /// The server-side name of `definition` for this client.
+    pub fn server_name(&self, definition: &[u8]) -> prepared::ServerName {
+        prepared::server_name_in(self.namespace.as_deref(), definition)
+    }
+
     pub fn insert(&mut self, name: Vec<u8>, stmt: Arc<Statement>) -> Option<Arc<Statement>> {
         let name_len = name.len();
         self.bytes += name_len + stmt.definition.len();
@@ -205,7 +225,7 @@ impl Rewriter<'_> {
             )));
         }
         let stmt = Arc::new(Statement {
-            server_name: prepared::server_name(definition),
+            server_name: self.statements.server_name(definition),
             definition: definition.to_vec(),
         });
         let server_name = stmt.server_name.clone();

@@ -36,6 +36,10 @@ pub enum Halt {
     /// The tenant context call that opened the lease failed (`isolation
     /// = "rls"`); its ErrorResponse waits in the buffer.
     ContextFailed,
+    /// The server is about to go idle after a RESET or DISCARD ALL on a
+    /// connection the client keeps (session mode, a pin): its ReadyForQuery
+    /// waits in the buffer while the client's startup settings are put back.
+    Restore,
 }
 
 /// Transaction state, kept by the sinks while frames go by.
@@ -103,6 +107,10 @@ pub struct TxnState {
     /// CommandComplete of `SET`, `RESET` or `DISCARD ALL` seen (or
     /// `set_config(` in the SQL): session settings may have changed.
     pub settings_changed: bool,
+    /// CommandComplete of `RESET` (`RESET ALL` included) or `DISCARD ALL`
+    /// seen: settings went back to the server connection's defaults, not
+    /// to the client's startup values, which PostgreSQL would restore.
+    pub defaults_reset: bool,
     /// Custom (dotted) setting names the client's SQL set; `pg_settings`
     /// does not list them, so the session reads them by name.
     pub custom_names: Vec<Vec<u8>>,
@@ -153,6 +161,7 @@ impl TxnState {
             statements_suspect: false,
             schema_changed: false,
             settings_changed: false,
+            defaults_reset: false,
             custom_names: Vec::new(),
             notify_pids: Vec::new(),
             backend_pid: 0,
@@ -184,6 +193,7 @@ impl TxnState {
         self.statements_suspect = false;
         self.schema_changed = false;
         self.settings_changed = false;
+        self.defaults_reset = false;
         self.custom_names.clear();
         self.notify_pids.clear();
         self.context_pending = false;
@@ -220,6 +230,17 @@ impl TxnState {
             && (self.mentions.state
                 || self.mentions.unknown
                 || (self.pinned && self.mentions.release))
+            && status == Some(b'I')
+            && self.position.awaits_last_ready()
+            && self.client_at_rest
+    }
+
+    /// A ReadyForQuery with `status` now would hand the client a
+    /// connection it keeps (so no next lease syncs it) with settings a
+    /// RESET took to the server's defaults: put the client's back first.
+    fn restore_due(&self, status: Option<u8>) -> bool {
+        self.defaults_reset
+            && !self.stop_when_idle
             && status == Some(b'I')
             && self.position.awaits_last_ready()
             && self.client_at_rest
@@ -416,7 +437,10 @@ impl FrameSink for ServerSink<'_> {
                 }
                 if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
                     st.settings_changed = true;
+                    st.defaults_reset |= body != b"SET\0";
                 }
+                // Also takes the tenant context of an rls placement.
+                st.defaults_reset |= body == b"DISCARD SEQUENCES\0";
                 if st.rewrite && (body == b"DEALLOCATE\0" || body == b"PREPARE\0") {
                     st.statements_suspect = true;
                 }
@@ -442,6 +466,10 @@ impl FrameSink for ServerSink<'_> {
         }
         if tag == b'Z' && st.probe_due(body.first().copied()) {
             st.server_halt = Some(Halt::Probe);
+            return Step::StopBefore;
+        }
+        if tag == b'Z' && st.restore_due(body.first().copied()) {
+            st.server_halt = Some(Halt::Restore);
             return Step::StopBefore;
         }
         if matches!(tag, b't' | b'T' | b'n') && st.replies.capturing_front() {
