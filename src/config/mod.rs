@@ -293,6 +293,12 @@ pub struct PlacementConfig {
     /// (they are not isolated from each other). Off by default.
     #[serde(default)]
     pub allow_shared_database: bool,
+    /// `isolation = "rls"` only: schema-qualified tables (or views) that
+    /// hold no tenant's rows and that every tenant may read without
+    /// row-level security, such as `public.countries`. The role check
+    /// requires them read-only for the placement's role.
+    #[serde(default)]
+    pub shared_tables: Vec<String>,
 }
 
 fn default_pool_size() -> u32 {
