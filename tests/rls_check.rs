@@ -504,6 +504,7 @@ async fn a_correct_shared_database_passes_and_each_broken_rule_refuses_it() {
     assert!(warnings.contains("pg_cancel_backend"), "{warnings}");
     assert!(warnings.contains("pg_stat_activity"), "{warnings}");
     assert!(warnings.contains("lo_create"), "{warnings}");
+    assert!(warnings.contains("temporary tables"), "{warnings}");
 
     for case in CASES {
         if !case.sql.is_empty() {
@@ -975,4 +976,38 @@ async fn another_tenant_can_commit_a_prepared_transaction() {
     let (outcome, _) = check(&s.pg, listed()).await;
     let w = outcome.expect("a warning, not a refusal").join("\n");
     assert!(w.contains("max_prepared_transactions is 4"), "{w}");
+}
+
+/// LISTEN/NOTIFY ignores row-level security and roles: in one database,
+/// a notification of tenant a reaches tenant b listening on the channel.
+/// No privilege closes it; the proxy has to refuse LISTEN on rls
+/// placements.
+#[tokio::test]
+async fn a_notification_reaches_every_tenant_listening() {
+    use futures_util::StreamExt;
+    let s = shared_database().await;
+    let (b, mut conn) = tokio_postgres::connect(&s.pg.url(ROLE, PASSWORD, DB), NoTls)
+        .await
+        .expect("connect as b");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    b.batch_execute("SET pgtenant.context = 'b'; LISTEN orders")
+        .await
+        .expect("b listens");
+    let a = as_tenant(&s.pg, "a").await;
+    a.batch_execute("NOTIFY orders, 'order 17 of a: 4242 EUR'")
+        .await
+        .expect("a notifies");
+    let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("b is notified")
+        .expect("payload");
+    assert_eq!(got, "order 17 of a: 4242 EUR");
 }

@@ -27,8 +27,9 @@
 //! - cannot call `pgtenant.current_tenant()` (sql/pgtenant.sql missing).
 //!
 //! What only a superuser can close (signalling and watching the role's
-//! other backends, creating large objects, prepared transactions) and
-//! what any tenant can change about the role is logged as a warning
+//! other backends, creating large objects, prepared transactions), what
+//! any tenant can change about the role, and temporary tables (which the
+//! lease's reset must discard) are logged as warnings
 //! (sql/pgtenant-superuser.sql; README, "Row-level security").
 //!
 //! One read-only query with schema-qualified names, the session's limits
@@ -152,6 +153,9 @@ UNION ALL \
 (SELECT 'create', 'database', pg_catalog.quote_ident(here.datname), '' FROM here, mine \
  WHERE pg_catalog.has_database_privilege(mine.oid, here.oid, 'CREATE') LIMIT 1) \
 UNION ALL \
+(SELECT 'temp', pg_catalog.quote_ident(here.datname), '', '' FROM here, mine \
+ WHERE pg_catalog.has_database_privilege(mine.oid, here.oid, 'TEMPORARY') LIMIT 1) \
+UNION ALL \
 (SELECT DISTINCT 'create', 'schema', pg_catalog.quote_ident(ns.nspname), '' FROM ns CROSS JOIN mine \
  WHERE pg_catalog.has_schema_privilege(mine.oid, ns.oid, 'CREATE') LIMIT 1000) \
 UNION ALL \
@@ -272,6 +276,13 @@ pub fn verdict(user: &str, rows: &[Row]) -> Verdict {
                 "it may CREATE in {name} {detail}: what it creates there runs for, or \
                  shadows names of, other tenants (REVOKE CREATE ON {} {detail} FROM PUBLIC, {me})",
                 name.to_ascii_uppercase()
+            )),
+            "temp" => v.warnings.push(format!(
+                "it may create temporary tables in database {name}: they come before the \
+                 shared schemas in name lookup, so one left on a server connection would \
+                 shadow a table for the next tenant there unless the lease's reset discards \
+                 it (if no tenant needs them: REVOKE TEMPORARY ON DATABASE {name} FROM \
+                 PUBLIC, {me})"
             )),
             "member" => v.problems.push(format!(
                 "it is a member of role {name:?}, which owns schema pgtenant and its \
@@ -633,6 +644,7 @@ mod tests {
         rows.push(row("fn", "pg_catalog.pg_stat_activity", "", ""));
         rows.push(row("fn", "pg_catalog.lo_create(oid)", "", ""));
         rows.push(row("role_setting", "", "statement_timeout=1", ""));
+        rows.push(row("temp", "app_shared", "", ""));
         let v = verdict("pgt_shared", &rows);
         assert!(v.problems.is_empty(), "{v:?}");
         let w = v.warnings.join("\n");
@@ -642,6 +654,7 @@ mod tests {
             "pg_stat_activity: any shared tenant sees the statement text",
             "lo_create(oid)",
             "ALTER ROLE \"pgt_shared\" RESET statement_timeout",
+            "REVOKE TEMPORARY ON DATABASE app_shared FROM PUBLIC, \"pgt_shared\"",
         ] {
             assert!(w.contains(needle), "{needle} missing from {w}");
         }
