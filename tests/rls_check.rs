@@ -371,6 +371,15 @@ const CASES: &[Case] = &[
         says: "it may SELECT public.events_a, which does not have row-level security",
     },
     Case {
+        name: "a foreign table",
+        shared_tables: &["public.countries"],
+        sql: "CREATE FOREIGN DATA WRAPPER stub; CREATE SERVER elsewhere FOREIGN DATA WRAPPER stub;
+              CREATE FOREIGN TABLE public.remote (x int) SERVER elsewhere;
+              GRANT SELECT ON public.remote TO pgt_shared",
+        undo: "DROP FOREIGN DATA WRAPPER stub CASCADE",
+        says: "it may SELECT foreign table public.remote, which row-level security cannot filter",
+    },
+    Case {
         name: "a materialized view",
         shared_tables: &["public.countries"],
         sql: "CREATE MATERIALIZED VIEW public.mv AS SELECT * FROM public.notes;

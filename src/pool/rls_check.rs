@@ -458,6 +458,12 @@ fn relation(me: &str, name: &str, privs: &str, flags: &str, out: &mut Vec<String
              (REVOKE ALL ON {name} FROM PUBLIC, {me}; or, if it holds no tenant's rows, \
              add it to shared_tables)"
         )),
+        "f" => out.push(format!(
+            "it may {} foreign table {name}, which row-level security cannot filter \
+             (REVOKE ALL ON {name} FROM PUBLIC, {me}; or, if it holds no tenant's rows, \
+             add it to shared_tables and make it read-only)",
+            reach.join(", ")
+        )),
         // A view is judged by what it reads (the `view_*` rows); one
         // that reads with the caller's rights is the caller's tables.
         "v" => {}
@@ -538,6 +544,10 @@ mod tests {
             (
                 row("rel", "public.countries", "SELECT,UPDATE", "r,listed"),
                 "it may UPDATE shared table public.countries",
+            ),
+            (
+                row("rel", "public.remote", "SELECT", "f"),
+                "foreign table public.remote, which row-level security cannot filter",
             ),
             (
                 row("rel", "public.mv", "SELECT", "m"),
