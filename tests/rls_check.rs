@@ -350,6 +350,13 @@ const CASES: &[Case] = &[
         says: "it may UPDATE shared table public.countries",
     },
     Case {
+        name: "a policy on a setting the client can set",
+        shared_tables: &["public.countries"],
+        sql: "ALTER POLICY tenant ON public.notes USING (tenant_id = current_setting('app.tenant_id'))",
+        undo: "ALTER POLICY tenant ON public.notes USING (tenant_id = pgtenant.current_tenant())",
+        says: "policy \"tenant\" on public.notes reads current_setting(), which any client may SET",
+    },
+    Case {
         name: "TRUNCATE",
         shared_tables: &["public.countries"],
         sql: "GRANT TRUNCATE ON public.notes TO pgt_shared",

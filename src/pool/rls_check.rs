@@ -19,6 +19,8 @@
 //!   relation is on the placement's `shared_tables`, which must then be
 //!   read-only;
 //! - may TRUNCATE any table (never filtered) or setval() a sequence;
+//! - may use a table whose policy reads `current_setting()`, which any
+//!   client can set (policies must call `pgtenant.current_tenant()`);
 //! - holds any privilege on a table or sequence of schema `pgtenant`;
 //! - may call a SECURITY DEFINER function whose owner bypasses
 //!   row-level security;
@@ -147,6 +149,13 @@ UNION ALL \
  AND i.identity IS NOT NULL AND (i.schema IS NULL OR i.schema OPERATOR(pg_catalog.!~) '^pg_(temp|toast_temp)_') \
  LIMIT 1000) \
 UNION ALL \
+(SELECT 'policy_guc', p.name, pol.polname::pg_catalog.text, '' FROM privs p \
+ JOIN pg_catalog.pg_policy pol ON pol.polrelid OPERATOR(pg_catalog.=) p.oid \
+ WHERE p.privs OPERATOR(pg_catalog.<>) '' AND NOT p.own \
+ AND pg_catalog.concat(pg_catalog.pg_get_expr(pol.polqual, pol.polrelid), ' ', \
+  pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)) OPERATOR(pg_catalog.~) 'current_setting[(]' \
+ LIMIT 1000) \
+UNION ALL \
 SELECT 'owns', 'database', pg_catalog.quote_ident(here.datname), mine.rolname::pg_catalog.text \
  FROM here JOIN mine ON mine.oid OPERATOR(pg_catalog.=) here.datdba \
 UNION ALL \
@@ -271,6 +280,13 @@ pub fn verdict(user: &str, rows: &[Row]) -> Verdict {
                      (ALTER VIEW {name} SET (security_invoker = on))"
                 ));
             }
+            "policy_guc" => v.problems.push(format!(
+                "policy {detail:?} on {name} reads current_setting(), which any client may \
+                 SET or set_config() to another tenant's value (write it with \
+                 pgtenant.current_tenant(): ALTER POLICY {} ON {name} USING (tenant_id = \
+                 pgtenant.current_tenant()) WITH CHECK (tenant_id = pgtenant.current_tenant()))",
+                ident(detail)
+            )),
             "owns" => v.problems.push(owns(user, &me, name, detail, more)),
             "create" => v.problems.push(format!(
                 "it may CREATE in {name} {detail}: what it creates there runs for, or \
@@ -544,6 +560,10 @@ mod tests {
             (
                 row("rel", "public.countries", "SELECT,UPDATE", "r,listed"),
                 "it may UPDATE shared table public.countries",
+            ),
+            (
+                row("policy_guc", "public.orders", "tenant", ""),
+                "policy \"tenant\" on public.orders reads current_setting()",
             ),
             (
                 row("rel", "public.remote", "SELECT", "f"),
