@@ -260,6 +260,14 @@ const CASES: &[Case] = &[
         says: "it is a member of role \"pgtenant_owner\"",
     },
     Case {
+        name: "owns schema pgtenant",
+        shared_tables: &["public.countries"],
+        sql: "ALTER SCHEMA pgtenant OWNER TO pgt_shared",
+        undo: "ALTER SCHEMA pgtenant OWNER TO app_owner;
+               GRANT USAGE ON SCHEMA pgtenant TO pgt_shared",
+        says: "it owns schema pgtenant",
+    },
+    Case {
         name: "owns the database",
         shared_tables: &["public.countries"],
         sql: "ALTER DATABASE app_shared OWNER TO pgt_shared",
@@ -539,6 +547,8 @@ async fn a_correct_shared_database_passes_and_each_broken_rule_refuses_it() {
             case.says
         );
         assert!(message.contains("\"pgt_shared\""), "{message}");
+        // Never told to leave itself.
+        assert!(!message.contains("REVOKE \"pgt_shared\" FROM"), "{message}");
         // Opting out accepts the role as it is.
         checkout(&pool(&s.pg, rls.clone(), true))
             .await

@@ -171,7 +171,7 @@ UNION ALL \
 SELECT 'member', o.rolname::pg_catalog.text, '', '' FROM pg_catalog.pg_roles o, me \
  WHERE (o.rolname OPERATOR(pg_catalog.=) 'pgtenant_owner' OR o.oid OPERATOR(pg_catalog.=) \
   (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'pgtenant')) \
- AND pg_catalog.pg_has_role(me.oid, o.oid, 'MEMBER') \
+ AND o.oid OPERATOR(pg_catalog.<>) me.oid AND pg_catalog.pg_has_role(me.oid, o.oid, 'MEMBER') \
 UNION ALL \
 SELECT 'tenant_fn', CASE WHEN p.oid IS NULL THEN 'missing' \
  WHEN NOT pg_catalog.has_schema_privilege(me.oid, p.pronamespace, 'USAGE') \
