@@ -28,6 +28,13 @@ REVOKE EXECUTE ON FUNCTION pg_catalog.pg_stat_get_backend_activity(integer) FROM
 GRANT SELECT ON pg_catalog.pg_stat_activity TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer) TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_backend_activity(integer) TO pg_read_all_stats;
+--    Also pg_stat_ssl and pg_stat_gssapi, which read pg_stat_get_activity,
+--    are then for pg_read_all_stats members only. An alternative that
+--    leaves every privilege as it is but hides the shared role's SQL from
+--    everyone, administrators included (no role but a superuser may change
+--    it back):
+--
+--     ALTER ROLE pgt_shared IN DATABASE app_shared SET track_activities = off;
 
 -- 2. Cancelling and terminating other tenants' backends. A role may
 --    signal every backend of its own role. pgtenant's own cancel requests

@@ -750,9 +750,12 @@ async fn what_the_shared_role_can_change_about_itself() {
         }
     }
     s.admin
-        .batch_execute(&format!("ALTER ROLE {ROLE} PASSWORD '{PASSWORD}'"))
+        .batch_execute(&format!(
+            "ALTER ROLE {ROLE} PASSWORD '{PASSWORD}';
+             ALTER ROLE {ROLE} IN DATABASE {DB} SET track_activities = off"
+        ))
         .await
-        .expect("reset the password");
+        .expect("reset the password; a default only a superuser can set");
     let (outcome, _) = check(&s.pg, listed()).await;
     let w = outcome.expect("settings are warnings").join("\n");
     assert!(
@@ -763,6 +766,13 @@ async fn what_the_shared_role_can_change_about_itself() {
         w.contains("ALTER ROLE \"pgt_shared\" IN DATABASE app_shared RESET work_mem"),
         "{w}"
     );
+    // No tenant can set or reset what only a superuser may.
+    assert!(!w.contains("track_activities"), "{w}");
+    let e = b
+        .batch_execute("ALTER ROLE CURRENT_USER IN DATABASE app_shared RESET track_activities")
+        .await
+        .expect_err("superuser-only");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
 }
 
 /// A query of tenant a's kept running until its lock is released: it

@@ -210,9 +210,11 @@ UNION ALL \
 UNION ALL \
 SELECT 'role_setting', CASE WHEN s.setdatabase OPERATOR(pg_catalog.=) 0 THEN '' \
  ELSE pg_catalog.quote_ident(pg_catalog.current_database()) END, c.c, '' \
- FROM pg_catalog.pg_db_role_setting s, me, pg_catalog.unnest(s.setconfig) c(c) \
+ FROM pg_catalog.pg_db_role_setting s CROSS JOIN me CROSS JOIN pg_catalog.unnest(s.setconfig) c(c) \
+ LEFT JOIN pg_catalog.pg_settings ps ON ps.name OPERATOR(pg_catalog.=) pg_catalog.split_part(c.c, '=', 1) \
  WHERE s.setrole OPERATOR(pg_catalog.=) me.oid \
  AND (s.setdatabase OPERATOR(pg_catalog.=) 0 OR s.setdatabase OPERATOR(pg_catalog.=) (SELECT here.oid FROM here)) \
+ AND (ps.context IS NULL OR ps.context OPERATOR(pg_catalog.=) 'user') \
 UNION ALL \
 SELECT 'listed_missing', l.name, '', '' FROM listed l WHERE l.oid IS NULL;\
 COMMIT";
