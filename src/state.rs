@@ -82,6 +82,9 @@ impl Snapshot {
                     .filter(|(other, t)| *other != name && t.user != target.user)
                     .map(|(other, t)| (t.user.clone(), (*other).clone()))
                     .collect(),
+                rls: (p.isolation == Isolation::Rls).then(|| crate::pool::rls_check::RlsPolicy {
+                    shared_tables: p.shared_tables.clone(),
+                }),
             };
             let pool = PlacementPool::new(
                 PlacementName(name.clone()),

@@ -211,6 +211,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         check_schema_keys(pl, &key, src)?;
         let target = crate::pool::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
+        check_shared_tables(pl).map_err(|m| src.error(&format!("{key}.shared_tables"), m))?;
         // One backend role serving two placements can signal and watch
         // the other's backends and change its password: no boundary.
         let role = (target.host.to_ascii_lowercase(), target.port, target.user);
@@ -464,6 +465,64 @@ fn valid_custom_setting(name: &str) -> bool {
     parts.len() >= 2 && parts.iter().all(|p| ident(p))
 }
 
+/// `shared_tables` entries: schema-qualified names, as `to_regclass`
+/// reads them, on an rls placement only.
+fn check_shared_tables(pl: &super::PlacementConfig) -> Result<(), String> {
+    if pl.shared_tables.is_empty() {
+        return Ok(());
+    }
+    if pl.isolation != super::Isolation::Rls {
+        return Err("only an isolation = \"rls\" placement has shared tables".into());
+    }
+    for name in &pl.shared_tables {
+        if !is_qualified_name(name) {
+            return Err(format!(
+                "{name:?} is not a schema-qualified table name such as \"public.countries\" \
+                 (a part that needs them goes in double quotes)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `schema.table`, each part a plain identifier or a double-quoted one.
+fn is_qualified_name(name: &str) -> bool {
+    fn part(s: &str) -> Option<&str> {
+        if let Some(rest) = s.strip_prefix('"') {
+            // A quoted identifier: up to the closing quote, `""` inside.
+            let mut chars = rest.char_indices().peekable();
+            let mut len = 0;
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if chars.peek().map(|&(_, c)| c) == Some('"') {
+                        chars.next();
+                        len += 1;
+                        continue;
+                    }
+                    return (len > 0).then(|| &rest[i + 1..]);
+                }
+                len += 1;
+            }
+            None
+        } else {
+            let end = s
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(s.len());
+            let first = s.chars().next()?;
+            (end > 0 && (first.is_ascii_alphabetic() || first == '_')).then(|| &s[end..])
+        }
+    }
+    // The check passes the list as lines; no name may break one.
+    if name.len() > 300 || name.chars().any(char::is_control) {
+        return false;
+    }
+    let Some(rest) = part(name) else { return false };
+    let Some(rest) = rest.strip_prefix('.') else {
+        return false;
+    };
+    part(rest) == Some("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +549,45 @@ max_client_connections = 500
 [tenants.globex]
 users = { app = "globex-secret" }
 "#;
+
+    #[test]
+    fn shared_tables_are_qualified_names_on_rls_placements() {
+        for good in [
+            "public.countries",
+            "ref.\"Country Codes\"",
+            "\"a\"\"b\".c_1$",
+        ] {
+            assert!(is_qualified_name(good), "{good}");
+        }
+        for bad in [
+            "countries",
+            "public.",
+            ".countries",
+            "a.b.c",
+            "public.\"\"",
+            "public.\"open",
+            "public.coun tries",
+            "public.countries;drop",
+            "public.\"a\nb\"",
+            "1x.y",
+        ] {
+            assert!(!is_qualified_name(bad), "{bad}");
+        }
+        let ok = GOOD.replace(
+            "isolation = \"rls\"\n",
+            "isolation = \"rls\"\nshared_tables = [\"public.countries\"]\n",
+        );
+        parse_str(&ok, "t.toml").expect("valid");
+        let unqualified = ok.replace("\"public.countries\"", "\"countries\"");
+        let err = parse_str(&unqualified, "t.toml").expect_err("unqualified");
+        assert_eq!(err.key, "placements.shared.shared_tables", "{err}");
+        let on_database = GOOD.replace(
+            "pool_size = 10\n",
+            "pool_size = 10\nshared_tables = [\"public.countries\"]\n",
+        );
+        let err = parse_str(&on_database, "t.toml").expect_err("not rls");
+        assert_eq!(err.key, "placements.acme_db.shared_tables", "{err}");
+    }
 
     #[test]
     fn parses_the_contract_example() {

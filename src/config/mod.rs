@@ -310,6 +310,12 @@ pub struct PlacementConfig {
     /// with, `{schema}` standing for its schema
     /// (`schema_names::DEFAULT_SEARCH_PATH`).
     pub search_path: Option<String>,
+    /// `isolation = "rls"` only: schema-qualified tables (or views) that
+    /// hold no tenant's rows and that every tenant may read without
+    /// row-level security, such as `public.countries`. The role check
+    /// requires them read-only for the placement's role.
+    #[serde(default)]
+    pub shared_tables: Vec<String>,
 }
 
 impl PlacementConfig {

@@ -1,7 +1,8 @@
 //! Server connections: opening and authenticating them (`server_conn`),
 //! checking that a placement's backend role stays in its own database
-//! (`role_check`), driving the tenant context of `rls` placements
-//! (`context`), pooling them per placement (`placement`, with `lease`
+//! (`role_check`) and, on an rls placement, cannot reach around
+//! row-level security (`rls_check`), driving the tenant context of rls
+//! placements (`context`), pooling them per placement (`placement`, with `lease`
 //! for a connection handed to a session, `timing` for the time limits and
 //! backoff, `stats` for what a pool reports, `startup_params` for the server
 //! parameters logins show, `fair` for each tenant's share of a pool and
@@ -14,6 +15,7 @@ pub mod janitor;
 mod lease;
 mod placement;
 mod queue;
+pub mod rls_check;
 mod role_check;
 mod server_conn;
 mod startup_params;

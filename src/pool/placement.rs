@@ -31,7 +31,8 @@
 //! again. So a down server sees about one attempt per delay per pool, not
 //! one per client, and clients are told 08006 without waiting. A backend
 //! role that fails its check (`role_check.rs`, run on new connections
-//! until one passes) counts as a failed connect the same way.
+//! until one passes; on an rls placement also `rls_check.rs`) counts as a
+//! failed connect the same way.
 //!
 //! Upkeep (`janitor.rs` calls [`PlacementPool::maintain`] every second):
 //! idle connections past `server_idle_timeout` or their lifetime are
@@ -45,6 +46,7 @@ use super::context::{self, TenantContext};
 use super::fair::{TenantCounts, TenantSeat, Tenants};
 use super::lease::Lease;
 use super::queue::{Grant, State, hand_to_waiter, pop_any, put_idle, serve_waiters, take};
+use super::rls_check;
 use super::role_check::{self, RolePolicy};
 use super::server_conn::{BackendTarget, ServerConn, ServerError};
 use super::startup_params::StartupParams;
@@ -383,13 +385,13 @@ impl PlacementPool {
         if self.role_vetted.load(Ordering::Acquire) {
             return Ok(conn);
         }
-        let checked = crate::runtime::time::timeout(
-            self.timeouts.connect,
-            role_check::check(&mut conn, &self.target.user, &self.roles),
-        )
-        .await;
+        let checked =
+            crate::runtime::time::timeout(self.timeouts.connect, self.check_role(&mut conn)).await;
         match checked {
-            Ok(Ok(())) => {
+            Ok(Ok(warnings)) => {
+                for w in warnings {
+                    tracing::warn!(placement = %self.name, "backend role {:?}: {w}", self.target.user);
+                }
                 self.role_vetted.store(true, Ordering::Release);
                 Ok(conn)
             }
@@ -440,6 +442,16 @@ impl PlacementPool {
                 conn.close();
                 Err(ServerError::Timeout)
             }
+        }
+    }
+
+    /// The role check, then on an rls placement the row-level security
+    /// check; the latter's warnings (what only a superuser can close).
+    async fn check_role(&self, conn: &mut ServerConn) -> Result<Vec<String>, ServerError> {
+        role_check::check(conn, &self.target.user, &self.roles).await?;
+        match &self.roles.rls {
+            Some(rls) => rls_check::check(conn, &self.target.user, rls).await,
+            None => Ok(Vec::new()),
         }
     }
 

@@ -28,6 +28,9 @@ pub struct RolePolicy {
     /// (login role, placement) of every other placement: being able to
     /// become one of them is being that placement.
     pub other_placements: Vec<(String, String)>,
+    /// An `isolation = "rls"` placement: its role must not reach around
+    /// row-level security either (`rls_check.rs`).
+    pub rls: Option<super::rls_check::RlsPolicy>,
 }
 
 impl RolePolicy {
@@ -36,6 +39,7 @@ impl RolePolicy {
         RolePolicy {
             trusted: true,
             other_placements: Vec::new(),
+            rls: None,
         }
     }
 }
@@ -90,6 +94,9 @@ pub(crate) async fn check(
 
 /// One fact from the check query: (kind, name, detail).
 type Row = [String; 3];
+
+/// Rows of text columns, `N` per row.
+pub(super) type Rows<const N: usize> = Vec<[String; N]>;
 
 /// What is wrong with `user`, each with the statement that fixes it.
 fn problems(user: &str, policy: &RolePolicy, rows: &[Row]) -> Vec<String> {
@@ -155,13 +162,16 @@ fn has(flags: &str, flag: &str) -> bool {
 }
 
 /// A quoted SQL identifier, for the fix statements in messages.
-fn ident(name: &str) -> String {
+pub(super) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Runs a simple query whose result rows have three non-null text
-/// columns and reads to ReadyForQuery, which must be idle.
-async fn query_rows(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, ServerError> {
+/// Runs a simple query whose result rows have `N` non-null text columns
+/// and reads to ReadyForQuery, which must be idle.
+pub(super) async fn query_rows<const N: usize>(
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<Rows<N>, ServerError> {
     let mut out = BytesMut::new();
     frontend::query(sql, &mut out)?;
     conn.stream.write_all(&out).await?;
@@ -171,7 +181,7 @@ async fn query_rows(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, Server
         match conn.read_message().await? {
             backend::Message::DataRow(row) => {
                 if rows.len() >= MAX_ROWS {
-                    failure = Some(ServerError::Protocol("role check: too many rows".into()));
+                    failure = Some(ServerError::Protocol("check: too many rows".into()));
                     continue;
                 }
                 let buf = row.buffer();
@@ -185,11 +195,14 @@ async fn query_rows(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, Server
                         Some(Some(r)) => buf
                             .get(r)
                             .map(|b| String::from_utf8_lossy(b).into_owned())
-                            .ok_or_else(|| ServerError::Protocol("role check: bad row".into())),
-                        _ => Err(ServerError::Protocol("role check: short row".into())),
+                            .ok_or_else(|| ServerError::Protocol("check: bad row".into())),
+                        _ => Err(ServerError::Protocol("check: short row".into())),
                     }
                 };
-                let r = [col()?, col()?, col()?];
+                let mut r: [String; N] = std::array::from_fn(|_| String::new());
+                for c in r.iter_mut() {
+                    *c = col()?;
+                }
                 rows.push(r);
             }
             backend::Message::ErrorResponse(body) => {
@@ -230,6 +243,7 @@ mod tests {
         RolePolicy {
             trusted: false,
             other_placements: vec![("pgt_initech".into(), "initech_db".into())],
+            rls: None,
         }
     }
 
