@@ -973,7 +973,7 @@ async fn the_superuser_script_closes_its_channels() {
 
 /// Prepared transactions: a role may finish any prepared transaction of
 /// its own role, so with max_prepared_transactions above 0 tenant b sees
-/// and commits tenant a's. The check warns while it is above 0.
+/// and commits tenant a's. The check refuses the placement while it is above 0.
 #[tokio::test]
 async fn another_tenant_can_commit_a_prepared_transaction() {
     let Shared { pg, admin } = shared_database().await;
@@ -1020,8 +1020,11 @@ async fn another_tenant_can_commit_a_prepared_transaction() {
         .get(0);
     assert_eq!(n, 1);
     let (outcome, _) = check(&s.pg, listed()).await;
-    let w = outcome.expect("a warning, not a refusal").join("\n");
-    assert!(w.contains("max_prepared_transactions is 4"), "{w}");
+    let refusal = outcome.expect_err("the placement is refused");
+    assert!(
+        refusal.contains("max_prepared_transactions is 4"),
+        "{refusal}"
+    );
 }
 
 /// LISTEN/NOTIFY ignores row-level security and roles: in one database,

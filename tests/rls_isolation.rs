@@ -504,3 +504,45 @@ async fn a_database_with_another_key_refuses_the_placement() {
     let c = ok.expect("connects once the key is right");
     assert_eq!(bodies(&c).await, own("acme"));
 }
+
+/// NOTIFY ignores row-level security: on a shared placement LISTEN is
+/// refused (0A000, the connection reset), and a notification to a server
+/// connection that listens anyway (a function the probe cannot see into)
+/// reaches no client.
+#[tokio::test]
+async fn no_notification_crosses_tenants() {
+    let s = shared(&["acme", "globex"], 1, "auth_type = \"trust\"").await;
+    let acme = s.proxy.connect("acme").await;
+    let e = acme
+        .batch_execute("LISTEN news")
+        .await
+        .expect_err("LISTEN is refused");
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+
+    let owner = s.pg.cluster.admin("app_shared").await.expect("admin");
+    owner
+        .batch_execute(&format!(
+            "SET ROLE app_owner;
+             CREATE FUNCTION public.subscribe(ch text) RETURNS void LANGUAGE plpgsql
+                 AS $f$BEGIN EXECUTE 'LISTEN ' || quote_ident(ch); END$f$;
+             GRANT EXECUTE ON FUNCTION public.subscribe(text) TO {SHARED_ROLE}"
+        ))
+        .await
+        .expect("function");
+    let mut globex = raw::login_trust(s.proxy.port, "globex").await;
+    raw::simple_query(&mut globex, "SELECT public.subscribe('news')").await;
+    // The next lease runs on the same (listening) server connection; the
+    // notification arrives while it runs and would be sent before its
+    // ReadyForQuery.
+    raw::send(&mut globex, &raw::query("SELECT pg_sleep(1)")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    owner
+        .batch_execute("RESET ROLE; NOTIFY news, 'acme''s secret'")
+        .await
+        .expect("notify");
+    let (msgs, _) = raw::read_to_ready(&mut globex, "after NOTIFY").await;
+    assert!(
+        msgs.iter().all(|m| m.tag != b'A'),
+        "a notification reached a client: {msgs:?}"
+    );
+}

@@ -58,6 +58,12 @@ pub enum ClientError {
     LoginTimeout,
     #[error("no startup packet within client_startup_timeout")]
     StartupTimeout,
+    /// LISTEN on an rls placement: notifications ignore row-level
+    /// security, so one tenant's would reach another's listeners.
+    #[error(
+        "tenant \"{0}\": LISTEN is not available on a shared (rls) placement: notifications are not separated by tenant"
+    )]
+    ListenOnShared(TenantId),
     /// Session state under `pin_policy = "error"`.
     #[error(
         "tenant \"{tenant}\": {kinds} cannot be kept across transactions with transaction pooling (pin_policy = \"error\"); release it in the same transaction or use session mode"
@@ -101,9 +107,9 @@ impl ClientError {
             ClientError::Protocol(_) | ClientError::LoginTimeout | ClientError::StartupTimeout => {
                 SqlState::PROTOCOL_VIOLATION
             }
-            ClientError::NotSupported(_) | ClientError::SessionState { .. } => {
-                SqlState::FEATURE_NOT_SUPPORTED
-            }
+            ClientError::NotSupported(_)
+            | ClientError::SessionState { .. }
+            | ClientError::ListenOnShared(_) => SqlState::FEATURE_NOT_SUPPORTED,
             ClientError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
             ClientError::IdleInTransaction(_) => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             ClientError::ClientIdle(_) => SqlState::IDLE_SESSION_TIMEOUT,
@@ -134,7 +140,7 @@ impl ClientError {
                 "protocol"
             }
             ClientError::NotSupported(_) => "not_supported",
-            ClientError::SessionState { .. } => "session_state",
+            ClientError::SessionState { .. } | ClientError::ListenOnShared(_) => "session_state",
             ClientError::ShuttingDown | ClientError::NotAccepting => "shutdown",
             ClientError::IdleInTransaction(_) | ClientError::ClientIdle(_) => "idle_timeout",
             ClientError::ClientStalled(_) => "limit",

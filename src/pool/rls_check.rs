@@ -314,11 +314,14 @@ pub fn verdict(user: &str, rows: &[Row]) -> Verdict {
                 if name == "max_prepared_transactions"
                     && detail.parse::<i64>().map_or(true, |n| n > 0) =>
             {
-                v.warnings.push(format!(
+                // Refused, not warned: with it above 0, one tenant can
+                // commit or roll back another's prepared transaction.
+                v.problems.push(format!(
                     "max_prepared_transactions is {detail}: a tenant may COMMIT or ROLLBACK \
                      PREPARED another shared tenant's prepared transaction (same role) and \
-                     see its name in pg_prepared_xacts; set it to 0 unless a shared tenant \
-                     needs two-phase commit"
+                     see its name in pg_prepared_xacts (ALTER SYSTEM SET \
+                     max_prepared_transactions = 0, then restart the server; it is 0 by \
+                     default and on the usual managed services)"
                 ));
             }
             "lo_table" => v.problems.push(format!(
@@ -671,7 +674,6 @@ mod tests {
     #[test]
     fn superuser_only_channels_are_warnings() {
         let mut rows = clean();
-        rows[5] = row("setting", "max_prepared_transactions", "5", "");
         rows.push(row("fn", "pg_catalog.pg_cancel_backend(integer)", "", ""));
         rows.push(row("fn", "pg_catalog.pg_stat_activity", "", ""));
         rows.push(row("fn", "pg_catalog.lo_create(oid)", "", ""));
@@ -681,7 +683,6 @@ mod tests {
         assert!(v.problems.is_empty(), "{v:?}");
         let w = v.warnings.join("\n");
         for needle in [
-            "max_prepared_transactions is 5",
             "pg_cancel_backend(integer)",
             "pg_stat_activity: any shared tenant sees the statement text",
             "lo_create(oid)",
@@ -690,6 +691,14 @@ mod tests {
         ] {
             assert!(w.contains(needle), "{needle} missing from {w}");
         }
+    }
+
+    #[test]
+    fn prepared_transactions_refuse_the_placement() {
+        let mut rows = clean();
+        rows[5] = row("setting", "max_prepared_transactions", "5", "");
+        let p = verdict("pgt_shared", &rows).problems.join("\n");
+        assert!(p.contains("max_prepared_transactions is 5"), "{p}");
     }
 
     #[test]

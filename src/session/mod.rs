@@ -128,6 +128,9 @@ impl Session<'_> {
         let mut txn = TxnState::new(transaction_mode, transaction_mode && self.max_prepared > 0);
         txn.rest_in_transaction = !self.idle_transaction_timeout.is_zero();
         txn.rest_when_idle = !transaction_mode && !self.client_idle_timeout.is_zero();
+        // NOTIFY ignores row-level security: on a shared placement, no
+        // notification is passed on (LISTEN is refused at the probe).
+        txn.drop_notifications = self.pool.context().is_some();
         loop {
             if let Next::Leave = self.wait_for_request(client).await? {
                 return Ok(());
@@ -198,7 +201,9 @@ impl Session<'_> {
                         }
                         if matches!(
                             e,
-                            ClientError::SessionState { .. } | ClientError::TooManyPins { .. }
+                            ClientError::SessionState { .. }
+                                | ClientError::TooManyPins { .. }
+                                | ClientError::ListenOnShared(_)
                         ) {
                             txn.pinned = true; // clean it with the reset query
                         }

@@ -22,7 +22,15 @@ impl Session<'_> {
         // replies come after it on the socket, read here, not by the pump.
         server_flow.read_armed = false;
         let conn = lease.conn_mut();
-        let probe = control::probe(conn, &mut server_flow.inject, self.client_pid).await;
+        // On a shared (rls) placement no notification reaches a client.
+        let shared = self.pool.context().is_some();
+        let mut dropped = bytes::BytesMut::new();
+        let notifications = if shared {
+            &mut dropped
+        } else {
+            &mut server_flow.inject
+        };
+        let probe = control::probe(conn, notifications, self.client_pid).await;
         let kinds = match probe {
             Ok(kinds) => kinds,
             // The connection answers but the probe failed each time:
@@ -43,6 +51,9 @@ impl Session<'_> {
             self.pin_guard = None;
             txn.stop_when_idle = true;
             return Ok(());
+        }
+        if shared && kinds.iter().any(|k| k == "LISTEN") {
+            return Err(ClientError::ListenOnShared(self.tenant.id.clone()));
         }
         match self.pin_policy {
             PinPolicy::Error => Err(ClientError::SessionState {

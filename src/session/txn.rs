@@ -122,6 +122,9 @@ pub struct TxnState {
     /// real backend pid at all (others show as 0).
     pub backend_pid: i32,
     pub client_pid: i32,
+    /// NotificationResponses are dropped, not passed on (a shared
+    /// placement: notifications cross tenants). Set once per session.
+    pub drop_notifications: bool,
     /// The lease opened with the tenant context call (`isolation =
     /// "rls"`), whose reply the server sink drops and has not seen end.
     pub context_pending: bool,
@@ -166,6 +169,7 @@ impl TxnState {
             notify_pids: Vec::new(),
             backend_pid: 0,
             client_pid: 0,
+            drop_notifications: false,
             context_pending: false,
             context_failure: None,
             last_query: pinning::LastText::default(),
@@ -385,6 +389,8 @@ impl FrameSink for ServerSink<'_> {
         }
         match tag {
             b'Z' | b'S' | b'C' => crate::protocol::WHOLE_BODY,
+            // Dropped whole on a shared placement.
+            b'A' if self.st.drop_notifications => crate::protocol::WHOLE_BODY,
             // NotificationResponse: the sender's pid, rewritten (`pump`).
             b'A' => 4,
             b'E' if self.st.rewrite => crate::protocol::WHOLE_BODY,
@@ -419,6 +425,7 @@ impl FrameSink for ServerSink<'_> {
                 return Step::Continue;
             }
             b'N' => return Step::Continue,
+            b'A' if st.drop_notifications => return Step::Skip,
             b'A' => {
                 // Where its pid is, from the start of the scanned bytes.
                 st.notify_pids
