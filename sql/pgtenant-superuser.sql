@@ -53,12 +53,22 @@ REVOKE EXECUTE ON FUNCTION pg_catalog.lo_create(oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg_catalog.lo_creat(integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg_catalog.lo_from_bytea(oid, bytea) FROM PUBLIC;
 
+-- 4. Other tenants' statement texts on a shared server connection.
+--    pgtenant keeps named statements prepared per server connection and
+--    shares them between clients; pg_prepared_statements shows a session
+--    every statement prepared on it, so a tenant could read the SQL text
+--    (not the parameters) of statements another tenant prepared there.
+--    Nothing pgtenant or a driver does needs the view.
+REVOKE SELECT ON pg_catalog.pg_prepared_statements FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg_catalog.pg_prepared_statement() FROM PUBLIC;
+
 COMMIT;
 
--- 4. Prepared transactions. A role may COMMIT PREPARED or ROLLBACK
+-- 5. Prepared transactions. A role may COMMIT PREPARED or ROLLBACK
 --    PREPARED any prepared transaction of its own role, so one shared
 --    tenant could finish or discard another's. Unless a shared tenant
 --    needs two-phase commit, turn them off for the whole server (takes
---    effect at the next restart; pgtenant warns while it is above 0):
+--    effect at the next restart; pgtenant refuses the placement while it is
+--    above 0):
 --
 --     ALTER SYSTEM SET max_prepared_transactions = 0;

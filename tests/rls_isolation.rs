@@ -546,3 +546,44 @@ async fn no_notification_crosses_tenants() {
         "a notification reached a client: {msgs:?}"
     );
 }
+
+/// Named statements are kept per server connection and shared between
+/// its clients, so pg_prepared_statements shows a tenant the SQL text of
+/// statements another tenant prepared there, until a superuser runs
+/// sql/pgtenant-superuser.sql (which tenants cannot undo).
+#[tokio::test]
+async fn statement_texts_of_other_tenants_are_hidden_by_the_superuser_script() {
+    let s = shared(&["acme", "globex"], 1, "").await;
+    let acme = s.proxy.connect("acme").await;
+    let globex = s.proxy.connect("globex").await;
+    acme.prepare("SELECT body FROM notes WHERE body <> 'acme private literal'")
+        .await
+        .expect("prepare");
+    let texts = globex
+        .simple_query("SELECT string_agg(statement, ' | ') FROM pg_prepared_statements")
+        .await
+        .expect("the view is readable before the script")
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(texts.contains("acme private literal"), "{texts}");
+
+    let admin = s.pg.cluster.admin("app_shared").await.expect("admin");
+    admin
+        .batch_execute(include_str!("../sql/pgtenant-superuser.sql"))
+        .await
+        .expect("the superuser script");
+    let e = globex
+        .simple_query("SELECT statement FROM pg_prepared_statements")
+        .await
+        .expect_err("no longer readable");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    let e = globex
+        .simple_query("SELECT * FROM pg_prepared_statement()")
+        .await
+        .expect_err("nor the function");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+}
