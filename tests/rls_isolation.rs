@@ -587,3 +587,27 @@ async fn statement_texts_of_other_tenants_are_hidden_by_the_superuser_script() {
         .expect_err("nor the function");
     assert_eq!(sqlstate(&e), "42501", "{e}");
 }
+
+/// COPY FROM into a table under row-level security is refused by
+/// PostgreSQL with an error that names the alternative (INSERT); the
+/// session goes on. (Raw socket: tokio-postgres's copy_in leaves its
+/// connection unusable after such an error, also without pgtenant.)
+#[tokio::test]
+async fn copy_from_is_refused_with_the_alternative() {
+    let s = shared(&["acme"], 1, "auth_type = \"trust\"").await;
+    let mut acme = raw::login_trust(s.proxy.port, "acme").await;
+    raw::send(&mut acme, &raw::query("COPY notes (body) FROM STDIN")).await;
+    let (msgs, status) = raw::read_until_ready_any(&mut acme).await;
+    let e = msgs.iter().find(|m| m.tag == b'E').expect("refused");
+    assert_eq!(e.code(), "0A000", "{e:?}");
+    assert!(
+        e.fields().get(&b'H').is_some_and(|h| h.contains("INSERT")),
+        "{:?}",
+        e.fields()
+    );
+    assert_eq!(status, b'I');
+    raw::send(&mut acme, &raw::query("SELECT count(*) FROM notes")).await;
+    let (msgs, _) = raw::read_to_ready(&mut acme, "after COPY").await;
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("row");
+    assert_eq!(&row.body[6..], b"2");
+}
