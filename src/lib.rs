@@ -65,6 +65,15 @@ pub async fn run(
     };
     raise_open_files_limit(&config);
     let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
+    let tenants = snapshot.config.tenants_per_placement();
+    for (name, p) in &snapshot.config.placements {
+        tracing::info!(
+            placement = %name,
+            isolation = p.isolation.as_str(),
+            tenants = tenants.get(name.as_str()).copied().unwrap_or(0),
+            "placement configured"
+        );
+    }
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
     {

@@ -41,7 +41,13 @@ pub async fn serve(
     peer: SocketAddr,
     unauthenticated: Unauthenticated,
 ) {
-    let span = tracing::info_span!("client", %peer, tenant = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "client",
+        %peer,
+        tenant = tracing::field::Empty,
+        placement = tracing::field::Empty,
+        isolation = tracing::field::Empty
+    );
     async move {
         let _ = stream.set_nodelay(true);
         let snap = state.snapshot();
@@ -295,6 +301,10 @@ async fn login(
         .placements
         .get(&tenant.placement)
         .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
+    // Every line this connection logs says where its tenant lives.
+    tracing::Span::current()
+        .record("placement", tenant.placement.as_str())
+        .record("isolation", placement.isolation.as_str());
 
     // The tenant's schema comes first, as if the client had sent it at
     // startup: the client's own startup value or `-c` option replaces it,
