@@ -611,3 +611,26 @@ async fn copy_from_is_refused_with_the_alternative() {
     let row = msgs.iter().find(|m| m.tag == b'D').expect("row");
     assert_eq!(&row.body[6..], b"2");
 }
+
+/// A lease of the tenant whose context the connection already holds skips
+/// the context call; after anything that may have cleared the context
+/// (in its own lease) the next lease enters it again.
+#[tokio::test]
+async fn a_cleared_context_is_entered_again_by_the_next_lease() {
+    let s = shared(&["acme"], 1, "").await;
+    let acme = s.proxy.connect("acme").await;
+    for sql in [
+        "RESET ALL",
+        "DISCARD ALL",
+        "DISCARD SEQUENCES",
+        "RESET pgtenant.tenant",
+        "SET pgtenant.tenant = ''",
+        "SELECT set_config('pgtenant.tenant', '', false)",
+        "DO $$BEGIN PERFORM set_config('pgtenant.tenant', '', false); END$$",
+    ] {
+        assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
+        acme.batch_execute(sql).await.expect(sql);
+        assert_eq!(bodies(&acme).await, own("acme"), "the lease after {sql}");
+        assert_eq!(bodies(&acme).await, own("acme"), "and the one after");
+    }
+}

@@ -123,6 +123,10 @@ pub struct ServerConn {
     /// `pgtenant.enter` on this connection (`isolation = "rls"`; see
     /// `context.rs`), looked up when it was opened.
     pub(crate) context_function: Option<u32>,
+    /// The tenant whose context the server session holds, as far as the
+    /// proxy can tell (set with the context call, cleared after anything
+    /// that may have reset it); a lease of the same tenant skips the call.
+    pub(crate) context_of: Option<std::sync::Arc<crate::catalog::TenantEntry>>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -163,6 +167,7 @@ impl ServerConn {
             retire_at: None,
             needs_check: false,
             context_function: None,
+            context_of: None,
         };
         let mut out = BytesMut::new();
         frontend::startup_message(

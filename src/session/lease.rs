@@ -132,10 +132,13 @@ impl Session<'_> {
         let mut call = BytesMut::new();
         let pid = conn.cancel_key().pid;
         ctx.write_enter(function, pid, self.tenant.id.as_str(), &mut call);
-        conn.exchange(&call).await.map(|_| ()).map_err(|e| {
+        conn.context_of = None;
+        if let Err(e) = conn.exchange(&call).await {
             tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");
-            ClientError::ContextFailed(self.tenant.id.clone())
-        })
+            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+        }
+        conn.context_of = Some(Arc::clone(&self.tenant));
+        Ok(())
     }
 
     /// Brings a leased connection's settings in line with the client's;
@@ -195,6 +198,7 @@ impl Session<'_> {
                 // keeps: reset everything.
                 conn.applied = Default::default();
                 conn.prepared.clear();
+                conn.context_of = None;
                 let reset = conn.simple_query(super::recover::FULL_RESET).await;
                 Err(SyncFailure {
                     error: ClientError::Server { code, message },

@@ -148,7 +148,7 @@ impl Session<'_> {
             txn.backend_pid = lease.conn().cancel_key().pid;
             txn.client_pid = self.client_pid;
             if let Some(ctx) = self.pool.context() {
-                self.enter_tenant(ctx, &lease, client, &mut txn)?;
+                self.enter_tenant(ctx, &mut lease, synced, client, &mut txn)?;
             }
             self.cancel.arm(lease.conn().cancel_key());
             let exit = loop {
@@ -214,6 +214,11 @@ impl Session<'_> {
                     }
                 }
             };
+            if txn.settings_changed || txn.unknown || txn.defaults_reset || txn.statements_dropped {
+                // SET/RESET/DISCARD or code the scan cannot see into: the
+                // tenant context may be gone; the next lease enters it again.
+                lease.conn_mut().context_of = None;
+            }
             self.cancel.disarm();
             let settled = self.settle_cancels().await;
             // Statements a server accepted this lease: known placement-wide.
@@ -499,9 +504,14 @@ impl Session<'_> {
             return;
         }
         let reset_due = self.mode == PoolMode::Session || txn.pinned;
+        let mut lease = lease;
         match recover::Recovery::plan(txn, server_flow, reset_due, &self.reset_query) {
             None => lease.release(),
-            Some(recovery) => recovery.spawn(lease),
+            Some(recovery) => {
+                // Recovery may reset the session, context and all.
+                lease.conn_mut().context_of = None;
+                recovery.spawn(lease)
+            }
         }
     }
 
@@ -510,14 +520,30 @@ impl Session<'_> {
     /// first, in the same send as the client's request (`pool::context`).
     /// Fails closed if the connection has no context function or the
     /// client's bytes could overtake the call.
+    ///
+    /// Skipped when the connection's session already holds this tenant's
+    /// context: nothing since the call that set it can have changed it to
+    /// another tenant (only a call with the proxy's proof can), and the
+    /// proxy forgets it after anything that may have cleared it (a settings
+    /// sync, SET/RESET/DISCARD, code it cannot see into, a reset).
     fn enter_tenant(
         &self,
         ctx: &crate::pool::TenantContext,
-        lease: &Lease,
+        lease: &mut Lease,
+        synced: bool,
         client: &mut ClientConn,
         txn: &mut TxnState,
     ) -> Result<(), ClientError> {
-        let conn = lease.conn();
+        let conn = lease.conn_mut();
+        if !synced
+            && conn
+                .context_of
+                .as_ref()
+                .is_some_and(|t| Arc::ptr_eq(t, &self.tenant))
+        {
+            return Ok(());
+        }
+        conn.context_of = None;
         let (Some(function), true) = (
             conn.context_function,
             client.flow.ready == 0 && client.flow.inject.is_empty(),
@@ -532,6 +558,7 @@ impl Session<'_> {
             &mut client.flow.inject,
         );
         txn.context_pending = true;
+        conn.context_of = Some(Arc::clone(&self.tenant));
         Ok(())
     }
 
