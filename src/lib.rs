@@ -65,6 +65,9 @@ pub async fn run(
     };
     raise_open_files_limit(&config);
     let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
+    // The file's text (a large config's tenants, plaintext passwords
+    // included) is not needed once built.
+    drop(source);
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
     {

@@ -26,6 +26,7 @@ pub struct Placement {
 
 /// One consistent view of the configuration.
 pub struct Snapshot {
+    /// The config, without its `tenants` (the catalog has them).
     pub config: Config,
     pub rules: RoutingRules,
     pub catalog: Catalog,
@@ -34,13 +35,17 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(
-        config: Config,
+        mut config: Config,
         src: &ConfigSource,
         workers: usize,
     ) -> Result<Snapshot, ConfigError> {
         let secret = crate::client::secret::AuthSecret::for_config(&config)
             .map_err(|m| src.error("proxy.secret_file", m))?;
         let catalog = Catalog::from_config(&config, src, secret)?;
+        // Kept, the tables the catalog came from would double a large
+        // config's memory for the snapshot's life, plaintext passwords
+        // included.
+        config.tenants = Default::default();
         let mut placements = ConfigMap::default();
         let mut targets = Vec::with_capacity(config.placements.len());
         for (name, p) in &config.placements {
@@ -205,5 +210,28 @@ impl CountGuard {
 impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_live_in_the_catalog_only() {
+        let text = "[proxy]\ndefault_placement = \"p\"\n\
+                    [placements.p]\nurl = \"postgres://u@127.0.0.1/db\"\nisolation = \"database\"\n\
+                    allow_shared_database = true\n\
+                    [tenants.a]\nusers = { app = \"plain-a\" }\n\
+                    [tenants.b]\nusers = { app = \"plain-b\" }\n";
+        let (cfg, src) = crate::config::parse_str(text, "t.toml").expect("valid");
+        let snap = Snapshot::build(cfg, &src, 1).expect("builds");
+        assert!(snap.config.tenants.is_empty());
+        assert_eq!(snap.catalog.len(), 2);
+        assert!(
+            snap.catalog
+                .get("b")
+                .is_some_and(|t| t.users.contains_key("app"))
+        );
     }
 }
