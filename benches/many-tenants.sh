@@ -107,7 +107,8 @@ listen = "127.0.0.1:$PGTENANT_PORT"
 auth_type = "$AUTH"
 workers = $WORKERS
 default_placement = "shared"
-default_tenant_max_client_connections = $((CLIENTS > 1000 ? CLIENTS : 1000))
+# Room for one arm's clients while the last arm's are still being closed.
+default_tenant_max_client_connections = $((2 * CLIENTS > 1000 ? 2 * CLIENTS : 1000))
 
 [placements.shared]
 url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
@@ -127,10 +128,12 @@ write_config "$W/many.toml" "$TENANTS"
 now_ms() { date +%s%3N; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / hz)}' "/proc/$1/stat"; }
 PROXY=
-# Starts the proxy on config $1; sets PROXY and STARTUP_MS (exec to the
-# first query answered through it, as tenant t0; includes the pool's first
-# server connection).
+# Starts the proxy on config $1; sets PROXY, STARTUP_MS (exec to the first
+# query answered through it, as tenant t0; includes the pool's first server
+# connection) and STARTUP_CPU_MS (the CPU time it took until then: on a
+# shared machine, the steadier figure).
 start_proxy() {
   local t0 i
   t0=$(now_ms)
@@ -141,6 +144,7 @@ start_proxy() {
     if PGPASSWORD=$PASSWORD psql -X -Atq -h 127.0.0.1 -p "$PGTENANT_PORT" -U app.t0 -d bench \
       -c 'select 1' >/dev/null 2>&1; then
       STARTUP_MS=$(($(now_ms) - t0))
+      STARTUP_CPU_MS=$(cpu_ms "$PROXY")
       return 0
     fi
     kill -0 "$PROXY" 2>/dev/null || { cat "$W/pgtenant.out" >&2; exit 1; }
@@ -157,6 +161,7 @@ stop_proxy() {
 echo "== startup: 1 tenant configured"
 start_proxy "$W/one.toml"
 STARTUP_ONE_MS=$STARTUP_MS
+STARTUP_ONE_CPU_MS=$STARTUP_CPU_MS
 RSS_ONE_KB=$(rss_kb "$PROXY")
 stop_proxy
 
@@ -168,6 +173,7 @@ CHECK_MS=$(($(now_ms) - t0))
 echo "== startup: $TENANTS tenants configured"
 start_proxy "$W/many.toml"
 STARTUP_MANY_MS=$STARTUP_MS
+STARTUP_MANY_CPU_MS=$STARTUP_CPU_MS
 RSS_START_KB=$(rss_kb "$PROXY")
 
 # One arm: label, tenants, clients per tenant. Appends its RESULT line.
@@ -221,20 +227,23 @@ CPU_MANY=$(mean "${MANY_CPU[@]}")
 CPU_RATIO=$(awk -v a="$CPU_MANY" -v b="$CPU_ONE" 'BEGIN {printf "%.3f", a / b}')
 echo
 echo "== summary ($ISOLATION placement, pool_size $POOL_SIZE, $WORKERS proxy worker(s), $(nproc) cores, auth $AUTH)"
-printf '%-26s %8s %8s %10s %8s %8s %8s %13s\n' run tenants clients TPS "p50 ms" "p95 ms" "p99 ms" \
-  "proxy us/txn"
+printf '%-22s %7s %7s %8s %8s %8s %8s %13s %11s %10s\n' run tenants clients TPS "p50 ms" "p95 ms" \
+  "p99 ms" "proxy us/txn" "proxy CPU%" "load CPU%"
 for r in "${RESULTS[@]}"; do
-  printf '%-26s %8s %8s %10.0f %8s %8s %8s %13s\n' "$(field "$r" label)" "$(field "$r" tenants)" \
-    "$(field "$r" clients)" "$(field "$r" tps)" "$(field "$r" p50_ms)" "$(field "$r" p95_ms)" \
-    "$(field "$r" p99_ms)" "$(field "$r" proxy_cpu_us_per_txn)"
+  printf '%-22s %7s %7s %8.0f %8s %8s %8s %13s %11s %10s\n' "$(field "$r" label)" \
+    "$(field "$r" tenants)" "$(field "$r" clients)" "$(field "$r" tps)" "$(field "$r" p50_ms)" \
+    "$(field "$r" p95_ms)" "$(field "$r" p99_ms)" "$(field "$r" proxy_cpu_us_per_txn)" \
+    "$(field "$r" proxy_cpu_pct)" "$(field "$r" load_cpu_pct)"
 done
 echo "throughput, $CLIENTS tenants x 1 client / 1 tenant x $CLIENTS clients (means of $ROUNDS runs each): $TPS_MANY / $TPS_ONE = $RATIO"
 echo "proxy CPU per transaction, same arms: $CPU_MANY / $CPU_ONE us = $CPU_RATIO"
-echo "startup (exec to first query answered): 1 tenant ${STARTUP_ONE_MS} ms, $TENANTS tenants ${STARTUP_MANY_MS} ms"
+echo "startup (exec to first query answered): 1 tenant ${STARTUP_ONE_MS} ms (CPU ${STARTUP_ONE_CPU_MS} ms)," \
+  "$TENANTS tenants ${STARTUP_MANY_MS} ms (CPU ${STARTUP_MANY_CPU_MS} ms)"
 echo "RSS: 1 tenant after start $((RSS_ONE_KB / 1024)) MB; $TENANTS tenants after start $((RSS_START_KB / 1024)) MB, after a 1-tenant run $((RSS_AFTER_ONE_KB / 1024)) MB, after a $CLIENTS-tenant run $((RSS_AFTER_KB / 1024)) MB (peak $((HWM_KB / 1024)) MB)"
 echo "pgtenant check, $TENANTS tenants: ${CHECK_MS} ms"
 echo "SUMMARY isolation=$ISOLATION protocol=$PROTOCOL tenants_configured=$TENANTS clients=$CLIENTS" \
   "rounds=$ROUNDS tps_one=$TPS_ONE tps_many=$TPS_MANY ratio=$RATIO" \
   "cpu_us_one=$CPU_ONE cpu_us_many=$CPU_MANY cpu_ratio=$CPU_RATIO" \
-  "startup_one_ms=$STARTUP_ONE_MS startup_many_ms=$STARTUP_MANY_MS rss_one_kb=$RSS_ONE_KB" \
+  "startup_one_ms=$STARTUP_ONE_MS startup_one_cpu_ms=$STARTUP_ONE_CPU_MS" \
+  "startup_many_ms=$STARTUP_MANY_MS startup_many_cpu_ms=$STARTUP_MANY_CPU_MS rss_one_kb=$RSS_ONE_KB" \
   "rss_start_kb=$RSS_START_KB rss_after_one_kb=$RSS_AFTER_ONE_KB rss_after_kb=$RSS_AFTER_KB hwm_kb=$HWM_KB check_ms=$CHECK_MS"

@@ -169,10 +169,10 @@ fn main() {
                 .expect("spawn a load thread")
         })
         .collect();
-    let watcher = args.proxy_pid.map(|pid| {
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || proxy_cpu(pid, &shared))
-    });
+    let watcher = {
+        let (shared, pid) = (Arc::clone(&shared), args.proxy_pid);
+        std::thread::spawn(move || cpu_use(pid, &shared))
+    };
     let mut latencies = Vec::new();
     let mut connect = Duration::ZERO;
     for h in handles {
@@ -193,7 +193,7 @@ fn main() {
         std::process::exit(1);
     }
     let errors = shared.errors.load(Ordering::Relaxed);
-    let cpu = watcher.and_then(|w| w.join().ok().flatten());
+    let cpu = watcher.join().unwrap_or_default();
     report(&args, clients, connect, &mut latencies, errors, cpu);
     if errors > 0 {
         eprintln!(
@@ -406,15 +406,21 @@ async fn transactions(
     }
 }
 
-/// The CPU time process `pid` spent in the measured window, once every
-/// thread has connected; `None` if it could not be read.
-fn proxy_cpu(pid: u32, shared: &Shared) -> Option<Duration> {
+/// CPU time spent in the measured window (once every thread has
+/// connected): the proxy's (process `pid`, if given) and this process's.
+#[derive(Default)]
+struct CpuUse {
+    proxy: Option<Duration>,
+    load: Option<Duration>,
+}
+
+fn cpu_use(pid: Option<u32>, shared: &Shared) -> CpuUse {
     let window = loop {
         if let Some(w) = shared.window.get() {
             break w;
         }
         if shared.failed.load(Ordering::Relaxed) {
-            return None;
+            return CpuUse::default();
         }
         std::thread::sleep(Duration::from_millis(1));
     };
@@ -423,12 +429,32 @@ fn proxy_cpu(pid: u32, shared: &Shared) -> Option<Duration> {
             .measure_from
             .saturating_duration_since(Instant::now()),
     );
-    let before = cpu_ticks(pid)?;
+    let before = (pid.and_then(cpu_ticks), own_cpu());
     std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
-    let after = cpu_ticks(pid)?;
+    let after = (pid.and_then(cpu_ticks), own_cpu());
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| Duration::from_secs_f64(after.saturating_sub(before) as f64 / hz as f64))
+    let proxy = match (before.0, after.0) {
+        (Some(b), Some(a)) if hz > 0 => Some(Duration::from_secs_f64(
+            a.saturating_sub(b) as f64 / hz as f64,
+        )),
+        _ => None,
+    };
+    CpuUse {
+        proxy,
+        load: Some(after.1.saturating_sub(before.1)),
+    }
+}
+
+/// This process's user + system CPU time.
+fn own_cpu() -> Duration {
+    // SAFETY: `usage` is a valid rusage for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// utime + stime of `pid`, in clock ticks (/proc/PID/stat fields 14-15).
@@ -460,7 +486,7 @@ fn report(
     connect: Duration,
     latencies: &mut [u32],
     errors: u64,
-    proxy_cpu: Option<Duration>,
+    cpu: CpuUse,
 ) {
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -478,12 +504,11 @@ fn report(
         .last()
         .map_or(f64::NAN, |&m| f64::from(m) / 1000.0);
     let protocol = format!("{:?}", args.protocol).to_lowercase();
-    let (cpu_pct, cpu_us) = proxy_cpu.map_or((f64::NAN, f64::NAN), |cpu| {
-        (
-            100.0 * cpu.as_secs_f64() / secs,
-            cpu.as_secs_f64() * 1e6 / txns.max(1) as f64,
-        )
-    });
+    let pct_of = |d: Option<Duration>| d.map_or(f64::NAN, |d| 100.0 * d.as_secs_f64() / secs);
+    let (cpu_pct, load_pct) = (pct_of(cpu.proxy), pct_of(cpu.load));
+    let cpu_us = cpu
+        .proxy
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6 / txns.max(1) as f64);
     let label = if args.label.is_empty() {
         "-"
     } else {
@@ -493,7 +518,7 @@ fn report(
         "RESULT label={label} tenants={} clients_per_tenant={} clients={clients} protocol={protocol} \
          duration_s={secs:.1} txns={txns} tps={tps:.1} p50_ms={p50:.3} p95_ms={p95:.3} p99_ms={p99:.3} \
          max_ms={max:.3} errors={errors} connect_s={:.2} proxy_cpu_pct={cpu_pct:.1} \
-         proxy_cpu_us_per_txn={cpu_us:.2}",
+         proxy_cpu_us_per_txn={cpu_us:.2} load_cpu_pct={load_pct:.1}",
         args.tenants,
         args.clients_per_tenant,
         connect.as_secs_f64()
