@@ -82,6 +82,11 @@ struct Args {
     /// Time run but not measured, once every client is connected.
     #[arg(long, env = "LOAD_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Transactions per client instead of a duration: every one is
+    /// measured, without warm-up (for counting instructions, whose
+    /// start-up cancels out between two such runs).
+    #[arg(long, env = "LOAD_TRANSACTIONS")]
+    transactions: Option<u64>,
     /// Query protocol.
     #[arg(long, env = "LOAD_PROTOCOL", value_enum, default_value_t = Protocol::Simple)]
     protocol: Protocol,
@@ -118,6 +123,8 @@ struct Window {
 struct Shared {
     window: OnceLock<Window>,
     failed: AtomicBool,
+    /// Every client has finished.
+    done: AtomicBool,
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -153,6 +160,7 @@ fn main() {
     let shared = Arc::new(Shared {
         window: OnceLock::new(),
         failed: AtomicBool::new(false),
+        done: AtomicBool::new(false),
         errors: AtomicU64::new(0),
         first_error: Mutex::new(None),
     });
@@ -192,9 +200,22 @@ fn main() {
         );
         std::process::exit(1);
     }
+    let measured = match (args.transactions, shared.window.get()) {
+        (Some(_), Some(w)) => w.measure_from.elapsed(),
+        _ => args.duration,
+    };
+    shared.done.store(true, Ordering::Relaxed);
     let errors = shared.errors.load(Ordering::Relaxed);
     let cpu = watcher.join().unwrap_or_default();
-    report(&args, clients, connect, &mut latencies, errors, cpu);
+    report(
+        &args,
+        clients,
+        connect,
+        measured,
+        &mut latencies,
+        errors,
+        cpu,
+    );
     if errors > 0 {
         eprintln!(
             "tenants_load: {errors} clients failed; first: {}",
@@ -234,22 +255,31 @@ fn run_thread(
     }
     let window = shared.window.get_or_init(|| {
         let now = Instant::now();
-        Window {
-            measure_from: now + args.warmup,
-            end: now + args.warmup + args.duration,
+        match args.transactions {
+            // Until done: a day is as good as never.
+            Some(_) => Window {
+                measure_from: now,
+                end: now + Duration::from_secs(86_400),
+            },
+            None => Window {
+                measure_from: now + args.warmup,
+                end: now + args.warmup + args.duration,
+            },
         }
     });
+    let plan = Plan {
+        protocol: args.protocol,
+        aids: args.scale.max(1) * ACCOUNTS_PER_SCALE,
+        measure_from: window.measure_from,
+        end: window.end,
+        limit: args.transactions.unwrap_or(u64::MAX),
+    };
     let latencies = rt.block_on(async {
         let tasks: Vec<_> = connected
             .into_iter()
             .map(|(i, client, stmt)| {
                 let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let aids = args.scale.max(1) * ACCOUNTS_PER_SCALE;
-                let protocol = args.protocol;
-                let (from, end) = (window.measure_from, window.end);
-                tokio::spawn(async move {
-                    transactions(client, stmt, protocol, seed, aids, from, end).await
-                })
+                tokio::spawn(transactions(client, stmt, seed, plan))
             })
             .collect();
         let mut all = Vec::new();
@@ -352,22 +382,38 @@ async fn connect_one(
     Ok((client, stmt))
 }
 
-/// One client's loop: transactions until `end`; the latencies of those
-/// that started at or after `measure_from`, and the error that stopped
-/// it, if any.
-async fn transactions(
-    client: Client,
-    stmt: Option<Statement>,
+/// What every client runs.
+#[derive(Clone, Copy)]
+struct Plan {
     protocol: Protocol,
-    seed: u64,
+    /// Accounts to draw from (1 to aids).
     aids: u32,
     measure_from: Instant,
     end: Instant,
+    /// Transactions per client at most.
+    limit: u64,
+}
+
+/// One client's loop: transactions until `end` or `limit` of them; the
+/// latencies of those that started at or after `measure_from`, and the
+/// error that stopped it, if any.
+async fn transactions(
+    client: Client,
+    stmt: Option<Statement>,
+    seed: u64,
+    plan: Plan,
 ) -> (Vec<u32>, Option<String>) {
+    let Plan {
+        protocol,
+        aids,
+        measure_from,
+        end,
+        limit,
+    } = plan;
     let mut rng = XorShift(seed | 1);
     let mut latencies = Vec::with_capacity(1024);
     let mut sql = String::with_capacity(SELECT.len() + 16);
-    loop {
+    for _ in 0..limit {
         let start = Instant::now();
         if start >= end {
             return (latencies, None);
@@ -404,6 +450,7 @@ async fn transactions(
             latencies.push(start.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         }
     }
+    (latencies, None)
 }
 
 /// CPU time spent in the measured window (once every thread has
@@ -430,7 +477,9 @@ fn cpu_use(pid: Option<u32>, shared: &Shared) -> CpuUse {
             .saturating_duration_since(Instant::now()),
     );
     let before = (pid.and_then(cpu_ticks), own_cpu());
-    std::thread::sleep(window.end.saturating_duration_since(Instant::now()));
+    while Instant::now() < window.end && !shared.done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let after = (pid.and_then(cpu_ticks), own_cpu());
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -484,6 +533,7 @@ fn report(
     args: &Args,
     clients: usize,
     connect: Duration,
+    measured: Duration,
     latencies: &mut [u32],
     errors: u64,
     cpu: CpuUse,
@@ -496,7 +546,7 @@ fn report(
         let idx = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         f64::from(latencies[idx]) / 1000.0
     };
-    let secs = args.duration.as_secs_f64();
+    let secs = measured.as_secs_f64();
     let txns = latencies.len();
     let tps = txns as f64 / secs;
     let (p50, p95, p99) = (pct(0.50), pct(0.95), pct(0.99));
