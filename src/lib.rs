@@ -65,8 +65,14 @@ pub async fn run(
     };
     raise_open_files_limit(&config);
     let snapshot = Snapshot::build(config, &source, workers).map_err(anyhow::Error::new)?;
-    let tenants = snapshot.config.tenants_per_placement();
-    for (name, p) in &snapshot.config.placements {
+    // The file's text (a large config's tenants, plaintext passwords
+    // included) is not needed once built.
+    drop(source);
+    let mut tenants: std::collections::HashMap<&str, usize> = Default::default();
+    for t in snapshot.catalog.iter() {
+        *tenants.entry(t.placement.as_str()).or_default() += 1;
+    }
+    for (name, p) in &snapshot.placements {
         tracing::info!(
             placement = %name,
             isolation = p.isolation.as_str(),

@@ -29,6 +29,7 @@ pub struct Placement {
 
 /// One consistent view of the configuration.
 pub struct Snapshot {
+    /// The config, without its `tenants` (the catalog has them).
     pub config: Config,
     pub rules: RoutingRules,
     pub catalog: Catalog,
@@ -37,7 +38,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(
-        config: Config,
+        mut config: Config,
         src: &ConfigSource,
         workers: usize,
     ) -> Result<Snapshot, ConfigError> {
@@ -112,6 +113,10 @@ impl Snapshot {
             user_separator: config.proxy.user_separator.clone(),
             sni_suffix: config.proxy.sni_suffix.clone(),
         };
+        // Kept, the tables the catalog came from would double a large
+        // config's memory for the snapshot's life, plaintext passwords
+        // included.
+        config.tenants = Default::default();
         Ok(Snapshot {
             config,
             rules,
@@ -235,5 +240,28 @@ impl CountGuard {
 impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_live_in_the_catalog_only() {
+        let text = "[proxy]\ndefault_placement = \"p\"\n\
+                    [placements.p]\nurl = \"postgres://u@127.0.0.1/db\"\nisolation = \"database\"\n\
+                    allow_shared_database = true\n\
+                    [tenants.a]\nusers = { app = \"plain-a\" }\n\
+                    [tenants.b]\nusers = { app = \"plain-b\" }\n";
+        let (cfg, src) = crate::config::parse_str(text, "t.toml").expect("valid");
+        let snap = Snapshot::build(cfg, &src, 1).expect("builds");
+        assert!(snap.config.tenants.is_empty());
+        assert_eq!(snap.catalog.len(), 2);
+        assert!(
+            snap.catalog
+                .get("b")
+                .is_some_and(|t| t.users.contains_key("app"))
+        );
     }
 }

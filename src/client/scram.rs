@@ -101,14 +101,24 @@ impl Verifier {
     }
 }
 
-/// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's `Hi()`.
+/// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's `Hi()`. The HMAC
+/// is keyed once and cloned per iteration: keying hashes the padded key
+/// twice, which per iteration doubled the work (the cost of a config with
+/// thousands of plaintext passwords is this function, at load).
 fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut block = salt.to_vec();
-    block.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = hmac(password, &block);
+    // HMAC takes keys of any length; the error arm cannot happen.
+    let Ok(keyed) = HmacSha256::new_from_slice(password) else {
+        return [0; 32];
+    };
+    let mac = |data: &[&[u8]]| -> [u8; 32] {
+        let mut m = keyed.clone();
+        data.iter().for_each(|d| m.update(d));
+        m.finalize().into_bytes().into()
+    };
+    let mut u = mac(&[salt, &1u32.to_be_bytes()]);
     let mut out = u;
     for _ in 1..iterations {
-        u = hmac(password, &u);
+        u = mac(&[&u]);
         for (o, x) in out.iter_mut().zip(u.iter()) {
             *o ^= x;
         }
