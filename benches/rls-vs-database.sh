@@ -10,6 +10,9 @@
 #
 #   REPS=5 DURATION=10 CLIENTS=16 MODES="simple extended" benches/rls-vs-database.sh
 #
+# POLICY sets the policies' expression (default the README's
+# "tenant_id = pgtenant.current_tenant()"), to compare forms.
+#
 # Needs the PostgreSQL server binaries and pgbench; builds the release
 # binary unless PGTENANT_BIN names one.
 set -euo pipefail
@@ -18,6 +21,7 @@ REPS=${REPS:-5}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-16}
 MODES=${MODES:-"simple extended"}
+POLICY=${POLICY:-"tenant_id = pgtenant.current_tenant()"}
 SCALE=${SCALE:-10}
 PG_PORT=${PG_PORT:-55432}
 PGTENANT_PORT=${PGTENANT_PORT:-56432}
@@ -38,6 +42,9 @@ sql -U postgres -d postgres \
 sql -U postgres -d bench_shared -c "GRANT CREATE ON SCHEMA public TO bench_owner"
 sql -U bench_owner -d bench_shared -f "$ROOT/sql/pgtenant.sql" >/dev/null
 pgbench -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench_owner bench_shared >/dev/null 2>&1
+# EXTRA_SQL (optional) runs as the owner first, e.g. to define a function
+# POLICY calls.
+[[ -n ${EXTRA_SQL:-} ]] && sql -U bench_owner -d bench_shared -c "$EXTRA_SQL"
 # Every pgbench table gets a tenant and a forced policy (pgbench -S also
 # counts pgbench_branches at start).
 for t in accounts branches tellers history; do
@@ -46,8 +53,8 @@ ALTER TABLE pgbench_$t ADD COLUMN tenant_id text NOT NULL DEFAULT 't1';
 ALTER TABLE pgbench_$t ENABLE ROW LEVEL SECURITY;
 ALTER TABLE pgbench_$t FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_rows ON pgbench_$t
-    USING (tenant_id = pgtenant.current_tenant())
-    WITH CHECK (tenant_id = pgtenant.current_tenant());
+    USING ($POLICY)
+    WITH CHECK ($POLICY);
 GRANT SELECT ON pgbench_$t TO bench_shared;
 SQL
 done
@@ -92,6 +99,7 @@ tps() { # database mode
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
+echo "policy: $POLICY"
 echo "select-only, $CLIENTS clients, ${DURATION}s x $REPS, scale $SCALE, one pgtenant (workers=${PGTENANT_WORKERS:-1})"
 for mode in $MODES; do
   db=() rls=() ratios=()
