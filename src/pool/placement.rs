@@ -450,8 +450,7 @@ impl PlacementPool {
     /// check; the latter's warnings (what only a superuser can close).
     async fn check_role(&self, conn: &mut ServerConn) -> Result<Vec<String>, ServerError> {
         if self.roles.operator {
-            operator_check::check(conn, &self.target.user).await?;
-            return Ok(Vec::new());
+            return operator_check::check(conn, &self.target.user).await;
         }
         role_check::check(conn, &self.target.user, &self.roles).await?;
         match &self.roles.rls {
