@@ -124,6 +124,12 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
             tenants.len()
         );
     }
+    for (name, o) in &cfg.operators {
+        println!(
+            "operators.{name}: may reach {} (options operator=PLACEMENT)",
+            o.placements.join(", ")
+        );
+    }
     if cfg.tls.is_some() {
         eprintln!("warning: [tls] is not supported yet; SSLRequest is answered 'N'");
     }

@@ -25,6 +25,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Placement {
     pub isolation: Isolation,
     pub pool: Arc<PlacementPool>,
+    /// An rls placement with an `operator_url`: the platform operators'
+    /// pool (their own role, never the tenants' pool), whose seats are
+    /// the operators that may reach it.
+    pub operators: Option<Arc<PlacementPool>>,
 }
 
 /// One consistent view of the configuration.
@@ -66,10 +70,18 @@ impl Snapshot {
         }
         let mut placements = ConfigMap::default();
         let mut targets = Vec::with_capacity(config.placements.len());
+        // (placement, operators' target) of each placement with an
+        // operator_url.
+        let mut operator_targets = Vec::new();
         for (name, p) in &config.placements {
             let target = BackendTarget::from_url(p.url.expose())
                 .map_err(|m| src.error(&format!("placements.{name}.url"), m))?;
             targets.push((name, target));
+            if let Some(url) = &p.operator_url {
+                let target = BackendTarget::from_url(url.expose())
+                    .map_err(|m| src.error(&format!("placements.{name}.operator_url"), m))?;
+                operator_targets.push((name, target));
+            }
         }
         for (name, target) in targets.iter().cloned() {
             let p = &config.placements[name];
@@ -86,7 +98,17 @@ impl Snapshot {
                 rls: (p.isolation == Isolation::Rls).then(|| crate::pool::rls_check::RlsPolicy {
                     shared_tables: p.shared_tables.clone(),
                 }),
+                operator_roles: operator_targets
+                    .iter()
+                    .filter(|(_, t)| t.user != target.user)
+                    .map(|(other, t)| (t.user.clone(), (*other).clone()))
+                    .collect(),
+                operator: false,
             };
+            let context_key = context_keys
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, key)| *key);
             let pool = PlacementPool::new(
                 PlacementName(name.clone()),
                 target,
@@ -94,17 +116,31 @@ impl Snapshot {
                 workers,
                 PoolTimeouts::from_config(&config.proxy),
                 roles,
-                context_keys
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, key)| TenantContext::new(*key, p.tenant_setting.clone())),
+                context_key.map(|key| TenantContext::new(key, p.tenant_setting.clone())),
                 tenants.remove(name.as_str()).unwrap_or_default(),
             );
+            let operators = match (
+                operator_targets.iter().find(|(n, _)| *n == name),
+                context_key,
+                p.operator_pool(),
+            ) {
+                (Some((_, target)), Some(key), Some(size)) => Some(operator_pool(
+                    name,
+                    target.clone(),
+                    size,
+                    workers,
+                    &config,
+                    TenantContext::new(key, p.tenant_setting.clone()),
+                    &catalog,
+                )),
+                _ => None,
+            };
             placements.insert(
                 name.clone(),
                 Placement {
                     isolation: p.isolation,
                     pool,
+                    operators,
                 },
             );
         }
@@ -129,13 +165,55 @@ impl Snapshot {
         self.config.proxy.pool_mode
     }
 
-    /// Every placement's pool (for the janitor).
+    /// Every placement's pools, the operators' included (for the janitor).
     pub fn pools(&self) -> Vec<Arc<PlacementPool>> {
         self.placements
             .values()
-            .map(|p| Arc::clone(&p.pool))
+            .flat_map(|p| std::iter::once(&p.pool).chain(p.operators.as_ref()))
+            .map(Arc::clone)
             .collect()
     }
+}
+
+/// The operators' pool of rls placement `name`: its own role (checked by
+/// `operator_check`, never trusted blindly), the placement's context key
+/// (each lease enters the tenant the operator named, or
+/// [`crate::client::operator::ALL_TENANTS`]), and a seat per operator
+/// that may reach it, each allowed the whole pool when alone, else half.
+fn operator_pool(
+    name: &str,
+    target: BackendTarget,
+    size: u32,
+    workers: usize,
+    config: &Config,
+    context: TenantContext,
+    catalog: &Catalog,
+) -> Arc<PlacementPool> {
+    let names: Vec<&str> = catalog.operators_of(name).collect();
+    let cap = if names.len() <= 1 {
+        size
+    } else {
+        (size / 2).max(1)
+    };
+    PlacementPool::new(
+        PlacementName(format!("{name}/operators")),
+        target,
+        size as usize,
+        workers,
+        PoolTimeouts::from_config(&config.proxy),
+        RolePolicy {
+            operator: true,
+            ..RolePolicy::default()
+        },
+        Some(context),
+        names
+            .into_iter()
+            .map(|n| PoolTenant {
+                name: n.to_owned(),
+                max_server_connections: cap as usize,
+            })
+            .collect(),
+    )
 }
 
 /// Shared by every worker and connection.

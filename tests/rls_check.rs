@@ -134,6 +134,7 @@ fn pool(pg: &PgCluster, rls: RlsPolicy, trusted: bool) -> Arc<PlacementPool> {
             trusted,
             other_placements: Vec::new(),
             rls: Some(rls),
+            ..RolePolicy::default()
         },
         None,
         vec![PoolTenant {

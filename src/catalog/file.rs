@@ -70,8 +70,10 @@ impl Catalog {
                 }),
             );
         }
+        let operators = super::operators::from_config(cfg, src, &auth_secret)?;
         Ok(Catalog {
             tenants,
+            operators,
             secret: auth_secret,
         })
     }
@@ -211,6 +213,32 @@ fn derive_all(pending: &[Pending<'_>], secret: &AuthSecret) -> Vec<Verifier> {
         }
         out
     })
+}
+
+/// A configured password (plaintext, turned into a verifier with the salt
+/// `salt` makes) or SCRAM-SHA-256 verifier; `key` is where it is written.
+pub(super) fn credential(
+    text: &str,
+    key: &str,
+    src: &ConfigSource,
+    salt: impl FnOnce() -> [u8; crate::client::secret::SALT_LEN],
+) -> Result<Credential, ConfigError> {
+    let verifier = if text.starts_with("SCRAM-SHA-256$") {
+        Verifier::parse(text).ok_or_else(|| {
+            src.error(
+                key,
+                "malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)",
+            )
+        })?
+    } else if text.starts_with("md5") && text.len() == 35 {
+        return Err(src.error(
+            key,
+            "md5 hashes are not accepted; give the password or a SCRAM-SHA-256 verifier",
+        ));
+    } else {
+        Verifier::from_password(text, &salt())
+    };
+    Ok(Credential::Scram(verifier))
 }
 
 #[cfg(test)]

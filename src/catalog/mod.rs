@@ -7,6 +7,9 @@
 //! will produce the same snapshot type.
 
 mod file;
+mod operators;
+
+pub use operators::{OperatorCheck, OperatorEntry};
 
 use crate::client::scram::Verifier;
 use crate::client::secret::AuthSecret;
@@ -52,6 +55,8 @@ pub struct TenantEntry {
 #[derive(Debug)]
 pub struct Catalog {
     tenants: ConfigMap<String, Arc<TenantEntry>>,
+    /// Platform operators (`[operators.*]`), by name.
+    operators: ConfigMap<String, OperatorEntry>,
     /// Keys the salts of plaintext passwords and of unknown users.
     secret: AuthSecret,
 }

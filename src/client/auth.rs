@@ -6,7 +6,7 @@
 
 use super::conn::ClientConn;
 use super::error::ClientError;
-use super::scram::{self, ScramError};
+use super::scram::{self, ScramError, Verifier};
 use crate::catalog::{Catalog, TenantEntry};
 use crate::protocol::messages;
 use base64::Engine;
@@ -22,11 +22,20 @@ pub async fn scram_sha_256(
     user: &str,
 ) -> Result<(), ClientError> {
     let verifier = catalog.scram_verifier(tenant, user);
-    let fail = || ClientError::AuthFailed {
+    exchange(client, &verifier, || ClientError::AuthFailed {
         user: user.to_string(),
         tenant: tenant.id.clone(),
-    };
+    })
+    .await
+}
 
+/// The SCRAM-SHA-256 exchange against `verifier`; a wrong proof is
+/// `fail()`. Tenant users and operators both log in through it.
+pub async fn exchange(
+    client: &mut ClientConn,
+    verifier: &Verifier,
+    fail: impl FnOnce() -> ClientError,
+) -> Result<(), ClientError> {
     messages::auth_sasl(&mut client.out);
     client.flush_out().await.map_err(io_lost)?;
 
@@ -45,7 +54,7 @@ pub async fn scram_sha_256(
     }
     let nonce = server_nonce();
     let (exchange, server_first) =
-        scram::server_first(&verifier, data, &nonce).map_err(scram_err)?;
+        scram::server_first(verifier, data, &nonce).map_err(scram_err)?;
     messages::auth_sasl_continue(&mut client.out, server_first.as_bytes());
     client.flush_out().await.map_err(io_lost)?;
 

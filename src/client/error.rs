@@ -13,6 +13,14 @@ pub enum ClientError {
     UnknownTenant(TenantId),
     #[error("password authentication failed for user \"{user}\" of tenant \"{tenant}\"")]
     AuthFailed { user: String, tenant: TenantId },
+    /// An operator's login failed: unknown name, wrong password, or a
+    /// placement not in its list, told apart only in the log.
+    #[error("password authentication failed for operator \"{operator}\"")]
+    OperatorAuthFailed { operator: String },
+    /// An authenticated operator named a tenant its placement does not
+    /// hold.
+    #[error("tenant \"{tenant}\" is not on placement \"{placement}\"")]
+    OperatorTenant { tenant: TenantId, placement: String },
     #[error("too many client connections for tenant \"{0}\"")]
     TenantFull(TenantId),
     #[error("too many client connections to pgtenant")]
@@ -94,7 +102,10 @@ impl ClientError {
             ClientError::Routing(RoutingError::BadOptions(_)) => SqlState::PROTOCOL_VIOLATION,
             ClientError::Routing(_) => SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
             ClientError::UnknownTenant(_) => SqlState::INVALID_CATALOG_NAME,
-            ClientError::AuthFailed { .. } => SqlState::INVALID_PASSWORD,
+            ClientError::AuthFailed { .. } | ClientError::OperatorAuthFailed { .. } => {
+                SqlState::INVALID_PASSWORD
+            }
+            ClientError::OperatorTenant { .. } => SqlState::INVALID_CATALOG_NAME,
             ClientError::TenantFull(_)
             | ClientError::ProxyFull
             | ClientError::TooManyPins { .. } => SqlState::TOO_MANY_CONNECTIONS,
@@ -126,7 +137,8 @@ impl ClientError {
         match self {
             ClientError::Routing(_) => "routing",
             ClientError::UnknownTenant(_) => "unknown_tenant",
-            ClientError::AuthFailed { .. } => "auth",
+            ClientError::AuthFailed { .. } | ClientError::OperatorAuthFailed { .. } => "auth",
+            ClientError::OperatorTenant { .. } => "unknown_tenant",
             ClientError::TenantFull(_)
             | ClientError::ProxyFull
             | ClientError::TooManyPins { .. } => "limit",

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod conn;
 pub mod error;
+pub mod operator;
 pub mod scram;
 pub mod secret;
 
@@ -46,14 +47,15 @@ pub async fn serve(
         %peer,
         tenant = tracing::field::Empty,
         placement = tracing::field::Empty,
-        isolation = tracing::field::Empty
+        isolation = tracing::field::Empty,
+        operator = tracing::field::Empty
     );
     async move {
         let _ = stream.set_nodelay(true);
         let snap = state.snapshot();
         let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
         let mut unauthenticated = Some(unauthenticated);
-        if let Err(e) = serve_inner(&state, &snap, &mut client, &mut unauthenticated).await {
+        if let Err(e) = serve_inner(&state, &snap, &mut client, peer, &mut unauthenticated).await {
             client.refuse(&e).await;
         }
     }
@@ -63,19 +65,40 @@ pub async fn serve(
 
 /// What a successful login leaves behind.
 struct Login {
+    /// The tenant (for an operator: the tenant it named, or
+    /// `operator::ALL_TENANTS`).
     tenant: Arc<crate::catalog::TenantEntry>,
+    /// The pool the session leases from: the tenant's placement's, or
+    /// the operators' pool of the operator's placement.
+    pool: Arc<crate::pool::PlacementPool>,
+    /// Whose client and pin counters this connection takes.
+    counter: crate::routing::TenantId,
     wanted: Vec<(String, String)>,
     /// The ParameterStatus set the client was sent.
     reported: params::Reported,
-    /// The tenant's place at its placement's pool.
+    /// The tenant's (or operator's) place at `pool`.
     seat: crate::pool::TenantSeat,
+    /// An operator's connection: logged at its start and end.
+    audit: Option<operator::Audit>,
     _guards: [CountGuard; 2],
+}
+
+/// Who authenticated, before the common part of a login.
+struct Identity {
+    tenant: Arc<crate::catalog::TenantEntry>,
+    pool: Arc<crate::pool::PlacementPool>,
+    seat: Option<crate::pool::TenantSeat>,
+    counter: crate::routing::TenantId,
+    client_limit: u32,
+    settings: Vec<(String, String)>,
+    audit: Option<operator::Audit>,
 }
 
 async fn serve_inner(
     state: &Arc<ProxyState>,
     snap: &Arc<Snapshot>,
     client: &mut ClientConn,
+    peer: SocketAddr,
     unauthenticated: &mut Option<Unauthenticated>,
 ) -> Result<(), ClientError> {
     let proxy = &snap.config.proxy;
@@ -104,6 +127,7 @@ async fn serve_inner(
             snap,
             client,
             &startup,
+            peer,
             login_deadline,
             unauthenticated,
         )
@@ -119,10 +143,7 @@ async fn serve_inner(
         return Ok(());
     };
 
-    let placement = snap
-        .placements
-        .get(&login.tenant.placement)
-        .ok_or_else(|| ClientError::PlacementUnreachable(login.tenant.id.clone()))?;
+    let pool = &login.pool;
     let registration = state.cancels.register();
     messages::backend_key_data(
         &mut client.out,
@@ -135,10 +156,13 @@ async fn serve_inner(
         .await
         .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
     tracing::debug!("client ready");
+    if let Some(audit) = &login.audit {
+        audit.connected();
+    }
 
-    Session {
+    let outcome = Session {
         tenant: Arc::clone(&login.tenant),
-        pool: Arc::clone(&placement.pool),
+        pool: Arc::clone(pool),
         seat: login.seat,
         mode: snap.pool_mode(),
         wait_timeout: proxy.query_wait_timeout,
@@ -164,16 +188,20 @@ async fn serve_inner(
         idle_transaction_timeout: proxy.idle_transaction_timeout,
         client_idle_timeout: proxy.client_idle_timeout,
         pins: &state.pins,
-        pin_slots: state.tenant_pins(&login.tenant.id),
+        pin_slots: state.tenant_pins(&login.counter),
         max_pins: login
             .tenant
             .max_pinned_connections
-            .unwrap_or((placement.pool.counts().max as u32 / 2).max(1)),
+            .unwrap_or((pool.counts().max as u32 / 2).max(1)),
         pin_guard: None,
         message_timeout: proxy.client_message_timeout,
     }
     .run(client)
-    .await
+    .await;
+    if let Some(audit) = &login.audit {
+        audit.ended(&outcome);
+    }
+    outcome
 }
 
 /// The first packet that is not an encryption request.
@@ -219,11 +247,14 @@ fn early_eof(e: std::io::Error) -> ClientError {
     ClientError::Protocol(format!("incomplete startup packet: {e}"))
 }
 
+// Each argument is one part of the connection so far.
+#[allow(clippy::too_many_arguments)]
 async fn login(
     state: &ProxyState,
     snap: &Snapshot,
     client: &mut ClientConn,
     startup: &Startup,
+    peer: SocketAddr,
     login_deadline: Instant,
     unauthenticated: &mut Option<Unauthenticated>,
 ) -> Result<Login, ClientError> {
@@ -250,7 +281,7 @@ async fn login(
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
 
-    let resolved = routing::resolve(
+    let route = routing::route(
         &snap.rules,
         &RoutingInput {
             sni: None,
@@ -260,6 +291,102 @@ async fn login(
         },
         |name| snap.catalog.contains(name),
     )?;
+    let id = match route {
+        routing::Route::Tenant(resolved) => {
+            tenant_login(snap, client, resolved, login_deadline).await?
+        }
+        routing::Route::Operator(route) => {
+            let span = tracing::Span::current();
+            span.record("operator", route.operator.as_str());
+            if let Some(t) = &route.tenant {
+                span.record("tenant", t.as_str());
+            }
+            let op = operator::login(snap, client, &route, peer, login_deadline).await?;
+            Identity {
+                tenant: op.tenant,
+                pool: op.pool,
+                seat: Some(op.seat),
+                counter: op.counter,
+                client_limit: snap.config.proxy.default_tenant_max_client_connections,
+                settings: route.settings,
+                audit: Some(op.audit),
+            }
+        }
+    };
+    let tenant = id.tenant;
+    // Counted only once authenticated, so that nobody who merely knows a
+    // tenant's name can hold these slots with stalled handshakes: until
+    // now the connection counted against the unauthenticated caps only.
+    let proxy_guard = state
+        .admit_client(snap.config.proxy.max_client_connections)
+        .ok_or(ClientError::ProxyFull)?;
+    let tenant_guard = state
+        .admit_tenant_client(&id.counter, id.client_limit)
+        .ok_or_else(|| ClientError::TenantFull(tenant.id.clone()))?;
+    *unauthenticated = None;
+    messages::auth_ok(&mut client.out);
+
+    // The tenant's schema comes first, as if the client had sent it at
+    // startup: the client's own startup value or `-c` option replaces it,
+    // and RESET returns to it (`Session::startup_settings`).
+    let mut wanted = Vec::new();
+    if let Some(path) = &tenant.search_path {
+        params::upsert(&mut wanted, "search_path", path);
+    }
+    for (k, v) in startup
+        .params
+        .iter()
+        .filter(|(k, _)| params::is_setting(k))
+        .chain(id.settings.iter())
+    {
+        if !params::valid_name(k) {
+            return Err(ClientError::Protocol(format!(
+                "invalid parameter name {k:?}"
+            )));
+        }
+        params::upsert(&mut wanted, k, v);
+    }
+    canonical_client_encoding(&mut wanted)?;
+
+    // One without a seat is refused rather than let in uncounted.
+    let seat = id
+        .seat
+        .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
+    let server_params = id
+        .pool
+        .startup_params(seat, snap.config.proxy.query_wait_timeout)
+        .await
+        .map_err(|e| session::checkout_error(&tenant, e))?;
+    let mut reported = params::Reported::new(Arc::clone(&server_params.list));
+    for (i, (name, server_value)) in server_params.list.iter().enumerate() {
+        match wanted.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some((_, value)) if value != server_value => {
+                messages::parameter_status(&mut client.out, name, value);
+                reported.set(name, value);
+            }
+            _ => client.out.extend_from_slice(server_params.message(i)),
+        }
+    }
+    tracing::debug!("authenticated");
+    Ok(Login {
+        tenant,
+        pool: id.pool,
+        counter: id.counter,
+        wanted,
+        reported,
+        seat,
+        audit: id.audit,
+        _guards: [proxy_guard, tenant_guard],
+    })
+}
+
+/// A tenant user's login: the tenant, its user's password, its pool.
+async fn tenant_login(
+    snap: &Snapshot,
+    client: &mut ClientConn,
+    resolved: routing::Resolved,
+    login_deadline: Instant,
+) -> Result<Identity, ClientError> {
     tracing::Span::current().record("tenant", resolved.tenant.as_str());
     let tenant = snap
         .catalog
@@ -282,21 +409,6 @@ async fn login(
             tenant: tenant.id.clone(),
         });
     }
-    // Counted only once authenticated, so that nobody who merely knows a
-    // tenant's name can hold these slots with stalled handshakes: until
-    // now the connection counted against the unauthenticated caps only.
-    let proxy_guard = state
-        .admit_client(snap.config.proxy.max_client_connections)
-        .ok_or(ClientError::ProxyFull)?;
-    let tenant_limit = tenant
-        .max_client_connections
-        .unwrap_or(snap.config.proxy.default_tenant_max_client_connections);
-    let tenant_guard = state
-        .admit_tenant_client(&tenant.id, tenant_limit)
-        .ok_or_else(|| ClientError::TenantFull(tenant.id.clone()))?;
-    *unauthenticated = None;
-    messages::auth_ok(&mut client.out);
-
     let placement = snap
         .placements
         .get(&tenant.placement)
@@ -305,58 +417,21 @@ async fn login(
     tracing::Span::current()
         .record("placement", tenant.placement.as_str())
         .record("isolation", placement.isolation.as_str());
-
-    // The tenant's schema comes first, as if the client had sent it at
-    // startup: the client's own startup value or `-c` option replaces it,
-    // and RESET returns to it (`Session::startup_settings`).
-    let mut wanted = Vec::new();
-    if let Some(path) = &tenant.search_path {
-        params::upsert(&mut wanted, "search_path", path);
-    }
-    for (k, v) in startup
-        .params
-        .iter()
-        .filter(|(k, _)| params::is_setting(k))
-        .chain(resolved.settings.iter())
-    {
-        if !params::valid_name(k) {
-            return Err(ClientError::Protocol(format!(
-                "invalid parameter name {k:?}"
-            )));
-        }
-        params::upsert(&mut wanted, k, v);
-    }
-    canonical_client_encoding(&mut wanted)?;
-
     // Every catalog tenant has a seat at its placement's pool
     // (`Snapshot::build`); one without is refused rather than let in
     // uncounted.
-    let seat = placement
-        .pool
-        .seat(tenant.id.as_str())
-        .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
-    let server_params = placement
-        .pool
-        .startup_params(seat, snap.config.proxy.query_wait_timeout)
-        .await
-        .map_err(|e| session::checkout_error(&tenant, e))?;
-    let mut reported = params::Reported::new(Arc::clone(&server_params.list));
-    for (i, (name, server_value)) in server_params.list.iter().enumerate() {
-        match wanted.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-            Some((_, value)) if value != server_value => {
-                messages::parameter_status(&mut client.out, name, value);
-                reported.set(name, value);
-            }
-            _ => client.out.extend_from_slice(server_params.message(i)),
-        }
-    }
-    tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "authenticated");
-    Ok(Login {
-        tenant,
-        wanted,
-        reported,
+    let seat = placement.pool.seat(tenant.id.as_str());
+    tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "tenant user");
+    Ok(Identity {
+        counter: tenant.id.clone(),
+        client_limit: tenant
+            .max_client_connections
+            .unwrap_or(snap.config.proxy.default_tenant_max_client_connections),
+        pool: Arc::clone(&placement.pool),
         seat,
-        _guards: [proxy_guard, tenant_guard],
+        settings: resolved.settings,
+        audit: None,
+        tenant,
     })
 }
 

@@ -101,6 +101,18 @@ impl Verifier {
     }
 }
 
+impl Verifier {
+    /// A doomed copy of this verifier: the same salt and iteration count,
+    /// so an exchange that must fail (an operator asking for a placement
+    /// not in its list) looks like one against the real verifier.
+    pub fn doomed_like(&self) -> Verifier {
+        Verifier {
+            doomed: true,
+            ..self.clone()
+        }
+    }
+}
+
 /// PBKDF2-HMAC-SHA-256 with one output block: SCRAM's `Hi()`. The HMAC
 /// is keyed once and cloned per iteration: keying hashes the padded key
 /// twice, which per iteration doubled the work (the cost of a config with

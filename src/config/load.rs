@@ -212,6 +212,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         let target = crate::pool::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
         check_shared_tables(pl).map_err(|m| src.error(&format!("{key}.shared_tables"), m))?;
+        check_operator_keys(pl, &key, &target, src)?;
         // One backend role serving two placements can signal and watch
         // the other's backends and change its password: no boundary.
         let role = (target.host.to_ascii_lowercase(), target.port, target.user);
@@ -229,6 +230,8 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
             ));
         }
     }
+    check_operator_roles(cfg, &roles, src)?;
+    check_operators(cfg, src)?;
     let mut dedicated: HashMap<&str, &str> = HashMap::new();
     // (placement, schema) -> the tenant that has it.
     let mut schemas: HashMap<(&str, String), &str> = HashMap::new();
@@ -325,6 +328,122 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         {
             check_server_cap(cap, pc.pool_size)
                 .map_err(|m| src.error(&format!("{key}.max_server_connections"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// `operator_url` and `operator_pool_size`: rls placements only, the
+/// same database as `url`, and another role than the tenants'.
+fn check_operator_keys(
+    pl: &super::PlacementConfig,
+    key: &str,
+    target: &crate::pool::BackendTarget,
+    src: &ConfigSource,
+) -> Result<(), ConfigError> {
+    let Some(url) = &pl.operator_url else {
+        if pl.operator_pool_size.is_some() {
+            return Err(src.error(
+                &format!("{key}.operator_pool_size"),
+                "applies only to a placement with an operator_url",
+            ));
+        }
+        return Ok(());
+    };
+    let at = format!("{key}.operator_url");
+    if pl.isolation != super::Isolation::Rls {
+        return Err(src.error(&at, "applies only to isolation = \"rls\" placements"));
+    }
+    let op = crate::pool::BackendTarget::from_url(url.expose()).map_err(|m| src.error(&at, m))?;
+    // The tenants' role with the operators' policies would hand every
+    // tenant every row.
+    if op.user == target.user {
+        return Err(src.error(
+            &at,
+            format!(
+                "logs in as {:?}, the placement's own (tenants') role; give operators a role of \
+                 their own, such as pgt_operator",
+                op.user
+            ),
+        ));
+    }
+    // Another database would hold another context key (and other rows);
+    // another host may be a replica of this one.
+    if op.database != target.database {
+        return Err(src.error(
+            &at,
+            format!(
+                "names database {:?}, but the placement's url names {:?}; the operators' role \
+                 must reach the same shared database",
+                op.database, target.database
+            ),
+        ));
+    }
+    if pl.operator_pool_size == Some(0) {
+        return Err(src.error(&format!("{key}.operator_pool_size"), "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// No operator role is any placement's login role: a tenant logging in as
+/// it would see what operators see.
+fn check_operator_roles(
+    cfg: &Config,
+    roles: &HashMap<(String, u16, String), &str>,
+    src: &ConfigSource,
+) -> Result<(), ConfigError> {
+    for (name, pl) in &cfg.placements {
+        let Some(url) = &pl.operator_url else {
+            continue;
+        };
+        let Ok(op) = crate::pool::BackendTarget::from_url(url.expose()) else {
+            continue; // reported by check_operator_keys
+        };
+        if let Some(other) = roles.get(&(op.host.to_ascii_lowercase(), op.port, op.user.clone())) {
+            return Err(src.error(
+                &format!("placements.{name}.operator_url"),
+                format!(
+                    "logs in as {:?}, the login role of placements.{other}; an operator role \
+                     must be no placement's role",
+                    op.user
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[operators.NAME]`: a safe name, and placements that exist, are rls and
+/// have an `operator_url`.
+fn check_operators(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
+    for (name, op) in &cfg.operators {
+        let key = format!("operators.{name}");
+        check_name(name).map_err(|m| src.error(&key, m))?;
+        let at = format!("{key}.placements");
+        if op.placements.is_empty() {
+            return Err(src.error(
+                &at,
+                "list at least one isolation = \"rls\" placement, e.g. placements = [\"shared\"]",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for p in &op.placements {
+            if !seen.insert(p) {
+                return Err(src.error(&at, format!("{p:?} is listed twice")));
+            }
+            match cfg.placements.get(p) {
+                None => return Err(src.error(&at, format!("no [placements.{p}] is defined"))),
+                Some(pc) if pc.operator_url.is_none() => {
+                    return Err(src.error(
+                        &at,
+                        format!(
+                            "placements.{p} has no operator_url (operators reach only \
+                             isolation = \"rls\" placements that name an operator role)"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
     }
     Ok(())
@@ -874,6 +993,90 @@ users = { app = "globex-secret" }
             "max_client_connections = 500\nmax_server_connections = 10\n",
         );
         parse_str(&fits, "t.toml").expect("the whole pool is allowed");
+    }
+
+    #[test]
+    fn operators_reach_rls_placements_through_a_role_of_their_own() {
+        let op_url = "operator_url = \"postgres://pgt_operator:op@127.0.0.1:5432/app_shared\"\n";
+        let with_url = GOOD.replace(
+            "isolation = \"rls\"\n",
+            &format!("isolation = \"rls\"\n{op_url}"),
+        );
+        let ok =
+            format!("{with_url}\n[operators.ops]\npassword = \"p\"\nplacements = [\"shared\"]\n");
+        let (cfg, _) = parse_str(&ok, "t.toml").expect("valid");
+        assert_eq!(cfg.placements["shared"].operator_pool(), Some(2));
+        assert_eq!(cfg.placements["acme_db"].operator_pool(), None);
+        assert_eq!(cfg.operators["ops"].placements, ["shared"]);
+        let sized = ok.replace(op_url, &format!("{op_url}operator_pool_size = 5\n"));
+        let (cfg, _) = parse_str(&sized, "t.toml").expect("valid");
+        assert_eq!(cfg.placements["shared"].operator_pool(), Some(5));
+
+        let refused = |text: &str, key: &str, needle: &str| {
+            let err = parse_str(text, "t.toml").expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.message.contains(needle), "{err}");
+            assert!(err.line.is_some(), "{err}");
+        };
+        // The tenants' own role, another placement's role, another database.
+        refused(
+            &ok.replace("pgt_operator:op", "pgtenant:op"),
+            "placements.shared.operator_url",
+            "tenants') role",
+        );
+        refused(
+            &ok.replace("pgt_operator:op", "pgt_acme:op"),
+            "placements.shared.operator_url",
+            "placements.acme_db",
+        );
+        refused(
+            &ok.replace("5432/app_shared\"\noperator", "5432/other\"\noperator")
+                .replace("op@127.0.0.1:5432/app_shared", "op@127.0.0.1:5432/other"),
+            "placements.shared.operator_url",
+            "same shared database",
+        );
+        refused(
+            &ok.replace(op_url, &format!("{op_url}operator_pool_size = 0\n")),
+            "placements.shared.operator_pool_size",
+            "at least 1",
+        );
+        refused(
+            &GOOD.replace(
+                "isolation = \"rls\"\n",
+                "isolation = \"rls\"\noperator_pool_size = 3\n",
+            ),
+            "placements.shared.operator_pool_size",
+            "operator_url",
+        );
+        // Not on a database placement.
+        refused(
+            &GOOD.replace("pool_size = 10\n", &format!("pool_size = 10\n{op_url}")),
+            "placements.acme_db.operator_url",
+            "rls",
+        );
+        // [operators.*]: placements required, existing, with an operator_url.
+        for (placements, needle) in [
+            ("[]", "at least one"),
+            ("[\"nope\"]", "no [placements.nope]"),
+            ("[\"acme_db\"]", "no operator_url"),
+            ("[\"shared\", \"shared\"]", "twice"),
+        ] {
+            refused(
+                &ok.replace(
+                    "placements = [\"shared\"]",
+                    &format!("placements = {placements}"),
+                ),
+                "operators.ops.placements",
+                needle,
+            );
+        }
+        refused(
+            &ok.replace("[operators.ops]", "[operators.\"o ps\"]"),
+            "operators.o ps",
+            "letters, digits",
+        );
+        let err = parse_str(&ok.replace("password = \"p\"\n", ""), "t.toml").expect_err("password");
+        assert!(err.message.contains("password"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Config {
     pub placements: BTreeMap<String, PlacementConfig>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Platform operators: who may reach `isolation = "rls"` placements
+    /// through their `operator_url` (startup option `operator=PLACEMENT`).
+    #[serde(default)]
+    pub operators: BTreeMap<String, OperatorConfig>,
     /// Folder relative paths resolve from (the config file's folder);
     /// empty for a config parsed from text (`parse_str`).
     #[serde(skip)]
@@ -316,9 +320,41 @@ pub struct PlacementConfig {
     /// requires them read-only for the placement's role.
     #[serde(default)]
     pub shared_tables: Vec<String>,
+    /// `isolation = "rls"` only: the platform operators' own backend role
+    /// on the same database (`postgres://pgt_operator:...@host/db`), never
+    /// the tenants' role. Operators listed in `[operators.*]` reach it
+    /// through a pool of its own.
+    pub operator_url: Option<Secret>,
+    /// Server connections of the operators' pool; default
+    /// [`DEFAULT_OPERATOR_POOL_SIZE`]. Only with `operator_url`.
+    pub operator_pool_size: Option<u32>,
+}
+
+/// `operator_pool_size` when a placement sets none.
+pub const DEFAULT_OPERATOR_POOL_SIZE: u32 = 2;
+
+/// A platform operator (`[operators.NAME]`): a person or tool that may see
+/// every tenant's rows of the listed rls placements, through each one's
+/// `operator_url` role and the policies that role has.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Plaintext password or `SCRAM-SHA-256$...` verifier.
+    pub password: Secret,
+    /// The `isolation = "rls"` placements (with an `operator_url`) this
+    /// operator may reach; at least one.
+    pub placements: Vec<String>,
 }
 
 impl PlacementConfig {
+    /// The operators' pool size, where the placement has an `operator_url`.
+    pub fn operator_pool(&self) -> Option<u32> {
+        self.operator_url.as_ref().map(|_| {
+            self.operator_pool_size
+                .unwrap_or(DEFAULT_OPERATOR_POOL_SIZE)
+        })
+    }
+
     /// The `max_server_connections` of a tenant on this placement that
     /// sets none, when `tenants` tenants are on it:
     /// `tenant_max_server_connections` if set, else the whole pool for a

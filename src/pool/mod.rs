@@ -1,7 +1,8 @@
 //! Server connections: opening and authenticating them (`server_conn`),
 //! checking that a placement's backend role stays in its own database
 //! (`role_check`) and, on an rls placement, cannot reach around
-//! row-level security (`rls_check`), driving the tenant context of rls
+//! row-level security (`rls_check`), that the operators' role of an rls
+//! placement cannot either (`operator_check`), driving the tenant context of rls
 //! placements (`context`), pooling them per placement (`placement`, with `lease`
 //! for a connection handed to a session, `timing` for the time limits and
 //! backoff, `stats` for what a pool reports, `startup_params` for the server
@@ -13,6 +14,7 @@ mod context;
 mod fair;
 pub mod janitor;
 mod lease;
+mod operator_check;
 mod placement;
 mod queue;
 pub mod rls_check;

@@ -45,6 +45,7 @@
 use super::context::{self, TenantContext};
 use super::fair::{TenantCounts, TenantSeat, Tenants};
 use super::lease::Lease;
+use super::operator_check;
 use super::queue::{Grant, State, hand_to_waiter, pop_any, put_idle, serve_waiters, take};
 use super::rls_check;
 use super::role_check::{self, RolePolicy};
@@ -141,7 +142,7 @@ impl PlacementPool {
             .map(|(i, t)| (t.name.into_boxed_str(), TenantSeat(i as u32)))
             .collect();
         Arc::new(PlacementPool {
-            role_vetted: AtomicBool::new(roles.trusted),
+            role_vetted: AtomicBool::new(roles.trusted && !roles.operator),
             context,
             context_vetted: AtomicBool::new(false),
             roles,
@@ -448,6 +449,9 @@ impl PlacementPool {
     /// The role check, then on an rls placement the row-level security
     /// check; the latter's warnings (what only a superuser can close).
     async fn check_role(&self, conn: &mut ServerConn) -> Result<Vec<String>, ServerError> {
+        if self.roles.operator {
+            return operator_check::check(conn, &self.target.user).await;
+        }
         role_check::check(conn, &self.target.user, &self.roles).await?;
         match &self.roles.rls {
             Some(rls) => rls_check::check(conn, &self.target.user, rls).await,

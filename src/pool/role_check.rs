@@ -31,6 +31,13 @@ pub struct RolePolicy {
     /// An `isolation = "rls"` placement: its role must not reach around
     /// row-level security either (`rls_check.rs`).
     pub rls: Option<super::rls_check::RlsPolicy>,
+    /// (operator role, placement) of every rls placement's `operator_url`:
+    /// a tenants' role that could become one would get what operators get.
+    pub operator_roles: Vec<(String, String)>,
+    /// The operators' pool of an rls placement: its role is checked only
+    /// for what would exempt it from row-level security
+    /// (`operator_check.rs`), whatever `trusted` says.
+    pub operator: bool,
 }
 
 impl RolePolicy {
@@ -40,6 +47,8 @@ impl RolePolicy {
             trusted: true,
             other_placements: Vec::new(),
             rls: None,
+            operator_roles: Vec::new(),
+            operator: false,
         }
     }
 }
@@ -132,6 +141,13 @@ fn problems(user: &str, policy: &RolePolicy, rows: &[Row]) -> Vec<String> {
                     out.push(format!(
                         "it is a member of role {name:?}, the login role of placement \
                          {placement:?} ({revoke})"
+                    ));
+                } else if let Some((_, placement)) =
+                    policy.operator_roles.iter().find(|(r, _)| r == name)
+                {
+                    out.push(format!(
+                        "it is a member of role {name:?}, the operator role of placement \
+                         {placement:?}, and would see what operators see ({revoke})"
                     ));
                 } else if name.starts_with("pg_") {
                     // Predefined roles (pg_signal_backend, pg_read_all_stats,
@@ -244,6 +260,8 @@ mod tests {
             trusted: false,
             other_placements: vec![("pgt_initech".into(), "initech_db".into())],
             rls: None,
+            operator_roles: vec![("pgt_operator".into(), "shared".into())],
+            operator: false,
         }
     }
 
@@ -264,6 +282,7 @@ mod tests {
             row("role", "pgt_acme", "CREATEDB,BYPASSRLS"),
             row("role", "pgt_initech", ""),
             row("role", "pg_signal_backend", ""),
+            row("role", "pgt_operator", ""),
             row("role", "admins", "CREATEROLE"),
             row("database", "tenant_initech", "pgt_acme"),
             row("database", "tenant_x", "admins"),
@@ -274,6 +293,8 @@ mod tests {
             "it has BYPASSRLS (ALTER ROLE \"pgt_acme\" NOBYPASSRLS)",
             "login role of placement \"initech_db\" (REVOKE \"pgt_initech\" FROM \"pgt_acme\")",
             "predefined role \"pg_signal_backend\"",
+            "operator role of placement \"shared\", and would see what operators see \
+             (REVOKE \"pgt_operator\" FROM \"pgt_acme\")",
             "role \"admins\", which has CREATEROLE",
             "owns database \"tenant_initech\" (ALTER DATABASE \"tenant_initech\" OWNER TO",
             "role \"admins\", which owns database \"tenant_x\"",

@@ -80,17 +80,72 @@ pub enum RoutingError {
     BadOptions(String),
 }
 
+/// A platform operator's connection: `options=operator=PLACEMENT`, the
+/// user is the operator's name (`[operators.NAME]`), and an optional
+/// `tenant=T` narrows it to one tenant's rows. Nothing else names the
+/// tenant of an operator connection: the database name (which drivers
+/// fill in) and the user separator are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRoute {
+    pub operator: String,
+    pub placement: String,
+    pub tenant: Option<TenantId>,
+    pub settings: Vec<(String, String)>,
+}
+
+/// Whom a connection is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Tenant(Resolved),
+    Operator(OperatorRoute),
+}
+
+/// Resolves a connection: an operator's if its `options` hold
+/// `operator=`, else a tenant's (see [`resolve`]).
+pub fn route(
+    rules: &RoutingRules,
+    input: &RoutingInput<'_>,
+    is_known: impl Fn(&str) -> bool,
+) -> Result<Route, RoutingError> {
+    let parsed = match input.options {
+        Some(o) => parse_options(o)?,
+        None => ParsedOptions::default(),
+    };
+    match parsed.operator {
+        Some(placement) => Ok(Route::Operator(OperatorRoute {
+            operator: input.user.to_string(),
+            placement,
+            tenant: parsed.tenant.map(TenantId),
+            settings: parsed.settings,
+        })),
+        None => resolve_tenant(rules, input, parsed.tenant, parsed.settings, is_known)
+            .map(Route::Tenant),
+    }
+}
+
 /// Resolves the tenant. `is_known` tells whether a name is a configured
-/// tenant.
+/// tenant. Refuses an operator's connection (`options=operator=...`),
+/// which [`route`] tells apart.
 pub fn resolve(
     rules: &RoutingRules,
     input: &RoutingInput<'_>,
     is_known: impl Fn(&str) -> bool,
 ) -> Result<Resolved, RoutingError> {
-    let (options_tenant, settings) = match input.options {
-        Some(o) => parse_options(o)?,
-        None => (None, Vec::new()),
-    };
+    match route(rules, input, is_known)? {
+        Route::Tenant(r) => Ok(r),
+        Route::Operator(_) => Err(RoutingError::BadOptions(
+            "operator= is not a tenant's option".into(),
+        )),
+    }
+}
+
+fn resolve_tenant(
+    rules: &RoutingRules,
+    input: &RoutingInput<'_>,
+    options_tenant: Option<String>,
+    settings: Vec<(String, String)>,
+    is_known: impl Fn(&str) -> bool,
+) -> Result<Resolved, RoutingError> {
     let user_split = input.user.rsplit_once(rules.user_separator.as_str());
     let uses = |s: TenantSource| rules.order.contains(&s);
 
@@ -179,12 +234,32 @@ fn no_tenant_message(rules: &RoutingRules) -> String {
     )
 }
 
-/// The `options` parameter, split: the tenant token and the settings.
-type ParsedOptions = (Option<String>, Vec<(String, String)>);
+/// The `options` parameter, split: the tenant and operator tokens and
+/// the settings.
+#[derive(Debug, Default)]
+struct ParsedOptions {
+    tenant: Option<String>,
+    operator: Option<String>,
+    settings: Vec<(String, String)>,
+}
+
+/// Takes the value of a `NAME=value` token (`tenant=`, `operator=`):
+/// not empty, and not given twice with different values.
+fn take_token(slot: &mut Option<String>, name: &str, value: &str) -> Result<(), RoutingError> {
+    if value.is_empty() {
+        return Err(RoutingError::BadOptions(format!("{name}= names nothing")));
+    }
+    if slot.as_deref().is_some_and(|prev| prev != value) {
+        return Err(RoutingError::BadOptions(format!("{name}= given twice")));
+    }
+    *slot = Some(value.to_string());
+    Ok(())
+}
 
 /// Splits the `options` parameter as PostgreSQL does (`pg_split_opts`:
 /// whitespace separates, backslash escapes the next character), takes out
-/// `tenant=NAME`, and turns `-c name=value` / `--name=value` into settings.
+/// `tenant=NAME` and `operator=PLACEMENT` (neither ever reaches a
+/// backend), and turns `-c name=value` / `--name=value` into settings.
 fn parse_options(options: &str) -> Result<ParsedOptions, RoutingError> {
     let mut words = Vec::new();
     let mut cur = String::new();
@@ -211,18 +286,14 @@ fn parse_options(options: &str) -> Result<ParsedOptions, RoutingError> {
         words.push(cur);
     }
 
-    let mut tenant = None;
-    let mut settings = Vec::new();
+    let mut parsed = ParsedOptions::default();
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         let setting = if let Some(t) = w.strip_prefix("tenant=") {
-            if t.is_empty() {
-                return Err(RoutingError::BadOptions("tenant= names no tenant".into()));
-            }
-            if tenant.as_deref().is_some_and(|prev| prev != t) {
-                return Err(RoutingError::BadOptions("tenant= given twice".into()));
-            }
-            tenant = Some(t.to_string());
+            take_token(&mut parsed.tenant, "tenant", t)?;
+            continue;
+        } else if let Some(p) = w.strip_prefix("operator=") {
+            take_token(&mut parsed.operator, "operator", p)?;
             continue;
         } else if w == "-c" {
             it.next()
@@ -240,9 +311,11 @@ fn parse_options(options: &str) -> Result<ParsedOptions, RoutingError> {
             .split_once('=')
             .ok_or_else(|| RoutingError::BadOptions(format!("{setting:?} is not name=value")))?;
         // PostgreSQL treats '-' in option names as '_'.
-        settings.push((name.replace('-', "_"), value.to_string()));
+        parsed
+            .settings
+            .push((name.replace('-', "_"), value.to_string()));
     }
-    Ok((tenant, settings))
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -377,6 +450,50 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn operator_connections_are_told_apart_and_their_tokens_removed() {
+        let route_of = |user, db, options| route(&rules(), &input(user, db, Some(options)), known);
+        let r = route_of("ops", Some("ops"), "operator=shared -c work_mem=64MB").expect("ok");
+        assert_eq!(
+            r,
+            Route::Operator(OperatorRoute {
+                operator: "ops".into(),
+                placement: "shared".into(),
+                tenant: None,
+                settings: vec![("work_mem".into(), "64MB".into())],
+            })
+        );
+        // A tenant narrows it; the database and a user suffix name none.
+        let Route::Operator(r) =
+            route_of("ops.acme", Some("globex"), "tenant=acme operator=shared").expect("ok")
+        else {
+            panic!("an operator route")
+        };
+        assert_eq!(r.operator, "ops.acme");
+        assert_eq!(r.tenant, Some(TenantId::new("acme")));
+        assert!(r.settings.is_empty());
+        // Without operator=, a tenant's route as before.
+        assert!(matches!(
+            route_of("app.acme", None, "tenant=acme"),
+            Ok(Route::Tenant(_))
+        ));
+        // resolve() never hands back an operator's connection as a tenant's.
+        let e = resolve(
+            &rules(),
+            &input("app.acme", None, Some("operator=shared")),
+            known,
+        )
+        .expect_err("operator");
+        assert!(matches!(e, RoutingError::BadOptions(_)), "{e}");
+        for bad in ["operator=", "operator=a operator=b"] {
+            assert!(
+                matches!(route_of("ops", None, bad), Err(RoutingError::BadOptions(_))),
+                "{bad}"
+            );
+        }
+        route_of("ops", None, "operator=a operator=a").expect("the same twice");
     }
 
     #[test]
