@@ -634,3 +634,26 @@ async fn a_cleared_context_is_entered_again_by_the_next_lease() {
         assert_eq!(bodies(&acme).await, own("acme"), "and the one after");
     }
 }
+
+/// The context call costs no connection: tenants taking turns on a pool
+/// of one keep using the same server session (a call left unanswered at
+/// the end of a lease would close it every time).
+#[tokio::test]
+async fn taking_turns_keeps_the_server_connection() {
+    let s = shared(&["acme", "globex"], 1, "").await;
+    let acme = s.proxy.connect("acme").await;
+    let globex = s.proxy.connect("globex").await;
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        for c in [&acme, &globex] {
+            let pid: i32 = c
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .expect("pid")
+                .get(0);
+            pids.insert(pid);
+            let _ = c.simple_query("SELECT 1").await.expect("simple");
+        }
+    }
+    assert_eq!(pids.len(), 1, "server connections used: {pids:?}");
+}
