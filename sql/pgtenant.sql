@@ -103,56 +103,69 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION pgtenant.install_key(bytea) FROM PUBLIC;
 
+-- The i-th 8-byte word of b as a bigint (big-endian, signed), for setval.
+CREATE OR REPLACE FUNCTION pgtenant.word(b pg_catalog.bytea, i pg_catalog.int4)
+RETURNS pg_catalog.int8 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(b, 8 OPERATOR(pg_catalog.*) i OPERATOR(pg_catalog.+) 1, 8), 'hex'))::pg_catalog.bit(64)::pg_catalog.int8;
+
 -- Called by pgtenant at the start of each lease. p_mirror, when not
 -- empty, names a custom setting (such as app.tenant_id) that also gets the
 -- tenant's name, for applications that read one; it is informational
 -- only, like pgtenant.tenant.
-CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant text, p_mirror text, p_proof bytea)
-RETURNS int
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_proof pg_catalog.bytea)
+RETURNS pg_catalog.int4
+-- Like current_tenant(), no SET search_path clause (it runs at every
+-- lease that changes tenant): every name is schema-qualified instead.
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
 DECLARE
-    k pgtenant.context_key%ROWTYPE;
-    name bytea;
-    n int;
-    done bigint;
+    ipad pg_catalog.bytea;
+    opad pg_catalog.bytea;
+    name pg_catalog.bytea;
+    n pg_catalog.int4;
+    done pg_catalog.int8;
 BEGIN
     -- First, before anything that can fail: no tenant. Not undone if the
     -- rest fails or rolls back.
-    done := setval('pgtenant.ctx_0', 0, true);
-    SELECT * INTO k FROM pgtenant.context_key WHERE id = 1;
-    IF NOT FOUND THEN
+    done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, 0, true);
+    SELECT k.ipad, k.opad INTO ipad, opad FROM pgtenant.context_key k WHERE k.id OPERATOR(pg_catalog.=) 1;
+    IF ipad IS NULL THEN
         RAISE EXCEPTION 'pgtenant: no context key installed (see pgtenant context-key)'
             USING ERRCODE = '42501';
     END IF;
-    name := convert_to(p_tenant, 'UTF8');
-    n := length(name);
-    IF n IS NULL OR n < 1 OR n > 63 OR p_mirror IS NULL OR p_proof IS NULL THEN
+    name := pg_catalog.convert_to(p_tenant, 'UTF8');
+    n := pg_catalog.length(name);
+    IF n IS NULL OR n OPERATOR(pg_catalog.<) 1 OR n OPERATOR(pg_catalog.>) 63
+       OR p_mirror IS NULL OR p_proof IS NULL THEN
         RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
     -- Digests compared, not the MACs, so the time a mismatch takes says
     -- nothing about the expected MAC.
-    IF sha256(sha256(k.opad || sha256(k.ipad || convert_to('pgtenant enter v1', 'UTF8')
-            || int4send(pg_backend_pid()) || name || '\x00'::bytea || convert_to(p_mirror, 'UTF8'))))
-       <> sha256(p_proof) THEN
+    IF pg_catalog.sha256(pg_catalog.sha256(opad OPERATOR(pg_catalog.||) pg_catalog.sha256(ipad
+            OPERATOR(pg_catalog.||) '\x706774656e616e7420656e746572207631'::pg_catalog.bytea -- 'pgtenant enter v1'
+            OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
+            OPERATOR(pg_catalog.||) name OPERATOR(pg_catalog.||) '\x00'::pg_catalog.bytea
+            OPERATOR(pg_catalog.||) pg_catalog.convert_to(p_mirror, 'UTF8'))))
+       OPERATOR(pg_catalog.<>) pg_catalog.sha256(p_proof) THEN
         RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
-    IF p_mirror <> '' AND p_mirror !~ '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$' THEN
+    IF p_mirror OPERATOR(pg_catalog.<>) ''
+       AND p_mirror OPERATOR(pg_catalog.!~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$' THEN
         RAISE EXCEPTION 'pgtenant: invalid mirror setting' USING ERRCODE = '42501';
     END IF;
     -- Length, then the name, zero-padded to whole sequences; ctx_0 last.
-    name := set_byte('\x00'::bytea, 0, n) || name || decode(repeat('00', (8 - (n + 1) % 8) % 8), 'hex');
-    IF n > 7 THEN done := setval('pgtenant.ctx_1', ('x' || encode(substr(name, 9, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    IF n > 15 THEN done := setval('pgtenant.ctx_2', ('x' || encode(substr(name, 17, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    IF n > 23 THEN done := setval('pgtenant.ctx_3', ('x' || encode(substr(name, 25, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    IF n > 31 THEN done := setval('pgtenant.ctx_4', ('x' || encode(substr(name, 33, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    IF n > 39 THEN done := setval('pgtenant.ctx_5', ('x' || encode(substr(name, 41, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    IF n > 47 THEN done := setval('pgtenant.ctx_6', ('x' || encode(substr(name, 49, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    IF n > 55 THEN done := setval('pgtenant.ctx_7', ('x' || encode(substr(name, 57, 8), 'hex'))::bit(64)::bigint, true); END IF;
-    done := setval('pgtenant.ctx_0', ('x' || encode(substr(name, 1, 8), 'hex'))::bit(64)::bigint, true);
-    name := convert_to(set_config('pgtenant.tenant', p_tenant, false), 'UTF8');
-    IF p_mirror <> '' THEN
-        name := convert_to(set_config(p_mirror, p_tenant, false), 'UTF8');
+    name := pg_catalog.set_byte('\x00'::pg_catalog.bytea, 0, n) OPERATOR(pg_catalog.||) name
+        OPERATOR(pg_catalog.||) pg_catalog.decode(pg_catalog.repeat('00', (8 OPERATOR(pg_catalog.-) (n OPERATOR(pg_catalog.+) 1) OPERATOR(pg_catalog.%) 8) OPERATOR(pg_catalog.%) 8), 'hex');
+    IF n OPERATOR(pg_catalog.>) 7 THEN done := pg_catalog.setval('pgtenant.ctx_1'::pg_catalog.regclass, pgtenant.word(name, 1), true); END IF;
+    IF n OPERATOR(pg_catalog.>) 15 THEN done := pg_catalog.setval('pgtenant.ctx_2'::pg_catalog.regclass, pgtenant.word(name, 2), true); END IF;
+    IF n OPERATOR(pg_catalog.>) 23 THEN done := pg_catalog.setval('pgtenant.ctx_3'::pg_catalog.regclass, pgtenant.word(name, 3), true); END IF;
+    IF n OPERATOR(pg_catalog.>) 31 THEN done := pg_catalog.setval('pgtenant.ctx_4'::pg_catalog.regclass, pgtenant.word(name, 4), true); END IF;
+    IF n OPERATOR(pg_catalog.>) 39 THEN done := pg_catalog.setval('pgtenant.ctx_5'::pg_catalog.regclass, pgtenant.word(name, 5), true); END IF;
+    IF n OPERATOR(pg_catalog.>) 47 THEN done := pg_catalog.setval('pgtenant.ctx_6'::pg_catalog.regclass, pgtenant.word(name, 6), true); END IF;
+    IF n OPERATOR(pg_catalog.>) 55 THEN done := pg_catalog.setval('pgtenant.ctx_7'::pg_catalog.regclass, pgtenant.word(name, 7), true); END IF;
+    done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(name, 0), true);
+    name := pg_catalog.convert_to(pg_catalog.set_config('pgtenant.tenant', p_tenant, false), 'UTF8');
+    IF p_mirror OPERATOR(pg_catalog.<>) '' THEN
+        name := pg_catalog.convert_to(pg_catalog.set_config(p_mirror, p_tenant, false), 'UTF8');
     END IF;
     RETURN 1;
 END $$;
@@ -163,12 +176,12 @@ END $$;
 -- per statement (README). Never IMMUTABLE: a cached plan must not carry
 -- one tenant's value to another.
 --
--- The one SECURITY DEFINER function without a SET search_path clause: it
--- runs in every statement of every tenant, and the clause costs a
--- search-path switch and restore per call (about a tenth of select-only
--- throughput on PostgreSQL 15, README). Instead every name in it is
--- schema-qualified, types and operators included, so no search_path, and
--- no temporary object, can stand in for anything it uses.
+-- No SET search_path clause (nor on enter()): it runs in every statement
+-- of every tenant, and the clause costs a search-path switch and restore
+-- per call (about a tenth of select-only throughput on PostgreSQL 15,
+-- README). Instead every name in it is schema-qualified, types and
+-- operators included, so no search_path, and no temporary object, can
+-- stand in for anything it uses.
 CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS pg_catalog.text
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED AS $$
 DECLARE
