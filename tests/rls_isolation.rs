@@ -627,9 +627,11 @@ async fn a_cleared_context_is_entered_again_by_the_next_lease() {
         "SET pgtenant.tenant = ''",
         "SELECT set_config('pgtenant.tenant', '', false)",
         "DO $$BEGIN PERFORM set_config('pgtenant.tenant', '', false); END$$",
+        // A call of its own with a bad proof clears the context first.
+        "SELECT pgtenant.enter('acme', '', '\\x00'::bytea)",
     ] {
         assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
-        acme.batch_execute(sql).await.expect(sql);
+        let _ = acme.batch_execute(sql).await;
         assert_eq!(bodies(&acme).await, own("acme"), "the lease after {sql}");
         assert_eq!(bodies(&acme).await, own("acme"), "and the one after");
     }

@@ -214,9 +214,16 @@ impl Session<'_> {
                     }
                 }
             };
-            if txn.settings_changed || txn.unknown || txn.defaults_reset || txn.statements_dropped {
-                // SET/RESET/DISCARD or code the scan cannot see into: the
-                // tenant context may be gone; the next lease enters it again.
+            if txn.settings_changed
+                || txn.unknown
+                || txn.defaults_reset
+                || txn.statements_dropped
+                || txn.saw_error
+            {
+                // SET/RESET/DISCARD, code the scan cannot see into, or an
+                // error (a failed pgtenant.enter() of the client's own
+                // clears it too): the tenant context may be gone; the next
+                // lease enters it again.
                 lease.conn_mut().context_of = None;
             }
             self.cancel.disarm();

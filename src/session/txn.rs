@@ -130,6 +130,9 @@ pub struct TxnState {
     pub context_pending: bool,
     /// Why that call failed, for the log.
     pub context_failure: Option<String>,
+    /// The server sent an ErrorResponse this lease (a failed
+    /// `pgtenant.enter()` of the client's own clears the tenant context).
+    pub saw_error: bool,
     /// The last Query and Parse texts scanned (kept across leases).
     last_query: pinning::LastText,
     last_parse: pinning::LastText,
@@ -172,6 +175,7 @@ impl TxnState {
             drop_notifications: false,
             context_pending: false,
             context_failure: None,
+            saw_error: false,
             last_query: pinning::LastText::default(),
             last_parse: pinning::LastText::default(),
         }
@@ -202,6 +206,7 @@ impl TxnState {
         self.notify_pids.clear();
         self.context_pending = false;
         self.context_failure = None;
+        self.saw_error = false;
     }
 
     /// Something seen while pumping changes the session's own state
@@ -412,6 +417,7 @@ impl FrameSink for ServerSink<'_> {
         if st.context_pending {
             return context_reply(st, tag, body);
         }
+        st.saw_error |= tag == b'E';
         match tag {
             b'S' => {
                 if let Some((name, value)) = parse_parameter_status(body) {
