@@ -76,6 +76,16 @@ CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.ctx_7
     AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
 REVOKE ALL ON SEQUENCE pgtenant.ctx_0, pgtenant.ctx_1, pgtenant.ctx_2, pgtenant.ctx_3, pgtenant.ctx_4, pgtenant.ctx_5, pgtenant.ctx_6, pgtenant.ctx_7 FROM PUBLIC;
 
+-- The session's secret S (128 bits, two halves), set by open_session()
+-- once per server connection and shown by pgtenant at every enter(): what
+-- makes a lease's call cheap (no key read, no hash) and binds it to this
+-- backend session itself. Owner-only, like the name.
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.session_s1
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+CREATE UNLOGGED SEQUENCE IF NOT EXISTS pgtenant.session_s2
+    AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
+REVOKE ALL ON SEQUENCE pgtenant.session_s1, pgtenant.session_s2 FROM PUBLIC;
+
 -- Registers the context key (32 random bytes, printed by
 -- `pgtenant context-key`). Only this schema's owner may call it.
 CREATE OR REPLACE FUNCTION pgtenant.install_key(key bytea) RETURNS void
@@ -108,18 +118,52 @@ CREATE OR REPLACE FUNCTION pgtenant.word(b pg_catalog.bytea, i pg_catalog.int4)
 RETURNS pg_catalog.int8 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(b, 8 OPERATOR(pg_catalog.*) i OPERATOR(pg_catalog.+) 1, 8), 'hex'))::pg_catalog.bit(64)::pg_catalog.int8;
 
--- Called by pgtenant at the start of each lease. p_mirror, when not
--- empty, names a custom setting (such as app.tenant_id) that also gets the
--- tenant's name, for applications that read one; it is informational
--- only, like pgtenant.tenant.
-CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_proof pg_catalog.bytea)
+-- Called by pgtenant once per server connection (and again after the
+-- session lost its secret to DISCARD): checks proof = HMAC-SHA-256(key,
+-- 'pgtenant open v1' || backend pid || s1 || s2) and keeps S = (s1, s2).
+-- Clears the tenant first, like enter().
+CREATE OR REPLACE FUNCTION pgtenant.open_session(p_s1 pg_catalog.int8, p_s2 pg_catalog.int8, p_proof pg_catalog.bytea)
 RETURNS pg_catalog.int4
--- Like current_tenant(), no SET search_path clause (it runs at every
--- lease that changes tenant): every name is schema-qualified instead.
+-- No SET search_path clause (see current_tenant()): every name is
+-- schema-qualified.
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
 DECLARE
     ipad pg_catalog.bytea;
     opad pg_catalog.bytea;
+    done pg_catalog.int8;
+BEGIN
+    done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, 0, true);
+    SELECT k.ipad, k.opad INTO ipad, opad FROM pgtenant.context_key k WHERE k.id OPERATOR(pg_catalog.=) 1;
+    IF ipad IS NULL THEN
+        RAISE EXCEPTION 'pgtenant: no context key installed (see pgtenant context-key)'
+            USING ERRCODE = '42501';
+    END IF;
+    -- Digests compared, not the MACs, so the time a mismatch takes says
+    -- nothing about the expected MAC.
+    IF p_s1 IS NULL OR p_s2 IS NULL OR p_proof IS NULL
+       OR pg_catalog.sha256(pg_catalog.sha256(opad OPERATOR(pg_catalog.||) pg_catalog.sha256(ipad
+            OPERATOR(pg_catalog.||) '\x706774656e616e74206f70656e207631'::pg_catalog.bytea -- 'pgtenant open v1'
+            OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
+            OPERATOR(pg_catalog.||) pg_catalog.int8send(p_s1) OPERATOR(pg_catalog.||) pg_catalog.int8send(p_s2))))
+       OPERATOR(pg_catalog.<>) pg_catalog.sha256(p_proof) THEN
+        RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
+    END IF;
+    done := pg_catalog.setval('pgtenant.session_s1'::pg_catalog.regclass, p_s1, true);
+    done := pg_catalog.setval('pgtenant.session_s2'::pg_catalog.regclass, p_s2, true);
+    RETURN 1;
+END $$;
+
+-- Called by pgtenant at the start of each lease that changes tenant, with
+-- the session's secret. p_mirror, when not empty, names a custom setting
+-- (such as app.tenant_id) that also gets the tenant's name, for
+-- applications that read one; it is informational only, like
+-- pgtenant.tenant.
+CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_s1 pg_catalog.int8, p_s2 pg_catalog.int8)
+RETURNS pg_catalog.int4
+-- No SET search_path clause (see current_tenant()): every name is
+-- schema-qualified.
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
+DECLARE
     name pg_catalog.bytea;
     n pg_catalog.int4;
     done pg_catalog.int8;
@@ -127,25 +171,16 @@ BEGIN
     -- First, before anything that can fail: no tenant. Not undone if the
     -- rest fails or rolls back.
     done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, 0, true);
-    SELECT k.ipad, k.opad INTO ipad, opad FROM pgtenant.context_key k WHERE k.id OPERATOR(pg_catalog.=) 1;
-    IF ipad IS NULL THEN
-        RAISE EXCEPTION 'pgtenant: no context key installed (see pgtenant context-key)'
-            USING ERRCODE = '42501';
+    -- currval raises when the session has no secret (it never opened, or
+    -- it was discarded): no tenant either way.
+    IF p_s1 IS NULL OR p_s2 IS NULL
+       OR p_s1 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s1'::pg_catalog.regclass)
+       OR p_s2 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s2'::pg_catalog.regclass) THEN
+        RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
     name := pg_catalog.convert_to(p_tenant, 'UTF8');
     n := pg_catalog.length(name);
-    IF n IS NULL OR n OPERATOR(pg_catalog.<) 1 OR n OPERATOR(pg_catalog.>) 63
-       OR p_mirror IS NULL OR p_proof IS NULL THEN
-        RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
-    END IF;
-    -- Digests compared, not the MACs, so the time a mismatch takes says
-    -- nothing about the expected MAC.
-    IF pg_catalog.sha256(pg_catalog.sha256(opad OPERATOR(pg_catalog.||) pg_catalog.sha256(ipad
-            OPERATOR(pg_catalog.||) '\x706774656e616e7420656e746572207631'::pg_catalog.bytea -- 'pgtenant enter v1'
-            OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
-            OPERATOR(pg_catalog.||) name OPERATOR(pg_catalog.||) '\x00'::pg_catalog.bytea
-            OPERATOR(pg_catalog.||) pg_catalog.convert_to(p_mirror, 'UTF8'))))
-       OPERATOR(pg_catalog.<>) pg_catalog.sha256(p_proof) THEN
+    IF n IS NULL OR n OPERATOR(pg_catalog.<) 1 OR n OPERATOR(pg_catalog.>) 63 OR p_mirror IS NULL THEN
         RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
     IF p_mirror OPERATOR(pg_catalog.<>) ''
@@ -169,6 +204,9 @@ BEGIN
     END IF;
     RETURN 1;
 END $$;
+-- The previous version's signature, if installed: gone, so nothing can
+-- call a proof-per-lease enter() any more.
+DROP FUNCTION IF EXISTS pgtenant.enter(pg_catalog.text, pg_catalog.text, pg_catalog.bytea);
 
 -- What policies use: USING (tenant_id = pgtenant.current_tenant()).
 -- STABLE, so an index scan evaluates it once per scan; a filter evaluates

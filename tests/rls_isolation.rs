@@ -224,8 +224,9 @@ async fn no_statement_names_another_tenant() {
         "DISCARD ALL",
         "SET ROLE app_owner",
         "SET SESSION AUTHORIZATION app_owner",
-        "SELECT pgtenant.enter('globex', '', '\\x00'::bytea)",
-        "SELECT pgtenant.enter('globex', 'app.tenant_id', sha256('globex'::bytea))",
+        "SELECT pgtenant.enter('globex', '', 1, 2)",
+        "SELECT pgtenant.enter('globex', 'app.tenant_id', 0, 0)",
+        "SELECT pgtenant.open_session(1, 2, sha256('globex'::bytea))",
         "SELECT setval('pgtenant.ctx_0', 0)",
         "SELECT currval('pgtenant.ctx_0')",
         "SELECT * FROM pgtenant.context_key",
@@ -373,7 +374,7 @@ async fn a_forged_enter_leaves_no_tenant() {
     let acme = s.proxy.connect("acme").await;
     let oid: u32 = acme
         .query_one(
-            "SELECT 'pgtenant.enter(text,text,bytea)'::regprocedure::oid",
+            "SELECT 'pgtenant.enter(text,text,int8,int8)'::regprocedure::oid",
             &[],
         )
         .await
@@ -384,8 +385,8 @@ async fn a_forged_enter_leaves_no_tenant() {
     // messages; a savepoint lets it go on after the refusal.
     raw::simple_query(&mut raw_acme, "BEGIN; SAVEPOINT before").await;
     let mut call = oid.to_be_bytes().to_vec();
-    call.extend_from_slice(&[0, 1, 0, 1, 0, 3]);
-    for arg in [&b"globex"[..], b"", &[0u8; 32]] {
+    call.extend_from_slice(&[0, 1, 0, 1, 0, 4]);
+    for arg in [&b"globex"[..], b"", &[0u8; 8], &[1u8; 8]] {
         call.extend_from_slice(&(arg.len() as i32).to_be_bytes());
         call.extend_from_slice(arg);
     }
@@ -628,7 +629,7 @@ async fn a_cleared_context_is_entered_again_by_the_next_lease() {
         "SELECT set_config('pgtenant.tenant', '', false)",
         "DO $$BEGIN PERFORM set_config('pgtenant.tenant', '', false); END$$",
         // A call of its own with a bad proof clears the context first.
-        "SELECT pgtenant.enter('acme', '', '\\x00'::bytea)",
+        "SELECT pgtenant.enter('acme', '', 1, 2)",
     ] {
         assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
         let _ = acme.batch_execute(sql).await;

@@ -1,21 +1,26 @@
 //! The tenant context of an `isolation = "rls"` placement: how the proxy
 //! drives what `sql/pgtenant.sql` installs in the shared database.
 //!
-//! Every lease starts with one FunctionCall of `pgtenant.enter(tenant,
-//! mirror, proof)`, written ahead of the client's first message and sent
-//! with it (no round trip of its own); the session swallows its reply and
-//! ends the lease if it fails. The proof is HMAC-SHA-256, keyed with the
-//! placement's context key, over the tenant and the backend's pid: only
-//! the proxy can make one, and one made for a backend is refused by any
-//! other. A FunctionCall's arguments appear in no query text
+//! Once per server connection the proxy calls `pgtenant.open_session(s1,
+//! s2, proof)`: a fresh random 128-bit session secret S and an
+//! HMAC-SHA-256 proof, keyed with the placement's context key, over S and
+//! the backend's pid; the database keeps S where only its schema owner can
+//! read it (a sequence's currval, private to the session). Every lease
+//! that changes tenant then starts with one FunctionCall of
+//! `pgtenant.enter(tenant, mirror, s1, s2)`, written ahead of the client's
+//! first message and sent with it (no round trip of its own): the database
+//! compares S with the session's (no key read, no hash) and sets the
+//! tenant. The session drops both calls' replies and ends the lease if
+//! one fails. Only the proxy knows the key and S; S is bound to the backend
+//! session itself; a FunctionCall's arguments appear in no query text
 //! (`pg_stat_activity`, `pg_stat_statements`, statement logging).
 //!
-//! When a pool opens a connection it looks the function up by its full
-//! signature and, until one passes, runs a self-test on it: an `enter()`
-//! that `current_tenant()` must then report, and a forged one that must
-//! fail and leave no tenant behind. A database without the SQL or the
-//! key is refused like a failed connect (clients get 08006; the log says
-//! what to run).
+//! When a pool opens a connection it looks the functions up by their full
+//! signatures, opens the session and, until one passes, runs a self-test
+//! on it: an `enter()` that `current_tenant()` must then report, and one
+//! with a wrong secret that must fail and leave no tenant behind. A
+//! database without the SQL or the key is refused like a failed connect
+//! (clients get 08006; the log says what to run).
 
 use super::server_conn::{ServerConn, ServerError};
 use bytes::{BufMut, BytesMut};
@@ -25,6 +30,21 @@ use sha2::Sha256;
 /// What the self-test enters: no tenant can have this name (':' is not
 /// allowed in one), and at 10 bytes it spans two of the name sequences.
 const SELF_TEST_TENANT: &str = ":self-test";
+
+/// A session secret: what `open_session` stores and `enter` must show.
+pub type SessionSecret = (i64, i64);
+
+/// The context functions of one database (OIDs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextFunctions {
+    pub open: u32,
+    pub enter: u32,
+}
+
+/// A fresh session secret, from the thread's CSPRNG.
+pub fn new_secret() -> SessionSecret {
+    (rand::random(), rand::random())
+}
 
 /// A placement's context key and mirror setting.
 pub struct TenantContext {
@@ -50,40 +70,37 @@ impl TenantContext {
         }
     }
 
-    /// Appends the FunctionCall that makes `tenant` the context of
-    /// backend `pid`, whose `pgtenant.enter` is `function`. Arguments and
-    /// result in binary: the name's bytes, the proof's bytes.
-    pub fn write_enter(&self, function: u32, pid: i32, tenant: &str, out: &mut BytesMut) {
-        let proof = self.proof(pid, tenant);
-        let args: [&[u8]; 3] = [tenant.as_bytes(), self.mirror.as_bytes(), &proof];
-        let len = 4 + 4 + 2 + 2 + 2 + args.iter().map(|a| 4 + a.len()).sum::<usize>() + 2;
-        out.reserve(1 + len);
-        out.put_u8(b'F');
-        out.put_i32(len as i32);
-        out.put_u32(function);
-        out.put_i16(1); // one format code for all arguments:
-        out.put_i16(1); // binary
-        out.put_i16(args.len() as i16);
-        for a in args {
-            out.put_i32(a.len() as i32);
-            out.put_slice(a);
-        }
-        out.put_i16(1); // result in binary
+    /// Appends the FunctionCall that gives backend `pid` the session
+    /// secret `secret` (`open` is its `pgtenant.open_session`).
+    pub fn write_open(&self, open: u32, pid: i32, secret: SessionSecret, out: &mut BytesMut) {
+        let proof = self.proof(pid, secret);
+        let (s1, s2) = (secret.0.to_be_bytes(), secret.1.to_be_bytes());
+        write_call(open, &[&s1, &s2, &proof], out);
     }
 
-    /// What `pgtenant.enter()` recomputes: HMAC over a fixed label, the
-    /// pid, the name, a NUL (names hold none) and the mirror setting.
-    fn proof(&self, pid: i32, tenant: &str) -> [u8; 32] {
+    /// Appends the FunctionCall that makes `tenant` the context of the
+    /// session holding `secret` (`enter` is its `pgtenant.enter`).
+    pub fn write_enter(&self, enter: u32, secret: SessionSecret, tenant: &str, out: &mut BytesMut) {
+        let (s1, s2) = (secret.0.to_be_bytes(), secret.1.to_be_bytes());
+        write_call(
+            enter,
+            &[tenant.as_bytes(), self.mirror.as_bytes(), &s1, &s2],
+            out,
+        );
+    }
+
+    /// What `pgtenant.open_session()` recomputes: HMAC over a fixed label,
+    /// the pid and the secret.
+    fn proof(&self, pid: i32, secret: SessionSecret) -> [u8; 32] {
         let mut mac = match Hmac::<Sha256>::new_from_slice(&self.key) {
             Ok(m) => m,
             // HMAC takes keys of any length; unreachable.
             Err(_) => return [0; 32],
         };
-        mac.update(b"pgtenant enter v1");
+        mac.update(b"pgtenant open v1");
         mac.update(&pid.to_be_bytes());
-        mac.update(tenant.as_bytes());
-        mac.update(&[0]);
-        mac.update(self.mirror.as_bytes());
+        mac.update(&secret.0.to_be_bytes());
+        mac.update(&secret.1.to_be_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(&mac.finalize().into_bytes());
         out
@@ -101,43 +118,90 @@ impl TenantContext {
     }
 }
 
-/// Looks up `pgtenant.enter` on `conn` by its whole signature (every name
-/// schema-qualified, so no `search_path` can stand in another); also
-/// checks that `pgtenant.current_tenant()` exists.
-pub(super) async fn resolve(conn: &mut ServerConn) -> Result<u32, ServerError> {
+/// A FunctionCall of `function` with binary arguments and a binary result.
+fn write_call(function: u32, args: &[&[u8]], out: &mut BytesMut) {
+    let len = 4 + 4 + 2 + 2 + 2 + args.iter().map(|a| 4 + a.len()).sum::<usize>() + 2;
+    out.reserve(1 + len);
+    out.put_u8(b'F');
+    out.put_i32(len as i32);
+    out.put_u32(function);
+    out.put_i16(1); // one format code for all arguments:
+    out.put_i16(1); // binary
+    out.put_i16(args.len() as i16);
+    for a in args {
+        out.put_i32(a.len() as i32);
+        out.put_slice(a);
+    }
+    out.put_i16(1); // result in binary
+}
+
+/// Looks up `pgtenant.open_session` and `pgtenant.enter` on `conn` by
+/// their whole signatures (every name schema-qualified, so no
+/// `search_path` can stand in another); also checks that
+/// `pgtenant.current_tenant()` exists.
+pub(super) async fn resolve(conn: &mut ServerConn) -> Result<ContextFunctions, ServerError> {
     const SQL: &str = "SELECT COALESCE(pg_catalog.to_regprocedure(\
-        'pgtenant.enter(pg_catalog.text,pg_catalog.text,pg_catalog.bytea)')\
+        'pgtenant.open_session(pg_catalog.int8,pg_catalog.int8,pg_catalog.bytea)')\
+        ::pg_catalog.oid, 0::pg_catalog.oid)::pg_catalog.text \
+        OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) \
+        COALESCE(pg_catalog.to_regprocedure(\
+        'pgtenant.enter(pg_catalog.text,pg_catalog.text,pg_catalog.int8,pg_catalog.int8)')\
         ::pg_catalog.oid, 0::pg_catalog.oid)::pg_catalog.text, \
         COALESCE(pg_catalog.to_regprocedure('pgtenant.current_tenant()')\
         ::pg_catalog.oid, 0::pg_catalog.oid)::pg_catalog.text";
     let (rows, _) = conn.query_pairs(SQL, &mut BytesMut::new(), 0).await?;
-    let oids = rows
-        .first()
-        .map(|(e, c)| (e.parse::<u32>().unwrap_or(0), c.parse::<u32>().unwrap_or(0)));
-    match oids {
-        Some((enter, current)) if enter != 0 && current != 0 => Ok(enter),
-        _ => Err(not_installed(
-            "the functions pgtenant.enter(text, text, bytea) and pgtenant.current_tenant() \
-             are missing or not executable",
-        )),
+    let found = rows.first().and_then(|(fns, current)| {
+        let (open, enter) = fns.split_once(' ')?;
+        let oid = |s: &str| s.parse::<u32>().ok().filter(|&o| o != 0);
+        oid(current)?;
+        Some(ContextFunctions {
+            open: oid(open)?,
+            enter: oid(enter)?,
+        })
+    });
+    found.ok_or_else(|| {
+        not_installed(
+            "the functions pgtenant.open_session(int8, int8, bytea), \
+             pgtenant.enter(text, text, int8, int8) and pgtenant.current_tenant() are missing \
+             or not executable",
+        )
+    })
+}
+
+/// Gives the session on `conn` a fresh secret; `Err` if the database
+/// refuses the proof (another key, no key).
+pub(super) async fn open(
+    conn: &mut ServerConn,
+    ctx: &TenantContext,
+    functions: ContextFunctions,
+) -> Result<SessionSecret, ServerError> {
+    let secret = new_secret();
+    let mut call = BytesMut::new();
+    ctx.write_open(functions.open, conn.cancel_key().pid, secret, &mut call);
+    match conn.exchange(&call).await {
+        Ok(_) => Ok(secret),
+        Err(ServerError::Rejected { message, .. }) => Err(not_installed(&format!(
+            "pgtenant.open_session() refused the proxy's proof ({message}); the database holds \
+             another context key"
+        ))),
+        Err(e) => Err(e),
     }
 }
 
-/// Proves on a fresh connection that the database's context works with
-/// this placement's key and fails closed.
+/// Proves on a fresh connection, whose session holds `secret`, that the
+/// database's context works and fails closed.
 pub(super) async fn self_test(
     conn: &mut ServerConn,
     ctx: &TenantContext,
-    function: u32,
+    functions: ContextFunctions,
+    secret: SessionSecret,
 ) -> Result<(), ServerError> {
-    let pid = conn.cancel_key().pid;
     let mut call = BytesMut::new();
-    ctx.write_enter(function, pid, SELF_TEST_TENANT, &mut call);
+    ctx.write_enter(functions.enter, secret, SELF_TEST_TENANT, &mut call);
     if let Err(e) = conn.exchange(&call).await {
         return Err(match e {
             ServerError::Rejected { message, .. } => not_installed(&format!(
-                "pgtenant.enter() refused the proxy's proof ({message}); the database holds \
-                 another context key"
+                "pgtenant.enter() refused the session's secret ({message})"
             )),
             e => e,
         });
@@ -148,21 +212,18 @@ pub(super) async fn self_test(
              sql/pgtenant.sql is not the version this proxy needs",
         ));
     }
-    // A forged proof: refused, and no tenant afterwards.
+    // A wrong secret: refused, and no tenant afterwards.
     let mut forged = BytesMut::new();
-    TenantContext {
-        key: [0; 32],
-        mirror: ctx.mirror.clone(),
-    }
-    .write_enter(function, pid, SELF_TEST_TENANT, &mut forged);
+    let wrong = (secret.0 ^ 1, secret.1);
+    ctx.write_enter(functions.enter, wrong, SELF_TEST_TENANT, &mut forged);
     let refused = matches!(
         conn.exchange(&forged).await,
         Err(ServerError::Rejected { .. })
     );
     if !refused || !current_tenant(conn).await?.is_empty() {
         return Err(not_installed(
-            "pgtenant.enter() accepted a forged proof or left the previous tenant behind; \
-             install sql/pgtenant.sql again",
+            "pgtenant.enter() accepted a wrong session secret or left the previous tenant \
+             behind; install sql/pgtenant.sql again",
         ));
     }
     Ok(())
@@ -196,32 +257,35 @@ mod tests {
     fn enter_call_layout() {
         let ctx = TenantContext::new([7; 32], Some("app.tenant_id".into()));
         let mut out = BytesMut::new();
-        ctx.write_enter(16_384, 4242, "acme", &mut out);
+        ctx.write_enter(16_384, (1, -2), "acme", &mut out);
         assert_eq!(out[0], b'F');
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
         assert_eq!(&out[5..9], &16_384u32.to_be_bytes());
-        // One binary format code, three arguments.
-        assert_eq!(&out[9..15], &[0, 1, 0, 1, 0, 3]);
+        // One binary format code, four arguments.
+        assert_eq!(&out[9..15], &[0, 1, 0, 1, 0, 4]);
         assert_eq!(&out[15..19], &4i32.to_be_bytes());
         assert_eq!(&out[19..23], b"acme");
         assert_eq!(&out[23..27], &13i32.to_be_bytes());
         assert_eq!(&out[27..40], b"app.tenant_id");
-        assert_eq!(&out[40..44], &32i32.to_be_bytes());
+        assert_eq!(&out[40..44], &8i32.to_be_bytes());
+        assert_eq!(&out[44..52], &1i64.to_be_bytes());
+        assert_eq!(&out[56..64], &(-2i64).to_be_bytes());
         assert_eq!(&out[out.len() - 2..], &[0, 1]);
     }
 
     #[test]
-    fn proofs_bind_tenant_pid_key_and_mirror() {
+    fn proofs_bind_pid_secret_and_key() {
         let a = TenantContext::new([1; 32], None);
-        let p = a.proof(10, "acme");
-        assert_ne!(p, a.proof(11, "acme"), "another backend");
-        assert_ne!(p, a.proof(10, "acm"), "another tenant");
-        assert_ne!(p, TenantContext::new([2; 32], None).proof(10, "acme"));
-        assert_ne!(
-            p,
-            TenantContext::new([1; 32], Some("x.y".into())).proof(10, "acme")
-        );
-        assert_eq!(p, a.proof(10, "acme"));
+        let p = a.proof(10, (5, 6));
+        assert_ne!(p, a.proof(11, (5, 6)), "another backend");
+        assert_ne!(p, a.proof(10, (5, 7)), "another secret");
+        assert_ne!(p, TenantContext::new([2; 32], None).proof(10, (5, 6)));
+        assert_eq!(p, a.proof(10, (5, 6)));
+    }
+
+    #[test]
+    fn secrets_differ() {
+        assert_ne!(new_secret(), new_secret());
     }
 }

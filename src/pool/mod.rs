@@ -24,7 +24,7 @@ mod startup_params;
 mod stats;
 mod timing;
 
-pub use context::TenantContext;
+pub use context::{ContextFunctions, SessionSecret, TenantContext, new_secret};
 pub use fair::{TenantCounts, TenantSeat};
 pub use lease::Lease;
 pub use placement::{CheckoutError, PlacementName, PlacementPool, PoolTenant};

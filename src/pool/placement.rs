@@ -413,8 +413,9 @@ impl PlacementPool {
         self.context.as_ref()
     }
 
-    /// `isolation = "rls"`: finds `pgtenant.enter` on a new connection,
-    /// and until the self-test has passed once, runs it first. Failing
+    /// `isolation = "rls"`: finds the context functions on a new
+    /// connection and gives its session a secret, and until the self-test
+    /// has passed once, runs it first. Failing
     /// either closes the connection and fails the connect (so the pool
     /// backs off and logs what to install).
     async fn prepare_context(&self, mut conn: ServerConn) -> Result<ServerConn, ServerError> {
@@ -422,17 +423,19 @@ impl PlacementPool {
             return Ok(conn);
         };
         let prepared = crate::runtime::time::timeout(self.timeouts.connect, async {
-            let function = context::resolve(&mut conn).await?;
+            let functions = context::resolve(&mut conn).await?;
+            let secret = context::open(&mut conn, ctx, functions).await?;
             if !self.context_vetted.load(Ordering::Acquire) {
-                context::self_test(&mut conn, ctx, function).await?;
+                context::self_test(&mut conn, ctx, functions, secret).await?;
                 self.context_vetted.store(true, Ordering::Release);
             }
-            Ok::<u32, ServerError>(function)
+            Ok::<_, ServerError>((functions, secret))
         })
         .await;
         match prepared {
-            Ok(Ok(function)) => {
-                conn.context_function = Some(function);
+            Ok(Ok((functions, secret))) => {
+                conn.context_functions = Some(functions);
+                conn.context_secret = Some(secret);
                 Ok(conn)
             }
             Ok(Err(e)) => {

@@ -120,9 +120,14 @@ pub struct ServerConn {
     /// Idle longer than `server_check_delay`: prove it answers before
     /// handing it out.
     pub(crate) needs_check: bool,
-    /// `pgtenant.enter` on this connection (`isolation = "rls"`; see
-    /// `context.rs`), looked up when it was opened.
-    pub(crate) context_function: Option<u32>,
+    /// `pgtenant.open_session` and `pgtenant.enter` on this connection
+    /// (`isolation = "rls"`; see `context.rs`), looked up when it was
+    /// opened.
+    pub(crate) context_functions: Option<crate::pool::ContextFunctions>,
+    /// The session secret the server session holds, as far as the proxy
+    /// can tell (set with `open_session`, cleared after anything that may
+    /// have discarded it); the next context call opens a new one if unset.
+    pub(crate) context_secret: Option<crate::pool::SessionSecret>,
     /// The tenant whose context the server session holds, as far as the
     /// proxy can tell (set with the context call, cleared after anything
     /// that may have reset it); a lease of the same tenant skips the call.
@@ -166,7 +171,8 @@ impl ServerConn {
             last_used: Instant::now(),
             retire_at: None,
             needs_check: false,
-            context_function: None,
+            context_functions: None,
+            context_secret: None,
             context_of: None,
         };
         let mut out = BytesMut::new();

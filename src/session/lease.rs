@@ -126,17 +126,25 @@ impl Session<'_> {
         lease: &mut Lease,
     ) -> Result<(), ClientError> {
         let conn = lease.conn_mut();
-        let Some(function) = conn.context_function else {
+        let Some(functions) = conn.context_functions else {
             return Err(ClientError::ContextFailed(self.tenant.id.clone()));
         };
-        let mut call = BytesMut::new();
-        let pid = conn.cancel_key().pid;
-        ctx.write_enter(function, pid, self.tenant.id.as_str(), &mut call);
         conn.context_of = None;
-        if let Err(e) = conn.exchange(&call).await {
-            tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");
-            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+        // RESET/DISCARD may have taken the session's secret: a new one.
+        conn.context_secret = None;
+        let secret = crate::pool::new_secret();
+        let pid = conn.cancel_key().pid;
+        let mut open = BytesMut::new();
+        ctx.write_open(functions.open, pid, secret, &mut open);
+        let mut enter = BytesMut::new();
+        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), &mut enter);
+        for call in [open, enter] {
+            if let Err(e) = conn.exchange(&call).await {
+                tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");
+                return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+            }
         }
+        conn.context_secret = Some(secret);
         conn.context_of = Some(Arc::clone(&self.tenant));
         Ok(())
     }
@@ -199,6 +207,7 @@ impl Session<'_> {
                 conn.applied = Default::default();
                 conn.prepared.clear();
                 conn.context_of = None;
+                conn.context_secret = None;
                 let reset = conn.simple_query(super::recover::FULL_RESET).await;
                 Err(SyncFailure {
                     error: ClientError::Server { code, message },

@@ -226,6 +226,11 @@ impl Session<'_> {
                 // lease enters it again.
                 lease.conn_mut().context_of = None;
             }
+            if txn.unknown || txn.defaults_reset || txn.statements_dropped {
+                // DISCARD ALL / SEQUENCES (or code that may run them) takes
+                // the session secret too: the next call opens a new one.
+                lease.conn_mut().context_secret = None;
+            }
             self.cancel.disarm();
             let settled = self.settle_cancels().await;
             // Statements a server accepted this lease: known placement-wide.
@@ -506,7 +511,7 @@ impl Session<'_> {
     fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow, settled: bool) {
         // A context call still unanswered is owed a reply recovery does
         // not count: close rather than guess (rare: the client left at once).
-        if !settled || txn.context_pending {
+        if !settled || txn.context_pending > 0 {
             drop(lease);
             return;
         }
@@ -517,6 +522,7 @@ impl Session<'_> {
             Some(recovery) => {
                 // Recovery may reset the session, context and all.
                 lease.conn_mut().context_of = None;
+                lease.conn_mut().context_secret = None;
                 recovery.spawn(lease)
             }
         }
@@ -551,20 +557,28 @@ impl Session<'_> {
             return Ok(());
         }
         conn.context_of = None;
-        let (Some(function), true) = (
-            conn.context_function,
+        let (Some(functions), true) = (
+            conn.context_functions,
             client.flow.ready == 0 && client.flow.inject.is_empty(),
         ) else {
             tracing::error!(tenant = %self.tenant.id, "cannot open the lease with the tenant context");
             return Err(ClientError::ContextFailed(self.tenant.id.clone()));
         };
-        ctx.write_enter(
-            function,
-            conn.cancel_key().pid,
-            self.tenant.id.as_str(),
-            &mut client.flow.inject,
-        );
-        txn.context_pending = true;
+        let out = &mut client.flow.inject;
+        let secret = match conn.context_secret {
+            Some(secret) => secret,
+            None => {
+                // The session may have lost its secret (DISCARD, a reset):
+                // a new one first, in the same send.
+                let secret = crate::pool::new_secret();
+                ctx.write_open(functions.open, conn.cancel_key().pid, secret, out);
+                txn.context_pending += 1;
+                conn.context_secret = Some(secret);
+                secret
+            }
+        };
+        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), out);
+        txn.context_pending += 1;
         conn.context_of = Some(Arc::clone(&self.tenant));
         Ok(())
     }

@@ -125,9 +125,10 @@ pub struct TxnState {
     /// NotificationResponses are dropped, not passed on (a shared
     /// placement: notifications cross tenants). Set once per session.
     pub drop_notifications: bool,
-    /// The lease opened with the tenant context call (`isolation =
-    /// "rls"`), whose reply the server sink drops and has not seen end.
-    pub context_pending: bool,
+    /// Replies (each ending in ReadyForQuery) still owed to the tenant
+    /// context calls that opened the lease (`isolation = "rls"`), which
+    /// the server sink drops.
+    pub context_pending: u8,
     /// Why that call failed, for the log.
     pub context_failure: Option<String>,
     /// The server sent an ErrorResponse this lease (a failed
@@ -173,7 +174,7 @@ impl TxnState {
             backend_pid: 0,
             client_pid: 0,
             drop_notifications: false,
-            context_pending: false,
+            context_pending: 0,
             context_failure: None,
             saw_error: false,
             last_query: pinning::LastText::default(),
@@ -204,7 +205,7 @@ impl TxnState {
         self.defaults_reset = false;
         self.custom_names.clear();
         self.notify_pids.clear();
-        self.context_pending = false;
+        self.context_pending = 0;
         self.context_failure = None;
         self.saw_error = false;
     }
@@ -387,7 +388,7 @@ pub(super) struct ServerSink<'a> {
 
 impl FrameSink for ServerSink<'_> {
     fn body_needed(&self, tag: u8) -> usize {
-        if self.st.context_pending {
+        if self.st.context_pending > 0 {
             // Dropped whole, or read for the log (the reply to a call of
             // a few bytes: small).
             return crate::protocol::WHOLE_BODY;
@@ -408,13 +409,13 @@ impl FrameSink for ServerSink<'_> {
     }
 
     fn passes(&self, tag: u8) -> bool {
-        !self.st.context_pending && self.st.replies.passes(tag)
+        self.st.context_pending == 0 && self.st.replies.passes(tag)
     }
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], _frame_len: usize) -> Step {
         let st = &mut *self.st;
         let body = &frame[HEADER_LEN..];
-        if st.context_pending {
+        if st.context_pending > 0 {
             return context_reply(st, tag, body);
         }
         st.saw_error |= tag == b'E';
@@ -537,7 +538,7 @@ fn context_reply(st: &mut TxnState, tag: u8, body: &[u8]) -> Step {
     match tag {
         b'V' | b'N' | b'S' | b'A' => Step::Skip,
         b'Z' => {
-            st.context_pending = false;
+            st.context_pending -= 1;
             Step::Skip
         }
         _ => {
