@@ -17,18 +17,20 @@
 --
 -- How the context works (README, "Row-level security"):
 --
--- * At the start of every lease pgtenant calls pgtenant.enter(tenant,
---   mirror, proof), where proof is an HMAC over the tenant and the
---   backend's pid keyed with the placement's context key. Only pgtenant
---   knows the key; in the database only this schema's owner can read it.
---   The call is a protocol-level FunctionCall: its arguments appear in no
---   query text (pg_stat_activity, pg_stat_statements, logs).
--- * enter() first clears the session's tenant, then checks the proof,
---   then writes the tenant's name into sequences only this schema's owner
---   may read or set. setval() is not transactional and a sequence's
---   currval() is private to its session: the context belongs to this
---   backend alone, survives the client's ROLLBACK, and a failed or
---   forged enter() leaves no tenant at all, never the previous one.
+-- * Once per server connection pgtenant calls pgtenant.open_session(s1,
+--   s2, proof): a fresh random 128-bit session secret S and an HMAC over
+--   it and the backend's pid, keyed with the placement's context key. Only
+--   pgtenant knows the key; in the database only this schema's owner can
+--   read it. The function keeps S in sequences only the owner may read or
+--   set (a sequence's currval() is private to the session).
+-- * At the start of every lease that changes tenant pgtenant calls
+--   pgtenant.enter(tenant, mirror, s1, s2): it clears the session's tenant
+--   first, compares S with the session's, then writes the tenant's name
+--   into owner-only sequences. setval() is not transactional: the context
+--   belongs to this backend alone, survives the client's ROLLBACK, and a
+--   failed or forged call leaves no tenant at all, never the previous one.
+--   Both calls are protocol-level FunctionCalls: their arguments appear in
+--   no query text (pg_stat_activity, pg_stat_statements, logs).
 -- * pgtenant.current_tenant() returns that name. The setting
 --   pgtenant.tenant, which enter() also sets, only says whether to look:
 --   a client may RESET it (then it sees no rows) or set it to anything
