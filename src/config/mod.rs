@@ -6,6 +6,7 @@
 //! offending key and line.
 
 mod load;
+mod placement_checks;
 pub mod schema_names;
 mod values;
 
