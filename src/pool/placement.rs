@@ -42,13 +42,11 @@
 //! hot path pays for none of this: checkout reads one flag, release one
 //! comparison.
 
-use super::context::{self, TenantContext};
+use super::context::TenantContext;
 use super::fair::{TenantCounts, TenantSeat, Tenants};
 use super::lease::Lease;
-use super::operator_check;
 use super::queue::{Grant, State, hand_to_waiter, pop_any, put_idle, serve_waiters, take};
-use super::rls_check;
-use super::role_check::{self, RolePolicy};
+use super::role_check::RolePolicy;
 use super::server_conn::{BackendTarget, ServerConn, ServerError};
 use super::startup_params::StartupParams;
 use super::stats::{PoolCounts, PoolStats, bump};
@@ -61,7 +59,7 @@ use super::timing::{PoolTimeouts, jittered_lifetime, retry_delay};
 pub(super) type Pooled = Box<ServerConn>;
 use crate::runtime::current_worker;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -378,112 +376,6 @@ impl PlacementPool {
         }
     }
 
-    /// Until the placement's role has passed its check, runs it on each
-    /// new connection before anyone uses it; a refused role closes the
-    /// connection and fails the connect (so the pool backs off and logs
-    /// why once per attempt).
-    async fn vet_role(&self, mut conn: ServerConn) -> Result<ServerConn, ServerError> {
-        if self.role_vetted.load(Ordering::Acquire) {
-            return Ok(conn);
-        }
-        let checked =
-            crate::runtime::time::timeout(self.timeouts.connect, self.check_role(&mut conn)).await;
-        match checked {
-            Ok(Ok(warnings)) => {
-                for w in warnings {
-                    tracing::warn!(placement = %self.name, "backend role {:?}: {w}", self.target.user);
-                }
-                self.role_vetted.store(true, Ordering::Release);
-                Ok(conn)
-            }
-            Ok(Err(e)) => {
-                conn.close();
-                Err(e)
-            }
-            Err(_) => {
-                conn.close();
-                Err(ServerError::Timeout)
-            }
-        }
-    }
-
-    /// The tenant context each lease of this placement starts with
-    /// (`isolation = "rls"`).
-    pub fn context(&self) -> Option<&TenantContext> {
-        self.context.as_ref()
-    }
-
-    /// `isolation = "rls"`: finds the context functions on a new
-    /// connection and gives its session a secret, and until the self-test
-    /// has passed once, runs it first. Failing
-    /// either closes the connection and fails the connect (so the pool
-    /// backs off and logs what to install).
-    async fn prepare_context(&self, mut conn: ServerConn) -> Result<ServerConn, ServerError> {
-        let Some(ctx) = &self.context else {
-            return Ok(conn);
-        };
-        let prepared = crate::runtime::time::timeout(self.timeouts.connect, async {
-            let functions = context::resolve(&mut conn).await?;
-            let secret = context::open(&mut conn, ctx, functions).await?;
-            if !self.context_vetted.load(Ordering::Acquire) {
-                context::self_test(&mut conn, ctx, functions, secret).await?;
-                self.context_vetted.store(true, Ordering::Release);
-            }
-            Ok::<_, ServerError>((functions, secret))
-        })
-        .await;
-        match prepared {
-            Ok(Ok((functions, secret))) => {
-                conn.context_functions = Some(functions);
-                conn.context_secret = Some(secret);
-                Ok(conn)
-            }
-            Ok(Err(e)) => {
-                conn.close();
-                Err(e)
-            }
-            Err(_) => {
-                conn.close();
-                Err(ServerError::Timeout)
-            }
-        }
-    }
-
-    /// The role check, then on an rls placement the row-level security
-    /// check; the latter's warnings (what only a superuser can close).
-    async fn check_role(&self, conn: &mut ServerConn) -> Result<Vec<String>, ServerError> {
-        if self.roles.operator {
-            return operator_check::check(conn, &self.target.user).await;
-        }
-        role_check::check(conn, &self.target.user, &self.roles).await?;
-        match &self.roles.rls {
-            Some(rls) => rls_check::check(conn, &self.target.user, rls).await,
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// The round trip for a connection idle past `server_check_delay`.
-    async fn check(&self, lease: &mut Lease) -> bool {
-        let conn = lease.conn_mut();
-        let outcome = crate::runtime::time::timeout(self.timeouts.connect, conn.check()).await;
-        match outcome {
-            Ok(Ok(())) => {
-                conn.needs_check = false;
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(placement = %self.name, "idle server connection failed its check: {e}");
-                bump(&self.stats.closed_dead, 1);
-                false
-            }
-            Err(_) => {
-                tracing::debug!(placement = %self.name, "idle server connection did not answer its check");
-                bump(&self.stats.closed_dead, 1);
-                false
-            }
-        }
-    }
-
     async fn wait_for_grant(
         self: &Arc<Self>,
         seat: TenantSeat,
@@ -637,49 +529,6 @@ impl PlacementPool {
             }
         }
     }
-
-    /// Janitor work: closes idle connections past `server_idle_timeout`
-    /// or their lifetime, marks those idle past `server_check_delay` for
-    /// a check. Holds the lock only for the pass over the idle lists; the
-    /// sockets are closed after.
-    pub fn maintain(&self, now: Instant) {
-        let t = self.timeouts;
-        let (mut by_idle, mut by_lifetime) = (0u64, 0u64);
-        let mut doomed = Vec::new();
-        {
-            let mut s = self.lock();
-            if s.idle_count == 0 {
-                return;
-            }
-            for list in s.idle.iter_mut() {
-                doomed.extend(list.extract_if(.., |c| {
-                    let idle_for = now.saturating_duration_since(c.last_used);
-                    if !t.idle.is_zero() && idle_for >= t.idle {
-                        by_idle += 1;
-                        true
-                    } else if c.retire_at.is_some_and(|at| now >= at) {
-                        by_lifetime += 1;
-                        true
-                    } else {
-                        if idle_for >= t.check_delay {
-                            c.needs_check = true;
-                        }
-                        false
-                    }
-                }));
-            }
-            s.idle_count -= doomed.len();
-            s.total -= doomed.len();
-            serve_waiters(&mut s);
-        }
-        if doomed.is_empty() {
-            return;
-        }
-        bump(&self.stats.closed_idle, by_idle);
-        bump(&self.stats.closed_lifetime, by_lifetime);
-        tracing::debug!(placement = %self.name, by_idle, by_lifetime, "closed idle server connections");
-        doomed.into_iter().for_each(|c| c.close());
-    }
 }
 
 /// Frees a reserved slot if opening the connection is dropped midway.
@@ -721,6 +570,11 @@ impl Drop for WaitGuard<'_> {
         }
     }
 }
+
+#[path = "placement_upkeep.rs"]
+mod upkeep;
+#[path = "placement_vetting.rs"]
+mod vetting;
 
 #[cfg(test)]
 #[path = "placement_tests.rs"]
