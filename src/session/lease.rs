@@ -118,37 +118,6 @@ impl Session<'_> {
         }
     }
 
-    /// The tenant context call, waited for (a connection the client keeps
-    /// lost its context mid-session); fails closed.
-    async fn reenter_tenant(
-        &self,
-        ctx: &crate::pool::TenantContext,
-        lease: &mut Lease,
-    ) -> Result<(), ClientError> {
-        let conn = lease.conn_mut();
-        let Some(functions) = conn.context_functions else {
-            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
-        };
-        conn.context_of = None;
-        // RESET/DISCARD may have taken the session's secret: a new one.
-        conn.context_secret = None;
-        let secret = crate::pool::new_secret();
-        let pid = conn.cancel_key().pid;
-        let mut open = BytesMut::new();
-        ctx.write_open(functions.open, pid, secret, &mut open);
-        let mut enter = BytesMut::new();
-        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), &mut enter);
-        for call in [open, enter] {
-            if let Err(e) = conn.exchange(&call).await {
-                tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");
-                return Err(ClientError::ContextFailed(self.tenant.id.clone()));
-            }
-        }
-        conn.context_secret = Some(secret);
-        conn.context_of = Some(Arc::clone(&self.tenant));
-        Ok(())
-    }
-
     /// Brings a leased connection's settings in line with the client's;
     /// true if that took a sync.
     async fn sync_settings(&self, lease: &mut Lease) -> Result<bool, SyncFailure> {

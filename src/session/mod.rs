@@ -7,7 +7,8 @@
 //! calls), `txn` (what the pump tracks while frames go by), `lease`
 //! (checkout and settings sync) with `params` (settings that follow the
 //! client), `pinning` (session state that ties a client to a connection),
-//! `recover` (making a connection clean), `cancel` (proxy-issued cancel
+//! `recover` (making a connection clean), `context` (the tenant context
+//! a lease of an rls placement starts with), `cancel` (proxy-issued cancel
 //! keys), `idle` (the client between requests), `probe` (the
 //! session-state check), `boundary` (what the server owes), `control`
 //! (the proxy's own queries), `statements`/`prepared`/`replies`/`known`
@@ -18,6 +19,7 @@ pub mod boundary;
 mod boundary_prop;
 pub mod budget;
 pub mod cancel;
+mod context;
 mod control;
 pub mod deallocate;
 mod idle;
@@ -526,61 +528,6 @@ impl Session<'_> {
                 recovery.spawn(lease)
             }
         }
-    }
-
-    /// Opens an `isolation = "rls"` lease: the call that makes this
-    /// client's tenant the server session's context goes to the server
-    /// first, in the same send as the client's request (`pool::context`).
-    /// Fails closed if the connection has no context function or the
-    /// client's bytes could overtake the call.
-    ///
-    /// Skipped when the connection's session already holds this tenant's
-    /// context: nothing since the call that set it can have changed it to
-    /// another tenant (only a call with the proxy's proof can), and the
-    /// proxy forgets it after anything that may have cleared it (a settings
-    /// sync, SET/RESET/DISCARD, code it cannot see into, a reset).
-    fn enter_tenant(
-        &self,
-        ctx: &crate::pool::TenantContext,
-        lease: &mut Lease,
-        synced: bool,
-        client: &mut ClientConn,
-        txn: &mut TxnState,
-    ) -> Result<(), ClientError> {
-        let conn = lease.conn_mut();
-        if !synced
-            && conn
-                .context_of
-                .as_ref()
-                .is_some_and(|t| Arc::ptr_eq(t, &self.tenant))
-        {
-            return Ok(());
-        }
-        conn.context_of = None;
-        let (Some(functions), true) = (
-            conn.context_functions,
-            client.flow.ready == 0 && client.flow.inject.is_empty(),
-        ) else {
-            tracing::error!(tenant = %self.tenant.id, "cannot open the lease with the tenant context");
-            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
-        };
-        let out = &mut client.flow.inject;
-        let secret = match conn.context_secret {
-            Some(secret) => secret,
-            None => {
-                // The session may have lost its secret (DISCARD, a reset):
-                // a new one first, in the same send.
-                let secret = crate::pool::new_secret();
-                ctx.write_open(functions.open, conn.cancel_key().pid, secret, out);
-                txn.context_pending += 1;
-                conn.context_secret = Some(secret);
-                secret
-            }
-        };
-        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), out);
-        txn.context_pending += 1;
-        conn.context_of = Some(Arc::clone(&self.tenant));
-        Ok(())
     }
 
     /// An error can be written only between server messages; in the

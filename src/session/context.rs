@@ -1,0 +1,100 @@
+//! The tenant context a lease of an `isolation = "rls"` placement starts
+//! with (`pool::context` says what the calls do): sent ahead of the
+//! client's request, or, on a connection the client keeps that lost it,
+//! entered again and waited for.
+
+use super::Session;
+use super::txn::TxnState;
+use crate::client::conn::ClientConn;
+use crate::client::error::ClientError;
+use crate::pool::{Lease, TenantContext};
+use bytes::BytesMut;
+use std::sync::Arc;
+
+impl Session<'_> {
+    /// Opens an `isolation = "rls"` lease: the call that makes this
+    /// client's tenant the server session's context goes to the server
+    /// first, in the same send as the client's request (`pool::context`).
+    /// Fails closed if the connection has no context function or the
+    /// client's bytes could overtake the call.
+    ///
+    /// Skipped when the connection's session already holds this tenant's
+    /// context: nothing since the call that set it can have changed it to
+    /// another tenant (only a call with the proxy's proof can), and the
+    /// proxy forgets it after anything that may have cleared it (a settings
+    /// sync, SET/RESET/DISCARD, code it cannot see into, a reset).
+    pub(super) fn enter_tenant(
+        &self,
+        ctx: &TenantContext,
+        lease: &mut Lease,
+        synced: bool,
+        client: &mut ClientConn,
+        txn: &mut TxnState,
+    ) -> Result<(), ClientError> {
+        let conn = lease.conn_mut();
+        if !synced
+            && conn
+                .context_of
+                .as_ref()
+                .is_some_and(|t| Arc::ptr_eq(t, &self.tenant))
+        {
+            return Ok(());
+        }
+        conn.context_of = None;
+        let (Some(functions), true) = (
+            conn.context_functions,
+            client.flow.ready == 0 && client.flow.inject.is_empty(),
+        ) else {
+            tracing::error!(tenant = %self.tenant.id, "cannot open the lease with the tenant context");
+            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+        };
+        let out = &mut client.flow.inject;
+        let secret = match conn.context_secret {
+            Some(secret) => secret,
+            None => {
+                // The session may have lost its secret (DISCARD, a reset):
+                // a new one first, in the same send.
+                let secret = crate::pool::new_secret();
+                ctx.write_open(functions.open, conn.cancel_key().pid, secret, out);
+                txn.context_pending += 1;
+                conn.context_secret = Some(secret);
+                secret
+            }
+        };
+        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), out);
+        txn.context_pending += 1;
+        conn.context_of = Some(Arc::clone(&self.tenant));
+        Ok(())
+    }
+
+    /// The tenant context call, waited for (a connection the client keeps
+    /// lost its context mid-session); fails closed.
+    pub(super) async fn reenter_tenant(
+        &self,
+        ctx: &TenantContext,
+        lease: &mut Lease,
+    ) -> Result<(), ClientError> {
+        let conn = lease.conn_mut();
+        let Some(functions) = conn.context_functions else {
+            return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+        };
+        conn.context_of = None;
+        // RESET/DISCARD may have taken the session's secret: a new one.
+        conn.context_secret = None;
+        let secret = crate::pool::new_secret();
+        let pid = conn.cancel_key().pid;
+        let mut open = BytesMut::new();
+        ctx.write_open(functions.open, pid, secret, &mut open);
+        let mut enter = BytesMut::new();
+        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), &mut enter);
+        for call in [open, enter] {
+            if let Err(e) = conn.exchange(&call).await {
+                tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");
+                return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+            }
+        }
+        conn.context_secret = Some(secret);
+        conn.context_of = Some(Arc::clone(&self.tenant));
+        Ok(())
+    }
+}
