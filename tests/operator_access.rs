@@ -8,15 +8,14 @@
 
 mod common;
 
+use common::shared::{
+    SHARED_PASSWORD, SHARED_ROLE, SharedDb, notes_seed, shared_database, tenants_config,
+};
 use common::{TestPg, TestProxy, sqlstate};
-use pgtenant::client::secret::AuthSecret;
-use pgtenant::pgcluster::HostAuth;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-const SHARED_ROLE: &str = "pgt_shared";
-const SHARED_PASSWORD: &str = "shared-backend-secret";
 const OPERATOR_ROLE: &str = "pgt_operator";
 const OPERATOR_PASSWORD: &str = "operator-backend-secret";
 /// The operator's own password at the proxy.
@@ -81,26 +80,15 @@ async fn wait_for_line(needles: &[&str]) -> String {
 /// in the all-tenants context `*`, one tenant's rows in that tenant's,
 /// none without a context.
 fn seed(tenants: &[&str]) -> String {
-    let mut rows = String::new();
-    for t in tenants {
-        rows.push_str(&format!(
-            "INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
-        ));
-    }
-    format!(
-        "CREATE TABLE notes (id serial PRIMARY KEY,
-             tenant_id text NOT NULL DEFAULT pgtenant.current_tenant(), body text NOT NULL);
-         {rows}
-         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-         ALTER TABLE notes FORCE ROW LEVEL SECURITY;
-         CREATE POLICY tenant_rows ON notes TO {SHARED_ROLE}
-             USING (tenant_id = pgtenant.current_tenant())
-             WITH CHECK (tenant_id = pgtenant.current_tenant());
-         CREATE POLICY operator_rows ON notes TO {OPERATOR_ROLE}
-             USING ((SELECT pgtenant.current_tenant()) IN ('*', tenant_id))
-             WITH CHECK ((SELECT pgtenant.current_tenant()) IN ('*', tenant_id) AND tenant_id <> '*');
-         GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {SHARED_ROLE}, {OPERATOR_ROLE};
-         GRANT USAGE ON SEQUENCE notes_id_seq TO {SHARED_ROLE}, {OPERATOR_ROLE}"
+    notes_seed(
+        tenants,
+        SHARED_ROLE,
+        &format!(
+            "CREATE POLICY operator_rows ON notes TO {OPERATOR_ROLE}
+                 USING ((SELECT pgtenant.current_tenant()) IN ('*', tenant_id))
+                 WITH CHECK ((SELECT pgtenant.current_tenant()) IN ('*', tenant_id) AND tenant_id <> '*');"
+        ),
+        &format!("{SHARED_ROLE}, {OPERATOR_ROLE}"),
     )
 }
 
@@ -115,29 +103,18 @@ struct Shared {
 /// `ops` allowed on `shared`. `before_proxy` runs as superuser first.
 async fn shared(tenants: &[&str], before_proxy: &str) -> Shared {
     logs();
-    let pg = TestPg::start(HostAuth::ScramSha256, &[]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secret_file = dir.path().join("pgtenant.secret");
-    let secret = AuthSecret::load_or_create(&secret_file).expect("secret");
-    let admin = pg.cluster.admin("postgres").await.expect("admin");
-    admin
-        .batch_execute(&format!(
+    let SharedDb {
+        pg,
+        secret_file,
+        dir,
+        admin,
+    } = shared_database(
+        &format!(
             "CREATE ROLE {OPERATOR_ROLE} LOGIN PASSWORD '{OPERATOR_PASSWORD}' NOSUPERUSER NOBYPASSRLS"
-        ))
-        .await
-        .expect("operator role");
-    pgtenant::provision::shared_database(
-        &pg.cluster,
-        &admin,
-        "app_shared",
-        "app_owner",
-        SHARED_ROLE,
-        SHARED_PASSWORD,
-        &secret.context_key("shared"),
+        ),
         &seed(tenants),
     )
-    .await
-    .expect("shared database");
+    .await;
     admin
         .batch_execute(&format!(
             "GRANT CONNECT ON DATABASE app_shared TO {OPERATOR_ROLE}; {before_proxy}"
@@ -162,11 +139,7 @@ async fn shared(tenants: &[&str], before_proxy: &str) -> Shared {
         pg.cluster
             .url(OPERATOR_ROLE, OPERATOR_PASSWORD, "app_shared"),
     );
-    for t in tenants {
-        config.push_str(&format!(
-            "[tenants.{t}]\nplacement = \"shared\"\nusers = {{ app = \"{t}-secret\" }}\n\n"
-        ));
-    }
+    config.push_str(&tenants_config(tenants));
     let proxy = TestProxy::start(&config).await;
     Shared {
         pg,

@@ -8,37 +8,11 @@
 
 mod common;
 
+use common::shared::{SHARED_PASSWORD, SHARED_ROLE, notes_seed, shared_database, tenants_config};
 use common::{TestPg, TestProxy, raw, sqlstate};
 use pgtenant::client::secret::AuthSecret;
-use pgtenant::pgcluster::HostAuth;
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
-
-const SHARED_ROLE: &str = "pgt_shared";
-const SHARED_PASSWORD: &str = "shared-backend-secret";
-
-/// The shared database's tables, as its owner: `notes` with forced RLS,
-/// two rows per tenant, and the grants the placement's role needs.
-fn seed(tenants: &[&str]) -> String {
-    let mut rows = String::new();
-    for t in tenants {
-        rows.push_str(&format!(
-            "INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
-        ));
-    }
-    format!(
-        "CREATE TABLE notes (id serial PRIMARY KEY,
-             tenant_id text NOT NULL DEFAULT pgtenant.current_tenant(), body text NOT NULL);
-         {rows}
-         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-         ALTER TABLE notes FORCE ROW LEVEL SECURITY;
-         CREATE POLICY tenant_rows ON notes
-             USING (tenant_id = pgtenant.current_tenant())
-             WITH CHECK (tenant_id = pgtenant.current_tenant());
-         GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {SHARED_ROLE};
-         GRANT USAGE ON SEQUENCE notes_id_seq TO {SHARED_ROLE}"
-    )
-}
 
 struct Shared {
     pg: TestPg,
@@ -51,41 +25,23 @@ struct Shared {
 /// for placement `shared`) and the proxy in front, `tenants` all on it.
 async fn shared(tenants: &[&str], pool_size: u32, extra_proxy: &str) -> Shared {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let pg = TestPg::start(HostAuth::ScramSha256, &[]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let secret_file = dir.path().join("pgtenant.secret");
-    let secret = AuthSecret::load_or_create(&secret_file).expect("secret");
-    let admin = pg.cluster.admin("postgres").await.expect("admin");
-    pgtenant::provision::shared_database(
-        &pg.cluster,
-        &admin,
-        "app_shared",
-        "app_owner",
-        SHARED_ROLE,
-        SHARED_PASSWORD,
-        &secret.context_key("shared"),
-        &seed(tenants),
-    )
-    .await
-    .expect("shared database");
-    let mut config = format!(
+    let db = shared_database("", &notes_seed(tenants, "", "", SHARED_ROLE)).await;
+    let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n{extra_proxy}\n\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = {pool_size}\n\
-         tenant_setting = \"app.tenant_id\"\n\n",
-        secret_file.display(),
-        pg.cluster.url(SHARED_ROLE, SHARED_PASSWORD, "app_shared")
+         tenant_setting = \"app.tenant_id\"\n\n{}",
+        db.secret_file.display(),
+        db.pg
+            .cluster
+            .url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
+        tenants_config(tenants)
     );
-    for t in tenants {
-        config.push_str(&format!(
-            "[tenants.{t}]\nplacement = \"shared\"\nusers = {{ app = \"{t}-secret\" }}\n\n"
-        ));
-    }
     let proxy = TestProxy::start(&config).await;
     Shared {
-        pg,
+        pg: db.pg,
         proxy,
-        secret_file,
-        _dir: dir,
+        secret_file: db.secret_file,
+        _dir: db.dir,
     }
 }
 

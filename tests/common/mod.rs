@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod shared;
 
 use pgtenant::pgcluster::{HostAuth, PgCluster};
 use std::time::Duration;

@@ -1,0 +1,93 @@
+//! A shared (`isolation = "rls"`) database for tests: `app_shared`, with
+//! `sql/pgtenant.sql` installed and keyed for placement `shared`, and a
+//! `notes` table under forced row-level security with two rows per tenant.
+
+use super::TestPg;
+use pgtenant::client::secret::AuthSecret;
+use pgtenant::pgcluster::HostAuth;
+use std::path::PathBuf;
+
+pub const SHARED_ROLE: &str = "pgt_shared";
+pub const SHARED_PASSWORD: &str = "shared-backend-secret";
+
+/// `notes` with forced RLS and two rows per tenant; the tenants' policy
+/// applies `to` those roles (PUBLIC when empty); `extra` (policies,
+/// grants) runs after it; `grantees` may read and write it.
+pub fn notes_seed(tenants: &[&str], to: &str, extra: &str, grantees: &str) -> String {
+    let rows: String = tenants
+        .iter()
+        .map(|t| {
+            format!(
+                "INSERT INTO notes (tenant_id, body) VALUES ('{t}', 'secret of {t}'), ('{t}', 'more of {t}');"
+            )
+        })
+        .collect();
+    let to = if to.is_empty() {
+        String::new()
+    } else {
+        format!("TO {to}")
+    };
+    format!(
+        "CREATE TABLE notes (id serial PRIMARY KEY,
+             tenant_id text NOT NULL DEFAULT pgtenant.current_tenant(), body text NOT NULL);
+         {rows}
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE notes FORCE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_rows ON notes {to}
+             USING (tenant_id = pgtenant.current_tenant())
+             WITH CHECK (tenant_id = pgtenant.current_tenant());
+         {extra}
+         GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {grantees};
+         GRANT USAGE ON SEQUENCE notes_id_seq TO {grantees}"
+    )
+}
+
+/// A cluster with `app_shared` built from `seed` (as its owner), and the
+/// proxy's secret file whose key the database holds.
+pub struct SharedDb {
+    pub pg: TestPg,
+    pub secret_file: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub admin: tokio_postgres::Client,
+}
+
+/// `before` runs as superuser before the database is built.
+pub async fn shared_database(before: &str, seed: &str) -> SharedDb {
+    let pg = TestPg::start(HostAuth::ScramSha256, &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("pgtenant.secret");
+    let secret = AuthSecret::load_or_create(&secret_file).expect("secret");
+    let admin = pg.cluster.admin("postgres").await.expect("admin");
+    if !before.is_empty() {
+        admin.batch_execute(before).await.expect("before");
+    }
+    pgtenant::provision::shared_database(
+        &pg.cluster,
+        &admin,
+        "app_shared",
+        "app_owner",
+        SHARED_ROLE,
+        SHARED_PASSWORD,
+        &secret.context_key("shared"),
+        seed,
+    )
+    .await
+    .expect("shared database");
+    SharedDb {
+        pg,
+        secret_file,
+        dir,
+        admin,
+    }
+}
+
+/// `[tenants.T]` tables for `tenants` on placement `shared`, each with user
+/// `app` and password `T-secret`.
+pub fn tenants_config(tenants: &[&str]) -> String {
+    tenants
+        .iter()
+        .map(|t| {
+            format!("[tenants.{t}]\nplacement = \"shared\"\nusers = {{ app = \"{t}-secret\" }}\n\n")
+        })
+        .collect()
+}
