@@ -34,19 +34,7 @@ pub async fn dedicated_database(
     seed: &str,
 ) -> anyhow::Result<()> {
     let (r, db) = (ident(role), ident(database));
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {r} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE \
-             NOBYPASSRLS NOREPLICATION",
-            literal(password)
-        ))
-        .await
-        .with_context(|| format!("creating role {role}"))?;
-    // CREATE DATABASE runs alone: not inside a multi-statement string.
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .with_context(|| format!("creating database {database}"))?;
+    login_role_and_database(admin, role, password, database).await?;
     admin
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {db} FROM PUBLIC;
@@ -91,18 +79,10 @@ pub async fn shared_database(
 ) -> anyhow::Result<()> {
     let (o, r, db) = (ident(owner), ident(role), ident(database));
     admin
-        .batch_execute(&format!(
-            "CREATE ROLE {o} NOLOGIN;
-             CREATE ROLE {r} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE \
-             NOBYPASSRLS NOREPLICATION",
-            literal(password)
-        ))
+        .batch_execute(&format!("CREATE ROLE {o} NOLOGIN"))
         .await
-        .with_context(|| format!("creating roles {owner} and {role}"))?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .with_context(|| format!("creating database {database}"))?;
+        .with_context(|| format!("creating role {owner}"))?;
+    login_role_and_database(admin, role, password, database).await?;
     admin
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {db} FROM PUBLIC;
@@ -126,6 +106,31 @@ pub async fn shared_database(
         ))
         .await
         .with_context(|| format!("installing pgtenant into {database}"))?;
+    Ok(())
+}
+
+/// A login role with no attribute that reaches beyond one database, and
+/// a database owned by whoever `admin` is (not by the role).
+async fn login_role_and_database(
+    admin: &tokio_postgres::Client,
+    role: &str,
+    password: &str,
+    database: &str,
+) -> anyhow::Result<()> {
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             NOBYPASSRLS NOREPLICATION",
+            ident(role),
+            literal(password)
+        ))
+        .await
+        .with_context(|| format!("creating role {role}"))?;
+    // CREATE DATABASE runs alone: not inside a multi-statement string.
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", ident(database)))
+        .await
+        .with_context(|| format!("creating database {database}"))?;
     Ok(())
 }
 
