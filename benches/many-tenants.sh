@@ -52,18 +52,8 @@ PGBOUNCER_PORT=${PGBOUNCER_PORT:-61674} # unused; bench-cluster.sh names it
 (( CLIENTS <= TENANTS )) || { echo "CLIENTS ($CLIENTS) must not exceed TENANTS ($TENANTS)" >&2; exit 1; }
 case $ISOLATION in database | rls) ;; *) echo "ISOLATION is database or rls" >&2; exit 1 ;; esac
 
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-if [[ -z ${PGTENANT_BIN:-} ]]; then
-  cargo build --release --quiet --bin pgtenant --manifest-path "$ROOT/Cargo.toml"
-  PGTENANT_BIN=$TARGET/release/pgtenant
-fi
-if [[ -z ${LOAD_BIN:-} ]]; then
-  LOAD_BIN=$(cargo bench --quiet --bench tenants_load --no-run --message-format=json \
-    --manifest-path "$ROOT/Cargo.toml" |
-    grep -o '"executable":"[^"]*tenants_load[^"]*"' | tail -1 | cut -d'"' -f4)
-  [[ -x $LOAD_BIN ]] || { echo "cannot find the tenants_load binary" >&2; exit 1; }
-fi
-export PGTENANT_BIN
+# shellcheck source=benches/load-bins.sh
+source "$ROOT/benches/load-bins.sh"
 # shellcheck source=benches/bench-cluster.sh
 source "$ROOT/benches/bench-cluster.sh"
 
