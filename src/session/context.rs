@@ -20,9 +20,9 @@ impl Session<'_> {
     ///
     /// Skipped when the connection's session already holds this tenant's
     /// context: nothing since the call that set it can have changed it to
-    /// another tenant (only a call with the proxy's proof can), and the
+    /// another tenant (only a call showing the session's secret can), and the
     /// proxy forgets it after anything that may have cleared it (a settings
-    /// sync, SET/RESET/DISCARD, code it cannot see into, a reset).
+    /// sync, SET/RESET/DISCARD, an error, code it cannot see into, a reset).
     pub(super) fn enter_tenant(
         &self,
         ctx: &TenantContext,
