@@ -295,6 +295,24 @@ impl ProxyState {
         )
     }
 
+    /// Asks `tenant`'s client sessions to close after their current
+    /// transaction (SUSPEND; also for a reload that sets `suspended`);
+    /// how many were asked.
+    pub fn suspend_sessions(&self, tenant: &TenantId) -> usize {
+        self.stop
+            .signal_where(crate::shutdown::reason::SUSPEND, |c| {
+                !c.console && c.tenant == *tenant
+            })
+    }
+
+    /// Closes `tenant`'s client sessions now, mid-transaction too (KILL);
+    /// how many.
+    pub fn kill_sessions(&self, tenant: &TenantId) -> usize {
+        self.stop.signal_where(crate::shutdown::reason::KILL, |c| {
+            !c.console && c.tenant == *tenant
+        })
+    }
+
     /// A tenant's authenticated client connections right now.
     pub fn tenant_client_count(&self, tenant: &TenantId) -> u32 {
         self.tenant_clients

@@ -621,3 +621,44 @@ async fn forged_protocol_on_the_console() {
         .expect("tenant");
     proxy.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn admin_logins_count_against_the_unauthenticated_caps() {
+    let (_pg, proxy) = setup(
+        2,
+        "max_unauthenticated_connections = 1\nmax_unauthenticated_per_address = 1",
+        "",
+    )
+    .await;
+    // A silent connection holds the only unauthenticated slot.
+    let stalled = raw::connect(proxy.port).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = proxy
+        .try_connect(&proxy.conn_str("admin", ADMIN_PASSWORD, "pgtenant"))
+        .await
+        .expect_err("refused while the slot is held");
+    assert_eq!(sqlstate(&refused), "53300");
+    drop(stalled);
+    // Once authenticated, a console no longer holds its slot: a second
+    // one logs in beside it.
+    let mut first = None;
+    for _ in 0..50 {
+        match proxy
+            .try_connect(&proxy.conn_str("admin", ADMIN_PASSWORD, "pgtenant"))
+            .await
+        {
+            Ok(c) => {
+                first = Some(c);
+                break;
+            }
+            // The stalled connection's slot is freed when the proxy sees
+            // it close.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let first = first.expect("admin login once the slot is free");
+    let second = admin(&proxy).await;
+    assert_eq!(rows(&second, "SHOW VERSION").await.len(), 1);
+    assert_eq!(rows(&first, "SHOW VERSION").await.len(), 1);
+    proxy.stop().await.expect("clean stop");
+}

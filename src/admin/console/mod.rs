@@ -22,7 +22,6 @@ use crate::control::ClientInfo;
 use crate::protocol::error::{Severity, write_error};
 use crate::protocol::{SqlState, messages};
 use crate::routing::TenantId;
-use crate::shutdown::reason;
 use crate::state::ProxyState;
 use bytes::{Buf, BytesMut};
 use command::Command;
@@ -276,20 +275,14 @@ impl Console<'_> {
                 self.known(&snap, Some(tenant))?;
                 self.state.controls.suspend(tenant);
                 // Its sessions finish their transaction, then close.
-                let n = self
-                    .state
-                    .stop
-                    .signal_where(reason::SUSPEND, |c| !c.console && c.tenant == *tenant);
+                let n = self.state.suspend_sessions(tenant);
                 tracing::info!(tenant = %tenant, sessions = n, "tenant suspended");
                 rows::command_complete(out, "SUSPEND");
                 Ok(())
             }
             Command::Kill(tenant) => {
                 self.known(&snap, Some(tenant))?;
-                let n = self
-                    .state
-                    .stop
-                    .signal_where(reason::KILL, |c| !c.console && c.tenant == *tenant);
+                let n = self.state.kill_sessions(tenant);
                 tracing::info!(tenant = %tenant, sessions = n, "tenant killed");
                 rows::command_complete(out, "KILL");
                 Ok(())
