@@ -274,16 +274,14 @@ async fn show_listings() {
             .any(|r| get(r, "key") == Some("proxy.pause_timeout"))
     );
 
-    // Several commands in one query string, each answered.
-    let msgs = c
+    // One command per query string, as PgBouncer's console; trailing
+    // semicolons are fine.
+    let e = c
         .simple_query("SHOW VERSION; show version")
         .await
-        .expect("two");
-    let completes = msgs
-        .iter()
-        .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
-        .count();
-    assert_eq!(completes, 2);
+        .expect_err("one command per query");
+    assert_eq!(sqlstate(&e), "42601");
+    assert_eq!(rows(&c, "show version;;").await.len(), 1);
 
     // Unknown commands: an error, and the console goes on.
     let e = c.simple_query("SELECT 1").await.expect_err("refused");

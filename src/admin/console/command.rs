@@ -1,13 +1,11 @@
-//! The console's commands: parsed from a simple Query's text, one per
-//! `;`-separated statement, case-insensitive, as PgBouncer's console.
+//! The console's commands: parsed from a simple Query's text, one command
+//! per query string (trailing semicolons allowed), case-insensitive, as
+//! PgBouncer's console takes them.
 //!
 //! To add one (SHOW STATS, RELOAD are wired by the lead): a variant here,
 //! its words in [`parse_one`], its arm in `execute`.
 
 use crate::routing::TenantId;
-
-/// Statements in one query string at most (psql sends one per line).
-pub const MAX_STATEMENTS: usize = 16;
 
 /// What a SHOW lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,21 +46,21 @@ pub enum ParseError {
     MissingTenant(&'static str),
     #[error("{0:?} is not a tenant name")]
     BadTenant(String),
-    #[error("too many statements in one query (at most {MAX_STATEMENTS})")]
+    #[error("the admin console takes one command per query")]
     TooMany,
 }
 
-/// The statements of a query string, in order (empty ones skipped).
-pub fn parse(query: &str) -> Result<Vec<Command>, ParseError> {
-    let statements: Vec<&str> = query
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if statements.len() > MAX_STATEMENTS {
+/// The command of a query string; `None` for an empty one (only
+/// whitespace and semicolons).
+pub fn parse(query: &str) -> Result<Option<Command>, ParseError> {
+    let mut statements = query.split(';').map(str::trim).filter(|s| !s.is_empty());
+    let Some(first) = statements.next() else {
+        return Ok(None);
+    };
+    if statements.next().is_some() {
         return Err(ParseError::TooMany);
     }
-    statements.into_iter().map(parse_one).collect()
+    parse_one(first).map(Some)
 }
 
 fn parse_one(statement: &str) -> Result<Command, ParseError> {
@@ -130,25 +128,22 @@ mod tests {
     fn commands_parse_case_insensitively_with_semicolons() {
         assert_eq!(
             parse("show tenants;").ok(),
-            Some(vec![Command::Show(Listing::Tenants)])
+            Some(Some(Command::Show(Listing::Tenants)))
         );
         assert_eq!(
-            parse(" Pause acme ; RESUME \"acme\";;").ok(),
-            Some(vec![
-                Command::Pause(Some(TenantId::new("acme"))),
-                Command::Resume(Some(TenantId::new("acme")))
-            ])
+            parse(" Pause \"acme\" ;;").ok(),
+            Some(Some(Command::Pause(Some(TenantId::new("acme")))))
         );
-        assert_eq!(parse("PAUSE").ok(), Some(vec![Command::Pause(None)]));
-        assert_eq!(parse("").ok(), Some(vec![]));
+        assert_eq!(parse("PAUSE").ok(), Some(Some(Command::Pause(None))));
+        assert_eq!(parse(" ; ").ok(), Some(None));
+        assert!(matches!(
+            parse("PAUSE acme; RESUME acme"),
+            Err(ParseError::TooMany)
+        ));
         assert!(matches!(parse("SHOW STUFF"), Err(ParseError::Unknown(_))));
         assert!(matches!(parse("KILL"), Err(ParseError::MissingTenant(_))));
         assert!(matches!(parse("KILL a'b"), Err(ParseError::BadTenant(_))));
         assert!(matches!(parse("SELECT 1"), Err(ParseError::Unknown(_))));
-        assert!(matches!(
-            parse(&"SHOW POOLS;".repeat(17)),
-            Err(ParseError::TooMany)
-        ));
         let long = "x".repeat(10_000);
         let Err(ParseError::Unknown(shown)) = parse(&long) else {
             panic!("unknown")

@@ -198,8 +198,7 @@ impl Failure {
 }
 
 impl Console<'_> {
-    /// Answers a Query message's statements in order, up to the first
-    /// that fails (as PostgreSQL does with a multi-statement string).
+    /// Answers a Query message (one command).
     async fn query(&self, body: &[u8], out: &mut BytesMut) {
         let text = body.strip_suffix(&[0]).unwrap_or(body);
         let Ok(text) = std::str::from_utf8(text) else {
@@ -210,22 +209,14 @@ impl Console<'_> {
             );
             return;
         };
-        let commands = match command::parse(text) {
-            Ok(c) => c,
-            Err(e) => {
-                error(out, SqlState::SYNTAX_ERROR, &e.to_string());
-                return;
+        match command::parse(text) {
+            Ok(Some(c)) => {
+                if let Err(f) = self.execute(&c, out).await {
+                    error(out, f.code, &f.message);
+                }
             }
-        };
-        if commands.is_empty() {
-            rows::empty_query(out);
-            return;
-        }
-        for c in commands {
-            if let Err(f) = self.execute(&c, out).await {
-                error(out, f.code, &f.message);
-                return;
-            }
+            Ok(None) => rows::empty_query(out),
+            Err(e) => error(out, SqlState::SYNTAX_ERROR, &e.to_string()),
         }
     }
 
