@@ -12,6 +12,11 @@
 //! - `client`: accept-side handshake, routing and auth, then a session.
 //!   `client -> routing, catalog, session`.
 //! - `state`: what all connections share (config snapshot, registries).
+//! - `control`: per-tenant control state (paused, suspended) and what
+//!   SHOW CLIENTS lists; sessions check it before each lease.
+//! - `admin`: the operator-facing side; `admin::console` is the admin
+//!   console on database `pgtenant` (SHOW, PAUSE, RESUME, SUSPEND, KILL).
+//!   `client -> admin -> state, control`.
 //! - `admission`: counts connections from accept until they
 //!   authenticate (a total and a per-address cap).
 //! - `open_files`: `RLIMIT_NOFILE`, raised at start and checked against
@@ -24,10 +29,12 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod admission;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod open_files;
 pub mod pgcluster;

@@ -1,36 +1,69 @@
-//! The stop signal sessions watch between transactions. A leaf.
+//! The stop signal sessions watch between transactions, and the registry
+//! of running client sessions that SUSPEND and KILL (`control.rs`) reach
+//! through it.
 //!
 //! Why not just the CancellationToken: every idle client waits on it once
 //! per transaction, and the token's check takes a mutex (measured: about
 //! 4% of the proxy's user time at 16 clients). Here a session subscribes
-//! an `AtomicWaker` once when it starts and registers its task's waker on
-//! its first wait; every later wait is one atomic load, and `stop` wakes
-//! every registered session.
+//! once when it starts (a [`Waiter`]: reason bits and an `AtomicWaker`)
+//! and registers its task's waker on its first wait; every later wait is
+//! one atomic load of its own reason bits, and `stop` (or a SUSPEND or
+//! KILL of its tenant) sets them and wakes the session.
 
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// Set once, when shutdown begins.
+/// Why a session is asked to stop (bits of [`Waiter::reasons`]).
+pub mod reason {
+    /// The proxy is shutting down: finish the transaction, then leave.
+    pub const SHUTDOWN: u8 = 1;
+    /// Its tenant was suspended: finish the transaction, then leave.
+    pub const SUSPEND: u8 = 2;
+    /// Its tenant was killed: leave now, mid-transaction too.
+    pub const KILL: u8 = 4;
+}
+
+/// Set once, when shutdown begins; also the registry of running sessions
+/// (what SHOW CLIENTS lists and what SUSPEND and KILL reach).
 #[derive(Default)]
 pub struct StopSignal {
     stopping: AtomicBool,
-    /// The subscribed sessions' wakers, by slot: a subscription reuses a
-    /// free slot instead of hashing an id (a login counted about 300
+    /// The subscribed sessions, by slot: a subscription reuses a free
+    /// slot instead of hashing an id (a login counted about 300
     /// instructions of SipHash for that).
-    waiters: Mutex<Slab<Arc<AtomicWaker>>>,
+    waiters: Mutex<Slab<Arc<Waiter>>>,
+}
+
+/// One subscribed session: why it must stop (if it must), its task's
+/// waker, and what SHOW CLIENTS says about it.
+pub struct Waiter {
+    reasons: AtomicU8,
+    waker: AtomicWaker,
+    pub client: Option<crate::control::ClientInfo>,
+}
+
+impl Waiter {
+    pub fn reasons(&self) -> u8 {
+        self.reasons.load(Ordering::Acquire)
+    }
+
+    fn signal(&self, reason: u8) {
+        self.reasons.fetch_or(reason, Ordering::AcqRel);
+        self.waker.wake();
+    }
 }
 
 impl StopSignal {
     /// Begins the stop: every registered session wakes up and sees it.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let waiters = self.lock();
         for (_, w) in waiters.iter() {
-            w.wake();
+            w.signal(reason::SHUTDOWN);
         }
     }
 
@@ -38,20 +71,60 @@ impl StopSignal {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<Waiter>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Registers a session (once, for its whole life).
     pub fn subscribe(self: &Arc<Self>) -> StopWait {
-        let waker = Arc::new(AtomicWaker::new());
-        let slot = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(Arc::clone(&waker));
+        self.subscribe_client(None)
+    }
+
+    /// Registers a client's session, listed by SHOW CLIENTS as `client`.
+    pub fn subscribe_client(
+        self: &Arc<Self>,
+        client: Option<crate::control::ClientInfo>,
+    ) -> StopWait {
+        let waiter = Arc::new(Waiter {
+            reasons: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+            client,
+        });
+        let slot = self.lock().insert(Arc::clone(&waiter));
+        // A stop that began before the insert did not see this one.
+        if self.is_stopping() {
+            waiter.reasons.fetch_or(reason::SHUTDOWN, Ordering::AcqRel);
+        }
         StopWait {
             signal: Arc::clone(self),
             slot,
-            waker,
+            waiter,
             registered: AtomicBool::new(false),
         }
+    }
+
+    /// Asks every session whose client `matches` to stop for `why`
+    /// (a [`reason`] bit); how many were asked.
+    pub fn signal_where(
+        &self,
+        why: u8,
+        matches: impl Fn(&crate::control::ClientInfo) -> bool,
+    ) -> usize {
+        let waiters = self.lock();
+        let mut n = 0;
+        for (_, w) in waiters.iter() {
+            if w.client.as_ref().is_some_and(&matches) {
+                w.signal(why);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The registered sessions right now (for SHOW CLIENTS; the lock is
+    /// held only while the list is copied).
+    pub fn sessions(&self) -> Vec<Arc<Waiter>> {
+        self.lock().iter().map(|(_, w)| Arc::clone(w)).collect()
     }
 }
 
@@ -60,16 +133,27 @@ impl StopSignal {
 pub struct StopWait {
     signal: Arc<StopSignal>,
     slot: usize,
-    waker: Arc<AtomicWaker>,
+    waiter: Arc<Waiter>,
     /// The task's waker is registered: later waits skip the two atomic
-    /// swaps a registration costs (a stop takes the waker out, but after
-    /// a stop every wait returns at once anyway).
+    /// swaps a registration costs (a signal takes the waker out, but
+    /// after one every wait for it returns at once anyway).
     registered: AtomicBool,
 }
 
 impl StopWait {
+    /// Asked to stop, for any reason (one atomic load).
     pub fn is_stopping(&self) -> bool {
-        self.signal.is_stopping()
+        self.waiter.reasons() != 0
+    }
+
+    /// Why it was asked to stop ([`reason`] bits; 0: it was not).
+    pub fn reasons(&self) -> u8 {
+        self.waiter.reasons()
+    }
+
+    /// This session's entry (SHOW CLIENTS reads it).
+    pub fn client(&self) -> Option<&crate::control::ClientInfo> {
+        self.waiter.client.as_ref()
     }
 
     /// Ready once the stop has begun. Cheap to create and to drop, so a
@@ -78,16 +162,34 @@ impl StopWait {
         poll_fn(|cx: &mut Context<'_>| self.poll_stopped(cx)).await
     }
 
+    /// Ready once a KILL reached this session.
+    pub async fn killed(&self) {
+        poll_fn(|cx: &mut Context<'_>| self.poll_reason(cx, reason::KILL)).await
+    }
+
     /// Ready once the stop has begun; otherwise the task is woken by it.
     pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
-        // Register first, then check: a stop after the check wakes us.
+        self.poll_reason(cx, u8::MAX)
+    }
+
+    /// Ready once one of the `mask` reasons is set.
+    pub fn poll_reason(&self, cx: &mut Context<'_>, mask: u8) -> Poll<()> {
+        // Register first, then check: a signal after the check wakes us.
         if !self.registered.load(Ordering::Relaxed) {
-            self.waker.register(cx.waker());
+            self.waiter.waker.register(cx.waker());
             self.registered.store(true, Ordering::Relaxed);
         }
-        if self.signal.is_stopping() {
+        let reasons = self.waiter.reasons();
+        if reasons & mask != 0 {
             Poll::Ready(())
         } else {
+            if reasons != 0 {
+                // Another reason took the waker out: wait for this one.
+                self.waiter.waker.register(cx.waker());
+                if self.waiter.reasons() & mask != 0 {
+                    return Poll::Ready(());
+                }
+            }
             Poll::Pending
         }
     }
@@ -95,11 +197,7 @@ impl StopWait {
 
 impl Drop for StopWait {
     fn drop(&mut self) {
-        self.signal
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_remove(self.slot);
+        self.signal.lock().try_remove(self.slot);
     }
 }
 
@@ -126,11 +224,11 @@ mod tests {
         }
         // Waiters that ended unregistered themselves, and their slots
         // are reused.
-        assert!(signal.waiters.lock().expect("lock").is_empty());
+        assert!(signal.lock().is_empty());
         let again: Vec<StopWait> = (0..4).map(|_| signal.subscribe()).collect();
         let mut slots: Vec<usize> = again.iter().map(|w| w.slot).collect();
         slots.sort_unstable();
         assert_eq!(slots, [0, 1, 2, 3], "three reused, one new");
-        assert_eq!(signal.waiters.lock().expect("lock").len(), 4);
+        assert_eq!(signal.lock().len(), 4);
     }
 }

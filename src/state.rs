@@ -235,6 +235,10 @@ pub struct ProxyState {
     pub stop: Arc<crate::shutdown::StopSignal>,
     /// Clients pinned to a server connection by session state (total).
     pub pins: std::sync::atomic::AtomicU64,
+    /// Paused and suspended tenants (the admin console's).
+    pub controls: crate::control::Controls,
+    /// Admin console sessions open right now.
+    pub consoles: Arc<AtomicU32>,
 }
 
 impl ProxyState {
@@ -250,6 +254,8 @@ impl ProxyState {
             workers,
             pins: Default::default(),
             stop: Default::default(),
+            controls: Default::default(),
+            consoles: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -287,6 +293,31 @@ impl ProxyState {
                 .or_insert_with(|| Arc::new(AtomicU32::new(0)))
                 .value(),
         )
+    }
+
+    /// Asks `tenant`'s client sessions to close after their current
+    /// transaction (SUSPEND; also for a reload that sets `suspended`);
+    /// how many were asked.
+    pub fn suspend_sessions(&self, tenant: &TenantId) -> usize {
+        self.stop
+            .signal_where(crate::shutdown::reason::SUSPEND, |c| {
+                !c.console && c.tenant == *tenant
+            })
+    }
+
+    /// Closes `tenant`'s client sessions now, mid-transaction too (KILL);
+    /// how many.
+    pub fn kill_sessions(&self, tenant: &TenantId) -> usize {
+        self.stop.signal_where(crate::shutdown::reason::KILL, |c| {
+            !c.console && c.tenant == *tenant
+        })
+    }
+
+    /// A tenant's authenticated client connections right now.
+    pub fn tenant_client_count(&self, tenant: &TenantId) -> u32 {
+        self.tenant_clients
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// Counts a client against its tenant's limit; `None` when full.

@@ -67,13 +67,16 @@ impl Catalog {
                     max_pinned_connections: t.max_pinned_connections,
                     max_server_connections,
                     search_path,
+                    suspended: t.suspended,
                 }),
             );
         }
         let operators = super::operators::from_config(cfg, src, &auth_secret)?;
+        let admins = super::admins::from_config(cfg, src, &auth_secret)?;
         Ok(Catalog {
             tenants,
             operators,
+            admins,
             secret: auth_secret,
         })
     }

@@ -6,6 +6,7 @@
 //! (`file.rs`); a catalog kept in PostgreSQL and shared by several proxies
 //! will produce the same snapshot type.
 
+mod admins;
 mod file;
 mod operators;
 
@@ -49,6 +50,8 @@ pub struct TenantEntry {
     /// On an `isolation = "schema"` placement: the `search_path` this
     /// tenant's clients start with (as if each had sent it at startup).
     pub search_path: Option<Arc<str>>,
+    /// `suspended = true` in the config: new connections are refused.
+    pub suspended: bool,
 }
 
 /// All tenants, by name.
@@ -57,6 +60,8 @@ pub struct Catalog {
     tenants: ConfigMap<String, Arc<TenantEntry>>,
     /// Platform operators (`[operators.*]`), by name.
     operators: ConfigMap<String, OperatorEntry>,
+    /// Admin console users (`[admin] users`), by name.
+    admins: ConfigMap<String, Credential>,
     /// Keys the salts of plaintext passwords and of unknown users.
     secret: AuthSecret,
 }

@@ -91,6 +91,26 @@ pub enum ClientError {
         "terminating connection of tenant \"{0}\": a message was not finished within client_message_timeout"
     )]
     MessageTimeout(TenantId),
+    /// A login of a suspended tenant (SUSPEND or `suspended = true`).
+    #[error("tenant \"{0}\" is suspended and accepts no new connections")]
+    Suspended(TenantId),
+    /// A session of a tenant suspended meanwhile, after its transaction.
+    #[error("terminating connection: tenant \"{0}\" was suspended by an administrator")]
+    SuspendedSession(TenantId),
+    /// KILL from the admin console.
+    #[error("terminating connection: tenant \"{0}\" was killed by an administrator")]
+    Killed(TenantId),
+    /// The tenant stayed paused longer than pause_timeout.
+    #[error(
+        "tenant \"{0}\" stayed paused longer than pause_timeout; the transaction did not start"
+    )]
+    PauseTimeout(TenantId),
+    /// An admin console login failed (unknown name or wrong password).
+    #[error("password authentication failed for admin user \"{0}\"")]
+    AdminAuthFailed(String),
+    /// Too many admin console sessions at once.
+    #[error("too many admin console connections")]
+    ConsoleFull,
     /// The server refused a setting the client asked for; its own words.
     #[error("{message}")]
     Server { code: String, message: String },
@@ -102,9 +122,15 @@ impl ClientError {
             ClientError::Routing(RoutingError::BadOptions(_)) => SqlState::PROTOCOL_VIOLATION,
             ClientError::Routing(_) => SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION,
             ClientError::UnknownTenant(_) => SqlState::INVALID_CATALOG_NAME,
-            ClientError::AuthFailed { .. } | ClientError::OperatorAuthFailed { .. } => {
-                SqlState::INVALID_PASSWORD
+            ClientError::AuthFailed { .. }
+            | ClientError::OperatorAuthFailed { .. }
+            | ClientError::AdminAuthFailed(_) => SqlState::INVALID_PASSWORD,
+            ClientError::Suspended(_) => {
+                SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION
             }
+            ClientError::SuspendedSession(_) | ClientError::Killed(_) => SqlState::ADMIN_SHUTDOWN,
+            ClientError::PauseTimeout(_) => SqlState::QUERY_CANCELED,
+            ClientError::ConsoleFull => SqlState::TOO_MANY_CONNECTIONS,
             ClientError::OperatorTenant { .. } => SqlState::INVALID_CATALOG_NAME,
             ClientError::TenantFull(_)
             | ClientError::ProxyFull
@@ -137,7 +163,13 @@ impl ClientError {
         match self {
             ClientError::Routing(_) => "routing",
             ClientError::UnknownTenant(_) => "unknown_tenant",
-            ClientError::AuthFailed { .. } | ClientError::OperatorAuthFailed { .. } => "auth",
+            ClientError::AuthFailed { .. }
+            | ClientError::OperatorAuthFailed { .. }
+            | ClientError::AdminAuthFailed(_) => "auth",
+            ClientError::Suspended(_) | ClientError::SuspendedSession(_) => "suspended",
+            ClientError::Killed(_) => "killed",
+            ClientError::PauseTimeout(_) => "pause_timeout",
+            ClientError::ConsoleFull => "limit",
             ClientError::OperatorTenant { .. } => "unknown_tenant",
             ClientError::TenantFull(_)
             | ClientError::ProxyFull

@@ -7,6 +7,7 @@
 //! the accept loop's, which must not wait, use
 //! [`conn::refuse_at_accept`].
 
+pub mod admin;
 pub mod auth;
 pub mod conn;
 pub mod error;
@@ -63,8 +64,24 @@ pub async fn serve(
     .await
 }
 
+/// Who logged in: a tenant's (or operator's) client, or an admin.
+enum LoggedIn {
+    Tenant(Box<Login>),
+    Console(admin::ConsoleLogin),
+}
+
+/// The `application_name` a client started with (SHOW CLIENTS).
+fn startup_application_name(wanted: &[(String, String)]) -> Option<String> {
+    wanted
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
+        .map(|(_, v)| v.clone())
+}
+
 /// What a successful login leaves behind.
 struct Login {
+    /// The user name it authenticated as (SHOW CLIENTS).
+    user: String,
     /// The tenant (for an operator: the tenant it named, or
     /// `operator::ALL_TENANTS`).
     tenant: Arc<crate::catalog::TenantEntry>,
@@ -85,6 +102,7 @@ struct Login {
 
 /// Who authenticated, before the common part of a login.
 struct Identity {
+    user: String,
     tenant: Arc<crate::catalog::TenantEntry>,
     pool: Arc<crate::pool::PlacementPool>,
     seat: Option<crate::pool::TenantSeat>,
@@ -139,8 +157,12 @@ async fn serve_inner(
         _ = state.shutdown.cancelled() => Err(ClientError::NotAccepting),
         r = login => r,
     };
-    let Some(login) = login? else {
-        return Ok(());
+    let login = match login? {
+        None => return Ok(()),
+        Some(LoggedIn::Console(console)) => {
+            return crate::admin::console::serve(state, client, console).await;
+        }
+        Some(LoggedIn::Tenant(login)) => *login,
     };
 
     let pool = &login.pool;
@@ -169,7 +191,17 @@ async fn serve_inner(
         reset_query: proxy.server_reset_query.clone(),
         cancel: &registration.slot,
         client_pid: registration.key.pid,
-        stop: state.stop.subscribe(),
+        stop: state
+            .stop
+            .subscribe_client(Some(crate::control::ClientInfo::new(
+                login.counter.clone(),
+                login.user.clone(),
+                peer,
+                startup_application_name(&login.wanted),
+                false,
+            ))),
+        controls: &state.controls,
+        pause_timeout: proxy.pause_timeout,
         startup_settings: login.wanted.clone(),
         wanted: params::interned(login.wanted),
         reported: login.reported,
@@ -257,7 +289,7 @@ async fn login(
     peer: SocketAddr,
     login_deadline: Instant,
     unauthenticated: &mut Option<Unauthenticated>,
-) -> Result<Login, ClientError> {
+) -> Result<LoggedIn, ClientError> {
     // Newer 3.x minor versions and unknown `_pq_.` options: say what we
     // speak instead of refusing (protocol docs, NegotiateProtocolVersion).
     let unknown: Vec<&str> = startup
@@ -281,6 +313,23 @@ async fn login(
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
 
+    // Database `pgtenant` is the admin console whatever else the client
+    // sent (no tenant may have that name); no admin reaches a placement.
+    if startup.param("database") == Some(crate::config::ADMIN_DATABASE) {
+        tracing::Span::current().record("tenant", crate::config::ADMIN_DATABASE);
+        return admin::login(
+            state,
+            snap,
+            client,
+            user,
+            peer,
+            login_deadline,
+            unauthenticated,
+        )
+        .await
+        .map(LoggedIn::Console);
+    }
+
     let route = routing::route(
         &snap.rules,
         &RoutingInput {
@@ -293,7 +342,7 @@ async fn login(
     )?;
     let id = match route {
         routing::Route::Tenant(resolved) => {
-            tenant_login(snap, client, resolved, login_deadline).await?
+            tenant_login(state, snap, client, resolved, login_deadline).await?
         }
         routing::Route::Operator(route) => {
             let span = tracing::Span::current();
@@ -303,6 +352,7 @@ async fn login(
             }
             let op = operator::login(snap, client, &route, peer, login_deadline).await?;
             Identity {
+                user: route.operator.clone(),
                 tenant: op.tenant,
                 pool: op.pool,
                 seat: Some(op.seat),
@@ -368,7 +418,8 @@ async fn login(
         }
     }
     tracing::debug!("authenticated");
-    Ok(Login {
+    Ok(LoggedIn::Tenant(Box::new(Login {
+        user: id.user,
         tenant,
         pool: id.pool,
         counter: id.counter,
@@ -377,11 +428,12 @@ async fn login(
         seat,
         audit: id.audit,
         _guards: [proxy_guard, tenant_guard],
-    })
+    })))
 }
 
 /// A tenant user's login: the tenant, its user's password, its pool.
 async fn tenant_login(
+    state: &ProxyState,
     snap: &Snapshot,
     client: &mut ClientConn,
     resolved: routing::Resolved,
@@ -409,6 +461,11 @@ async fn tenant_login(
             tenant: tenant.id.clone(),
         });
     }
+    // Checked once authenticated, so that only the tenant's own users
+    // learn it is suspended.
+    if tenant.suspended || state.controls.is_suspended(&tenant.id) {
+        return Err(ClientError::Suspended(tenant.id.clone()));
+    }
     let placement = snap
         .placements
         .get(&tenant.placement)
@@ -423,6 +480,7 @@ async fn tenant_login(
     let seat = placement.pool.seat(tenant.id.as_str());
     tracing::debug!(user = %resolved.user, source = resolved.source.as_str(), "tenant user");
     Ok(Identity {
+        user: resolved.user.clone(),
         counter: tenant.id.clone(),
         client_limit: tenant
             .max_client_connections

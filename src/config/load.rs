@@ -155,6 +155,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
     for (key, value) in [
         ("client_startup_timeout", p.client_startup_timeout),
         ("client_login_timeout", p.client_login_timeout),
+        ("pause_timeout", p.pause_timeout),
     ] {
         if value.is_zero() {
             return Err(src.error(&format!("proxy.{key}"), "must be more than 0"));
@@ -242,6 +243,15 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
     for (name, t) in &cfg.tenants {
         let key = format!("tenants.{name}");
         check_name(name).map_err(|m| src.error(&key, m))?;
+        if name == super::ADMIN_DATABASE {
+            return Err(src.error(
+                &key,
+                format!(
+                    "the name {name:?} is reserved: database {name:?} is the admin console; \
+                     rename the tenant"
+                ),
+            ));
+        }
         match &t.placement {
             Some(pl) if !cfg.placements.contains_key(pl) => {
                 return Err(src.error(

@@ -180,6 +180,11 @@ pub struct ProxyConfig {
     pub pin_policy: PinPolicy,
     /// Run on a session-mode server connection before it is reused.
     pub server_reset_query: String,
+    /// How long a paused tenant's client waits for RESUME before its
+    /// transaction is refused (57014); `query_wait_timeout` starts only
+    /// after the pause.
+    #[serde(with = "humantime_serde_compat")]
+    pub pause_timeout: Duration,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_timeout: Duration,
@@ -227,6 +232,7 @@ impl Default for ProxyConfig {
             client_message_timeout: Duration::from_secs(30),
             pin_policy: PinPolicy::Pin,
             server_reset_query: "DISCARD ALL".into(),
+            pause_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(30),
             secret_file: None,
         }
@@ -251,10 +257,16 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// The database name of the admin console (`psql -U admin pgtenant`);
+/// no tenant may be named so.
+pub const ADMIN_DATABASE: &str = "pgtenant";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: Option<String>,
+    /// Who may log in to the admin console (database `pgtenant`): user
+    /// name to plaintext password or `SCRAM-SHA-256$...` verifier.
     #[serde(default)]
     pub users: BTreeMap<String, Secret>,
 }
@@ -435,6 +447,10 @@ pub struct TenantConfig {
     /// On an `isolation = "schema"` placement: this tenant's schema, in
     /// place of the placement's `schema_pattern`.
     pub schema: Option<String>,
+    /// New connections are refused (08004), as after the console's
+    /// `SUSPEND`; its `RESUME` cannot lift this one.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".

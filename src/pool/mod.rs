@@ -20,6 +20,7 @@ mod queue;
 pub mod rls_check;
 mod role_check;
 mod server_conn;
+pub mod servers;
 mod startup_params;
 mod stats;
 mod timing;

@@ -109,6 +109,8 @@ pub struct PlacementPool {
     /// The placement's tenants by name (fixed at creation; the hasher of
     /// the catalog's maps, as clients cannot choose these keys).
     seats: HashMap<Box<str>, TenantSeat, foldhash::fast::RandomState>,
+    /// Its open connections (SHOW SERVERS).
+    servers: Arc<super::servers::ServerList>,
 }
 
 /// A tenant of a placement and how many of its server connections the
@@ -162,6 +164,7 @@ impl PlacementPool {
             startup_params: Mutex::new(None),
             known_statements: Default::default(),
             seats,
+            servers: Default::default(),
         })
     }
 
@@ -208,6 +211,31 @@ impl PlacementPool {
             waiting: s.tenants.waiting(),
             max: s.max,
         }
+    }
+
+    /// Its open connections, each with whether it is idle right now.
+    pub fn servers(&self) -> Vec<(super::servers::ServerInfo, bool)> {
+        let idle: std::collections::HashSet<usize> = {
+            let s = self.lock();
+            s.idle
+                .iter()
+                .flatten()
+                .filter_map(|c| c.listed.as_ref().map(|l| l.id))
+                .collect()
+        };
+        self.servers
+            .list()
+            .into_iter()
+            .map(|info| {
+                let is_idle = idle.contains(&info.id);
+                (info, is_idle)
+            })
+            .collect()
+    }
+
+    /// Its tenants' names and seats (SHOW POOLS).
+    pub fn seats(&self) -> impl Iterator<Item = (&str, TenantSeat)> {
+        self.seats.iter().map(|(n, s)| (&**n, *s))
     }
 
     /// Changes the size live: growth serves waiters at once; shrinking
@@ -360,6 +388,7 @@ impl PlacementPool {
                             let life = jittered_lifetime(self.timeouts.lifetime, rand::random());
                             conn.retire_at = conn.last_used.checked_add(life);
                             self.remember_params(&conn);
+                            conn.listed = Some(self.servers.register(conn.key.pid));
                             Ok(self.lease(Box::new(conn), seat))
                         }
                         Err(e) => {

@@ -132,6 +132,8 @@ pub struct ServerConn {
     /// proxy can tell (set with the context call, cleared after anything
     /// that may have reset it); a lease of the same tenant skips the call.
     pub(crate) context_of: Option<std::sync::Arc<crate::catalog::TenantEntry>>,
+    /// Its entry in its pool's list (SHOW SERVERS), once pooled.
+    pub(crate) listed: Option<crate::pool::servers::Registered>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -174,6 +176,7 @@ impl ServerConn {
             context_functions: None,
             context_secret: None,
             context_of: None,
+            listed: None,
         };
         let mut out = BytesMut::new();
         frontend::startup_message(

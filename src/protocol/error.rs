@@ -67,6 +67,8 @@ impl SqlState {
     pub const INVALID_SQL_STATEMENT_NAME: SqlState = SqlState::lit("26000");
     /// `54000`: a client went past a per-client memory limit.
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState::lit("54000");
+    /// `42601`: an admin console command it does not know.
+    pub const SYNTAX_ERROR: SqlState = SqlState::lit("42601");
     /// `XX000`: a bug or an unexpected state inside pgtenant.
     pub const INTERNAL_ERROR: SqlState = SqlState::lit("XX000");
 }

@@ -89,7 +89,7 @@ impl Session<'_> {
             // yields (see `Flow::poll_fill`).
             let read = poll_fn(|cx| {
                 if self.stop.poll_stopped(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::ShuttingDown));
+                    return Poll::Ready(Err(self.stop_error()));
                 }
                 if limited && idle_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
@@ -192,6 +192,7 @@ impl Session<'_> {
             _ = client.stream.readable() => Ok(()),
             _ = lease.conn().stream.readable() => Ok(()),
             _ = self.stop.stopped(), if !txn.stop_when_idle => Ok(()),
+            _ = self.stop.killed() => Ok(()),
             _ = crate::runtime::time::sleep(limit) => {
                 tracing::info!(tenant = %self.tenant.id, "{err}");
                 Err(err)

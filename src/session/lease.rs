@@ -62,11 +62,14 @@ impl Session<'_> {
     pub(super) async fn lease(&self) -> Result<(Lease, bool), ClientError> {
         let mut lease = match self.pool.try_checkout(self.seat) {
             Some(lease) => lease,
-            None => self
-                .pool
-                .checkout(self.seat, self.wait_timeout)
-                .await
-                .map_err(|e| checkout_error(&self.tenant, e))?,
+            // A KILL ends the wait (checkout is cancel-safe).
+            None => tokio::select! {
+                biased;
+                _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
+                r = self.pool.checkout(self.seat, self.wait_timeout) => {
+                    r.map_err(|e| checkout_error(&self.tenant, e))?
+                }
+            },
         };
         match self.sync_settings(&mut lease).await {
             Ok(synced) => Ok((lease, synced)),

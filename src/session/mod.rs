@@ -74,8 +74,14 @@ pub struct Session<'a> {
     /// The pid this client was given in BackendKeyData: what it sees in
     /// place of its server connection's real pid.
     pub client_pid: i32,
-    /// The stop signal, watched between transactions without a lock.
+    /// The stop signal (shutdown, and SUSPEND or KILL of its tenant),
+    /// watched between transactions without a lock.
     pub stop: crate::shutdown::StopWait,
+    /// Paused tenants: looked at before each lease (one atomic load
+    /// while nothing is paused).
+    pub controls: &'a crate::control::Controls,
+    /// How long a lease waits for its tenant's pause to end.
+    pub pause_timeout: Duration,
     /// Settings that follow this client onto every server connection.
     pub wanted: params::Settings,
     /// The client's startup settings: what RESET returns to.
@@ -138,6 +144,9 @@ impl Session<'_> {
                 return Ok(());
             }
             self.walk_again_at = 0;
+            if self.controls.any_paused() {
+                self.wait_while_paused().await?;
+            }
             let (mut lease, synced) = self.lease().await?;
             server_flow.reset();
             if synced {
@@ -276,7 +285,7 @@ impl Session<'_> {
                     self.finish(lease, &txn, &server_flow, settled);
                     self.pin_guard = None;
                     if self.is_stopping() {
-                        return Err(ClientError::ShuttingDown);
+                        return Err(self.stop_error());
                     }
                 }
                 PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
@@ -321,6 +330,16 @@ impl Session<'_> {
                     );
                     drop(lease);
                     return Err(ClientError::ContextFailed(self.tenant.id.clone()));
+                }
+                PumpExit::Killed => {
+                    // Mid-transaction too: the server connection is closed,
+                    // never returned with the transaction's state.
+                    drop(lease);
+                    tracing::info!(tenant = %self.tenant.id, "client killed by an administrator");
+                    return self.tell_client_if_possible(
+                        &server_flow,
+                        ClientError::Killed(self.tenant.id.clone()),
+                    );
                 }
                 PumpExit::ClientProtocol(e) => {
                     drop(lease);
@@ -385,6 +404,9 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = self.stop.stopped() => {
+                        if self.is_killed() {
+                            return PumpExit::Killed;
+                        }
                         txn.stop_when_idle = true;
                         if txn.is_idle() && client.flow.at_rest() && server_flow.at_rest() {
                             PumpExit::Idle
@@ -395,7 +417,13 @@ impl Session<'_> {
                     exit = pumped => exit,
                 }
             } else {
-                pumped.await
+                // A stop has begun: the pump ends at the next idle point,
+                // unless a KILL comes first.
+                tokio::select! {
+                    biased;
+                    _ = self.stop.killed() => return PumpExit::Killed,
+                    exit = pumped => exit,
+                }
             };
             if !txn.has_session_effects() {
                 return exit;
@@ -500,6 +528,54 @@ impl Session<'_> {
 
     fn is_stopping(&self) -> bool {
         self.stop.is_stopping()
+    }
+
+    fn is_killed(&self) -> bool {
+        self.stop.reasons() & crate::shutdown::reason::KILL != 0
+    }
+
+    /// What the client is told when its session stops between
+    /// transactions (or, for a KILL, at once).
+    pub(super) fn stop_error(&self) -> ClientError {
+        use crate::shutdown::reason;
+        let reasons = self.stop.reasons();
+        if reasons & reason::KILL != 0 {
+            ClientError::Killed(self.tenant.id.clone())
+        } else if reasons & reason::SUSPEND != 0 {
+            ClientError::SuspendedSession(self.tenant.id.clone())
+        } else {
+            ClientError::ShuttingDown
+        }
+    }
+
+    /// Before a lease while some pause is in effect: waits while this
+    /// client's tenant is paused, up to `pause_timeout` (the checkout's
+    /// own `query_wait_timeout` starts after it). A stop (shutdown,
+    /// SUSPEND, KILL) ends the wait.
+    async fn wait_while_paused(&self) -> Result<(), ClientError> {
+        if !self.controls.is_paused(&self.tenant.id) {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + self.pause_timeout;
+        let marker = self.stop.client().map(|c| &c.paused);
+        if let Some(m) = marker {
+            m.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let resumed = tokio::select! {
+            biased;
+            _ = self.stop.stopped() => Err(self.stop_error()),
+            r = self.controls.wait_resumed(&self.tenant.id, deadline) => Ok(r),
+        };
+        if let Some(m) = marker {
+            m.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        match resumed? {
+            true => Ok(()),
+            false => {
+                tracing::info!(tenant = %self.tenant.id, "paused longer than pause_timeout");
+                Err(ClientError::PauseTimeout(self.tenant.id.clone()))
+            }
+        }
     }
 
     /// After the client left (or, in session mode, at shutdown): give the

@@ -226,6 +226,8 @@ pub enum PumpExit {
     /// The client did not finish that message within
     /// `client_message_timeout` (reported by the session).
     MessageStalled,
+    /// A KILL of the client's tenant (reported by the session).
+    Killed,
     ClientEof,
     ServerEof,
     ClientIo(io::Error),
