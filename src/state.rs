@@ -235,6 +235,8 @@ pub struct ProxyState {
     pub stop: Arc<crate::shutdown::StopSignal>,
     /// Clients pinned to a server connection by session state (total).
     pub pins: std::sync::atomic::AtomicU64,
+    /// Per-tenant counters and the exporter's memory (`metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ProxyState {
@@ -250,7 +252,33 @@ impl ProxyState {
             workers,
             pins: Default::default(),
             stop: Default::default(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Whether `/healthz` says ready: not once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && !self.stop.is_stopping()
+    }
+
+    /// Authenticated client connections open now (all tenants).
+    pub fn client_count(&self) -> u32 {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// A tenant's authenticated client connections open now.
+    pub fn tenant_client_count(&self, tenant: &TenantId) -> u32 {
+        self.tenant_clients
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Server connections pinned by session state now (all tenants).
+    pub fn pinned_count(&self) -> u64 {
+        self.tenant_pins
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Relaxed)))
+            .sum()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -67,6 +67,7 @@ impl Catalog {
                     max_pinned_connections: t.max_pinned_connections,
                     max_server_connections,
                     search_path,
+                    watch: t.watch,
                 }),
             );
         }

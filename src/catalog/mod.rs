@@ -49,6 +49,8 @@ pub struct TenantEntry {
     /// On an `isolation = "schema"` placement: the `search_path` this
     /// tenant's clients start with (as if each had sent it at startup).
     pub search_path: Option<Arc<str>>,
+    /// `watch = true`: series of its own in `/metrics` (`metrics::topk`).
+    pub watch: bool,
 }
 
 /// All tenants, by name.

@@ -177,6 +177,7 @@ pub async fn login(
             max_pinned_connections: None,
             max_server_connections: pool.counts().max as u32,
             search_path: None,
+            watch: false,
         }),
         pool: Arc::clone(pool),
         seat,

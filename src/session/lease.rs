@@ -61,12 +61,16 @@ impl Session<'_> {
     /// true if that took a sync (so reported values may have changed).
     pub(super) async fn lease(&self) -> Result<(Lease, bool), ClientError> {
         let mut lease = match self.pool.try_checkout(self.seat) {
-            Some(lease) => lease,
-            None => self
-                .pool
-                .checkout(self.seat, self.wait_timeout)
-                .await
-                .map_err(|e| checkout_error(&self.tenant, e))?,
+            Some(lease) => {
+                self.stats.wait_time.observe_us(0);
+                lease
+            }
+            None => {
+                let asked = std::time::Instant::now();
+                let got = self.pool.checkout(self.seat, self.wait_timeout).await;
+                self.stats.wait_time.observe(asked.elapsed());
+                got.map_err(|e| checkout_error(&self.tenant, e))?
+            }
         };
         match self.sync_settings(&mut lease).await {
             Ok(synced) => Ok((lease, synced)),

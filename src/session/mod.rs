@@ -64,6 +64,8 @@ const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
 /// What the session needs besides the client socket.
 pub struct Session<'a> {
     pub tenant: Arc<TenantEntry>,
+    /// The tenant's counters (metrics), resolved once at login.
+    pub stats: Arc<crate::metrics::TenantStats>,
     pub pool: Arc<PlacementPool>,
     /// This client's tenant at `pool`: what its leases count against.
     pub seat: TenantSeat,
@@ -139,6 +141,7 @@ impl Session<'_> {
             }
             self.walk_again_at = 0;
             let (mut lease, synced) = self.lease().await?;
+            let leased_at = std::time::Instant::now();
             server_flow.reset();
             if synced {
                 self.report_changes(lease.conn(), &mut server_flow.inject);
@@ -193,6 +196,7 @@ impl Session<'_> {
                 match result {
                     Ok(()) => continue,
                     Err(e) => {
+                        self.count_lease(client, &mut server_flow, &mut txn, leased_at);
                         self.cancel.disarm();
                         let settled = self.settle_cancels().await;
                         if matches!(exit, PumpExit::Probe | PumpExit::Restore) {
@@ -216,6 +220,7 @@ impl Session<'_> {
                     }
                 }
             };
+            self.count_lease(client, &mut server_flow, &mut txn, leased_at);
             if txn.settings_changed
                 || txn.unknown
                 || txn.defaults_reset
@@ -475,6 +480,7 @@ impl Session<'_> {
             to_client: &mut server_flow.inject,
             answer_status: (nothing_in_flight && lease_goes_on).then_some(status.as_byte()),
             limits: self.statement_limits,
+            cache_events: &self.stats.prepared,
         };
         let frame = &client.flow.buf[..len];
         // What the rewritten message leaves owed: a ReadyForQuery (a
@@ -487,6 +493,23 @@ impl Session<'_> {
         client.flow.buf.advance(len);
         budget::shrink(&mut client.flow.buf);
         Ok(())
+    }
+
+    /// One lease ended: its transaction, queries and bytes go to the
+    /// tenant's counters (relaxed atomics, nothing allocated).
+    fn count_lease(
+        &self,
+        client: &mut ClientConn,
+        server_flow: &mut Flow,
+        txn: &mut TxnState,
+        leased_at: std::time::Instant,
+    ) {
+        self.stats.transaction_done(
+            u64::from(std::mem::take(&mut txn.queries)),
+            client.flow.take_bytes_read(),
+            server_flow.take_bytes_read(),
+            leased_at.elapsed(),
+        );
     }
 
     /// Whether the server connection may go to another client as far as

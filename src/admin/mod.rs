@@ -1,0 +1,3 @@
+//! Operators' interfaces: the HTTP endpoints (`http`).
+
+pub mod http;
