@@ -68,6 +68,11 @@ impl TopK {
         };
         t.seen = true;
         t.always = always;
+        if always && !t.member {
+            // Its own series from its first refresh on, nothing in
+            // `_other` first.
+            t.member = true;
+        }
         let delta_transactions = now.transactions.saturating_sub(t.last.transactions);
         t.score = t.score / 2 + delta_transactions;
         if t.member {
@@ -296,18 +301,29 @@ mod tests {
         let a = TenantId::new("a");
         let mut topk = TopK::default();
         topk.begin();
-        topk.observe(&a, counters(5), true);
-        topk.finish(0);
+        topk.observe(&a, counters(5), false);
+        topk.finish(1);
         topk.begin();
-        topk.observe(&a, counters(9), true);
-        topk.finish(0);
+        topk.observe(&a, counters(9), false);
+        topk.finish(1);
         assert_eq!(topk.members().count(), 1);
         let shown = topk.members().map(|(_, c)| c.transactions).sum::<u64>();
         assert_eq!(shown, 4, "grew by 4 while it had series of its own");
         assert_eq!(topk.other.transactions, 5, "before that it was in _other");
         topk.begin();
-        topk.finish(0);
+        topk.finish(1);
         assert_eq!(topk.members().count(), 0, "removed: its series are gone");
         assert_eq!(topk.other.transactions, 5, "_other does not go down");
+    }
+
+    #[test]
+    fn an_always_tenant_has_all_its_counts_from_the_start() {
+        let a = TenantId::new("a");
+        let mut topk = TopK::default();
+        topk.begin();
+        topk.observe(&a, counters(5), true);
+        topk.finish(0);
+        assert_eq!(topk.members().map(|(_, c)| c.transactions).sum::<u64>(), 5);
+        assert_eq!(topk.other.transactions, 0);
     }
 }
