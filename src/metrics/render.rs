@@ -1,9 +1,9 @@
 //! `GET /metrics`: refreshes the top-K choice (`topk`) and writes every
 //! family (`encode`), gauges read from the state the proxy keeps.
 //!
-//! Series bound: 44 per tenant label value (3 client-connection states,
+//! Series bound: 46 per tenant label value (3 client-connection states,
 //! transactions, queries, 2 byte directions, 7 error kinds, 2 histograms
-//! of 13 buckets plus sum and count), for at most D + W + K + 1 values
+//! of 14 buckets plus sum and count), for at most D + W + K + 1 values
 //! (dedicated tenants, watched tenants, `admin.top_tenants`, `_other`);
 //! 7 for `_unknown`; 6 per pool; 9 proxy-wide. See `SERIES_PER_TENANT`.
 
@@ -54,6 +54,11 @@ pub fn render(state: &ProxyState) -> String {
     let metrics = &state.metrics;
     metrics.prune(|t| snap.catalog.contains(t));
     let always = always_tenants(&snap);
+    // Dedicated and watched tenants have series before their first
+    // client (bounded by the config).
+    for id in &always {
+        metrics.tenant(&TenantId::new(id.as_str()));
+    }
     let mut export = metrics.export.lock().unwrap_or_else(|p| p.into_inner());
     export.begin();
     metrics.each_tenant(|id, stats| {
@@ -466,6 +471,9 @@ mod tests {
             let now = samples(&out);
             assert!(now.len() <= bound, "{} series > bound {bound}", now.len());
             assert!(now.contains_key("pgtenant_transactions_total{tenant=\"solo\"}"));
+            // Exactly the documented number of series per tenant.
+            let solo = now.keys().filter(|k| k.contains("tenant=\"solo\"")).count();
+            assert_eq!(solo, SERIES_PER_TENANT);
             assert!(now.contains_key("pgtenant_transactions_total{tenant=\"w\"}"));
             for k in now
                 .keys()
@@ -500,9 +508,17 @@ mod tests {
         // The top K churned: more tenants had series over the rounds than
         // at any one time.
         assert!(members_seen.len() > 100 + 2 + 1, "{}", members_seen.len());
-        // A removed tenant's series disappear: prune as a reload would.
-        state.metrics.prune(|t| t != "w");
+        // A removed tenant's series disappear: one of the top K, its
+        // counters dropped as `prune` does for a tenant a reload removed.
+        let member = before
+            .expect("scraped")
+            .keys()
+            .filter_map(|k| k.strip_prefix("pgtenant_transactions_total{tenant=\"t"))
+            .map(|k| format!("t{}", k.trim_end_matches("\"}")))
+            .next()
+            .expect("a busy tenant has series");
+        state.metrics.prune(|t| t != member);
         let out = render(&state);
-        assert!(!out.contains("tenant=\"w\""));
+        assert!(!out.contains(&format!("tenant=\"{member}\"")), "{member}");
     }
 }

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (microseconds) of the duration histograms' buckets; the
-/// last bucket (+Inf) has no bound. From half a millisecond (a pooled
-/// select) to half a minute.
-pub const BUCKET_BOUNDS_US: [u64; 12] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000,
+/// last bucket (+Inf) has no bound. Zero first (a lease that did not wait
+/// at all, the common case, so its p99 reads 0, not an interpolation),
+/// then from half a millisecond (a pooled select) to half a minute.
+pub const BUCKET_BOUNDS_US: [u64; 13] = [
+    0, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 500_000, 1_000_000, 5_000_000,
     30_000_000,
 ];
 /// Buckets of a histogram, +Inf included.
@@ -276,15 +277,17 @@ mod tests {
     fn observations_land_in_their_bucket() {
         let h = Histogram::default();
         h.observe_us(0);
+        h.observe_us(1);
         h.observe_us(500);
         h.observe_us(501);
         h.observe_us(u64::MAX);
         let mut v = HistogramValues::default();
         h.read(&mut v);
-        assert_eq!(v.buckets[0], 2);
-        assert_eq!(v.buckets[1], 1);
+        assert_eq!(v.buckets[0], 1);
+        assert_eq!(v.buckets[1], 2);
+        assert_eq!(v.buckets[2], 1);
         assert_eq!(v.buckets[BUCKETS - 1], 1);
-        assert_eq!(v.count(), 4);
+        assert_eq!(v.count(), 5);
     }
 
     #[test]
@@ -303,5 +306,10 @@ mod tests {
                 .is_some_and(|q| q > 25_000 && q <= 50_000)
         );
         assert_eq!(HistogramValues::default().quantile_us(0.99), None);
+        let zeros = Histogram::default();
+        zeros.observe_us(0);
+        let mut v = HistogramValues::default();
+        zeros.read(&mut v);
+        assert_eq!(v.quantile_us(0.99), Some(0), "no wait reads as none");
     }
 }
