@@ -107,7 +107,10 @@ async fn wait_healthy(port: u16) {
 async fn metrics_count_real_traffic_and_errors() {
     let pg = TestPg::start(HostAuth::ScramSha256, &["acme"]).await;
     let admin = free_port().expect("port");
-    let proxy = TestProxy::start(&(pg.config(&["acme"], 2, "") + &admin_section(admin))).await;
+    let proxy = TestProxy::start(
+        &(pg.config(&["acme"], 2, "max_prepared_statements = 2") + &admin_section(admin)),
+    )
+    .await;
     wait_healthy(admin).await;
 
     let client = proxy.connect("acme").await;
@@ -177,6 +180,42 @@ async fn metrics_count_real_traffic_and_errors() {
     client.simple_query("SELECT 2").await.expect("select");
     let again = scrape(admin).await;
     assert!(get(&again, "pgtenant_transactions_total{tenant=acme}") > xacts);
+
+    // Named statements: three on a cache of two per server connection.
+    let before = scrape(admin).await;
+    let statements = [
+        client.prepare("SELECT $1::int + 1").await.expect("prepare"),
+        client.prepare("SELECT $1::int + 2").await.expect("prepare"),
+        client.prepare("SELECT $1::int + 3").await.expect("prepare"),
+    ];
+    for _ in 0..2 {
+        for s in &statements {
+            client.query(s, &[&1i32]).await.expect("execute");
+        }
+    }
+    let after = scrape(admin).await;
+    let grew = |name: &str| get(&after, name) - get(&before, name);
+    assert!(grew("pgtenant_prepared_cache_misses_total{}") >= 3.0);
+    assert!(grew("pgtenant_prepared_cache_evictions_total{}") >= 1.0);
+    assert!(
+        grew("pgtenant_prepared_cache_hits_total{}")
+            + grew("pgtenant_prepared_cache_misses_total{}")
+            >= 9.0,
+        "every Parse and Bind of a named statement is a hit or a miss"
+    );
+
+    // A session advisory lock pins the client to its server connection.
+    client
+        .simple_query("SELECT pg_advisory_lock(42)")
+        .await
+        .expect("lock");
+    let pinned = scrape(admin).await;
+    assert!(get(&pinned, "pgtenant_pins_total{}") >= 1.0);
+    assert_eq!(get(&pinned, "pgtenant_pinned_server_connections{}"), 1.0);
+    client
+        .simple_query("SELECT pg_advisory_unlock(42)")
+        .await
+        .expect("unlock");
 
     drop(client);
     proxy.stop().await.expect("stops");
