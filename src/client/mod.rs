@@ -205,7 +205,7 @@ async fn serve_inner(
 
     let outcome = Session {
         tenant: Arc::clone(&login.tenant),
-        stats: tenant_stats,
+        stats: tenant_stats.session(),
         pool: Arc::clone(pool),
         seat: login.seat,
         mode: snap.pool_mode(),

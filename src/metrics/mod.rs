@@ -3,9 +3,10 @@
 //! Prometheus text (`render`, `encode`) and the per-tenant figures of the
 //! admin console's SHOW STATS (`stats`).
 //!
-//! Hot path: a session resolves its tenant's `Arc<TenantStats>` once at
-//! login; per transaction it adds a handful of relaxed atomics (no lock,
-//! no allocation). Gauges (connections by state) are read at scrape time
+//! Hot path: a session registers counters of its own with its tenant's
+//! `TenantStats` once at login; per transaction it adds to them with
+//! relaxed loads and stores only it makes (no lock, no locked add, no
+//! allocation, no cache line shared with another writer). Gauges (connections by state) are read at scrape time
 //! from the state the proxy already keeps (client counters, pools).
 
 pub mod encode;
@@ -14,7 +15,7 @@ pub mod stats;
 pub mod tenant;
 pub mod topk;
 
-pub use tenant::{CacheEvents, ErrorKind, TenantStats};
+pub use tenant::{CacheEvents, ErrorKind, SessionCounters, SessionStats, TenantStats};
 
 use crate::catalog::FastHash;
 use crate::routing::TenantId;

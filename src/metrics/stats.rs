@@ -62,7 +62,7 @@ mod tests {
     #[test]
     fn rows_total_and_average() {
         let m = Metrics::default();
-        let a = m.tenant(&TenantId::new("a"));
+        let a = m.tenant(&TenantId::new("a")).session();
         a.transaction_done(2, 10, 20, Duration::from_millis(2));
         a.transaction_done(1, 5, 5, Duration::from_millis(4));
         a.wait_time.observe(Duration::ZERO);

@@ -1,9 +1,22 @@
-//! One tenant's counters, shared by its sessions: resolved once at login
-//! (an `Arc`), then bumped with relaxed atomic adds, no lock and no
-//! allocation per transaction.
+//! One tenant's counters. Each session has counters of its own
+//! (`SessionStats`), registered with its tenant at login: only that
+//! session writes them, so a transaction adds to a cache line no other
+//! core writes (a relaxed load and store, not even a locked add), however
+//! many workers serve the tenant. A scrape sums the tenant's live
+//! sessions and what its ended sessions left (`TenantStats::read`, under
+//! the tenant's lock, which only logins, logouts and scrapes take).
 
+use slab::Slab;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Adds to a counter only one thread ever writes (the session's): a
+/// plain load and store, cheaper than a locked add; readers on other
+/// threads see each value whole (relaxed atomics).
+fn add_one_writer(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
 
 /// Upper bounds (microseconds) of the duration histograms' buckets; the
 /// last bucket (+Inf) has no bound. Zero first (a lease that did not wait
@@ -53,6 +66,7 @@ impl ErrorKind {
 }
 
 /// Counts per bucket (not cumulative) and the sum, in microseconds.
+/// One writer (see `add_one_writer`).
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
@@ -70,9 +84,9 @@ impl Histogram {
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(BUCKETS - 1);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        add_one_writer(&self.buckets[i], 1);
         if us > 0 {
-            self.sum_us.fetch_add(us, Ordering::Relaxed);
+            add_one_writer(&self.sum_us, us);
         }
     }
 
@@ -133,67 +147,101 @@ impl HistogramValues {
     }
 }
 
-/// A tenant's counters, bumped by its sessions.
+/// One session's counters; written by that session only.
 #[derive(Debug, Default)]
-pub struct TenantStats {
-    /// Leases that ended (a transaction in transaction mode).
-    pub transactions: AtomicU64,
-    /// ReadyForQuery messages the server sent the tenant's clients.
-    pub queries: AtomicU64,
-    /// From the tenant's clients to the proxy.
-    pub bytes_in: AtomicU64,
-    /// From the tenant's servers, towards its clients.
-    pub bytes_out: AtomicU64,
-    /// By `ErrorKind`, in `ErrorKind::ALL` order.
-    errors: [AtomicU64; 7],
-    /// From the server connection being leased to the lease's end.
+pub struct SessionStats {
+    /// ReadyForQuery messages the server sent the client.
+    queries: AtomicU64,
+    /// From the client to the proxy.
+    bytes_in: AtomicU64,
+    /// From the server, towards the client.
+    bytes_out: AtomicU64,
+    /// From the server connection being leased to the lease's end; its
+    /// count is the transactions (leases).
     pub query_time: Histogram,
     /// From asking the pool for a server connection to getting one.
     pub wait_time: Histogram,
-    /// Named statements of its clients (transaction mode).
+    /// Named statements of the client (transaction mode).
     pub prepared: CacheEvents,
 }
 
-/// The named-statement cache of server connections (`session/statements`):
-/// a statement the connection had (hit), had to prepare (miss), or closed
-/// to make room (eviction).
-#[derive(Debug, Default)]
-pub struct CacheEvents {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub evictions: AtomicU64,
-}
-
-impl CacheEvents {
-    pub fn hit(&self) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn miss(&self) {
-        self.misses.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn eviction(&self) {
-        self.evictions.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl TenantStats {
+impl SessionStats {
     /// One lease ended: `queries` ReadyForQuery messages went to the
     /// client, `bytes_in`/`bytes_out` crossed since the last call.
     pub fn transaction_done(&self, queries: u64, bytes_in: u64, bytes_out: u64, held: Duration) {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
         if queries > 0 {
-            self.queries.fetch_add(queries, Ordering::Relaxed);
+            add_one_writer(&self.queries, queries);
         }
-        self.add_bytes(bytes_in, bytes_out);
+        if bytes_in > 0 {
+            add_one_writer(&self.bytes_in, bytes_in);
+        }
+        if bytes_out > 0 {
+            add_one_writer(&self.bytes_out, bytes_out);
+        }
         self.query_time.observe(held);
     }
 
-    pub fn add_bytes(&self, bytes_in: u64, bytes_out: u64) {
-        if bytes_in > 0 {
-            self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+    fn add_to(&self, c: &mut Counters) {
+        let mut query_time = HistogramValues::default();
+        let mut wait_time = HistogramValues::default();
+        self.query_time.read(&mut query_time);
+        self.wait_time.read(&mut wait_time);
+        let now = Counters {
+            transactions: query_time.count(),
+            queries: self.queries.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            errors: [0; 7],
+            query_time,
+            wait_time,
+            prepared: [
+                self.prepared.hits.load(Ordering::Relaxed),
+                self.prepared.misses.load(Ordering::Relaxed),
+                self.prepared.evictions.load(Ordering::Relaxed),
+            ],
+        };
+        c.add_delta(&now, &Counters::default());
+    }
+}
+
+/// A tenant's counters: its sessions', and its errors.
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    sessions: Mutex<Sessions>,
+    /// By `ErrorKind`, in `ErrorKind::ALL` order (rare: a relaxed add).
+    errors: [AtomicU64; 7],
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    live: Slab<Arc<SessionStats>>,
+    /// What ended sessions counted.
+    ended: Counters,
+}
+
+impl TenantStats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session's counters (at login); they fold into the
+    /// tenant's when the returned handle drops.
+    pub fn session(self: &Arc<Self>) -> SessionCounters {
+        let stats = Arc::new(SessionStats::default());
+        let slot = self.lock().live.insert(Arc::clone(&stats));
+        SessionCounters {
+            tenant: Arc::clone(self),
+            slot,
+            stats,
         }
-        if bytes_out > 0 {
-            self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// Bytes outside any session (the last request of one that ended).
+    pub fn add_bytes(&self, bytes_in: u64, bytes_out: u64) {
+        if bytes_in > 0 || bytes_out > 0 {
+            let mut s = self.lock();
+            s.ended.bytes_in += bytes_in;
+            s.ended.bytes_out += bytes_out;
         }
     }
 
@@ -201,27 +249,76 @@ impl TenantStats {
         self.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters now (each read on its own: a scrape may see one
-    /// transaction's counts half added, never a counter going back).
+    /// The counters now: ended sessions' and live ones' (a scrape may see
+    /// one transaction's counts half added, never a counter going back).
     pub fn read(&self) -> Counters {
-        let mut c = Counters {
-            transactions: self.transactions.load(Ordering::Relaxed),
-            queries: self.queries.load(Ordering::Relaxed),
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            ..Counters::default()
+        let mut c = {
+            let s = self.lock();
+            let mut c = s.ended;
+            for (_, live) in s.live.iter() {
+                live.add_to(&mut c);
+            }
+            c
         };
         for (o, e) in c.errors.iter_mut().zip(&self.errors) {
             *o = e.load(Ordering::Relaxed);
         }
-        self.query_time.read(&mut c.query_time);
-        self.wait_time.read(&mut c.wait_time);
-        c.prepared = [
-            self.prepared.hits.load(Ordering::Relaxed),
-            self.prepared.misses.load(Ordering::Relaxed),
-            self.prepared.evictions.load(Ordering::Relaxed),
-        ];
         c
+    }
+}
+
+/// A session's counters, registered with its tenant until dropped.
+#[derive(Debug)]
+pub struct SessionCounters {
+    tenant: Arc<TenantStats>,
+    slot: usize,
+    stats: Arc<SessionStats>,
+}
+
+impl SessionCounters {
+    pub fn tenant(&self) -> &Arc<TenantStats> {
+        &self.tenant
+    }
+}
+
+impl std::ops::Deref for SessionCounters {
+    type Target = SessionStats;
+    fn deref(&self) -> &SessionStats {
+        &self.stats
+    }
+}
+
+impl Drop for SessionCounters {
+    fn drop(&mut self) {
+        // Folded and unregistered under one lock: a scrape sees the
+        // session's counts once, live or ended.
+        let mut s = self.tenant.lock();
+        let Sessions { live, ended } = &mut *s;
+        if let Some(stats) = live.try_remove(self.slot) {
+            stats.add_to(ended);
+        }
+    }
+}
+
+/// The named-statement cache of server connections (`session/statements`):
+/// a statement the connection had (hit), had to prepare (miss), or closed
+/// to make room (eviction). One writer: the session.
+#[derive(Debug, Default)]
+pub struct CacheEvents {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl CacheEvents {
+    pub fn hit(&self) {
+        add_one_writer(&self.hits, 1);
+    }
+    pub fn miss(&self) {
+        add_one_writer(&self.misses, 1);
+    }
+    pub fn eviction(&self) {
+        add_one_writer(&self.evictions, 1);
     }
 }
 
@@ -288,6 +385,42 @@ mod tests {
         assert_eq!(v.buckets[2], 1);
         assert_eq!(v.buckets[BUCKETS - 1], 1);
         assert_eq!(v.count(), 5);
+    }
+
+    #[test]
+    fn ended_sessions_keep_their_counts() {
+        let tenant = Arc::new(TenantStats::default());
+        let a = tenant.session();
+        let b = tenant.session();
+        a.transaction_done(2, 10, 20, Duration::from_millis(1));
+        b.transaction_done(1, 1, 2, Duration::from_millis(1));
+        b.prepared.miss();
+        tenant.error(ErrorKind::Auth);
+        let live = tenant.read();
+        assert_eq!(
+            (
+                live.transactions,
+                live.queries,
+                live.bytes_in,
+                live.bytes_out
+            ),
+            (2, 3, 11, 22)
+        );
+        drop(b);
+        assert_eq!(
+            tenant.read(),
+            live,
+            "the same counts, now from an ended session"
+        );
+        a.transaction_done(1, 0, 0, Duration::ZERO);
+        drop(a);
+        let after = tenant.read();
+        assert_eq!(
+            (after.transactions, after.queries, after.prepared[1]),
+            (3, 4, 1)
+        );
+        assert_eq!(after.error(ErrorKind::Auth), 1);
+        assert!(tenant.lock().live.is_empty());
     }
 
     #[test]

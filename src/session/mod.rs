@@ -64,8 +64,9 @@ const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
 /// What the session needs besides the client socket.
 pub struct Session<'a> {
     pub tenant: Arc<TenantEntry>,
-    /// The tenant's counters (metrics), resolved once at login.
-    pub stats: Arc<crate::metrics::TenantStats>,
+    /// This session's counters (metrics), registered with its tenant at
+    /// login.
+    pub stats: crate::metrics::SessionCounters,
     pub pool: Arc<PlacementPool>,
     /// This client's tenant at `pool`: what its leases count against.
     pub seat: TenantSeat,
