@@ -24,6 +24,11 @@
 //! - `runtime`: the data-plane worker threads: each one's event loop
 //!   (epoll, timers, sockets) and the set of sessions it runs.
 //!   `runtime -> client`.
+//! - `metrics`: per-tenant counters sessions bump, the bounded series
+//!   set (top-K tenants and `_other`) and its Prometheus text; SHOW STATS
+//!   figures.
+//! - `admin`: operators' interfaces; `admin::http` serves `/metrics` and
+//!   `/healthz` on `admin.listen` (control runtime).
 //! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests;
 //!   `provision`: a tenant database with its own backend role on it.
 
@@ -36,6 +41,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod metrics;
 pub mod open_files;
 pub mod pgcluster;
 pub mod pool;
@@ -87,8 +93,27 @@ pub async fn run(
             "placement configured"
         );
     }
+    let admin = snapshot.config.admin.clone();
     let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
     listener.set_nonblocking(true)?;
+    // `/metrics` and `/healthz`: up before the workers accept, and until
+    // they have drained (`/healthz` says 503 from the start of shutdown).
+    let http_stop = CancellationToken::new();
+    let _http_stop_guard = http_stop.clone().drop_guard();
+    if let Some(admin) = admin
+        && let Some(addr) = &admin.listen
+    {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {addr}"))?;
+        tracing::info!("admin HTTP on {addr}");
+        tokio::spawn(admin::http::serve(
+            http,
+            Arc::clone(&state),
+            admin.token.clone(),
+            http_stop.clone(),
+        ));
+    }
     {
         let state = Arc::clone(&state);
         tokio::spawn(async move {

@@ -239,6 +239,8 @@ pub struct ProxyState {
     pub controls: crate::control::Controls,
     /// Admin console sessions open right now.
     pub consoles: Arc<AtomicU32>,
+    /// Per-tenant counters and the exporter's memory (`metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl ProxyState {
@@ -256,7 +258,33 @@ impl ProxyState {
             stop: Default::default(),
             controls: Default::default(),
             consoles: Arc::new(AtomicU32::new(0)),
+            metrics: Default::default(),
         }
+    }
+
+    /// Whether `/healthz` says ready: not once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && !self.stop.is_stopping()
+    }
+
+    /// Authenticated client connections open now (all tenants).
+    pub fn client_count(&self) -> u32 {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// A tenant's authenticated client connections open now.
+    pub fn tenant_client_count(&self, tenant: &TenantId) -> u32 {
+        self.tenant_clients
+            .get(tenant)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Server connections pinned by session state now (all tenants).
+    pub fn pinned_count(&self) -> u64 {
+        self.tenant_pins
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Relaxed)))
+            .sum()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -311,13 +339,6 @@ impl ProxyState {
         self.stop.signal_where(crate::shutdown::reason::KILL, |c| {
             !c.console && c.tenant == *tenant
         })
-    }
-
-    /// A tenant's authenticated client connections right now.
-    pub fn tenant_client_count(&self, tenant: &TenantId) -> u32 {
-        self.tenant_clients
-            .get(tenant)
-            .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// Counts a client against its tenant's limit; `None` when full.

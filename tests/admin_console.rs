@@ -258,6 +258,27 @@ async fn show_listings() {
         "a shared pool's connection"
     );
 
+    // acme ran one query (the SELECT 1 above) before its pid; stats
+    // count what has finished.
+    let stats = rows(&c, "show stats").await;
+    let acme_stats = stats
+        .iter()
+        .find(|r| get(r, "tenant") == Some("acme"))
+        .expect("acme's stats");
+    let count = |col| -> u64 {
+        get(acme_stats, col)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{col}: {acme_stats:?}"))
+    };
+    assert!(count("total_xact_count") >= 2, "{acme_stats:?}");
+    assert!(count("total_query_count") >= 2, "{acme_stats:?}");
+    assert!(count("total_received") > 0 && count("total_sent") > 0);
+    assert!(count("avg_xact_time") > 0, "{acme_stats:?}");
+    assert!(
+        !stats.iter().any(|r| get(r, "tenant") == Some("globex")),
+        "a tenant without clients has no row: {stats:?}"
+    );
+
     let config = rows(&c, "SHOW CONFIG").await;
     let all = format!("{config:?}");
     for secret in ["acme-secret", ADMIN_PASSWORD, "backend-acme-secret"] {

@@ -68,6 +68,7 @@ impl Catalog {
                     max_server_connections,
                     search_path,
                     suspended: t.suspended,
+                    watch: t.watch,
                 }),
             );
         }

@@ -52,6 +52,8 @@ pub struct TenantEntry {
     pub search_path: Option<Arc<str>>,
     /// `suspended = true` in the config: new connections are refused.
     pub suspended: bool,
+    /// `watch = true`: series of its own in `/metrics` (`metrics::topk`).
+    pub watch: bool,
 }
 
 /// All tenants, by name.

@@ -2,6 +2,7 @@
 //! SQLSTATE each one carries (CONTRACT §5). Messages name the tenant where
 //! there is one and never include hosts, URLs or secrets.
 
+use crate::metrics::ErrorKind;
 use crate::protocol::SqlState;
 use crate::routing::{RoutingError, TenantId};
 
@@ -155,6 +156,71 @@ impl ClientError {
             ClientError::Server { code, .. } => {
                 SqlState::parse(code).unwrap_or(SqlState::INTERNAL_ERROR)
             }
+        }
+    }
+
+    /// The errors metric's kind; `None` for a shutdown (not an error of
+    /// the client's or the proxy's).
+    pub fn metric_kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            ClientError::Routing(_)
+            | ClientError::UnknownTenant(_)
+            | ClientError::OperatorTenant { .. } => ErrorKind::Routing,
+            ClientError::AuthFailed { .. }
+            | ClientError::OperatorAuthFailed { .. }
+            | ClientError::AdminAuthFailed(_) => ErrorKind::Auth,
+            // A suspended tenant's login is refused by policy, like a
+            // full one.
+            ClientError::Suspended(_)
+            | ClientError::ConsoleFull
+            | ClientError::TenantFull(_)
+            | ClientError::ProxyFull
+            | ClientError::TooManyPins { .. }
+            | ClientError::ClientStalled(_)
+            | ClientError::SessionState { .. }
+            | ClientError::ListenOnShared(_) => ErrorKind::Limit,
+            ClientError::WaitTimeout(_)
+            | ClientError::MessageTimeout(_)
+            | ClientError::LoginTimeout
+            | ClientError::StartupTimeout
+            | ClientError::IdleInTransaction(_)
+            | ClientError::ClientIdle(_)
+            | ClientError::PauseTimeout(_) => ErrorKind::Timeout,
+            ClientError::PlacementUnreachable(_)
+            | ClientError::ServerLost(_)
+            | ClientError::ContextFailed(_)
+            | ClientError::SettingsUnknown(_)
+            | ClientError::Server { .. } => ErrorKind::Backend,
+            ClientError::Protocol(m) if m.starts_with("internal") => ErrorKind::Internal,
+            ClientError::Protocol(_) | ClientError::NotSupported(_) => ErrorKind::Protocol,
+            // An administrator's or the proxy's own stop, not an error.
+            ClientError::ShuttingDown
+            | ClientError::NotAccepting
+            | ClientError::SuspendedSession(_)
+            | ClientError::Killed(_) => return None,
+        })
+    }
+
+    /// The tenant the error names, if any.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            ClientError::AuthFailed { tenant, .. }
+            | ClientError::TooManyPins { tenant, .. }
+            | ClientError::SessionState { tenant, .. } => Some(tenant),
+            ClientError::TenantFull(t)
+            | ClientError::WaitTimeout(t)
+            | ClientError::PlacementUnreachable(t)
+            | ClientError::ServerLost(t)
+            | ClientError::ContextFailed(t)
+            | ClientError::SettingsUnknown(t)
+            | ClientError::IdleInTransaction(t)
+            | ClientError::ClientIdle(t)
+            | ClientError::ClientStalled(t)
+            | ClientError::ListenOnShared(t)
+            | ClientError::Suspended(t)
+            | ClientError::PauseTimeout(t)
+            | ClientError::MessageTimeout(t) => Some(t),
+            _ => None,
         }
     }
 

@@ -56,7 +56,23 @@ pub async fn serve(
         let snap = state.snapshot();
         let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
         let mut unauthenticated = Some(unauthenticated);
-        if let Err(e) = serve_inner(&state, &snap, &mut client, peer, &mut unauthenticated).await {
+        let mut stats = None;
+        let outcome = serve_inner(
+            &state,
+            &snap,
+            &mut client,
+            peer,
+            &mut unauthenticated,
+            &mut stats,
+        )
+        .await;
+        // Bytes read since the last lease (between transactions, the
+        // request that never got one).
+        if let Some(s) = &stats {
+            s.add_bytes(client.flow.take_bytes_read(), 0);
+        }
+        if let Err(e) = outcome {
+            count_error(&state, &snap, stats.as_deref(), &e);
             client.refuse(&e).await;
         }
     }
@@ -76,6 +92,25 @@ fn startup_application_name(wanted: &[(String, String)]) -> Option<String> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
         .map(|(_, v)| v.clone())
+}
+
+/// Counts `e` for the tenant the connection logged in as, else the one
+/// the error names (only a configured one: names a client made up never
+/// get counters), else under `_unknown`.
+fn count_error(
+    state: &ProxyState,
+    snap: &Snapshot,
+    stats: Option<&crate::metrics::TenantStats>,
+    e: &ClientError,
+) {
+    let Some(kind) = e.metric_kind() else {
+        return;
+    };
+    match (stats, e.tenant()) {
+        (Some(s), _) => s.error(kind),
+        (None, Some(t)) if snap.catalog.contains(t.as_str()) => state.metrics.tenant(t).error(kind),
+        _ => state.metrics.unknown.error(kind),
+    }
 }
 
 /// What a successful login leaves behind.
@@ -118,6 +153,7 @@ async fn serve_inner(
     client: &mut ClientConn,
     peer: SocketAddr,
     unauthenticated: &mut Option<Unauthenticated>,
+    stats: &mut Option<Arc<crate::metrics::TenantStats>>,
 ) -> Result<(), ClientError> {
     let proxy = &snap.config.proxy;
     // Both limits count from accept: the startup packet within
@@ -166,6 +202,13 @@ async fn serve_inner(
     };
 
     let pool = &login.pool;
+    // Resolved once; the session only bumps atomics in it.
+    let tenant_stats = if login.audit.is_some() {
+        state.metrics.operators()
+    } else {
+        state.metrics.tenant(&login.tenant.id)
+    };
+    *stats = Some(Arc::clone(&tenant_stats));
     let registration = state.cancels.register();
     messages::backend_key_data(
         &mut client.out,
@@ -184,6 +227,7 @@ async fn serve_inner(
 
     let outcome = Session {
         tenant: Arc::clone(&login.tenant),
+        stats: tenant_stats.session(),
         pool: Arc::clone(pool),
         seat: login.seat,
         mode: snap.pool_mode(),

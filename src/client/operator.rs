@@ -178,6 +178,7 @@ pub async fn login(
             max_server_connections: pool.counts().max as u32,
             search_path: None,
             suspended: false,
+            watch: false,
         }),
         pool: Arc::clone(pool),
         seat,

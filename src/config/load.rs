@@ -185,6 +185,21 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
             .parse::<SocketAddr>()
             .map_err(|_| src.error("admin.listen", format!("{listen:?} is not an address")))?;
     }
+    if let Some(admin) = &cfg.admin {
+        if let Some(token) = &admin.token {
+            // Sent in a header: visible ASCII, and long enough not to guess.
+            let t = token.expose();
+            if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(src.error("admin.token", "must be 16 to 256 visible ASCII characters"));
+            }
+        }
+        if admin.top_tenants > super::MAX_TOP_TENANTS {
+            return Err(src.error(
+                "admin.top_tenants",
+                format!("at most {}", super::MAX_TOP_TENANTS),
+            ));
+        }
+    }
     let mut roles: HashMap<(String, u16, String), &str> = HashMap::new();
     for (name, pl) in &cfg.placements {
         let key = format!("placements.{name}");

@@ -443,3 +443,29 @@ fn durations_and_sizes() {
     assert_eq!(cfg.proxy.query_wait_timeout.as_millis(), 1500);
     assert_eq!(cfg.proxy.max_message_size.0, 2 << 20);
 }
+
+#[test]
+fn admin_token_and_top_tenants_are_checked() {
+    let with = |admin: &str| parse_str(&format!("{GOOD}\n[admin]\n{admin}\n"), "t.toml");
+    let cfg = with("listen = \"127.0.0.1:9930\"").expect("valid").0;
+    let admin = cfg.admin.expect("admin");
+    assert_eq!(admin.top_tenants, crate::config::DEFAULT_TOP_TENANTS);
+    assert!(admin.token.is_none());
+    assert!(with("token = \"0123456789abcdef\"\ntop_tenants = 0").is_ok());
+    for (bad, key) in [
+        ("token = \"short\"", "admin.token"),
+        ("token = \"has a space in it, too\"", "admin.token"),
+        ("top_tenants = 10001", "admin.top_tenants"),
+    ] {
+        let e = with(bad).expect_err(bad);
+        assert_eq!(e.key, key, "{bad}: {e}");
+    }
+}
+
+#[test]
+fn tenants_may_be_watched() {
+    let text = GOOD.replace("max_client_connections = 500", "watch = true");
+    let (cfg, _) = parse_str(&text, "t.toml").expect("valid");
+    assert!(cfg.tenants["acme"].watch);
+    assert!(!cfg.tenants["globex"].watch);
+}

@@ -264,11 +264,31 @@ pub const ADMIN_DATABASE: &str = "pgtenant";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Address of the HTTP endpoints (`GET /metrics`, `GET /healthz`);
+    /// none: no HTTP server.
     pub listen: Option<String>,
     /// Who may log in to the admin console (database `pgtenant`): user
     /// name to plaintext password or `SCRAM-SHA-256$...` verifier.
     #[serde(default)]
     pub users: BTreeMap<String, Secret>,
+    /// Bearer token `GET /metrics` (and later `POST /reload`) require
+    /// (`Authorization: Bearer TOKEN`); none: open. `/healthz` stays open
+    /// for load balancers and probes.
+    pub token: Option<Secret>,
+    /// Tenants with series of their own besides dedicated and watched
+    /// ones: the busiest this many (see `metrics::topk`); the rest are
+    /// summed under `tenant="_other"`.
+    #[serde(default = "default_top_tenants")]
+    pub top_tenants: usize,
+}
+
+/// `admin.top_tenants` when unset.
+pub const DEFAULT_TOP_TENANTS: usize = 100;
+/// The most `admin.top_tenants` may be: it bounds the series count.
+pub const MAX_TOP_TENANTS: usize = 10_000;
+
+fn default_top_tenants() -> usize {
+    DEFAULT_TOP_TENANTS
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -451,6 +471,10 @@ pub struct TenantConfig {
     /// `SUSPEND`; its `RESUME` cannot lift this one.
     #[serde(default)]
     pub suspended: bool,
+    /// Give this tenant series of its own in `/metrics` whatever its
+    /// traffic (see `admin.top_tenants`).
+    #[serde(default)]
+    pub watch: bool,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".

@@ -61,15 +61,21 @@ impl Session<'_> {
     /// true if that took a sync (so reported values may have changed).
     pub(super) async fn lease(&self) -> Result<(Lease, bool), ClientError> {
         let mut lease = match self.pool.try_checkout(self.seat) {
-            Some(lease) => lease,
+            Some(lease) => {
+                self.stats.wait_time.observe_us(0);
+                lease
+            }
             // A KILL ends the wait (checkout is cancel-safe).
-            None => tokio::select! {
-                biased;
-                _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
-                r = self.pool.checkout(self.seat, self.wait_timeout) => {
-                    r.map_err(|e| checkout_error(&self.tenant, e))?
-                }
-            },
+            None => {
+                let asked = std::time::Instant::now();
+                let got = tokio::select! {
+                    biased;
+                    _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
+                    r = self.pool.checkout(self.seat, self.wait_timeout) => r,
+                };
+                self.stats.wait_time.observe(asked.elapsed());
+                got.map_err(|e| checkout_error(&self.tenant, e))?
+            }
         };
         match self.sync_settings(&mut lease).await {
             Ok(synced) => Ok((lease, synced)),

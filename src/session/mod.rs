@@ -64,6 +64,9 @@ const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
 /// What the session needs besides the client socket.
 pub struct Session<'a> {
     pub tenant: Arc<TenantEntry>,
+    /// This session's counters (metrics), registered with its tenant at
+    /// login.
+    pub stats: crate::metrics::SessionCounters,
     pub pool: Arc<PlacementPool>,
     /// This client's tenant at `pool`: what its leases count against.
     pub seat: TenantSeat,
@@ -148,6 +151,7 @@ impl Session<'_> {
                 self.wait_while_paused().await?;
             }
             let (mut lease, synced) = self.lease().await?;
+            let leased_at = std::time::Instant::now();
             server_flow.reset();
             if synced {
                 self.report_changes(lease.conn(), &mut server_flow.inject);
@@ -202,6 +206,7 @@ impl Session<'_> {
                 match result {
                     Ok(()) => continue,
                     Err(e) => {
+                        self.count_lease(client, &mut server_flow, &mut txn, leased_at);
                         self.cancel.disarm();
                         let settled = self.settle_cancels().await;
                         if matches!(exit, PumpExit::Probe | PumpExit::Restore) {
@@ -225,6 +230,7 @@ impl Session<'_> {
                     }
                 }
             };
+            self.count_lease(client, &mut server_flow, &mut txn, leased_at);
             if txn.settings_changed
                 || txn.unknown
                 || txn.defaults_reset
@@ -503,6 +509,7 @@ impl Session<'_> {
             to_client: &mut server_flow.inject,
             answer_status: (nothing_in_flight && lease_goes_on).then_some(status.as_byte()),
             limits: self.statement_limits,
+            cache_events: &self.stats.prepared,
         };
         let frame = &client.flow.buf[..len];
         // What the rewritten message leaves owed: a ReadyForQuery (a
@@ -515,6 +522,23 @@ impl Session<'_> {
         client.flow.buf.advance(len);
         budget::shrink(&mut client.flow.buf);
         Ok(())
+    }
+
+    /// One lease ended: its transaction, queries and bytes go to the
+    /// tenant's counters (relaxed atomics, nothing allocated).
+    fn count_lease(
+        &self,
+        client: &mut ClientConn,
+        server_flow: &mut Flow,
+        txn: &mut TxnState,
+        leased_at: std::time::Instant,
+    ) {
+        self.stats.transaction_done(
+            u64::from(std::mem::take(&mut txn.queries)),
+            client.flow.take_bytes_read(),
+            server_flow.take_bytes_read(),
+            leased_at.elapsed(),
+        );
     }
 
     /// Whether the server connection may go to another client as far as

@@ -51,6 +51,9 @@ pub struct Flow {
     pub read_armed: bool,
     /// Reads since this flow last let the worker's other sessions run.
     reads_in_a_row: u32,
+    /// Bytes read from the source since the session last took them
+    /// (`take_bytes_read`, once per lease, for the metrics).
+    bytes_read: u64,
 }
 
 /// Read buffers kept for reuse per thread, at most this many (1 MB).
@@ -95,7 +98,13 @@ impl Flow {
             scanner: FrameScanner::new(max_frame),
             read_armed: false,
             reads_in_a_row: 0,
+            bytes_read: 0,
         }
+    }
+
+    /// Bytes read since the last call.
+    pub fn take_bytes_read(&mut self) -> u64 {
+        std::mem::take(&mut self.bytes_read)
     }
 
     /// The source has sent part of a message: inside a frame, or a
@@ -183,6 +192,7 @@ impl Flow {
             match recv_into(src, &mut self.buf) {
                 Ok(n) => {
                     self.reads_in_a_row += 1;
+                    self.bytes_read += n as u64;
                     return Poll::Ready(Ok(n));
                 }
                 // Readiness is cleared: the next turn stores the waker.

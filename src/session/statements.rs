@@ -109,6 +109,8 @@ pub struct Rewriter<'a> {
     /// goes on after it: in a transaction, or pinned).
     pub answer_status: Option<u8>,
     pub limits: super::budget::StatementLimits,
+    /// The tenant's cache counters (metrics).
+    pub cache_events: &'a crate::metrics::CacheEvents,
 }
 
 /// Reads the rest of the frame at the front of `flow.buf` if needed.
@@ -232,10 +234,12 @@ impl Rewriter<'_> {
         let old = self.statements.insert(name.to_vec(), Arc::clone(&stmt));
         let restore = Some(Undo::ClientRestore(name.to_vec(), old));
         if self.prepared.contains(&server_name) {
+            self.cache_events.hit();
             self.prepared.touch(&server_name);
             self.replies
                 .push(Reply::ParseComplete, Mode::Synth, [restore, None]);
         } else {
+            self.cache_events.miss();
             self.evict_for(&stmt);
             prepared::write_parse(self.to_server, &server_name, &stmt.definition);
             self.prepared.insert(server_name.clone());
@@ -350,9 +354,11 @@ impl Rewriter<'_> {
     /// server's ParseComplete is hidden from the client.
     fn ensure_prepared(&mut self, stmt: &Statement) {
         if self.prepared.contains(&stmt.server_name) {
+            self.cache_events.hit();
             self.prepared.touch(&stmt.server_name);
             return;
         }
+        self.cache_events.miss();
         self.evict_for(stmt);
         prepared::write_parse(self.to_server, &stmt.server_name, &stmt.definition);
         self.prepared.insert(stmt.server_name.clone());
@@ -381,6 +387,7 @@ impl Rewriter<'_> {
             .prepared
             .evict_for_insert(self.cache_size, &stmt.server_name)
         {
+            self.cache_events.eviction();
             prepared::write_statement_target(self.to_server, b'C', &victim);
             self.replies.push(
                 Reply::CloseComplete,

@@ -134,6 +134,9 @@ pub struct TxnState {
     /// The server sent an ErrorResponse this lease (a failed
     /// `pgtenant.enter()` of the client's own clears the tenant context).
     pub saw_error: bool,
+    /// ReadyForQuery messages passed to the client since the session
+    /// last took them (queries, for the metrics).
+    pub queries: u32,
     /// The last Query and Parse texts scanned (kept across leases).
     last_query: pinning::LastText,
     last_parse: pinning::LastText,
@@ -177,6 +180,7 @@ impl TxnState {
             context_pending: 0,
             context_failure: None,
             saw_error: false,
+            queries: 0,
             last_query: pinning::LastText::default(),
             last_parse: pinning::LastText::default(),
         }
@@ -505,6 +509,7 @@ impl FrameSink for ServerSink<'_> {
             return Step::Skip;
         }
         if tag == b'Z' {
+            st.queries = st.queries.wrapping_add(1);
             let status = body.first().copied().unwrap_or(b'E');
             st.position = st.position.step(Event::Ready(status));
             if st.stop_when_idle && st.is_idle() && st.client_at_rest {

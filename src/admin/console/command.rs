@@ -2,7 +2,7 @@
 //! per query string (trailing semicolons allowed), case-insensitive, as
 //! PgBouncer's console takes them.
 //!
-//! To add one (SHOW STATS, RELOAD are wired by the lead): a variant here,
+//! To add one: a variant here,
 //! its words in [`parse_one`], its arm in `execute`.
 
 use crate::routing::TenantId;
@@ -16,6 +16,7 @@ pub enum Listing {
     Servers,
     Config,
     Version,
+    Stats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,7 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error(
-        "unknown command {0:?}; the console accepts SHOW TENANTS|POOLS|CLIENTS|SERVERS|CONFIG|VERSION, PAUSE [tenant], RESUME [tenant], SUSPEND tenant, KILL tenant"
+        "unknown command {0:?}; the console accepts SHOW TENANTS|POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION, PAUSE [tenant], RESUME [tenant], SUSPEND tenant, KILL tenant"
     )]
     Unknown(String),
     #[error("{0} needs a tenant name")]
@@ -77,6 +78,7 @@ fn parse_one(statement: &str) -> Result<Command, ParseError> {
                 "SERVERS" => Listing::Servers,
                 "CONFIG" => Listing::Config,
                 "VERSION" => Listing::Version,
+                "STATS" => Listing::Stats,
                 _ => return Err(unknown()),
             };
             Ok(Command::Show(listing))

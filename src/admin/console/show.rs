@@ -18,6 +18,7 @@ pub fn listing(state: &ProxyState, snap: &Snapshot, listing: Listing) -> Rows {
         Listing::Servers => servers(snap),
         Listing::Config => config(snap),
         Listing::Version => version(),
+        Listing::Stats => stats(state),
     }
 }
 
@@ -397,5 +398,43 @@ fn version() -> Rows {
         "pgtenant {}",
         env!("CARGO_PKG_VERSION")
     ))]);
+    rows
+}
+
+/// PgBouncer's SHOW STATS columns where the meaning matches (its
+/// `database` is the tenant here; a transaction is a lease of a server
+/// connection), plus p99s from the histograms. Times in microseconds.
+static STATS_COLUMNS: [(&str, Kind); 11] = [
+    ("tenant", Kind::Text),
+    ("total_xact_count", Kind::Int),
+    ("total_query_count", Kind::Int),
+    ("total_received", Kind::Int),
+    ("total_sent", Kind::Int),
+    ("total_xact_time", Kind::Int),
+    ("total_wait_time", Kind::Int),
+    ("avg_xact_time", Kind::Int),
+    ("p99_xact_time", Kind::Int),
+    ("avg_wait_time", Kind::Int),
+    ("p99_wait_time", Kind::Int),
+];
+
+/// Every tenant that has had a client since the proxy started.
+fn stats(state: &ProxyState) -> Rows {
+    let mut rows = Rows::new(&STATS_COLUMNS);
+    for r in state.metrics.tenant_stats() {
+        rows.push(vec![
+            text(r.tenant),
+            int(r.transactions),
+            int(r.queries),
+            int(r.bytes_in),
+            int(r.bytes_out),
+            int(r.total_query_time_us),
+            int(r.total_wait_time_us),
+            int(r.avg_query_time_us),
+            int(r.p99_query_time_us),
+            int(r.avg_wait_time_us),
+            int(r.p99_wait_time_us),
+        ]);
+    }
     rows
 }

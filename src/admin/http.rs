@@ -1,0 +1,172 @@
+//! HTTP on `admin.listen`: `GET /metrics` (Prometheus text) and
+//! `GET /healthz` (ready or not), on the control runtime, never on the
+//! data-plane workers.
+//!
+//! Bounded against hostile clients: at most `MAX_CONNECTIONS` at once
+//! (more are closed at accept), request heads of at most `MAX_HEAD`
+//! bytes, `HEAD_TIMEOUT` to send one, `CONNECTION_LIFETIME` for a whole
+//! connection, and no request body is read. With `admin.token` set,
+//! `/metrics` wants `Authorization: Bearer TOKEN` (compared in constant
+//! time); `/healthz` stays open, as load balancers and kubelets probe it
+//! without credentials and it tells nothing but ready or not.
+
+use crate::config::Secret;
+use crate::state::ProxyState;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The most bytes of a request head (line and headers); hyper answers
+/// 431 past it.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// From the first byte of a request (or from accept), its head must have
+/// arrived within this.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed this long after accept, whatever it does
+/// (keep-alive scrapers just reconnect).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// What the handler needs.
+struct Shared {
+    state: Arc<ProxyState>,
+    /// SHA-256 of `admin.token`: compared as digests, so neither the
+    /// content nor the length leaks through timing.
+    token: Option<[u8; 32]>,
+}
+
+/// Serves until `stop` fires. `listener` is already bound (so a bad
+/// address fails the start, not a background task).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    token: Option<Secret>,
+    stop: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        state,
+        token: token.map(|t| digest(t.expose().as_bytes())),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: wait, rather than spin.
+                tracing::warn!("admin HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "admin HTTP: too many connections; closed");
+            drop(stream);
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &shared).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {
+                    if let Ok(Err(e)) = r {
+                        tracing::debug!(%peer, "admin HTTP connection: {e}");
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    match path {
+        "/healthz" if get => {
+            if shared.state.is_ready() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+        }
+        "/metrics" if get => {
+            if !authorized(&req, shared) {
+                let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+            let state = Arc::clone(&shared.state);
+            // A large catalog takes milliseconds to walk: off the control
+            // runtime's only thread.
+            match tokio::task::spawn_blocking(move || crate::metrics::render::render(&state)).await
+            {
+                Ok(body) => {
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static(crate::metrics::encode::CONTENT_TYPE),
+                    );
+                    r
+                }
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+            }
+        }
+        "/healthz" | "/metrics" => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// With a token configured: `Authorization: Bearer <token>`.
+fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
+    let Some(want) = &shared.token else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    bool::from(digest(given).ct_eq(want))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
