@@ -1,4 +1,5 @@
-//! The stop signal sessions watch between transactions. A leaf.
+//! The stop signal sessions watch between transactions, and the reload
+//! generation they check at each lease start. A leaf.
 //!
 //! Why not just the CancellationToken: every idle client waits on it once
 //! per transaction, and the token's check takes a mutex (measured: about
@@ -6,11 +7,18 @@
 //! an `AtomicWaker` once when it starts and registers its task's waker on
 //! its first wait; every later wait is one atomic load, and `stop` wakes
 //! every registered session.
+//!
+//! Reloads: [`StopSignal::reloaded`] bumps a generation counter and wakes
+//! every session without taking its waker (so its one registration stays
+//! good). A session compares the counter with the one it last followed at
+//! each lease start (one atomic load); one that holds a server connection
+//! across transactions (session mode, a pin) also wakes on it
+//! ([`StopWait::changed`]) to see whether it must end (`session/follow.rs`).
 
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -18,6 +26,8 @@ use std::task::{Context, Poll};
 #[derive(Default)]
 pub struct StopSignal {
     stopping: AtomicBool,
+    /// Bumped by every reload that swapped in a new snapshot.
+    generation: AtomicU64,
     /// The subscribed sessions' wakers, by slot: a subscription reuses a
     /// free slot instead of hashing an id (a login counted about 300
     /// instructions of SipHash for that).
@@ -38,8 +48,35 @@ impl StopSignal {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// A new snapshot is in place: bumps the generation, then wakes every
+    /// registered session. The waker is put back after the wake, so a
+    /// session's single registration keeps serving later stops and
+    /// reloads.
+    pub fn reloaded(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, w) in waiters.iter() {
+            if let Some(waker) = w.take() {
+                waker.wake_by_ref();
+                w.register(&waker);
+            }
+        }
+    }
+
+    /// How many reloads swapped a snapshot in so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Registers a session (once, for its whole life).
     pub fn subscribe(self: &Arc<Self>) -> StopWait {
+        self.subscribe_at(self.generation())
+    }
+
+    /// Registers a session whose snapshot was read at reload
+    /// `generation` (read before the snapshot), so that a reload since
+    /// is followed at its first lease.
+    pub fn subscribe_at(self: &Arc<Self>, generation: u64) -> StopWait {
         let waker = Arc::new(AtomicWaker::new());
         let slot = self
             .waiters
@@ -47,6 +84,7 @@ impl StopSignal {
             .unwrap_or_else(|p| p.into_inner())
             .insert(Arc::clone(&waker));
         StopWait {
+            seen: AtomicU64::new(generation),
             signal: Arc::clone(self),
             slot,
             waker,
@@ -65,6 +103,8 @@ pub struct StopWait {
     /// swaps a registration costs (a stop takes the waker out, but after
     /// a stop every wait returns at once anyway).
     registered: AtomicBool,
+    /// The reload generation this session last followed.
+    seen: AtomicU64,
 }
 
 impl StopWait {
@@ -80,12 +120,43 @@ impl StopWait {
 
     /// Ready once the stop has begun; otherwise the task is woken by it.
     pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.register(cx);
+        if self.signal.is_stopping() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn register(&self, cx: &mut Context<'_>) {
         // Register first, then check: a stop after the check wakes us.
         if !self.registered.load(Ordering::Relaxed) {
             self.waker.register(cx.waker());
             self.registered.store(true, Ordering::Relaxed);
         }
-        if self.signal.is_stopping() {
+    }
+
+    /// A reload happened since this session last followed one.
+    pub fn reload_pending(&self) -> bool {
+        self.signal.generation() != self.seen.load(Ordering::Relaxed)
+    }
+
+    /// The current generation, now followed; call before reading the
+    /// snapshot, so that a reload after the read is seen next time.
+    pub fn follow_reload(&self) {
+        self.seen.store(self.signal.generation(), Ordering::Relaxed);
+    }
+
+    /// Ready once the stop has begun or a reload is to be followed.
+    pub async fn changed(&self) {
+        poll_fn(|cx: &mut Context<'_>| self.poll_changed(cx)).await
+    }
+
+    /// Ready once the stop has begun or a reload is to be followed;
+    /// otherwise the task is woken by either.
+    pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.register(cx);
+        if self.signal.is_stopping() || self.reload_pending() {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -132,5 +203,28 @@ mod tests {
         slots.sort_unstable();
         assert_eq!(slots, [0, 1, 2, 3], "three reused, one new");
         assert_eq!(signal.waiters.lock().expect("lock").len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_reload_wakes_waiters_and_leaves_them_registered_for_the_stop() {
+        let signal = Arc::new(StopSignal::default());
+        let wait = Arc::new(signal.subscribe());
+        assert!(!wait.reload_pending());
+        let w = Arc::clone(&wait);
+        let task = tokio::spawn(async move {
+            w.changed().await;
+            w.follow_reload();
+            // Waits again with the registration made before the reload.
+            w.stopped().await;
+        });
+        tokio::task::yield_now().await;
+        signal.reloaded();
+        tokio::task::yield_now().await;
+        assert!(!wait.reload_pending(), "the task followed the reload");
+        signal.stop();
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("woken by the stop after a reload")
+            .expect("task");
     }
 }
