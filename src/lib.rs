@@ -12,6 +12,8 @@
 //! - `client`: accept-side handshake, routing and auth, then a session.
 //!   `client -> routing, catalog, session`.
 //! - `state`: what all connections share (config snapshot, registries).
+//! - `reload`: live reload of the config file (SIGHUP, RELOAD,
+//!   `POST /reload`). `reload -> state, pool, config`.
 //! - `admission`: counts connections from accept until they
 //!   authenticate (a total and a per-address cap).
 //! - `open_files`: `RLIMIT_NOFILE`, raised at start and checked against
@@ -34,6 +36,7 @@ pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod provision;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod session;
@@ -58,6 +61,20 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, source, listener, shutdown, None, |_| {}).await
+}
+
+/// [`run`] for a proxy started from the file `config_path` (what
+/// [`reload::reload`] re-reads); `started` gets the shared state once it
+/// exists (for SIGHUP, the admin console, tests).
+pub async fn run_with(
+    config: Config,
+    source: ConfigSource,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+    config_path: Option<std::path::PathBuf>,
+    started: impl FnOnce(&Arc<ProxyState>),
+) -> anyhow::Result<()> {
     let workers = runtime::worker_count(config.proxy.workers);
     let grace = config.proxy.shutdown_timeout;
     let options = runtime::reactor::LoopOptions {
@@ -80,7 +97,10 @@ pub async fn run(
             "placement configured"
         );
     }
-    let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
+    let mut state = ProxyState::new(snapshot, workers, shutdown.clone());
+    state.config_path = config_path;
+    let state = Arc::new(state);
+    started(&state);
     listener.set_nonblocking(true)?;
     {
         let state = Arc::clone(&state);

@@ -52,10 +52,21 @@ pub async fn serve(
     );
     async move {
         let _ = stream.set_nodelay(true);
+        // The generation first: a reload between the two reads is
+        // followed at the session's first lease.
+        let generation = state.stop.generation();
         let snap = state.snapshot();
         let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
         let mut unauthenticated = Some(unauthenticated);
-        if let Err(e) = serve_inner(&state, &snap, &mut client, peer, &mut unauthenticated).await {
+        if let Err(e) = serve_inner(
+            &state,
+            (&snap, generation),
+            &mut client,
+            peer,
+            &mut unauthenticated,
+        )
+        .await
+        {
             client.refuse(&e).await;
         }
     }
@@ -80,6 +91,7 @@ struct Login {
     seat: crate::pool::TenantSeat,
     /// An operator's connection: logged at its start and end.
     audit: Option<operator::Audit>,
+    follows: session::Follows,
     _guards: [CountGuard; 2],
 }
 
@@ -92,11 +104,12 @@ struct Identity {
     client_limit: u32,
     settings: Vec<(String, String)>,
     audit: Option<operator::Audit>,
+    follows: session::Follows,
 }
 
 async fn serve_inner(
     state: &Arc<ProxyState>,
-    snap: &Arc<Snapshot>,
+    (snap, generation): (&Arc<Snapshot>, u64),
     client: &mut ClientConn,
     peer: SocketAddr,
     unauthenticated: &mut Option<Unauthenticated>,
@@ -169,7 +182,7 @@ async fn serve_inner(
         reset_query: proxy.server_reset_query.clone(),
         cancel: &registration.slot,
         client_pid: registration.key.pid,
-        stop: state.stop.subscribe(),
+        stop: state.stop.subscribe_at(generation),
         startup_settings: login.wanted.clone(),
         wanted: params::interned(login.wanted),
         reported: login.reported,
@@ -195,6 +208,9 @@ async fn serve_inner(
             .unwrap_or((pool.counts().max as u32 / 2).max(1)),
         pin_guard: None,
         message_timeout: proxy.client_message_timeout,
+        state,
+        follows: login.follows,
+        ending: None,
     }
     .run(client)
     .await;
@@ -308,6 +324,10 @@ async fn login(
                 seat: Some(op.seat),
                 counter: op.counter,
                 client_limit: snap.config.proxy.default_tenant_max_client_connections,
+                follows: session::Follows::Operator {
+                    placement: route.placement.clone(),
+                    operator: route.operator.clone(),
+                },
                 settings: route.settings,
                 audit: Some(op.audit),
             }
@@ -376,6 +396,7 @@ async fn login(
         reported,
         seat,
         audit: id.audit,
+        follows: id.follows,
         _guards: [proxy_guard, tenant_guard],
     })
 }
@@ -431,6 +452,7 @@ async fn tenant_login(
         seat,
         settings: resolved.settings,
         audit: None,
+        follows: session::Follows::Tenant,
         tenant,
     })
 }
