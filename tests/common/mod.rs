@@ -3,6 +3,7 @@
 //! port (`TestProxy`).
 #![allow(dead_code)]
 
+pub mod live;
 pub mod raw;
 pub mod shared;
 
