@@ -141,25 +141,29 @@ async fn an_invalid_file_is_rejected_whole_and_the_running_config_stays() {
     let proxy = LiveProxy::start(&base(&pg).0).await;
     let a = proxy.connect("a").await;
     let pid = backend_pid(&a).await;
-    // Valid changes (a new tenant, a bigger pool) next to an unknown
-    // placement: nothing of it may take effect.
+    // Valid changes (a new tenant, a bigger pool) next to a malformed
+    // verifier, found only while building the catalog: nothing of it may
+    // take effect.
     let bad = ConfigText::new("")
         .placement(&pg, "p", "a", 5)
         .placement(&pg, "cp", "c", 2)
         .tenant("a", "p", "")
         .tenant("b", "p", "")
         .tenant("c", "cp", "")
-        .tenant("d", "p", "")
-        .tenant("x", "nowhere", "");
-    let err = proxy.reload(&bad.0).await.expect_err("rejected");
+        .tenant("d", "p", "");
+    let bad = format!(
+        "{}[tenants.x]\nplacement = \"p\"\nusers = {{ app = \"SCRAM-SHA-256$4096:bad\" }}\n",
+        bad.0
+    );
+    let err = proxy.reload(&bad).await.expect_err("rejected");
     let ReloadError::Config(e) = &err else {
         panic!("want a config error: {err}");
     };
-    assert_eq!(e.key, "tenants.x.placement", "{err}");
+    assert_eq!(e.key, "tenants.x.users.app", "{err}");
     assert!(e.line.is_some(), "{err}");
     let shown = err.to_string();
     assert!(
-        shown.contains("tenants.x.placement") && shown.contains("pgtenant.toml:"),
+        shown.contains("tenants.x.users.app") && shown.contains("pgtenant.toml:"),
         "{shown}"
     );
     assert_eq!(proxy.pool_size("p"), 2, "the pool was not resized");
@@ -168,6 +172,15 @@ async fn an_invalid_file_is_rejected_whole_and_the_running_config_stays() {
         "3D000"
     );
     assert_eq!(backend_pid(&a).await, pid);
+    // Found by the file's validation: the same.
+    let err = proxy
+        .reload(&base(&pg).tenant("x", "nowhere", "").0)
+        .await
+        .expect_err("rejected");
+    assert!(
+        matches!(&err, ReloadError::Config(e) if e.key == "tenants.x.placement"),
+        "{err}"
+    );
     // Text that does not parse: rejected the same way.
     let err = proxy
         .reload("[proxy\nlisten = ")
