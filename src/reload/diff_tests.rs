@@ -224,3 +224,54 @@ fn long_lists_are_cut_and_counted() {
     assert!(shown.contains("tenants added 12: t00, "), "{shown}");
     assert!(shown.ends_with("t09, and 2 more"), "{shown}");
 }
+
+#[test]
+fn an_rls_placement_keeps_its_pool_and_context_key_across_a_reload() {
+    let text = format!(
+        "{HEAD}[placements.p]\nurl = \"postgres://u_p@127.0.0.1/shared\"\nisolation = \"rls\"\n{}",
+        tenant("a", "")
+    );
+    let old = build(&text);
+    assert!(old.placements["p"].pool.context().is_some());
+    // Same key, same pool.
+    let (new, _) = rebuild(&old, &format!("{text}{}", tenant("b", "")));
+    assert!(Arc::ptr_eq(
+        &old.placements["p"].pool,
+        &new.placements["p"].pool
+    ));
+    // A new mirror setting is a new context: a new pool.
+    let (other, _) = rebuild(
+        &new,
+        &text.replace(
+            "isolation = \"rls\"\n",
+            "isolation = \"rls\"\ntenant_setting = \"app.tenant_id\"\n",
+        ),
+    );
+    assert_eq!(summarize(&new, &other).placements_changed, ["p"]);
+}
+
+#[test]
+fn a_changed_secret_file_is_not_read_by_a_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtenant.toml");
+    let text = format!(
+        "{HEAD}[placements.p]\nurl = \"postgres://u_p@127.0.0.1/shared\"\nisolation = \"rls\"\n{}",
+        tenant("a", "")
+    );
+    std::fs::write(&path, &text).expect("write");
+    let (cfg, src) = crate::config::load_file(&path).expect("valid");
+    let old = Snapshot::build(cfg, &src, 1).expect("builds");
+    // Another secret in the file: it would change every verifier and the
+    // rls context key registered in the database.
+    let other = dir.path().join("other.secret");
+    crate::client::secret::AuthSecret::load_or_create(&other).expect("secret");
+    std::fs::copy(&other, dir.path().join("pgtenant.secret")).expect("replace the secret");
+    let (cfg, src) = crate::config::load_file(&path).expect("valid");
+    let (new, _) = Snapshot::rebuild(cfg, &src, 1, &old).expect("builds");
+    let s = summarize(&old, &new);
+    assert!(s.is_empty(), "{s}");
+    assert!(Arc::ptr_eq(
+        &old.placements["p"].pool,
+        &new.placements["p"].pool
+    ));
+}
