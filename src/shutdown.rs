@@ -145,6 +145,11 @@ impl StopWait {
     /// snapshot, so that a reload after the read is seen next time.
     pub fn follow_reload(&self) {
         self.seen.store(self.signal.generation(), Ordering::Relaxed);
+        // A reload that raced with this session's first registration may
+        // have taken its waker for good (`AtomicWaker` hands a waker
+        // registered during a wake to that wake): register again at the
+        // next wait, once per reload.
+        self.registered.store(false, Ordering::Relaxed);
     }
 
     /// Ready once the stop has begun or a reload is to be followed.
