@@ -358,3 +358,42 @@ async fn sighup_rereads_the_file_the_binary_was_started_with() {
         .expect("d");
     a.simple_query("SELECT 1").await.expect("a untouched");
 }
+
+/// The build runs on a thread of its own: the caller's runtime (the
+/// SIGHUP task's; a data-plane worker's for the admin console) goes on
+/// serving while it runs. Here the caller is this test's one thread.
+#[tokio::test]
+async fn a_slow_build_runs_off_the_callers_thread() {
+    let pg = TestPg::start(HostAuth::ScramSha256, &["a", "c"]).await;
+    // Plaintext passwords: one SCRAM derivation each (4096 iterations),
+    // seconds for a few hundred in a debug build.
+    let many = |n: usize| {
+        let mut c = base(&pg);
+        for i in 0..n {
+            c = c.tenant(&format!("bulk{i}"), "p", "");
+        }
+        c.0
+    };
+    let proxy = LiveProxy::start(&many(0)).await;
+    let a = proxy.connect("a").await;
+    std::fs::write(&proxy.path, many(300)).expect("write");
+    let state = std::sync::Arc::clone(&proxy.state);
+    let reload = tokio::spawn(async move { pgtenant::reload::reload(&state).await });
+    let mut served = 0;
+    while !reload.is_finished() {
+        a.simple_query("SELECT 1")
+            .await
+            .expect("served during the reload");
+        served += 1;
+    }
+    let summary = reload.await.expect("task").expect("reload");
+    assert_eq!(summary.tenants_added.len(), 300);
+    // Not a timing bound: the client was served at all while it ran.
+    assert!(served >= 2, "{served} queries while the snapshot was built");
+    proxy
+        .connect("bulk299")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("new");
+}
