@@ -17,6 +17,8 @@
 //! - `admin`: the operator-facing side; `admin::console` is the admin
 //!   console on database `pgtenant` (SHOW, PAUSE, RESUME, SUSPEND, KILL).
 //!   `client -> admin -> state, control`.
+//! - `reload`: live reload of the config file (SIGHUP, RELOAD,
+//!   `POST /reload`). `reload -> state, pool, config`.
 //! - `admission`: counts connections from accept until they
 //!   authenticate (a total and a per-address cap).
 //! - `open_files`: `RLIMIT_NOFILE`, raised at start and checked against
@@ -47,6 +49,7 @@ pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod provision;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod session;
@@ -71,6 +74,20 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, source, listener, shutdown, None, |_| {}).await
+}
+
+/// [`run`] for a proxy started from the file `config_path` (what
+/// [`reload::reload`] re-reads); `started` gets the shared state once it
+/// exists (for SIGHUP, the admin console, tests).
+pub async fn run_with(
+    config: Config,
+    source: ConfigSource,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+    config_path: Option<std::path::PathBuf>,
+    started: impl FnOnce(&Arc<ProxyState>),
+) -> anyhow::Result<()> {
     let workers = runtime::worker_count(config.proxy.workers);
     let grace = config.proxy.shutdown_timeout;
     let options = runtime::reactor::LoopOptions {
@@ -94,7 +111,10 @@ pub async fn run(
         );
     }
     let admin = snapshot.config.admin.clone();
-    let state = Arc::new(ProxyState::new(snapshot, workers, shutdown.clone()));
+    let mut state = ProxyState::new(snapshot, workers, shutdown.clone());
+    state.config_path = config_path;
+    let state = Arc::new(state);
+    started(&state);
     listener.set_nonblocking(true)?;
     // `/metrics` and `/healthz`: up before the workers accept, and until
     // they have drained (`/healthz` says 503 from the start of shutdown).

@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc's malloc: a client's login allocates and
@@ -178,9 +179,30 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;
         tracing::info!("listening on {}", cfg.proxy.listen);
         let shutdown = CancellationToken::new();
+        // Caught from the start, so that its default action (terminate)
+        // cannot take the proxy down while it starts; followed once the
+        // state exists.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        pgtenant::run(cfg, src, listener, shutdown).await
+        pgtenant::run_with(cfg, src, listener, shutdown, Some(path), move |state| {
+            tokio::spawn(reload_on_hangup(hangups, Arc::clone(state)));
+        })
+        .await
     })
+}
+
+/// SIGHUP re-reads the config file (`pgtenant::reload`, which logs the
+/// outcome); one reload at a time, the next signal after it.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    state: Arc<pgtenant::state::ProxyState>,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged by `reload`; the old config stays on error.
+        let _ = pgtenant::reload::reload(&state).await;
+    }
 }
 
 /// The runtime for signals and startup; the data plane has its own
@@ -191,29 +213,19 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown. SIGHUP is caught so that
-/// its default action (terminate) cannot take the proxy down; it will
-/// re-read the config once live reload lands.
+/// SIGTERM or SIGINT starts a graceful shutdown.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing running transactions"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing running transactions"),
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: live reload is not implemented yet; configuration unchanged");
-                continue;
-            }
-        }
-        break;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing running transactions"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing running transactions"),
     }
     shutdown.cancel();
 }

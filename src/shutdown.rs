@@ -9,11 +9,18 @@
 //! and registers its task's waker on its first wait; every later wait is
 //! one atomic load of its own reason bits, and `stop` (or a SUSPEND or
 //! KILL of its tenant) sets them and wakes the session.
+//!
+//! Reloads: [`StopSignal::reloaded`] bumps a generation counter and wakes
+//! every session without taking its waker (so its one registration stays
+//! good). A session compares the counter with the one it last followed at
+//! each lease start (one atomic load); one that holds a server connection
+//! across transactions (session mode, a pin) also wakes on it
+//! ([`StopWait::changed`]) to see whether it must end (`session/follow.rs`).
 
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -32,6 +39,8 @@ pub mod reason {
 #[derive(Default)]
 pub struct StopSignal {
     stopping: AtomicBool,
+    /// Bumped by every reload that swapped in a new snapshot.
+    generation: AtomicU64,
     /// The subscribed sessions, by slot: a subscription reuses a free
     /// slot instead of hashing an id (a login counted about 300
     /// instructions of SipHash for that).
@@ -53,7 +62,16 @@ impl Waiter {
 
     fn signal(&self, reason: u8) {
         self.reasons.fetch_or(reason, Ordering::AcqRel);
-        self.waker.wake();
+        self.wake_keeping_registration();
+    }
+
+    /// Wakes the session's task and puts its waker back, so that its one
+    /// registration serves later signals and reloads too.
+    fn wake_keeping_registration(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake_by_ref();
+            self.waker.register(&waker);
+        }
     }
 }
 
@@ -71,19 +89,36 @@ impl StopSignal {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// A new snapshot is in place: bumps the generation, then wakes every
+    /// registered session (keeping its registration).
+    pub fn reloaded(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for (_, w) in self.lock().iter() {
+            w.wake_keeping_registration();
+        }
+    }
+
+    /// How many reloads swapped a snapshot in so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<Waiter>>> {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a session (once, for its whole life).
     pub fn subscribe(self: &Arc<Self>) -> StopWait {
-        self.subscribe_client(None)
+        self.subscribe_client(None, self.generation())
     }
 
-    /// Registers a client's session, listed by SHOW CLIENTS as `client`.
+    /// Registers a client's session, listed by SHOW CLIENTS as `client`,
+    /// whose snapshot was read at reload `generation` (read before the
+    /// snapshot), so that a reload since is followed at its first lease.
     pub fn subscribe_client(
         self: &Arc<Self>,
         client: Option<crate::control::ClientInfo>,
+        generation: u64,
     ) -> StopWait {
         let waiter = Arc::new(Waiter {
             reasons: AtomicU8::new(0),
@@ -96,6 +131,7 @@ impl StopSignal {
             waiter.reasons.fetch_or(reason::SHUTDOWN, Ordering::AcqRel);
         }
         StopWait {
+            seen: AtomicU64::new(generation),
             signal: Arc::clone(self),
             slot,
             waiter,
@@ -138,6 +174,8 @@ pub struct StopWait {
     /// swaps a registration costs (a signal takes the waker out, but
     /// after one every wait for it returns at once anyway).
     registered: AtomicBool,
+    /// The reload generation this session last followed.
+    seen: AtomicU64,
 }
 
 impl StopWait {
@@ -172,13 +210,17 @@ impl StopWait {
         self.poll_reason(cx, u8::MAX)
     }
 
-    /// Ready once one of the `mask` reasons is set.
-    pub fn poll_reason(&self, cx: &mut Context<'_>, mask: u8) -> Poll<()> {
+    fn register(&self, cx: &mut Context<'_>) {
         // Register first, then check: a signal after the check wakes us.
         if !self.registered.load(Ordering::Relaxed) {
             self.waiter.waker.register(cx.waker());
             self.registered.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Ready once one of the `mask` reasons is set.
+    pub fn poll_reason(&self, cx: &mut Context<'_>, mask: u8) -> Poll<()> {
+        self.register(cx);
         let reasons = self.waiter.reasons();
         if reasons & mask != 0 {
             Poll::Ready(())
@@ -190,6 +232,41 @@ impl StopWait {
                     return Poll::Ready(());
                 }
             }
+            Poll::Pending
+        }
+    }
+}
+
+impl StopWait {
+    /// A reload happened since this session last followed one.
+    pub fn reload_pending(&self) -> bool {
+        self.signal.generation() != self.seen.load(Ordering::Relaxed)
+    }
+
+    /// The current generation, now followed; call before reading the
+    /// snapshot, so that a reload after the read is seen next time.
+    pub fn follow_reload(&self) {
+        self.seen.store(self.signal.generation(), Ordering::Relaxed);
+        // A reload that raced with this session's first registration may
+        // have taken its waker for good (`AtomicWaker` hands a waker
+        // registered during a wake to that wake): register again at the
+        // next wait, once per reload.
+        self.registered.store(false, Ordering::Relaxed);
+    }
+
+    /// Ready once asked to stop (any reason) or a reload is to be
+    /// followed.
+    pub async fn changed(&self) {
+        poll_fn(|cx: &mut Context<'_>| self.poll_changed(cx)).await
+    }
+
+    /// Ready once asked to stop (any reason) or a reload is to be
+    /// followed; otherwise the task is woken by either.
+    pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.register(cx);
+        if self.is_stopping() || self.reload_pending() {
+            Poll::Ready(())
+        } else {
             Poll::Pending
         }
     }
@@ -230,5 +307,28 @@ mod tests {
         slots.sort_unstable();
         assert_eq!(slots, [0, 1, 2, 3], "three reused, one new");
         assert_eq!(signal.lock().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_reload_wakes_waiters_and_leaves_them_registered_for_the_stop() {
+        let signal = Arc::new(StopSignal::default());
+        let wait = Arc::new(signal.subscribe());
+        assert!(!wait.reload_pending());
+        let w = Arc::clone(&wait);
+        let task = tokio::spawn(async move {
+            w.changed().await;
+            w.follow_reload();
+            // Waits again with the registration made before the reload.
+            w.stopped().await;
+        });
+        tokio::task::yield_now().await;
+        signal.reloaded();
+        tokio::task::yield_now().await;
+        assert!(!wait.reload_pending(), "the task followed the reload");
+        signal.stop();
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("woken by the stop after a reload")
+            .expect("task");
     }
 }

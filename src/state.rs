@@ -2,9 +2,11 @@
 //! (routing rules, catalog, pools), the cancel registry, connection
 //! counters and the shutdown signal.
 //!
-//! The snapshot sits behind one `ArcSwap`: a reload builds a new snapshot
-//! (reusing pools by placement name) and swaps it in atomically; a
-//! connection keeps the snapshot it started with for its lookups.
+//! The snapshot sits behind one `ArcSwap`: a reload (`crate::reload`)
+//! builds a new snapshot, keeping each pool whose placement's connection
+//! settings did not change, and swaps it in atomically; a connection
+//! keeps the snapshot it started with for its login, and sessions follow
+//! the new one between transactions (`session/follow.rs`).
 
 use crate::admission::{Caps, Refusal, Unauthenticated, UnauthenticatedCounts};
 use crate::catalog::{Catalog, ConfigMap};
@@ -40,14 +42,51 @@ pub struct Snapshot {
     pub placements: ConfigMap<String, Placement>,
 }
 
+/// A pool a rebuilt snapshot kept, and what it is to become once the new
+/// snapshot is accepted (applied by `crate::reload`, never before: a
+/// config rejected later must leave every pool as it was).
+pub struct PoolUpdate {
+    pub pool: Arc<PlacementPool>,
+    /// The placement (the operators' pool: `None`, sized by its own key).
+    pub placement: Option<String>,
+    pub size: usize,
+    pub tenants: Vec<PoolTenant>,
+}
+
 impl Snapshot {
     pub fn build(
-        mut config: Config,
+        config: Config,
         src: &ConfigSource,
         workers: usize,
     ) -> Result<Snapshot, ConfigError> {
         let secret = crate::client::secret::AuthSecret::for_config(&config)
             .map_err(|m| src.error("proxy.secret_file", m))?;
+        Ok(Snapshot::assemble(config, src, workers, secret, None)?.0)
+    }
+
+    /// A snapshot from a re-read config, with `previous`'s secret (read
+    /// at start only: the rls placements' context keys registered in
+    /// their databases derive from it) and each of its pools whose
+    /// placement's connection settings are unchanged; those pools'
+    /// updates are returned, not applied.
+    pub fn rebuild(
+        config: Config,
+        src: &ConfigSource,
+        workers: usize,
+        previous: &Snapshot,
+    ) -> Result<(Snapshot, Vec<PoolUpdate>), ConfigError> {
+        let secret = previous.catalog.secret().clone();
+        Snapshot::assemble(config, src, workers, secret, Some(previous))
+    }
+
+    fn assemble(
+        mut config: Config,
+        src: &ConfigSource,
+        workers: usize,
+        secret: crate::client::secret::AuthSecret,
+        previous: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Vec<PoolUpdate>), ConfigError> {
+        let mut updates = Vec::new();
         // Keys of rls placements' tenant contexts, derived before the
         // catalog takes the secret.
         let context_keys: Vec<(&String, [u8; 32])> = config
@@ -109,30 +148,38 @@ impl Snapshot {
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, key)| *key);
-            let pool = PlacementPool::new(
-                PlacementName(name.clone()),
+            let spec = PoolSpec {
+                name: PlacementName(name.clone()),
                 target,
-                p.pool_size as usize,
-                workers,
-                PoolTimeouts::from_config(&config.proxy),
+                size: p.pool_size as usize,
+                timeouts: PoolTimeouts::from_config(&config.proxy),
                 roles,
-                context_key.map(|key| TenantContext::new(key, p.tenant_setting.clone())),
-                tenants.remove(name.as_str()).unwrap_or_default(),
-            );
+                context: context_key.map(|key| TenantContext::new(key, p.tenant_setting.clone())),
+                tenants: tenants.remove(name.as_str()).unwrap_or_default(),
+            };
+            let kept = previous.and_then(|s| s.placements.get(name));
+            let pool = spec.pool(workers, kept.map(|k| &k.pool), Some(name), &mut updates);
             let operators = match (
                 operator_targets.iter().find(|(n, _)| *n == name),
                 context_key,
                 p.operator_pool(),
             ) {
-                (Some((_, target)), Some(key), Some(size)) => Some(operator_pool(
-                    name,
-                    target.clone(),
-                    size,
-                    workers,
-                    &config,
-                    TenantContext::new(key, p.tenant_setting.clone()),
-                    &catalog,
-                )),
+                (Some((_, target)), Some(key), Some(size)) => Some(
+                    operator_pool(
+                        name,
+                        target.clone(),
+                        size,
+                        &config,
+                        TenantContext::new(key, p.tenant_setting.clone()),
+                        &catalog,
+                    )
+                    .pool(
+                        workers,
+                        kept.and_then(|k| k.operators.as_ref()),
+                        None,
+                        &mut updates,
+                    ),
+                ),
                 _ => None,
             };
             placements.insert(
@@ -153,12 +200,13 @@ impl Snapshot {
         // config's memory for the snapshot's life, plaintext passwords
         // included.
         config.tenants = Default::default();
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             config,
             rules,
             catalog,
             placements,
-        })
+        };
+        Ok((snapshot, updates))
     }
 
     pub fn pool_mode(&self) -> PoolMode {
@@ -175,6 +223,51 @@ impl Snapshot {
     }
 }
 
+/// What a placement's pool is made from.
+struct PoolSpec {
+    name: PlacementName,
+    target: BackendTarget,
+    size: usize,
+    timeouts: PoolTimeouts,
+    roles: RolePolicy,
+    context: Option<TenantContext>,
+    tenants: Vec<PoolTenant>,
+}
+
+impl PoolSpec {
+    /// `kept` if it connects the same way (its new size and tenants go
+    /// to `updates`), else a new pool.
+    fn pool(
+        self,
+        workers: usize,
+        kept: Option<&Arc<PlacementPool>>,
+        placement: Option<&String>,
+        updates: &mut Vec<PoolUpdate>,
+    ) -> Arc<PlacementPool> {
+        if let Some(kept) = kept
+            && kept.same_settings(&self.target, &self.roles, self.context.as_ref())
+        {
+            updates.push(PoolUpdate {
+                pool: Arc::clone(kept),
+                placement: placement.cloned(),
+                size: self.size,
+                tenants: self.tenants,
+            });
+            return Arc::clone(kept);
+        }
+        PlacementPool::new(
+            self.name,
+            self.target,
+            self.size,
+            workers,
+            self.timeouts,
+            self.roles,
+            self.context,
+            self.tenants,
+        )
+    }
+}
+
 /// The operators' pool of rls placement `name`: its own role (checked by
 /// `operator_check`, never trusted blindly), the placement's context key
 /// (each lease enters the tenant the operator named, or
@@ -184,36 +277,34 @@ fn operator_pool(
     name: &str,
     target: BackendTarget,
     size: u32,
-    workers: usize,
     config: &Config,
     context: TenantContext,
     catalog: &Catalog,
-) -> Arc<PlacementPool> {
+) -> PoolSpec {
     let names: Vec<&str> = catalog.operators_of(name).collect();
     let cap = if names.len() <= 1 {
         size
     } else {
         (size / 2).max(1)
     };
-    PlacementPool::new(
-        PlacementName(format!("{name}/operators")),
+    PoolSpec {
+        name: PlacementName(format!("{name}/operators")),
         target,
-        size as usize,
-        workers,
-        PoolTimeouts::from_config(&config.proxy),
-        RolePolicy {
+        size: size as usize,
+        timeouts: PoolTimeouts::from_config(&config.proxy),
+        roles: RolePolicy {
             operator: true,
             ..RolePolicy::default()
         },
-        Some(context),
-        names
+        context: Some(context),
+        tenants: names
             .into_iter()
             .map(|n| PoolTenant {
                 name: n.to_owned(),
                 max_server_connections: cap as usize,
             })
             .collect(),
-    )
+    }
 }
 
 /// Shared by every worker and connection.
@@ -241,6 +332,11 @@ pub struct ProxyState {
     pub consoles: Arc<AtomicU32>,
     /// Per-tenant counters and the exporter's memory (`metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The config file the proxy was started with: what a reload reads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Serializes reloads (`crate::reload`); held by the reloading
+    /// thread only, never by the data plane.
+    pub(crate) reload_lock: std::sync::Mutex<()>,
 }
 
 impl ProxyState {
@@ -256,6 +352,8 @@ impl ProxyState {
             workers,
             pins: Default::default(),
             stop: Default::default(),
+            config_path: None,
+            reload_lock: Default::default(),
             controls: Default::default(),
             consoles: Arc::new(AtomicU32::new(0)),
             metrics: Default::default(),
@@ -285,6 +383,15 @@ impl ProxyState {
             .iter()
             .map(|c| u64::from(c.load(Ordering::Relaxed)))
             .sum()
+    }
+
+    /// Puts a new snapshot in place, then tells the sessions (in that
+    /// order: a session that sees the new generation finds the new
+    /// snapshot).
+    pub(crate) fn swap_snapshot(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let old = self.snapshot.swap(Arc::new(snapshot));
+        self.stop.reloaded();
+        old
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -118,12 +118,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
         }
         "/metrics" if get => {
             if !authorized(&req, shared) {
-                let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-                return r;
+                return unauthorized();
             }
             let state = Arc::clone(&shared.state);
             // A large catalog takes milliseconds to walk: off the control
@@ -141,7 +136,23 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
             }
         }
-        "/healthz" | "/metrics" => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        "/reload" if req.method() == Method::POST => {
+            if !authorized(&req, shared) {
+                return unauthorized();
+            }
+            // No body is read: the reload re-reads the file the proxy
+            // was started with, nothing else.
+            match crate::reload::reload(&shared.state).await {
+                Ok(summary) => owned_text(StatusCode::OK, format!("{summary}\n")),
+                Err(e @ crate::reload::ReloadError::Internal(_)) => {
+                    owned_text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+                }
+                Err(e) => owned_text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+            }
+        }
+        "/healthz" | "/metrics" | "/reload" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -161,8 +172,21 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
     bool::from(digest(given).ct_eq(want))
 }
 
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    owned_text(status, body.into())
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

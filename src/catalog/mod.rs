@@ -31,7 +31,7 @@ pub type ConfigMap<K, V> = HashMap<K, V, FastHash>;
 pub type FastHash = foldhash::fast::RandomState;
 
 /// How a tenant user proves who they are.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     Scram(Verifier),
 }
@@ -90,6 +90,12 @@ impl Catalog {
 
     pub fn contains(&self, name: &str) -> bool {
         self.tenants.contains_key(name)
+    }
+
+    /// The secret the catalog's salts were keyed with (a reload keeps
+    /// it).
+    pub fn secret(&self) -> &AuthSecret {
+        &self.secret
     }
 
     pub fn len(&self) -> usize {

@@ -112,6 +112,15 @@ pub enum ClientError {
     /// Too many admin console sessions at once.
     #[error("too many admin console connections")]
     ConsoleFull,
+    /// A live reload removed the client's tenant.
+    #[error("terminating connection: tenant \"{0}\" was removed from the configuration")]
+    TenantRemoved(TenantId),
+    /// A live reload changed where or how the client's tenant connects,
+    /// and the client could not move (session mode, a pin, a new schema).
+    #[error(
+        "terminating connection of tenant \"{0}\": its placement or settings changed in a configuration reload; reconnect"
+    )]
+    Reconfigured(TenantId),
     /// The server refused a setting the client asked for; its own words.
     #[error("{message}")]
     Server { code: String, message: String },
@@ -148,7 +157,9 @@ impl ClientError {
             ClientError::NotSupported(_)
             | ClientError::SessionState { .. }
             | ClientError::ListenOnShared(_) => SqlState::FEATURE_NOT_SUPPORTED,
-            ClientError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
+            ClientError::ShuttingDown
+            | ClientError::TenantRemoved(_)
+            | ClientError::Reconfigured(_) => SqlState::ADMIN_SHUTDOWN,
             ClientError::IdleInTransaction(_) => SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             ClientError::ClientIdle(_) => SqlState::IDLE_SESSION_TIMEOUT,
             ClientError::ClientStalled(_) => SqlState::PROGRAM_LIMIT_EXCEEDED,
@@ -197,7 +208,9 @@ impl ClientError {
             ClientError::ShuttingDown
             | ClientError::NotAccepting
             | ClientError::SuspendedSession(_)
-            | ClientError::Killed(_) => return None,
+            | ClientError::Killed(_)
+            | ClientError::TenantRemoved(_)
+            | ClientError::Reconfigured(_) => return None,
         })
     }
 
@@ -252,6 +265,7 @@ impl ClientError {
             ClientError::NotSupported(_) => "not_supported",
             ClientError::SessionState { .. } | ClientError::ListenOnShared(_) => "session_state",
             ClientError::ShuttingDown | ClientError::NotAccepting => "shutdown",
+            ClientError::TenantRemoved(_) | ClientError::Reconfigured(_) => "reload",
             ClientError::IdleInTransaction(_) | ClientError::ClientIdle(_) => "idle_timeout",
             ClientError::ClientStalled(_) => "limit",
             ClientError::Server { .. } => "server_refused",

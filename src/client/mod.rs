@@ -53,13 +53,16 @@ pub async fn serve(
     );
     async move {
         let _ = stream.set_nodelay(true);
+        // The generation first: a reload between the two reads is
+        // followed at the session's first lease.
+        let generation = state.stop.generation();
         let snap = state.snapshot();
         let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
         let mut unauthenticated = Some(unauthenticated);
         let mut stats = None;
         let outcome = serve_inner(
             &state,
-            &snap,
+            (&snap, generation),
             &mut client,
             peer,
             &mut unauthenticated,
@@ -132,6 +135,7 @@ struct Login {
     seat: crate::pool::TenantSeat,
     /// An operator's connection: logged at its start and end.
     audit: Option<operator::Audit>,
+    follows: session::Follows,
     _guards: [CountGuard; 2],
 }
 
@@ -145,11 +149,12 @@ struct Identity {
     client_limit: u32,
     settings: Vec<(String, String)>,
     audit: Option<operator::Audit>,
+    follows: session::Follows,
 }
 
 async fn serve_inner(
     state: &Arc<ProxyState>,
-    snap: &Arc<Snapshot>,
+    (snap, generation): (&Arc<Snapshot>, u64),
     client: &mut ClientConn,
     peer: SocketAddr,
     unauthenticated: &mut Option<Unauthenticated>,
@@ -235,15 +240,16 @@ async fn serve_inner(
         reset_query: proxy.server_reset_query.clone(),
         cancel: &registration.slot,
         client_pid: registration.key.pid,
-        stop: state
-            .stop
-            .subscribe_client(Some(crate::control::ClientInfo::new(
+        stop: state.stop.subscribe_client(
+            Some(crate::control::ClientInfo::new(
                 login.counter.clone(),
                 login.user.clone(),
                 peer,
                 startup_application_name(&login.wanted),
                 false,
-            ))),
+            )),
+            generation,
+        ),
         controls: &state.controls,
         pause_timeout: proxy.pause_timeout,
         startup_settings: login.wanted.clone(),
@@ -271,6 +277,9 @@ async fn serve_inner(
             .unwrap_or((pool.counts().max as u32 / 2).max(1)),
         pin_guard: None,
         message_timeout: proxy.client_message_timeout,
+        state,
+        follows: login.follows,
+        ending: None,
     }
     .run(client)
     .await;
@@ -402,6 +411,10 @@ async fn login(
                 seat: Some(op.seat),
                 counter: op.counter,
                 client_limit: snap.config.proxy.default_tenant_max_client_connections,
+                follows: session::Follows::Operator {
+                    placement: route.placement.clone(),
+                    operator: route.operator.clone(),
+                },
                 settings: route.settings,
                 audit: Some(op.audit),
             }
@@ -471,6 +484,7 @@ async fn login(
         reported,
         seat,
         audit: id.audit,
+        follows: id.follows,
         _guards: [proxy_guard, tenant_guard],
     })))
 }
@@ -533,6 +547,7 @@ async fn tenant_login(
         seat,
         settings: resolved.settings,
         audit: None,
+        follows: session::Follows::Tenant,
         tenant,
     })
 }

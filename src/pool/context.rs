@@ -47,6 +47,7 @@ pub fn new_secret() -> SessionSecret {
 }
 
 /// A placement's context key and mirror setting.
+#[derive(PartialEq, Eq)]
 pub struct TenantContext {
     key: [u8; 32],
     /// A custom setting that `enter()` also sets to the tenant's name,

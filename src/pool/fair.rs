@@ -79,6 +79,31 @@ impl<W> Tenants<W> {
         }
     }
 
+    /// A new tenant's seat (a live reload added it), with cap `cap`.
+    pub(super) fn add(&mut self, cap: usize) -> TenantSeat {
+        self.list.push(Tenant {
+            held: 0,
+            cap: cap.max(1),
+            waiters: VecDeque::new(),
+            in_turn: false,
+        });
+        TenantSeat((self.list.len() - 1) as u32)
+    }
+
+    /// A live reload changed `seat`'s cap. What it holds stays held; a
+    /// lowered cap only refuses more until it is under it again, and a
+    /// raised one puts its waiters back in turn (the caller then serves
+    /// waiters).
+    pub(super) fn set_cap(&mut self, seat: TenantSeat, cap: usize) {
+        if let Some(t) = self.list.get_mut(seat.0 as usize) {
+            t.cap = cap.max(1);
+            if t.has_room() && !t.waiters.is_empty() && !t.in_turn {
+                t.in_turn = true;
+                self.turns.push_back(seat.0);
+            }
+        }
+    }
+
     /// Whether `seat` may be granted one more connection. An unknown seat
     /// (a bug) never may: its clients time out rather than go uncounted.
     pub(super) fn has_room(&self, seat: TenantSeat) -> bool {
@@ -328,6 +353,30 @@ mod tests {
         assert_eq!(t.counts(FLOOD).map(|c| (c.held, c.waiting)), Some((1, 0)));
         assert_eq!(t.hand(7, |_, _| Ok(())), Err(7));
         assert!(!t.anyone_ready());
+    }
+
+    #[test]
+    fn a_raised_cap_serves_waiters_and_an_added_tenant_gets_its_own_seat() {
+        let mut t = Tenants::new([1]);
+        t.acquire(FLOOD);
+        t.push(FLOOD, 0, 0);
+        assert!(serve(&mut t, 1).is_empty(), "at its cap");
+        t.set_cap(FLOOD, 2);
+        assert_eq!(serve(&mut t, 1), [0]);
+        t.set_cap(FLOOD, 1);
+        assert!(!t.has_room(FLOOD), "holds 2, cap now 1");
+        t.release(FLOOD);
+        assert!(!t.has_room(FLOOD), "holds 1, cap 1");
+        let new = t.add(3);
+        assert_eq!(new, QUIET);
+        assert_eq!(
+            t.counts(new),
+            Some(TenantCounts {
+                held: 0,
+                waiting: 0,
+                cap: 3
+            })
+        );
     }
 
     #[test]

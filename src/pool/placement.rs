@@ -45,7 +45,7 @@
 use super::context::TenantContext;
 use super::fair::{TenantCounts, TenantSeat, Tenants};
 use super::lease::Lease;
-use super::queue::{Grant, State, hand_to_waiter, pop_any, put_idle, serve_waiters, take};
+use super::queue::{Grant, State, hand_to_waiter, put_idle, serve_waiters, take};
 use super::role_check::RolePolicy;
 use super::server_conn::{BackendTarget, ServerConn, ServerError};
 use super::startup_params::StartupParams;
@@ -60,7 +60,7 @@ pub(super) type Pooled = Box<ServerConn>;
 use crate::runtime::current_worker;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -106,12 +106,15 @@ pub struct PlacementPool {
     /// Statements a server of this placement accepted (see
     /// `session::known`).
     pub known_statements: crate::session::known::KnownStatements,
-    /// The placement's tenants by name (fixed at creation; the hasher of
-    /// the catalog's maps, as clients cannot choose these keys).
-    seats: HashMap<Box<str>, TenantSeat, foldhash::fast::RandomState>,
+    /// The placement's tenants by name (the hasher of the catalog's maps,
+    /// as clients cannot choose these keys). Read once per login; written
+    /// by a reload (`placement_live.rs`). Lock order: this, then `state`.
+    seats: RwLock<Seats>,
     /// Its open connections (SHOW SERVERS).
     servers: Arc<super::servers::ServerList>,
 }
+
+type Seats = HashMap<Box<str>, TenantSeat, foldhash::fast::RandomState>;
 
 /// A tenant of a placement and how many of its server connections the
 /// tenant's clients may hold at once.
@@ -159,11 +162,12 @@ impl PlacementPool {
                 next_waiter: 0,
                 failures: 0,
                 retry_at: None,
+                retired: false,
             }),
             stats: PoolStats::default(),
             startup_params: Mutex::new(None),
             known_statements: Default::default(),
-            seats,
+            seats: RwLock::new(seats),
             servers: Default::default(),
         })
     }
@@ -171,7 +175,11 @@ impl PlacementPool {
     /// The seat of a tenant of this placement; `None` for a tenant the
     /// pool was not made with.
     pub fn seat(&self, tenant: &str) -> Option<TenantSeat> {
-        self.seats.get(tenant).copied()
+        self.seats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
     }
 
     /// What a tenant holds of this pool, how many of its clients wait, and
@@ -233,27 +241,14 @@ impl PlacementPool {
             .collect()
     }
 
-    /// Its tenants' names and seats (SHOW POOLS).
-    pub fn seats(&self) -> impl Iterator<Item = (&str, TenantSeat)> {
-        self.seats.iter().map(|(n, s)| (&**n, *s))
-    }
-
-    /// Changes the size live: growth serves waiters at once; shrinking
-    /// closes idle connections now and others as they come back.
-    pub fn resize(&self, max: usize) {
-        let mut doomed = Vec::new();
-        {
-            let mut s = self.lock();
-            s.max = max.max(1);
-            while s.total > s.max && s.idle_count > 0 {
-                if let Some(c) = pop_any(&mut s, current_worker()) {
-                    doomed.push(c);
-                    s.total -= 1;
-                }
-            }
-            serve_waiters(&mut s);
-        }
-        doomed.into_iter().for_each(|c| c.close());
+    /// Its tenants' names and seats (SHOW POOLS), as of now.
+    pub fn seats(&self) -> Vec<(String, TenantSeat)> {
+        self.seats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, s)| (n.to_string(), *s))
+            .collect()
     }
 
     /// The server parameters clients see at startup; opens (and returns)
@@ -484,6 +479,13 @@ impl PlacementPool {
             return;
         }
         if let Some(c) = hand_to_waiter(&mut s, Grant::Conn(conn)) {
+            if s.retired {
+                // Replaced by a reload: nobody new comes here.
+                s.total -= 1;
+                drop(s);
+                c.close();
+                return;
+            }
             put_idle(&mut s, c);
         }
         // The release may have given a tenant room that the connection
@@ -600,6 +602,8 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
+#[path = "placement_live.rs"]
+mod live;
 #[path = "placement_upkeep.rs"]
 mod upkeep;
 #[path = "placement_vetting.rs"]

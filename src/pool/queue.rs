@@ -44,6 +44,9 @@ pub(super) struct State {
     pub(super) failures: u32,
     /// Set while backing off: no attempt before this.
     pub(super) retry_at: Option<Instant>,
+    /// A reload replaced this pool: connections that come back are closed
+    /// unless a waiter takes them (`placement_live.rs`).
+    pub(super) retired: bool,
 }
 
 impl State {

@@ -43,7 +43,7 @@ use super::server_conn::{ServerConn, ServerError};
 use std::fmt::Write as _;
 
 /// What the check needs to know beyond the connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RlsPolicy {
     /// `shared_tables`: schema-qualified relations every tenant may read
     /// without row-level security (validated by config/load.rs).

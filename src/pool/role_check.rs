@@ -21,7 +21,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::AsyncWriteExt;
 
 /// What the check needs to know beyond the connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RolePolicy {
     /// `trust_backend_role = true`: no check.
     pub trusted: bool,

@@ -35,6 +35,10 @@ impl SqlState {
     }
 
     /// `08004`: no tenant, sources disagree, tenant suspended.
+    /// `F0000`: a reload found the config file invalid.
+    pub const CONFIG_FILE_ERROR: SqlState = SqlState::lit("F0000");
+    /// `00000`: a notice's code.
+    pub const SUCCESSFUL_COMPLETION: SqlState = SqlState::lit("00000");
     pub const SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION: SqlState = SqlState::lit("08004");
     /// `3D000`: tenant unknown.
     pub const INVALID_CATALOG_NAME: SqlState = SqlState::lit("3D000");
@@ -100,6 +104,19 @@ pub fn write_error(
     hint: Option<&str>,
 ) {
     write_fields(out, b'E', severity.as_str(), code, message, hint);
+}
+
+/// Appends a NoticeResponse (`N`, severity NOTICE, SQLSTATE 00000):
+/// something the client may show and need not act on.
+pub fn write_notice(out: &mut BytesMut, message: &str) {
+    write_fields(
+        out,
+        b'N',
+        "NOTICE",
+        SqlState::SUCCESSFUL_COMPLETION,
+        message,
+        None,
+    );
 }
 
 fn write_fields(

@@ -88,8 +88,12 @@ impl Session<'_> {
             // bounded gulps, since every Request returns and every wait
             // yields (see `Flow::poll_fill`).
             let read = poll_fn(|cx| {
-                if self.stop.poll_stopped(cx).is_ready() {
-                    return Poll::Ready(Err(self.stop_error()));
+                if self.stop.poll_changed(cx).is_ready() {
+                    if self.stop.is_stopping() {
+                        return Poll::Ready(Err(self.stop_error()));
+                    }
+                    // A reload: follow it now, holding nothing.
+                    return Poll::Ready(Ok(None));
                 }
                 if limited && idle_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
@@ -97,12 +101,16 @@ impl Session<'_> {
                 if message_started && message_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
                 }
-                client.flow.poll_fill(cx, &mut client.stream).map(Ok)
+                client
+                    .flow
+                    .poll_fill(cx, &mut client.stream)
+                    .map(|r| Ok(Some(r)))
             })
             .await?;
             match read {
-                Ok(0) | Err(_) => return Ok(Next::Leave),
-                Ok(_) => {}
+                None => self.follow_reload()?,
+                Some(Ok(0) | Err(_)) => return Ok(Next::Leave),
+                Some(Ok(_)) => {}
             }
         }
     }
@@ -191,7 +199,7 @@ impl Session<'_> {
             // Whatever comes (data, EOF, a notice), the pump handles it.
             _ = client.stream.readable() => Ok(()),
             _ = lease.conn().stream.readable() => Ok(()),
-            _ = self.stop.stopped(), if !txn.stop_when_idle => Ok(()),
+            _ = self.stop.changed(), if !txn.stop_when_idle => Ok(()),
             _ = self.stop.killed() => Ok(()),
             _ = crate::runtime::time::sleep(limit) => {
                 tracing::info!(tenant = %self.tenant.id, "{err}");

@@ -12,7 +12,8 @@
 //! keys), `idle` (the client between requests), `probe` (the
 //! session-state check), `boundary` (what the server owes), `control`
 //! (the proxy's own queries), `statements`/`prepared`/`replies`/`known`
-//! (named statements), `budget` (per-client bounds).
+//! (named statements), `budget` (per-client bounds), `follow` (a live
+//! reload seen between transactions).
 
 pub mod boundary;
 #[cfg(test)]
@@ -22,6 +23,7 @@ pub mod cancel;
 mod context;
 mod control;
 pub mod deallocate;
+mod follow;
 mod idle;
 pub mod known;
 mod lease;
@@ -51,6 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use txn::TxnState;
 
+pub use follow::Follows;
 pub use lease::checkout_error;
 
 /// How much of a request's first message must have arrived before a
@@ -120,6 +123,11 @@ pub struct Session<'a> {
     pub client_idle_timeout: Duration,
     /// How long a client's backlog may stay over its limit; 0: forever.
     pub client_read_timeout: Duration,
+    /// Where a reload's new snapshot is read (`follow.rs`).
+    pub state: &'a crate::state::ProxyState,
+    pub follows: Follows,
+    /// A reload ended this session: told once its transaction is over.
+    pub ending: Option<ClientError>,
 }
 
 /// What the idle client did next.
@@ -150,6 +158,7 @@ impl Session<'_> {
             if self.controls.any_paused() {
                 self.wait_while_paused().await?;
             }
+            self.follow_reload()?;
             let (mut lease, synced) = self.lease().await?;
             let leased_at = std::time::Instant::now();
             server_flow.reset();
@@ -293,6 +302,10 @@ impl Session<'_> {
                     if self.is_stopping() {
                         return Err(self.stop_error());
                     }
+                    if let Some(e) = self.ending.take() {
+                        tracing::info!(tenant = %self.tenant.id, "{e}");
+                        return Err(e);
+                    }
                 }
                 PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
                     self.finish(lease, &txn, &server_flow, settled);
@@ -409,9 +422,15 @@ impl Session<'_> {
             } else if watch_stop {
                 tokio::select! {
                     biased;
-                    _ = self.stop.stopped() => {
+                    // A stop, or a reload that may end this session
+                    // (`follow.rs`): either way it ends at the next idle
+                    // point, unless it is a KILL.
+                    _ = self.stop.changed() => {
                         if self.is_killed() {
                             return PumpExit::Killed;
+                        }
+                        if !self.is_stopping() && !self.reload_ends_session() {
+                            continue;
                         }
                         txn.stop_when_idle = true;
                         if txn.is_idle() && client.flow.at_rest() && server_flow.at_rest() {

@@ -79,7 +79,7 @@ impl Session<'_> {
                     tracing::info!(tenant = %self.tenant.id, state = %kinds.join(", "), "client pinned to its server connection");
                 }
                 txn.pinned = true;
-                txn.stop_when_idle = self.is_stopping();
+                txn.stop_when_idle = self.is_stopping() || self.ending.is_some();
                 Ok(())
             }
         }

@@ -3,6 +3,8 @@
 //! port (`TestProxy`).
 #![allow(dead_code)]
 
+pub mod http;
+pub mod live;
 pub mod raw;
 pub mod shared;
 

@@ -27,6 +27,8 @@ pub enum Command {
     Resume(Option<TenantId>),
     Suspend(TenantId),
     Kill(TenantId),
+    /// Re-read the config file (`crate::reload`).
+    Reload,
 }
 
 impl Command {
@@ -40,7 +42,7 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error(
-        "unknown command {0:?}; the console accepts SHOW TENANTS|POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION, PAUSE [tenant], RESUME [tenant], SUSPEND tenant, KILL tenant"
+        "unknown command {0:?}; the console accepts SHOW TENANTS|POOLS|CLIENTS|SERVERS|STATS|CONFIG|VERSION, RELOAD, PAUSE [tenant], RESUME [tenant], SUSPEND tenant, KILL tenant"
     )]
     Unknown(String),
     #[error("{0} needs a tenant name")]
@@ -83,6 +85,7 @@ fn parse_one(statement: &str) -> Result<Command, ParseError> {
             };
             Ok(Command::Show(listing))
         }
+        ["RELOAD"] => Ok(Command::Reload),
         ["PAUSE"] => Ok(Command::Pause(None)),
         ["RESUME"] => Ok(Command::Resume(None)),
         ["PAUSE", _] => Ok(Command::Pause(Some(tenant(words[1])?))),

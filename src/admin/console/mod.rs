@@ -42,13 +42,17 @@ pub async fn serve(
     client: &mut ClientConn,
     login: ConsoleLogin,
 ) -> Result<(), ClientError> {
-    let stop = state.stop.subscribe_client(Some(ClientInfo::new(
-        TenantId::new(crate::config::ADMIN_DATABASE),
-        login.user.clone(),
-        login.peer,
-        None,
-        true,
-    )));
+    // Console sessions follow no reload (they lease nothing).
+    let stop = state.stop.subscribe_client(
+        Some(ClientInfo::new(
+            TenantId::new(crate::config::ADMIN_DATABASE),
+            login.user.clone(),
+            login.peer,
+            None,
+            true,
+        )),
+        state.stop.generation(),
+    );
     let console = Console {
         state,
         login: &login,
@@ -278,6 +282,15 @@ impl Console<'_> {
                 rows::command_complete(out, "KILL");
                 Ok(())
             }
+            // The build runs on a thread of its own; this session waits.
+            Command::Reload => match crate::reload::reload(self.state).await {
+                Ok(summary) => {
+                    crate::protocol::error::write_notice(out, &summary.to_string());
+                    rows::command_complete(out, "RELOAD");
+                    Ok(())
+                }
+                Err(e) => Err(Failure::new(SqlState::CONFIG_FILE_ERROR, e.to_string())),
+            },
         }
     }
 

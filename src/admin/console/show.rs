@@ -103,16 +103,16 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
     for name in names {
         let placement = &snap.placements[name];
         let pool = &placement.pool;
-        let mut tenants: Vec<(&str, crate::pool::TenantSeat)> = pool.seats().collect();
-        tenants.sort_by(|a, b| a.0.cmp(b.0));
+        let mut tenants = pool.seats();
+        tenants.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tenant_rows = Vec::with_capacity(tenants.len());
         let (mut cl_active, mut cl_waiting) = (0usize, 0usize);
         for (tenant, seat) in tenants {
             let counts = pool.tenant_counts(seat);
-            let id = crate::routing::TenantId::new(tenant);
+            let id = crate::routing::TenantId::new(&tenant);
             let clients = state.tenant_client_count(&id) as usize;
             let waiting =
-                counts.map_or(0, |c| c.waiting) + paused.get(tenant).copied().unwrap_or(0);
+                counts.map_or(0, |c| c.waiting) + paused.get(tenant.as_str()).copied().unwrap_or(0);
             let active = clients.saturating_sub(waiting);
             cl_active += active;
             cl_waiting += waiting;
@@ -233,9 +233,9 @@ fn servers(snap: &Snapshot) -> Rows {
     for name in names {
         let placement = &snap.placements[name];
         for pool in std::iter::once(&placement.pool).chain(placement.operators.as_ref()) {
-            let mut seats = pool.seats();
-            let only = match (seats.next(), seats.next()) {
-                (Some((t, _)), None) => Some(t.to_string()),
+            let seats = pool.seats();
+            let only = match seats.as_slice() {
+                [(t, _)] => Some(t.clone()),
                 _ => None,
             };
             let target = pool.target();
