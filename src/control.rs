@@ -35,17 +35,24 @@ pub struct ClientInfo {
     pub paused: AtomicBool,
 }
 
+/// A new connection id, unique for the proxy's life: the `conn` field of
+/// a connection's log lines and the `id` column of SHOW CLIENTS.
+pub fn next_client_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 impl ClientInfo {
     pub fn new(
+        id: u64,
         tenant: TenantId,
         user: String,
         peer: SocketAddr,
         application_name: Option<String>,
         console: bool,
     ) -> ClientInfo {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         ClientInfo {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             tenant,
             user,
             peer,

@@ -130,7 +130,6 @@ pub async fn run_with(
         tokio::spawn(admin::http::serve(
             http,
             Arc::clone(&state),
-            admin.token.clone(),
             http_stop.clone(),
         ));
     }

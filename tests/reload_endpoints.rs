@@ -156,6 +156,17 @@ async fn post_reload_needs_the_token_and_says_what_changed() {
         .expect("b still works");
     assert_eq!(reloads(http_port, "ok").await, 1.0);
     assert_eq!(reloads(http_port, "error").await, 1.0);
+
+    // A reload rotates the token: the old one stops working at once.
+    let rotated = config(&pg, http_port, true, "").replace(TOKEN, "rotated-token-9876543210");
+    std::fs::write(&proxy.path, rotated).expect("write");
+    let (status, body) = http(http_port, "POST", "/reload", &auth).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(http_port, "GET", "/metrics", &auth).await;
+    assert_eq!(status, 401, "the old token still works");
+    let new_auth = "Authorization: Bearer rotated-token-9876543210\r\n";
+    let (status, _) = http(http_port, "GET", "/metrics", new_auth).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@
 //! time); `/healthz` stays open, as load balancers and kubelets probe it
 //! without credentials and it tells nothing but ready or not.
 
-use crate::config::Secret;
 use crate::state::ProxyState;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -39,23 +38,12 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// What the handler needs.
 struct Shared {
     state: Arc<ProxyState>,
-    /// SHA-256 of `admin.token`: compared as digests, so neither the
-    /// content nor the length leaks through timing.
-    token: Option<[u8; 32]>,
 }
 
 /// Serves until `stop` fires. `listener` is already bound (so a bad
 /// address fails the start, not a background task).
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<ProxyState>,
-    token: Option<Secret>,
-    stop: CancellationToken,
-) {
-    let shared = Arc::new(Shared {
-        state,
-        token: token.map(|t| digest(t.expose().as_bytes())),
-    });
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: CancellationToken) {
+    let shared = Arc::new(Shared { state });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -157,11 +145,16 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
     }
 }
 
-/// With a token configured: `Authorization: Bearer <token>`.
+/// With a token configured: `Authorization: Bearer <token>`. The token
+/// is read from the running configuration, so a reload rotates it.
+/// Compared as SHA-256 digests, so neither its content nor its length
+/// leaks through timing.
 fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
-    let Some(want) = &shared.token else {
+    let snap = shared.state.snapshot();
+    let Some(token) = snap.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
         return true;
     };
+    let want = digest(token.expose().as_bytes());
     let Some(given) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -169,7 +162,7 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
     else {
         return false;
     };
-    bool::from(digest(given).ct_eq(want))
+    bool::from(digest(given).ct_eq(&want))
 }
 
 fn unauthorized() -> Response<Full<Bytes>> {

@@ -43,9 +43,12 @@ pub async fn serve(
     peer: SocketAddr,
     unauthenticated: Unauthenticated,
 ) {
+    let conn = crate::control::next_client_id();
     let span = tracing::info_span!(
         "client",
+        conn,
         %peer,
+        user = tracing::field::Empty,
         tenant = tracing::field::Empty,
         placement = tracing::field::Empty,
         isolation = tracing::field::Empty,
@@ -64,7 +67,7 @@ pub async fn serve(
             &state,
             (&snap, generation),
             &mut client,
-            peer,
+            (peer, conn),
             &mut unauthenticated,
             &mut stats,
         )
@@ -156,7 +159,7 @@ async fn serve_inner(
     state: &Arc<ProxyState>,
     (snap, generation): (&Arc<Snapshot>, u64),
     client: &mut ClientConn,
-    peer: SocketAddr,
+    (peer, conn): (SocketAddr, u64),
     unauthenticated: &mut Option<Unauthenticated>,
     stats: &mut Option<Arc<crate::metrics::TenantStats>>,
 ) -> Result<(), ClientError> {
@@ -201,7 +204,7 @@ async fn serve_inner(
     let login = match login? {
         None => return Ok(()),
         Some(LoggedIn::Console(console)) => {
-            return crate::admin::console::serve(state, client, console).await;
+            return crate::admin::console::serve(state, client, console, conn).await;
         }
         Some(LoggedIn::Tenant(login)) => *login,
     };
@@ -242,6 +245,7 @@ async fn serve_inner(
         client_pid: registration.key.pid,
         stop: state.stop.subscribe_client(
             Some(crate::control::ClientInfo::new(
+                conn,
                 login.counter.clone(),
                 login.user.clone(),
                 peer,
@@ -365,6 +369,9 @@ async fn login(
         .param("user")
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
+    // Recorded as a string field: both log formats quote and escape it,
+    // so a crafted name cannot forge a line.
+    tracing::Span::current().record("user", user);
 
     // Database `pgtenant` is the admin console whatever else the client
     // sent (no tenant may have that name); no admin reaches a placement.

@@ -271,7 +271,7 @@ pub struct AdminConfig {
     /// name to plaintext password or `SCRAM-SHA-256$...` verifier.
     #[serde(default)]
     pub users: BTreeMap<String, Secret>,
-    /// Bearer token `GET /metrics` (and later `POST /reload`) require
+    /// Bearer token `GET /metrics` and `POST /reload` require
     /// (`Authorization: Bearer TOKEN`); none: open. `/healthz` stays open
     /// for load balancers and probes.
     pub token: Option<Secret>,

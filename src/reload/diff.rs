@@ -188,6 +188,24 @@ pub fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<String> {
         server_login_retry,
         secret_file
     );
+    // The HTTP listener is bound once; its token and the rest of
+    // `[admin]` are read live.
+    let running_listen = running.admin.as_ref().and_then(|a| a.listen.clone());
+    let new_listen = new.admin.as_ref().and_then(|a| a.listen.clone());
+    if new_listen != running_listen {
+        kept.push("admin.listen changed; it takes a restart, the running value stays".into());
+        match new.admin.as_mut() {
+            Some(a) => a.listen = running_listen,
+            None => {
+                new.admin = Some(crate::config::AdminConfig {
+                    listen: running_listen,
+                    users: Default::default(),
+                    token: None,
+                    top_tenants: crate::config::DEFAULT_TOP_TENANTS,
+                })
+            }
+        }
+    }
     kept
 }
 

@@ -215,6 +215,39 @@ fn restart_only_keys_keep_their_running_values() {
 }
 
 #[test]
+fn admin_listen_is_kept_and_the_token_is_not() {
+    let admin = |listen: &str, token: &str| {
+        parse_str(
+            &format!(
+                "[proxy]\nlisten = \"127.0.0.1:6432\"\n[admin]\nlisten = \"{listen}\"\ntoken = \"{token}\"\n"
+            ),
+            "x.toml",
+        )
+        .expect("valid")
+        .0
+    };
+    let running = admin("127.0.0.1:9930", "0123456789abcdef-old");
+    let mut new = admin("127.0.0.1:9999", "0123456789abcdef-new");
+    let kept = keep_restart_only(&mut new, &running);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].starts_with("admin.listen changed"), "{kept:?}");
+    let a = new.admin.as_ref().expect("admin");
+    assert_eq!(a.listen.as_deref(), Some("127.0.0.1:9930"));
+    assert_eq!(
+        a.token.as_ref().map(|t| t.expose().to_string()).as_deref(),
+        Some("0123456789abcdef-new")
+    );
+    // A section removed whole keeps only the listener.
+    let mut bare = parse_str("[proxy]\nlisten = \"127.0.0.1:6432\"\n", "y.toml")
+        .expect("valid")
+        .0;
+    assert_eq!(keep_restart_only(&mut bare, &running).len(), 1);
+    let a = bare.admin.as_ref().expect("admin kept for its listener");
+    assert_eq!(a.listen.as_deref(), Some("127.0.0.1:9930"));
+    assert!(a.token.is_none() && a.users.is_empty());
+}
+
+#[test]
 fn long_lists_are_cut_and_counted() {
     let s = ReloadSummary {
         tenants_added: (0..12).map(|i| format!("t{i:02}")).collect(),

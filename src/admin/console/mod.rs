@@ -41,10 +41,12 @@ pub async fn serve(
     state: &Arc<ProxyState>,
     client: &mut ClientConn,
     login: ConsoleLogin,
+    conn: u64,
 ) -> Result<(), ClientError> {
     // Console sessions follow no reload (they lease nothing).
     let stop = state.stop.subscribe_client(
         Some(ClientInfo::new(
+            conn,
             TenantId::new(crate::config::ADMIN_DATABASE),
             login.user.clone(),
             login.peer,
