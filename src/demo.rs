@@ -41,8 +41,8 @@ pub async fn setup(
     let shared_pw = password();
     // The proxy's secret (beside the config), from which the shared
     // placement's context key derives: registered in its database here.
-    let secret_file = pg.dir().join(crate::client::secret::DEFAULT_FILE);
-    let secret = crate::client::secret::AuthSecret::load_or_create(&secret_file)
+    let secret_file = pg.dir().join(crate::credentials::secret::DEFAULT_FILE);
+    let secret = crate::credentials::secret::AuthSecret::load_or_create(&secret_file)
         .map_err(anyhow::Error::msg)?;
     let rows: String = SHARED
         .iter()

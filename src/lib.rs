@@ -5,6 +5,8 @@
 //! - `protocol`: framing with length caps, startup packets, the messages
 //!   the proxy writes, ErrorResponse and SQLSTATEs (pure).
 //! - `routing`: which tenant a connection names (pure).
+//! - `credentials`: SCRAM verifiers and the server side of the exchange
+//!   (sans-IO), the authentication secret. `credentials -> config`.
 //! - `catalog`: tenants, their placement, users and limits (a snapshot).
 //! - `pool`: server connections, the per-placement pool and its janitor.
 //! - `session`: one client's lease/forward/release loop, settings that
@@ -42,6 +44,7 @@ pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod demo;
 pub mod metrics;
 pub mod open_files;

@@ -111,7 +111,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     let path = require(config)?;
     let (cfg, src) = pgtenant::config::load_file(&path)?;
     // Checks the secret file without creating it (`serve` does that).
-    use pgtenant::client::secret::{AuthSecret, SecretLocation};
+    use pgtenant::credentials::secret::{AuthSecret, SecretLocation};
     if let SecretLocation::File(file) = SecretLocation::of(&cfg)
         && AuthSecret::load(&file)
             .map_err(|m| src.error("proxy.secret_file", m))?
@@ -189,7 +189,7 @@ fn context_key(config: Option<PathBuf>, placement: &str) -> anyhow::Result<()> {
         Some(_) => anyhow::bail!("placements.{placement} does not have isolation = \"rls\""),
         None => anyhow::bail!("no [placements.{placement}] in {}", path.display()),
     }
-    let secret = pgtenant::client::secret::AuthSecret::for_config(&cfg)
+    let secret = pgtenant::credentials::secret::AuthSecret::for_config(&cfg)
         .map_err(|m| src.error("proxy.secret_file", m))?;
     let ctx = pgtenant::pool::TenantContext::new(secret.context_key(placement), None);
     println!("{}", ctx.install_statement());

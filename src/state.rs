@@ -59,7 +59,7 @@ impl Snapshot {
         src: &ConfigSource,
         workers: usize,
     ) -> Result<Snapshot, ConfigError> {
-        let secret = crate::client::secret::AuthSecret::for_config(&config)
+        let secret = crate::credentials::secret::AuthSecret::for_config(&config)
             .map_err(|m| src.error("proxy.secret_file", m))?;
         Ok(Snapshot::assemble(config, src, workers, secret, None)?.0)
     }
@@ -83,7 +83,7 @@ impl Snapshot {
         mut config: Config,
         src: &ConfigSource,
         workers: usize,
-        secret: crate::client::secret::AuthSecret,
+        secret: crate::credentials::secret::AuthSecret,
         previous: Option<&Snapshot>,
     ) -> Result<(Snapshot, Vec<PoolUpdate>), ConfigError> {
         let mut updates = Vec::new();

@@ -4,7 +4,7 @@
 //! exactly, however it is split across reads. `fuzz/` has libFuzzer
 //! targets mirroring the first two.
 
-use pgtenant::client::scram::{self, ScramError, Verifier};
+use pgtenant::credentials::scram::{self, ScramError, Verifier};
 use pgtenant::config::TenantSource;
 use pgtenant::protocol::codec::{self, FrameScanner, FrameSink, HEADER_LEN, Step, WHOLE_BODY};
 use pgtenant::protocol::startup::{self, MAX_STARTUP_PACKET_LEN, StartupPacket};

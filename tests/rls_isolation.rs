@@ -10,7 +10,7 @@ mod common;
 
 use common::shared::{SHARED_PASSWORD, SHARED_ROLE, notes_seed, shared_database, tenants_config};
 use common::{TestPg, TestProxy, raw, sqlstate};
-use pgtenant::client::secret::AuthSecret;
+use pgtenant::credentials::secret::AuthSecret;
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 

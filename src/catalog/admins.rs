@@ -7,8 +7,8 @@
 
 use super::file::credential;
 use super::{Catalog, ConfigMap, Credential};
-use crate::client::scram::Verifier;
-use crate::client::secret::AuthSecret;
+use crate::credentials::scram::Verifier;
+use crate::credentials::secret::AuthSecret;
 use crate::config::{Config, ConfigError, ConfigSource};
 
 /// The salt namespace of admin users: ':' is in no tenant's name, so no

@@ -1,8 +1,8 @@
 //! Builds a [`Catalog`] from the `[tenants.*]` tables of the config file.
 
 use super::{Catalog, ConfigMap, Credential, TenantEntry};
-use crate::client::scram::Verifier;
-use crate::client::secret::AuthSecret;
+use crate::credentials::scram::Verifier;
+use crate::credentials::secret::AuthSecret;
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, TenantConfig, schema_names};
 use crate::routing::TenantId;
 use std::sync::Arc;
@@ -225,7 +225,7 @@ pub(super) fn credential(
     text: &str,
     key: &str,
     src: &ConfigSource,
-    salt: impl FnOnce() -> [u8; crate::client::secret::SALT_LEN],
+    salt: impl FnOnce() -> [u8; crate::credentials::secret::SALT_LEN],
 ) -> Result<Credential, ConfigError> {
     let verifier = if text.starts_with("SCRAM-SHA-256$") {
         Verifier::parse(text).ok_or_else(|| {

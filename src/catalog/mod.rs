@@ -12,8 +12,8 @@ mod operators;
 
 pub use operators::{OperatorCheck, OperatorEntry};
 
-use crate::client::scram::Verifier;
-use crate::client::secret::AuthSecret;
+use crate::credentials::scram::Verifier;
+use crate::credentials::secret::AuthSecret;
 use crate::routing::TenantId;
 use std::collections::HashMap;
 use std::sync::Arc;

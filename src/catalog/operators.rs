@@ -9,8 +9,8 @@
 
 use super::file::credential;
 use super::{Catalog, ConfigMap, Credential};
-use crate::client::scram::Verifier;
-use crate::client::secret::AuthSecret;
+use crate::credentials::scram::Verifier;
+use crate::credentials::secret::AuthSecret;
 use crate::config::{Config, ConfigError, ConfigSource};
 
 /// The salt namespace of operators' plaintext passwords and of unknown
@@ -147,7 +147,7 @@ placements = ["shared"]
         // Same salt and iterations as the real verifier: the server-first
         // message cannot tell them apart.
         let first = |v: &Verifier| {
-            crate::client::scram::server_first(v, b"n,,n=,r=abc", "xyz")
+            crate::credentials::scram::server_first(v, b"n,,n=,r=abc", "xyz")
                 .expect("server-first")
                 .1
         };

@@ -6,7 +6,7 @@
 
 use super::conn::ClientConn;
 use super::error::ClientError;
-use super::scram::{self, ScramError, Verifier};
+use crate::credentials::scram::{self, ScramError, Verifier};
 use crate::catalog::{Catalog, TenantEntry};
 use crate::protocol::messages;
 use base64::Engine;

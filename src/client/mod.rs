@@ -12,8 +12,6 @@ pub mod auth;
 pub mod conn;
 pub mod error;
 pub mod operator;
-pub mod scram;
-pub mod secret;
 
 use crate::admission::Unauthenticated;
 use crate::config::AuthType;

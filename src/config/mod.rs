@@ -188,7 +188,7 @@ pub struct ProxyConfig {
     /// On SIGTERM/SIGINT, how long running transactions may take to finish.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_timeout: Duration,
-    /// The authentication secret that keys SCRAM salts (`client/secret.rs`);
+    /// The authentication secret that keys SCRAM salts (`credentials/secret.rs`);
     /// relative to the config's folder. Default: `pgtenant.secret` there.
     pub secret_file: Option<PathBuf>,
 }

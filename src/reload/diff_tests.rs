@@ -297,7 +297,7 @@ fn a_changed_secret_file_is_not_read_by_a_reload() {
     // Another secret in the file: it would change every verifier and the
     // rls context key registered in the database.
     let other = dir.path().join("other.secret");
-    crate::client::secret::AuthSecret::load_or_create(&other).expect("secret");
+    crate::credentials::secret::AuthSecret::load_or_create(&other).expect("secret");
     std::fs::copy(&other, dir.path().join("pgtenant.secret")).expect("replace the secret");
     let (cfg, src) = crate::config::load_file(&path).expect("valid");
     let (new, _) = Snapshot::rebuild(cfg, &src, 1, &old).expect("builds");

@@ -3,7 +3,7 @@
 //! `notes` table under forced row-level security with two rows per tenant.
 
 use super::TestPg;
-use pgtenant::client::secret::AuthSecret;
+use pgtenant::credentials::secret::AuthSecret;
 use pgtenant::pgcluster::HostAuth;
 use std::path::PathBuf;
 
