@@ -10,10 +10,9 @@
 
 use crate::admission::{Caps, Refusal, Unauthenticated, UnauthenticatedCounts};
 use crate::catalog::{Catalog, ConfigMap};
-use crate::config::{Config, ConfigError, ConfigSource, Isolation, PoolMode};
+use crate::config::{BackendTarget, Config, ConfigError, ConfigSource, Isolation, PoolMode};
 use crate::pool::{
-    BackendTarget, PlacementName, PlacementPool, PoolTenant, PoolTimeouts, RolePolicy,
-    TenantContext,
+    PlacementName, PlacementPool, PoolTenant, PoolTimeouts, RolePolicy, TenantContext,
 };
 use crate::routing::{RoutingRules, TenantId};
 use crate::session::cancel::CancelRegistry;

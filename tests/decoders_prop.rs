@@ -4,8 +4,8 @@
 //! exactly, however it is split across reads. `fuzz/` has libFuzzer
 //! targets mirroring the first two.
 
-use pgtenant::credentials::scram::{self, ScramError, Verifier};
 use pgtenant::config::TenantSource;
+use pgtenant::credentials::scram::{self, ScramError, Verifier};
 use pgtenant::protocol::codec::{self, FrameScanner, FrameSink, HEADER_LEN, Step, WHOLE_BODY};
 use pgtenant::protocol::startup::{self, MAX_STARTUP_PACKET_LEN, StartupPacket};
 use pgtenant::routing::{self, RoutingInput, RoutingRules};

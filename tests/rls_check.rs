@@ -19,11 +19,12 @@
 mod common;
 
 use common::sqlstate;
+use pgtenant::config::BackendTarget;
 use pgtenant::pgcluster::{HostAuth, PgCluster};
 use pgtenant::pool::rls_check::{self, RlsPolicy};
 use pgtenant::pool::{
-    BackendTarget, CheckoutError, PlacementName, PlacementPool, PoolTenant, PoolTimeouts,
-    RolePolicy, ServerConn, ServerError,
+    CheckoutError, PlacementName, PlacementPool, PoolTenant, PoolTimeouts, RolePolicy, ServerConn,
+    ServerError,
 };
 use pgtenant::runtime::reactor::block_on;
 use std::sync::Arc;

@@ -7,9 +7,9 @@
 
 use super::file::credential;
 use super::{Catalog, ConfigMap, Credential};
+use crate::config::{Config, ConfigError, ConfigSource};
 use crate::credentials::scram::Verifier;
 use crate::credentials::secret::AuthSecret;
-use crate::config::{Config, ConfigError, ConfigSource};
 
 /// The salt namespace of admin users: ':' is in no tenant's name, so no
 /// tenant user or operator shares a salt with an admin.

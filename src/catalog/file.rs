@@ -1,9 +1,9 @@
 //! Builds a [`Catalog`] from the `[tenants.*]` tables of the config file.
 
 use super::{Catalog, ConfigMap, Credential, TenantEntry};
+use crate::config::{Config, ConfigError, ConfigSource, Isolation, TenantConfig, schema_names};
 use crate::credentials::scram::Verifier;
 use crate::credentials::secret::AuthSecret;
-use crate::config::{Config, ConfigError, ConfigSource, Isolation, TenantConfig, schema_names};
 use crate::routing::TenantId;
 use std::sync::Arc;
 

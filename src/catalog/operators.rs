@@ -9,9 +9,9 @@
 
 use super::file::credential;
 use super::{Catalog, ConfigMap, Credential};
+use crate::config::{Config, ConfigError, ConfigSource};
 use crate::credentials::scram::Verifier;
 use crate::credentials::secret::AuthSecret;
-use crate::config::{Config, ConfigError, ConfigSource};
 
 /// The salt namespace of operators' plaintext passwords and of unknown
 /// operator names: ':' is in no tenant's name, so no tenant user shares

@@ -6,8 +6,8 @@
 
 use super::conn::ClientConn;
 use super::error::ClientError;
-use crate::credentials::scram::{self, ScramError, Verifier};
 use crate::catalog::{Catalog, TenantEntry};
+use crate::credentials::scram::{self, ScramError, Verifier};
 use crate::protocol::messages;
 use base64::Engine;
 use rand::RngExt;

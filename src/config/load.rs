@@ -229,7 +229,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 .map_err(|m| src.error(&format!("{key}.tenant_max_server_connections"), m))?;
         }
         check_schema_keys(pl, &key, src)?;
-        let target = crate::pool::BackendTarget::from_url(pl.url.expose())
+        let target = super::BackendTarget::from_url(pl.url.expose())
             .map_err(|m| src.error(&format!("{key}.url"), m))?;
         check_shared_tables(pl).map_err(|m| src.error(&format!("{key}.shared_tables"), m))?;
         check_operator_keys(pl, &key, &target, src)?;

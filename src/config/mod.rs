@@ -5,11 +5,13 @@
 //! `load.rs` turns a file into a validated [`Config`] whose errors name the
 //! offending key and line.
 
+mod backend_url;
 mod load;
 mod placement_checks;
 pub mod schema_names;
 mod values;
 
+pub use backend_url::BackendTarget;
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
 pub use values::{ByteSize, Secret};
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 pub(super) fn check_operator_keys(
     pl: &super::PlacementConfig,
     key: &str,
-    target: &crate::pool::BackendTarget,
+    target: &super::BackendTarget,
     src: &ConfigSource,
 ) -> Result<(), ConfigError> {
     let Some(url) = &pl.operator_url else {
@@ -27,7 +27,7 @@ pub(super) fn check_operator_keys(
     if pl.isolation != super::Isolation::Rls {
         return Err(src.error(&at, "applies only to isolation = \"rls\" placements"));
     }
-    let op = crate::pool::BackendTarget::from_url(url.expose()).map_err(|m| src.error(&at, m))?;
+    let op = super::BackendTarget::from_url(url.expose()).map_err(|m| src.error(&at, m))?;
     // The tenants' role with the operators' policies would hand every
     // tenant every row.
     if op.user == target.user {
@@ -69,7 +69,7 @@ pub(super) fn check_operator_roles(
         let Some(url) = &pl.operator_url else {
             continue;
         };
-        let Ok(op) = crate::pool::BackendTarget::from_url(url.expose()) else {
+        let Ok(op) = super::BackendTarget::from_url(url.expose()) else {
             continue; // reported by check_operator_keys
         };
         if let Some(other) = roles.get(&(op.host.to_ascii_lowercase(), op.port, op.user.clone())) {

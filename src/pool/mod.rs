@@ -30,7 +30,7 @@ pub use fair::{TenantCounts, TenantSeat};
 pub use lease::Lease;
 pub use placement::{CheckoutError, PlacementName, PlacementPool, PoolTenant};
 pub use role_check::RolePolicy;
-pub use server_conn::{BackendTarget, ServerConn, ServerError};
+pub use server_conn::{ServerConn, ServerError};
 pub use startup_params::StartupParams;
 pub use stats::{PoolCounts, PoolStats};
 pub use timing::{CONNECT_CONCURRENCY, PoolTimeouts, RETRY_BASE, jittered_lifetime, retry_delay};

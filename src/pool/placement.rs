@@ -47,10 +47,11 @@ use super::fair::{TenantCounts, TenantSeat, Tenants};
 use super::lease::Lease;
 use super::queue::{Grant, State, hand_to_waiter, put_idle, serve_waiters, take};
 use super::role_check::RolePolicy;
-use super::server_conn::{BackendTarget, ServerConn, ServerError};
+use super::server_conn::{ServerConn, ServerError};
 use super::startup_params::StartupParams;
 use super::stats::{PoolCounts, PoolStats, bump};
 use super::timing::{PoolTimeouts, jittered_lifetime, retry_delay};
+use crate::config::BackendTarget;
 
 /// A pooled connection, boxed once when opened: checkout and release move
 /// it between the idle lists, waiters and leases several times per

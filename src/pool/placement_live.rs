@@ -7,8 +7,8 @@
 use super::super::context::TenantContext;
 use super::super::queue::{pop_any, serve_waiters};
 use super::super::role_check::RolePolicy;
-use super::super::server_conn::BackendTarget;
 use super::{PlacementPool, PoolTenant};
+use crate::config::BackendTarget;
 use crate::runtime::current_worker;
 
 impl PlacementPool {

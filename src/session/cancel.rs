@@ -4,7 +4,8 @@
 //! holds a server connection with work outstanding, and only to that
 //! connection, so a late or forged cancel cannot hit anyone else.
 
-use crate::pool::{BackendTarget, PlacementPool};
+use crate::config::BackendTarget;
+use crate::pool::PlacementPool;
 use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
