@@ -5,12 +5,12 @@
 //! cannot be probed; every attempt is logged with who and from where.
 
 use super::auth;
-use super::conn::ClientConn;
-use super::error::ClientError;
 use crate::admission::Unauthenticated;
 use crate::config::AuthType;
 use crate::protocol::messages;
 use crate::runtime::time;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use crate::state::{CountGuard, ProxyState, Snapshot};
 use std::net::SocketAddr;
 use std::time::Instant;

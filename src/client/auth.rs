@@ -4,11 +4,11 @@
 //! `28P01` message), so the proxy does not reveal which user names exist,
 //! and no proof logs in as a user that does not exist.
 
-use super::conn::ClientConn;
-use super::error::ClientError;
 use crate::catalog::{Catalog, TenantEntry};
 use crate::credentials::scram::{self, ScramError, Verifier};
 use crate::protocol::messages;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use base64::Engine;
 use rand::RngExt;
 

@@ -1,14 +1,16 @@
-//! The client's socket and its read side, plus the one way errors reach a
+//! The login side of a client's connection: reading startup-phase
+//! packets and authentication frames, and the one way errors reach a
 //! client: [`ClientConn::refuse`] writes the ErrorResponse and flushes
-//! before the connection is closed.
+//! before the connection is closed. (The connection type itself is the
+//! session's, `session::client_conn`.)
 
-use super::error::ClientError;
 use crate::admission::Refusal;
 use crate::protocol::SqlState;
 use crate::protocol::error::{Severity, write_error};
 use crate::protocol::{HEADER_LEN, codec, startup};
 use crate::runtime::net::Socket;
-use crate::session::pump::Flow;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,34 +39,7 @@ pub fn refuse_at_accept(stream: Socket, why: Refusal) {
     let _ = stream.send(&out);
 }
 
-/// A connected client.
-pub struct ClientConn {
-    pub stream: Socket,
-    /// Client → server direction of the pump; also where startup-phase
-    /// reads land.
-    pub flow: Flow,
-    /// Messages the proxy writes itself (startup, errors).
-    pub out: BytesMut,
-}
-
 impl ClientConn {
-    pub fn new(stream: Socket, max_message: usize) -> ClientConn {
-        ClientConn {
-            stream,
-            flow: Flow::new(max_message),
-            out: BytesMut::with_capacity(512),
-        }
-    }
-
-    /// Writes and clears `out`.
-    pub async fn flush_out(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
     /// Sends `err` as a FATAL ErrorResponse. The caller closes afterwards.
     pub async fn refuse(&mut self, err: &ClientError) {
         tracing::info!(kind = err.kind(), "refusing client: {err}");

@@ -10,7 +10,6 @@
 pub mod admin;
 pub mod auth;
 pub mod conn;
-pub mod error;
 pub mod operator;
 
 use crate::admission::Unauthenticated;
@@ -21,10 +20,10 @@ use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::routing::{self, RoutingInput};
 use crate::runtime::net::Socket;
 use crate::runtime::time;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use crate::session::{self, Session, params};
 use crate::state::{CountGuard, ProxyState, Snapshot};
-use conn::ClientConn;
-use error::ClientError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;

@@ -13,13 +13,13 @@
 //! cannot widen itself to the others: it has no key to enter another.
 
 use super::auth;
-use super::conn::ClientConn;
-use super::error::ClientError;
 use crate::catalog::{OperatorCheck, TenantEntry};
 use crate::config::AuthType;
 use crate::pool::{PlacementPool, TenantSeat};
 use crate::routing::{OperatorRoute, TenantId};
 use crate::runtime::time;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use crate::state::Snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;

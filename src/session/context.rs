@@ -5,9 +5,9 @@
 
 use super::Session;
 use super::txn::TxnState;
-use crate::client::conn::ClientConn;
-use crate::client::error::ClientError;
 use crate::pool::{Lease, TenantContext};
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use bytes::BytesMut;
 use std::sync::Arc;
 

@@ -15,8 +15,8 @@
 
 use super::Session;
 use crate::catalog::TenantEntry;
-use crate::client::error::ClientError;
 use crate::pool::{PlacementPool, TenantSeat};
+use crate::session::error::ClientError;
 use std::sync::Arc;
 
 /// Whom a session is for, as a reload must look it up again.

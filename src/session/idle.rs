@@ -3,11 +3,11 @@
 //! message), and resting inside a lease while both sides are quiet.
 
 use super::{LEASE_AFTER, Next, Session, boundary, known, txn::TxnState};
-use crate::client::conn::ClientConn;
-use crate::client::error::ClientError;
 use crate::config::PoolMode;
 use crate::pool::Lease;
 use crate::protocol::codec;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use bytes::{Buf, BytesMut};
 use std::future::{Future, poll_fn};
 use std::task::Poll;

@@ -6,8 +6,8 @@ use super::pump::Flow;
 use super::txn::TxnState;
 use super::{Session, params};
 use crate::catalog::TenantEntry;
-use crate::client::error::ClientError;
 use crate::pool::{CheckoutError, Lease, ServerError};
+use crate::session::error::ClientError;
 use bytes::BytesMut;
 use std::sync::Arc;
 

@@ -2,9 +2,9 @@
 //! client (`pin_policy`, `max_pinned_connections`).
 
 use super::{Session, control, pinning, pump::Flow, txn::TxnState};
-use crate::client::error::ClientError;
 use crate::config::PinPolicy;
 use crate::pool::{Lease, ServerError};
+use crate::session::error::ClientError;
 
 impl Session<'_> {
     /// At an idle point after SQL that may have created (or released)

@@ -16,12 +16,12 @@ pub mod rows;
 pub mod show;
 
 use crate::client::admin::ConsoleLogin;
-use crate::client::conn::ClientConn;
-use crate::client::error::ClientError;
 use crate::control::ClientInfo;
 use crate::protocol::error::{Severity, write_error};
 use crate::protocol::{SqlState, messages};
 use crate::routing::TenantId;
+use crate::session::client_conn::ClientConn;
+use crate::session::error::ClientError;
 use crate::state::ProxyState;
 use bytes::{Buf, BytesMut};
 use command::Command;
