@@ -6,6 +6,7 @@ prints every resource as JSON on stdout for tests/deploy_manifests.rs.
 Custom resources (PodMonitor) have no schema here: they are listed, not
 validated, and tests/deploy/node/podmonitor_check.mjs validates them.
 Any other kind without a schema is an error. Exit 1 on any error.
+kustomization.yaml is not a resource: it is printed as it is.
 
 Usage: python3 validate.py DIR
 """
@@ -29,11 +30,13 @@ NOT_RESOURCES = {"kustomization.yaml"}
 def main(directory: str) -> int:
     errors = []
     resources = []
+    kustomization = None
     files = sorted(pathlib.Path(directory).glob("*.yaml"))
     if not files:
         errors.append(f"no *.yaml in {directory}")
     for path in files:
         if path.name in NOT_RESOURCES:
+            kustomization = yaml.safe_load(path.read_text())
             continue
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -63,6 +66,7 @@ def main(directory: str) -> int:
             "validator": f"kubernetes-validate {kubernetes_validate.__version__}",
             "versions": VERSIONS,
             "resources": resources,
+            "kustomization": kustomization,
         },
         sys.stdout,
     )
