@@ -33,7 +33,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --user-group --no-create-home \
+    && useradd --system --uid 10001 --user-group --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin pgtenant
 COPY --from=build /usr/local/bin/pgtenant /usr/local/bin/pgtenant
 COPY config/pgtenant.toml /etc/pgtenant/pgtenant.toml
@@ -48,9 +48,10 @@ RUN install -d -o pgtenant -g pgtenant -m 0700 /var/lib/pgtenant \
         /etc/pgtenant/pgtenant.toml \
     && grep -q '^secret_file = "/var/lib/pgtenant/pgtenant.secret"$' /etc/pgtenant/pgtenant.toml
 VOLUME /var/lib/pgtenant
-USER pgtenant
-# 6432: PostgreSQL clients. 9930: admin HTTP (/metrics, /healthz) once
-# [admin] is implemented; nothing listens there yet.
+# Numeric, so Kubernetes can check runAsNonRoot (deploy/kubernetes/).
+USER 10001:10001
+# 6432: PostgreSQL clients. 9930: admin HTTP (/metrics, /healthz,
+# /reload) where [admin] listen = "0.0.0.0:9930" is set.
 EXPOSE 6432 9930
 ENTRYPOINT ["pgtenant"]
 CMD ["-c", "/etc/pgtenant/pgtenant.toml"]
