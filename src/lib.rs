@@ -90,7 +90,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let workers = runtime::worker_count(config.proxy.workers);
     let grace = config.proxy.shutdown_timeout;
-    let options = runtime::reactor::LoopOptions {
+    let options = runtime::LoopOptions {
         batch_sends: config.proxy.io_uring,
     };
     raise_open_files_limit(&config);

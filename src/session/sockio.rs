@@ -6,7 +6,7 @@
 //! The syscalls themselves are made directly (`runtime::net`).
 
 use crate::runtime::net::Socket;
-use crate::runtime::reactor::READ;
+use crate::runtime::Direction;
 use bytes::BytesMut;
 use std::io;
 
@@ -26,13 +26,13 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
             // capacity.
             unsafe { buf.set_len(buf.len() + n) };
             if n < want {
-                src.clear_ready(READ);
+                src.clear_ready(Direction::Read);
             }
             Ok(n)
         }
         Err(e) => {
             if e.kind() == io::ErrorKind::WouldBlock {
-                src.clear_ready(READ);
+                src.clear_ready(Direction::Read);
             }
             Err(e)
         }
@@ -43,7 +43,7 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::runtime::net::accepted;
-    use crate::runtime::reactor::block_on;
+    use crate::runtime::block_on;
     use std::task::Poll;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
