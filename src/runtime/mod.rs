@@ -50,9 +50,9 @@ use tokio_rt as backend;
 #[cfg(feature = "tokio-runtime")]
 pub use tokio_rt::{net, time};
 
-pub use backend::{block_on, block_on_with, spawn_local};
 #[cfg(test)]
 pub(crate) use backend::queued_sends;
+pub use backend::{block_on, block_on_with, spawn_local};
 pub use batch::BATCH_MAX;
 
 /// The hand-written loop's entry points, under the seam's names.
@@ -61,9 +61,9 @@ mod backend {
     use super::{LoopOptions, SessionFuture, reactor, session_set};
     use std::future::Future;
 
-    pub use super::reactor::{block_on, block_on_with};
     #[cfg(test)]
     pub(crate) use super::reactor::queued_sends;
+    pub use super::reactor::{block_on, block_on_with};
     pub(super) use super::session_set::close_local;
     pub use super::session_set::spawn_local;
 

@@ -5,8 +5,8 @@
 //!
 //! The syscalls themselves are made directly (`runtime::net`).
 
-use crate::runtime::net::Socket;
 use crate::runtime::Direction;
+use crate::runtime::net::Socket;
 use bytes::BytesMut;
 use std::io;
 
@@ -42,8 +42,8 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::net::accepted;
     use crate::runtime::block_on;
+    use crate::runtime::net::accepted;
     use std::task::Poll;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -92,8 +92,8 @@ fn register<T: AsRawFd>(io: T, interest: Interest) -> io::Result<(AsyncFd<T>, us
     }
     // SAFETY: `io` owns its descriptor, and the AsyncFd owns `io`: the
     // descriptor stays open for as long as the registration.
-    let fd = unsafe { AsyncFd::register_with_interest(io, interest) }
-        .map_err(|e| e.into_parts().1)?;
+    let fd =
+        unsafe { AsyncFd::register_with_interest(io, interest) }.map_err(|e| e.into_parts().1)?;
     Ok((fd, runtime))
 }
 
@@ -247,8 +247,7 @@ impl Socket {
     /// out; an earlier send's error, if it met one.
     pub fn poll_send_soon(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.poll_settle(cx))?;
-        if self.is_local() && sends::queue(&self.sends.slot, self.io.get_ref(), bytes, cx.waker())
-        {
+        if self.is_local() && sends::queue(&self.sends.slot, self.io.get_ref(), bytes, cx.waker()) {
             return Poll::Ready(Ok(bytes.len()));
         }
         self.poll_send_now(cx, bytes)
@@ -394,7 +393,9 @@ impl Listener {
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
             match guard.try_io(|l| sys::accept(l.as_raw_fd())) {
-                Ok(Ok((io, peer))) => return Poll::Ready(Ok((Socket::register(Arc::new(io))?, peer))),
+                Ok(Ok((io, peer))) => {
+                    return Poll::Ready(Ok((Socket::register(Arc::new(io))?, peer)));
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // WouldBlock: readiness cleared, wait again.
