@@ -149,6 +149,12 @@ pub async fn run_with(
             .context("starting the janitor thread")?
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tracing::info!(
+        workers,
+        runtime = runtime::DATA_PLANE,
+        batch_sends = options.batch_sends,
+        "starting the data plane"
+    );
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
         let listener = listener.try_clone().context("cloning the listener")?;

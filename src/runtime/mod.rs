@@ -86,6 +86,14 @@ mod backend {
     }
 }
 
+/// Which implementation of the seam this build runs (logged at start, so
+/// an A/B run can tell its binaries apart).
+pub const DATA_PLANE: &str = if cfg!(feature = "tokio-runtime") {
+    "tokio"
+} else {
+    "epoll loop"
+};
+
 /// A client's whole life, boxed (it is several kB; a box moves as one
 /// pointer).
 pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -310,3 +310,47 @@ fn a_full_batch_is_sent_at_once() {
         assert_eq!(read_all(peer), b"x");
     }
 }
+
+/// Before a socket goes to another session or worker, its queued bytes
+/// go out (`settle_for_handoff` is true and nothing stays queued); a
+/// socket with a backlog is refused for reuse.
+#[test]
+fn a_handed_off_socket_has_nothing_queued() {
+    let (peer, refused) = block_on(async {
+        let (ours, peer) = accepted().await;
+        tokio::task::yield_now().await;
+        if !batching_here() {
+            return (peer, true);
+        }
+        send_soon(&ours, b"before the handoff");
+        assert_eq!(queued_sends(), Some(1));
+        assert!(ours.settle_for_handoff(), "settled");
+        assert_eq!(queued_sends(), Some(0), "nothing queued at the handoff");
+        drop(ours);
+
+        // A peer that reads nothing: the kernel's buffers fill and a
+        // submitted send leaves a backlog.
+        let (full, _full_peer) = accepted().await;
+        socket2::SockRef::from(&full)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        tokio::task::yield_now().await;
+        let chunk = vec![7u8; 4000];
+        let mut refused = false;
+        for _ in 0..2000 {
+            let waker = futures_util::task::noop_waker();
+            match full.poll_send_soon(&mut Context::from_waker(&waker), &chunk) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => {
+                    refused = !full.settle_for_handoff();
+                    break;
+                }
+                Poll::Ready(Err(e)) => panic!("send: {e}"),
+            }
+            tokio::task::yield_now().await;
+        }
+        (peer, refused)
+    });
+    assert!(refused, "a socket with a backlog is not handed off");
+    assert_eq!(read_all(peer), b"before the handoff");
+}
