@@ -93,7 +93,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let workers = runtime::worker_count(config.proxy.workers);
     let grace = config.proxy.shutdown_timeout;
-    let options = runtime::reactor::LoopOptions {
+    let options = runtime::LoopOptions {
         batch_sends: config.proxy.io_uring,
     };
     raise_open_files_limit(&config);
@@ -151,6 +151,12 @@ pub async fn run_with(
             .context("starting the janitor thread")?
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tracing::info!(
+        workers,
+        runtime = runtime::DATA_PLANE,
+        batch_sends = options.batch_sends,
+        "starting the data plane"
+    );
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
         let listener = listener.try_clone().context("cloning the listener")?;

@@ -26,7 +26,7 @@ use pgtenant::pool::{
     CheckoutError, PlacementName, PlacementPool, PoolTenant, PoolTimeouts, RolePolicy, ServerConn,
     ServerError,
 };
-use pgtenant::runtime::reactor::block_on;
+use pgtenant::runtime::block_on;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::pool::CONNECT_CONCURRENCY;
-use crate::runtime::reactor::block_on;
+use crate::runtime::block_on;
 use crate::runtime::time::sleep;
 use std::sync::atomic::{AtomicU64, Ordering};
 

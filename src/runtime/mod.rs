@@ -1,5 +1,5 @@
-//! The data-plane threads. Each worker is a thread with its own
-//! event loop, accepting from the shared listener. A
+//! The data-plane threads and the seam they run behind. Each worker is a
+//! thread with its own event loop, accepting from the shared listener. A
 //! client and the server connections it leases stay on one thread (the
 //! pool prefers connections registered with the caller's worker), so a
 //! transaction costs no cross-thread wake-ups: on these machines that is
@@ -7,25 +7,111 @@
 //! (`shared/research/perf-floor.md`: 17.4 vs 25.9 µs/txn for the same
 //! relay on a current-thread vs multi-thread runtime).
 //!
-//! A worker runs no tokio runtime: its own event loop (`reactor`) waits
-//! on epoll and timers and polls the worker's sessions (`session_set`),
-//! which takes tokio's scheduler, reactor and clock out of each
-//! forwarded message. Sessions use `net` sockets and `time` timers.
+//! Two implementations of the same seam, chosen at compile time:
+//! - by default, a hand-written loop (`reactor`) that waits on epoll and
+//!   timers and polls the worker's sessions (`session_set`), which takes
+//!   tokio's scheduler, reactor and clock out of each forwarded message;
+//! - with the `tokio-runtime` feature, one current-thread tokio runtime
+//!   per worker (`tokio_rt`), each session a task of it.
+//!
+//! Both batch a turn's small sends into one `io_uring_enter` (`batch`).
+//! What the rest of the crate may name: `net::{Socket, Listener}`,
+//! `time`, [`spawn_local`], [`block_on`], [`worker_main`],
+//! [`current_worker`], [`Direction`], [`LoopOptions`]; nothing else here
+//! (no epoll, io_uring or fd) leaks out.
 
 use crate::client;
 use crate::state::ProxyState;
 use anyhow::Context as _;
-use session_set::SessionSet;
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod batch;
+#[cfg(test)]
+mod sends_tests;
+mod sys;
+
+#[cfg(not(feature = "tokio-runtime"))]
 pub mod net;
-pub mod reactor;
+#[cfg(not(feature = "tokio-runtime"))]
+mod reactor;
+#[cfg(not(feature = "tokio-runtime"))]
 mod session_set;
+#[cfg(not(feature = "tokio-runtime"))]
 pub mod time;
 
-pub use session_set::spawn_local;
+#[cfg(feature = "tokio-runtime")]
+mod tokio_rt;
+#[cfg(feature = "tokio-runtime")]
+use tokio_rt as backend;
+#[cfg(feature = "tokio-runtime")]
+pub use tokio_rt::{net, time};
+
+#[cfg(test)]
+pub(crate) use backend::queued_sends;
+pub use backend::{block_on, block_on_with, spawn_local};
+pub use batch::BATCH_MAX;
+
+/// The hand-written loop's entry points, under the seam's names.
+#[cfg(not(feature = "tokio-runtime"))]
+mod backend {
+    use super::{LoopOptions, SessionFuture, reactor, session_set};
+    use std::future::Future;
+
+    #[cfg(test)]
+    pub(crate) use super::reactor::queued_sends;
+    pub use super::reactor::{block_on, block_on_with};
+    pub(super) use super::session_set::close_local;
+    pub use super::session_set::spawn_local;
+
+    /// Runs `acceptor` as the first session and `main` beside the
+    /// sessions until `main` ends (Some(its output)) or the sessions are
+    /// closed (`close_local`) and have all ended (None).
+    pub(super) fn run<F: Future>(
+        acceptor: SessionFuture,
+        main: F,
+        options: LoopOptions,
+    ) -> std::io::Result<Option<F::Output>> {
+        // Created here, on this thread, so `spawn_local` reaches it.
+        let mut set = session_set::SessionSet::new();
+        if spawn_local(acceptor).is_err() {
+            return Err(std::io::Error::other(
+                "the worker's session set refused its acceptor",
+            ));
+        }
+        reactor::run(&mut set, main, options)
+    }
+}
+
+/// Which implementation of the seam this build runs (logged at start, so
+/// an A/B run can tell its binaries apart).
+pub const DATA_PLANE: &str = if cfg!(feature = "tokio-runtime") {
+    "tokio"
+} else {
+    "epoll loop"
+};
+
+/// A client's whole life, boxed (it is several kB; a box moves as one
+/// pointer).
+pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A direction of a socket's readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+/// How a worker's runtime runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopOptions {
+    /// Submit each turn's small sends together through io_uring
+    /// (`batch`), where the kernel allows it.
+    pub batch_sends: bool,
+}
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -60,32 +146,26 @@ pub fn worker_count(configured: usize) -> usize {
 }
 
 /// One data-plane thread: accepts from its clone of the listener and runs
-/// every session it accepts on its own event loop (`reactor`), until
-/// shutdown; then lets the sessions end their transactions for up to
-/// `grace`.
+/// every session it accepts on its own event loop, until shutdown; then
+/// lets the sessions end their transactions for up to `grace`.
 pub fn worker_main(
     id: usize,
     state: Arc<ProxyState>,
     listener: std::net::TcpListener,
     grace: Duration,
-    options: reactor::LoopOptions,
+    options: LoopOptions,
 ) -> anyhow::Result<()> {
     set_current_worker(id);
-    // Created here, on this thread, so `spawn_local` reaches it.
-    let mut set = SessionSet::new();
     let shutdown = state.shutdown.clone();
     let acceptor = accept_loop(state, listener);
-    if session_set::spawn_local(Box::pin(acceptor)).is_err() {
-        anyhow::bail!("the worker's session set refused its acceptor");
-    }
     // The loop ends when every session has ended after shutdown, or when
-    // the grace period is over (the set, dropped after, drops the rest).
+    // the grace period is over (the sessions left are dropped after).
     let grace_over = async {
         shutdown.cancelled().await;
         time::sleep(grace).await;
     };
-    let ended =
-        reactor::run(&mut set, grace_over, options).context("running the worker's event loop")?;
+    let ended = backend::run(Box::pin(acceptor), grace_over, options)
+        .context("running the worker's event loop")?;
     if ended.is_some() {
         tracing::warn!(
             worker = id,
@@ -136,7 +216,7 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on this worker: {e}");
-            session_set::close_local();
+            backend::close_local();
             return;
         }
     };
@@ -169,7 +249,7 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
                     let session = client::serve(Arc::clone(&state), stream, peer, unauthenticated);
                     // Boxed: a client's future is several kB (the whole
                     // session state machine); a box moves as one pointer.
-                    if session_set::spawn_local(Box::pin(session)).is_err() {
+                    if spawn_local(Box::pin(session)).is_err() {
                         break;
                     }
                 }
@@ -182,5 +262,5 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
         }
     }
     drop(listener);
-    session_set::close_local();
+    backend::close_local();
 }

@@ -8,10 +8,12 @@
 //! is used there only; [`Socket::rebind`] moves it to the current
 //! thread's (a pooled server connection checked out by another worker).
 
+use super::Direction;
 use super::reactor::{READ, Registration, SharedStream, WRITE};
+use super::sys::{self, resolve, send_fd};
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -51,18 +53,7 @@ impl Socket {
     }
 
     async fn connect_addr(addr: SocketAddr) -> io::Result<Socket> {
-        use socket2::{Domain, Protocol, Type};
-        let sock = socket2::Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.nonblocking().cloexec(),
-            Some(Protocol::TCP),
-        )?;
-        match sock.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let s = Socket::from_std(sock.into())?;
+        let s = Socket::from_std(sys::start_connect(addr)?)?;
         // Writable once the handshake is done, or failed.
         std::future::poll_fn(|cx| s.poll_write_ready(cx)).await?;
         if let Some(e) = s.io.take_error()? {
@@ -116,17 +107,7 @@ impl Socket {
     /// Nothing to read and no EOF or error, by a non-blocking peek (any
     /// thread); readiness is cleared when that is so.
     pub fn is_quiet(&self) -> bool {
-        let mut probe = [MaybeUninit::<u8>::uninit()];
-        // SAFETY: one writable byte; MSG_PEEK leaves the data queued.
-        let n = unsafe {
-            libc::recv(
-                self.io.as_raw_fd(),
-                probe.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        let quiet = n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock;
+        let quiet = sys::is_quiet(self.io.as_raw_fd());
         if quiet {
             self.reg.clear(READ);
         }
@@ -140,7 +121,8 @@ impl Socket {
 
     /// Runs `f` if `dir` is ready; WouldBlock from it clears the
     /// readiness. WouldBlock without a call if not ready.
-    pub fn try_io<R>(&self, dir: u8, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+    pub fn try_io<R>(&self, dir: Direction, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let dir = bits(dir);
         if !self.reg.is_ready(dir) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -154,13 +136,13 @@ impl Socket {
     }
 
     /// Clears `dir` readiness: the last call used it up.
-    pub fn clear_ready(&self, dir: u8) {
-        self.reg.clear(dir);
+    pub fn clear_ready(&self, dir: Direction) {
+        self.reg.clear(bits(dir));
     }
 
     /// One `recv` into `buf` (no readiness check).
     pub fn recv(&self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        recv(self.io.as_raw_fd(), buf)
+        sys::recv(self.io.as_raw_fd(), buf)
     }
 
     /// One `send` of `bytes` (no readiness check, nothing queued first).
@@ -189,7 +171,7 @@ impl Socket {
         self.reg.flush_queued();
         ready!(self.poll_settle(cx))?;
         loop {
-            match self.try_io(WRITE, || self.send(bytes)) {
+            match self.try_io(Direction::Write, || self.send(bytes)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.poll_write_ready(cx))?;
                 }
@@ -303,7 +285,7 @@ impl Listener {
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Socket, SocketAddr)>> {
         loop {
             ready!(self.reg.poll_ready(cx, READ))?;
-            match accept(self.io.as_raw_fd()) {
+            match sys::accept(self.io.as_raw_fd()) {
                 Ok((io, peer)) => {
                     let io = std::sync::Arc::new(io);
                     let reg = Registration::for_stream(&io)?;
@@ -341,119 +323,10 @@ pub(crate) async fn accepted() -> (Socket, std::net::TcpStream) {
     (ours, peer)
 }
 
-/// Addresses of `host:port`: an IP at once, a name through the system
-/// resolver on a thread of its own (it blocks), never on the loop.
-async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
+/// The reactor's readiness bit for `dir`.
+fn bits(dir: Direction) -> u8 {
+    match dir {
+        Direction::Read => READ,
+        Direction::Write => WRITE,
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let name = host.to_owned();
-    std::thread::Builder::new()
-        .name("pgtenant-resolve".into())
-        .spawn(move || {
-            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
-        })?;
-    rx.await
-        .map_err(|_| io::Error::other("the resolver thread ended without an answer"))?
-}
-
-/// accept4 with the new socket non-blocking and close-on-exec (one
-/// syscall; std's `accept` leaves it blocking).
-fn accept(fd: RawFd) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::FromRawFd;
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `storage` has room for any address and `len` says so.
-    let new = unsafe {
-        libc::accept4(
-            fd,
-            storage.as_mut_ptr().cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: accept4 returned a new fd that nothing else owns.
-    let io = unsafe { std::net::TcpStream::from_raw_fd(new) };
-    // SAFETY: the kernel wrote the peer's address into `storage`
-    // (zeroed before, so every byte is initialised).
-    let storage = unsafe { storage.assume_init() };
-    let peer = socket_addr(&storage)
-        .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
-    Ok((io, peer))
-}
-
-/// The IPv4 or IPv6 address in `s`.
-fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(s.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says `s` holds a sockaddr_in, and
-            // sockaddr_storage is large and aligned enough for it.
-            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
-            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip,
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the kernel
-    // writes at most that many.
-    unsafe {
-        socket_call(
-            libc::SYS_recvfrom,
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            0,
-        )
-    }
-}
-
-pub(super) fn send_fd(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes, and
-    // `sendto` only reads them.
-    unsafe {
-        socket_call(
-            libc::SYS_sendto,
-            fd,
-            bytes.as_ptr().cast_mut().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    }
-}
-
-/// `recvfrom`/`sendto` (syscall `nr`) on `fd` with no address, made
-/// directly: glibc's wrappers are thread-cancellation points, and their
-/// bookkeeping was about 4 % of the proxy's user-space instructions per
-/// transaction (callgrind). pgtenant never cancels threads.
-///
-/// # Safety
-/// `buf` must be valid for `len` bytes, for writes when `nr` writes.
-unsafe fn socket_call(
-    nr: libc::c_long,
-    fd: RawFd,
-    buf: *mut libc::c_void,
-    len: usize,
-    flags: libc::c_int,
-) -> io::Result<usize> {
-    // SAFETY: the caller vouches for `buf`; the address arguments are null.
-    let n = unsafe { libc::syscall(nr, fd, buf, len, flags, 0usize, 0usize) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

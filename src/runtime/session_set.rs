@@ -21,16 +21,12 @@
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 use std::cell::RefCell;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-/// A client's whole life, boxed (it is several kB; a box moves as one
-/// pointer).
-pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub use super::SessionFuture;
 
 /// Which session a wake-up is for: its slot and its generation (a number
 /// no other session of the set had), so a stale waker of an ended session
@@ -331,6 +327,8 @@ impl Drop for SessionSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 

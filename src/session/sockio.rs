@@ -5,8 +5,8 @@
 //!
 //! The syscalls themselves are made directly (`runtime::net`).
 
+use crate::runtime::Direction;
 use crate::runtime::net::Socket;
-use crate::runtime::reactor::READ;
 use bytes::BytesMut;
 use std::io;
 
@@ -26,13 +26,13 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
             // capacity.
             unsafe { buf.set_len(buf.len() + n) };
             if n < want {
-                src.clear_ready(READ);
+                src.clear_ready(Direction::Read);
             }
             Ok(n)
         }
         Err(e) => {
             if e.kind() == io::ErrorKind::WouldBlock {
-                src.clear_ready(READ);
+                src.clear_ready(Direction::Read);
             }
             Err(e)
         }
@@ -42,8 +42,8 @@ pub fn recv_into(src: &Socket, buf: &mut BytesMut) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::block_on;
     use crate::runtime::net::accepted;
-    use crate::runtime::reactor::block_on;
     use std::task::Poll;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -130,6 +130,47 @@ mod tests {
             assert_eq!(&b, b"ping");
         });
         assert_eq!(&server.join().expect("server"), b"ping");
+    }
+
+    /// A Pending from `poll_read_ready` leaves the task's waker with the
+    /// socket, even after the task has had many ready answers in one poll
+    /// (tokio's coop budget would otherwise turn one into a Pending that
+    /// stores nothing). The pump relies on it: once armed, it only looks
+    /// at `read_ready` until woken (`Flow::poll_fill`).
+    #[test]
+    fn a_pending_read_readiness_always_holds_the_waker() {
+        block_on(async {
+            let (ours, mut peer) = accepted().await;
+            tokio::task::yield_now().await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let mut tx = Some(tx);
+            let mut armed = false;
+            let waiter = Box::pin(std::future::poll_fn(move |cx| {
+                if armed && !ours.read_ready() {
+                    return Poll::Pending;
+                }
+                if !armed {
+                    // Far more ready answers than tokio's budget of 128.
+                    for _ in 0..1000 {
+                        let _ = ours.poll_write_ready(cx);
+                    }
+                    if ours.poll_read_ready(cx).is_pending() {
+                        armed = true;
+                        return Poll::Pending;
+                    }
+                }
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+                Poll::Ready(())
+            }));
+            assert!(crate::runtime::spawn_local(waiter).is_ok());
+            tokio::task::yield_now().await;
+            std::io::Write::write_all(&mut peer, b"x").expect("write");
+            let limit = std::time::Duration::from_secs(5);
+            let woken = crate::runtime::time::timeout(limit, rx).await;
+            assert!(matches!(woken, Ok(Ok(()))), "the reader was never woken");
+        });
     }
 
     /// `recv_into` once the loop says `s` is readable, again after a

@@ -35,15 +35,12 @@ use std::time::Instant;
 mod registration;
 mod sends;
 #[cfg(test)]
-mod sends_tests;
-#[cfg(test)]
 mod tests;
 mod timers;
 
 pub use registration::Registration;
 pub(crate) use registration::SharedStream;
 use registration::Slot;
-pub use sends::BATCH_MAX;
 use timers::Timer;
 #[cfg(test)]
 pub use timers::timer_heap_len;
@@ -312,13 +309,7 @@ impl Drop for Installed {
     }
 }
 
-/// How a loop runs.
-#[derive(Debug, Clone, Copy)]
-pub struct LoopOptions {
-    /// Submit each turn's small sends together through io_uring
-    /// (`sends`), where the kernel allows it.
-    pub batch_sends: bool,
-}
+pub use crate::runtime::LoopOptions;
 
 /// Runs `main` and the sessions of `set` on this thread until `main` ends
 /// (Some(its output)) or the set is closed and empty (None). The thread's

@@ -4,7 +4,8 @@
 use super::{
     LOOP_ID, READ, Shared, WRITE, epoll_add, off_loop, ready_mask, sends, token, with_reactor,
 };
-use std::cell::{Cell, RefCell, UnsafeCell};
+use crate::runtime::batch::SendState;
+use std::cell::{Cell, UnsafeCell};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -25,29 +26,12 @@ pub(super) struct Slot {
     pub(super) token: u64,
     reader: UnsafeCell<Option<Waker>>,
     writer: UnsafeCell<Option<Waker>>,
-    /// Sends the loop took over (`sends`), loop thread only like the
-    /// wakers: this turn's queued bytes (batch index + 1; 0: none)...
-    pub(super) queued: Cell<usize>,
-    /// ...bytes a submitted send left (the kernel's buffer was full),
-    /// which the loop sends on the next write event...
-    pub(super) backlog: RefCell<Backlog>,
-    /// ...and the error a submitted send met (sticky).
-    pub(super) send_error: Cell<Option<i32>>,
+    /// Sends the loop took over (`runtime::batch`), loop thread only like
+    /// the wakers.
+    pub(super) sends: SendState,
 }
 
-/// A stream socket whose descriptor the loop's pending sends share: a
-/// queued send or a backlog holds a clone, so the descriptor stays open
-/// (and its number cannot go to another socket) until they are done, and
-/// no send path takes a bare fd number.
-pub(crate) type SharedStream = Arc<std::net::TcpStream>;
-
-/// Bytes a submitted send left, and the socket they are for (held only
-/// while there are some).
-#[derive(Default)]
-pub(super) struct Backlog {
-    pub(super) to: Option<SharedStream>,
-    pub(super) bytes: Vec<u8>,
-}
+pub(crate) use crate::runtime::batch::SharedStream;
 
 // SAFETY: `reader`, `writer` and the send state are read and written only
 // on the thread whose loop has id `reactor` (`Registration::is_local` is
@@ -59,7 +43,7 @@ unsafe impl Sync for Slot {}
 impl Slot {
     /// Backlog or an error left by a submitted send.
     pub(super) fn unsettled(&self) -> bool {
-        self.send_error.get().is_some() || !self.backlog.borrow().bytes.is_empty()
+        self.sends.unsettled()
     }
 
     pub(super) fn mark(&self, bits: u8) {
@@ -153,9 +137,7 @@ impl Registration {
                 token: tok,
                 reader: UnsafeCell::new(None),
                 writer: UnsafeCell::new(None),
-                queued: Cell::new(0),
-                backlog: RefCell::new(Backlog::default()),
-                send_error: Cell::new(None),
+                sends: SendState::default(),
             });
             entry.insert(Arc::clone(&slot));
             Ok(Registration {
@@ -218,7 +200,7 @@ impl Registration {
     /// the turn's batch), before bytes that must follow them go out
     /// another way.
     pub fn flush_queued(&self) {
-        if self.is_local() && self.slot.queued.get() != 0 {
+        if self.is_local() && self.slot.sends.queued.get() != 0 {
             with_reactor(|r| r.flush_sends());
         }
     }
@@ -240,10 +222,10 @@ impl Registration {
         if self.is_ready(WRITE) {
             sends::drain_backlog(&self.slot);
         }
-        if let Some(code) = self.slot.send_error.get() {
+        if let Some(code) = self.slot.sends.send_error.get() {
             return Poll::Ready(Err(io::Error::from_raw_os_error(code)));
         }
-        if self.slot.backlog.borrow().bytes.is_empty() {
+        if self.slot.sends.backlog.borrow().bytes.is_empty() {
             return Poll::Ready(Ok(()));
         }
         // SAFETY: on the loop's thread (`unsettled` checked it).

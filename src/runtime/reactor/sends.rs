@@ -1,98 +1,30 @@
-//! A loop turn's sends, submitted together in one `io_uring_enter`.
-//!
-//! Why: on a host shared with its clients and the database, a send that
-//! wakes its receiver (a PostgreSQL backend, a client) lets that receiver
-//! take the CPU on the way back from the syscall: the proxy is preempted
-//! with the rest of its turn still to do, and pays a context switch to
-//! come back to it. Measured with `perf record -e sched:sched_switch -e
-//! raw_syscalls:sys_enter` under `pgbench -S -c 16`, a quarter of the
-//! proxy's `sendto` calls ended that way, about 0.45 preemptions per
-//! transaction (PgBouncer is switched out as often). Submitted as one batch, the turn's sends
-//! all happen inside one syscall, and the preemption, if any, comes once
-//! at its end.
-//!
-//! The forwarding path hands small writes (at most [`BATCH_MAX`] bytes per
-//! socket and turn) to the loop, which copies them into a buffer of its
-//! own, so the session's buffer is free at once and nothing borrowed
-//! outlives the call. Before the loop next waits, it submits them as
-//! non-blocking `send`s (MSG_DONTWAIT: a full socket buffer completes
-//! with EAGAIN at once instead of waiting inside io_uring), so every
-//! completion is there when the submit returns. Bytes the kernel did not
-//! take become the socket's backlog, which the loop sends on its next
-//! write event and which holds further writes back (back-pressure as
-//! before); an error is kept for the socket's next write. Larger writes
-//! go straight out, after whatever the socket had queued.
-//!
-//! A queued send and a backlog hold their socket's stream
-//! (`SharedStream`), not its fd number: the descriptor stays open until
-//! they are done, so their bytes can only reach that socket, even if it
-//! is dropped off its loop or without a flush (a bare number could by
-//! then name another client's socket).
-//!
-//! Where io_uring is unavailable (old kernels, seccomp profiles that
-//! forbid it, `io_uring_disabled`) or turned off, nothing is queued and
-//! every write is a `send` of its own.
+//! The loop's batch of sends (`runtime::batch`, which says why): the
+//! loop flushes it before it waits, and drains a socket's backlog on the
+//! socket's next write event.
 
 use super::registration::{SharedStream, Slot};
-use super::{Reactor, WRITE};
-use io_uring::{IoUring, opcode, types};
-use std::os::fd::AsRawFd;
+use super::{READ, Reactor, WRITE};
+use crate::runtime::batch::{self, SendSlot, SendState};
 use std::sync::Arc;
 
-/// The most bytes one socket may have queued in one turn; larger writes
-/// go straight to the kernel (a copy would cost more than the syscall it
-/// saves).
-pub const BATCH_MAX: usize = 8 * 1024;
-/// Submission queue entries: sends per `io_uring_enter` (more are
-/// submitted in several).
-const RING_ENTRIES: u32 = 256;
-/// Queued-send buffers kept for reuse, at most.
-const SPARE_MAX: usize = 64;
+pub(super) type Batch = batch::Batch<Slot>;
 
-pub(super) struct Batch {
-    ring: IoUring,
-    entries: Vec<Entry>,
-    spare: Vec<Vec<u8>>,
-}
+impl SendSlot for Slot {
+    fn sends(&self) -> &SendState {
+        &self.sends
+    }
 
-struct Entry {
-    /// The socket's descriptor, held until the send is done: it cannot be
-    /// closed, nor its number reused, while the entry waits.
-    stream: SharedStream,
-    slot: Arc<Slot>,
-    buf: Vec<u8>,
-    /// The send's result: bytes taken or -errno.
-    result: i32,
-}
-
-impl Batch {
-    /// A ring for this loop's sends; None if the kernel refuses one.
-    pub(super) fn new() -> Option<Batch> {
-        // The loop's thread alone submits, and it reaps right after each
-        // submit, so the kernel need not interrupt it to post completions.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES));
-        match ring {
-            Ok(ring) => Some(Batch {
-                ring,
-                entries: Vec::new(),
-                spare: Vec::new(),
-            }),
-            Err(e) => {
-                tracing::info!(error = %e, "io_uring unavailable; each send is a syscall of its own");
-                None
-            }
+    fn failed(&self) {
+        // SAFETY: the batch is flushed on the loop's thread only.
+        unsafe {
+            self.wake(READ);
+            self.wake(WRITE);
         }
     }
-}
 
-impl Batch {
-    #[cfg(test)]
-    pub(super) fn queued(&self) -> usize {
-        self.entries.len()
+    fn left_backlog(&self) {
+        // The loop drains the backlog at the next write event.
+        self.unmark(WRITE);
     }
 }
 
@@ -104,33 +36,9 @@ impl Reactor {
         stream: &SharedStream,
         bytes: &[u8],
     ) -> bool {
-        let Some(b) = self.sends.as_mut() else {
-            return false;
-        };
-        match slot.queued.get() {
-            0 => {
-                if bytes.len() > BATCH_MAX {
-                    return false;
-                }
-                let mut buf = b.spare.pop().unwrap_or_default();
-                buf.extend_from_slice(bytes);
-                b.entries.push(Entry {
-                    stream: Arc::clone(stream),
-                    slot: Arc::clone(slot),
-                    buf,
-                    result: 0,
-                });
-                slot.queued.set(b.entries.len());
-                true
-            }
-            n => {
-                let entry = &mut b.entries[n - 1];
-                if entry.buf.len() + bytes.len() > BATCH_MAX {
-                    return false;
-                }
-                entry.buf.extend_from_slice(bytes);
-                true
-            }
+        match self.sends.as_mut() {
+            Some(b) => b.queue(slot, stream, bytes),
+            None => false,
         }
     }
 
@@ -138,189 +46,18 @@ impl Reactor {
     /// whenever bytes must follow a socket's queued ones (a larger write,
     /// a write by another path, the socket's drop).
     pub(super) fn flush_sends(&mut self) {
-        let Some(b) = self.sends.as_mut() else {
-            return;
-        };
-        if b.entries.is_empty() {
-            return;
-        }
-        let mut failed = false;
-        for chunk in b.entries.chunks_mut(RING_ENTRIES as usize) {
-            let outcome = if failed {
-                Submitted::None
-            } else {
-                submit(&mut b.ring, chunk)
-            };
-            match outcome {
-                Submitted::All => {}
-                Submitted::Unknown => failed = true,
-                Submitted::None => {
-                    failed = true;
-                    // The ring is given up below; these go out one by one.
-                    for e in chunk.iter_mut() {
-                        e.result = match crate::runtime::net::send_fd(e.stream.as_raw_fd(), &e.buf)
-                        {
-                            Ok(n) => n as i32,
-                            Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
-                        };
-                    }
-                }
-            }
-        }
-        for mut e in b.entries.drain(..) {
-            settle(&e.slot, &e.stream, &e.buf, e.result);
-            if b.spare.len() < SPARE_MAX && e.buf.capacity() <= BATCH_MAX {
-                e.buf.clear();
-                b.spare.push(e.buf);
-            }
-        }
-        if failed {
-            // A ring that failed may hold entries it did not take; closing
-            // it discards them, so nothing is sent twice.
+        if let Some(b) = self.sends.as_mut()
+            && !b.flush()
+        {
             self.sends = None;
         }
-    }
-}
-
-/// How a chunk's submission went.
-enum Submitted {
-    /// Every send ran; each entry holds its result.
-    All,
-    /// The ring took none of them (they may be sent another way).
-    None,
-    /// The ring took them but results could not all be collected: those
-    /// missing count as failed, and the ring must be given up.
-    Unknown,
-}
-
-/// A result not (yet) collected.
-const PENDING: i32 = i32::MIN;
-/// Collections retried after EINTR, EAGAIN or EBUSY before giving up.
-const RETRIES: u32 = 1000;
-
-/// Submits `chunk`'s sends and collects their results.
-fn submit(ring: &mut IoUring, chunk: &mut [Entry]) -> Submitted {
-    {
-        let mut sq = ring.submission();
-        for (i, e) in chunk.iter_mut().enumerate() {
-            e.result = PENDING;
-            let len = e.buf.len() as u32; // at most BATCH_MAX
-            let sqe = opcode::Send::new(types::Fd(e.stream.as_raw_fd()), e.buf.as_ptr(), len)
-                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(i as u64);
-            // SAFETY: the buffer stays where it is until its completion is
-            // collected below (MSG_DONTWAIT sends never wait inside
-            // io_uring, so the submit returns with every send done), or
-            // is leaked if it cannot be; the fd stays open meanwhile
-            // (the entry holds the stream).
-            if unsafe { sq.push(&sqe) }.is_err() {
-                // Cannot happen (the queue is empty and as large as a
-                // chunk); the ring is given up, which discards the rest.
-                return Submitted::None;
-            }
-        }
-    }
-    let mut left = chunk.len();
-    let mut first = true;
-    let mut retries = 0;
-    while left > 0 {
-        // The first call submits; later ones (if any completion were
-        // missing) submit what is left and wait for one.
-        let r = if first {
-            ring.submit()
-        } else {
-            ring.submitter().submit_and_wait(1)
-        };
-        match r {
-            Ok(_) => {}
-            Err(e) if first && e.kind() != std::io::ErrorKind::Interrupted => {
-                // io_uring_enter fails only when it took no entry.
-                tracing::warn!(error = %e, "io_uring submit failed; sending without it");
-                return Submitted::None;
-            }
-            Err(e)
-                if retries < RETRIES
-                    && (e.kind() == std::io::ErrorKind::Interrupted
-                        || e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::EBUSY)) =>
-            {
-                retries += 1;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring completions lost; failing those sends");
-                for e in chunk.iter_mut().filter(|e| e.result == PENDING) {
-                    e.result = -libc::EIO;
-                    // The kernel may still read it.
-                    std::mem::forget(std::mem::take(&mut e.buf));
-                }
-                return Submitted::Unknown;
-            }
-        }
-        first = false;
-        for cqe in ring.completion() {
-            if let Some(e) = chunk.get_mut(cqe.user_data() as usize)
-                && e.result == PENDING
-            {
-                e.result = cqe.result();
-                left -= 1;
-            }
-        }
-    }
-    Submitted::All
-}
-
-/// Records a submitted send's outcome on its socket.
-fn settle(slot: &Slot, stream: &SharedStream, buf: &[u8], result: i32) {
-    slot.queued.set(0);
-    let taken = match result {
-        n if n >= 0 => (n as usize).min(buf.len()),
-        n if -n == libc::EAGAIN || -n == libc::EINTR => 0,
-        n => {
-            slot.send_error.set(Some(-n));
-            // SAFETY: settle runs on the loop's thread (the flush does).
-            unsafe {
-                slot.wake(super::READ);
-                slot.wake(WRITE);
-            }
-            return;
-        }
-    };
-    if taken < buf.len() {
-        let mut backlog = slot.backlog.borrow_mut();
-        backlog.bytes.extend_from_slice(&buf[taken..]);
-        backlog.to.get_or_insert_with(|| Arc::clone(stream));
-        slot.unmark(WRITE);
     }
 }
 
 /// Sends what it can of `slot`'s backlog (the socket is writable); an
 /// error is kept for the socket's next write.
 pub(super) fn drain_backlog(slot: &Slot) {
-    let mut backlog = slot.backlog.borrow_mut();
-    let super::registration::Backlog { to, bytes } = &mut *backlog;
-    let Some(stream) = to else {
-        return; // no backlog
-    };
-    while !bytes.is_empty() && slot.send_error.get().is_none() {
-        match crate::runtime::net::send_fd(stream.as_raw_fd(), bytes) {
-            Ok(0) => {
-                slot.unmark(WRITE);
-                return;
-            }
-            Ok(n) => {
-                bytes.drain(..n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                slot.unmark(WRITE);
-                return;
-            }
-            Err(e) => slot
-                .send_error
-                .set(Some(e.raw_os_error().unwrap_or(libc::EIO))),
-        }
+    if batch::drain_backlog(&slot.sends) {
+        slot.unmark(WRITE);
     }
-    // All sent, or never will be (the error is sticky): let the stream go.
-    *to = None;
 }

@@ -1,12 +1,13 @@
-//! Tests of batched sends (`sends`): order against direct sends, bytes
-//! queued by a socket that closes (on its loop or off it), backlog and
-//! back-pressure, errors. Where io_uring is refused they skip, except
-//! under CI.
+//! Tests of batched sends (`batch`), run against the runtime the crate is
+//! built with (the hand-written loop, or tokio with `tokio-runtime`):
+//! order against direct sends, bytes queued by a socket that closes (on
+//! its thread or off it), backlog and back-pressure, errors. Where
+//! io_uring is refused they skip, except under CI.
 
 use super::*;
 use crate::runtime::net::{Socket, accepted};
 use std::io::Read;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// `poll_send_soon` once; it must take everything.
@@ -235,4 +236,121 @@ fn queued_bytes_of_a_socket_dropped_off_its_loop_reach_only_its_peer() {
     std::io::Read::read_exact(&mut peer_b, &mut got).expect("B's bytes");
     assert_eq!(got, b"B's own", "B's peer got another socket's bytes");
     assert_eq!(read_all(peer_a), b"secret of A", "A's bytes reach A's peer");
+}
+
+/// A worker that always has a session to run (one that wakes itself
+/// each poll) still sends what a turn queued: on tokio the runtime then
+/// never parks, so the flush cannot wait for `on_thread_park`.
+#[test]
+fn a_busy_worker_still_sends_what_it_queued() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let got = block_on(async {
+        let (ours, mut peer) = accepted().await;
+        tokio::task::yield_now().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = Arc::clone(&stop);
+        let spinner = std::future::poll_fn(move |cx| {
+            if spinning.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        });
+        assert!(spawn_local(Box::pin(spinner)).is_ok());
+        tokio::task::yield_now().await;
+        send_soon(&ours, b"ping");
+        if !batching_here() {
+            stop.store(true, Ordering::Relaxed);
+            return None;
+        }
+        let reader = std::thread::spawn(move || {
+            peer.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).map(|()| got)
+        });
+        while !reader.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        Some(reader.join().expect("reader"))
+    });
+    if let Some(got) = got {
+        assert_eq!(&got.expect("the queued bytes arrive"), b"ping");
+    }
+}
+
+/// tokio: a batch that reaches `FLUSH_SENDS` sends goes out at once,
+/// without waiting for the end of the turn, and every peer gets its bytes.
+#[cfg(feature = "tokio-runtime")]
+#[test]
+fn a_full_batch_is_sent_at_once() {
+    use super::tokio_rt::FLUSH_SENDS;
+    let peers = block_on(async {
+        let mut pairs = Vec::new();
+        for _ in 0..FLUSH_SENDS {
+            pairs.push(accepted().await);
+        }
+        tokio::task::yield_now().await;
+        if !batching_here() {
+            return Vec::new();
+        }
+        let (last, rest) = pairs.split_last().expect("sockets");
+        for (ours, _) in rest {
+            send_soon(ours, b"x");
+        }
+        assert_eq!(queued_sends(), Some(FLUSH_SENDS - 1));
+        send_soon(&last.0, b"x");
+        assert_eq!(queued_sends(), Some(0), "sent at the bound");
+        pairs
+    });
+    for (ours, peer) in peers {
+        drop(ours);
+        assert_eq!(read_all(peer), b"x");
+    }
+}
+
+/// Before a socket goes to another session or worker, its queued bytes
+/// go out (`settle_for_handoff` is true and nothing stays queued); a
+/// socket with a backlog is refused for reuse.
+#[test]
+fn a_handed_off_socket_has_nothing_queued() {
+    let (peer, refused) = block_on(async {
+        let (ours, peer) = accepted().await;
+        tokio::task::yield_now().await;
+        if !batching_here() {
+            return (peer, true);
+        }
+        send_soon(&ours, b"before the handoff");
+        assert_eq!(queued_sends(), Some(1));
+        assert!(ours.settle_for_handoff(), "settled");
+        assert_eq!(queued_sends(), Some(0), "nothing queued at the handoff");
+        drop(ours);
+
+        // A peer that reads nothing: the kernel's buffers fill and a
+        // submitted send leaves a backlog.
+        let (full, _full_peer) = accepted().await;
+        socket2::SockRef::from(&full)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        tokio::task::yield_now().await;
+        let chunk = vec![7u8; 4000];
+        let mut refused = false;
+        for _ in 0..2000 {
+            let waker = futures_util::task::noop_waker();
+            match full.poll_send_soon(&mut Context::from_waker(&waker), &chunk) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => {
+                    refused = !full.settle_for_handoff();
+                    break;
+                }
+                Poll::Ready(Err(e)) => panic!("send: {e}"),
+            }
+            tokio::task::yield_now().await;
+        }
+        (peer, refused)
+    });
+    assert!(refused, "a socket with a backlog is not handed off");
+    assert_eq!(read_all(peer), b"before the handoff");
 }
