@@ -27,7 +27,8 @@
 //!   the configured limits.
 //! - `runtime`: the data-plane worker threads: each one's event loop
 //!   (epoll, timers, sockets) and the set of sessions it runs.
-//!   `runtime -> client`.
+//!   Calls nothing else in the crate: what an accepted socket becomes
+//!   (`client::accept`) is a handler `run` gives it.
 //! - `metrics`: per-tenant counters sessions bump, the bounded series
 //!   set (top-K tenants and `_other`) and its Prometheus text; SHOW STATS
 //!   figures.
@@ -157,13 +158,21 @@ pub async fn run_with(
         batch_sends = options.batch_sends,
         "starting the data plane"
     );
+    // The runtime accepts; what a socket becomes is decided here.
+    let on_accept: runtime::AcceptHandler = {
+        let state = Arc::clone(&state);
+        Arc::new(move |stream, peer| client::accept::accept(&state, stream, peer))
+    };
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
         let listener = listener.try_clone().context("cloning the listener")?;
-        let state = Arc::clone(&state);
+        let on_accept = Arc::clone(&on_accept);
+        let shutdown = state.shutdown.clone();
         let handle = std::thread::Builder::new()
             .name(format!("pgtenant-worker-{id}"))
-            .spawn(move || runtime::worker_main(id, state, listener, grace, options))
+            .spawn(move || {
+                runtime::worker_main(id, listener, on_accept, shutdown, (grace, options))
+            })
             .context("starting a worker thread")?;
         handles.push(handle);
     }

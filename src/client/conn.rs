@@ -4,11 +4,8 @@
 //! before the connection is closed. (The connection type itself is the
 //! session's, `session::client_conn`.)
 
-use crate::admission::Refusal;
-use crate::protocol::SqlState;
 use crate::protocol::error::{Severity, write_error};
 use crate::protocol::{HEADER_LEN, codec, startup};
-use crate::runtime::net::Socket;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::{Buf, BytesMut};
@@ -18,26 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long the goodbye (an ErrorResponse, then shutdown) to a refused
 /// client may take.
 const REFUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Refuses a connection in the accept loop, which must not wait: one
-/// non-blocking `send` of a FATAL 53300 ErrorResponse (dropped if the
-/// socket cannot take it now), then the close. Whatever the client
-/// already sent (its startup packet) is read off first, where it is
-/// there, so that the close is a FIN after the error rather than a
-/// reset that could discard it.
-pub fn refuse_at_accept(stream: Socket, why: Refusal) {
-    let mut drain = [std::mem::MaybeUninit::<u8>::uninit(); 512];
-    let _ = stream.recv(&mut drain);
-    let mut out = BytesMut::with_capacity(128);
-    write_error(
-        &mut out,
-        Severity::Fatal,
-        SqlState::TOO_MANY_CONNECTIONS,
-        why.message(),
-        None,
-    );
-    let _ = stream.send(&out);
-}
 
 impl ClientConn {
     /// Sends `err` as a FATAL ErrorResponse. The caller closes afterwards.

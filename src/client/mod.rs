@@ -5,8 +5,9 @@
 //!
 //! Every refusal goes through [`ClientConn::refuse`], once, here; only
 //! the accept loop's, which must not wait, use
-//! [`conn::refuse_at_accept`].
+//! [`accept::refuse_at_accept`].
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod conn;

@@ -20,14 +20,14 @@
 //! [`current_worker`], [`Direction`], [`LoopOptions`]; nothing else here
 //! (no epoll, io_uring or fd) leaks out.
 
-use crate::client;
-use crate::state::ProxyState;
 use anyhow::Context as _;
 use std::cell::Cell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 mod batch;
 #[cfg(test)]
@@ -98,6 +98,12 @@ pub const DATA_PLANE: &str = if cfg!(feature = "tokio-runtime") {
 /// pointer).
 pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What a worker does with an accepted socket: the session to run for it,
+/// or None (refused and closed already). Wired in `lib.rs`, so the
+/// runtime knows no protocol.
+pub type AcceptHandler =
+    Arc<dyn Fn(net::Socket, SocketAddr) -> Option<SessionFuture> + Send + Sync>;
+
 /// A direction of a socket's readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -150,14 +156,13 @@ pub fn worker_count(configured: usize) -> usize {
 /// lets the sessions end their transactions for up to `grace`.
 pub fn worker_main(
     id: usize,
-    state: Arc<ProxyState>,
     listener: std::net::TcpListener,
-    grace: Duration,
-    options: LoopOptions,
+    on_accept: AcceptHandler,
+    shutdown: CancellationToken,
+    (grace, options): (Duration, LoopOptions),
 ) -> anyhow::Result<()> {
     set_current_worker(id);
-    let shutdown = state.shutdown.clone();
-    let acceptor = accept_loop(state, listener);
+    let acceptor = accept_loop(listener, on_accept, shutdown.clone());
     // The loop ends when every session has ended after shutdown, or when
     // the grace period is over (the sessions left are dropped after).
     let grace_over = async {
@@ -175,43 +180,16 @@ pub fn worker_main(
     Ok(())
 }
 
-/// Refusals at accept come in floods: they are logged as a count, at most
-/// once per interval, so that an attacker cannot flood the log too.
-#[derive(Default)]
-struct RefusalLog {
-    since_last: u64,
-    last: Option<std::time::Instant>,
-}
-
-impl RefusalLog {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    fn count(&mut self, peer: std::net::SocketAddr, refusal: crate::admission::Refusal) {
-        self.since_last += 1;
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_none_or(|t| now.duration_since(t) >= Self::INTERVAL)
-        {
-            tracing::warn!(
-                worker = current_worker(),
-                "refused {} connection(s) at accept since the last report; the latest from {}: {}",
-                self.since_last,
-                peer.ip(),
-                refusal.message()
-            );
-            self.since_last = 0;
-            self.last = Some(now);
-        }
-    }
-}
-
 /// Connections accepted without letting the worker's other sessions run.
 const ACCEPTS_IN_A_ROW: u32 = 64;
 
 /// Accepts clients until shutdown, each a session of this worker's set;
 /// then closes the set to newcomers.
-async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    on_accept: AcceptHandler,
+    shutdown: CancellationToken,
+) {
     let listener = match net::Listener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -220,9 +198,7 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
             return;
         }
     };
-    let shutdown = state.shutdown.clone();
     let mut in_a_row = 0u32;
-    let mut refusals = RefusalLog::default();
     loop {
         // A burst of connections is taken in gulps: the sessions already
         // running get their turn between them (the loop has no
@@ -238,18 +214,10 @@ async fn accept_loop(state: Arc<ProxyState>, listener: std::net::TcpListener) {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let unauthenticated = match state.admit_unauthenticated(peer.ip()) {
-                        Ok(u) => u,
-                        Err(refusal) => {
-                            client::conn::refuse_at_accept(stream, refusal);
-                            refusals.count(peer, refusal);
-                            continue;
-                        }
+                    let Some(session) = on_accept(stream, peer) else {
+                        continue;
                     };
-                    let session = client::serve(Arc::clone(&state), stream, peer, unauthenticated);
-                    // Boxed: a client's future is several kB (the whole
-                    // session state machine); a box moves as one pointer.
-                    if spawn_local(Box::pin(session)).is_err() {
+                    if spawn_local(session).is_err() {
                         break;
                     }
                 }
