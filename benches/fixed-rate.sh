@@ -4,6 +4,11 @@
 #
 #   benches/fixed-rate.sh                         # 10 000 txn/s, pgbench -S
 #   RATE=6000 MODE=extended REPS=7 benches/fixed-rate.sh
+#   PGTENANT_BIN=a/pgtenant PGTENANT2_BIN=b/pgtenant benches/fixed-rate.sh
+#
+# With PGTENANT2_BIN, a second pgtenant build runs beside the first (same
+# config, its own port), interleaved with the others, and the script
+# prints the paired ratio second/first of CPU per transaction (an A/B).
 #
 # Why besides benches/compare.sh: there every target runs flat out, and on
 # a host where pgbench, PostgreSQL and the proxy share the cores, CPU per
@@ -22,6 +27,7 @@ SCALE=${SCALE:-10}
 PG_PORT=${PG_PORT:-61642}
 PGTENANT_PORT=${PGTENANT_PORT:-61643}
 PGBOUNCER_PORT=${PGBOUNCER_PORT:-61644}
+PGTENANT2_PORT=${PGTENANT2_PORT:-61645}
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
 [[ -x $PGBOUNCER_BIN ]] || { echo "needs PgBouncer at $PGBOUNCER_BIN" >&2; exit 1; }
 # shellcheck source=benches/bench-cluster.sh
@@ -34,13 +40,21 @@ PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/pgtenant.toml" >"$W/pgtenant.out" 2>&1 
 PIDS+=($!)
 PID[pgtenant]=$!
 declare -A PORT=([pgbouncer]=$PGBOUNCER_PORT [pgtenant]=$PGTENANT_PORT)
-wait_port "$PGBOUNCER_PORT"
-wait_port "$PGTENANT_PORT"
+TARGETS=(pgbouncer pgtenant)
+if [[ -n ${PGTENANT2_BIN:-} ]]; then
+  sed "s/:$PGTENANT_PORT\"/:$PGTENANT2_PORT\"/" "$W/pgtenant.toml" >"$W/pgtenant2.toml"
+  PGTENANT_LOG=warn "$PGTENANT2_BIN" -c "$W/pgtenant2.toml" >"$W/pgtenant2.out" 2>&1 &
+  PIDS+=($!)
+  PID[pgtenant2]=$!
+  PORT[pgtenant2]=$PGTENANT2_PORT
+  TARGETS+=(pgtenant2)
+fi
+for t in "${TARGETS[@]}"; do wait_port "${PORT[$t]}"; done
 
 ticks() { awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 args=(-n -S -M "$MODE" -c 16 -j 2 -h 127.0.0.1 -U bench)
-for t in pgbouncer pgtenant; do # warm-up: fills the pools
+for t in "${TARGETS[@]}"; do # warm-up: fills the pools
   pgbench "${args[@]}" -p "${PORT[$t]}" -T 3 bench >/dev/null 2>&1
 done
 
@@ -48,8 +62,9 @@ echo "pgbench -S -M $MODE -c 16 -R $RATE, ${DURATION}s runs; proxy CPU in µs pe
 printf '%-4s %-10s %8s %6s %6s %6s\n' rep target tps user sys total
 declare -A ROWS=()
 for rep in $(seq 1 "$REPS"); do
-  order=(pgbouncer pgtenant)
-  ((rep % 2 == 0)) && order=(pgtenant pgbouncer)
+  # Each rep starts with the next target, so none always runs first.
+  k=$(((rep - 1) % ${#TARGETS[@]}))
+  order=("${TARGETS[@]:k}" "${TARGETS[@]:0:k}")
   for t in "${order[@]}"; do
     read -r u0 s0 < <(ticks "${PID[$t]}")
     out=$(pgbench "${args[@]}" -p "${PORT[$t]}" -R "$RATE" -T "$DURATION" bench 2>&1)
@@ -64,7 +79,7 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 echo "medians:"
-for t in pgbouncer pgtenant; do
+for t in "${TARGETS[@]}"; do
   printf '%-10s' "$t"
   for col in 1 2 3; do
     printf ' %6s' "$(awk -v c=$col 'NF {print $c}' <<<"${ROWS[$t]}" | sort -n |
@@ -72,3 +87,11 @@ for t in pgbouncer pgtenant; do
   done
   echo "   (user sys total)"
 done
+if [[ -n ${PGTENANT2_BIN:-} ]]; then
+  # Paired: rep i of the second build against rep i of the first.
+  paste <(awk 'NF {print $3}' <<<"${ROWS[pgtenant]}") <(awk 'NF {print $3}' <<<"${ROWS[pgtenant2]}") |
+    awk '{r[NR] = $2 / $1; printf "%s%.3f", (NR > 1 ? " " : "pgtenant2/pgtenant per rep: "), r[NR]} END {print ""}'
+  paste <(awk 'NF {print $3}' <<<"${ROWS[pgtenant]}") <(awk 'NF {print $3}' <<<"${ROWS[pgtenant2]}") |
+    awk '{print $2 / $1}' | sort -n |
+    awk '{a[NR] = $1} END {printf "paired median pgtenant2/pgtenant: %.3f\n", (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+fi
