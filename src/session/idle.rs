@@ -101,10 +101,13 @@ impl Session<'_> {
                 if message_started && message_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
                 }
-                client
-                    .flow
-                    .poll_fill(cx, &mut client.stream)
-                    .map(|r| Ok(Some(r)))
+                let read = client.flow.poll_fill(cx, &mut client.stream);
+                if read.is_pending() {
+                    // Waiting with nothing buffered: an idle client holds
+                    // no read buffer (one is taken when bytes arrive).
+                    client.flow.park();
+                }
+                read.map(|r| Ok(Some(r)))
             })
             .await?;
             match read {

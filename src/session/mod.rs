@@ -167,7 +167,7 @@ impl Session<'_> {
             if synced {
                 self.report_changes(lease.conn(), &mut server_flow.inject);
             }
-            server_flow.buf.extend_from_slice(&lease.conn().buf);
+            server_flow.extend_from_slice(&lease.conn().buf);
             lease.conn_mut().buf.clear();
 
             txn.begin();
@@ -300,6 +300,8 @@ impl Session<'_> {
                         return Err(e);
                     }
                     self.finish(lease, &txn, &server_flow, settled);
+                    // Between leases the server side holds no buffer.
+                    server_flow.reset();
                     self.pin_guard = None;
                     if self.is_stopping() {
                         return Err(self.stop_error());
