@@ -574,7 +574,9 @@ mod tests {
             assert!(waited.is_pending(), "nothing sent yet");
             assert_eq!(flow.buf.capacity(), 0, "no buffer while waiting");
             peer.write_all(b"hello").expect("write");
-            let n = poll_fn(|cx| flow.poll_fill(cx, &mut ours)).await.expect("read");
+            let n = poll_fn(|cx| flow.poll_fill(cx, &mut ours))
+                .await
+                .expect("read");
             assert_eq!((n, &flow.buf[..]), (5, &b"hello"[..]));
             assert_eq!(flow.buf.capacity(), READ_CHUNK);
             flow.buf.advance(5);
