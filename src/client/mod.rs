@@ -243,6 +243,9 @@ fn serve_inner<'a>(
             .flush_out()
             .await
             .map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+        // Nothing more of the proxy's own is written until the end
+        // (`refuse`): a logged-in client keeps no write buffer.
+        client.out = bytes::BytesMut::new();
         tracing::debug!("client ready");
         let (mut session, audit, _guards) = start_session(
             state,

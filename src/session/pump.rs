@@ -56,6 +56,10 @@ pub struct Flow {
     bytes_read: u64,
 }
 
+/// An empty injection buffer with more capacity than this is freed when
+/// its flow parks.
+const INJECT_KEEP: usize = 4096;
+
 /// Read buffers kept for reuse per thread, at most this many (1 MB).
 const SPARE_MAX: usize = 64;
 
@@ -121,6 +125,12 @@ impl Flow {
     pub fn park(&mut self) {
         if self.buf.is_empty() {
             give_back(std::mem::take(&mut self.buf));
+        }
+        // An injection buffer grown past a page (a burst of rewritten
+        // messages or proxy replies) is not kept while the flow waits;
+        // a small one is, so the usual rewrite allocates nothing.
+        if self.inject.is_empty() && self.inject.capacity() > INJECT_KEEP {
+            self.inject = BytesMut::new();
         }
     }
 
@@ -194,11 +204,10 @@ impl Flow {
     /// Discards state for a new server connection (server direction only).
     pub fn reset(&mut self) {
         self.buf.clear();
+        self.inject.clear();
         self.park();
-        super::budget::shrink(&mut self.inject);
         self.ready = 0;
         self.skip = 0;
-        self.inject.clear();
         let max = self.scanner.max_len();
         self.scanner = FrameScanner::new(max);
         self.read_armed = false;
@@ -546,6 +555,14 @@ mod tests {
         assert_eq!((flow.buf.capacity(), spares()), (0, kept + 1));
         flow.unpark();
         assert_eq!(flow.buf.as_ptr() as usize, at, "from the spares");
+        // A grown injection buffer goes too once empty; a small one stays.
+        flow.inject.reserve(2 * INJECT_KEEP);
+        flow.park();
+        assert_eq!(flow.inject.capacity(), 0);
+        flow.inject.reserve(64);
+        flow.park();
+        assert!(flow.inject.capacity() >= 64);
+        flow.unpark();
         // A flow holding bytes keeps them.
         flow.buf.extend_from_slice(b"Q");
         flow.park();
