@@ -114,6 +114,7 @@ pub async fn run_with(
             "placement configured"
         );
     }
+    tracing::debug!(bytes = client::future_size(), "the future of one client");
     let admin = snapshot.config.admin.clone();
     let mut state = ProxyState::new(snapshot, workers, shutdown.clone());
     state.config_path = config_path;

@@ -47,6 +47,7 @@ impl ClientConn {
     /// read.
     pub async fn read_startup_packet(&mut self) -> Result<usize, ClientError> {
         loop {
+            self.flow.unpark();
             let declared = startup::declared_len(&self.flow.buf)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             if let Some(len) = declared {
@@ -83,6 +84,7 @@ impl ClientConn {
                 Ok(_) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
+            self.flow.unpark();
             self.flow.buf.reserve(1024);
             let n = self
                 .stream

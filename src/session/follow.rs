@@ -88,11 +88,11 @@ impl Session<'_> {
                 false
             }
             Move::Switch(tenant, ..) => {
-                self.ending = Some(ClientError::Reconfigured(tenant.id.clone()));
+                self.ending = Some(Box::new(ClientError::Reconfigured(tenant.id.clone())));
                 true
             }
             Move::End(e) => {
-                self.ending = Some(e);
+                self.ending = Some(Box::new(e));
                 true
             }
         }

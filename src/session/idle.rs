@@ -9,6 +9,7 @@ use crate::protocol::codec;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::{Buf, BytesMut};
+use futures_util::future::Either;
 use std::future::{Future, poll_fn};
 use std::task::Poll;
 
@@ -101,10 +102,13 @@ impl Session<'_> {
                 if message_started && message_limit.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
                 }
-                client
-                    .flow
-                    .poll_fill(cx, &mut client.stream)
-                    .map(|r| Ok(Some(r)))
+                let read = client.flow.poll_fill(cx, &mut client.stream);
+                if read.is_pending() {
+                    // Waiting with nothing buffered: an idle client holds
+                    // no read buffer (one is taken when bytes arrive).
+                    client.flow.park();
+                }
+                read.map(|r| Ok(Some(r)))
             })
             .await?;
             match read {
@@ -209,10 +213,13 @@ impl Session<'_> {
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+/// Sleeps until `deadline`, or forever without one. Not an `async fn`:
+/// a waiting client's future holds two of these.
+fn sleep_until_opt(
+    deadline: Option<std::time::Instant>,
+) -> Either<crate::runtime::time::Sleep, std::future::Pending<()>> {
     match deadline {
-        Some(d) => crate::runtime::time::sleep_until(d).await,
-        None => std::future::pending().await,
+        Some(d) => Either::Left(crate::runtime::time::sleep_until(d)),
+        None => Either::Right(std::future::pending()),
     }
 }

@@ -3,7 +3,8 @@
 //! until the transaction (transaction mode) or the client (session mode)
 //! ends, then give the connection back clean or close it.
 //!
-//! Modules: `pump` (the forwarding hot path) and `sockio` (its socket
+//! Modules: `transaction` (one request's lease, checkout to release),
+//! `pump` (the forwarding hot path) and `sockio` (its socket
 //! calls), `txn` (what the pump tracks while frames go by), `lease`
 //! (checkout and settings sync) with `params` (settings that follow the
 //! client), `pinning` (session state that ties a client to a connection),
@@ -38,12 +39,12 @@ pub mod recover;
 pub mod replies;
 pub mod sockio;
 pub mod statements;
+mod transaction;
 pub mod txn;
 
 use crate::catalog::TenantEntry;
 use crate::config::{PinPolicy, PoolMode};
 use crate::pool::{Lease, PlacementPool, TenantSeat};
-use crate::protocol::HEADER_LEN;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::Buf;
@@ -129,7 +130,8 @@ pub struct Session<'a> {
     pub state: &'a crate::state::ProxyState,
     pub follows: Follows,
     /// A reload ended this session: told once its transaction is over.
-    pub ending: Option<ClientError>,
+    /// Boxed: rare, and an idle client's future holds this field.
+    pub ending: Option<Box<ClientError>>,
 }
 
 /// What the idle client did next.
@@ -141,7 +143,7 @@ pub(super) enum Next {
 impl Session<'_> {
     /// Runs until the client leaves. An `Err` is for the caller to send
     /// to the client (if it still can) before closing.
-    pub async fn run(mut self, client: &mut ClientConn) -> Result<(), ClientError> {
+    pub async fn run(&mut self, client: &mut ClientConn) -> Result<(), ClientError> {
         let mut server_flow = Flow::new(SERVER_MAX_FRAME);
         self.cancel.set_pool(&self.pool);
         let transaction_mode = self.mode == PoolMode::Transaction;
@@ -158,217 +160,17 @@ impl Session<'_> {
             }
             self.walk_again_at = 0;
             if self.controls.any_paused() {
-                self.wait_while_paused().await?;
+                Box::pin(self.wait_while_paused()).await?;
             }
             self.follow_reload()?;
-            let (mut lease, synced) = self.lease().await?;
-            let leased_at = std::time::Instant::now();
-            server_flow.reset();
-            if synced {
-                self.report_changes(lease.conn(), &mut server_flow.inject);
-            }
-            server_flow.buf.extend_from_slice(&lease.conn().buf);
-            lease.conn_mut().buf.clear();
-
-            txn.begin();
-            txn.backend_pid = lease.conn().cancel_key().pid;
-            txn.client_pid = self.client_pid;
-            if let Some(ctx) = self.pool.context() {
-                self.enter_tenant(ctx, &mut lease, synced, client, &mut txn)?;
-            }
-            self.cancel.arm(lease.conn().cancel_key());
-            let exit = loop {
-                let exit = self
-                    .pump(client, &mut lease, &mut server_flow, &mut txn)
-                    .await;
-                let result = match exit {
-                    PumpExit::Rewrite => {
-                        self.rewrite(client, &mut lease, &mut server_flow, &mut txn)
-                            .await
-                    }
-                    PumpExit::Probe => {
-                        self.check_session_state(&mut lease, &mut server_flow, &mut txn)
-                            .await
-                    }
-                    PumpExit::Restore => {
-                        self.restore_settings(&mut lease, &mut server_flow, &mut txn)
-                            .await
-                    }
-                    PumpExit::Rest => self.rest(client, &lease, &txn).await,
-                    PumpExit::Backlog => {
-                        if !self.client_read_timeout.is_zero() {
-                            txn.stall_deadline =
-                                Some(std::time::Instant::now() + self.client_read_timeout);
-                        }
-                        Ok(())
-                    }
-                    // Half a message holds the server connection: bound
-                    // it, from when this message stalled (the client is
-                    // being read, so no backlog deadline is running).
-                    PumpExit::MidMessage => {
-                        if !self.message_timeout.is_zero() {
-                            txn.stall_deadline =
-                                Some(std::time::Instant::now() + self.message_timeout);
-                        }
-                        Ok(())
-                    }
-                    other => break other,
-                };
-                match result {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        self.count_lease(client, &mut server_flow, &mut txn, leased_at);
-                        self.cancel.disarm();
-                        let settled = self.settle_cancels().await;
-                        if matches!(exit, PumpExit::Probe | PumpExit::Restore) {
-                            // The held-back ReadyForQuery ('I') is the next
-                            // frame: the server owes nothing more.
-                            server_flow.buf.advance(HEADER_LEN + 1);
-                            txn.consume_held_ready();
-                        }
-                        if matches!(
-                            e,
-                            ClientError::SessionState { .. }
-                                | ClientError::TooManyPins { .. }
-                                | ClientError::ListenOnShared(_)
-                        ) {
-                            txn.pinned = true; // clean it with the reset query
-                        }
-                        // Recovery rolls back (or resets) and returns the
-                        // connection if it can be made clean.
-                        self.finish(lease, &txn, &server_flow, settled);
-                        return self.tell_client_if_possible(&server_flow, e);
-                    }
-                }
-            };
-            self.count_lease(client, &mut server_flow, &mut txn, leased_at);
-            if txn.settings_changed
-                || txn.unknown
-                || txn.defaults_reset
-                || txn.statements_dropped
-                || txn.saw_error
-            {
-                // SET/RESET/DISCARD, code the scan cannot see into, or an
-                // error (a failed pgtenant.enter() of the client's own
-                // clears it too): the tenant context may be gone; the next
-                // lease enters it again.
-                lease.conn_mut().context_of = None;
-            }
-            if txn.unknown || txn.defaults_reset || txn.statements_dropped {
-                // DISCARD ALL / SEQUENCES (or code that may run them) takes
-                // the session secret too: the next call opens a new one.
-                lease.conn_mut().context_secret = None;
-            }
-            self.cancel.disarm();
-            let settled = self.settle_cancels().await;
-            // Statements a server accepted this lease: known placement-wide.
-            let prepared = &lease.conn().prepared;
-            let replies = &mut txn.replies;
-            if txn.schema_changed {
-                self.pool.known_statements.forget_described();
-            }
-            // Describe answers are shared with every client of the
-            // placement: keep none from a lease that could have changed
-            // what names resolve to (DDL, settings such as search_path or
-            // role, SET LOCAL included, temporary tables of a pin, code
-            // the scan cannot see into).
-            let name_resolution_changed = txn.schema_changed
-                || txn.settings_changed
-                || txn.unknown
-                || txn.pinned
-                || txn.mentions.state;
-            if !replies.described.is_empty()
-                && (name_resolution_changed || !self.default_search_path())
-            {
-                replies.described.clear();
-            }
-            self.pool.known_statements.learn(
-                &mut replies.sent_parse,
-                &mut replies.described,
-                |n| prepared.contains(n),
-            );
-
-            match exit {
-                PumpExit::Idle => {
-                    // Settings read back are known again; anything else
-                    // (session-mode or pinned reset, leftover bytes) is
-                    // recovery's, which releases a clean connection as is.
-                    if std::mem::take(&mut txn.settings_changed)
-                        && let Err(e) = self.learn_settings(&mut lease).await
-                    {
-                        drop(lease);
-                        return Err(e);
-                    }
-                    self.finish(lease, &txn, &server_flow, settled);
-                    self.pin_guard = None;
-                    if self.is_stopping() {
-                        return Err(self.stop_error());
-                    }
-                    if let Some(e) = self.ending.take() {
-                        tracing::info!(tenant = %self.tenant.id, "{e}");
-                        return Err(e);
-                    }
-                }
-                PumpExit::ClientTerminate | PumpExit::ClientEof | PumpExit::ClientIo(_) => {
-                    self.finish(lease, &txn, &server_flow, settled);
-                    return Ok(());
-                }
-                PumpExit::ClientStalled => {
-                    tracing::info!(tenant = %self.tenant.id, "client did not read its results; disconnected");
-                    self.finish(lease, &txn, &server_flow, settled);
-                    return Err(ClientError::ClientStalled(self.tenant.id.clone()));
-                }
-                PumpExit::MessageStalled => {
-                    tracing::info!(tenant = %self.tenant.id, "client did not finish a message; disconnected");
-                    self.finish(lease, &txn, &server_flow, settled);
-                    return self.tell_client_if_possible(
-                        &server_flow,
-                        ClientError::MessageTimeout(self.tenant.id.clone()),
-                    );
-                }
-                PumpExit::ServerEof
-                | PumpExit::ServerIo(_)
-                | PumpExit::ServerProtocol(_)
-                | PumpExit::Rewrite
-                | PumpExit::Probe
-                | PumpExit::Restore
-                | PumpExit::Rest
-                | PumpExit::Backlog
-                | PumpExit::MidMessage => {
-                    tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
-                    drop(lease);
-                    return self.tell_client_if_possible(
-                        &server_flow,
-                        ClientError::ServerLost(self.tenant.id.clone()),
-                    );
-                }
-                PumpExit::ContextFailed => {
-                    tracing::warn!(
-                        tenant = %self.tenant.id,
-                        placement = %self.pool.name(),
-                        "setting the tenant context failed: {}; the server connection is closed",
-                        txn.context_failure.as_deref().unwrap_or("")
-                    );
-                    drop(lease);
-                    return Err(ClientError::ContextFailed(self.tenant.id.clone()));
-                }
-                PumpExit::Killed => {
-                    // Mid-transaction too: the server connection is closed,
-                    // never returned with the transaction's state.
-                    drop(lease);
-                    tracing::info!(tenant = %self.tenant.id, "client killed by an administrator");
-                    return self.tell_client_if_possible(
-                        &server_flow,
-                        ClientError::Killed(self.tenant.id.clone()),
-                    );
-                }
-                PumpExit::ClientProtocol(e) => {
-                    drop(lease);
-                    return self.tell_client_if_possible(
-                        &server_flow,
-                        ClientError::Protocol(e.to_string()),
-                    );
-                }
+            // Boxed, so that the lease, pump and recovery states (most of
+            // a session's future) exist only while a request is served:
+            // an idle client's future holds none of them. One small
+            // allocation per transaction (mimalloc: a thread-local free
+            // list), nothing per message.
+            let ended = Box::pin(self.transaction(client, &mut server_flow, &mut txn)).await?;
+            if let transaction::Ended::Closed = ended {
+                return Ok(());
             }
         }
     }
@@ -545,32 +347,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// One lease ended: its transaction, queries and bytes go to the
-    /// tenant's counters (relaxed atomics, nothing allocated).
-    fn count_lease(
-        &self,
-        client: &mut ClientConn,
-        server_flow: &mut Flow,
-        txn: &mut TxnState,
-        leased_at: std::time::Instant,
-    ) {
-        self.stats.transaction_done(
-            u64::from(std::mem::take(&mut txn.queries)),
-            client.flow.take_bytes_read(),
-            server_flow.take_bytes_read(),
-            leased_at.elapsed(),
-        );
-    }
-
-    /// Whether the server connection may go to another client as far as
-    /// this client's cancels go (see `CancelSlot::settle`).
-    async fn settle_cancels(&self) -> bool {
-        match self.cancel.settle() {
-            None => true,
-            Some(wait) => wait.await,
-        }
-    }
-
     fn is_stopping(&self) -> bool {
         self.stop.is_stopping()
     }
@@ -620,49 +396,6 @@ impl Session<'_> {
                 tracing::info!(tenant = %self.tenant.id, "paused longer than pause_timeout");
                 Err(ClientError::PauseTimeout(self.tenant.id.clone()))
             }
-        }
-    }
-
-    /// After the client left (or, in session mode, at shutdown): give the
-    /// connection back once it is clean, else close it. Anything that
-    /// takes a round trip runs in the background, holding the lease, so
-    /// the client's departure never waits on the server and the slot stays
-    /// counted until the connection is clean or closed.
-    /// `settled`: no cancel of this client's may still reach the
-    /// connection (`CancelSlot::settle`); otherwise it is closed, since
-    /// PostgreSQL could apply that cancel to its next lessee.
-    fn finish(&self, lease: Lease, txn: &TxnState, server_flow: &Flow, settled: bool) {
-        // A context call still unanswered is owed a reply recovery does
-        // not count: close rather than guess (rare: the client left at once).
-        if !settled || txn.context_pending > 0 {
-            drop(lease);
-            return;
-        }
-        let reset_due = self.mode == PoolMode::Session || txn.pinned;
-        let mut lease = lease;
-        match recover::Recovery::plan(txn, server_flow, reset_due, &self.reset_query) {
-            None => lease.release(),
-            Some(recovery) => {
-                // Recovery may reset the session, context and all.
-                lease.conn_mut().context_of = None;
-                lease.conn_mut().context_secret = None;
-                recovery.spawn(lease)
-            }
-        }
-    }
-
-    /// An error can be written only between server messages; in the
-    /// middle of one the client just sees the connection close.
-    fn tell_client_if_possible(
-        &self,
-        server_flow: &Flow,
-        err: ClientError,
-    ) -> Result<(), ClientError> {
-        if server_flow.scanner.at_boundary() {
-            Err(err)
-        } else {
-            tracing::info!(tenant = %self.tenant.id, "closing client mid-message: {err}");
-            Ok(())
         }
     }
 }

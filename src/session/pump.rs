@@ -56,42 +56,59 @@ pub struct Flow {
     bytes_read: u64,
 }
 
+/// An empty injection buffer with more capacity than this is freed when
+/// its flow parks.
+const INJECT_KEEP: usize = 4096;
+
 /// Read buffers kept for reuse per thread, at most this many (1 MB).
 const SPARE_MAX: usize = 64;
 
 thread_local! {
-    /// Read buffers of flows that ended on this thread, for the next ones.
-    /// Otherwise every connection costs two 16 kB mallocs and frees, which
-    /// glibc serves from its unsorted bins with coalescing: about a tenth
-    /// of a short-lived connection's instructions.
+    /// Read buffers of flows at rest or ended on this thread, for the
+    /// next flow that has bytes to read. A flow holds a buffer only while
+    /// it has bytes in flight, so an idle client holds none; taking one
+    /// here and giving it back costs a pop and a push, where a malloc and
+    /// free of 16 kB cost glibc a tenth of a short-lived connection's
+    /// instructions (unsorted bins, coalescing).
     static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer from this thread's spares, or a new one.
+fn take_spare() -> BytesMut {
+    SPARE_BUFFERS
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+}
+
+/// Keeps `buf` (emptied) for the next flow if it is a plain read buffer
+/// of the usual size that nothing else shares; otherwise frees it.
+fn give_back(mut buf: BytesMut) {
+    buf.clear();
+    // Also rewinds to the front of the allocation.
+    if buf.try_reclaim(READ_CHUNK) && buf.capacity() == READ_CHUNK {
+        let _ = SPARE_BUFFERS.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_MAX {
+                spare.push(buf);
+            }
+        });
+    }
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        // Only a buffer of the usual size that nothing else shares.
-        if buf.try_reclaim(READ_CHUNK) && buf.capacity() == READ_CHUNK {
-            let _ = SPARE_BUFFERS.try_with(|spare| {
-                let mut spare = spare.borrow_mut();
-                if spare.len() < SPARE_MAX {
-                    spare.push(buf);
-                }
-            });
-        }
+        give_back(std::mem::take(&mut self.buf));
     }
 }
 
 impl Flow {
+    /// A flow with no read buffer yet: one is taken when bytes arrive
+    /// (`poll_fill`).
     pub fn new(max_frame: usize) -> Flow {
-        let buf = SPARE_BUFFERS
-            .try_with(|spare| spare.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK));
         Flow {
-            buf,
+            buf: BytesMut::new(),
             ready: 0,
             skip: 0,
             inject: BytesMut::new(),
@@ -99,6 +116,66 @@ impl Flow {
             read_armed: false,
             reads_in_a_row: 0,
             bytes_read: 0,
+        }
+    }
+
+    /// Gives the read buffer back to the worker's spares if it holds no
+    /// bytes (a flow at rest), so a flow waiting for its peer holds no
+    /// memory for it. No-op on a flow holding bytes or no buffer.
+    pub fn park(&mut self) {
+        if self.buf.is_empty() {
+            give_back(std::mem::take(&mut self.buf));
+        }
+        // An injection buffer grown past a page (a burst of rewritten
+        // messages or proxy replies) is not kept while the flow waits;
+        // a small one is, so the usual rewrite allocates nothing.
+        if self.inject.is_empty() && self.inject.capacity() > INJECT_KEEP {
+            self.inject = BytesMut::new();
+        }
+    }
+
+    /// Makes sure `buf` has an allocation to read into (a spare if the
+    /// flow is parked), for readers other than `poll_fill`.
+    pub fn unpark(&mut self) {
+        if self.buf.is_empty() {
+            self.rewind();
+            if self.buf.capacity() == 0 {
+                self.buf = take_spare();
+            }
+        }
+    }
+
+    /// Appends bytes that did not come through `poll_fill` (read ahead by
+    /// someone else, e.g. a server connection's own reader).
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.unpark();
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Back to the front of the allocation of an empty buffer (no copy,
+    /// no allocation). Otherwise each read lands past the last one and
+    /// the buffer walks its whole 16 kB: every transaction would touch
+    /// cold cache lines, in the kernel's copy and in the scan.
+    #[inline]
+    fn rewind(&mut self) {
+        let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
+    }
+
+    /// Room for a read: a spare buffer if the flow is parked, more if
+    /// what is left cannot take a header.
+    #[inline]
+    fn make_room(&mut self) {
+        if self.buf.is_empty() {
+            self.rewind();
+            if self.buf.capacity() == 0 {
+                self.buf = take_spare();
+                return;
+            }
+        }
+        if self.buf.capacity() - self.buf.len() < HEADER_LEN + 1 {
+            self.buf.reserve(READ_CHUNK);
         }
     }
 
@@ -127,18 +204,18 @@ impl Flow {
     /// Discards state for a new server connection (server direction only).
     pub fn reset(&mut self) {
         self.buf.clear();
-        super::budget::shrink(&mut self.buf);
-        super::budget::shrink(&mut self.inject);
+        self.inject.clear();
+        self.park();
         self.ready = 0;
         self.skip = 0;
-        self.inject.clear();
         let max = self.scanner.max_len();
         self.scanner = FrameScanner::new(max);
         self.read_armed = false;
         self.reads_in_a_row = 0;
     }
 
-    /// Reads what `src` has into `buf` (reserving room first).
+    /// Reads what `src` has into `buf`, taking room for it (a spare
+    /// buffer, if parked) only once the socket is readable.
     ///
     /// Each wake-up of a session polls every socket it waits on, though
     /// usually only one woke it, and a poll of a socket that is not ready
@@ -165,16 +242,6 @@ impl Flow {
             // register again.
             self.read_armed = false;
         }
-        if self.buf.is_empty() {
-            // Rewind to the front of the allocation (no copy, no
-            // allocation). Otherwise each read lands past the last one and
-            // the buffer walks its whole 16 kB: every transaction would
-            // touch cold cache lines, in the kernel's copy and in the scan.
-            let _ = self.buf.try_reclaim(self.buf.capacity() + 1);
-        }
-        if self.buf.capacity() - self.buf.len() < HEADER_LEN + 1 {
-            self.buf.reserve(READ_CHUNK);
-        }
         loop {
             if !src.read_ready() {
                 // Stores this task's waker; Ready if readiness came back
@@ -189,6 +256,9 @@ impl Flow {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
             }
+            // Readiness first, then the buffer: a flow that waits holds
+            // none (see `park`).
+            self.make_room();
             match recv_into(src, &mut self.buf) {
                 Ok(n) => {
                     self.reads_in_a_row += 1;
@@ -458,26 +528,77 @@ fn rewrite_notify_pids(scanned: &mut [u8], st: &mut TxnState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::net::accepted;
+    use crate::runtime::reactor::block_on;
+    use std::io::Write;
+
+    fn spares() -> usize {
+        SPARE_BUFFERS.with_borrow(Vec::len)
+    }
 
     #[test]
     fn read_buffers_are_reused_only_when_plain() {
         let mut flow = Flow::new(1 << 20);
-        flow.buf.extend_from_slice(b"Q\0\0\0\x05x");
+        assert_eq!(flow.buf.capacity(), 0, "no buffer before bytes arrive");
+        flow.extend_from_slice(b"Q\0\0\0\x05x");
         flow.buf.advance(3);
         let at = flow.buf.as_ptr() as usize - 3;
         drop(flow);
-        let flow = Flow::new(1 << 20);
+        let mut flow = Flow::new(1 << 20);
+        flow.unpark();
         assert_eq!(flow.buf.as_ptr() as usize, at, "the same allocation");
         assert!(flow.buf.is_empty());
         assert_eq!(flow.buf.capacity(), READ_CHUNK);
+        // A parked flow gives its buffer back; unparking takes it again.
+        let kept = spares();
+        flow.park();
+        assert_eq!((flow.buf.capacity(), spares()), (0, kept + 1));
+        flow.unpark();
+        assert_eq!(flow.buf.as_ptr() as usize, at, "from the spares");
+        // A grown injection buffer goes too once empty; a small one stays.
+        flow.inject.reserve(2 * INJECT_KEEP);
+        flow.park();
+        assert_eq!(flow.inject.capacity(), 0);
+        flow.inject.reserve(64);
+        flow.park();
+        assert!(flow.inject.capacity() >= 64);
+        flow.unpark();
+        // A flow holding bytes keeps them.
+        flow.buf.extend_from_slice(b"Q");
+        flow.park();
+        assert_eq!(&flow.buf[..], b"Q");
+        flow.buf.clear();
         // A buffer grown past the usual size goes back to the allocator.
-        let spare = || SPARE_BUFFERS.with_borrow(Vec::len);
-        let kept = spare();
+        let kept = spares();
         let mut big = flow;
         big.buf.reserve(4 * READ_CHUNK);
         drop(big);
-        assert_eq!(spare(), kept);
-        drop(Flow::new(1 << 20));
-        assert_eq!(spare(), kept + 1);
+        assert_eq!(spares(), kept);
+        let mut plain = Flow::new(1 << 20);
+        plain.unpark();
+        drop(plain);
+        assert_eq!(spares(), kept + 1, "a plain one is kept");
+    }
+
+    /// A flow waiting for its socket holds no buffer: one is taken only
+    /// once bytes are there, and given back when parked.
+    #[test]
+    fn waiting_flows_hold_no_buffer() {
+        block_on(async {
+            let (mut ours, mut peer) = accepted().await;
+            let mut flow = Flow::new(1 << 20);
+            let waited = poll_fn(|cx| Poll::Ready(flow.poll_fill(cx, &mut ours))).await;
+            assert!(waited.is_pending(), "nothing sent yet");
+            assert_eq!(flow.buf.capacity(), 0, "no buffer while waiting");
+            peer.write_all(b"hello").expect("write");
+            let n = poll_fn(|cx| flow.poll_fill(cx, &mut ours))
+                .await
+                .expect("read");
+            assert_eq!((n, &flow.buf[..]), (5, &b"hello"[..]));
+            assert_eq!(flow.buf.capacity(), READ_CHUNK);
+            flow.buf.advance(5);
+            flow.park();
+            assert_eq!(flow.buf.capacity(), 0, "given back at rest");
+        });
     }
 }
