@@ -529,7 +529,7 @@ fn rewrite_notify_pids(scanned: &mut [u8], st: &mut TxnState) {
 mod tests {
     use super::*;
     use crate::runtime::net::accepted;
-    use crate::runtime::reactor::block_on;
+    use crate::runtime::block_on;
     use std::io::Write;
 
     fn spares() -> usize {
