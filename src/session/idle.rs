@@ -24,13 +24,14 @@ impl Session<'_> {
     ) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
         let limited = !self.client_idle_timeout.is_zero();
-        let mut idle_limit = std::pin::pin!(sleep_until_opt(
-            limited.then(|| std::time::Instant::now() + self.client_idle_timeout)
-        ));
-        // Armed once a message has begun and not arrived far enough: a
-        // client that sends half a message holds no server connection,
-        // and not forever.
-        let mut message_limit = std::pin::pin!(sleep_until_opt(None));
+        // One timer for two limits (a waiting client's future holds one
+        // sleep, not two): the idle limit, and the message limit, armed
+        // once a message has begun and not arrived far enough (a client
+        // that sends half a message holds no server connection, and not
+        // forever). The timer runs to the earlier; `timer_for` says which.
+        let idle_deadline = limited.then(|| std::time::Instant::now() + self.client_idle_timeout);
+        let mut timer = std::pin::pin!(sleep_until_opt(idle_deadline));
+        let mut timer_for = Limit::Idle;
         let mut message_started = false;
         let mut discard = 0usize;
         loop {
@@ -38,7 +39,8 @@ impl Session<'_> {
             if message_started && buf.is_empty() {
                 // The message was answered or discarded: nothing half-sent.
                 message_started = false;
-                message_limit.set(sleep_until_opt(None));
+                timer.set(sleep_until_opt(idle_deadline));
+                timer_for = Limit::Idle;
             }
             if discard > 0 {
                 let n = discard.min(buf.len());
@@ -81,9 +83,11 @@ impl Session<'_> {
             }
             if !message_started && !client.flow.buf.is_empty() && !self.message_timeout.is_zero() {
                 message_started = true;
-                message_limit.set(sleep_until_opt(Some(
-                    std::time::Instant::now() + self.message_timeout,
-                )));
+                let message_deadline = std::time::Instant::now() + self.message_timeout;
+                if idle_deadline.is_none_or(|idle| message_deadline < idle) {
+                    timer.set(sleep_until_opt(Some(message_deadline)));
+                    timer_for = Limit::Message;
+                }
             }
             // A client sending stray copy data without pause is read in
             // bounded gulps, since every Request returns and every wait
@@ -96,11 +100,12 @@ impl Session<'_> {
                     // A reload: follow it now, holding nothing.
                     return Poll::Ready(Ok(None));
                 }
-                if limited && idle_limit.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::ClientIdle(self.tenant.id.clone())));
-                }
-                if message_started && message_limit.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::MessageTimeout(self.tenant.id.clone())));
+                if timer.as_mut().poll(cx).is_ready() {
+                    let id = self.tenant.id.clone();
+                    return Poll::Ready(Err(match timer_for {
+                        Limit::Idle => ClientError::ClientIdle(id),
+                        Limit::Message => ClientError::MessageTimeout(id),
+                    }));
                 }
                 let read = client.flow.poll_fill(cx, &mut client.stream);
                 if read.is_pending() {
@@ -213,8 +218,15 @@ impl Session<'_> {
     }
 }
 
+/// Which limit the waiting client's timer runs to.
+#[derive(Clone, Copy)]
+enum Limit {
+    Idle,
+    Message,
+}
+
 /// Sleeps until `deadline`, or forever without one. Not an `async fn`:
-/// a waiting client's future holds two of these.
+/// a waiting client's future holds it.
 fn sleep_until_opt(
     deadline: Option<std::time::Instant>,
 ) -> Either<crate::runtime::time::Sleep, std::future::Pending<()>> {

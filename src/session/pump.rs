@@ -528,8 +528,8 @@ fn rewrite_notify_pids(scanned: &mut [u8], st: &mut TxnState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::net::accepted;
     use crate::runtime::block_on;
+    use crate::runtime::net::accepted;
     use std::io::Write;
 
     fn spares() -> usize {
