@@ -398,11 +398,11 @@ async fn a_flood_of_logins_that_never_finish_locks_nobody_out() {
     // limit it started under (a proxy that kept that limit sits at exactly
     // 1,024). How many of the 1,800 unauthenticated slots are taken when
     // this is read varies with how fast the attackers' connects are
-    // accepted on a loaded machine (1,485 to 1,820 seen), so the bar is
+    // accepted on a loaded machine (1,278 to 1,820 seen), so the bar is
     // the limit plus a margin, not the cap.
     let proxy_files = proxy_files.expect("/proc/PID/fd of the proxy");
     assert!(
-        proxy_files as u64 >= SERVICE_SOFT_LIMIT + 256,
+        proxy_files as u64 >= SERVICE_SOFT_LIMIT + 128,
         "the proxy held only {proxy_files} files during the flood"
     );
     // The proxy raised its limit from the service default, and said so.
