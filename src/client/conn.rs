@@ -62,9 +62,11 @@ impl ClientConn {
                 .stream
                 .read_buf(&mut self.flow.buf)
                 .await
-                .map_err(super::early_eof)?;
+                .map_err(super::startup_phase::early_eof)?;
             if n == 0 {
-                return Err(super::early_eof(io::ErrorKind::UnexpectedEof.into()));
+                return Err(super::startup_phase::early_eof(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
             }
         }
     }

@@ -12,12 +12,12 @@ pub mod admin;
 pub mod auth;
 pub mod conn;
 pub mod operator;
+mod startup_phase;
 
 use crate::admission::Unauthenticated;
 use crate::config::AuthType;
-use crate::protocol::CancelKey;
 use crate::protocol::messages;
-use crate::protocol::startup::{self, Startup, StartupPacket};
+use crate::protocol::startup::Startup;
 use crate::routing::{self, RoutingInput};
 use crate::runtime::net::Socket;
 use crate::runtime::time;
@@ -28,7 +28,6 @@ use crate::state::{CountGuard, ProxyState, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 /// Serves one accepted connection to its end. Never panics on client
@@ -188,12 +187,12 @@ fn serve_inner<'a>(
         // them) are a large part of a client's future, and once logged in
         // a client carries none of them (one allocation per connection).
         let login = Box::pin(async {
-            let first = time::timeout(startup_limit, handshake(client))
+            let first = time::timeout(startup_limit, startup_phase::handshake(client))
                 .await
                 .map_err(|_| ClientError::StartupTimeout)??;
             let startup = match first {
-                First::Startup(s) => s,
-                First::Cancel(key) => {
+                startup_phase::First::Startup(s) => s,
+                startup_phase::First::Cancel(key) => {
                     time::timeout_at(login_deadline, state.cancels.cancel(key))
                         .await
                         .map_err(|_| ClientError::LoginTimeout)?;
@@ -347,49 +346,6 @@ fn start_session<'a>(
     (session, audit.map(Box::new), _guards)
 }
 
-/// The first packet that is not an encryption request.
-enum First {
-    Startup(Startup),
-    Cancel(CancelKey),
-}
-
-/// Reads startup-phase packets until a StartupMessage or a
-/// CancelRequest, answering encryption requests on the way.
-async fn handshake(client: &mut ClientConn) -> Result<First, ClientError> {
-    // At most one SSLRequest and one GSSENCRequest precede the startup.
-    for _ in 0..3 {
-        let len = client.read_startup_packet().await?;
-        let packet = startup::parse(&client.flow.buf[..len])
-            .map_err(|e| ClientError::Protocol(e.to_string()));
-        // Bytes after the packet stay: a client may send its first
-        // message without waiting for the authentication result.
-        bytes::Buf::advance(&mut client.flow.buf, len);
-        match packet? {
-            // TLS is not configured (its own issue): decline, as PostgreSQL
-            // does without ssl = on; the client may go on in plaintext.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                // The client must wait for the answer: anything sent
-                // ahead of it would be read as if it had come over the
-                // encrypted channel (PostgreSQL refuses it too, since the
-                // fix for CVE-2021-23214).
-                if !client.flow.buf.is_empty() {
-                    return Err(ClientError::Protocol(
-                        "received unencrypted data after an encryption request".into(),
-                    ));
-                }
-                client.stream.write_all(b"N").await.map_err(early_eof)?;
-            }
-            StartupPacket::Cancel(key) => return Ok(First::Cancel(key)),
-            StartupPacket::Startup(s) => return Ok(First::Startup(s)),
-        }
-    }
-    Err(ClientError::Protocol("too many encryption requests".into()))
-}
-
-fn early_eof(e: std::io::Error) -> ClientError {
-    ClientError::Protocol(format!("incomplete startup packet: {e}"))
-}
-
 // Each argument is one part of the connection so far.
 #[allow(clippy::too_many_arguments)]
 async fn login(
@@ -514,7 +470,7 @@ async fn login(
         }
         params::upsert(&mut wanted, k, v);
     }
-    canonical_client_encoding(&mut wanted)?;
+    startup_phase::canonical_client_encoding(&mut wanted)?;
 
     // One without a seat is refused rather than let in uncounted.
     let seat = id
@@ -611,32 +567,6 @@ async fn tenant_login(
         follows: session::Follows::Tenant,
         tenant,
     })
-}
-
-/// Spells the client's `client_encoding` as the server reports it
-/// (`utf-8` -> `UTF8`), so the ParameterStatus the client gets at login is
-/// the one PostgreSQL would send; a name PostgreSQL refuses is refused
-/// here, as PostgreSQL refuses it at startup.
-fn canonical_client_encoding(wanted: &mut [(String, String)]) -> Result<(), ClientError> {
-    let Some((_, value)) = wanted
-        .iter_mut()
-        .find(|(k, _)| k.eq_ignore_ascii_case("client_encoding"))
-    else {
-        return Ok(());
-    };
-    match crate::protocol::encoding::reported_client_encoding(value) {
-        Some(name) if name == value => Ok(()),
-        Some(name) => {
-            *value = name.to_string();
-            Ok(())
-        }
-        None => Err(ClientError::Server {
-            code: crate::protocol::SqlState::INVALID_PARAMETER_VALUE
-                .as_str()
-                .to_string(),
-            message: format!("invalid value for parameter \"client_encoding\": \"{value}\""),
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -563,46 +563,9 @@ impl PlacementPool {
     }
 }
 
-/// Frees a reserved slot if opening the connection is dropped midway.
-struct SlotGuard<'a> {
-    pool: &'a PlacementPool,
-    seat: TenantSeat,
-    armed: bool,
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.pool.slot_abandoned(self.seat);
-        }
-    }
-}
-
-/// Removes a waiter that gave up, and returns anything already handed to
-/// it.
-struct WaitGuard<'a> {
-    pool: &'a Arc<PlacementPool>,
-    seat: TenantSeat,
-    id: u64,
-    rx: Option<oneshot::Receiver<Grant>>,
-}
-
-impl Drop for WaitGuard<'_> {
-    fn drop(&mut self) {
-        let Some(mut rx) = self.rx.take() else { return };
-        if self.pool.lock().tenants.remove(self.seat, self.id) {
-            return;
-        }
-        // Already handed something: give it back.
-        rx.close();
-        match rx.try_recv() {
-            Ok(Grant::Conn(c)) => self.pool.put_back(c, self.seat),
-            Ok(Grant::Slot) => self.pool.slot_abandoned(self.seat),
-            Ok(Grant::Down(_)) | Err(_) => {}
-        }
-    }
-}
-
+#[path = "placement_guards.rs"]
+mod guards;
+use guards::{SlotGuard, WaitGuard};
 #[path = "placement_live.rs"]
 mod live;
 #[path = "placement_upkeep.rs"]

@@ -38,6 +38,7 @@ pub mod pump;
 pub mod recover;
 pub mod replies;
 pub mod sockio;
+mod spare_buffers;
 pub mod statements;
 mod transaction;
 pub mod txn;

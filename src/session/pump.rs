@@ -26,7 +26,6 @@ use super::txn::{ClientSink, Halt, ServerSink, TxnState};
 use crate::protocol::{FrameError, FrameScanner, HEADER_LEN};
 use crate::runtime::net::Socket;
 use bytes::{Buf, BytesMut};
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll, ready};
@@ -60,46 +59,9 @@ pub struct Flow {
 /// its flow parks.
 const INJECT_KEEP: usize = 4096;
 
-/// Read buffers kept for reuse per thread, at most this many (1 MB).
-const SPARE_MAX: usize = 64;
-
-thread_local! {
-    /// Read buffers of flows at rest or ended on this thread, for the
-    /// next flow that has bytes to read. A flow holds a buffer only while
-    /// it has bytes in flight, so an idle client holds none; taking one
-    /// here and giving it back costs a pop and a push, where a malloc and
-    /// free of 16 kB cost glibc a tenth of a short-lived connection's
-    /// instructions (unsorted bins, coalescing).
-    static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A read buffer from this thread's spares, or a new one.
-fn take_spare() -> BytesMut {
-    SPARE_BUFFERS
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
-}
-
-/// Keeps `buf` (emptied) for the next flow if it is a plain read buffer
-/// of the usual size that nothing else shares; otherwise frees it.
-fn give_back(mut buf: BytesMut) {
-    buf.clear();
-    // Also rewinds to the front of the allocation.
-    if buf.try_reclaim(READ_CHUNK) && buf.capacity() == READ_CHUNK {
-        let _ = SPARE_BUFFERS.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_MAX {
-                spare.push(buf);
-            }
-        });
-    }
-}
-
 impl Drop for Flow {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.buf));
+        super::spare_buffers::give_back(std::mem::take(&mut self.buf));
     }
 }
 
@@ -124,7 +86,7 @@ impl Flow {
     /// memory for it. No-op on a flow holding bytes or no buffer.
     pub fn park(&mut self) {
         if self.buf.is_empty() {
-            give_back(std::mem::take(&mut self.buf));
+            super::spare_buffers::give_back(std::mem::take(&mut self.buf));
         }
         // An injection buffer grown past a page (a burst of rewritten
         // messages or proxy replies) is not kept while the flow waits;
@@ -140,7 +102,7 @@ impl Flow {
         if self.buf.is_empty() {
             self.rewind();
             if self.buf.capacity() == 0 {
-                self.buf = take_spare();
+                self.buf = super::spare_buffers::take();
             }
         }
     }
@@ -170,7 +132,7 @@ impl Flow {
         if self.buf.is_empty() {
             self.rewind();
             if self.buf.capacity() == 0 {
-                self.buf = take_spare();
+                self.buf = super::spare_buffers::take();
                 return;
             }
         }
@@ -533,7 +495,7 @@ mod tests {
     use std::io::Write;
 
     fn spares() -> usize {
-        SPARE_BUFFERS.with_borrow(Vec::len)
+        super::super::spare_buffers::count()
     }
 
     #[test]
