@@ -7,7 +7,7 @@
 mod common;
 
 use common::http::{http, wait_healthy};
-use common::{TestPg, backend_password, sqlstate};
+use common::{Child, TestPg, backend_password, sqlstate};
 use pgtenant::pgcluster::{HostAuth, free_port};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -16,15 +16,6 @@ const ADMIN_PASSWORD: &str = "admin-pw-7f3a91";
 const TOKEN: &str = "token-5c20e8d4-a9e1b37f";
 const WRONG_BACKEND_PASSWORD: &str = "wrong-backend-pw-b81d";
 const WRONG_CLIENT_PASSWORD: &str = "wrong-client-pw-66e0";
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn connect(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await?;

@@ -7,7 +7,7 @@
 mod common;
 
 use common::http::{http, wait_healthy};
-use common::{TestPg, TestProxy, sqlstate};
+use common::{Child, TestPg, TestProxy, sqlstate};
 use pgtenant::pgcluster::{HostAuth, free_port};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -375,14 +375,4 @@ async fn sigterm_turns_healthz_not_ready_while_transactions_drain() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
-}
-
-/// The binary, killed if a test fails before it exits.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
