@@ -155,7 +155,6 @@ pub async fn run_with(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tracing::info!(
         workers,
-        runtime = runtime::DATA_PLANE,
         batch_sends = options.batch_sends,
         "starting the data plane"
     );

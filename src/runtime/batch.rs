@@ -1,6 +1,5 @@
-//! A turn's small sends, submitted together in one `io_uring_enter`:
-//! the part both data-plane runtimes share (`reactor::sends` for the
-//! hand-written loop, `tokio_rt::sends` for tokio).
+//! A turn's small sends, submitted together in one `io_uring_enter`
+//! (when a turn ends is `sends`' business).
 //!
 //! Why: on a host shared with its clients and the database, a send that
 //! wakes its receiver (a PostgreSQL backend, a client) lets that receiver
@@ -139,13 +138,11 @@ impl<S: SendSlot> Batch<S> {
     }
 
     /// Sends queued this turn (one per socket).
-    #[cfg(any(test, feature = "tokio-runtime"))]
     pub(crate) fn queued(&self) -> usize {
         self.entries.len()
     }
 
     /// Bytes queued this turn.
-    #[cfg(feature = "tokio-runtime")]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.bytes
     }

@@ -7,14 +7,9 @@
 //! (`shared/research/perf-floor.md`: 17.4 vs 25.9 µs/txn for the same
 //! relay on a current-thread vs multi-thread runtime).
 //!
-//! Two implementations of the same seam, chosen at compile time:
-//! - by default, a hand-written loop (`reactor`) that waits on epoll and
-//!   timers and polls the worker's sessions (`session_set`), which takes
-//!   tokio's scheduler, reactor and clock out of each forwarded message;
-//! - with the `tokio-runtime` feature, one current-thread tokio runtime
-//!   per worker (`tokio_rt`), each session a task of it.
-//!
-//! Both batch a turn's small sends into one `io_uring_enter` (`batch`).
+//! Each worker runs one current-thread tokio runtime (`worker_rt`), each
+//! session a task of it, and batches a turn's small sends into one
+//! `io_uring_enter` (`batch`, `sends`) where the kernel allows it.
 //! What the rest of the crate may name: `net::{Socket, Listener}`,
 //! `time`, [`spawn_local`], [`block_on`], [`worker_main`],
 //! [`current_worker`], [`Direction`], [`LoopOptions`]; nothing else here
@@ -30,69 +25,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod batch;
+pub mod net;
+mod sends;
 #[cfg(test)]
 mod sends_tests;
 mod sys;
-
-#[cfg(not(feature = "tokio-runtime"))]
-pub mod net;
-#[cfg(not(feature = "tokio-runtime"))]
-mod reactor;
-#[cfg(not(feature = "tokio-runtime"))]
-mod session_set;
-#[cfg(not(feature = "tokio-runtime"))]
 pub mod time;
+mod worker_rt;
 
-#[cfg(feature = "tokio-runtime")]
-mod tokio_rt;
-#[cfg(feature = "tokio-runtime")]
-use tokio_rt as backend;
-#[cfg(feature = "tokio-runtime")]
-pub use tokio_rt::{net, time};
-
-#[cfg(test)]
-pub(crate) use backend::queued_sends;
-pub use backend::{block_on, block_on_with, spawn_local};
 pub use batch::BATCH_MAX;
-
-/// The hand-written loop's entry points, under the seam's names.
-#[cfg(not(feature = "tokio-runtime"))]
-mod backend {
-    use super::{LoopOptions, SessionFuture, reactor, session_set};
-    use std::future::Future;
-
-    #[cfg(test)]
-    pub(crate) use super::reactor::queued_sends;
-    pub use super::reactor::{block_on, block_on_with};
-    pub(super) use super::session_set::close_local;
-    pub use super::session_set::spawn_local;
-
-    /// Runs `acceptor` as the first session and `main` beside the
-    /// sessions until `main` ends (Some(its output)) or the sessions are
-    /// closed (`close_local`) and have all ended (None).
-    pub(super) fn run<F: Future>(
-        acceptor: SessionFuture,
-        main: F,
-        options: LoopOptions,
-    ) -> std::io::Result<Option<F::Output>> {
-        // Created here, on this thread, so `spawn_local` reaches it.
-        let mut set = session_set::SessionSet::new();
-        if spawn_local(acceptor).is_err() {
-            return Err(std::io::Error::other(
-                "the worker's session set refused its acceptor",
-            ));
-        }
-        reactor::run(&mut set, main, options)
-    }
-}
-
-/// Which implementation of the seam this build runs (logged at start, so
-/// an A/B run can tell its binaries apart).
-pub const DATA_PLANE: &str = if cfg!(feature = "tokio-runtime") {
-    "tokio"
-} else {
-    "epoll loop"
-};
+#[cfg(test)]
+pub(crate) use sends::queued_sends;
+pub use worker_rt::{block_on, block_on_with, spawn_local};
+use worker_rt::{close_local, run};
 
 /// A client's whole life, boxed (it is several kB; a box moves as one
 /// pointer).
@@ -169,8 +114,8 @@ pub fn worker_main(
         shutdown.cancelled().await;
         time::sleep(grace).await;
     };
-    let ended = backend::run(Box::pin(acceptor), grace_over, options)
-        .context("running the worker's event loop")?;
+    let ended =
+        run(Box::pin(acceptor), grace_over, options).context("running the worker's event loop")?;
     if ended.is_some() {
         tracing::warn!(
             worker = id,
@@ -194,7 +139,7 @@ async fn accept_loop(
         Ok(l) => l,
         Err(e) => {
             tracing::error!("cannot listen on this worker: {e}");
-            backend::close_local();
+            close_local();
             return;
         }
     };
@@ -230,5 +175,5 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    backend::close_local();
+    close_local();
 }

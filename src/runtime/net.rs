@@ -1,44 +1,128 @@
-//! TCP sockets on a worker's event loop (`reactor`): a listener, and a
-//! stream that implements tokio's `AsyncRead`/`AsyncWrite` for the login
-//! and recovery paths and offers readiness-level calls for the forwarding
-//! path (`session::sockio`). Small writes of both kinds are queued for
-//! the loop's batch of sends (`reactor::sends`).
+//! TCP sockets on a worker's tokio runtime, over an `AsyncFd` of the
+//! runtime's reactor. Readiness checks without a waker
+//! are tokio's `try_io` (one atomic load, no syscall, no coop budget);
+//! waits are `poll_read_ready`/`poll_write_ready`, which spend the task's
+//! coop budget like any tokio resource. Small writes are queued for the
+//! worker's batch of sends (`sends`).
 //!
-//! A socket belongs to the reactor of the thread that registered it and
+//! A socket belongs to the runtime of the thread that registered it and
 //! is used there only; [`Socket::rebind`] moves it to the current
 //! thread's (a pooled server connection checked out by another worker).
 
-use super::Direction;
-use super::reactor::{READ, Registration, SharedStream, WRITE};
-use super::sys::{self, resolve, send_fd};
+use super::sends::{self, Slot};
+use super::worker_rt::{off_loop, runtime_id};
+use crate::runtime::Direction;
+use crate::runtime::batch::{self, SharedStream};
+use crate::runtime::sys::{self, resolve};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
-/// A connected TCP stream registered with this thread's event loop.
-/// The stream is shared with the sends the loop has queued for it, so it
-/// closes when the last of them is done (`reactor::sends`).
+/// A connected TCP stream registered with this thread's runtime. The
+/// stream is shared with the sends the batch has queued for it, so it
+/// closes when the last of them is done (`runtime::batch`).
 #[derive(Debug)]
 pub struct Socket {
-    reg: Registration,
-    io: SharedStream,
+    /// Declared first: dropped first, it sends what the socket queued.
+    sends: Sends,
+    io: AsyncFd<SharedStream>,
+}
+
+/// The socket's share of the batch, and the runtime it is registered
+/// with.
+struct Sends {
+    slot: Arc<Slot>,
+    runtime: usize,
+}
+
+impl std::fmt::Debug for Sends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sends")
+            .field("runtime", &self.runtime)
+            .finish()
+    }
+}
+
+impl Sends {
+    fn is_local(&self) -> bool {
+        self.runtime == runtime_id()
+    }
+
+    /// Sends this socket's queued bytes now (and with them the rest of
+    /// the turn's batch), before bytes that must follow them go out
+    /// another way.
+    fn flush_queued(&self) {
+        if self.is_local() && self.slot.sends.queued.get() != 0 {
+            sends::flush_local();
+        }
+    }
+
+    /// Backlog or error left by a submitted send (on its runtime).
+    fn unsettled(&self) -> bool {
+        self.is_local() && self.slot.sends.unsettled()
+    }
+}
+
+impl Drop for Sends {
+    fn drop(&mut self) {
+        // Bytes handed to the batch go out now, in order, before the
+        // socket closes. Where that cannot run (off the runtime), queued
+        // sends and the backlog hold the stream, so they still go to this
+        // socket, never to one that reuses its number. A backlog gets one
+        // last try.
+        if self.is_local() {
+            self.flush_queued();
+            batch::drain_backlog(&self.slot.sends);
+        }
+    }
+}
+
+/// Registers `io` (non-blocking) with this thread's runtime.
+fn register<T: AsRawFd>(io: T, interest: Interest) -> io::Result<(AsyncFd<T>, usize)> {
+    let runtime = runtime_id();
+    if runtime == 0 || tokio::runtime::Handle::try_current().is_err() {
+        return Err(off_loop());
+    }
+    // SAFETY: `io` owns its descriptor, and the AsyncFd owns `io`: the
+    // descriptor stays open for as long as the registration.
+    let fd =
+        unsafe { AsyncFd::register_with_interest(io, interest) }.map_err(|e| e.into_parts().1)?;
+    Ok((fd, runtime))
+}
+
+fn interest(dir: Direction) -> Interest {
+    match dir {
+        Direction::Read => Interest::READABLE,
+        Direction::Write => Interest::WRITABLE,
+    }
 }
 
 impl Socket {
-    /// Registers a connected stream with this thread's event loop.
+    /// Registers a connected stream with this thread's runtime.
     pub fn from_std(io: std::net::TcpStream) -> io::Result<Socket> {
         io.set_nonblocking(true)?;
-        let io = std::sync::Arc::new(io);
-        let reg = Registration::for_stream(&io)?;
-        Ok(Socket { reg, io })
+        Socket::register(Arc::new(io))
     }
 
-    /// Connects to `host:port` (a name is resolved off the loop), trying
-    /// each address in turn.
+    fn register(io: SharedStream) -> io::Result<Socket> {
+        let (io, runtime) = register(io, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Socket {
+            sends: Sends {
+                slot: Arc::default(),
+                runtime,
+            },
+            io,
+        })
+    }
+
+    /// Connects to `host:port` (a name is resolved off the runtime),
+    /// trying each address in turn.
     pub async fn connect(host: &str, port: u16) -> io::Result<Socket> {
         let mut last = None;
         for addr in resolve(host, port).await? {
@@ -53,63 +137,74 @@ impl Socket {
     }
 
     async fn connect_addr(addr: SocketAddr) -> io::Result<Socket> {
-        let s = Socket::from_std(sys::start_connect(addr)?)?;
+        let s = Socket::register(Arc::new(sys::start_connect(addr)?))?;
         // Writable once the handshake is done, or failed.
         std::future::poll_fn(|cx| s.poll_write_ready(cx)).await?;
-        if let Some(e) = s.io.take_error()? {
+        if let Some(e) = s.io.get_ref().take_error()? {
             return Err(e);
         }
-        s.io.peer_addr()?;
+        s.io.get_ref().peer_addr()?;
         Ok(s)
     }
 
-    /// This socket, registered with the current thread's event loop
-    /// (taken off the one it was on, if another).
+    /// This socket, registered with the current thread's runtime (taken
+    /// off the one it was on, if another).
     pub fn rebind(self) -> io::Result<Socket> {
-        if self.reg.is_local() {
+        if self.is_local() {
             return Ok(self);
         }
-        let Socket { reg, io } = self;
-        reg.forget_fd(io.as_raw_fd());
-        drop(reg);
-        let reg = Registration::for_stream(&io)?;
-        Ok(Socket { reg, io })
+        let Socket { sends, io } = self;
+        // Off its runtime: nothing to flush (the handoff settled it).
+        drop(sends);
+        Socket::register(io.into_inner())
     }
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.io.set_nodelay(on)
+        self.io.get_ref().set_nodelay(on)
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.peer_addr()
+        self.io.get_ref().peer_addr()
     }
 
-    /// Ready once the kernel reported readiness not yet used up;
-    /// otherwise the task waits for it.
+    /// Ready once the reactor reported readiness not yet used up;
+    /// otherwise the task waits for it. A backlog left by the batch is
+    /// sent meanwhile (the task also waits for write readiness for it).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.reg.poll_ready(cx, READ)
+        if !self.is_local() {
+            return Poll::Ready(Err(off_loop()));
+        }
+        if self.sends.slot.sends.unsettled() {
+            // An error stays for the next write.
+            let _ = self.poll_settle(cx);
+        }
+        self.io.poll_read_ready(cx).map_ok(drop)
     }
 
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.reg.poll_ready(cx, WRITE)
+        if !self.is_local() {
+            return Poll::Ready(Err(off_loop()));
+        }
+        self.io.poll_write_ready(cx).map_ok(drop)
     }
 
     /// Whether reading may find something, with no syscall.
     pub fn read_ready(&self) -> bool {
-        self.reg.is_ready(READ)
+        self.io.try_io(Interest::READABLE, |_| Ok(())).is_ok()
     }
 
-    /// Whether this socket is registered with the current thread's loop.
+    /// Whether this socket is registered with the current thread's
+    /// runtime.
     pub fn is_local(&self) -> bool {
-        self.reg.is_local()
+        self.sends.is_local()
     }
 
     /// Nothing to read and no EOF or error, by a non-blocking peek (any
     /// thread); readiness is cleared when that is so.
     pub fn is_quiet(&self) -> bool {
-        let quiet = sys::is_quiet(self.io.as_raw_fd());
+        let quiet = sys::is_quiet(self.as_raw_fd());
         if quiet {
-            self.reg.clear(READ);
+            self.clear_ready(Direction::Read);
         }
         quiet
     }
@@ -122,43 +217,36 @@ impl Socket {
     /// Runs `f` if `dir` is ready; WouldBlock from it clears the
     /// readiness. WouldBlock without a call if not ready.
     pub fn try_io<R>(&self, dir: Direction, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        let dir = bits(dir);
-        if !self.reg.is_ready(dir) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let r = f();
-        if let Err(e) = &r
-            && e.kind() == io::ErrorKind::WouldBlock
-        {
-            self.reg.clear(dir);
-        }
-        r
+        self.io.try_io(interest(dir), |_| f())
     }
 
-    /// Clears `dir` readiness: the last call used it up.
+    /// Clears `dir` readiness: the last call used it up. (A closed state
+    /// stays, as tokio keeps it.)
     pub fn clear_ready(&self, dir: Direction) {
-        self.reg.clear(bits(dir));
+        let _ = self.io.try_io(interest(dir), |_| {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
     }
 
     /// One `recv` into `buf` (no readiness check).
     pub fn recv(&self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        sys::recv(self.io.as_raw_fd(), buf)
+        sys::recv(self.as_raw_fd(), buf)
     }
 
     /// One `send` of `bytes` (no readiness check, nothing queued first).
     pub fn send(&self, bytes: &[u8]) -> io::Result<usize> {
-        send_fd(self.io.as_raw_fd(), bytes)
+        sys::send_fd(self.as_raw_fd(), bytes)
     }
 
     /// Writes `bytes` the cheap way for the forwarding path: a small write
-    /// is handed to the loop, which sends it with the turn's other sends
-    /// (`reactor::sends`), and counts as written; a larger one (or any
-    /// where the loop does not batch) goes straight out, after what the
-    /// socket has queued. Pending while an earlier send's backlog is not
-    /// yet out; an earlier send's error, if it met one.
+    /// is handed to the batch, which sends it with the turn's other sends
+    /// (`sends`), and counts as written; a larger one (or any where the
+    /// runtime does not batch) goes straight out, after what the socket
+    /// has queued. Pending while an earlier send's backlog is not yet
+    /// out; an earlier send's error, if it met one.
     pub fn poll_send_soon(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.poll_settle(cx))?;
-        if self.reg.queue_send(bytes, cx.waker()) {
+        if self.is_local() && sends::queue(&self.sends.slot, self.io.get_ref(), bytes, cx.waker()) {
             return Poll::Ready(Ok(bytes.len()));
         }
         self.poll_send_now(cx, bytes)
@@ -168,7 +256,7 @@ impl Socket {
     /// socket has queued or left over; Pending (with the task's waker
     /// registered) if it takes nothing.
     pub fn poll_send_now(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        self.reg.flush_queued();
+        self.sends.flush_queued();
         ready!(self.poll_settle(cx))?;
         loop {
             match self.try_io(Direction::Write, || self.send(bytes)) {
@@ -181,31 +269,48 @@ impl Socket {
         }
     }
 
-    /// Pending while a send handed to the loop is unfinished (backlog);
-    /// its error if it failed. The pump asks this before it reads more
-    /// for the peer (back-pressure).
+    /// Pending while a send handed to the batch is unfinished (backlog),
+    /// which is sent here as the socket turns writable; its error if it
+    /// failed. The pump asks this before it reads more for the peer
+    /// (back-pressure). Off the socket's runtime, Ready: nothing this
+    /// thread queued is pending.
     pub fn poll_settle(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.reg.poll_settle(cx)
+        if !self.sends.unsettled() {
+            return Poll::Ready(Ok(()));
+        }
+        let state = &self.sends.slot.sends;
+        loop {
+            if let Some(code) = state.send_error.get() {
+                return Poll::Ready(Err(io::Error::from_raw_os_error(code)));
+            }
+            if state.backlog.borrow().bytes.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut guard = ready!(self.io.poll_write_ready(cx))?;
+            if batch::drain_backlog(state) {
+                guard.clear_ready();
+            }
+        }
     }
 
     /// Before the socket goes to another session or worker (a pooled
     /// server connection): sends what it has queued; false if bytes or an
     /// error are left, and it must not be reused.
     pub fn settle_for_handoff(&self) -> bool {
-        self.reg.flush_queued();
-        !self.reg.unsettled()
+        self.sends.flush_queued();
+        !self.sends.unsettled()
     }
 }
 
 impl AsRawFd for Socket {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
+        self.io.get_ref().as_raw_fd()
     }
 }
 
 impl AsFd for Socket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.as_fd()
+        self.io.get_ref().as_fd()
     }
 }
 
@@ -227,11 +332,13 @@ impl AsyncRead for Socket {
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     if n < want {
-                        self.reg.clear(READ);
+                        self.clear_ready(Direction::Read);
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.reg.clear(READ),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.clear_ready(Direction::Read);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -246,54 +353,52 @@ impl AsyncWrite for Socket {
         bytes: &[u8],
     ) -> Poll<io::Result<usize>> {
         // Logins, resets and recovery batch as the pump does: a turn's
-        // sends still go out before the loop waits, and `poll_flush`
-        // sends at once.
+        // sends still go out at its end, and `poll_flush` sends at once.
         self.poll_send_soon(cx, bytes)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.reg.flush_queued();
+        self.sends.flush_queued();
         Socket::poll_settle(&self, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        Poll::Ready(self.io.shutdown(std::net::Shutdown::Write))
+        Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 
-/// A listening socket registered with this thread's event loop. Workers
-/// each hold a duplicate of one listening socket.
+/// A listening socket registered with this thread's runtime. Workers
+/// each hold a duplicate of one listening socket; dropping ours takes it
+/// off our reactor (the AsyncFd deregisters before it closes).
 #[derive(Debug)]
 pub struct Listener {
-    reg: Registration,
-    io: std::net::TcpListener,
+    io: AsyncFd<std::net::TcpListener>,
 }
 
 impl Listener {
     pub fn from_std(io: std::net::TcpListener) -> io::Result<Listener> {
         io.set_nonblocking(true)?;
-        let reg = Registration::new(io.as_raw_fd())?;
-        Ok(Listener { reg, io })
+        let (io, _) = register(io, Interest::READABLE)?;
+        Ok(Listener { io })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr()
+        self.io.get_ref().local_addr()
     }
 
-    /// The next connection, registered with this thread's event loop.
+    /// The next connection, registered with this thread's runtime.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Socket, SocketAddr)>> {
         loop {
-            ready!(self.reg.poll_ready(cx, READ))?;
-            match sys::accept(self.io.as_raw_fd()) {
-                Ok((io, peer)) => {
-                    let io = std::sync::Arc::new(io);
-                    let reg = Registration::for_stream(&io)?;
-                    return Poll::Ready(Ok((Socket { reg, io }, peer)));
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            match guard.try_io(|l| sys::accept(l.as_raw_fd())) {
+                Ok(Ok((io, peer))) => {
+                    return Poll::Ready(Ok((Socket::register(Arc::new(io))?, peer)));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.reg.clear(READ),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                // WouldBlock: readiness cleared, wait again.
+                Err(_) => {}
             }
         }
     }
@@ -303,16 +408,8 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        // The other workers' duplicates keep the socket open, so closing
-        // ours would not take it off our epoll instance.
-        self.reg.forget_fd(self.io.as_raw_fd());
-    }
-}
-
-/// A connection accepted through this thread's loop, and its peer end (a
-/// plain blocking socket): for tests of the loop's sockets.
+/// A connection accepted through this thread's runtime, and its peer end
+/// (a plain blocking socket): for tests of the runtime's sockets.
 #[cfg(test)]
 pub(crate) async fn accepted() -> (Socket, std::net::TcpStream) {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -321,12 +418,4 @@ pub(crate) async fn accepted() -> (Socket, std::net::TcpStream) {
     let peer = std::net::TcpStream::connect(addr).expect("connect");
     let (ours, _) = listener.accept().await.expect("accept");
     (ours, peer)
-}
-
-/// The reactor's readiness bit for `dir`.
-fn bits(dir: Direction) -> u8 {
-    match dir {
-        Direction::Read => READ,
-        Direction::Write => WRITE,
-    }
 }

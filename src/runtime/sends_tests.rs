@@ -1,6 +1,4 @@
-//! Tests of batched sends (`batch`), run against the runtime the crate is
-//! built with (the hand-written loop, or tokio with `tokio-runtime`):
-//! order against direct sends, bytes queued by a socket that closes (on
+//! Tests of batched sends (`batch`) on the workers' runtime: order against direct sends, bytes queued by a socket that closes (on
 //! its thread or off it), backlog and back-pressure, errors. Where
 //! io_uring is refused they skip, except under CI.
 
@@ -283,10 +281,9 @@ fn a_busy_worker_still_sends_what_it_queued() {
 
 /// tokio: a batch that reaches `FLUSH_SENDS` sends goes out at once,
 /// without waiting for the end of the turn, and every peer gets its bytes.
-#[cfg(feature = "tokio-runtime")]
 #[test]
 fn a_full_batch_is_sent_at_once() {
-    use super::tokio_rt::FLUSH_SENDS;
+    use super::sends::FLUSH_SENDS;
     let peers = block_on(async {
         let mut pairs = Vec::new();
         for _ in 0..FLUSH_SENDS {

@@ -1,5 +1,5 @@
-//! The syscalls both data-plane runtimes make on sockets, outside any
-//! event loop: name resolution off the loop, `accept4`, direct
+//! The syscalls the data plane makes on sockets itself: name resolution
+//! off the worker's thread, `accept4`, direct
 //! `recvfrom`/`sendto`, the start of a non-blocking connect.
 
 use std::io;

@@ -1,27 +1,20 @@
-//! The data plane on tokio (feature `tokio-runtime`): one current-thread
-//! runtime per worker thread, each session a task of it. No work
-//! stealing: a task stays on the thread that spawned it, and a socket on
-//! the reactor of the runtime it was registered with (`net`). Small
-//! writes go through the worker's batch of sends (`sends`), flushed at
-//! the end of each turn.
+//! A worker's runtime: one current-thread tokio runtime per worker
+//! thread, each session a task of it. No work stealing: a task stays on
+//! the thread that spawned it, and a socket on the reactor of the runtime
+//! it was registered with (`net`). Small writes go through the worker's
+//! batch of sends (`sends`), flushed at the end of each turn.
 //!
 //! What it must not do: let a session's task or socket be driven by
 //! another worker's runtime (sockets check `is_local`), or let a send
 //! queued by a turn wait past that turn.
 
+use super::sends;
 use super::{LoopOptions, SessionFuture};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_util::task::TaskTracker;
-
-pub mod net;
-mod sends;
-pub mod time;
-
-#[cfg(test)]
-pub(crate) use sends::{FLUSH_SENDS, queued_sends};
 
 /// Runtimes get distinct ids so a socket can tell whether it is
 /// registered with the runtime of the current thread.
@@ -35,11 +28,11 @@ thread_local! {
 }
 
 /// The id of the runtime that runs on this thread (0: none).
-fn runtime_id() -> usize {
+pub(super) fn runtime_id() -> usize {
     RUNTIME.try_with(Cell::get).unwrap_or(0)
 }
 
-fn off_loop() -> io::Error {
+pub(super) fn off_loop() -> io::Error {
     io::Error::other("socket used off its worker's runtime")
 }
 
@@ -148,15 +141,14 @@ pub fn spawn_local(session: SessionFuture) -> Result<(), SessionFuture> {
 }
 
 /// A session as a task: outside tokio's coop budget, and one whose panic
-/// ends it alone (logged as the loop's set does).
+/// ends it alone.
 ///
 /// Why no coop budget: a budget spent makes `poll_read_ready` return
 /// Pending without storing the waker, while the pump (`Flow::poll_fill`)
 /// takes Pending as "the waker is with the socket" and from then on asks
 /// only `read_ready`: the session would never be woken for that socket
 /// again. Fairness comes from the pump's own yield after a run of reads
-/// and the accept loop's after a run of accepts, as on the hand-written
-/// loop, which has no budget either.
+/// and the accept loop's after a run of accepts.
 async fn guarded(session: SessionFuture) {
     use futures_util::FutureExt as _;
     let session = std::panic::AssertUnwindSafe(session).catch_unwind();

@@ -14,8 +14,7 @@
 //! A backlog is sent by the socket's own task, when it next polls the
 //! socket (`net::Socket::poll_settle`, also from any wait for readiness):
 //! the flush that leaves one wakes that task, which then waits for the
-//! socket's write readiness. (The hand-written loop sends it from its
-//! event dispatch instead.)
+//! socket's write readiness.
 
 use crate::runtime::batch::{Batch, SendSlot, SendState, SharedStream};
 use std::cell::RefCell;
