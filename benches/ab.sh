@@ -27,14 +27,19 @@ export TARGETS=${TARGETS:-"pg proxy proxy2"}
 export RESULTS_DIR=${RESULTS_DIR:-/tmp/ab-results-$(date +%Y%m%d-%H%M%S)}
 bash "$ANCHORS"
 
-echo
-echo "Paired proxy CPU per transaction, B/A (same case, same repetition):"
-echo
-echo "| case | B/A per repetition | median B/A |"
-echo "|---|---|---:|"
-awk -F'\t' '
+# Per case, the paired ratio num/den of proxy CPU per transaction (each
+# repetition of target num against the same repetition of den) and its
+# median.
+paired() {
+  local num=$1 den=$2 title=$3
+  echo
+  echo "Paired proxy CPU per transaction, $title (same case, same repetition):"
+  echo
+  echo "| case | per repetition | median |"
+  echo "|---|---|---:|"
+  awk -F'\t' -v num="$num" -v den="$den" '
   NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-  $col["rc"] == 0 && $col["xacts"] > 0 && ($col["target"] == "proxy" || $col["target"] == "proxy2") {
+  $col["rc"] == 0 && $col["xacts"] > 0 && ($col["target"] == num || $col["target"] == den) {
     us[$col["case"] SUBSEP $col["rep"] SUBSEP $col["target"]] = $col["proxy_cpu_s"] / $col["xacts"]
     cases[$col["case"]] = 1; reps[$col["rep"]] = 1
   }
@@ -42,7 +47,7 @@ awk -F'\t' '
     for (c in cases) {
       n = 0; line = ""
       for (r in reps) {
-        a = us[c SUBSEP r SUBSEP "proxy"]; b = us[c SUBSEP r SUBSEP "proxy2"]
+        a = us[c SUBSEP r SUBSEP den]; b = us[c SUBSEP r SUBSEP num]
         if (a > 0 && b > 0) { v[++n] = b / a; line = line sprintf(" %.3f", b / a) }
       }
       # insertion sort for the median
@@ -51,3 +56,12 @@ awk -F'\t' '
       printf "| %s |%s | %.3f |\n", c, line, med
     }
   }' "$RESULTS_DIR/results.tsv"
+}
+
+paired proxy2 proxy "B/A ($PROXY2_NAME / $PROXY_NAME)"
+# With PgBouncer among the targets (TARGETS="pg pgbouncer proxy proxy2"),
+# each build against it too.
+if [[ " $TARGETS " == *" pgbouncer "* ]]; then
+  paired proxy pgbouncer "$PROXY_NAME / PgBouncer"
+  paired proxy2 pgbouncer "$PROXY2_NAME / PgBouncer"
+fi

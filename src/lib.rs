@@ -59,6 +59,7 @@ pub mod runtime;
 pub mod session;
 pub mod shutdown;
 pub mod state;
+pub mod sys;
 
 use anyhow::Context;
 use config::{Config, ConfigSource};
@@ -156,6 +157,7 @@ pub async fn run_with(
     tracing::info!(
         workers,
         batch_sends = options.batch_sends,
+        os_calls = sys::FLAVOUR,
         "starting the data plane"
     );
     // The runtime accepts; what a socket becomes is decided here.

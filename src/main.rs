@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// and glibc's bookkeeping for them (free lists, consolidation) was about
 /// a quarter of the login path's user-space instructions (callgrind,
 /// `pgbench -S -C`).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -8,47 +8,22 @@ use crate::config::Config;
 use std::io;
 
 /// Descriptors the proxy uses besides client and server sockets: the
-/// listener's duplicates, epoll, timers, io_uring, logs, cancel
+/// listener's duplicates, each worker's epoll and io_uring, logs, cancel
 /// connections in flight, resolver threads.
 pub const RESERVE: u64 = 256;
 
 /// Soft and hard `RLIMIT_NOFILE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub soft: u64,
-    pub hard: u64,
-}
+pub type Limit = crate::sys::NofileLimit;
 
 pub fn current() -> io::Result<Limit> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid rlimit for the call to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Limit {
-        soft: r.rlim_cur,
-        hard: r.rlim_max,
-    })
+    crate::sys::nofile_limit()
 }
 
-/// Raises the soft limit to the hard limit (an unprivileged process may);
-/// returns the limit before and after.
+/// Raises the soft limit to the hard limit where the OS allows it
+/// (Linux; elsewhere it stays as the service manager set it); returns
+/// the limit before and after.
 pub fn raise_to_hard() -> io::Result<(Limit, Limit)> {
-    let before = current()?;
-    if before.soft < before.hard {
-        let r = libc::rlimit {
-            rlim_cur: before.hard,
-            rlim_max: before.hard,
-        };
-        // SAFETY: `r` is a valid rlimit; only the soft value changes.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok((before, current()?))
+    crate::sys::raise_nofile()
 }
 
 /// Descriptors the configuration may hold open at once.
@@ -100,8 +75,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(target_os = "linux", not(feature = "portable-sys")))]
     fn raising_reaches_the_hard_limit() {
-        let (before, after) = raise_to_hard().expect("getrlimit/setrlimit");
+        let (before, after) = raise_to_hard().expect("raising the open-files limit");
         assert_eq!(after.hard, before.hard);
         assert_eq!(after.soft, before.hard);
     }

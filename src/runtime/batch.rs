@@ -15,10 +15,9 @@
 //! The forwarding path hands small writes (at most [`BATCH_MAX`] bytes per
 //! socket and turn) to the runtime, which copies them into a buffer of its
 //! own, so the session's buffer is free at once and nothing borrowed
-//! outlives the call. At the end of the turn, it submits them as
-//! non-blocking `send`s (MSG_DONTWAIT: a full socket buffer completes
-//! with EAGAIN at once instead of waiting inside io_uring), so every
-//! completion is there when the submit returns. Bytes the kernel did not
+//! outlives the call. At the end of the turn, it submits them through the
+//! OS's ring (`sys::SendRing`, io_uring), where every completion is
+//! there when the submit returns. Bytes the kernel did not
 //! take become the socket's backlog, which is sent when the socket is
 //! next writable and which holds further writes back (back-pressure as
 //! before); an error is kept for the socket's next write. Larger writes
@@ -30,16 +29,16 @@
 //! is dropped off its thread or without a flush (a bare number could by
 //! then name another client's socket).
 //!
-//! Where io_uring is unavailable (old kernels, seccomp profiles that
-//! forbid it, `io_uring_disabled`) or turned off, there is no batch and
-//! every write is a `send` of its own.
+//! Where io_uring is unavailable (not Linux, old kernels, seccomp
+//! profiles that forbid it, `io_uring_disabled`) or turned off, there is
+//! no batch and every write is a `send` of its own.
 //!
 //! Everything here runs on the one thread that owns the batch; the
 //! per-socket state ([`SendState`]) is touched only there.
 
-use io_uring::{IoUring, opcode, types};
+use crate::sys::{self, RingSend, SendRing, Submitted};
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 /// The most bytes one socket may have queued in one turn; larger writes
@@ -96,7 +95,7 @@ pub(crate) trait SendSlot {
 }
 
 pub(crate) struct Batch<S: SendSlot> {
-    ring: IoUring,
+    ring: SendRing,
     entries: Vec<Entry<S>>,
     spare: Vec<Vec<u8>>,
     /// Bytes queued this turn.
@@ -116,14 +115,7 @@ struct Entry<S> {
 impl<S: SendSlot> Batch<S> {
     /// A ring for this thread's sends; None if the kernel refuses one.
     pub(crate) fn new() -> Option<Batch<S>> {
-        // One thread alone submits, and it reaps right after each
-        // submit, so the kernel need not interrupt it to post completions.
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES));
-        match ring {
+        match SendRing::new(RING_ENTRIES) {
             Ok(ring) => Some(Batch {
                 ring,
                 entries: Vec::new(),
@@ -194,7 +186,7 @@ impl<S: SendSlot> Batch<S> {
             let outcome = if failed {
                 Submitted::None
             } else {
-                submit(&mut self.ring, chunk)
+                self.ring.send_all(chunk)
             };
             match outcome {
                 Submitted::All => {}
@@ -203,7 +195,7 @@ impl<S: SendSlot> Batch<S> {
                     failed = true;
                     // The ring is given up; these go out one by one.
                     for e in chunk.iter_mut() {
-                        e.result = match super::sys::send_fd(e.stream.as_raw_fd(), &e.buf) {
+                        e.result = match sys::send(e.stream.as_fd(), &e.buf) {
                             Ok(n) => n as i32,
                             Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
                         };
@@ -224,92 +216,27 @@ impl<S: SendSlot> Batch<S> {
     }
 }
 
-/// How a chunk's submission went.
-enum Submitted {
-    /// Every send ran; each entry holds its result.
-    All,
-    /// The ring took none of them (they may be sent another way).
-    None,
-    /// The ring took them but results could not all be collected: those
-    /// missing count as failed, and the ring must be given up.
-    Unknown,
-}
-
-/// A result not (yet) collected.
-const PENDING: i32 = i32::MIN;
-/// Collections retried after EINTR, EAGAIN or EBUSY before giving up.
-const RETRIES: u32 = 1000;
-
-/// Submits `chunk`'s sends and collects their results.
-fn submit<S>(ring: &mut IoUring, chunk: &mut [Entry<S>]) -> Submitted {
-    {
-        let mut sq = ring.submission();
-        for (i, e) in chunk.iter_mut().enumerate() {
-            e.result = PENDING;
-            let len = e.buf.len() as u32; // at most BATCH_MAX
-            let sqe = opcode::Send::new(types::Fd(e.stream.as_raw_fd()), e.buf.as_ptr(), len)
-                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(i as u64);
-            // SAFETY: the buffer stays where it is until its completion is
-            // collected below (MSG_DONTWAIT sends never wait inside
-            // io_uring, so the submit returns with every send done), or
-            // is leaked if it cannot be; the fd stays open meanwhile
-            // (the entry holds the stream).
-            if unsafe { sq.push(&sqe) }.is_err() {
-                // Cannot happen (the queue is empty and as large as a
-                // chunk); the ring is given up, which discards the rest.
-                return Submitted::None;
-            }
-        }
+impl<S> RingSend for Entry<S> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
-    let mut left = chunk.len();
-    let mut first = true;
-    let mut retries = 0;
-    while left > 0 {
-        // The first call submits; later ones (if any completion were
-        // missing) submit what is left and wait for one.
-        let r = if first {
-            ring.submit()
-        } else {
-            ring.submitter().submit_and_wait(1)
-        };
-        match r {
-            Ok(_) => {}
-            Err(e) if first && e.kind() != std::io::ErrorKind::Interrupted => {
-                // io_uring_enter fails only when it took no entry.
-                tracing::warn!(error = %e, "io_uring submit failed; sending without it");
-                return Submitted::None;
-            }
-            Err(e)
-                if retries < RETRIES
-                    && (e.kind() == std::io::ErrorKind::Interrupted
-                        || e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == Some(libc::EBUSY)) =>
-            {
-                retries += 1;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring completions lost; failing those sends");
-                for e in chunk.iter_mut().filter(|e| e.result == PENDING) {
-                    e.result = -libc::EIO;
-                    // The kernel may still read it.
-                    std::mem::forget(std::mem::take(&mut e.buf));
-                }
-                return Submitted::Unknown;
-            }
-        }
-        first = false;
-        for cqe in ring.completion() {
-            if let Some(e) = chunk.get_mut(cqe.user_data() as usize)
-                && e.result == PENDING
-            {
-                e.result = cqe.result();
-                left -= 1;
-            }
-        }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf
     }
-    Submitted::All
+
+    fn result(&self) -> i32 {
+        self.result
+    }
+
+    fn set_result(&mut self, result: i32) {
+        self.result = result;
+    }
+
+    fn abandon(&mut self) {
+        // The kernel may still read it.
+        std::mem::forget(std::mem::take(&mut self.buf));
+    }
 }
 
 /// Records a submitted send's outcome on its socket.
@@ -346,7 +273,7 @@ pub(crate) fn drain_backlog(state: &SendState) -> bool {
         return false; // no backlog
     };
     while !bytes.is_empty() && state.send_error.get().is_none() {
-        match super::sys::send_fd(stream.as_raw_fd(), bytes) {
+        match sys::send(stream.as_fd(), bytes) {
             Ok(0) => return true,
             Ok(n) => {
                 bytes.drain(..n);

@@ -29,7 +29,6 @@ pub mod net;
 mod sends;
 #[cfg(test)]
 mod sends_tests;
-mod sys;
 pub mod time;
 mod worker_rt;
 

@@ -13,7 +13,7 @@ use super::sends::{self, Slot};
 use super::worker_rt::{off_loop, runtime_id};
 use crate::runtime::Direction;
 use crate::runtime::batch::{self, SharedStream};
-use crate::runtime::sys::{self, resolve};
+use crate::sys;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -202,7 +202,7 @@ impl Socket {
     /// Nothing to read and no EOF or error, by a non-blocking peek (any
     /// thread); readiness is cleared when that is so.
     pub fn is_quiet(&self) -> bool {
-        let quiet = sys::is_quiet(self.as_raw_fd());
+        let quiet = sys::is_quiet(self.as_fd());
         if quiet {
             self.clear_ready(Direction::Read);
         }
@@ -230,12 +230,12 @@ impl Socket {
 
     /// One `recv` into `buf` (no readiness check).
     pub fn recv(&self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-        sys::recv(self.as_raw_fd(), buf)
+        sys::recv(self.as_fd(), buf)
     }
 
     /// One `send` of `bytes` (no readiness check, nothing queued first).
     pub fn send(&self, bytes: &[u8]) -> io::Result<usize> {
-        sys::send_fd(self.as_raw_fd(), bytes)
+        sys::send(self.as_fd(), bytes)
     }
 
     /// Writes `bytes` the cheap way for the forwarding path: a small write
@@ -391,7 +391,7 @@ impl Listener {
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Socket, SocketAddr)>> {
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
-            match guard.try_io(|l| sys::accept(l.as_raw_fd())) {
+            match guard.try_io(|l| sys::accept(l.as_fd())) {
                 Ok(Ok((io, peer))) => {
                     return Poll::Ready(Ok((Socket::register(Arc::new(io))?, peer)));
                 }
@@ -418,4 +418,22 @@ pub(crate) async fn accepted() -> (Socket, std::net::TcpStream) {
     let peer = std::net::TcpStream::connect(addr).expect("connect");
     let (ours, _) = listener.accept().await.expect("accept");
     (ours, peer)
+}
+
+/// Addresses of `host:port`: an IP at once, a name through the system
+/// resolver on a thread of its own (it blocks), never on a worker.
+async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("pgtenant-resolve".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs as _;
+            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+        })?;
+    rx.await
+        .map_err(|_| io::Error::other("the resolver thread ended without an answer"))?
 }

@@ -6,6 +6,7 @@
 pub mod http;
 pub mod live;
 pub mod raw;
+pub mod seccomp;
 pub mod shared;
 
 use pgtenant::pgcluster::{HostAuth, PgCluster};
@@ -33,6 +34,7 @@ pub struct TestPg {
 
 impl TestPg {
     pub async fn start(auth: HostAuth, tenants: &[&str]) -> TestPg {
+        seccomp::refuse_io_uring_if_asked();
         let cluster = tokio::task::spawn_blocking(move || PgCluster::start(auth))
             .await
             .expect("join")

@@ -1,11 +1,17 @@
-//! The syscalls the data plane makes on sockets itself: name resolution
-//! off the worker's thread, `accept4`, direct
-//! `recvfrom`/`sendto`, the start of a non-blocking connect.
+//! The Linux calls: `accept4` and sockets created non-blocking and
+//! close-on-exec in one syscall, `recvfrom`/`sendto` made as raw
+//! syscalls, the open-files limit raised to its hard limit, and the
+//! io_uring ring that submits a turn's sends together (`uring`).
 
+use super::NofileLimit;
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::RawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+
+mod uring;
+
+pub(crate) use uring::SendRing;
 
 /// A non-blocking, close-on-exec TCP socket with its connect to `addr`
 /// under way (done once it turns writable).
@@ -24,48 +30,15 @@ pub(crate) fn start_connect(addr: SocketAddr) -> io::Result<std::net::TcpStream>
     Ok(sock.into())
 }
 
-/// Nothing to read and no EOF or error on `fd`, by a non-blocking peek.
-pub(crate) fn is_quiet(fd: RawFd) -> bool {
-    let mut probe = [MaybeUninit::<u8>::uninit()];
-    // SAFETY: one writable byte; MSG_PEEK leaves the data queued.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            probe.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
-}
-
-/// Addresses of `host:port`: an IP at once, a name through the system
-/// resolver on a thread of its own (it blocks), never on the loop.
-pub(crate) async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let name = host.to_owned();
-    std::thread::Builder::new()
-        .name("pgtenant-resolve".into())
-        .spawn(move || {
-            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
-        })?;
-    rx.await
-        .map_err(|_| io::Error::other("the resolver thread ended without an answer"))?
-}
-
 /// accept4 with the new socket non-blocking and close-on-exec (one
 /// syscall; std's `accept` leaves it blocking).
-pub(crate) fn accept(fd: RawFd) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::FromRawFd;
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<(std::net::TcpStream, SocketAddr)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` has room for any address and `len` says so.
     let new = unsafe {
         libc::accept4(
-            fd,
+            listener.as_raw_fd(),
             storage.as_mut_ptr().cast(),
             &mut len,
             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -109,7 +82,7 @@ fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-pub(crate) fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the kernel
     // writes at most that many.
     unsafe {
@@ -123,7 +96,7 @@ pub(crate) fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> 
     }
 }
 
-pub(crate) fn send_fd(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes, and
     // `sendto` only reads them.
     unsafe {
@@ -146,12 +119,30 @@ pub(crate) fn send_fd(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
 /// `buf` must be valid for `len` bytes, for writes when `nr` writes.
 unsafe fn socket_call(
     nr: libc::c_long,
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     buf: *mut libc::c_void,
     len: usize,
     flags: libc::c_int,
 ) -> io::Result<usize> {
-    // SAFETY: the caller vouches for `buf`; the address arguments are null.
-    let n = unsafe { libc::syscall(nr, fd, buf, len, flags, 0usize, 0usize) };
+    // SAFETY: the caller vouches for `buf`; the address arguments are
+    // null; `fd` is open for the call (borrowed).
+    let n = unsafe { libc::syscall(nr, fd.as_raw_fd(), buf, len, flags, 0usize, 0usize) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Raises the soft open-files limit to the hard limit (an unprivileged
+/// process may); returns the limit before and after.
+pub(crate) fn raise_nofile() -> io::Result<(NofileLimit, NofileLimit)> {
+    let before = super::nofile_limit()?;
+    if before.soft < before.hard {
+        let r = libc::rlimit {
+            rlim_cur: before.hard,
+            rlim_max: before.hard,
+        };
+        // SAFETY: `r` is a valid rlimit; only the soft value changes.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, super::nofile_limit()?))
 }
