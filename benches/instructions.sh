@@ -6,6 +6,8 @@
 #   benches/instructions.sh                    # pgtenant and PgBouncer, pgbench -S
 #   MODE=extended benches/instructions.sh      # pgbench -M extended
 #   TARGETS=pgtenant CACHE=1 benches/instructions.sh   # + L1 miss counts
+#   CONNECT=1 N1=400 N2=2000 benches/instructions.sh  # pgbench -C: a new
+#                                              # connection per transaction
 #
 # Each target runs twice under callgrind, for N1 and N2 transactions after
 # the same warm-up; the difference of the two totals divided by N2 - N1 is
@@ -18,6 +20,7 @@ TARGETS=${TARGETS:-"pgtenant pgbouncer"}
 N1=${N1:-4000}
 N2=${N2:-20000}
 CACHE=${CACHE:-0}
+CONNECT=${CONNECT:-0}
 SCALE=1
 # Above the ephemeral range (32768-60999): see compare.sh.
 PG_PORT=${PG_PORT:-61632}
@@ -48,6 +51,7 @@ measure() {
   PIDS+=("$pid")
   wait_port "$port"
   local args=(-n -S -M "$MODE" -c 16 -j 2 -h 127.0.0.1 -p "$port" -U bench bench)
+  [[ $CONNECT == 1 ]] && args+=(-C)
   pgbench "${args[@]}" -t 100 >/dev/null 2>&1
   pgbench "${args[@]}" -t $((n / 16)) 2>&1 | grep -q "actually processed: $n/$n" ||
     { echo "$target: pgbench did not complete $n transactions" >&2; kill "$pid"; exit 1; }
@@ -57,7 +61,7 @@ measure() {
   sed -n 's/^\(summary\|totals\): //p' "$out" | head -1
 }
 
-echo "pgbench -S -M $MODE -c 16, one worker; per transaction = (run of $N2 - run of $N1) / $((N2 - N1))"
+echo "pgbench -S -M $MODE -c 16$([[ $CONNECT == 1 ]] && echo " -C"), one worker; per transaction = (run of $N2 - run of $N1) / $((N2 - N1))"
 for t in $TARGETS; do
   if [[ $t == pgbouncer && ! -x $PGBOUNCER_BIN ]]; then echo "pgbouncer: $PGBOUNCER_BIN missing, skipped"; continue; fi
   a=$(measure "$t" "$N1")

@@ -67,6 +67,17 @@ enum Cmd {
         /// The placement, as named in the config.
         placement: String,
     },
+    /// Print a SCRAM-SHA-256 verifier for a password, to put in the config
+    /// instead of the password (`users`, `[operators]`, `[admin] users`).
+    /// Reads the password from the terminal without echo (twice), or one
+    /// line from standard input when it is not a terminal.
+    HashPassword {
+        /// PBKDF2 rounds (PostgreSQL's default is 4096); more makes each
+        /// login, and each guess from a stolen config, dearer.
+        #[arg(long, default_value_t = pgtenant::credentials::scram::ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(4096..=10_000_000))]
+        iterations: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +102,7 @@ fn main() -> ExitCode {
         Cmd::Check => check(cli.config),
         Cmd::Serve => serve(cli.config),
         Cmd::ContextKey { placement } => context_key(cli.config, &placement),
+        Cmd::HashPassword { iterations } => hash_password(iterations),
         Cmd::Demo { port } => {
             control_runtime().and_then(|rt| rt.block_on(pgtenant::demo::run(port)))
         }
@@ -111,6 +123,9 @@ fn require(config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     let path = require(config)?;
     let (cfg, src) = pgtenant::config::load_file(&path)?;
+    if let Some(w) = pgtenant::config::secret_exposure::exposure_warning(&path, &cfg) {
+        eprintln!("warning: {w}");
+    }
     // Checks the secret file without creating it (`serve` does that).
     use pgtenant::credentials::secret::{AuthSecret, SecretLocation};
     if let SecretLocation::File(file) = SecretLocation::of(&cfg)
@@ -182,6 +197,30 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn hash_password(iterations: u32) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "an empty password cannot log in");
+    // 16 random bytes, as PostgreSQL's own verifiers.
+    let salt: [u8; 16] = rand::random();
+    let verifier =
+        pgtenant::credentials::scram::Verifier::with_iterations(&password, &salt, iterations);
+    let text = verifier
+        .to_pg_authid()
+        .ok_or_else(|| anyhow::anyhow!("no verifier"))?;
+    println!("{text}");
+    Ok(())
+}
+
 fn context_key(config: Option<PathBuf>, placement: &str) -> anyhow::Result<()> {
     let path = require(config)?;
     let (cfg, src) = pgtenant::config::load_file(&path)?;
@@ -200,6 +239,9 @@ fn context_key(config: Option<PathBuf>, placement: &str) -> anyhow::Result<()> {
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let path = require(config)?;
     let (cfg, src) = pgtenant::config::load_file(&path)?;
+    if let Some(w) = pgtenant::config::secret_exposure::exposure_warning(&path, &cfg) {
+        tracing::warn!("{w}");
+    }
     control_runtime()?.block_on(async move {
         let listener = std::net::TcpListener::bind(&cfg.proxy.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;

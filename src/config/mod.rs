@@ -9,6 +9,7 @@ mod backend_url;
 mod load;
 mod placement_checks;
 pub mod schema_names;
+pub mod secret_exposure;
 mod values;
 
 pub use backend_url::BackendTarget;

@@ -71,18 +71,40 @@ impl Verifier {
     /// (the caller keys it, see `secret.rs`), 4096 iterations, and SASLprep
     /// where it applies, as PostgreSQL's `scram_build_secret` does.
     pub fn from_password(password: &str, salt: &[u8]) -> Verifier {
+        Verifier::with_iterations(password, salt, ITERATIONS)
+    }
+
+    /// `from_password` with `iterations` rounds (`pgtenant hash-password`).
+    pub fn with_iterations(password: &str, salt: &[u8], iterations: u32) -> Verifier {
         // A password SASLprep refuses is used as it is (PostgreSQL too).
         let prepared = stringprep::saslprep(password)
             .map(|p| p.into_owned())
             .unwrap_or_else(|_| password.to_string());
-        let salted = hi(prepared.as_bytes(), salt, ITERATIONS);
+        let salted = hi(prepared.as_bytes(), salt, iterations);
         Verifier {
-            iterations: ITERATIONS,
+            iterations,
             salt: salt.to_vec(),
             stored_key: Sha256::digest(hmac(&salted, b"Client Key")).into(),
             server_key: hmac(&salted, b"Server Key"),
             doomed: false,
         }
+    }
+
+    /// The verifier as `pg_authid.rolpassword` holds it (what [`parse`]
+    /// reads); None for a doomed stand-in, which has no such form.
+    ///
+    /// [`parse`]: Verifier::parse
+    pub fn to_pg_authid(&self) -> Option<String> {
+        if self.doomed {
+            return None;
+        }
+        Some(format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        ))
     }
 
     /// The stand-in for a user that does not exist: the exchange looks like
@@ -283,6 +305,15 @@ mod tests {
     }
 
     const SALT: [u8; 16] = *b"0123456789abcdef";
+
+    #[test]
+    fn a_verifier_prints_as_pg_authid_and_parses_back() {
+        let v = Verifier::with_iterations("pencil", b"0123456789abcdef", 5000);
+        let text = v.to_pg_authid().expect("not doomed");
+        assert!(text.starts_with("SCRAM-SHA-256$5000:MDEyMzQ1Njc4OWFiY2RlZg==$"), "{text}");
+        assert_eq!(Verifier::parse(&text), Some(v));
+        assert_eq!(Verifier::doomed(b"salt").to_pg_authid(), None);
+    }
 
     #[test]
     fn interoperates_with_postgres_protocol_client() {
