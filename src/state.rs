@@ -314,6 +314,8 @@ pub struct ProxyState {
     clients: Arc<AtomicU32>,
     /// Client connections accepted and not yet authenticated.
     pub unauthenticated: Arc<UnauthenticatedCounts>,
+    /// Failed logins per client address and user (bans).
+    pub failed_logins: crate::admission::failed_logins::FailedLogins,
     /// Keyed by config-defined tenants: a fast hasher (see `FastHash`).
     tenant_clients: DashMap<TenantId, Arc<AtomicU32>, crate::catalog::FastHash>,
     /// Pinned server connections per tenant (keyed like `tenant_clients`).
@@ -345,6 +347,7 @@ impl ProxyState {
             cancels: CancelRegistry::default(),
             clients: Arc::new(AtomicU32::new(0)),
             unauthenticated: Default::default(),
+            failed_logins: Default::default(),
             tenant_clients: DashMap::default(),
             tenant_pins: DashMap::default(),
             shutdown,
@@ -411,6 +414,17 @@ impl ProxyState {
             }
         };
         Unauthenticated::admit(&self.unauthenticated, peer, caps)
+    }
+
+    /// The failed-login limits of the current configuration.
+    pub fn login_limits(&self) -> crate::admission::failed_logins::Limits {
+        let snap = self.snapshot.load();
+        let p = &snap.config.proxy;
+        crate::admission::failed_logins::Limits {
+            failures: p.auth_failure_limit,
+            window: p.auth_failure_window,
+            ban: p.auth_ban_time,
+        }
     }
 
     /// Counts an authenticated client against the proxy-wide limit;

@@ -11,10 +11,12 @@ pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod conn;
+mod login_limit;
 pub mod operator;
 mod startup_phase;
 
 use crate::admission::Unauthenticated;
+use crate::admission::failed_logins::Who;
 use crate::config::AuthType;
 use crate::protocol::messages;
 use crate::protocol::startup::Startup;
@@ -387,7 +389,8 @@ async fn login(
     // sent (no tenant may have that name); no admin reaches a placement.
     if startup.param("database") == Some(crate::config::ADMIN_DATABASE) {
         tracing::Span::current().record("tenant", crate::config::ADMIN_DATABASE);
-        return admin::login(
+        let who = Who::admin(user);
+        let console = admin::login(
             state,
             snap,
             client,
@@ -395,9 +398,10 @@ async fn login(
             peer,
             login_deadline,
             unauthenticated,
-        )
-        .await
-        .map(LoggedIn::Console);
+        );
+        return login_limit::limited(state, peer.ip(), who, console)
+            .await
+            .map(LoggedIn::Console);
     }
 
     let route = routing::route(
@@ -412,7 +416,9 @@ async fn login(
     )?;
     let id = match route {
         routing::Route::Tenant(resolved) => {
-            tenant_login(state, snap, client, resolved, login_deadline).await?
+            let who = Who::tenant_user(resolved.tenant.as_str(), &resolved.user);
+            let tenant = tenant_login(state, snap, client, resolved, login_deadline);
+            login_limit::limited(state, peer.ip(), who, tenant).await?
         }
         routing::Route::Operator(route) => {
             let span = tracing::Span::current();
@@ -420,7 +426,9 @@ async fn login(
             if let Some(t) = &route.tenant {
                 span.record("tenant", t.as_str());
             }
-            let op = operator::login(snap, client, &route, peer, login_deadline).await?;
+            let who = Who::operator(&route.operator);
+            let op = operator::login(snap, client, &route, peer, login_deadline);
+            let op = login_limit::limited(state, peer.ip(), who, op).await?;
             Identity {
                 user: route.operator.clone(),
                 tenant: op.tenant,

@@ -156,6 +156,8 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         ("client_startup_timeout", p.client_startup_timeout),
         ("client_login_timeout", p.client_login_timeout),
         ("pause_timeout", p.pause_timeout),
+        ("auth_failure_window", p.auth_failure_window),
+        ("auth_ban_time", p.auth_ban_time),
     ] {
         if value.is_zero() {
             return Err(src.error(&format!("proxy.{key}"), "must be more than 0"));

@@ -115,6 +115,14 @@ pub struct ProxyConfig {
     /// A tenant's client connections at once, where the tenant sets no
     /// `max_client_connections` of its own.
     pub default_tenant_max_client_connections: u32,
+    /// Failed logins of one user from one client address (an IPv6 /64)
+    /// within `auth_failure_window` before that user's logins from there
+    /// are refused for `auth_ban_time`; 0 turns the limit off.
+    pub auth_failure_limit: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub auth_failure_window: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub auth_ban_time: Duration,
     /// Largest frontend message accepted after startup, checked against the
     /// length header before anything is read.
     pub max_message_size: ByteSize,
@@ -220,6 +228,9 @@ impl Default for ProxyConfig {
             max_message_size: ByteSize(64 * 1024 * 1024),
             client_startup_timeout: Duration::from_secs(5),
             client_login_timeout: Duration::from_secs(15),
+            auth_failure_limit: 10,
+            auth_failure_window: Duration::from_secs(300),
+            auth_ban_time: Duration::from_secs(300),
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(15),
             server_idle_timeout: Duration::from_secs(600),

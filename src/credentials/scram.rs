@@ -310,7 +310,10 @@ mod tests {
     fn a_verifier_prints_as_pg_authid_and_parses_back() {
         let v = Verifier::with_iterations("pencil", b"0123456789abcdef", 5000);
         let text = v.to_pg_authid().expect("not doomed");
-        assert!(text.starts_with("SCRAM-SHA-256$5000:MDEyMzQ1Njc4OWFiY2RlZg==$"), "{text}");
+        assert!(
+            text.starts_with("SCRAM-SHA-256$5000:MDEyMzQ1Njc4OWFiY2RlZg==$"),
+            "{text}"
+        );
         assert_eq!(Verifier::parse(&text), Some(v));
         assert_eq!(Verifier::doomed(b"salt").to_pg_authid(), None);
     }

@@ -20,7 +20,7 @@ pub const SERIES_PER_TENANT: usize = 3 + 1 + 1 + 2 + 7 + 2 * (BUCKET_BOUNDS_US.l
 /// Series per pool (3 connection states, max, connects, failures).
 pub const SERIES_PER_POOL: usize = 6;
 /// Proxy-wide series.
-pub const SERIES_GLOBAL: usize = 9;
+pub const SERIES_GLOBAL: usize = 11;
 
 /// The most series a scrape can have: `always` is the number of
 /// dedicated and watched tenants, `pools` the pools (operators' too).
@@ -387,6 +387,18 @@ fn write_global(e: &mut Encoder, state: &ProxyState, snap: &Snapshot, total: &Co
     );
     e.sample("pgtenant_reloads_total", &[("result", "ok")], ok);
     e.sample("pgtenant_reloads_total", &[("result", "error")], failed);
+    let (bans, refused) = state.failed_logins.totals();
+    e.family(
+        "pgtenant_login_bans_total",
+        "counter",
+        "Bans of a user's logins from one address after auth_failure_limit failures (started), and logins they refused (refused).",
+    );
+    e.sample("pgtenant_login_bans_total", &[("event", "started")], bans);
+    e.sample(
+        "pgtenant_login_bans_total",
+        &[("event", "refused")],
+        refused,
+    );
     e.family(
         "pgtenant_unauthenticated_connections",
         "gauge",

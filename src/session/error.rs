@@ -106,6 +106,10 @@ pub enum ClientError {
         "tenant \"{0}\" stayed paused longer than pause_timeout; the transaction did not start"
     )]
     PauseTimeout(TenantId),
+    /// Too many failed logins of this user from this address lately
+    /// (`auth_failure_limit`): refused without an exchange.
+    #[error("too many failed logins for {who} from this address; try again in {retry_secs} s")]
+    LoginBanned { who: String, retry_secs: u64 },
     /// An admin console login failed (unknown name or wrong password).
     #[error("password authentication failed for admin user \"{0}\"")]
     AdminAuthFailed(String),
@@ -135,6 +139,7 @@ impl ClientError {
             ClientError::AuthFailed { .. }
             | ClientError::OperatorAuthFailed { .. }
             | ClientError::AdminAuthFailed(_) => SqlState::INVALID_PASSWORD,
+            ClientError::LoginBanned { .. } => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             ClientError::Suspended(_) => {
                 SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION
             }
@@ -179,7 +184,8 @@ impl ClientError {
             | ClientError::OperatorTenant { .. } => ErrorKind::Routing,
             ClientError::AuthFailed { .. }
             | ClientError::OperatorAuthFailed { .. }
-            | ClientError::AdminAuthFailed(_) => ErrorKind::Auth,
+            | ClientError::AdminAuthFailed(_)
+            | ClientError::LoginBanned { .. } => ErrorKind::Auth,
             // A suspended tenant's login is refused by policy, like a
             // full one.
             ClientError::Suspended(_)
@@ -245,6 +251,7 @@ impl ClientError {
             ClientError::AuthFailed { .. }
             | ClientError::OperatorAuthFailed { .. }
             | ClientError::AdminAuthFailed(_) => "auth",
+            ClientError::LoginBanned { .. } => "auth_banned",
             ClientError::Suspended(_) | ClientError::SuspendedSession(_) => "suspended",
             ClientError::Killed(_) => "killed",
             ClientError::PauseTimeout(_) => "pause_timeout",

@@ -17,6 +17,8 @@
 //! every connection; a map shard is locked for one update and never
 //! across an await.
 
+pub mod failed_logins;
+
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use std::net::IpAddr;
