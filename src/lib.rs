@@ -60,6 +60,7 @@ pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod sys;
+pub mod tls;
 
 use anyhow::Context;
 use config::{Config, ConfigSource};

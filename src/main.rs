@@ -172,8 +172,9 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
             o.placements.join(", ")
         );
     }
-    if cfg.tls.is_some() {
-        eprintln!("warning: [tls] is not supported yet; SSLRequest is answered 'N'");
+    if let Some(tls) = &cfg.tls {
+        pgtenant::tls::load_certificates(tls, &cfg.base_dir).map_err(|m| src.error("tls", m))?;
+        eprintln!("warning: clients do not get TLS yet; SSLRequest is answered 'N'");
     }
     // `serve` raises its soft limit to the hard one, so that is the figure
     // to compare with (as seen from this shell; a service manager may set

@@ -267,8 +267,33 @@ pub enum PinPolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// The default certificate (PEM chain, leaf first) and its key: for
+    /// clients that send no server name, or one no other certificate has.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// More certificates, each chosen for the DNS names (wildcards
+    /// included) in its subjectAltName when a client asks for one (SNI).
+    #[serde(default)]
+    pub certificates: Vec<CertFiles>,
+    /// The oldest TLS version accepted: "1.2" (the default) or "1.3".
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// The database name of the admin console (`psql -U admin pgtenant`);
