@@ -87,7 +87,15 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colors only for a terminal (and not under NO_COLOR): a log file
+        // or journal gets plain text, and each client's span keeps its
+        // fields in half the bytes (they are stored formatted, escapes
+        // included).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     match cli.log_format {
         LogFormat::Text => logs.init(),
         // The current span's fields sit beside the event's, so every line

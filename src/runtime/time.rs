@@ -3,6 +3,8 @@
 //! tokio's, they follow `tokio::time::pause` in tests.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 pub use tokio::time::error::Elapsed;
@@ -27,6 +29,41 @@ pub fn timeout_at<F: Future>(deadline: Instant, fut: F) -> Timeout<F> {
     tokio::time::timeout_at(deadline.into(), fut)
 }
 
+/// A timer that takes one pointer of its owner's room until first armed:
+/// tokio's `Sleep` (over 100 bytes) is boxed then, and reset rather than
+/// made again after. For state that mostly waits with no limit armed (an
+/// idle client's future).
+#[derive(Default)]
+pub struct LazyTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl LazyTimer {
+    /// Fires at `deadline`, or never (None), replacing what was armed.
+    /// A disarmed timer keeps its box, still registered: it may wake its
+    /// task once for nothing, and never fires through `poll_fired`.
+    pub fn set(&mut self, deadline: Option<Instant>) {
+        let Some(deadline) = deadline else {
+            self.armed = false;
+            return;
+        };
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline.into()),
+            None => self.sleep = Some(Box::pin(sleep_until(deadline))),
+        }
+        self.armed = true;
+    }
+
+    /// Ready once the armed deadline has passed; pending while disarmed.
+    pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.sleep {
+            Some(sleep) if self.armed => sleep.as_mut().poll(cx),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +79,29 @@ mod tests {
             let start = Instant::now();
             sleep_until(start + Duration::from_millis(20)).await;
             assert!(start.elapsed() >= Duration::from_millis(20));
+        });
+    }
+
+    #[test]
+    fn a_lazy_timer_fires_only_while_armed() {
+        block_on(async {
+            let mut timer = LazyTimer::default();
+            async fn fired(timer: &mut LazyTimer) -> bool {
+                std::future::poll_fn(|cx| Poll::Ready(timer.poll_fired(cx).is_ready())).await
+            }
+            assert!(!fired(&mut timer).await, "never armed");
+            let start = Instant::now();
+            timer.set(Some(start + Duration::from_millis(10)));
+            std::future::poll_fn(|cx| timer.poll_fired(cx)).await;
+            assert!(start.elapsed() >= Duration::from_millis(10));
+            timer.set(None);
+            assert!(!fired(&mut timer).await, "disarmed after firing");
+            // Armed again, the same box runs to the new deadline.
+            let again = Instant::now();
+            timer.set(Some(again + Duration::from_millis(10)));
+            assert!(!fired(&mut timer).await, "not yet");
+            std::future::poll_fn(|cx| timer.poll_fired(cx)).await;
+            assert!(again.elapsed() >= Duration::from_millis(10));
         });
     }
 }

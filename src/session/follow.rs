@@ -24,8 +24,16 @@ use std::sync::Arc;
 pub enum Follows {
     /// A tenant's user: its tenant's placement pool.
     Tenant,
-    /// A platform operator on the operators' pool of `placement`.
-    Operator { placement: String, operator: String },
+    /// A platform operator on an operators' pool. Boxed: rare, and every
+    /// client's future holds this.
+    Operator(Box<OperatorOn>),
+}
+
+/// An operator's session: whose, on which placement's operators' pool.
+#[derive(Debug, Clone)]
+pub struct OperatorOn {
+    pub placement: String,
+    pub operator: String,
 }
 
 /// What the new snapshot says about a session.
@@ -101,11 +109,11 @@ impl Session<'_> {
     fn where_now(&self) -> Move {
         let snap = self.state.snapshot();
         let id = &self.tenant.id;
-        if let super::Follows::Operator {
-            placement,
-            operator,
-        } = &self.follows
-        {
+        if let super::Follows::Operator(on) = &self.follows {
+            let OperatorOn {
+                placement,
+                operator,
+            } = &**on;
             let pool = snap
                 .placements
                 .get(placement)

@@ -6,11 +6,11 @@ use super::{LEASE_AFTER, Next, Session, boundary, known, txn::TxnState};
 use crate::config::PoolMode;
 use crate::pool::Lease;
 use crate::protocol::codec;
+use crate::runtime::time::LazyTimer;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::{Buf, BytesMut};
-use futures_util::future::Either;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::task::Poll;
 
 impl Session<'_> {
@@ -18,19 +18,25 @@ impl Session<'_> {
     /// Stray CopyData/CopyDone/CopyFail, which a server would ignore
     /// outside COPY, and Flush, which would get no reply, are dropped here
     /// without leasing anything.
+    ///
+    /// `timer` is the session's, reused from one wait to the next: a
+    /// client waiting with no limit armed (no `client_idle_timeout`,
+    /// nothing half-sent) holds no timer at all.
     pub(super) async fn wait_for_request(
         &mut self,
         client: &mut ClientConn,
+        timer: &mut LazyTimer,
     ) -> Result<Next, ClientError> {
         let max = client.flow.scanner.max_len();
-        let limited = !self.client_idle_timeout.is_zero();
-        // One timer for two limits (a waiting client's future holds one
-        // sleep, not two): the idle limit, and the message limit, armed
-        // once a message has begun and not arrived far enough (a client
-        // that sends half a message holds no server connection, and not
-        // forever). The timer runs to the earlier; `timer_for` says which.
-        let idle_deadline = limited.then(|| std::time::Instant::now() + self.client_idle_timeout);
-        let mut timer = std::pin::pin!(sleep_until_opt(idle_deadline));
+        let limited = !self.config.client_idle_timeout.is_zero();
+        // One timer for two limits: the idle limit, and the message
+        // limit, armed once a message has begun and not arrived far
+        // enough (a client that sends half a message holds no server
+        // connection, and not forever). The timer runs to the earlier;
+        // `timer_for` says which.
+        let idle_deadline =
+            limited.then(|| std::time::Instant::now() + self.config.client_idle_timeout);
+        timer.set(idle_deadline);
         let mut timer_for = Limit::Idle;
         let mut message_started = false;
         let mut discard = 0usize;
@@ -39,7 +45,7 @@ impl Session<'_> {
             if message_started && buf.is_empty() {
                 // The message was answered or discarded: nothing half-sent.
                 message_started = false;
-                timer.set(sleep_until_opt(idle_deadline));
+                timer.set(idle_deadline);
                 timer_for = Limit::Idle;
             }
             if discard > 0 {
@@ -60,10 +66,17 @@ impl Session<'_> {
                             continue;
                         }
                         b'P' | b'Q' | b'D' | b'C'
-                            if self.max_prepared > 0 && self.mode == PoolMode::Transaction =>
+                            if self.config.max_prepared_statements > 0
+                                && self.mode == PoolMode::Transaction =>
                         {
                             let whole = buf.len() >= (h.len + 1).min(LEASE_AFTER);
-                            match self.answer_without_server(client).await? {
+                            let (local, unsent) = self.answer_without_server(client)?;
+                            if !unsent.is_empty() {
+                                // Boxed: rare, and a waiting client's
+                                // future need hold no room for it.
+                                Box::pin(self.write_unsent(client, &unsent)).await?;
+                            }
+                            match local {
                                 known::Local::Answered(n) => {
                                     client.flow.buf.advance(n);
                                     continue;
@@ -81,11 +94,15 @@ impl Session<'_> {
                     Ok(None) => {}
                 }
             }
-            if !message_started && !client.flow.buf.is_empty() && !self.message_timeout.is_zero() {
+            if !message_started
+                && !client.flow.buf.is_empty()
+                && !self.config.client_message_timeout.is_zero()
+            {
                 message_started = true;
-                let message_deadline = std::time::Instant::now() + self.message_timeout;
+                let message_deadline =
+                    std::time::Instant::now() + self.config.client_message_timeout;
                 if idle_deadline.is_none_or(|idle| message_deadline < idle) {
-                    timer.set(sleep_until_opt(Some(message_deadline)));
+                    timer.set(Some(message_deadline));
                     timer_for = Limit::Message;
                 }
             }
@@ -100,7 +117,7 @@ impl Session<'_> {
                     // A reload: follow it now, holding nothing.
                     return Poll::Ready(Ok(None));
                 }
-                if timer.as_mut().poll(cx).is_ready() {
+                if timer.poll_fired(cx).is_ready() {
                     let id = self.tenant.id.clone();
                     return Poll::Ready(Err(match timer_for {
                         Limit::Idle => ClientError::ClientIdle(id),
@@ -125,14 +142,16 @@ impl Session<'_> {
     }
 
     /// Requests answered without a server connection (`known.rs`); the
-    /// answer is written before anything else is read.
-    async fn answer_without_server(
+    /// answer is written before anything else is read: here what the
+    /// socket takes at once (nearly always all of it, into the worker's
+    /// batch of sends), and the rest, returned, by `write_unsent`.
+    fn answer_without_server(
         &mut self,
         client: &mut ClientConn,
-    ) -> Result<known::Local, ClientError> {
+    ) -> Result<(known::Local, BytesMut), ClientError> {
         if client.flow.buf.len() < self.walk_again_at {
             // The message the last walk stopped at is still not whole.
-            return Ok(known::Local::NeedMore(self.walk_again_at));
+            return Ok((known::Local::NeedMore(self.walk_again_at), BytesMut::new()));
         }
         let mut out = BytesMut::new();
         let use_described = self.default_search_path();
@@ -152,20 +171,31 @@ impl Session<'_> {
             _ => 0,
         };
         if !out.is_empty() {
-            use tokio::io::AsyncWriteExt;
-            // A client that does not read gets client_read_timeout, as in
-            // a lease (its answers are bounded by MAX_PENDING).
-            let write = client.stream.write_all(&out);
-            let written = if self.client_read_timeout.is_zero() {
-                write.await
-            } else {
-                crate::runtime::time::timeout(self.client_read_timeout, write)
-                    .await
-                    .map_err(|_| ClientError::ClientStalled(self.tenant.id.clone()))?
-            };
-            written.map_err(|e| ClientError::Protocol(format!("connection lost: {e}")))?;
+            let sent = try_write(client, &out).map_err(lost)?;
+            out.advance(sent);
         }
-        Ok(local)
+        Ok((local, out))
+    }
+
+    /// The rest of a local answer, once the client's socket takes it.
+    async fn write_unsent(
+        &self,
+        client: &mut ClientConn,
+        unsent: &[u8],
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        // A client that does not read gets client_read_timeout, as in a
+        // lease (its answers are bounded by MAX_PENDING).
+        let write = client.stream.write_all(unsent);
+        let limit = self.config.client_read_timeout;
+        let written = if limit.is_zero() {
+            write.await
+        } else {
+            crate::runtime::time::timeout(limit, write)
+                .await
+                .map_err(|_| ClientError::ClientStalled(self.tenant.id.clone()))?
+        };
+        written.map_err(lost)
     }
 
     /// The client resolves names as every other client of its tenant
@@ -195,12 +225,12 @@ impl Session<'_> {
     ) -> Result<(), ClientError> {
         let (limit, err) = if txn.position.last_status() == boundary::TxStatus::Idle {
             (
-                self.client_idle_timeout,
+                self.config.client_idle_timeout,
                 ClientError::ClientIdle(self.tenant.id.clone()),
             )
         } else {
             (
-                self.idle_transaction_timeout,
+                self.config.idle_transaction_timeout,
                 ClientError::IdleInTransaction(self.tenant.id.clone()),
             )
         };
@@ -225,13 +255,24 @@ enum Limit {
     Message,
 }
 
-/// Sleeps until `deadline`, or forever without one. Not an `async fn`:
-/// a waiting client's future holds it.
-fn sleep_until_opt(
-    deadline: Option<std::time::Instant>,
-) -> Either<crate::runtime::time::Sleep, std::future::Pending<()>> {
-    match deadline {
-        Some(d) => Either::Left(crate::runtime::time::sleep_until(d)),
-        None => Either::Right(std::future::pending()),
+/// Writes what the client's socket takes of `out` without waiting: the
+/// bytes written. Polled with a no-op waker: whoever waits for the rest
+/// polls again with its own.
+fn try_write(client: &mut ClientConn, out: &[u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncWrite;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut sent = 0;
+    while sent < out.len() {
+        match std::pin::Pin::new(&mut client.stream).poll_write(&mut cx, &out[sent..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => sent += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
     }
+    Ok(sent)
+}
+
+fn lost(e: std::io::Error) -> ClientError {
+    ClientError::Protocol(format!("connection lost: {e}"))
 }

@@ -71,7 +71,7 @@ impl Session<'_> {
                 let got = tokio::select! {
                     biased;
                     _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
-                    r = self.pool.checkout(self.seat, self.wait_timeout) => r,
+                    r = self.pool.checkout(self.seat, self.config.query_wait_timeout) => r,
                 };
                 self.stats.wait_time.observe(asked.elapsed());
                 got.map_err(|e| checkout_error(&self.tenant, e))?

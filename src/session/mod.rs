@@ -44,7 +44,7 @@ mod transaction;
 pub mod txn;
 
 use crate::catalog::TenantEntry;
-use crate::config::{PinPolicy, PoolMode};
+use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, PlacementPool, TenantSeat};
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
@@ -54,10 +54,9 @@ use pump::{Flow, PumpExit};
 use replies::{Replies, Undo};
 use statements::{ClientStatements, Rewriter};
 use std::sync::Arc;
-use std::time::Duration;
 use txn::TxnState;
 
-pub use follow::Follows;
+pub use follow::{Follows, OperatorOn};
 pub use lease::checkout_error;
 
 /// How much of a request's first message must have arrived before a
@@ -70,6 +69,10 @@ const SERVER_MAX_FRAME: usize = (1 << 30) + 5;
 
 /// What the session needs besides the client socket.
 pub struct Session<'a> {
+    /// The settings of the snapshot it logged in with, which it keeps
+    /// (timeouts, limits, reset query): read there, not copied, as an
+    /// idle client's future holds the session.
+    pub config: &'a ProxyConfig,
     pub tenant: Arc<TenantEntry>,
     /// This session's counters (metrics), registered with its tenant at
     /// login.
@@ -78,8 +81,6 @@ pub struct Session<'a> {
     /// This client's tenant at `pool`: what its leases count against.
     pub seat: TenantSeat,
     pub mode: PoolMode,
-    pub wait_timeout: Duration,
-    pub reset_query: String,
     pub cancel: &'a CancelSlot,
     /// The pid this client was given in BackendKeyData: what it sees in
     /// place of its server connection's real pid.
@@ -90,8 +91,6 @@ pub struct Session<'a> {
     /// Paused tenants: looked at before each lease (one atomic load
     /// while nothing is paused).
     pub controls: &'a crate::control::Controls,
-    /// How long a lease waits for its tenant's pause to end.
-    pub pause_timeout: Duration,
     /// Settings that follow this client onto every server connection.
     pub wanted: params::Settings,
     /// The client's startup settings: what RESET returns to.
@@ -101,8 +100,6 @@ pub struct Session<'a> {
     /// Custom (dotted) settings this client has set, read by name when
     /// learning its settings (at most `MAX_CUSTOM_SETTINGS`).
     pub custom_settings: Vec<String>,
-    /// Named statements kept per server connection (0: no mapping).
-    pub max_prepared: usize,
     /// The client's named statements (transaction mode).
     pub statements: ClientStatements,
     /// How much named-statement text the client may keep.
@@ -110,8 +107,6 @@ pub struct Session<'a> {
     /// Requests between transactions are walked for a local answer again
     /// only once the buffer holds this many bytes (`known::Local::NeedMore`).
     pub walk_again_at: usize,
-    /// What to do when the client creates session state (transaction mode).
-    pub pin_policy: PinPolicy,
     /// Pins started, proxy-wide.
     pub pins: &'a std::sync::atomic::AtomicU64,
     /// This tenant's pinned server connections now, and its cap.
@@ -119,14 +114,6 @@ pub struct Session<'a> {
     pub max_pins: u32,
     /// Held while this client is pinned.
     pub pin_guard: Option<crate::state::CountGuard>,
-    /// 0: off.
-    pub message_timeout: Duration,
-    /// 0: off.
-    pub idle_transaction_timeout: Duration,
-    /// 0: off.
-    pub client_idle_timeout: Duration,
-    /// How long a client's backlog may stay over its limit; 0: forever.
-    pub client_read_timeout: Duration,
     /// Where a reload's new snapshot is read (`follow.rs`).
     pub state: &'a crate::state::ProxyState,
     pub follows: Follows,
@@ -149,14 +136,19 @@ impl Session<'_> {
         self.cancel.set_pool(&self.pool);
         let transaction_mode = self.mode == PoolMode::Transaction;
         // Reused across leases so tracking allocates nothing per transaction.
-        let mut txn = TxnState::new(transaction_mode, transaction_mode && self.max_prepared > 0);
-        txn.rest_in_transaction = !self.idle_transaction_timeout.is_zero();
-        txn.rest_when_idle = !transaction_mode && !self.client_idle_timeout.is_zero();
+        let mut txn = TxnState::new(
+            transaction_mode,
+            transaction_mode && self.config.max_prepared_statements > 0,
+        );
+        txn.rest_in_transaction = !self.config.idle_transaction_timeout.is_zero();
+        txn.rest_when_idle = !transaction_mode && !self.config.client_idle_timeout.is_zero();
         // NOTIFY ignores row-level security: on a shared placement, no
         // notification is passed on (LISTEN is refused at the probe).
         txn.drop_notifications = self.pool.context().is_some();
+        // The idle and message limits between requests (`idle.rs`).
+        let mut timer = crate::runtime::time::LazyTimer::default();
         loop {
-            if let Next::Leave = self.wait_for_request(client).await? {
+            if let Next::Leave = self.wait_for_request(client, &mut timer).await? {
                 return Ok(());
             }
             self.walk_again_at = 0;
@@ -215,7 +207,7 @@ impl Session<'_> {
                                 // Still arriving: another period from now.
                                 txn.mid_message_mark = client.flow.progress();
                                 txn.stall_deadline =
-                                    Some(std::time::Instant::now() + self.message_timeout);
+                                    Some(std::time::Instant::now() + self.config.client_message_timeout);
                                 continue;
                             }
                         } else {
@@ -312,10 +304,10 @@ impl Session<'_> {
         // The rest of a message the pump stopped at: bounded like any
         // half-sent message (the lease is held meanwhile).
         let read = statements::read_whole_frame(&mut client.stream, &mut client.flow);
-        let len = if self.message_timeout.is_zero() {
+        let len = if self.config.client_message_timeout.is_zero() {
             read.await?
         } else {
-            crate::runtime::time::timeout(self.message_timeout, read)
+            crate::runtime::time::timeout(self.config.client_message_timeout, read)
                 .await
                 .map_err(|_| ClientError::MessageTimeout(self.tenant.id.clone()))??
         };
@@ -327,7 +319,7 @@ impl Session<'_> {
         let mut rw = Rewriter {
             statements: &mut self.statements,
             prepared: &mut conn.prepared,
-            cache_size: self.max_prepared,
+            cache_size: self.config.max_prepared_statements,
             replies: &mut txn.replies,
             to_server: &mut client.flow.inject,
             to_client: &mut server_flow.inject,
@@ -378,7 +370,7 @@ impl Session<'_> {
         if !self.controls.is_paused(&self.tenant.id) {
             return Ok(());
         }
-        let deadline = std::time::Instant::now() + self.pause_timeout;
+        let deadline = std::time::Instant::now() + self.config.pause_timeout;
         let marker = self.stop.client().map(|c| &c.paused);
         if let Some(m) = marker {
             m.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -55,7 +55,7 @@ impl Session<'_> {
         if shared && kinds.iter().any(|k| k == "LISTEN") {
             return Err(ClientError::ListenOnShared(self.tenant.id.clone()));
         }
-        match self.pin_policy {
+        match self.config.pin_policy {
             PinPolicy::Error => Err(ClientError::SessionState {
                 tenant: self.tenant.id.clone(),
                 kinds: kinds.join(", "),

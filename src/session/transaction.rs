@@ -58,9 +58,9 @@ impl Session<'_> {
                 PumpExit::Restore => self.restore_settings(&mut lease, server_flow, txn).await,
                 PumpExit::Rest => self.rest(client, &lease, txn).await,
                 PumpExit::Backlog => {
-                    if !self.client_read_timeout.is_zero() {
+                    if !self.config.client_read_timeout.is_zero() {
                         txn.stall_deadline =
-                            Some(std::time::Instant::now() + self.client_read_timeout);
+                            Some(std::time::Instant::now() + self.config.client_read_timeout);
                     }
                     Ok(())
                 }
@@ -68,8 +68,9 @@ impl Session<'_> {
                 // it, from when this message stalled (the client is
                 // being read, so no backlog deadline is running).
                 PumpExit::MidMessage => {
-                    if !self.message_timeout.is_zero() {
-                        txn.stall_deadline = Some(std::time::Instant::now() + self.message_timeout);
+                    if !self.config.client_message_timeout.is_zero() {
+                        txn.stall_deadline =
+                            Some(std::time::Instant::now() + self.config.client_message_timeout);
                     }
                     Ok(())
                 }
@@ -276,7 +277,8 @@ impl Session<'_> {
         }
         let reset_due = self.mode == PoolMode::Session || txn.pinned;
         let mut lease = lease;
-        match recover::Recovery::plan(txn, server_flow, reset_due, &self.reset_query) {
+        match recover::Recovery::plan(txn, server_flow, reset_due, &self.config.server_reset_query)
+        {
             None => lease.release(),
             Some(recovery) => {
                 // Recovery may reset the session, context and all.
