@@ -4,7 +4,7 @@
 //! The pool calls only downward, so it cannot name the session's types;
 //! it carries them as `dyn Any` and drops them with their connection or
 //! pool, which is all it ever does with them: resetting a connection,
-//! and so what its cache says, is the session's job (`session::recover`).
+//! and so what its cache says, is the session's job (its `recover.rs`).
 //! A connection starts with nothing carried, so no state of one connection
 //! can reach another. Access costs a type-id compare, no allocation or
 //! hashing: the value is made once, at first use, and kept.
