@@ -1,6 +1,7 @@
 //! pgtenant: a PostgreSQL wire-protocol proxy for multi-tenant SaaS.
 //!
-//! Module map (`->` = may call):
+//! Module map (`->` = may call; nothing calls back up, which
+//! `tests/module_walls.rs` checks):
 //! - `config`: the TOML file's shape, defaults and validation (a leaf).
 //! - `protocol`: framing with length caps, startup packets, the messages
 //!   the proxy writes, ErrorResponse and SQLSTATEs (pure).
@@ -9,6 +10,8 @@
 //!   (sans-IO), the authentication secret. `credentials -> config`.
 //! - `catalog`: tenants, their placement, users and limits (a snapshot).
 //! - `pool`: server connections, the per-placement pool and its janitor.
+//!   Names no session type: what the session keeps with a connection or
+//!   a placement is opaque to it (`pool::Carried`).
 //! - `session`: one client's lease/forward/release loop, settings that
 //!   follow the client, cancel keys. `session -> pool, protocol`.
 //! - `client`: accept-side handshake, routing and auth, then a session.

@@ -8,8 +8,11 @@
 //! backoff, `stats` for what a pool reports, `startup_params` for the server
 //! parameters logins show, `fair` for each tenant's share of a pool and
 //! the round robin among waiting tenants, `queue` for the pool's locked
-//! state), and the pools' upkeep (`janitor`). Never names clients.
+//! state), the pools' upkeep (`janitor`), and what the session keeps with
+//! a connection or a placement, opaque here (`carried`). Never names
+//! clients or sessions (`tests/module_walls.rs`).
 
+mod carried;
 mod context;
 mod fair;
 pub mod janitor;
@@ -25,6 +28,7 @@ mod startup_params;
 mod stats;
 mod timing;
 
+pub use carried::{Carried, SharedCarried};
 pub use context::{ContextFunctions, SessionSecret, TenantContext, new_secret};
 pub use fair::{TenantCounts, TenantSeat};
 pub use lease::Lease;

@@ -104,9 +104,9 @@ pub struct PlacementPool {
     context: Option<TenantContext>,
     /// The context passed its self-test on a connection of this pool.
     context_vetted: AtomicBool,
-    /// Statements a server of this placement accepted (see
-    /// `session::known`).
-    pub known_statements: crate::session::known::KnownStatements,
+    /// What the session keeps per placement (the statements its servers
+    /// accepted), opaque here (`carried.rs`).
+    carried: super::SharedCarried,
     /// The placement's tenants by name (the hasher of the catalog's maps,
     /// as clients cannot choose these keys). Read once per login; written
     /// by a reload (`placement_live.rs`). Lock order: this, then `state`.
@@ -167,7 +167,7 @@ impl PlacementPool {
             }),
             stats: PoolStats::default(),
             startup_params: Mutex::new(None),
-            known_statements: Default::default(),
+            carried: Default::default(),
             seats: RwLock::new(seats),
             servers: Default::default(),
         })
@@ -187,6 +187,11 @@ impl PlacementPool {
     /// its cap.
     pub fn tenant_counts(&self, seat: TenantSeat) -> Option<TenantCounts> {
         self.lock().tenants.counts(seat)
+    }
+
+    /// What the layer above keeps with this placement.
+    pub fn carried(&self) -> &super::SharedCarried {
+        &self.carried
     }
 
     pub fn name(&self) -> &PlacementName {

@@ -52,12 +52,10 @@ pub struct ServerConn {
     pub(crate) key: CancelKey,
     /// Server parameters as last reported by ParameterStatus.
     pub(crate) params: Vec<(String, String)>,
-    /// Session settings the proxy applied on top of the server defaults,
-    /// for whichever client last used it.
-    pub(crate) applied: crate::session::params::Settings,
-    /// Named statements prepared on this connection by the proxy
-    /// (transaction mode), shared by every client that uses it.
-    pub(crate) prepared: crate::session::prepared::PreparedSet,
+    /// What the session knows of the connection's own state (settings
+    /// applied, statements prepared), opaque here (`carried.rs`); empty
+    /// on a new connection.
+    pub(crate) carried: super::Carried,
     /// Data-plane worker whose reactor the socket is registered with.
     pub(crate) worker: usize,
     /// When the connection last went idle (or was opened).
@@ -115,8 +113,7 @@ impl ServerConn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             key: CancelKey { pid: 0, secret: 0 },
             params: Vec::new(),
-            applied: Default::default(),
-            prepared: Default::default(),
+            carried: Default::default(),
             worker,
             last_used: Instant::now(),
             retire_at: None,

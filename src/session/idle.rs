@@ -160,7 +160,7 @@ impl Session<'_> {
             known::Answering {
                 max: client.flow.scanner.max_len(),
                 statements: &mut self.statements,
-                known: &self.pool.known_statements,
+                known: super::known_statements(&self.pool),
                 limits: &self.statement_limits,
                 use_described,
             },

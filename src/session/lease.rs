@@ -4,7 +4,7 @@
 
 use super::pump::Flow;
 use super::txn::TxnState;
-use super::{Session, params};
+use super::{Session, conn_state, params};
 use crate::catalog::TenantEntry;
 use crate::pool::{CheckoutError, Lease, ServerError};
 use crate::session::error::ClientError;
@@ -30,7 +30,7 @@ impl Session<'_> {
         {
             Ok(session) => {
                 self.wanted = Arc::new(params::overlay(&self.startup_settings, &session));
-                conn.applied = Arc::new(session);
+                conn_state(conn).applied = Arc::new(session);
                 Ok(())
             }
             Err(e) => {
@@ -130,12 +130,13 @@ impl Session<'_> {
     /// Brings a leased connection's settings in line with the client's;
     /// true if that took a sync.
     async fn sync_settings(&self, lease: &mut Lease) -> Result<bool, SyncFailure> {
-        if Arc::ptr_eq(&self.wanted, &lease.conn().applied) {
+        let state = conn_state(lease.conn_mut());
+        if Arc::ptr_eq(&self.wanted, &state.applied) {
             return Ok(false); // in sync: the common case
         }
-        let Some(mut sql) = params::sync_sql(&self.wanted, &lease.conn().applied) else {
+        let Some(mut sql) = params::sync_sql(&self.wanted, &state.applied) else {
             // Equal but apart: share, so the next check is a pointer compare.
-            lease.conn_mut().applied = Arc::clone(&self.wanted);
+            state.applied = Arc::clone(&self.wanted);
             return Ok(false);
         };
         let lost = |tenant: &TenantEntry| SyncFailure {
@@ -155,20 +156,21 @@ impl Session<'_> {
             ) {
                 return Err(lost(&self.tenant));
             }
-            let mut applied = (*conn.applied).clone();
+            let state = conn_state(conn);
+            let mut applied = (*state.applied).clone();
             params::upsert(&mut applied, "client_encoding", "UTF8");
-            conn.applied = Arc::new(applied);
-            match params::sync_sql(&self.wanted, &conn.applied) {
+            state.applied = Arc::new(applied);
+            match params::sync_sql(&self.wanted, &state.applied) {
                 Some(s) => sql = s,
                 None => {
-                    conn.applied = Arc::clone(&self.wanted);
+                    state.applied = Arc::clone(&self.wanted);
                     return Ok(true);
                 }
             }
         }
         match conn.simple_query(&sql).await {
             Ok(b'I') => {
-                conn.applied = Arc::clone(&self.wanted);
+                conn_state(conn).applied = Arc::clone(&self.wanted);
                 Ok(true)
             }
             Ok(_) => Err(SyncFailure {
@@ -182,8 +184,7 @@ impl Session<'_> {
                 // The sync stopped part way, so the previous client's
                 // settings may remain, `role` among them, which RESET ALL
                 // keeps: reset everything.
-                conn.applied = Default::default();
-                conn.prepared.clear();
+                *conn_state(conn) = Default::default();
                 conn.context_of = None;
                 conn.context_secret = None;
                 let reset = conn.simple_query(super::recover::FULL_RESET).await;

@@ -13,8 +13,10 @@
 //! keys), `idle` (the client between requests), `probe` (the
 //! session-state check), `boundary` (what the server owes), `control`
 //! (the proxy's own queries), `statements`/`prepared`/`replies`/`known`
-//! (named statements), `budget` (per-client bounds), `follow` (a live
-//! reload seen between transactions).
+//! (named statements), `conn_state` (what the session keeps with a
+//! server connection or a placement, in the pool's opaque slots),
+//! `budget` (per-client bounds), `follow` (a live reload seen between
+//! transactions).
 
 pub mod boundary;
 #[cfg(test)]
@@ -22,6 +24,7 @@ mod boundary_prop;
 pub mod budget;
 pub mod cancel;
 pub mod client_conn;
+pub mod conn_state;
 mod context;
 mod control;
 pub mod deallocate;
@@ -56,6 +59,7 @@ use statements::{ClientStatements, Rewriter};
 use std::sync::Arc;
 use txn::TxnState;
 
+pub use conn_state::{ConnState, conn_state, known_statements};
 pub use follow::{Follows, OperatorOn};
 pub use lease::checkout_error;
 
@@ -253,11 +257,13 @@ impl Session<'_> {
             let conn = lease.conn_mut();
             for (name, value) in txn.param_changes.drain(..) {
                 conn.set_param(&name, &value);
-                params::upsert(Arc::make_mut(&mut conn.applied), &name, &value);
+                let applied = &mut conn_state(conn).applied;
+                params::upsert(Arc::make_mut(applied), &name, &value);
                 params::upsert(Arc::make_mut(&mut self.wanted), &name, &value);
                 self.reported.set(&name, &value);
             }
-            apply_undo(&mut txn.replies, &mut self.statements, &mut conn.prepared);
+            let prepared = &mut conn_state(conn).prepared;
+            apply_undo(&mut txn.replies, &mut self.statements, prepared);
             for name in txn.custom_names.drain(..) {
                 let name = String::from_utf8_lossy(&name).into_owned();
                 let known = self
@@ -270,7 +276,7 @@ impl Session<'_> {
             }
             if std::mem::take(&mut txn.statements_dropped) {
                 // DEALLOCATE ALL / DISCARD ALL ran on the server.
-                conn.prepared.clear();
+                prepared.clear();
                 self.statements.clear();
             }
             return exit;
@@ -318,7 +324,7 @@ impl Session<'_> {
             || (status == boundary::TxStatus::Idle && txn.pinned);
         let mut rw = Rewriter {
             statements: &mut self.statements,
-            prepared: &mut conn.prepared,
+            prepared: &mut conn_state(conn).prepared,
             cache_size: self.config.max_prepared_statements,
             replies: &mut txn.replies,
             to_server: &mut client.flow.inject,

@@ -200,7 +200,7 @@ impl Recovery {
             self.statements_dropped = true;
         }
         if self.statements_dropped {
-            conn.prepared.clear();
+            super::conn_state(conn).prepared.clear();
         }
         if self.settings_unknown || self.reset.is_some() {
             // The client's own timeouts must not make the reset fail (a
@@ -209,8 +209,7 @@ impl Recovery {
             expect_idle(conn.simple_query(FULL_RESET).await?)?;
             // DISCARD ALL dropped the settings (role and session
             // authorization included) and the statements.
-            conn.applied = Default::default();
-            conn.prepared.clear();
+            *super::conn_state(conn) = Default::default();
         }
         if let Some(Some(q)) = self.reset {
             expect_idle(conn.simple_query(&q).await?)?;

@@ -124,10 +124,11 @@ impl Session<'_> {
         self.cancel.disarm();
         let settled = self.settle_cancels().await;
         // Statements a server accepted this lease: known placement-wide.
-        let prepared = &lease.conn().prepared;
+        let prepared = &super::conn_state(lease.conn_mut()).prepared;
         let replies = &mut txn.replies;
+        let known = super::known_statements(&self.pool);
         if txn.schema_changed {
-            self.pool.known_statements.forget_described();
+            known.forget_described();
         }
         // Describe answers are shared with every client of the
         // placement: keep none from a lease that could have changed
@@ -143,11 +144,9 @@ impl Session<'_> {
         {
             replies.described.clear();
         }
-        self.pool
-            .known_statements
-            .learn(&mut replies.sent_parse, &mut replies.described, |n| {
-                prepared.contains(n)
-            });
+        known.learn(&mut replies.sent_parse, &mut replies.described, |n| {
+            prepared.contains(n)
+        });
 
         match exit {
             PumpExit::Idle => {
