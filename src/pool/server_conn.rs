@@ -118,7 +118,7 @@ impl ServerConn {
             applied: Default::default(),
             prepared: Default::default(),
             worker,
-            last_used: Instant::now(),
+            last_used: crate::runtime::time::now(),
             retire_at: None,
             needs_check: false,
             context_functions: None,

@@ -29,7 +29,7 @@ impl Session<'_> {
         // once a message has begun and not arrived far enough (a client
         // that sends half a message holds no server connection, and not
         // forever). The timer runs to the earlier; `timer_for` says which.
-        let idle_deadline = limited.then(|| std::time::Instant::now() + self.client_idle_timeout);
+        let idle_deadline = limited.then(|| crate::runtime::time::now() + self.client_idle_timeout);
         let mut timer = std::pin::pin!(sleep_until_opt(idle_deadline));
         let mut timer_for = Limit::Idle;
         let mut message_started = false;
@@ -83,7 +83,7 @@ impl Session<'_> {
             }
             if !message_started && !client.flow.buf.is_empty() && !self.message_timeout.is_zero() {
                 message_started = true;
-                let message_deadline = std::time::Instant::now() + self.message_timeout;
+                let message_deadline = crate::runtime::time::now() + self.message_timeout;
                 if idle_deadline.is_none_or(|idle| message_deadline < idle) {
                     timer.set(sleep_until_opt(Some(message_deadline)));
                     timer_for = Limit::Message;

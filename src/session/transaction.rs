@@ -60,7 +60,7 @@ impl Session<'_> {
                 PumpExit::Backlog => {
                     if !self.client_read_timeout.is_zero() {
                         txn.stall_deadline =
-                            Some(std::time::Instant::now() + self.client_read_timeout);
+                            Some(crate::runtime::time::now() + self.client_read_timeout);
                     }
                     Ok(())
                 }
@@ -69,7 +69,8 @@ impl Session<'_> {
                 // being read, so no backlog deadline is running).
                 PumpExit::MidMessage => {
                     if !self.message_timeout.is_zero() {
-                        txn.stall_deadline = Some(std::time::Instant::now() + self.message_timeout);
+                        txn.stall_deadline =
+                            Some(crate::runtime::time::now() + self.message_timeout);
                     }
                     Ok(())
                 }
