@@ -319,3 +319,29 @@ fn a_request_waits_for_a_server_connection_up_to_query_wait_timeout() {
         assert_eq!(query(&mut next, "SELECT 1").await, (None, b'I'));
     });
 }
+
+#[test]
+fn the_wait_for_a_server_starts_after_a_pause_not_before() {
+    block_on_paused(async {
+        let (port, _server) = stand_in::start().await;
+        let state = state_on(
+            port,
+            1,
+            "auth_type = \"trust\"\nquery_wait_timeout = \"30s\"\npause_timeout = \"90s\"",
+        );
+        let mut c = logged_in(&state).await;
+        state.controls.pause(None);
+        let resumer = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                state.controls.resume(None);
+            })
+        };
+        let asked = Instant::now();
+        // Held twice query_wait_timeout, then run.
+        assert_eq!(query(&mut c, "SELECT 1").await, (None, b'I'));
+        assert_at(asked, Instant::now(), Duration::from_secs(60));
+        resumer.await.expect("join");
+    });
+}
