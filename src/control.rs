@@ -276,4 +276,46 @@ mod tests {
         assert!(!c.any_suspended());
         assert!(c.lock().is_empty());
     }
+
+    /// `pause_timeout` on a paused clock: the wait ends at its deadline
+    /// to the millisecond, or at once when RESUME comes first.
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_wait_ends_at_its_deadline_or_at_resume() {
+        use std::time::Duration;
+        use tokio::time::Instant;
+        let c = std::sync::Arc::new(Controls::default());
+        let a = TenantId::new("a");
+        c.pause(Some(&a));
+        let limit = Duration::from_secs(300);
+        let start = Instant::now();
+        assert!(
+            !c.wait_resumed(&a, crate::runtime::time::now() + limit)
+                .await
+        );
+        let took = start.elapsed();
+        assert!(
+            took >= limit && took < limit + Duration::from_millis(10),
+            "{took:?}"
+        );
+        assert!(c.is_paused(&a), "the pause outlives the wait");
+
+        let resumer = {
+            let (c, a) = (std::sync::Arc::clone(&c), a.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(7)).await;
+                c.resume(Some(&a))
+            })
+        };
+        let start = Instant::now();
+        assert!(
+            c.wait_resumed(&a, crate::runtime::time::now() + limit)
+                .await
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
+        assert!(resumer.await.expect("join").paused);
+        // Not paused: no wait at all.
+        let start = Instant::now();
+        assert!(c.wait_resumed(&a, crate::runtime::time::now()).await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
 }

@@ -355,7 +355,9 @@ async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() 
             .await
             .map(|_| held)
     });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // (Held past query_wait_timeout; that it would run after twice that,
+    // to the millisecond: `client::timeout_tests`, on a paused clock.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiting.is_finished(), "a paused tenant's transaction ran");
     // Other tenants are not paused.
     tokio::time::timeout(Duration::from_secs(10), other.simple_query("SELECT 1"))

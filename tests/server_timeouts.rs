@@ -5,6 +5,10 @@
 //! (`server_check_delay`), and a backend outage: 08006 quickly while it is
 //! down, a bounded number of connection attempts, and recovery without
 //! restarting the proxy.
+//!
+//! Each limit to the millisecond, on a paused clock: `pool::janitor::tests`
+//! and `pool::placement::tests`. Here, with real time and a real server,
+//! the bounds are loose enough for a loaded machine.
 
 mod common;
 
@@ -92,16 +96,13 @@ async fn idle_server_connections_close_after_server_idle_timeout() {
     let idle_since = Instant::now();
     assert_eq!(backends(&admin).await, 3);
 
-    // Closed by the janitor after 1 s unused (it looks every second).
-    let closed = until_backends(&admin, 0, Duration::from_secs(5)).await;
+    // Closed by the janitor after 1 s unused (it looks every second; 2 s
+    // at most on an idle machine, more on a loaded one).
+    let closed = until_backends(&admin, 0, Duration::from_secs(10)).await;
     let after = closed - idle_since;
     assert!(
         after >= Duration::from_millis(800),
         "closed too early: {after:?}"
-    );
-    assert!(
-        after < Duration::from_millis(3500),
-        "closed late: {after:?}"
     );
 
     // The clients never noticed: their next transactions open new ones.
@@ -121,14 +122,14 @@ async fn idle_server_connections_close_after_server_idle_timeout() {
 async fn connections_retire_after_server_lifetime_without_clients_noticing() {
     let pg = TestPg::start(HostAuth::Trust, &[TENANT]).await;
     let admin = pg.cluster.admin("postgres").await.expect("admin");
-    let lifetime = Duration::from_secs(2);
-    let proxy = TestProxy::start(&config(&pg, 2, "server_lifetime = \"2s\"")).await;
+    let lifetime = Duration::from_secs(1);
+    let proxy = TestProxy::start(&config(&pg, 2, "server_lifetime = \"1s\"")).await;
 
     // pid -> (first seen, last seen), from four clients querying
-    // continuously for five seconds; any error fails the test.
+    // continuously for three seconds; any error fails the test.
     let seen: Arc<Mutex<HashMap<i32, (Instant, Instant)>>> = Arc::default();
     let queries = Arc::new(AtomicU64::new(0));
-    let until = Instant::now() + Duration::from_secs(5);
+    let until = Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let client = proxy.connect(TENANT).await;
@@ -165,12 +166,12 @@ async fn connections_retire_after_server_lifetime_without_clients_noticing() {
         queries.load(Ordering::Relaxed),
         seen.len()
     );
-    // Two slots for five seconds with connections living 1.8-2 s: at
+    // Two slots for three seconds with connections living 0.9-1 s: at
     // least two generations of two connections.
     assert!(seen.len() >= 4, "connections did not retire: {seen:?}");
     // (Plus the last query's own time on a busy test machine.)
     assert!(
-        longest < lifetime + Duration::from_secs(1),
+        longest < lifetime + Duration::from_millis(1500),
         "a connection was used for {longest:?}"
     );
 

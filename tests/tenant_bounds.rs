@@ -8,13 +8,15 @@ use common::{TestPg, TestProxy, raw, sqlstate};
 use pgtenant::pgcluster::HostAuth;
 use std::time::{Duration, Instant};
 
-/// A one-connection pool with a 2 s client_message_timeout.
-async fn one_connection_proxy() -> (TestPg, TestProxy) {
+/// A one-connection pool with the given client_message_timeout.
+async fn one_connection_proxy(message_timeout: &str) -> (TestPg, TestProxy) {
     let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
     let proxy = TestProxy::start(&pg.config(
         &["acme"],
         1,
-        "auth_type = \"trust\"\nclient_message_timeout = \"2s\"\nquery_wait_timeout = \"30s\"",
+        &format!(
+            "auth_type = \"trust\"\nclient_message_timeout = \"{message_timeout}\"\nquery_wait_timeout = \"30s\""
+        ),
     ))
     .await;
     (pg, proxy)
@@ -50,7 +52,8 @@ async fn other_client_goes_on(proxy: &TestProxy, stalled: &mut tokio::net::TcpSt
 /// and the stalled one is told why after client_message_timeout.
 #[tokio::test]
 async fn a_half_sent_message_holds_no_server_connection() {
-    let (_pg, proxy) = one_connection_proxy().await;
+    // Longer than the other client may take: it must not wait for it.
+    let (_pg, proxy) = one_connection_proxy("2s").await;
     let mut stalled = raw::login_trust(proxy.port, "acme").await;
     send_half_a_query(&mut stalled).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -63,7 +66,7 @@ async fn a_half_sent_message_holds_no_server_connection() {
 /// client.
 #[tokio::test]
 async fn a_half_sent_message_inside_a_transaction_is_bounded() {
-    let (_pg, proxy) = one_connection_proxy().await;
+    let (_pg, proxy) = one_connection_proxy("1s").await;
     let mut stalled = raw::login_trust(proxy.port, "acme").await;
     assert_eq!(raw::simple_query(&mut stalled, "BEGIN").await, b'T');
     send_half_a_query(&mut stalled).await;
@@ -107,7 +110,7 @@ async fn pins_are_capped_per_tenant() {
 /// is for a client that stops.
 #[tokio::test]
 async fn a_slow_upload_is_not_a_stalled_one() {
-    let (_pg, proxy) = one_connection_proxy().await;
+    let (_pg, proxy) = one_connection_proxy("2s").await;
     let mut slow = raw::login_trust(proxy.port, "acme").await;
     // About 250 kB of Query in 20 kB pieces, 300 ms apart: nearly 4 s in
     // all (twice the timeout), never 2 s without progress.
@@ -126,7 +129,7 @@ async fn a_slow_upload_is_not_a_stalled_one() {
 /// rest never comes is bounded too.
 #[tokio::test]
 async fn half_a_named_statement_is_bounded() {
-    let (_pg, proxy) = one_connection_proxy().await;
+    let (_pg, proxy) = one_connection_proxy("1s").await;
     let mut stalled = raw::login_trust(proxy.port, "acme").await;
     assert_eq!(raw::simple_query(&mut stalled, "BEGIN").await, b'T');
     // Parse "s1" of a 200 kB text, of which 100 kB come.
@@ -144,7 +147,7 @@ async fn half_a_named_statement_is_bounded() {
 /// what follows it.
 #[tokio::test]
 async fn a_huge_length_word_between_transactions_is_refused() {
-    let (_pg, proxy) = one_connection_proxy().await;
+    let (_pg, proxy) = one_connection_proxy("1s").await;
     let mut c = raw::login_trust(proxy.port, "acme").await;
     let mut bytes = raw::frame(b'C', b"Sx\0");
     bytes.extend_from_slice(&raw::header(b'P', 0x7fff_fff0));

@@ -14,6 +14,8 @@ pub mod conn;
 mod login_limit;
 pub mod operator;
 mod startup_phase;
+#[cfg(test)]
+mod timeout_tests;
 
 use crate::admission::Unauthenticated;
 use crate::admission::failed_logins::Who;
@@ -198,7 +200,7 @@ fn serve_inner<'a>(
         // What the client cannot stall (waiting for the placement's first
         // server connection) has its own bound, query_wait_timeout. Shutdown
         // abandons a login at any point: nothing has started that must finish.
-        let login_deadline = Instant::now() + proxy.client_login_timeout;
+        let login_deadline = time::now() + proxy.client_login_timeout;
         let startup_limit = proxy.client_startup_timeout.min(proxy.client_login_timeout);
         // Boxed: the handshake and authentication states (SCRAM's among
         // them) are a large part of a client's future, and once logged in

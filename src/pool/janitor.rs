@@ -11,7 +11,7 @@
 
 use super::PlacementPool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -49,9 +49,13 @@ where
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = Instant::now();
+        let now = crate::runtime::time::now();
         for pool in pools() {
             pool.maintain(now);
         }
     }
 }
+
+#[cfg(test)]
+#[path = "janitor_tests.rs"]
+mod tests;

@@ -24,6 +24,8 @@ pub mod rls_check;
 mod role_check;
 mod server_conn;
 pub mod servers;
+#[cfg(test)]
+pub(crate) mod stand_in;
 mod startup_params;
 mod stats;
 mod timing;

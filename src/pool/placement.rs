@@ -62,7 +62,7 @@ use crate::runtime::current_worker;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The placement's name, as configured.
@@ -466,7 +466,7 @@ impl PlacementPool {
     /// is over, else straight to the waiter whose turn it is, or idle on
     /// its worker.
     pub(super) fn put_back(&self, mut conn: Pooled, seat: TenantSeat) {
-        let now = Instant::now();
+        let now = crate::runtime::time::now();
         conn.last_used = now;
         conn.needs_check = self.timeouts.check_delay.is_zero();
         if conn.retire_at.is_some_and(|at| now >= at) {
@@ -547,7 +547,7 @@ impl PlacementPool {
             let next = if s.backing_off().is_none() {
                 s.failures = s.failures.saturating_add(1);
                 let delay = retry_delay(s.failures, self.timeouts.login_retry);
-                s.retry_at = Instant::now().checked_add(delay);
+                s.retry_at = crate::runtime::time::now().checked_add(delay);
                 Some((s.failures, delay))
             } else {
                 None

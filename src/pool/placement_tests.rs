@@ -2,9 +2,10 @@
 
 use super::*;
 use crate::pool::CONNECT_CONCURRENCY;
-use crate::runtime::block_on;
 use crate::runtime::time::sleep;
+use crate::runtime::{block_on, block_on_paused};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> {
     let target =
@@ -250,4 +251,72 @@ fn startup_messages_are_encoded_per_parameter() {
         crate::protocol::messages::parameter_status(&mut want, name, value);
         assert_eq!(p.message(i), &want[..], "{name}");
     }
+}
+
+/// A server that accepts and never says a word: a login to it stays in
+/// progress until the connect timeout.
+fn silent_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept() {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// Within `[at, at + 10 ms)`: a paused clock moves to a timer's
+/// millisecond, never short of it.
+fn assert_at(took: Duration, at: Duration) {
+    assert!(
+        took >= at && took < at + Duration::from_millis(10),
+        "{took:?}, not {at:?}"
+    );
+}
+
+/// query_wait_timeout and server_connect_timeout on a paused clock: the
+/// pool's one slot is a login nobody answers; a second checkout gives up
+/// at its wait, the login at the connect timeout, each to the millisecond
+/// and in no wall-clock time (the server's silence needs no real time).
+#[test]
+fn a_waiter_gives_up_at_its_wait_and_a_silent_login_at_the_connect_timeout() {
+    let port = silent_server();
+    block_on_paused(async move {
+        let timeouts = PoolTimeouts {
+            connect: Duration::from_secs(30),
+            ..PoolTimeouts::default()
+        };
+        let pool = pool_at(port, 1, timeouts);
+        let opened = tokio::time::Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let opener = {
+            let pool = Arc::clone(&pool);
+            async move {
+                let e = pool.checkout(seat(&pool), Duration::from_secs(600)).await;
+                let _ = tx.send((e.err(), tokio::time::Instant::now()));
+            }
+        };
+        assert!(crate::runtime::spawn_local(Box::pin(opener)).is_ok());
+        sleep(Duration::from_millis(1)).await;
+        assert_eq!(pool.counts().connecting, 1);
+        let asked = tokio::time::Instant::now();
+        let e = pool
+            .checkout(seat(&pool), Duration::from_secs(5))
+            .await
+            .err()
+            .expect("no connection for the waiter");
+        assert!(matches!(e, CheckoutError::WaitTimeout), "{e:?}");
+        assert_at(asked.elapsed(), Duration::from_secs(5));
+        assert_eq!(pool.counts().waiting, 0);
+        let (e, failed_at) = rx.await.expect("the opener reports");
+        assert!(
+            matches!(e, Some(CheckoutError::Connect(ServerError::Timeout))),
+            "{e:?}"
+        );
+        assert_at(failed_at - opened, Duration::from_secs(30));
+        let c = pool.counts();
+        assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
+    });
 }

@@ -54,7 +54,7 @@ impl State {
     /// clock only after a failure.
     pub(super) fn backing_off(&self) -> Option<Duration> {
         let at = self.retry_at?;
-        at.checked_duration_since(Instant::now())
+        at.checked_duration_since(crate::runtime::time::now())
             .filter(|d| !d.is_zero())
     }
 

@@ -115,7 +115,7 @@ impl ServerConn {
             params: Vec::new(),
             carried: Default::default(),
             worker,
-            last_used: Instant::now(),
+            last_used: crate::runtime::time::now(),
             retire_at: None,
             needs_check: false,
             context_functions: None,

@@ -35,6 +35,8 @@ mod worker_rt;
 pub use batch::BATCH_MAX;
 #[cfg(test)]
 pub(crate) use sends::queued_sends;
+#[cfg(test)]
+pub(crate) use worker_rt::block_on_paused;
 pub use worker_rt::{block_on, block_on_with, spawn_local};
 use worker_rt::{close_local, run};
 

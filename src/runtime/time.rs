@@ -1,6 +1,8 @@
 //! Timers on a worker's tokio runtime: tokio's own, taking
 //! `std::time::Instant` deadlines as the rest of the crate does. Being
-//! tokio's, they follow `tokio::time::pause` in tests.
+//! tokio's, they follow `tokio::time::pause` in tests; so must the clock
+//! deadlines are computed from: [`now`], never `std::time::Instant::now`
+//! (a paused test's timers would fire at once, or never, against it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +11,13 @@ use std::time::{Duration, Instant};
 
 pub use tokio::time::error::Elapsed;
 pub use tokio::time::{Sleep, Timeout};
+
+/// The time timers count from: the runtime's clock (a paused test runtime
+/// moves it itself), else the system's monotonic clock. Outside tests
+/// (tokio without `test-util`) it is `std::time::Instant::now()`.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Waits until `deadline`.
 pub fn sleep_until(deadline: Instant) -> Sleep {

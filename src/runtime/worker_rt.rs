@@ -78,8 +78,22 @@ fn run_with<F: Future>(
     main: F,
     options: LoopOptions,
 ) -> io::Result<Option<F::Output>> {
+    run_on(
+        tokio::runtime::Builder::new_current_thread(),
+        acceptor,
+        main,
+        options,
+    )
+}
+
+fn run_on<F: Future>(
+    mut builder: tokio::runtime::Builder,
+    acceptor: Option<SessionFuture>,
+    main: F,
+    options: LoopOptions,
+) -> io::Result<Option<F::Output>> {
     let installed = Installed::new(options)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = builder
         .enable_all()
         // The end of a turn: nothing left to run, the thread is about to
         // wait in epoll. (Not called while tasks are runnable: `sends`
@@ -121,6 +135,22 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 /// `block_on` with the given options.
 pub fn block_on_with<F: Future>(f: F, options: LoopOptions) -> F::Output {
     match run_with(None, f, options) {
+        Ok(Some(out)) => out,
+        Ok(None) => unreachable!("sessions nobody closed never end"),
+        Err(e) => panic!("runtime failed: {e}"),
+    }
+}
+
+/// `block_on` on a runtime whose clock starts paused: it moves only when
+/// every task waits, straight to the next timer. For unit tests of timed
+/// code whose only peers are sockets of this same runtime; a peer that
+/// answers in real time (a PostgreSQL server, a thread) would see every
+/// pending timer fire while it thinks (see README, Tests).
+#[cfg(test)]
+pub fn block_on_paused<F: Future>(f: F) -> F::Output {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.start_paused(true);
+    match run_on(builder, None, f, LoopOptions { batch_sends: true }) {
         Ok(Some(out)) => out,
         Ok(None) => unreachable!("sessions nobody closed never end"),
         Err(e) => panic!("runtime failed: {e}"),

@@ -35,7 +35,7 @@ impl Session<'_> {
         // connection, and not forever). The timer runs to the earlier;
         // `timer_for` says which.
         let idle_deadline =
-            limited.then(|| std::time::Instant::now() + self.config.client_idle_timeout);
+            limited.then(|| crate::runtime::time::now() + self.config.client_idle_timeout);
         timer.set(idle_deadline);
         let mut timer_for = Limit::Idle;
         let mut message_started = false;
@@ -100,7 +100,7 @@ impl Session<'_> {
             {
                 message_started = true;
                 let message_deadline =
-                    std::time::Instant::now() + self.config.client_message_timeout;
+                    crate::runtime::time::now() + self.config.client_message_timeout;
                 if idle_deadline.is_none_or(|idle| message_deadline < idle) {
                     timer.set(Some(message_deadline));
                     timer_for = Limit::Message;

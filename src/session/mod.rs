@@ -211,7 +211,7 @@ impl Session<'_> {
                                 // Still arriving: another period from now.
                                 txn.mid_message_mark = client.flow.progress();
                                 txn.stall_deadline =
-                                    Some(std::time::Instant::now() + self.config.client_message_timeout);
+                                    Some(crate::runtime::time::now() + self.config.client_message_timeout);
                                 continue;
                             }
                         } else {
@@ -376,7 +376,7 @@ impl Session<'_> {
         if !self.controls.is_paused(&self.tenant.id) {
             return Ok(());
         }
-        let deadline = std::time::Instant::now() + self.config.pause_timeout;
+        let deadline = crate::runtime::time::now() + self.config.pause_timeout;
         let marker = self.stop.client().map(|c| &c.paused);
         if let Some(m) = marker {
             m.store(true, std::sync::atomic::Ordering::Relaxed);

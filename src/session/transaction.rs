@@ -60,7 +60,7 @@ impl Session<'_> {
                 PumpExit::Backlog => {
                     if !self.config.client_read_timeout.is_zero() {
                         txn.stall_deadline =
-                            Some(std::time::Instant::now() + self.config.client_read_timeout);
+                            Some(crate::runtime::time::now() + self.config.client_read_timeout);
                     }
                     Ok(())
                 }
@@ -70,7 +70,7 @@ impl Session<'_> {
                 PumpExit::MidMessage => {
                     if !self.config.client_message_timeout.is_zero() {
                         txn.stall_deadline =
-                            Some(std::time::Instant::now() + self.config.client_message_timeout);
+                            Some(crate::runtime::time::now() + self.config.client_message_timeout);
                     }
                     Ok(())
                 }

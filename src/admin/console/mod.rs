@@ -26,7 +26,7 @@ use crate::state::ProxyState;
 use bytes::{Buf, BytesMut};
 use command::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// Largest console message read; a command is a few dozen bytes.
@@ -320,13 +320,13 @@ impl Console<'_> {
         tenant: Option<&TenantId>,
     ) -> Result<(), Failure> {
         self.state.controls.pause(tenant);
-        let deadline = Instant::now() + snap.config.proxy.pause_timeout;
+        let deadline = crate::runtime::time::now() + snap.config.proxy.pause_timeout;
         loop {
             let running = running_transactions(snap, tenant);
             if running == 0 {
                 return Ok(());
             }
-            if Instant::now() >= deadline || self.state.shutdown.is_cancelled() {
+            if crate::runtime::time::now() >= deadline || self.state.shutdown.is_cancelled() {
                 return Err(Failure::new(
                     SqlState::QUERY_CANCELED,
                     format!(
