@@ -64,6 +64,11 @@ fn word(b: &[u8]) -> Option<(Vec<u8>, bool, &[u8])> {
 /// The whole Query body (text and its NUL): `DEALLOCATE [PREPARE]
 /// {name | ALL} [;]` and nothing else, or `None`.
 pub fn parse(body: &[u8]) -> Option<Target> {
+    // Every Query between transactions comes here: most are not a
+    // DEALLOCATE, and the look costs no allocation.
+    if !may_be(body) {
+        return None;
+    }
     let text = body.strip_suffix(&[0])?;
     let b = skip_space(text);
     let (kw, quoted, mut rest) = word(b)?;
