@@ -416,17 +416,6 @@ impl ProxyState {
         Unauthenticated::admit(&self.unauthenticated, peer, caps)
     }
 
-    /// The failed-login limits of the current configuration.
-    pub fn login_limits(&self) -> crate::admission::failed_logins::Limits {
-        let snap = self.snapshot.load();
-        let p = &snap.config.proxy;
-        crate::admission::failed_logins::Limits {
-            failures: p.auth_failure_limit,
-            window: p.auth_failure_window,
-            ban: p.auth_ban_time,
-        }
-    }
-
     /// Counts an authenticated client against the proxy-wide limit;
     /// `None` when full.
     pub fn admit_client(&self, max: u32) -> Option<CountGuard> {

@@ -25,13 +25,23 @@ pub const MAX_ADDRESSES: usize = 100_000;
 /// Users counted on their own per address; more share one counter.
 pub const USERS_PER_ADDRESS: usize = 16;
 
-/// The limits, read from the current configuration at each login.
+/// The limits, read from the login's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Failures before the ban; 0 turns the limit off.
     pub failures: u32,
     pub window: Duration,
     pub ban: Duration,
+}
+
+impl Limits {
+    pub fn of(proxy: &crate::config::ProxyConfig) -> Limits {
+        Limits {
+            failures: proxy.auth_failure_limit,
+            window: proxy.auth_failure_window,
+            ban: proxy.auth_ban_time,
+        }
+    }
 }
 
 /// Whom a login is for: a tenant's user, an operator, an admin user.
@@ -234,11 +244,6 @@ impl FailedLogins {
             self.bans.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
         )
-    }
-
-    /// Addresses tracked now.
-    pub fn len(&self) -> usize {
-        self.addresses.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -111,7 +111,7 @@ pub(super) async fn login(
             login_deadline,
             unauthenticated,
         );
-        return login_limit::limited(state, peer.ip(), who, console)
+        return login_limit::limited((state, snap), peer.ip(), who, console)
             .await
             .map(LoggedIn::Console);
     }
@@ -130,7 +130,7 @@ pub(super) async fn login(
         routing::Route::Tenant(resolved) => {
             let who = Who::tenant_user(resolved.tenant.as_str(), &resolved.user);
             let tenant = tenant_login(state, snap, client, resolved, login_deadline);
-            login_limit::limited(state, peer.ip(), who, tenant).await?
+            login_limit::limited((state, snap), peer.ip(), who, tenant).await?
         }
         routing::Route::Operator(route) => {
             let span = tracing::Span::current();
@@ -140,7 +140,7 @@ pub(super) async fn login(
             }
             let who = Who::operator(&route.operator);
             let op = operator::login(snap, client, &route, peer, login_deadline);
-            let op = login_limit::limited(state, peer.ip(), who, op).await?;
+            let op = login_limit::limited((state, snap), peer.ip(), who, op).await?;
             Identity {
                 user: route.operator.clone(),
                 tenant: op.tenant,

@@ -3,19 +3,19 @@
 //! when its exchange fails (a ban starts, logged, at the limit), cleared
 //! when it succeeds.
 
-use crate::admission::failed_logins::{Failure, Who};
+use crate::admission::failed_logins::{Failure, Limits, Who};
 use crate::session::error::ClientError;
-use crate::state::ProxyState;
+use crate::state::{ProxyState, Snapshot};
 use std::future::Future;
 use std::net::IpAddr;
 
 pub(super) async fn limited<T>(
-    state: &ProxyState,
+    (state, snap): (&ProxyState, &Snapshot),
     peer: IpAddr,
     who: Who,
     login: impl Future<Output = Result<T, ClientError>>,
 ) -> Result<T, ClientError> {
-    let limits = state.login_limits();
+    let limits = Limits::of(&snap.config.proxy);
     if let Some(left) = state.failed_logins.banned(peer, &who, limits) {
         return Err(ClientError::LoginBanned {
             who: shown(&who),

@@ -60,6 +60,20 @@ pub fn nofile_limit() -> io::Result<NofileLimit> {
     })
 }
 
+/// Starts non-blocking `sock`'s connect to `addr` (done once it turns
+/// writable).
+fn begin_connect(
+    sock: socket2::Socket,
+    addr: std::net::SocketAddr,
+) -> io::Result<std::net::TcpStream> {
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(sock.into())
+}
+
 /// Nothing to read and no EOF or error on a non-blocking socket, by a
 /// peek that leaves any data queued.
 pub(crate) fn is_quiet(fd: BorrowedFd<'_>) -> bool {

@@ -14,12 +14,7 @@ pub(crate) fn start_connect(addr: SocketAddr) -> io::Result<std::net::TcpStream>
     use socket2::{Domain, Protocol, Type};
     let sock = socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_nonblocking(true)?;
-    match sock.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(sock.into())
+    super::begin_connect(sock, addr)
 }
 
 /// Accepts a connection, made non-blocking (and close-on-exec by socket2).

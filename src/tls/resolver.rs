@@ -5,7 +5,6 @@
 //! default certificate (`[tls] cert`). A client that sends no name, or one
 //! no certificate has, gets the default: it then checks the name itself.
 
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,11 +52,5 @@ impl SniResolver {
         name.split_once('.')
             .and_then(|(_, rest)| self.wildcard.get(rest))
             .unwrap_or(&self.default)
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(self.choose(hello.server_name())))
     }
 }

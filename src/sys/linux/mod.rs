@@ -22,12 +22,7 @@ pub(crate) fn start_connect(addr: SocketAddr) -> io::Result<std::net::TcpStream>
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
-    match sock.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(sock.into())
+    super::begin_connect(sock, addr)
 }
 
 /// accept4 with the new socket non-blocking and close-on-exec (one
