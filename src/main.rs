@@ -181,8 +181,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     if let Some(tls) = &cfg.tls {
-        pgtenant::tls::load_certificates(tls, &cfg.base_dir).map_err(|m| src.error("tls", m))?;
-        eprintln!("warning: clients do not get TLS yet; SSLRequest is answered 'N'");
+        pgtenant::tls::ServerTls::load(tls, &cfg.base_dir).map_err(|m| src.error("tls", m))?;
     }
     // `serve` raises its soft limit to the hard one, so that is the figure
     // to compare with (as seen from this shell; a service manager may set

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub rules: RoutingRules,
     pub catalog: Catalog,
     pub placements: ConfigMap<String, Placement>,
+    /// Client TLS (`[tls]`), loaded with this snapshot: a reload reads
+    /// the certificate files again.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// A pool a rebuilt snapshot kept, and what it is to become once the new
@@ -190,6 +193,13 @@ impl Snapshot {
                 },
             );
         }
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(
+                crate::tls::ServerTls::load(t, &config.base_dir)
+                    .map_err(|m| src.error("tls", m))?,
+            )),
+            None => None,
+        };
         let rules = RoutingRules {
             order: config.proxy.tenant_from.clone(),
             user_separator: config.proxy.user_separator.clone(),
@@ -204,6 +214,7 @@ impl Snapshot {
             rules,
             catalog,
             placements,
+            tls,
         };
         Ok((snapshot, updates))
     }

@@ -30,6 +30,11 @@ const WALLS: &[(&str, &[&str], &str)] = &[
         "the data-plane runtime knows sockets and timers, not what flows",
     ),
     (
+        "tls",
+        &["client", "session", "pool", "admin", "catalog", "routing"],
+        "certificates and their configurations; the client runs the handshake",
+    ),
+    (
         "sys",
         &["client", "session", "pool", "admin", "catalog", "routing"],
         "the operating system's calls know nothing of what flows over them",

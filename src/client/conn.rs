@@ -20,6 +20,11 @@ impl ClientConn {
     /// Sends `err` as a FATAL ErrorResponse. The caller closes afterwards.
     pub async fn refuse(&mut self, err: &ClientError) {
         tracing::info!(kind = err.kind(), "refusing client: {err}");
+        if let ClientError::Tls(_) = err {
+            // Mid-handshake: the client reads TLS records, not a message.
+            let _ = self.stream.socket().shutdown_write();
+            return;
+        }
         self.out.clear();
         write_error(
             &mut self.out,
@@ -35,6 +40,25 @@ impl ClientConn {
             let _ = self.stream.shutdown().await;
         };
         let _ = crate::runtime::time::timeout(REFUSE_TIMEOUT, goodbye).await;
+    }
+
+    /// The first byte the client sent (read, and left in the buffer).
+    pub async fn peek_first_byte(&mut self) -> Result<u8, ClientError> {
+        while self.flow.buf.is_empty() {
+            self.flow.unpark();
+            self.flow.buf.reserve(HEADER_LEN);
+            let n = self
+                .stream
+                .read_buf(&mut self.flow.buf)
+                .await
+                .map_err(super::startup_phase::early_eof)?;
+            if n == 0 {
+                return Err(super::startup_phase::early_eof(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+        }
+        Ok(self.flow.buf[0])
     }
 
     /// Reads until the read buffer starts with a whole startup-phase

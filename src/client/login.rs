@@ -119,7 +119,7 @@ pub(super) async fn login(
     let route = routing::route(
         &snap.rules,
         &RoutingInput {
-            sni: None,
+            sni: client.stream.server_name(),
             user,
             database: startup.param("database"),
             options: startup.param("options"),

@@ -60,7 +60,7 @@ pub fn serve(
     // at the session's first lease.
     let generation = state.stop.generation();
     let snap = state.snapshot();
-    let mut client = ClientConn::new(stream, snap.config.proxy.max_message_size.0 as usize);
+    let mut client = ClientConn::new(stream.into(), snap.config.proxy.max_message_size.0 as usize);
     let mut unauthenticated = Some(unauthenticated);
     async move {
         let mut stats = None;
@@ -161,9 +161,12 @@ fn serve_inner<'a>(
         // them) are a large part of a client's future, and once logged in
         // a client carries none of them (one allocation per connection).
         let login = Box::pin(async {
-            let first = time::timeout(startup_limit, startup_phase::handshake(client))
-                .await
-                .map_err(|_| ClientError::StartupTimeout)??;
+            let first = time::timeout(
+                startup_limit,
+                startup_phase::handshake(client, snap.tls.as_deref()),
+            )
+            .await
+            .map_err(|_| ClientError::StartupTimeout)??;
             let startup = match first {
                 startup_phase::First::Startup(s) => s,
                 startup_phase::First::Cancel(key) => {

@@ -7,6 +7,9 @@ use crate::protocol::CancelKey;
 use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
+use crate::tls::ServerTls;
+use rustls::server::ClientHello;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// The first packet that is not an encryption request.
@@ -15,9 +18,29 @@ pub(super) enum First {
     Cancel(CancelKey),
 }
 
+/// The first byte of a TLS handshake record: a connection that opens with
+/// it wants TLS at once (PostgreSQL 17's `sslnegotiation=direct`). A
+/// startup packet opens with its length's high byte, 0.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Reads startup-phase packets until a StartupMessage or a
-/// CancelRequest, answering encryption requests on the way.
-pub(super) async fn handshake(client: &mut ClientConn) -> Result<First, ClientError> {
+/// CancelRequest, answering encryption requests on the way: with `tls`
+/// configured, SSLRequest gets `S` and a handshake, as does a direct TLS
+/// hello; without it, `N` (the client may go on in plaintext).
+pub(super) async fn handshake(
+    client: &mut ClientConn,
+    tls: Option<&ServerTls>,
+) -> Result<First, ClientError> {
+    if client.peek_first_byte().await? == TLS_HANDSHAKE_RECORD {
+        let Some(tls) = tls else {
+            return Err(ClientError::Tls(
+                "a direct TLS connection, and TLS is not configured".into(),
+            ));
+        };
+        // The hello's first bytes, read already, go to rustls first.
+        let prefix = client.flow.buf.split();
+        start_tls(client, tls, &prefix, true).await?;
+    }
     // At most one SSLRequest and one GSSENCRequest precede the startup.
     for _ in 0..3 {
         let len = client.read_startup_packet().await?;
@@ -27,9 +50,12 @@ pub(super) async fn handshake(client: &mut ClientConn) -> Result<First, ClientEr
         // message without waiting for the authentication result.
         bytes::Buf::advance(&mut client.flow.buf, len);
         match packet? {
-            // TLS is not configured (its own issue): decline, as PostgreSQL
-            // does without ssl = on; the client may go on in plaintext.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if client.stream.is_tls() => {
+                return Err(ClientError::Protocol(
+                    "an encryption request on an encrypted connection".into(),
+                ));
+            }
+            request @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
                 // The client must wait for the answer: anything sent
                 // ahead of it would be read as if it had come over the
                 // encrypted channel (PostgreSQL refuses it too, since the
@@ -39,13 +65,53 @@ pub(super) async fn handshake(client: &mut ClientConn) -> Result<First, ClientEr
                         "received unencrypted data after an encryption request".into(),
                     ));
                 }
-                client.stream.write_all(b"N").await.map_err(early_eof)?;
+                match (request, tls) {
+                    (StartupPacket::SslRequest, Some(tls)) => {
+                        client.stream.write_all(b"S").await.map_err(early_eof)?;
+                        client.stream.flush().await.map_err(early_eof)?;
+                        start_tls(client, tls, &[], false).await?;
+                    }
+                    // GSSAPI is not offered; TLS is not configured.
+                    _ => client.stream.write_all(b"N").await.map_err(early_eof)?,
+                }
             }
             StartupPacket::Cancel(key) => return Ok(First::Cancel(key)),
+            StartupPacket::Startup(_)
+                if tls.is_some_and(|t| t.require) && !client.stream.is_tls() =>
+            {
+                return Err(ClientError::TlsRequired);
+            }
             StartupPacket::Startup(s) => return Ok(First::Startup(s)),
         }
     }
     Err(ClientError::Protocol("too many encryption requests".into()))
+}
+
+/// The TLS handshake, with the certificate the client's server name
+/// selects. A direct connection must name PostgreSQL by ALPN (as
+/// PostgreSQL 17 requires, so a TLS connection meant for another
+/// protocol is never taken for one of ours); after an SSLRequest, ALPN
+/// is optional, but if offered must name PostgreSQL (rustls refuses the
+/// handshake otherwise).
+async fn start_tls(
+    client: &mut ClientConn,
+    tls: &ServerTls,
+    prefix: &[u8],
+    direct: bool,
+) -> Result<(), ClientError> {
+    let mut refused = None;
+    let choose = |hello: &ClientHello<'_>| {
+        let named = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::tls::ALPN_POSTGRESQL));
+        if direct && !named {
+            refused = Some("a direct TLS connection that did not offer ALPN \"postgresql\"");
+            return Err(std::io::Error::other("no ALPN"));
+        }
+        Ok(Arc::clone(&tls.choose(hello.server_name()).postgres))
+    };
+    let done = client.stream.accept_tls(prefix, choose).await;
+    done.map_err(|e| ClientError::Tls(refused.map_or_else(|| e.to_string(), str::to_string)))
 }
 
 pub(super) fn early_eof(e: std::io::Error) -> ClientError {

@@ -278,6 +278,9 @@ pub struct TlsConfig {
     /// The oldest TLS version accepted: "1.2" (the default) or "1.3".
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Refuse clients that do not encrypt (28000, before any password).
+    #[serde(default)]
+    pub require: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

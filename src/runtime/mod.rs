@@ -11,6 +11,7 @@
 //! session a task of it, and batches a turn's small sends into one
 //! `io_uring_enter` (`batch`, `sends`) where the kernel allows it.
 //! What the rest of the crate may name: `net::{Socket, Listener}`,
+//! `stream::{Stream, Transport}` (a connection plain or TLS),
 //! `time`, [`spawn_local`], [`block_on`], [`worker_main`],
 //! [`current_worker`], [`Direction`], [`LoopOptions`]; nothing else here
 //! (no epoll, io_uring or fd) leaks out.
@@ -29,7 +30,11 @@ pub mod net;
 mod sends;
 #[cfg(test)]
 mod sends_tests;
+pub mod stream;
+#[cfg(test)]
+mod stream_tests;
 pub mod time;
+mod tls_socket;
 mod worker_rt;
 
 pub use batch::BATCH_MAX;

@@ -167,6 +167,11 @@ impl Socket {
         self.io.get_ref().peer_addr()
     }
 
+    /// Shuts the write side (after the caller sent what it queued).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.io.get_ref().shutdown(std::net::Shutdown::Write)
+    }
+
     /// Ready once the reactor reported readiness not yet used up;
     /// otherwise the task waits for it. A backlog left by the batch is
     /// sent meanwhile (the task also waits for write readiness for it).
@@ -293,6 +298,13 @@ impl Socket {
         }
     }
 
+    /// Sends what the socket has queued for the batch now, and waits for
+    /// any backlog (`AsyncWrite::poll_flush`).
+    pub fn poll_flush_now(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.sends.flush_queued();
+        self.poll_settle(cx)
+    }
+
     /// Before the socket goes to another session or worker (a pooled
     /// server connection): sends what it has queued; false if bytes or an
     /// error are left, and it must not be reused.
@@ -358,13 +370,12 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.sends.flush_queued();
-        Socket::poll_settle(&self, cx)
+        self.poll_flush_now(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
+        Poll::Ready(self.shutdown_write())
     }
 }
 

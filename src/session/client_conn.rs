@@ -3,7 +3,7 @@
 //! writes to the client. The login side adds its readers in
 //! `client::conn`.
 
-use crate::runtime::net::Socket;
+use crate::runtime::stream::Stream;
 use crate::session::pump::Flow;
 use bytes::BytesMut;
 use std::io;
@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 /// A connected client.
 pub struct ClientConn {
-    pub stream: Socket,
+    pub stream: Stream,
     /// Client → server direction of the pump; also where startup-phase
     /// reads land.
     pub flow: Flow,
@@ -20,7 +20,7 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(stream: Socket, max_message: usize) -> ClientConn {
+    pub fn new(stream: Stream, max_message: usize) -> ClientConn {
         ClientConn {
             stream,
             flow: Flow::new(max_message),

@@ -110,6 +110,14 @@ pub enum ClientError {
     /// (`auth_failure_limit`): refused without an exchange.
     #[error("too many failed logins for {who} from this address; try again in {retry_secs} s")]
     LoginBanned { who: String, retry_secs: u64 },
+    /// `tls.require`: a client that did not encrypt, refused before any
+    /// password could cross in clear.
+    #[error("TLS is required: connect with sslmode=require or stronger")]
+    TlsRequired,
+    /// The TLS handshake failed (the client is told nothing more: it
+    /// expects TLS records, not a message).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// An admin console login failed (unknown name or wrong password).
     #[error("password authentication failed for admin user \"{0}\"")]
     AdminAuthFailed(String),
@@ -139,7 +147,10 @@ impl ClientError {
             ClientError::AuthFailed { .. }
             | ClientError::OperatorAuthFailed { .. }
             | ClientError::AdminAuthFailed(_) => SqlState::INVALID_PASSWORD,
-            ClientError::LoginBanned { .. } => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            ClientError::LoginBanned { .. } | ClientError::TlsRequired => {
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            ClientError::Tls(_) => SqlState::PROTOCOL_VIOLATION,
             ClientError::Suspended(_) => {
                 SqlState::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION
             }
@@ -185,7 +196,9 @@ impl ClientError {
             ClientError::AuthFailed { .. }
             | ClientError::OperatorAuthFailed { .. }
             | ClientError::AdminAuthFailed(_)
-            | ClientError::LoginBanned { .. } => ErrorKind::Auth,
+            | ClientError::LoginBanned { .. }
+            | ClientError::TlsRequired => ErrorKind::Auth,
+            ClientError::Tls(_) => ErrorKind::Protocol,
             // A suspended tenant's login is refused by policy, like a
             // full one.
             ClientError::Suspended(_)
@@ -252,6 +265,8 @@ impl ClientError {
             | ClientError::OperatorAuthFailed { .. }
             | ClientError::AdminAuthFailed(_) => "auth",
             ClientError::LoginBanned { .. } => "auth_banned",
+            ClientError::TlsRequired => "tls_required",
+            ClientError::Tls(_) => "tls",
             ClientError::Suspended(_) | ClientError::SuspendedSession(_) => "suspended",
             ClientError::Killed(_) => "killed",
             ClientError::PauseTimeout(_) => "pause_timeout",

@@ -4,8 +4,7 @@
 //! ends, then give the connection back clean or close it.
 //!
 //! Modules: `transaction` (one request's lease, checkout to release),
-//! `pump` (the forwarding hot path) and `sockio` (its socket
-//! calls), `txn` (what the pump tracks while frames go by), `lease`
+//! `pump` (the forwarding hot path, over `runtime::stream`), `txn` (what the pump tracks while frames go by), `lease`
 //! (checkout and settings sync) with `params` (settings that follow the
 //! client), `pinning` (session state that ties a client to a connection),
 //! `recover` (making a connection clean), `context` (the tenant context
@@ -40,7 +39,6 @@ mod probe;
 pub mod pump;
 pub mod recover;
 pub mod replies;
-pub mod sockio;
 mod spare_buffers;
 pub mod statements;
 mod transaction;

@@ -21,10 +21,9 @@
 //! the future (e.g. when a shutdown branch of a `select!` wins) loses
 //! nothing; polling again resumes where it stopped.
 
-use super::sockio::recv_into;
 use super::txn::{ClientSink, Halt, ServerSink, TxnState};
 use crate::protocol::{FrameError, FrameScanner, HEADER_LEN};
-use crate::runtime::net::Socket;
+use crate::runtime::stream::Transport;
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::io;
@@ -189,7 +188,11 @@ impl Flow {
     /// The event loop has no cooperative budget; fairness comes from here:
     /// after `READS_IN_A_ROW` reads that found data, the task yields once
     /// to the worker's other sessions.
-    pub fn poll_fill(&mut self, cx: &mut Context<'_>, src: &mut Socket) -> Poll<io::Result<usize>> {
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut impl Transport,
+    ) -> Poll<io::Result<usize>> {
         if self.reads_in_a_row >= READS_IN_A_ROW {
             self.reads_in_a_row = 0;
             cx.waker().wake_by_ref();
@@ -221,7 +224,7 @@ impl Flow {
             // Readiness first, then the buffer: a flow that waits holds
             // none (see `park`).
             self.make_room();
-            match recv_into(src, &mut self.buf) {
+            match src.recv_into(&mut self.buf) {
                 Ok(n) => {
                     self.reads_in_a_row += 1;
                     self.bytes_read += n as u64;
@@ -314,9 +317,9 @@ const READS_IN_A_ROW: u32 = 32;
 /// Runs both directions until one of them has something to report.
 /// `Flow::poll_fill` yields for fairness.
 pub async fn pump(
-    client: &mut Socket,
+    client: &mut impl Transport,
     client_flow: &mut Flow,
-    server: &mut Socket,
+    server: &mut impl Transport,
     server_flow: &mut Flow,
     state: &mut TxnState,
 ) -> PumpExit {
@@ -362,8 +365,8 @@ pub async fn pump(
 /// (Pending) or something must be reported (Ready).
 fn poll_direction(
     cx: &mut Context<'_>,
-    src: &mut Socket,
-    dst: &mut Socket,
+    src: &mut impl Transport,
+    dst: &mut impl Transport,
     flow: &mut Flow,
     state: &mut TxnState,
     side: Side,

@@ -9,7 +9,7 @@ use super::pump::Flow;
 use super::replies::{Mode, Replies, Reply, Undo};
 use crate::protocol::error::write_error;
 use crate::protocol::{HEADER_LEN, Severity, SqlState, codec};
-use crate::runtime::net::Socket;
+use crate::runtime::stream::Stream;
 use crate::session::error::ClientError;
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -114,7 +114,7 @@ pub struct Rewriter<'a> {
 }
 
 /// Reads the rest of the frame at the front of `flow.buf` if needed.
-pub async fn read_whole_frame(client: &mut Socket, flow: &mut Flow) -> Result<usize, ClientError> {
+pub async fn read_whole_frame(client: &mut Stream, flow: &mut Flow) -> Result<usize, ClientError> {
     let max = flow.scanner.max_len();
     loop {
         if let Some(h) =

@@ -1,11 +1,8 @@
 //! TLS on the server side (`[tls]`): the certificates pgtenant presents,
-//! chosen by SNI, and the rustls configuration built from them. One
-//! crypto provider is compiled in (ring). Reloadable: a reload builds a
-//! new set and swaps it in; handshakes under way keep the one they
-//! started with, and no connection is dropped.
-//!
-//! Clients do not get TLS yet (SSLRequest is still answered `N`); the
-//! admin HTTP endpoint is the first user.
+//! chosen by SNI, and a rustls configuration for each. One crypto
+//! provider is compiled in (ring). A reload loads the files again into a
+//! new [`ServerTls`] in the new snapshot; handshakes under way, and
+//! connections already encrypted, keep what they started with.
 
 mod certs;
 mod resolver;
@@ -13,7 +10,6 @@ mod resolver;
 mod tests;
 
 use crate::config::{TlsConfig, TlsVersion};
-use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -35,47 +31,102 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The certificates of `tls` (paths relative to `base`), loaded and
-/// checked: each key matches its certificate.
-pub fn load_certificates(tls: &TlsConfig, base: &Path) -> Result<SniResolver, String> {
-    let provider = provider();
-    let default = certs::load(&base.join(&tls.cert), &base.join(&tls.key), &provider)?;
-    let others = tls
-        .certificates
-        .iter()
-        .map(|c| {
-            certs::load(&base.join(&c.cert), &base.join(&c.key), &provider)
-                .map(|l| (l.key, l.names))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SniResolver::new((default.key, default.names), others))
-}
-
-/// The certificates in use, swapped whole on reload.
+/// A certificate ready to serve: the key rustls signs with, a server
+/// configuration presenting it alone, and its `tls-server-end-point`
+/// hash (RFC 5929) for SCRAM channel binding.
 #[derive(Debug)]
-pub struct Certificates(ArcSwap<SniResolver>);
+pub struct Served {
+    pub key: Arc<CertifiedKey>,
+    /// For PostgreSQL clients: ALPN `postgresql` (a client offering
+    /// another protocol is refused, as PostgreSQL 17 does).
+    pub postgres: Arc<ServerConfig>,
+    /// None where the certificate's signature hash is not one channel
+    /// binding defines (Ed25519, RSA-PSS; PostgreSQL offers no binding
+    /// for those either).
+    pub end_point: Option<Box<[u8]>>,
+}
 
-impl Certificates {
-    pub fn new(resolver: SniResolver) -> Arc<Certificates> {
-        Arc::new(Certificates(ArcSwap::from_pointee(resolver)))
+/// The ALPN protocol PostgreSQL clients name (PostgreSQL 17).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Client TLS as configured: the certificates by server name, and
+/// whether plaintext clients are refused.
+#[derive(Debug)]
+pub struct ServerTls {
+    certs: SniResolver,
+    pub require: bool,
+}
+
+impl ServerTls {
+    /// The certificates of `tls` (paths relative to `base`), loaded and
+    /// checked: each key matches its certificate.
+    pub fn load(tls: &TlsConfig, base: &Path) -> Result<ServerTls, String> {
+        let provider = provider();
+        let serve = |files: (&Path, &Path)| -> Result<(Arc<Served>, Vec<String>), String> {
+            let loaded = certs::load(&base.join(files.0), &base.join(files.1), &provider)?;
+            let single = Arc::new(Single(Arc::clone(&loaded.key)));
+            let postgres = server_config(single, tls.min_version, &[ALPN_POSTGRESQL])?;
+            let served = Served {
+                key: loaded.key,
+                postgres,
+                end_point: loaded.end_point,
+            };
+            Ok((Arc::new(served), loaded.names))
+        };
+        let default = serve((&tls.cert, &tls.key))?;
+        let others = tls
+            .certificates
+            .iter()
+            .map(|c| serve((&c.cert, &c.key)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ServerTls {
+            certs: SniResolver::new(default, others),
+            require: tls.require,
+        })
     }
 
-    /// Replaces the set; handshakes from now on use it.
-    pub fn replace(&self, resolver: SniResolver) {
-        self.0.store(Arc::new(resolver));
+    /// The certificate for server name `sni` (None: the client sent none).
+    pub fn choose(&self, sni: Option<&str>) -> &Arc<Served> {
+        self.certs.choose(sni)
+    }
+
+    /// A configuration over every certificate, chosen by SNI, offering
+    /// `alpn` (the admin endpoint's HTTPS).
+    pub fn any_certificate(
+        self: &Arc<Self>,
+        min_version: TlsVersion,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, String> {
+        server_config(Arc::new(BySni(Arc::clone(self))), min_version, alpn)
     }
 }
 
-impl ResolvesServerCert for Certificates {
+/// One certificate whatever the client asks.
+#[derive(Debug)]
+struct Single(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Single {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// The certificate the client's server name selects.
+#[derive(Debug)]
+struct BySni(Arc<ServerTls>);
+
+impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(self.0.load().choose(hello.server_name())))
+        Some(Arc::clone(&self.0.choose(hello.server_name()).key))
     }
 }
 
 /// A rustls server configuration over `certs`, with TLS 1.2 and 1.3 or
-/// 1.3 only, and `alpn` offered (empty: none).
-pub fn server_config(
-    certs: Arc<Certificates>,
+/// 1.3 only, and `alpn` offered (empty: none). No session tickets: the
+/// PostgreSQL drivers do not resume sessions, so they would be sent for
+/// nothing at every login.
+fn server_config(
+    certs: Arc<dyn ResolvesServerCert>,
     min_version: TlsVersion,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, String> {
@@ -89,5 +140,6 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }

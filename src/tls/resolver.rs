@@ -5,24 +5,24 @@
 //! default certificate (`[tls] cert`). A client that sends no name, or one
 //! no certificate has, gets the default: it then checks the name itself.
 
-use rustls::sign::CertifiedKey;
+use super::Served;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct SniResolver {
-    default: Arc<CertifiedKey>,
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<Served>,
+    exact: HashMap<String, Arc<Served>>,
     /// Keyed by what follows `*.`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<Served>>,
 }
 
 impl SniResolver {
     /// `default` and the others with their names; where two certificates
     /// name the same host, the one listed first keeps it.
     pub fn new(
-        default: (Arc<CertifiedKey>, Vec<String>),
-        others: Vec<(Arc<CertifiedKey>, Vec<String>)>,
+        default: (Arc<Served>, Vec<String>),
+        others: Vec<(Arc<Served>, Vec<String>)>,
     ) -> SniResolver {
         let mut r = SniResolver {
             default: Arc::clone(&default.0),
@@ -42,7 +42,7 @@ impl SniResolver {
     }
 
     /// The certificate for server name `sni` (None: no SNI).
-    pub fn choose(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+    pub fn choose(&self, sni: Option<&str>) -> &Arc<Served> {
         let Some(name) = sni.map(str::to_ascii_lowercase) else {
             return &self.default;
         };

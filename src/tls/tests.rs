@@ -6,6 +6,7 @@ use crate::config::CertFiles;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
+use sha2::Digest as _;
 
 /// Writes a certificate for `names`, signed by `ca`, and its key.
 fn issue(
@@ -119,9 +120,12 @@ fn the_certificate_follows_the_server_name() {
         key: default.key,
         certificates: vec![wild, custom],
         min_version: TlsVersion::Tls12,
+        require: false,
     };
-    let certs = Certificates::new(load_certificates(&tls, Path::new("/")).expect("load"));
-    let server = server_config(Arc::clone(&certs), TlsVersion::Tls12, &[]).expect("config");
+    let certs = Arc::new(ServerTls::load(&tls, Path::new("/")).expect("load"));
+    let server = certs
+        .any_certificate(TlsVersion::Tls12, &[])
+        .expect("config");
     for (name, want) in [
         ("acme.db.example.com", &wild_der),
         ("ACME.DB.Example.COM", &wild_der),
@@ -142,13 +146,40 @@ fn the_certificate_follows_the_server_name() {
         &custom_der
     );
 
-    // A reload swaps the set for the next handshakes.
+    // Each certificate's own configuration (the PostgreSQL listener's,
+    // chosen by the proxy from the ClientHello) presents it whatever the
+    // name, and knows its channel-binding hash.
+    for (name, want) in [
+        ("acme.db.example.com", &wild_der),
+        ("tenant.com", &custom_der),
+        ("proxy.internal", &default_der),
+    ] {
+        let chosen = certs.choose(Some(name));
+        assert_eq!(
+            &served(&chosen.postgres, "x.invalid", false).expect(name),
+            want
+        );
+        let hash = chosen
+            .end_point
+            .as_deref()
+            .expect("an ECDSA-SHA256 certificate binds");
+        assert_eq!(hash, sha2::Sha256::digest(want).as_slice(), "{name}");
+    }
+    assert!(Arc::ptr_eq(
+        certs.choose(None),
+        certs.choose(Some("nope.example"))
+    ));
+
+    // A reload loads the files again: the next handshakes get the new set.
     let (other, other_der) = issue(dir.path(), "other", &["*.db.example.com"], &ca);
     let tls2 = TlsConfig {
         certificates: vec![other],
         ..tls
     };
-    certs.replace(load_certificates(&tls2, Path::new("/")).expect("load"));
+    let reloaded = Arc::new(ServerTls::load(&tls2, Path::new("/")).expect("load"));
+    let server = reloaded
+        .any_certificate(TlsVersion::Tls12, &[])
+        .expect("config");
     assert_eq!(
         served(&server, "acme.db.example.com", false).expect("after"),
         other_der
@@ -166,9 +197,12 @@ fn tls_1_3_only_refuses_1_2_and_bad_files_are_named() {
         key: default.key.clone(),
         certificates: vec![],
         min_version: TlsVersion::Tls13,
+        require: false,
     };
-    let certs = Certificates::new(load_certificates(&tls, Path::new("/")).expect("load"));
-    let server = server_config(certs, TlsVersion::Tls13, &[]).expect("config");
+    let certs = Arc::new(ServerTls::load(&tls, Path::new("/")).expect("load"));
+    let server = certs
+        .any_certificate(TlsVersion::Tls13, &[])
+        .expect("config");
     assert!(
         served(&server, "proxy.internal", true).is_err(),
         "TLS 1.2 got in"
@@ -180,19 +214,19 @@ fn tls_1_3_only_refuses_1_2_and_bad_files_are_named() {
         key: other.key.clone(),
         ..tls.clone()
     };
-    let e = load_certificates(&mismatched, Path::new("/")).expect_err("mismatched key");
+    let e = ServerTls::load(&mismatched, Path::new("/")).expect_err("mismatched key");
     assert!(e.contains("default.crt"), "{e}");
     let missing = TlsConfig {
         cert: dir.path().join("nope.crt"),
         ..tls.clone()
     };
-    let e = load_certificates(&missing, Path::new("/")).expect_err("missing");
+    let e = ServerTls::load(&missing, Path::new("/")).expect_err("missing");
     assert!(e.contains("nope.crt"), "{e}");
     std::fs::write(dir.path().join("empty.crt"), "not pem").expect("write");
     let empty = TlsConfig {
         cert: dir.path().join("empty.crt"),
         ..tls
     };
-    let e = load_certificates(&empty, Path::new("/")).expect_err("empty");
+    let e = ServerTls::load(&empty, Path::new("/")).expect_err("empty");
     assert!(e.contains("no certificate"), "{e}");
 }

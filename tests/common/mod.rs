@@ -8,6 +8,7 @@ pub mod live;
 pub mod raw;
 pub mod seccomp;
 pub mod shared;
+pub mod tls;
 
 use pgtenant::pgcluster::{HostAuth, PgCluster};
 use std::time::Duration;

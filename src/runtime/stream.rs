@@ -1,0 +1,259 @@
+//! The stream seam: what the forwarding path, the login and recovery
+//! ask of a connection, whether it is plain TCP or TLS. The pump is
+//! written against [`Transport`]; a client's connection is a [`Stream`],
+//! either kind.
+
+use super::net::Socket;
+use super::tls_socket::TlsLayer;
+use bytes::BytesMut;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The forwarding path's view of a connection.
+pub trait Transport {
+    /// Whether reading may find something, with no syscall.
+    fn read_ready(&self) -> bool;
+    /// Ready once reading may find something; else the task's waker waits
+    /// with the socket.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Bytes into the spare capacity of `buf`: Ok(0) at the end of the
+    /// stream, WouldBlock (readiness cleared) when there are none.
+    fn recv_into(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Pending while earlier writes are not yet out (back-pressure).
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Takes what it can of `bytes`, batched with the turn's other sends
+    /// where small.
+    fn poll_send_soon(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>>;
+}
+
+impl Transport for Socket {
+    #[inline]
+    fn read_ready(&self) -> bool {
+        Socket::read_ready(self)
+    }
+
+    #[inline]
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Socket::poll_read_ready(self, cx)
+    }
+
+    /// Like tokio's `poll_read`, a read that does not fill the buffer
+    /// clears the readiness (a TCP socket gave all it had), so the next
+    /// wait registers at once instead of paying a `recv` that finds
+    /// nothing; so does a read that finds nothing after all.
+    fn recv_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len();
+        match self.recv(spare) {
+            Ok(n) => {
+                // SAFETY: `recv` initialised the first `n` bytes of the
+                // spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                if n < want {
+                    self.clear_ready(super::Direction::Read);
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.clear_ready(super::Direction::Read);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[inline]
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Socket::poll_settle(self, cx)
+    }
+
+    #[inline]
+    fn poll_send_soon(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        Socket::poll_send_soon(self, cx, bytes)
+    }
+}
+
+/// A connection, plain or encrypted: the socket, and the TLS layer over
+/// it once the client asked for one (boxed: a plain client pays one word
+/// for the choice). The layer is added in place, so nothing that holds
+/// the connection changes when it is encrypted.
+#[derive(Debug)]
+pub struct Stream {
+    sock: Socket,
+    tls: Option<Box<TlsLayer>>,
+}
+
+impl From<Socket> for Stream {
+    fn from(sock: Socket) -> Stream {
+        Stream { sock, tls: None }
+    }
+}
+
+impl Stream {
+    /// The TCP socket under it.
+    pub fn socket(&self) -> &Socket {
+        &self.sock
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS connection, if encrypted (server name, protocol version).
+    pub fn tls(&self) -> Option<&rustls::Connection> {
+        self.tls.as_deref().map(TlsLayer::connection)
+    }
+
+    /// The server name the client asked for in its TLS hello (SNI).
+    pub fn server_name(&self) -> Option<&str> {
+        match self.tls()? {
+            rustls::Connection::Server(c) => c.server_name(),
+            rustls::Connection::Client(_) => None,
+        }
+    }
+
+    /// Encrypts the stream from here on with `conn` (its handshake begun
+    /// with the bytes read so far), and runs the rest of the handshake.
+    /// Refused on a stream already encrypted.
+    pub async fn start_tls(&mut self, conn: rustls::Connection) -> io::Result<()> {
+        if self.tls.is_some() {
+            return Err(io::Error::other("the stream is already encrypted"));
+        }
+        let layer = self.tls.insert(Box::new(TlsLayer::new(conn)?));
+        layer.handshake(&self.sock).await
+    }
+
+    /// The server side of a TLS handshake: reads the ClientHello (after
+    /// `prefix`, its first bytes if already read), encrypts with the
+    /// configuration `choose` picks for it, and completes the handshake.
+    pub async fn accept_tls(
+        &mut self,
+        prefix: &[u8],
+        choose: impl FnOnce(&rustls::server::ClientHello<'_>) -> io::Result<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<()> {
+        if self.tls.is_some() {
+            return Err(io::Error::other("the stream is already encrypted"));
+        }
+        let conn = super::tls_socket::accept(&self.sock, prefix, choose).await?;
+        self.start_tls(rustls::Connection::Server(conn)).await
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.sock.set_nodelay(on)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.peer_addr()
+    }
+
+    /// Waits until reading may find something (data, EOF or an error).
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| match &self.tls {
+            None => self.sock.poll_read_ready(cx),
+            Some(t) => t.poll_read_ready(&self.sock, cx),
+        })
+        .await
+    }
+}
+
+impl Transport for Stream {
+    #[inline]
+    fn read_ready(&self) -> bool {
+        match &self.tls {
+            None => Socket::read_ready(&self.sock),
+            Some(t) => t.read_ready(&self.sock),
+        }
+    }
+
+    #[inline]
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.tls {
+            None => Socket::poll_read_ready(&self.sock, cx),
+            Some(t) => t.poll_read_ready(&self.sock, cx),
+        }
+    }
+
+    #[inline]
+    fn recv_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.recv_into(buf),
+            Some(t) => t.recv_into(&self.sock, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.tls {
+            None => Socket::poll_settle(&self.sock, cx),
+            Some(t) => t.poll_settle(&self.sock, cx),
+        }
+    }
+
+    #[inline]
+    fn poll_send_soon(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.tls {
+            None => Socket::poll_send_soon(&self.sock, cx, bytes),
+            Some(t) => t.poll_send_soon(&self.sock, cx, bytes),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(t) = &mut this.tls else {
+            return Pin::new(&mut this.sock).poll_read(cx, buf);
+        };
+        loop {
+            ready!(t.poll_read_ready(&this.sock, cx))?;
+            match t.read(&this.sock, buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            None => Pin::new(&mut this.sock).poll_write(cx, bytes),
+            Some(t) => t.poll_send_soon(&this.sock, cx, bytes),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            None => Pin::new(&mut this.sock).poll_flush(cx),
+            Some(t) => t.poll_flush(&this.sock, cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match &mut this.tls {
+            None => Pin::new(&mut this.sock).poll_shutdown(cx),
+            Some(t) => t.poll_shutdown(&this.sock, cx),
+        }
+    }
+}

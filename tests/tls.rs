@@ -1,0 +1,396 @@
+//! Client TLS (issue 20, points 1-3): SSLRequest answered `S` and a
+//! rustls handshake, PostgreSQL 17's direct TLS (ALPN `postgresql`), the
+//! certificate chosen by server name, the tenant named by it
+//! (`sni_suffix`), `tls.require`, and what an attacker can send around
+//! the handshake: plaintext smuggled behind an SSLRequest
+//! (CVE-2021-23214), a direct hello without ALPN, garbage or a stalled
+//! hello instead of a handshake. Real clients: psql (libpq) with
+//! `sslmode=verify-full`, tokio-postgres over rustls; raw sockets for
+//! the rest.
+
+mod common;
+
+use common::live::LiveProxy;
+use common::raw;
+use common::tls::{Issued, TestCa};
+use common::{TestPg, sqlstate};
+use pgtenant::pgcluster::HostAuth;
+use rustls::pki_types::ServerName;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::config::{SslMode, SslNegotiation};
+
+struct Fixture {
+    pg: TestPg,
+    ca: TestCa,
+    default: Issued,
+    wildcard: Issued,
+    dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let pg = TestPg::start(HostAuth::Trust, &["acme", "globex"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path());
+    let default = ca.issue("default", &["proxy.test"]);
+    let wildcard = ca.issue("wildcard", &["*.db.example.com"]);
+    Fixture {
+        pg,
+        ca,
+        default,
+        wildcard,
+        dir,
+    }
+}
+
+impl Fixture {
+    /// Tenants acme and globex; `[tls]` with the default and wildcard
+    /// certificates; `tls_extra` lines go into `[tls]`.
+    fn config(&self, proxy_extra: &str, tls_extra: &str) -> String {
+        format!(
+            "{}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n{tls_extra}\n",
+            self.pg.config(
+                &["acme", "globex"],
+                2,
+                &format!(
+                    "sni_suffix = \"db.example.com\"\nclient_startup_timeout = \"2s\"\n{proxy_extra}"
+                )
+            ),
+            self.default.cert.display(),
+            self.default.key.display(),
+            self.wildcard.cert.display(),
+            self.wildcard.key.display(),
+        )
+    }
+}
+
+/// psql over TLS with `args` (libpq keywords), the answer of `sql`.
+async fn psql(port: u16, conninfo: String, sql: &str) -> Result<String, String> {
+    let sql = sql.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", &sql])
+            .arg(format!("{conninfo} port={port} connect_timeout=10"))
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    })
+    .await
+    .expect("psql thread")
+}
+
+/// The leaf certificate the proxy presents after an SSLRequest to a
+/// client asking for `sni` (whether or not it is valid for that name).
+async fn served_certificate(port: u16, sni: &str) -> Vec<u8> {
+    let mut s = raw::connect(port).await;
+    raw::send(&mut s, &raw::request_code(80877103)).await;
+    assert_eq!(raw::read_byte(&mut s).await, b'S');
+    let tls = tokio_rustls::TlsConnector::from(common::tls::trusting_any())
+        .connect(ServerName::try_from(sni.to_string()).expect("name"), s)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// libpq with `sslmode=verify-full` against the test CA: the name it
+/// connects by is the tenant (`sni_suffix`), checked against the
+/// wildcard certificate; the user name carries no tenant.
+#[tokio::test]
+async fn libpq_verifies_the_certificate_and_the_server_name_names_the_tenant() {
+    let f = fixture().await;
+    let proxy = LiveProxy::start(&f.config("", "")).await;
+    let ca = f.ca.pem_path.display();
+    for tenant in ["acme", "globex"] {
+        let conninfo = format!(
+            "host={tenant}.db.example.com hostaddr=127.0.0.1 user=app password={tenant}-secret \
+             dbname=app sslmode=verify-full sslrootcert={ca}"
+        );
+        let db = psql(proxy.port, conninfo, "SELECT current_database()").await;
+        assert_eq!(db.as_deref(), Ok(format!("tenant_{tenant}").as_str()));
+    }
+    // The default certificate does not name this host: libpq refuses.
+    let wrong = format!(
+        "host=acme.other.example hostaddr=127.0.0.1 user=app.acme password=acme-secret \
+         dbname=acme sslmode=verify-full sslrootcert={ca}"
+    );
+    let e = psql(proxy.port, wrong, "SELECT 1")
+        .await
+        .expect_err("name mismatch");
+    assert!(e.contains("does not match host name"), "{e}");
+    // A server name that names one tenant and a user name naming another.
+    let mismatch = format!(
+        "host=acme.db.example.com hostaddr=127.0.0.1 user=app.globex password=globex-secret \
+         dbname=app sslmode=verify-full sslrootcert={ca}"
+    );
+    let e = psql(proxy.port, mismatch, "SELECT 1")
+        .await
+        .expect_err("two tenants");
+    assert!(e.contains("acme") && e.contains("globex"), "{e}");
+    // Plaintext still works where TLS is not required.
+    let plain =
+        "host=127.0.0.1 user=app.acme password=acme-secret dbname=acme sslmode=disable".to_string();
+    assert_eq!(
+        psql(proxy.port, plain, "SELECT 1").await.as_deref(),
+        Ok("1")
+    );
+}
+
+/// The certificate follows the server name; a reload reads the files
+/// again for the next handshakes while a connection encrypted before it
+/// goes on.
+#[tokio::test]
+async fn certificates_follow_the_name_and_reload_without_dropping_clients() {
+    let f = fixture().await;
+    let config = f.config("", "");
+    let proxy = LiveProxy::start(&config).await;
+    let port = proxy.port;
+    assert_eq!(
+        served_certificate(port, "acme.db.example.com").await,
+        f.wildcard.der
+    );
+    assert_eq!(served_certificate(port, "proxy.test").await, f.default.der);
+    assert_eq!(
+        served_certificate(port, "elsewhere.example").await,
+        f.default.der
+    );
+
+    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
+    cfg.ssl_mode(SslMode::Require);
+    let (before, conn) = cfg
+        .connect(f.ca.connector("acme.db.example.com"))
+        .await
+        .expect("TLS login");
+    tokio::spawn(conn);
+
+    // New files, then a reload.
+    let renewed = f.ca.issue("wildcard", &["*.db.example.com"]);
+    assert_ne!(renewed.der, f.wildcard.der);
+    proxy.reload(&config).await.expect("reload");
+    assert_eq!(
+        served_certificate(port, "acme.db.example.com").await,
+        renewed.der
+    );
+    let row = before
+        .query_one("SELECT 41 + 1", &[])
+        .await
+        .expect("old connection");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    drop(f.dir);
+}
+
+/// tokio-postgres over rustls, negotiated by SSLRequest and directly
+/// (ALPN `postgresql`, no SSLRequest); the tenant from the server name.
+/// A large result crosses intact (records batched, back-pressure).
+#[tokio::test]
+async fn tokio_postgres_negotiated_and_direct() {
+    let f = fixture().await;
+    let proxy = LiveProxy::start(&f.config("", "")).await;
+    for negotiation in [SslNegotiation::Postgres, SslNegotiation::Direct] {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(proxy.port)
+            .user("app")
+            .password("globex-secret")
+            .dbname("app")
+            .ssl_mode(SslMode::Require)
+            .ssl_negotiation(negotiation)
+            .connect_timeout(Duration::from_secs(10));
+        let (client, conn) = cfg
+            .connect(f.ca.connector("globex.db.example.com"))
+            .await
+            .unwrap_or_else(|e| panic!("{negotiation:?}: {e}"));
+        tokio::spawn(conn);
+        let db: String = client
+            .query_one("SELECT current_database()", &[])
+            .await
+            .expect("query")
+            .get(0);
+        assert_eq!(db, "tenant_globex", "{negotiation:?}");
+        // About 6.4 MB in one row, hashed on both sides.
+        let row = client
+            .query_one(
+                "SELECT s, md5(s) FROM (SELECT string_agg(md5(i::text), '') AS s \
+                 FROM generate_series(1, 200000) i) t",
+                &[],
+            )
+            .await
+            .expect("large row");
+        let (s, sum): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(s.len(), 6_400_000);
+        // And back the other way: the server hashes what it gets.
+        let back: String = client
+            .query_one("SELECT md5($1::text)", &[&s])
+            .await
+            .expect("large parameter")
+            .get(0);
+        assert_eq!(back, sum, "{negotiation:?}");
+        // Pipelined statements on one connection.
+        let numbers: Vec<i32> = (0..50).collect();
+        let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+            numbers.iter().map(|i| [i as _]).collect();
+        let queries = params
+            .iter()
+            .map(|p| client.query_one("SELECT $1::int + 1", p));
+        let got = futures_util::future::try_join_all(queries)
+            .await
+            .expect("pipelined");
+        let sums: Vec<i32> = got.iter().map(|r| r.get(0)).collect();
+        assert_eq!(sums, (1..=50).collect::<Vec<i32>>());
+    }
+}
+
+/// Plaintext sent behind an SSLRequest, before the answer, would be
+/// taken as if it had come over TLS (CVE-2021-23214): refused, with no
+/// `S`. An encryption request once encrypted, garbage instead of a hello,
+/// a hello cut short, and a direct hello without ALPN are refused too,
+/// and the proxy goes on serving.
+#[tokio::test]
+async fn what_an_attacker_sends_around_the_handshake_is_refused() {
+    let f = fixture().await;
+    let proxy = LiveProxy::start(&f.config("", "")).await;
+    let port = proxy.port;
+
+    // SSLRequest and a StartupMessage in one write.
+    let mut s = raw::connect(port).await;
+    let mut smuggled = raw::request_code(80877103);
+    smuggled.extend(raw::startup(
+        3,
+        0,
+        &[("user", "app.acme"), ("database", "acme")],
+    ));
+    raw::send(&mut s, &smuggled).await;
+    let first = raw::read_byte(&mut s).await;
+    assert_eq!(first, b'E', "an error, never S");
+
+    // Garbage where the hello should be.
+    let mut s = raw::connect(port).await;
+    raw::send(&mut s, &raw::request_code(80877103)).await;
+    assert_eq!(raw::read_byte(&mut s).await, b'S');
+    raw::send(&mut s, b"\x16\x03\x01\x00\x05hello, not TLS at all").await;
+    assert_closed(&mut s).await;
+
+    // Half a hello, then nothing: closed by the startup timeout (2 s).
+    let mut s = raw::connect(port).await;
+    raw::send(&mut s, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+    let started = std::time::Instant::now();
+    assert_closed(&mut s).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A direct hello without ALPN: no handshake.
+    let tcp = raw::connect(port).await;
+    let no_alpn = tokio_rustls::TlsConnector::from(f.ca.client_config(false))
+        .connect(
+            ServerName::try_from("acme.db.example.com").expect("name"),
+            tcp,
+        )
+        .await;
+    match no_alpn {
+        Err(_) => {}
+        // TLS 1.3: the client may finish before it reads the refusal.
+        Ok(mut tls) => {
+            let mut b = [0u8; 1];
+            let read = tls.read(&mut b).await;
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
+    }
+
+    // An SSLRequest inside TLS.
+    let tcp = raw::connect(port).await;
+    let mut tls = tokio_rustls::TlsConnector::from(f.ca.client_config(true))
+        .connect(
+            ServerName::try_from("acme.db.example.com").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("direct handshake");
+    tls.write_all(&raw::request_code(80877103))
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+
+    // GSSAPI is not offered.
+    let mut s = raw::connect(port).await;
+    raw::send(&mut s, &raw::request_code(80877104)).await;
+    assert_eq!(raw::read_byte(&mut s).await, b'N');
+
+    // Everyone else is served.
+    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
+    cfg.ssl_mode(SslMode::Require);
+    let (client, conn) = cfg
+        .connect(f.ca.connector("acme.db.example.com"))
+        .await
+        .expect("TLS login after the attacks");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.expect("query");
+}
+
+/// `tls.require`: a plaintext login is refused (28000) before any
+/// password is asked for; cancel requests, which carry no credential,
+/// still come in plaintext; TLS clients log in.
+#[tokio::test]
+async fn require_refuses_plaintext_logins() {
+    let f = fixture().await;
+    let proxy = LiveProxy::start(&f.config("", "require = true")).await;
+    let e = proxy.try_connect("acme").await.expect_err("plaintext");
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    let message = e.as_db_error().map(|d| d.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("TLS is required")),
+        "{message:?}"
+    );
+
+    // Refused at once, without an authentication request.
+    let mut s = raw::connect(proxy.port).await;
+    raw::send(
+        &mut s,
+        &raw::startup(3, 0, &[("user", "app.acme"), ("database", "acme")]),
+    )
+    .await;
+    let m = raw::expect_msg(&mut s, "the refusal").await;
+    assert_eq!((m.tag, m.code()), (b'E', "28000".to_string()));
+
+    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
+    cfg.ssl_mode(SslMode::Require);
+    let (client, conn) = cfg
+        .connect(f.ca.connector("proxy.test"))
+        .await
+        .expect("TLS login");
+    tokio::spawn(conn);
+    client.simple_query("SELECT 1").await.expect("query");
+    // A cancel request carries no credential: taken in plaintext (and,
+    // as PostgreSQL does, answered by closing, with no error).
+    let mut s = raw::connect(proxy.port).await;
+    let mut cancel = 16i32.to_be_bytes().to_vec();
+    cancel.extend(80877102i32.to_be_bytes());
+    cancel.extend(1234i32.to_be_bytes());
+    cancel.extend(5678i32.to_be_bytes());
+    raw::send(&mut s, &cancel).await;
+    let got = raw::read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.is_empty(), "{got:?}");
+}
+
+async fn assert_closed(s: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 256];
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the proxy kept the connection open");
+}
