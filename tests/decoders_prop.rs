@@ -505,14 +505,22 @@ proptest! {
         proof in prop::collection::vec(any::<u8>(), 0..40),
         use_real_nonce in any::<bool>(),
         cbind in prop::sample::select(vec!["biws", "eSws", "", "!!"]),
+        offered in 0..3u8,
     ) {
-        let Ok((exchange, server_first)) = scram::server_first(&VERIFIER, &first, &server_nonce)
+        // Plaintext, TLS with plain SCRAM chosen, TLS with PLUS chosen.
+        let end_point = [9u8; 32];
+        let binding = match offered {
+            0 => scram::Binding::Unavailable,
+            n => scram::Binding::Offered { end_point: &end_point, plus: n == 2 },
+        };
+        let Ok((exchange, server_first)) =
+            scram::server_first(&VERIFIER, &first, &server_nonce, binding)
         else {
             return Ok(());
         };
         prop_assert!(server_first.starts_with("r="));
         // Arbitrary bytes as the client-final message.
-        let (exchange2, _) = scram::server_first(&VERIFIER, &first, &server_nonce)
+        let (exchange2, _) = scram::server_first(&VERIFIER, &first, &server_nonce, binding)
             .expect("deterministic");
         prop_assert!(exchange2.finish(&finals).is_err());
         // A well-formed client-final with a random proof.

@@ -147,9 +147,14 @@ placements = ["shared"]
         // Same salt and iterations as the real verifier: the server-first
         // message cannot tell them apart.
         let first = |v: &Verifier| {
-            crate::credentials::scram::server_first(v, b"n,,n=,r=abc", "xyz")
-                .expect("server-first")
-                .1
+            crate::credentials::scram::server_first(
+                v,
+                b"n,,n=,r=abc",
+                "xyz",
+                crate::credentials::scram::Binding::Unavailable,
+            )
+            .expect("server-first")
+            .1
         };
         assert_eq!(first(allowed.verifier()), first(unlisted.verifier()));
         let unknown = catalog.operator_check("nobody", "shared");

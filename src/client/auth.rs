@@ -5,7 +5,7 @@
 //! and no proof logs in as a user that does not exist.
 
 use crate::catalog::{Catalog, TenantEntry};
-use crate::credentials::scram::{self, ScramError, Verifier};
+use crate::credentials::scram::{self, Binding, ScramError, Verifier};
 use crate::protocol::messages;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
@@ -36,7 +36,11 @@ pub async fn exchange(
     verifier: &Verifier,
     fail: impl FnOnce() -> ClientError,
 ) -> Result<(), ClientError> {
-    messages::auth_sasl(&mut client.out);
+    // Channel binding is offered over TLS where the certificate has an
+    // end-point hash: the binding data is copied out, since the reads
+    // below need the connection.
+    let end_point = client.stream.channel_binding().map(<[u8]>::to_vec);
+    messages::auth_sasl(&mut client.out, end_point.is_some());
     client.flush_out().await.map_err(io_lost)?;
 
     let (tag, body) = client.read_auth_frame(MAX_AUTH_MESSAGE).await?;
@@ -47,14 +51,25 @@ pub async fn exchange(
         )));
     }
     let (mechanism, data) = parse_initial_response(&body)?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(ClientError::Protocol(format!(
-            "SASL mechanism {mechanism:?} is not offered"
-        )));
-    }
+    let binding = match (mechanism, end_point.as_deref()) {
+        ("SCRAM-SHA-256", None) => Binding::Unavailable,
+        ("SCRAM-SHA-256", Some(end_point)) => Binding::Offered {
+            end_point,
+            plus: false,
+        },
+        ("SCRAM-SHA-256-PLUS", Some(end_point)) => Binding::Offered {
+            end_point,
+            plus: true,
+        },
+        _ => {
+            return Err(ClientError::Protocol(format!(
+                "SASL mechanism {mechanism:?} is not offered"
+            )));
+        }
+    };
     let nonce = server_nonce();
     let (exchange, server_first) =
-        scram::server_first(verifier, data, &nonce).map_err(scram_err)?;
+        scram::server_first(verifier, data, &nonce, binding).map_err(scram_err)?;
     messages::auth_sasl_continue(&mut client.out, server_first.as_bytes());
     client.flush_out().await.map_err(io_lost)?;
 

@@ -108,7 +108,8 @@ async fn start_tls(
             refused = Some("a direct TLS connection that did not offer ALPN \"postgresql\"");
             return Err(std::io::Error::other("no ALPN"));
         }
-        Ok(Arc::clone(&tls.choose(hello.server_name()).postgres))
+        let served = tls.choose(hello.server_name());
+        Ok((Arc::clone(&served.postgres), served.end_point.clone()))
     };
     let done = client.stream.accept_tls(prefix, choose).await;
     done.map_err(|e| ClientError::Tls(refused.map_or_else(|| e.to_string(), str::to_string)))

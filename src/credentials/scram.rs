@@ -41,9 +41,11 @@ pub enum ScramError {
     /// The client broke the SASL exchange.
     #[error("malformed SCRAM message: {0}")]
     Protocol(&'static str),
-    /// The client asked for channel binding, which is not offered.
-    #[error("channel binding is not supported")]
-    ChannelBinding,
+    /// The client's channel-binding choice does not fit what was
+    /// offered: binding asked for where none is offered, or refused (or
+    /// claimed unsupported) where it is, which is how a downgrade looks.
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBinding(&'static str),
     /// Wrong password (or an unknown user's mock exchange).
     #[error("invalid proof")]
     BadProof,
@@ -166,8 +168,20 @@ pub struct ScramExchange {
     /// `client-first-bare "," server-first-message ","`, the start of the
     /// AuthMessage.
     auth_prefix: String,
-    gs2_header: String,
+    /// What the client-final's `c=` must decode to: the GS2 header, and
+    /// the channel binding data if the client bound.
+    cbind_input: Vec<u8>,
     nonce: String,
+}
+
+/// Channel binding as the server offers it for one exchange.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// Not offered: plaintext, or a certificate with no end-point hash.
+    Unavailable,
+    /// `tls-server-end-point` offered (SCRAM-SHA-256-PLUS listed);
+    /// `plus`: the mechanism the client chose is the PLUS one.
+    Offered { end_point: &'a [u8], plus: bool },
 }
 
 /// Handles the client-first message; returns the exchange and the
@@ -176,17 +190,45 @@ pub fn server_first(
     verifier: &Verifier,
     client_first: &[u8],
     server_nonce: &str,
+    binding: Binding<'_>,
 ) -> Result<(ScramExchange, String), ScramError> {
     let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Protocol("not UTF-8"))?;
     // gs2-header: cbind-flag "," [authzid] ","
     let (flag, rest) = msg
         .split_once(',')
         .ok_or(ScramError::Protocol("no GS2 header"))?;
-    match flag {
-        "n" | "y" => {}
-        f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+    // RFC 5802 section 6, as PostgreSQL applies it.
+    let bound = match (flag, binding) {
+        ("n", Binding::Offered { plus: true, .. }) => {
+            return Err(ScramError::ChannelBinding(
+                "the client chose SCRAM-SHA-256-PLUS but sent no binding",
+            ));
+        }
+        ("n", _) | ("y", Binding::Unavailable) => None,
+        ("y", Binding::Offered { .. }) => {
+            return Err(ScramError::ChannelBinding(
+                "the client supports channel binding and thinks the server does not",
+            ));
+        }
+        (
+            "p=tls-server-end-point",
+            Binding::Offered {
+                end_point,
+                plus: true,
+            },
+        ) => Some(end_point),
+        ("p=tls-server-end-point", _) => {
+            return Err(ScramError::ChannelBinding(
+                "binding asked for without SCRAM-SHA-256-PLUS offered and chosen",
+            ));
+        }
+        (f, _) if f.starts_with("p=") => {
+            return Err(ScramError::ChannelBinding(
+                "unsupported channel binding type",
+            ));
+        }
         _ => return Err(ScramError::Protocol("bad channel-binding flag")),
-    }
+    };
     let (authzid, bare) = rest
         .split_once(',')
         .ok_or(ScramError::Protocol("no GS2 header"))?;
@@ -214,10 +256,12 @@ pub fn server_first(
         B64.encode(&verifier.salt),
         verifier.iterations
     );
+    let mut cbind_input = gs2_header.as_bytes().to_vec();
+    cbind_input.extend_from_slice(bound.unwrap_or_default());
     let exchange = ScramExchange {
         verifier: verifier.clone(),
         auth_prefix: format!("{bare},{server_first},"),
-        gs2_header: gs2_header.to_string(),
+        cbind_input,
         nonce,
     };
     Ok((exchange, server_first))
@@ -240,8 +284,12 @@ impl ScramExchange {
         let cbind = B64
             .decode(cbind)
             .map_err(|_| ScramError::Protocol("bad channel binding"))?;
-        if cbind != self.gs2_header.as_bytes() {
-            return Err(ScramError::Protocol("channel binding mismatch"));
+        // Constant time: the binding is public, but the comparison costs
+        // nothing more this way.
+        if !bool::from(cbind.ct_eq(&self.cbind_input)) {
+            return Err(ScramError::ChannelBinding(
+                "the channel binding does not match this connection's certificate",
+            ));
         }
         let nonce = attrs
             .next()
@@ -292,9 +340,16 @@ mod tests {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     fn run(password_client: &str, verifier: &Verifier) -> Result<(), ScramError> {
-        let mut client =
-            ScramSha256::new(password_client.as_bytes(), ChannelBinding::unsupported());
-        let (ex, server_first) = server_first(verifier, client.message(), "SERVERNONCE")?;
+        let client = ScramSha256::new(password_client.as_bytes(), ChannelBinding::unsupported());
+        run_bound(client, verifier, Binding::Unavailable)
+    }
+
+    fn run_bound(
+        mut client: ScramSha256,
+        verifier: &Verifier,
+        binding: Binding<'_>,
+    ) -> Result<(), ScramError> {
+        let (ex, server_first) = server_first(verifier, client.message(), "SERVERNONCE", binding)?;
         client
             .update(server_first.as_bytes())
             .map_err(|_| ScramError::Protocol("client rejected server-first"))?;
@@ -374,13 +429,69 @@ mod tests {
             b"n,,n=,r=",
             b"n,,n=,q=abc",
         ] {
-            assert!(server_first(&v, bad, "S").is_err(), "{bad:?}");
+            assert!(
+                server_first(&v, bad, "S", Binding::Unavailable).is_err(),
+                "{bad:?}"
+            );
         }
-        assert_eq!(
-            server_first(&v, b"p=tls-server-end-point,,n=,r=abc", "S").err(),
-            Some(ScramError::ChannelBinding)
-        );
-        let (ex, _) = server_first(&v, b"n,,n=,r=abc", "S").expect("valid");
+        assert!(matches!(
+            server_first(
+                &v,
+                b"p=tls-server-end-point,,n=,r=abc",
+                "S",
+                Binding::Unavailable
+            ),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        let (ex, _) = server_first(&v, b"n,,n=,r=abc", "S", Binding::Unavailable).expect("valid");
         assert!(ex.finish(b"c=biws,r=abcS").is_err());
+    }
+
+    /// SCRAM-SHA-256-PLUS against the postgres-protocol client: the
+    /// binding of this connection's certificate logs in; another
+    /// certificate's (a man in the middle's) does not, even with the
+    /// right password; a client that could bind but says the server
+    /// cannot (`y`) while PLUS is offered is a downgrade, refused.
+    #[test]
+    fn channel_binding_binds_the_exchange_to_the_certificate() {
+        let v = Verifier::from_password("pw", &SALT);
+        let ours = [7u8; 32];
+        let plus = Binding::Offered {
+            end_point: &ours,
+            plus: true,
+        };
+        let bound = |data: &[u8]| {
+            ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(data.to_vec()))
+        };
+        assert_eq!(run_bound(bound(&ours), &v, plus), Ok(()));
+        assert!(matches!(
+            run_bound(bound(&[8u8; 32]), &v, plus),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // Binding asked for, PLUS not chosen or not offered.
+        let not_plus = Binding::Offered {
+            end_point: &ours,
+            plus: false,
+        };
+        assert!(matches!(
+            run_bound(bound(&ours), &v, not_plus),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        // "y" where binding is offered: a downgrade.
+        let unrequested = ScramSha256::new(b"pw", ChannelBinding::unrequested());
+        assert!(matches!(
+            run_bound(unrequested, &v, not_plus),
+            Err(ScramError::ChannelBinding(_))
+        ));
+        let unrequested = ScramSha256::new(b"pw", ChannelBinding::unrequested());
+        assert_eq!(run_bound(unrequested, &v, Binding::Unavailable), Ok(()));
+        // "n" (no binding support) with plain SCRAM-SHA-256 over TLS.
+        let unsupported = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        assert_eq!(run_bound(unsupported, &v, not_plus), Ok(()));
+        let unsupported = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        assert!(run_bound(unsupported, &v, plus).is_err());
+        // The right binding does not save a wrong password.
+        let wrong = ScramSha256::new(b"no", ChannelBinding::tls_server_end_point(ours.to_vec()));
+        assert_eq!(run_bound(wrong, &v, plus), Err(ScramError::BadProof));
     }
 }

@@ -27,9 +27,14 @@ pub fn auth_ok(out: &mut BytesMut) {
 
 /// AuthenticationSASL offering SCRAM-SHA-256 only (no channel binding
 /// until TLS exists).
-pub fn auth_sasl(out: &mut BytesMut) {
+/// AuthenticationSASL listing SCRAM-SHA-256, after SCRAM-SHA-256-PLUS
+/// when `plus` (channel binding offered), as PostgreSQL orders them.
+pub fn auth_sasl(out: &mut BytesMut, plus: bool) {
     framed(out, b'R', |o| {
         o.put_i32(10);
+        if plus {
+            put_cstr(o, "SCRAM-SHA-256-PLUS");
+        }
         put_cstr(o, "SCRAM-SHA-256");
         o.put_u8(0);
     });

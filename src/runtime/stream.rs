@@ -4,12 +4,12 @@
 //! either kind.
 
 use super::net::Socket;
+pub use super::tls_socket::Chosen;
 use super::tls_socket::TlsLayer;
 use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -120,11 +120,16 @@ impl Stream {
     /// Encrypts the stream from here on with `conn` (its handshake begun
     /// with the bytes read so far), and runs the rest of the handshake.
     /// Refused on a stream already encrypted.
-    pub async fn start_tls(&mut self, conn: rustls::Connection) -> io::Result<()> {
+    /// `end_point`: the channel binding of our certificate (server side).
+    pub async fn start_tls(
+        &mut self,
+        conn: rustls::Connection,
+        end_point: Option<Box<[u8]>>,
+    ) -> io::Result<()> {
         if self.tls.is_some() {
             return Err(io::Error::other("the stream is already encrypted"));
         }
-        let layer = self.tls.insert(Box::new(TlsLayer::new(conn)?));
+        let layer = self.tls.insert(Box::new(TlsLayer::new(conn, end_point)?));
         layer.handshake(&self.sock).await
     }
 
@@ -134,13 +139,21 @@ impl Stream {
     pub async fn accept_tls(
         &mut self,
         prefix: &[u8],
-        choose: impl FnOnce(&rustls::server::ClientHello<'_>) -> io::Result<Arc<rustls::ServerConfig>>,
+        choose: impl FnOnce(&rustls::server::ClientHello<'_>) -> io::Result<Chosen>,
     ) -> io::Result<()> {
         if self.tls.is_some() {
             return Err(io::Error::other("the stream is already encrypted"));
         }
-        let conn = super::tls_socket::accept(&self.sock, prefix, choose).await?;
-        self.start_tls(rustls::Connection::Server(conn)).await
+        let (conn, end_point) = super::tls_socket::accept(&self.sock, prefix, choose).await?;
+        self.start_tls(rustls::Connection::Server(conn), end_point)
+            .await
+    }
+
+    /// The `tls-server-end-point` channel binding of the certificate this
+    /// side presented; None in plaintext or where the certificate's
+    /// algorithm defines none.
+    pub fn channel_binding(&self) -> Option<&[u8]> {
+        self.tls.as_deref()?.end_point()
     }
 
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {

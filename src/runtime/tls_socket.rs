@@ -31,6 +31,9 @@ pub struct TlsLayer {
     /// The peer closed (close_notify or end of stream): reads say EOF
     /// once the plaintext is out.
     closed: bool,
+    /// The `tls-server-end-point` channel binding of the certificate
+    /// presented (server side), for SCRAM-SHA-256-PLUS.
+    end_point: Option<Box<[u8]>>,
 }
 
 impl std::fmt::Debug for TlsLayer {
@@ -130,7 +133,7 @@ impl TlsLayer {
     /// A layer for `conn`, which has the bytes of the handshake read so
     /// far (a server connection from an `Acceptor`, or a new client
     /// connection).
-    pub fn new(mut conn: rustls::Connection) -> io::Result<TlsLayer> {
+    pub fn new(mut conn: rustls::Connection, end_point: Option<Box<[u8]>>) -> io::Result<TlsLayer> {
         conn.set_buffer_limit(Some(TLS_BUFFER));
         let plaintext = conn
             .process_new_packets()
@@ -141,11 +144,16 @@ impl TlsLayer {
             plaintext,
             drained: false,
             closed: false,
+            end_point,
         })
     }
 
     pub fn connection(&self) -> &rustls::Connection {
         &self.conn
+    }
+
+    pub fn end_point(&self) -> Option<&[u8]> {
+        self.end_point.as_deref()
     }
 
     /// Runs the handshake to its end: records written as rustls makes
@@ -336,10 +344,8 @@ impl TlsLayer {
 pub(super) async fn accept(
     sock: &Socket,
     mut prefix: &[u8],
-    choose: impl FnOnce(
-        &rustls::server::ClientHello<'_>,
-    ) -> io::Result<std::sync::Arc<rustls::ServerConfig>>,
-) -> io::Result<rustls::ServerConnection> {
+    choose: impl FnOnce(&rustls::server::ClientHello<'_>) -> io::Result<Chosen>,
+) -> io::Result<(rustls::ServerConnection, Option<Box<[u8]>>)> {
     let mut acceptor = rustls::server::Acceptor::default();
     while !prefix.is_empty() {
         acceptor.read_tls(&mut prefix)?;
@@ -368,12 +374,17 @@ pub(super) async fn accept(
             Err(e) => return Err(e),
         }
     };
-    let config = choose(&accepted.client_hello())?;
-    accepted.into_connection(config).map_err(|(e, mut alert)| {
+    let (config, end_point) = choose(&accepted.client_hello())?;
+    let conn = accepted.into_connection(config).map_err(|(e, mut alert)| {
         let _ = alert.write(&mut SendNow(sock));
         invalid(e)
-    })
+    })?;
+    Ok((conn, end_point))
 }
+
+/// What a server handshake goes on with: the configuration (the
+/// certificate) and that certificate's channel binding.
+pub type Chosen = (std::sync::Arc<rustls::ServerConfig>, Option<Box<[u8]>>);
 
 fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)

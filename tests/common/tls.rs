@@ -92,6 +92,7 @@ impl TestCa {
         Connector {
             config: self.client_config(true),
             server_name: server_name.to_string(),
+            forged_binding: None,
         }
     }
 }
@@ -100,6 +101,9 @@ impl TestCa {
 pub struct Connector {
     pub config: Arc<rustls::ClientConfig>,
     pub server_name: String,
+    /// Channel binding data to report instead of the real certificate's:
+    /// what a client talking to a man in the middle would compute.
+    pub forged_binding: Option<Vec<u8>>,
 }
 
 impl<S> MakeTlsConnect<S> for Connector
@@ -130,12 +134,12 @@ where
             let tls = tokio_rustls::TlsConnector::from(self.config)
                 .connect(name, stream)
                 .await?;
-            Ok(Tls(tls))
+            Ok(Tls(tls, self.forged_binding))
         })
     }
 }
 
-pub struct Tls<S>(pub tokio_rustls::client::TlsStream<S>);
+pub struct Tls<S>(pub tokio_rustls::client::TlsStream<S>, Option<Vec<u8>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tls<S> {
     fn poll_read(
@@ -167,6 +171,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Tls<S
     /// The server certificate's SHA-256 (the test certificates are
     /// ECDSA with SHA-256).
     fn channel_binding(&self) -> ChannelBinding {
+        if let Some(forged) = &self.1 {
+            return ChannelBinding::tls_server_end_point(forged.clone());
+        }
         match self.0.get_ref().1.peer_certificates() {
             Some([leaf, ..]) => {
                 ChannelBinding::tls_server_end_point(sha2::Sha256::digest(leaf).to_vec())
