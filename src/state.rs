@@ -204,6 +204,8 @@ impl Snapshot {
             order: config.proxy.tenant_from.clone(),
             user_separator: config.proxy.user_separator.clone(),
             sni_suffix: config.proxy.sni_suffix.clone(),
+            domains: crate::config::domains::tenant_domains(&config)
+                .map_err(|(key, m)| src.error(&key, m))?,
         };
         // Kept, the tables the catalog came from would double a large
         // config's memory for the snapshot's life, plaintext passwords

@@ -453,7 +453,12 @@ proptest! {
         database in prop::option::of(name()),
         options in prop::option::of(options()),
     ) {
-        let rules = RoutingRules { order, user_separator: separator, sni_suffix };
+        let rules = RoutingRules {
+            order,
+            user_separator: separator,
+            sni_suffix,
+            domains: [("db.acme.io".to_string(), "acme".to_string())].into(),
+        };
         let input = RoutingInput {
             sni: sni.as_deref(),
             user: &user,

@@ -26,6 +26,8 @@ struct Fixture {
     ca: TestCa,
     default: Issued,
     wildcard: Issued,
+    /// For acme's own domain.
+    custom: Issued,
     dir: tempfile::TempDir,
 }
 
@@ -35,32 +37,48 @@ async fn fixture() -> Fixture {
     let ca = TestCa::new(dir.path());
     let default = ca.issue("default", &["proxy.test"]);
     let wildcard = ca.issue("wildcard", &["*.db.example.com"]);
+    let custom = ca.issue("custom", &["db.acme-corp.com"]);
     Fixture {
         pg,
         ca,
         default,
         wildcard,
+        custom,
         dir,
     }
 }
 
 impl Fixture {
-    /// Tenants acme and globex; `[tls]` with the default and wildcard
+    /// Tenants acme (also on its own domain, db.acme-corp.com) and
+    /// globex; `[tls]` with the default, wildcard and custom-domain
     /// certificates; `tls_extra` lines go into `[tls]`.
     fn config(&self, proxy_extra: &str, tls_extra: &str) -> String {
-        format!(
-            "{}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n{tls_extra}\n",
-            self.pg.config(
+        let tenants = self
+            .pg
+            .config(
                 &["acme", "globex"],
                 2,
                 &format!(
                     "sni_suffix = \"db.example.com\"\nclient_startup_timeout = \"2s\"\n{proxy_extra}"
-                )
-            ),
+                ),
+            )
+            .replace(
+                "[tenants.acme]\n",
+                "[tenants.acme]\ndomains = [\"db.acme-corp.com\"]\n",
+            );
+        let entry = |i: &Issued| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                i.cert.display(),
+                i.key.display()
+            )
+        };
+        format!(
+            "{tenants}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\ncertificates = [{}, {}]\n{tls_extra}\n",
             self.default.cert.display(),
             self.default.key.display(),
-            self.wildcard.cert.display(),
-            self.wildcard.key.display(),
+            entry(&self.wildcard),
+            entry(&self.custom),
         )
     }
 }
@@ -113,6 +131,13 @@ async fn libpq_verifies_the_certificate_and_the_server_name_names_the_tenant() {
         let db = psql(proxy.port, conninfo, "SELECT current_database()").await;
         assert_eq!(db.as_deref(), Ok(format!("tenant_{tenant}").as_str()));
     }
+    // A tenant's own domain, with its own certificate.
+    let custom = format!(
+        "host=db.acme-corp.com hostaddr=127.0.0.1 user=app password=acme-secret \
+         dbname=app sslmode=verify-full sslrootcert={ca}"
+    );
+    let db = psql(proxy.port, custom, "SELECT current_database()").await;
+    assert_eq!(db.as_deref(), Ok("tenant_acme"));
     // The default certificate does not name this host: libpq refuses.
     let wrong = format!(
         "host=acme.other.example hostaddr=127.0.0.1 user=app.acme password=acme-secret \

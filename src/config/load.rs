@@ -107,6 +107,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
             ),
         )
     })?;
+    super::domains::tenant_domains(cfg).map_err(|(key, m)| src.error(&key, m))?;
     if p.tenant_from.is_empty() {
         return Err(src.error("proxy.tenant_from", "name at least one source"));
     }

@@ -6,6 +6,7 @@
 //! offending key and line.
 
 mod backend_url;
+pub mod domains;
 mod load;
 mod placement_checks;
 pub mod schema_names;
@@ -517,6 +518,10 @@ pub struct TenantConfig {
     /// traffic (see `admin.top_tenants`).
     #[serde(default)]
     pub watch: bool,
+    /// Host names that name this tenant by TLS server name (SNI), e.g.
+    /// its own domain; checked before `proxy.sni_suffix`.
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 /// Durations as strings: "30s", "500ms", "2m", "1h 30m".

@@ -42,6 +42,8 @@ pub struct RoutingRules {
     pub order: Vec<TenantSource>,
     pub user_separator: String,
     pub sni_suffix: Option<String>,
+    /// `[tenants.X] domains`, lowercase, to the tenant they name.
+    pub domains: std::collections::HashMap<String, String>,
 }
 
 /// What the client sent that may name a tenant.
@@ -154,6 +156,9 @@ fn resolve_tenant(
         match s {
             TenantSource::Sni => {
                 let sni = input.sni?;
+                if let Some(t) = rules.domains.get(&sni.to_ascii_lowercase()) {
+                    return Some(t.clone());
+                }
                 let suffix = rules.sni_suffix.as_deref()?;
                 let head = sni.strip_suffix(suffix)?.strip_suffix('.')?;
                 (!head.is_empty()).then(|| head.to_ascii_lowercase())
@@ -213,9 +218,13 @@ fn no_tenant_message(rules: &RoutingRules) -> String {
         .order
         .iter()
         .map(|s| match s {
-            TenantSource::Sni => match &rules.sni_suffix {
-                Some(suffix) => format!("TLS server name TENANT.{suffix}"),
-                None => "TLS server name (proxy.sni_suffix is not set)".into(),
+            TenantSource::Sni => match (&rules.sni_suffix, rules.domains.is_empty()) {
+                (Some(suffix), true) => format!("TLS server name TENANT.{suffix}"),
+                (Some(suffix), false) => {
+                    format!("TLS server name TENANT.{suffix} or a tenant's domain")
+                }
+                (None, false) => "TLS server name (a tenant's domain)".into(),
+                (None, true) => "TLS server name (proxy.sni_suffix is not set)".into(),
             },
             TenantSource::Options => "options=tenant=TENANT".into(),
             TenantSource::User => format!("user USER{}TENANT", rules.user_separator),
@@ -328,6 +337,7 @@ mod tests {
             order: vec![Sni, Options, User, Database],
             user_separator: ".".into(),
             sni_suffix: Some("db.example.com".into()),
+            domains: [("db.globex.io".to_string(), "globex".to_string())].into(),
         }
     }
 
@@ -367,6 +377,22 @@ mod tests {
         i.sni = Some("acme.db.example.com");
         let r = resolve(&rules(), &i, known).expect("ok");
         assert_eq!((r.tenant.as_str(), r.source), ("acme", Sni));
+
+        // A tenant's own domain, any case.
+        i.sni = Some("DB.Globex.io");
+        let r = resolve(&rules(), &i, known).expect("ok");
+        assert_eq!((r.tenant.as_str(), r.source), ("globex", Sni));
+        // Another name under it names nothing (the database does).
+        i.sni = Some("x.db.globex.io");
+        let r = resolve(&rules(), &i, known).expect("ok");
+        assert_eq!((r.tenant.as_str(), r.source), ("app", Database));
+        // A domain and a user name that disagree.
+        let mut i = input("app.acme", Some("app"), None);
+        i.sni = Some("db.globex.io");
+        assert!(matches!(
+            resolve(&rules(), &i, known),
+            Err(RoutingError::Mismatch { .. })
+        ));
     }
 
     #[test]
