@@ -478,6 +478,79 @@ async fn require_refuses_plaintext_logins() {
     assert!(got.is_empty(), "{got:?}");
 }
 
+/// `admin.tls`: `/metrics` and `/healthz` over HTTPS with the same
+/// certificates, the bearer token inside TLS; a plaintext request gets no
+/// answer at all.
+#[tokio::test]
+async fn the_admin_endpoint_serves_https_only() {
+    let f = fixture().await;
+    let http_port = pgtenant::pgcluster::free_port().expect("port");
+    let token = "a-token-of-twenty-chars";
+    let config = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:{http_port}\"\ntoken = \"{token}\"\ntls = true\n",
+        f.config("", "")
+    );
+    let _proxy = LiveProxy::start(&config).await;
+    let https = |path: &'static str, auth: bool| {
+        let ca = f.ca.client_config(false);
+        async move {
+            let mut config = (*ca).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+                .await
+                .expect("connect");
+            let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(ServerName::try_from("proxy.test").expect("name"), tcp)
+                .await
+                .expect("HTTPS handshake");
+            let header = if auth {
+                format!("Authorization: Bearer {token}\r\n")
+            } else {
+                String::new()
+            };
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: proxy.test\r\nConnection: close\r\n{header}\r\n"
+            );
+            tls.write_all(req.as_bytes()).await.expect("write");
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    // Ready once it answers over TLS.
+    let started = std::time::Instant::now();
+    while !https("/healthz", false).await.starts_with("HTTP/1.1 200") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no HTTPS health"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = https("/metrics", true).await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("pgtenant_"), "{metrics}");
+    assert!(https("/metrics", false).await.starts_with("HTTP/1.1 401"));
+
+    // Plaintext HTTP, token and all: nothing comes back.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .expect("connect");
+    plain
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut out)).await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("pgtenant_"),
+        "{out:?}"
+    );
+    assert!(!out.starts_with(b"HTTP/1.1 200"));
+}
+
 async fn assert_closed(s: &mut tokio::net::TcpStream) {
     let mut buf = [0u8; 256];
     let end = tokio::time::timeout(Duration::from_secs(10), async {

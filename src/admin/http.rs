@@ -64,22 +64,38 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: Cancella
             drop(stream);
             continue;
         };
+        // `admin.tls`: the certificates of the snapshot current now (a
+        // reload's new files serve the next connection).
+        let https = {
+            let snap = shared.state.snapshot();
+            let wanted = snap.config.admin.as_ref().is_some_and(|a| a.tls);
+            match (wanted, &snap.tls) {
+                (false, _) => None,
+                (true, Some(tls)) => Some(Arc::clone(&tls.https)),
+                // The config check makes [tls] a condition of admin.tls.
+                (true, None) => continue,
+            }
+        };
         let shared = Arc::clone(&shared);
         let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &shared).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
+            let served = async {
+                match https {
+                    None => serve_connection(stream, shared).await,
+                    Some(config) => {
+                        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                        match tokio::time::timeout(HEAD_TIMEOUT, handshake).await {
+                            Ok(Ok(tls)) => serve_connection(tls, shared).await,
+                            Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                            Err(_) => Err("TLS handshake timed out".into()),
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {
+                r = tokio::time::timeout(CONNECTION_LIFETIME, served) => {
                     if let Ok(Err(e)) = r {
                         tracing::debug!(%peer, "admin HTTP connection: {e}");
                     }
@@ -87,6 +103,24 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: Cancella
             }
         });
     }
+}
+
+/// One HTTP/1 connection over `io` (plain TCP or TLS).
+async fn serve_connection<I>(io: I, shared: Arc<Shared>) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, std::convert::Infallible>(handle(req, &shared).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {

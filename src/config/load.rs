@@ -188,6 +188,12 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
             .parse::<SocketAddr>()
             .map_err(|_| src.error("admin.listen", format!("{listen:?} is not an address")))?;
     }
+    if cfg.admin.as_ref().is_some_and(|a| a.tls) && cfg.tls.is_none() {
+        return Err(src.error(
+            "admin.tls",
+            "needs a [tls] table: the admin endpoint serves its certificates",
+        ));
+    }
     if let Some(admin) = &cfg.admin {
         if let Some(token) = &admin.token {
             // Sent in a header: visible ASCII, and long enough not to guess.

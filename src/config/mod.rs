@@ -323,6 +323,11 @@ pub struct AdminConfig {
     /// summed under `tenant="_other"`.
     #[serde(default = "default_top_tenants")]
     pub top_tenants: usize,
+    /// Serve the HTTP endpoints over TLS only, with `[tls]`'s
+    /// certificates (chosen by SNI), so the bearer token never crosses
+    /// in clear.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// `admin.top_tenants` when unset.

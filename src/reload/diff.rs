@@ -202,6 +202,7 @@ pub fn keep_restart_only(new: &mut Config, running: &Config) -> Vec<String> {
                     users: Default::default(),
                     token: None,
                     top_tenants: crate::config::DEFAULT_TOP_TENANTS,
+                    tls: false,
                 })
             }
         }

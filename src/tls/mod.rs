@@ -53,8 +53,11 @@ pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// whether plaintext clients are refused.
 #[derive(Debug)]
 pub struct ServerTls {
-    certs: SniResolver,
+    certs: Arc<SniResolver>,
     pub require: bool,
+    /// The admin endpoint's HTTPS: every certificate by SNI, ALPN
+    /// `http/1.1`.
+    pub https: Arc<ServerConfig>,
 }
 
 impl ServerTls {
@@ -79,9 +82,16 @@ impl ServerTls {
             .iter()
             .map(|c| serve((&c.cert, &c.key)))
             .collect::<Result<Vec<_>, _>>()?;
+        let certs = Arc::new(SniResolver::new(default, others));
+        let https = server_config(
+            Arc::new(BySni(Arc::clone(&certs))),
+            tls.min_version,
+            &[b"http/1.1"],
+        )?;
         Ok(ServerTls {
-            certs: SniResolver::new(default, others),
+            certs,
             require: tls.require,
+            https,
         })
     }
 
@@ -91,13 +101,13 @@ impl ServerTls {
     }
 
     /// A configuration over every certificate, chosen by SNI, offering
-    /// `alpn` (the admin endpoint's HTTPS).
+    /// `alpn`.
     pub fn any_certificate(
-        self: &Arc<Self>,
+        &self,
         min_version: TlsVersion,
         alpn: &[&[u8]],
     ) -> Result<Arc<ServerConfig>, String> {
-        server_config(Arc::new(BySni(Arc::clone(self))), min_version, alpn)
+        server_config(Arc::new(BySni(Arc::clone(&self.certs))), min_version, alpn)
     }
 }
 
@@ -113,7 +123,7 @@ impl ResolvesServerCert for Single {
 
 /// The certificate the client's server name selects.
 #[derive(Debug)]
-struct BySni(Arc<ServerTls>);
+struct BySni(Arc<SniResolver>);
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
