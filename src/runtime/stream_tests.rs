@@ -149,3 +149,94 @@ async fn recv_when_ready(s: &mut Socket, buf: &mut BytesMut) -> usize {
         }
     }
 }
+
+/// TLS: plaintext rustls decrypted and holds, with nothing more on the
+/// socket, still reads as ready (the pump's shortcut looks only at
+/// `read_ready` once armed): two records in one TCP segment, read
+/// through a buffer that takes one at a time.
+#[test]
+fn tls_plaintext_held_by_rustls_is_ready_without_the_socket() {
+    use super::stream::Stream;
+    use std::sync::Arc;
+    let (server_config, client_config) = tls_pair();
+    block_on(async move {
+        let (ours, peer) = accepted().await;
+        let client = std::thread::spawn(move || {
+            let name = rustls::pki_types::ServerName::try_from("pump.test").expect("name");
+            let conn = rustls::ClientConnection::new(client_config, name).expect("client");
+            let mut tls = rustls::StreamOwned::new(conn, peer);
+            std::io::Write::flush(&mut tls).expect("handshake");
+            // Two records, sent together.
+            std::io::Write::write_all(&mut tls.conn.writer(), b"hello").expect("first");
+            std::io::Write::write_all(&mut tls.conn.writer(), b"world").expect("second");
+            tls.conn.complete_io(&mut tls.sock).expect("send both");
+            let mut back = [0u8; 2];
+            std::io::Read::read_exact(&mut tls, &mut back).expect("answer");
+            back
+        });
+        let mut stream = Stream::from(ours);
+        let config = Arc::clone(&server_config);
+        stream
+            .accept_tls(&[], move |_| Ok((config, None)))
+            .await
+            .expect("handshake");
+        let mut buf = BytesMut::with_capacity(5);
+        loop {
+            stream.readable().await.expect("readable");
+            match stream.recv_into(&mut buf) {
+                Ok(n) => {
+                    assert_eq!(n, 5);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(&buf[..], b"hello");
+        // The socket has nothing more; the second record is in rustls.
+        assert!(stream.read_ready(), "held plaintext must read as ready");
+        buf.clear();
+        assert_eq!(stream.recv_into(&mut buf).expect("held"), 5);
+        assert_eq!(&buf[..], b"world");
+        let sent = std::future::poll_fn(|cx| stream.poll_send_soon(cx, b"ok")).await;
+        assert_eq!(sent.expect("send"), 2);
+        std::future::poll_fn(|cx| stream.poll_settle(cx))
+            .await
+            .expect("settle");
+        tokio::io::AsyncWriteExt::flush(&mut stream)
+            .await
+            .expect("flush");
+        assert_eq!(&client.join().expect("client"), b"ok");
+    });
+}
+
+/// A server and a client configuration for a self-signed `pump.test`.
+#[allow(deprecated)] // ring, as the proxy uses
+fn tls_pair() -> (
+    std::sync::Arc<rustls::ServerConfig>,
+    std::sync::Arc<rustls::ClientConfig>,
+) {
+    use std::sync::Arc;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["pump.test".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let der = cert.der().clone();
+    let private = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], private)
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
