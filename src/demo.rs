@@ -67,9 +67,10 @@ pub async fn setup(
             .replace(":shared_role", SHARED_ROLE),
     )
     .await?;
+    let tls = demo_certificates(pg.dir())?;
     let mut toml = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_placement = \"shared\"\n\
-         secret_file = \"{}\"\n\n\
+         secret_file = \"{}\"\nsni_suffix = \"{SNI_SUFFIX}\"\n\n{tls}\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 10\n\n",
         secret_file.display(),
         pg.url(SHARED_ROLE, &shared_pw, SHARED_DB)
@@ -97,6 +98,40 @@ pub async fn setup(
         ));
     }
     Ok(toml)
+}
+
+/// Tenants are named by TLS server name under this suffix in the demo
+/// (`acme.db.localhost`; the connection string gives the address, so no
+/// DNS is needed).
+const SNI_SUFFIX: &str = "db.localhost";
+
+/// A throwaway CA and a wildcard certificate for `*.db.localhost`, written
+/// beside the config; the `[tls]` table that serves them.
+fn demo_certificates(dir: &std::path::Path) -> anyhow::Result<String> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "pgtenant demo CA");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec![format!("*.{SNI_SUFFIX}"), "localhost".to_string()])?
+            .signed_by(&key, &issuer)?;
+    let write = |name: &str, text: String| -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    write("demo-ca.crt", ca_cert.pem())?;
+    let cert = write("demo-server.crt", cert.pem())?;
+    let key = write("demo-server.key", key.serialize_pem())?;
+    Ok(format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
 }
 
 pub async fn run(port: u16) -> anyhow::Result<()> {
@@ -130,6 +165,12 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     }
     println!(
         "\nThe same tenant via options: psql \"host=127.0.0.1 port={port} user=app dbname=app options=tenant=acme password=acme-secret\""
+    );
+    println!(
+        "\nOver TLS, the tenant named by the server name (certificate checked against the demo's CA):\n  \
+         psql \"host=acme.{SNI_SUFFIX} hostaddr=127.0.0.1 port={port} user=app password=acme-secret dbname=app \
+         sslmode=verify-full sslrootcert={}\" -c 'select * from notes'",
+        pg.dir().join("demo-ca.crt").display()
     );
     println!("Press Ctrl-C to stop and remove everything.\n");
 

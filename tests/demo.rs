@@ -53,10 +53,12 @@ fn demo_serves_tenants_and_cleans_up_on_ctrl_c() {
             .expect("psql");
         if out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
+            // `postgres://app.TENANT:...`, or over TLS `host=TENANT.db.localhost ...`.
             let tenant = url
                 .split("app.")
                 .nth(1)
                 .and_then(|r| r.split(':').next())
+                .or_else(|| url.strip_prefix("host=").and_then(|r| r.split('.').next()))
                 .expect("tenant");
             // A dedicated tenant has its database; a shared one sees
             // only its own rows of the shared database.
@@ -74,6 +76,10 @@ fn demo_serves_tenants_and_cleans_up_on_ctrl_c() {
         strings.len(),
         "only {working} of {} printed tenants work",
         strings.len()
+    );
+    assert!(
+        strings.iter().any(|s| s.contains("sslmode=verify-full")),
+        "a TLS connection string: {strings:?}"
     );
     assert!(
         working >= 5,
