@@ -46,7 +46,7 @@ listen = "127.0.0.1:$PGTENANT_PORT"
 auth_type = "trust"
 workers = 1
 [placements.bench]
-url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
+url = "postgres://bench@127.0.0.1:$PG_PORT/bench?require_auth=none"
 isolation = "database"
 pool_size = 20
 [tenants.bench]

@@ -55,7 +55,7 @@ listen = "127.0.0.1:$PGTENANT_PORT"
 auth_type = "trust"
 query_wait_timeout = "120s"
 [placements.bench]
-url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
+url = "postgres://bench@127.0.0.1:$PG_PORT/bench?require_auth=none"
 isolation = "database"
 allow_shared_database = true
 pool_size = $POOL

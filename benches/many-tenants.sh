@@ -111,7 +111,7 @@ default_placement = "shared"
 default_tenant_max_client_connections = $((2 * CLIENTS > 1000 ? 2 * CLIENTS : 1000))
 
 [placements.shared]
-url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
+url = "postgres://bench@127.0.0.1:$PG_PORT/bench?require_auth=none"
 isolation = "$ISOLATION"
 pool_size = $POOL_SIZE
 $shared

@@ -68,12 +68,12 @@ tenant_from = ["database"]
 secret_file = "$W/pgtenant.secret"
 
 [placements.dedicated]
-url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
+url = "postgres://bench@127.0.0.1:$PG_PORT/bench?require_auth=none"
 isolation = "database"
 pool_size = 20
 
 [placements.shared]
-url = "postgres://bench_shared@127.0.0.1:$PG_PORT/bench_shared"
+url = "postgres://bench_shared@127.0.0.1:$PG_PORT/bench_shared?require_auth=none"
 isolation = "rls"
 pool_size = 20
 

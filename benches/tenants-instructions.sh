@@ -52,7 +52,7 @@ client_login_timeout = "120s"
 client_startup_timeout = "60s"
 
 [placements.shared]
-url = "postgres://bench@127.0.0.1:$PG_PORT/bench"
+url = "postgres://bench@127.0.0.1:$PG_PORT/bench?require_auth=none"
 isolation = "database"
 allow_shared_database = true
 pool_size = 20

@@ -35,6 +35,7 @@ pub struct PgCluster {
     pub port: u16,
     run_as: Option<&'static str>,
     running: bool,
+    auth: HostAuth,
 }
 
 impl PgCluster {
@@ -91,6 +92,7 @@ impl PgCluster {
             port,
             run_as,
             running: false,
+            auth,
         };
         cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
         cluster.running = true;
@@ -125,8 +127,21 @@ impl PgCluster {
         Ok(())
     }
 
-    /// A libpq URL for `user` on `database`.
+    /// A placement URL for `user` on `database`: with `require_auth`
+    /// allowing what this cluster asks for where that is not SCRAM (a
+    /// trust or md5 cluster), since pgtenant allows only SCRAM unless told.
     pub fn url(&self, user: &str, password: &str, database: &str) -> String {
+        let base = self.client_url(user, password, database);
+        match self.auth {
+            HostAuth::ScramSha256 => base,
+            HostAuth::Trust => format!("{base}?require_auth=none"),
+            HostAuth::Md5 => format!("{base}?require_auth=md5"),
+        }
+    }
+
+    /// A libpq URL for `user` on `database`, without pgtenant's
+    /// `require_auth` (libpq before 16 and tokio-postgres do not know it).
+    pub fn client_url(&self, user: &str, password: &str, database: &str) -> String {
         format!(
             "postgres://{user}:{password}@127.0.0.1:{}/{database}",
             self.port

@@ -72,7 +72,7 @@ async fn postgresql_and_the_proxy_accept_the_verifier() {
         .batch_execute(&format!("CREATE ROLE hp_user LOGIN PASSWORD '{verifier}'"))
         .await
         .expect("create a role with the verifier");
-    let url = pg.cluster.url("hp_user", password, "postgres");
+    let url = pg.cluster.client_url("hp_user", password, "postgres");
     let (direct, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL logs the role in with the password");

@@ -55,7 +55,7 @@ async fn pgbench_prepared_with_more_clients_than_server_connections_finishes() {
         "auth_type = \"trust\"\nquery_wait_timeout = \"30s\"",
     ))
     .await;
-    let direct = pg.url("tenant_acme");
+    let direct = pg.client_url("tenant_acme");
     let port = proxy.port;
     tokio::task::spawn_blocking(move || {
         let mut init = Command::new(PGBENCH);

@@ -192,7 +192,7 @@ async fn check(pg: &PgCluster, rls: RlsPolicy) -> (Result<Vec<String>, String>, 
 /// A direct connection as the shared role, with tenant `t`'s context
 /// (the stand-in's), to perform the attacks the check prevents.
 async fn as_tenant(pg: &PgCluster, t: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.url(ROLE, PASSWORD, DB), NoTls)
+    let (client, conn) = tokio_postgres::connect(&pg.client_url(ROLE, PASSWORD, DB), NoTls)
         .await
         .expect("connect as the shared role");
     tokio::spawn(async move {
@@ -1037,7 +1037,7 @@ async fn another_tenant_can_commit_a_prepared_transaction() {
 async fn a_notification_reaches_every_tenant_listening() {
     use futures_util::StreamExt;
     let s = shared_database().await;
-    let (b, mut conn) = tokio_postgres::connect(&s.pg.url(ROLE, PASSWORD, DB), NoTls)
+    let (b, mut conn) = tokio_postgres::connect(&s.pg.client_url(ROLE, PASSWORD, DB), NoTls)
         .await
         .expect("connect as b");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

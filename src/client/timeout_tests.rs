@@ -29,7 +29,7 @@ fn state(extra: &str) -> Arc<ProxyState> {
 fn state_on(port: u16, pool_size: u32, extra: &str) -> Arc<ProxyState> {
     let text = format!(
         "[proxy]\n{extra}\n\
-         [placements.p]\nurl = \"postgres://u@127.0.0.1:{port}/db\"\nisolation = \"database\"\n\
+         [placements.p]\nurl = \"postgres://u@127.0.0.1:{port}/db?require_auth=none\"\nisolation = \"database\"\n\
          pool_size = {pool_size}\ntrust_backend_role = true\n\
          [tenants.acme]\nplacement = \"p\"\nusers = {{ app = \"acme-secret\" }}\n"
     );

@@ -26,6 +26,16 @@ pub enum ServerError {
     UnsupportedAuth(String),
     #[error("server needs a password and the placement URL has none")]
     NoPassword,
+    /// The server asked for an authentication the placement does not
+    /// allow (`require_auth`); nothing was sent.
+    #[error(
+        "the server asked for {asked}, and the placement allows only {allowed} \
+         (require_auth in its url); no password was sent"
+    )]
+    AuthNotAllowed {
+        asked: &'static str,
+        allowed: String,
+    },
     #[error("server protocol error: {0}")]
     Protocol(String),
     /// The placement's backend role could act beyond its own database
@@ -133,16 +143,42 @@ impl ServerConn {
         )?;
         conn.stream.write_all(&out).await?;
         let mut scram: Option<ScramSha256> = None;
+        // What the server asked for, checked against what the placement
+        // allows before anything is answered.
+        let mut exchanged = false;
+        let mut admitted = false;
+        let allow = |asked: &'static str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ServerError::AuthNotAllowed {
+                    asked,
+                    allowed: target.auth.describe(),
+                })
+            }
+        };
         loop {
             let msg = conn.read_message().await?;
             out.clear();
             match msg {
-                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationOk => {
+                    // OK with no exchange before it: the server let us in
+                    // unauthenticated (trust), or SCRAM ended (checked
+                    // in SaslFinal).
+                    if !exchanged {
+                        allow("no authentication", target.auth.none)?;
+                    }
+                    admitted = true;
+                }
                 backend::Message::AuthenticationCleartextPassword => {
+                    allow("a cleartext password", target.auth.password)?;
+                    exchanged = true;
                     let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
                     frontend::password_message(pw, &mut out)?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
+                    allow("an md5 password", target.auth.md5)?;
+                    exchanged = true;
                     let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
                     let hash = postgres_protocol::authentication::md5_hash(
                         target.user.as_bytes(),
@@ -152,6 +188,7 @@ impl ServerConn {
                     frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
+                    allow("SCRAM-SHA-256", target.auth.scram)?;
                     let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
                     let mut offers_scram = false;
                     let mut mechs = body.mechanisms();
@@ -179,8 +216,11 @@ impl ServerConn {
                     let mut s = scram
                         .take()
                         .ok_or_else(|| ServerError::Protocol("unexpected SASL final".into()))?;
+                    // The server proved it knows the verifier: only now
+                    // does the AuthenticationOk that follows count.
                     s.finish(body.data())
                         .map_err(|e| ServerError::Protocol(format!("SCRAM: {e}")))?;
+                    exchanged = true;
                 }
                 backend::Message::ParameterStatus(body) => {
                     let name = body.name().map_err(proto_err)?.to_string();
@@ -193,7 +233,8 @@ impl ServerConn {
                         secret: body.secret_key(),
                     };
                 }
-                backend::Message::ReadyForQuery(_) => return Ok(conn),
+                // ReadyForQuery only after AuthenticationOk.
+                backend::Message::ReadyForQuery(_) if admitted => return Ok(conn),
                 backend::Message::ErrorResponse(body) => return Err(rejected(&body)),
                 backend::Message::NoticeResponse(_) => {}
                 backend::Message::AuthenticationKerberosV5

@@ -68,6 +68,15 @@ impl TestPg {
             .url(&backend_user(tenant), &backend_password(tenant), database)
     }
 
+    /// `url` for libpq 15 tools and tokio-postgres (no `require_auth`).
+    pub fn client_url(&self, database: &str) -> String {
+        let tenant = database
+            .strip_prefix("tenant_")
+            .unwrap_or_else(|| panic!("{database} is not a tenant database"));
+        self.cluster
+            .client_url(&backend_user(tenant), &backend_password(tenant), database)
+    }
+
     /// A config with one dedicated placement per tenant; `extra_proxy`
     /// lines go into `[proxy]`, `pool_size` applies to every placement.
     pub fn config(&self, tenants: &[&str], pool_size: u32, extra_proxy: &str) -> String {
