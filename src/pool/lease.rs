@@ -33,7 +33,7 @@ impl Lease {
     /// Returns a connection that is idle (ReadyForQuery 'I', nothing
     /// unread) to the pool.
     pub fn release(mut self) {
-        if let Some(c) = self.conn.take() {
+        if let Some(mut c) = self.conn.take() {
             // Anything the loop still holds for the server goes out first;
             // a connection with bytes that would not go is not clean.
             if c.buf.is_empty() && c.stream.settle_for_handoff() {

@@ -7,6 +7,7 @@
 use crate::config::BackendTarget;
 use crate::protocol::CancelKey;
 use crate::runtime::net::Socket;
+use crate::runtime::stream::{Stream, Transport};
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
@@ -55,7 +56,7 @@ pub enum ServerError {
 /// An open, authenticated server connection.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub(crate) stream: Socket,
+    pub(crate) stream: Stream,
     /// Bytes read from the server and not yet handled.
     pub(crate) buf: BytesMut,
     /// The server's own cancel key (never shown to clients).
@@ -116,8 +117,9 @@ impl ServerConn {
         target: &BackendTarget,
         worker: usize,
     ) -> Result<ServerConn, ServerError> {
-        let stream = Socket::connect(&target.host, target.port).await?;
-        stream.set_nodelay(true)?;
+        let socket = Socket::connect(&target.host, target.port).await?;
+        socket.set_nodelay(true)?;
+        let stream = Stream::from(socket);
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -446,8 +448,8 @@ impl ServerConn {
 
     /// Closes an idle connection: Terminate if the socket takes it at
     /// once (no waiting, from any thread), then the socket.
-    pub(crate) fn close(self) {
-        let _ = socket2::SockRef::from(&self.stream).send(TERMINATE);
+    pub(crate) fn close(mut self) {
+        self.stream.send_now(TERMINATE);
     }
 
     /// Moves the socket to this thread's event loop (worker `worker`) if

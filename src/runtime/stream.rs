@@ -160,6 +160,56 @@ impl Stream {
         self.sock.set_nodelay(on)
     }
 
+    /// Whether the socket is registered with this thread's runtime.
+    pub fn is_local(&self) -> bool {
+        self.sock.is_local()
+    }
+
+    /// Nothing to read, no EOF or error, and no plaintext held: the
+    /// connection is at rest (any thread). Records the socket holds that
+    /// carry no data yet (a ticket, a key update) count as something:
+    /// the caller discards a connection it cannot prove quiet.
+    pub fn is_quiet(&self) -> bool {
+        if self.tls.as_deref().is_some_and(TlsLayer::holds_anything) {
+            return false;
+        }
+        self.sock.is_quiet()
+    }
+
+    /// This stream on the current thread's runtime (a pooled server
+    /// connection checked out by another worker); the TLS layer moves
+    /// with it.
+    pub fn rebind(self) -> io::Result<Stream> {
+        let Stream { sock, tls } = self;
+        Ok(Stream {
+            sock: sock.rebind()?,
+            tls,
+        })
+    }
+
+    /// Before the stream goes to another session or worker: what it
+    /// queued is sent; false if bytes (records included) or an error are
+    /// left, and it must not be reused.
+    pub fn settle_for_handoff(&mut self) -> bool {
+        if let Some(t) = &mut self.tls
+            && !t.flush_now(&self.sock)
+        {
+            return false;
+        }
+        self.sock.settle_for_handoff()
+    }
+
+    /// Sends what fits without waiting, for a goodbye (Terminate) before
+    /// closing: through the TLS layer if encrypted.
+    pub fn send_now(&mut self, bytes: &[u8]) {
+        match &mut self.tls {
+            None => {
+                let _ = self.sock.send(bytes);
+            }
+            Some(t) => t.send_now(&self.sock, bytes),
+        }
+    }
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.sock.peer_addr()
     }

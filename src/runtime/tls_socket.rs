@@ -209,6 +209,25 @@ impl TlsLayer {
         Ok(self.plaintext)
     }
 
+    /// Plaintext held, or records to send.
+    pub fn holds_anything(&self) -> bool {
+        self.plaintext > 0 || self.conn.wants_write() || self.closed
+    }
+
+    /// Hands what rustls queued to the socket without waiting; false if
+    /// some is left.
+    pub fn flush_now(&mut self, sock: &Socket) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(self.poll_flush_tls(sock, &mut cx), Poll::Ready(Ok(()))) && !self.conn.wants_write()
+    }
+
+    /// Encrypts `bytes` and sends what the socket takes without waiting.
+    pub fn send_now(&mut self, sock: &Socket, bytes: &[u8]) {
+        let _ = self.conn.writer().write_all(bytes);
+        let _ = self.flush_now(sock);
+        sock.settle_for_handoff();
+    }
+
     /// What rustls queued (an alert before closing), if the socket takes
     /// it without waiting.
     fn send_alert(&mut self, sock: &Socket) {
