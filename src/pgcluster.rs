@@ -173,6 +173,36 @@ impl PgCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Turns TLS on with this certificate chain and key (PEM), written
+    /// into the data directory as the server requires (its owner's, mode
+    /// 0600), and reloads.
+    pub async fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.dir.path().join("data");
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(user) = self.run_as {
+            chown(&cert, user)?;
+            chown(&key, user)?;
+        }
+        let admin = self.admin("postgres").await?;
+        admin.simple_query("ALTER SYSTEM SET ssl = on").await?;
+        admin.simple_query("SELECT pg_reload_conf()").await?;
+        // The postmaster applies the reload on its own time: wait until a
+        // new backend sees it.
+        for _ in 0..100 {
+            let fresh = self.admin("postgres").await?;
+            let row = fresh.query_one("SHOW ssl", &[]).await?;
+            if row.get::<_, String>(0) == "on" {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("ssl = on did not take effect")
+    }
 }
 
 impl Drop for PgCluster {

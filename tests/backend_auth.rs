@@ -37,13 +37,22 @@ async fn fake_server(ask: Ask) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec
         while let Ok((mut s, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut len = [0u8; 4];
-                if s.read_exact(&mut len).await.is_err() {
-                    return;
-                }
-                let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-                if s.read_exact(&mut startup).await.is_err() {
-                    return;
+                // An SSLRequest (sslmode=prefer) is declined; then the
+                // StartupMessage.
+                loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut packet =
+                        vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                    if s.read_exact(&mut packet).await.is_err() {
+                        return;
+                    }
+                    if packet != [4, 210, 22, 47] {
+                        break;
+                    }
+                    let _ = s.write_all(b"N").await;
                 }
                 let reply: Vec<u8> = match ask {
                     Ask::Cleartext => b"R\0\0\0\x08\0\0\0\x03".to_vec(),

@@ -12,6 +12,8 @@ pub struct BackendTarget {
     pub database: String,
     /// What the server may ask for (`require_auth` in the URL).
     pub auth: AllowedAuth,
+    /// TLS to the server (`sslmode`, `sslrootcert`).
+    pub tls: BackendTls,
 }
 
 /// The authentication a placement's server may ask for, as libpq's
@@ -87,46 +89,112 @@ impl AllowedAuth {
     }
 }
 
-/// `url` without its `require_auth` parameter (which tokio-postgres does
-/// not know), and that parameter's value: from a URL's query string, or
-/// a `key=value` word.
-fn take_require_auth(url: &str) -> (String, Option<String>) {
+/// How a placement's connections use TLS (`sslmode`, `sslrootcert` in
+/// its url, as libpq has them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackendTls {
+    pub mode: SslMode,
+    /// CA certificates (PEM) the server's chain must lead to.
+    pub root_cert: Option<std::path::PathBuf>,
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    /// TLS if the server offers it (libpq's default).
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(v: &str) -> Result<SslMode, String> {
+        Ok(match v {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => return Err(format!("sslmode: unknown mode {other:?}")),
+        })
+    }
+
+    /// A server that declines TLS is refused.
+    pub fn needs_tls(self) -> bool {
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    }
+}
+
+/// The parameters pgtenant reads itself (tokio-postgres, which parses the
+/// rest, knows some of them only partly or not at all).
+const OWN_PARAMS: [&str; 3] = ["require_auth", "sslmode", "sslrootcert"];
+
+/// `url` without [`OWN_PARAMS`], and their values: from a URL's query
+/// string, or `key=value` words.
+fn take_own_params(url: &str) -> (String, Vec<(&'static str, String)>) {
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let mut taken = Vec::new();
+    let mut take = |word: &str, decode: bool| -> bool {
+        for key in OWN_PARAMS {
+            if let Some(v) = word.strip_prefix(key).and_then(|r| r.strip_prefix('=')) {
+                let v = if decode {
+                    percent_decode(v)
+                } else {
+                    v.trim_matches('\'').to_string()
+                };
+                taken.push((key, v));
+                return false;
+            }
+        }
+        true
+    };
     if is_url {
         let Some((base, query)) = url.split_once('?') else {
-            return (url.to_string(), None);
+            return (url.to_string(), taken);
         };
-        let mut value = None;
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| match pair.strip_prefix("require_auth=") {
-                Some(v) => {
-                    value = Some(v.replace("%2C", ",").replace("%2c", ","));
-                    false
-                }
-                None => true,
-            })
-            .collect();
+        let kept: Vec<&str> = query.split('&').filter(|p| take(p, true)).collect();
         let rest = if kept.is_empty() {
             base.to_string()
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        (rest, value)
+        (rest, taken)
     } else {
-        let mut value = None;
-        let kept: Vec<&str> = url
-            .split_whitespace()
-            .filter(|word| match word.strip_prefix("require_auth=") {
-                Some(v) => {
-                    value = Some(v.trim_matches('\'').to_string());
-                    false
-                }
-                None => true,
-            })
-            .collect();
-        (kept.join(" "), value)
+        let kept: Vec<&str> = url.split_whitespace().filter(|w| take(w, false)).collect();
+        (kept.join(" "), taken)
     }
+}
+
+/// `%XX` escapes of a URL query value.
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl std::fmt::Debug for BackendTarget {
@@ -143,11 +211,19 @@ impl BackendTarget {
     /// Accepts what libpq accepts (URL or `key=value`), limited to one TCP
     /// host, since a placement is one database.
     pub fn from_url(url: &str) -> Result<BackendTarget, String> {
-        let (url, require_auth) = take_require_auth(url);
-        let auth = match require_auth {
-            Some(v) => AllowedAuth::parse(&v)?,
-            None => AllowedAuth::default(),
-        };
+        let (url, own) = take_own_params(url);
+        let mut auth = AllowedAuth::default();
+        let mut tls = BackendTls::default();
+        for (key, value) in own {
+            match key {
+                "require_auth" => auth = AllowedAuth::parse(&value)?,
+                "sslmode" => tls.mode = SslMode::parse(&value)?,
+                _ => tls.root_cert = Some(value.into()),
+            }
+        }
+        if matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull) && tls.root_cert.is_none() {
+            return Err("sslmode=verify-ca and verify-full need sslrootcert (a PEM file of CA certificates)".into());
+        }
         let cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
@@ -164,9 +240,6 @@ impl BackendTarget {
         };
         let user = cfg.get_user().ok_or("names no user")?.to_string();
         let database = cfg.get_dbname().unwrap_or(&user).to_string();
-        if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err("sslmode=require: TLS to placements is not supported yet".into());
-        }
         Ok(BackendTarget {
             host,
             port,
@@ -174,6 +247,7 @@ impl BackendTarget {
             password: cfg.get_password().map(<[u8]>::to_vec),
             database,
             auth,
+            tls,
         })
     }
 }
@@ -199,6 +273,27 @@ mod tests {
             .expect("key=value");
         assert!(t.auth.md5 && t.auth.password && !t.auth.scram && !t.auth.none);
         assert_eq!(t.auth.describe(), "md5,password");
+
+        let t = BackendTarget::from_url(
+            "postgres://u@h/d?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=3",
+        )
+        .expect("url");
+        assert_eq!(t.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            t.tls.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            BackendTarget::from_url("postgres://u@h/d")
+                .expect("url")
+                .tls
+                .mode,
+            SslMode::Prefer
+        );
+        let e = BackendTarget::from_url("postgres://u@h/d?sslmode=verify-ca").expect_err("no CA");
+        assert!(e.contains("sslrootcert"), "{e}");
+        let t = BackendTarget::from_url("host=h user=u sslmode=require").expect("kv");
+        assert_eq!(t.tls.mode, SslMode::Require);
 
         for bad in ["!md5", "scram", "md5,,none"] {
             let e = BackendTarget::from_url(&format!("postgres://u@h/d?require_auth={bad}"))

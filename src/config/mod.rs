@@ -13,7 +13,7 @@ pub mod schema_names;
 pub mod secret_exposure;
 mod values;
 
-pub use backend_url::{AllowedAuth, BackendTarget};
+pub use backend_url::{AllowedAuth, BackendTarget, BackendTls, SslMode};
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
 pub use values::{ByteSize, Secret};
 

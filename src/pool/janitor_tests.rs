@@ -17,9 +17,10 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 fn pool_at(port: u16, timeouts: PoolTimeouts) -> Arc<PlacementPool> {
-    let target =
-        BackendTarget::from_url(&format!("postgres://u@127.0.0.1:{port}/db?require_auth=none"))
-            .expect("url");
+    let target = BackendTarget::from_url(&format!(
+        "postgres://u@127.0.0.1:{port}/db?require_auth=none"
+    ))
+    .expect("url");
     PlacementPool::new(
         PlacementName("p".into()),
         target,

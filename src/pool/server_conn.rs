@@ -27,6 +27,10 @@ pub enum ServerError {
     UnsupportedAuth(String),
     #[error("server needs a password and the placement URL has none")]
     NoPassword,
+    /// TLS to the server failed, or the server declined it where the
+    /// placement's sslmode requires it.
+    #[error("TLS to the server: {0}")]
+    Tls(String),
     /// The server asked for an authentication the placement does not
     /// allow (`require_auth`); nothing was sent.
     #[error(
@@ -119,7 +123,8 @@ impl ServerConn {
     ) -> Result<ServerConn, ServerError> {
         let socket = Socket::connect(&target.host, target.port).await?;
         socket.set_nodelay(true)?;
-        let stream = Stream::from(socket);
+        let mut stream = Stream::from(socket);
+        let binding = negotiate_tls(&mut stream, target).await?;
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -192,18 +197,33 @@ impl ServerConn {
                 backend::Message::AuthenticationSasl(body) => {
                     allow("SCRAM-SHA-256", target.auth.scram)?;
                     let pw = target.password.as_deref().ok_or(ServerError::NoPassword)?;
-                    let mut offers_scram = false;
+                    let (mut offers_scram, mut offers_plus) = (false, false);
                     let mut mechs = body.mechanisms();
                     while let Some(m) = fallible_next(&mut mechs)? {
                         offers_scram |= m == sasl::SCRAM_SHA_256;
+                        offers_plus |= m == sasl::SCRAM_SHA_256_PLUS;
                     }
                     if !offers_scram {
                         return Err(ServerError::UnsupportedAuth(
                             "SASL without SCRAM-SHA-256".into(),
                         ));
                     }
-                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    // Over TLS, bound to the server's certificate where
+                    // both sides can (SCRAM-SHA-256-PLUS).
+                    let (mechanism, binding) = match &binding {
+                        ServerBinding::Tls(Some(hash)) if offers_plus => (
+                            sasl::SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                        ),
+                        ServerBinding::Tls(Some(_)) => {
+                            (sasl::SCRAM_SHA_256, ChannelBinding::unrequested())
+                        }
+                        ServerBinding::Tls(None) | ServerBinding::Plain => {
+                            (sasl::SCRAM_SHA_256, ChannelBinding::unsupported())
+                        }
+                    };
+                    let s = ScramSha256::new(pw, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut out)?;
                     scram = Some(s);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
@@ -498,4 +518,59 @@ pub(super) fn rejected(body: &backend::ErrorResponseBody) -> ServerError {
         }
     }
     ServerError::Rejected { code, message }
+}
+
+/// TLS on a new server connection, as the placement's sslmode says.
+enum ServerBinding {
+    Plain,
+    /// Encrypted; the certificate's channel binding where its signature
+    /// algorithm defines one.
+    Tls(Option<Vec<u8>>),
+}
+
+/// SSLRequest, then the handshake if the server agrees. A server that
+/// declines where sslmode requires TLS is refused, so an on-path attacker
+/// answering `N` cannot strip it. The answer is read byte by byte: what
+/// follows `S` belongs to the handshake, never to the protocol.
+async fn negotiate_tls(
+    stream: &mut Stream,
+    target: &BackendTarget,
+) -> Result<ServerBinding, ServerError> {
+    use crate::config::SslMode;
+    if matches!(target.tls.mode, SslMode::Disable | SslMode::Allow) {
+        return Ok(ServerBinding::Plain);
+    }
+    stream.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+    stream.flush().await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let config = crate::tls::backend_config(&target.tls).map_err(ServerError::Tls)?;
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| ServerError::Tls(format!("server name {:?}: {e}", target.host)))?;
+            let conn = rustls::ClientConnection::new(config, name)
+                .map_err(|e| ServerError::Tls(e.to_string()))?;
+            stream
+                .start_tls(rustls::Connection::Client(conn), None)
+                .await
+                .map_err(|e| ServerError::Tls(e.to_string()))?;
+            let leaf = stream
+                .tls()
+                .and_then(|c| c.peer_certificates())
+                .and_then(|chain| chain.first());
+            Ok(ServerBinding::Tls(
+                leaf.and_then(crate::tls::end_point_hash).map(Vec::from),
+            ))
+        }
+        b'N' if target.tls.mode.needs_tls() => Err(ServerError::Tls(format!(
+            "the server declined TLS, and the placement's sslmode is {:?}",
+            target.tls.mode
+        ))),
+        b'N' => Ok(ServerBinding::Plain),
+        other => Err(ServerError::Protocol(format!(
+            "unexpected answer {:?} to SSLRequest",
+            other as char
+        ))),
+    }
 }

@@ -59,10 +59,18 @@ async fn serve(mut s: TcpStream, seen: Arc<Seen>) {
 }
 
 async fn converse(s: &mut TcpStream, seen: &Seen) -> std::io::Result<()> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await?;
-    let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-    s.read_exact(&mut startup).await?;
+    // An SSLRequest (sslmode=prefer, the default) is declined, as by a
+    // server without TLS; then the StartupMessage.
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await?;
+        let mut packet = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+        s.read_exact(&mut packet).await?;
+        if packet != [4, 210, 22, 47] {
+            break;
+        }
+        s.write_all(b"N").await?;
+    }
     s.write_all(b"R\0\0\0\x08\0\0\0\0K\0\0\0\x0c\0\0\0\x07\0\0\0\x2aZ\0\0\0\x05I")
         .await?;
     let mut status = b'I';

@@ -167,11 +167,17 @@ impl TlsLayer {
             }
             if self.conn.wants_read() {
                 sock.readable().await?;
-                if self.read_records(sock)? == 0 && self.closed {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the peer closed the connection during the TLS handshake",
-                    ));
+                match self.read_records(sock) {
+                    Ok(0) if self.closed => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the peer closed the connection during the TLS handshake",
+                        ));
+                    }
+                    Ok(_) => {}
+                    // Readiness without bytes after all: wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -218,7 +224,8 @@ impl TlsLayer {
     /// some is left.
     pub fn flush_now(&mut self, sock: &Socket) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        matches!(self.poll_flush_tls(sock, &mut cx), Poll::Ready(Ok(()))) && !self.conn.wants_write()
+        matches!(self.poll_flush_tls(sock, &mut cx), Poll::Ready(Ok(())))
+            && !self.conn.wants_write()
     }
 
     /// Encrypts `bytes` and sends what the socket takes without waiting.

@@ -5,6 +5,7 @@
 //! connections already encrypted, keep what they started with.
 
 mod certs;
+mod client;
 mod resolver;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,8 @@ use rustls::sign::CertifiedKey;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use certs::end_point_hash;
+pub use client::backend_config;
 pub use resolver::SniResolver;
 
 /// The crypto provider, the same for every TLS use in the process.
