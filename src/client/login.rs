@@ -95,12 +95,12 @@ pub(super) async fn login(
         .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
     // Recorded as a string field: both log formats quote and escape it,
     // so a crafted name cannot forge a line.
-    tracing::Span::current().record("user", user);
+    crate::log_context::set_user(user);
 
     // Database `pgtenant` is the admin console whatever else the client
     // sent (no tenant may have that name); no admin reaches a placement.
     if startup.param("database") == Some(crate::config::ADMIN_DATABASE) {
-        tracing::Span::current().record("tenant", crate::config::ADMIN_DATABASE);
+        crate::log_context::set_tenant(crate::config::ADMIN_DATABASE);
         let who = Who::admin(user);
         let console = admin::login(
             state,
@@ -133,10 +133,9 @@ pub(super) async fn login(
             login_limit::limited((state, snap), peer.ip(), who, tenant).await?
         }
         routing::Route::Operator(route) => {
-            let span = tracing::Span::current();
-            span.record("operator", route.operator.as_str());
+            crate::log_context::set_operator(route.operator.as_str());
             if let Some(t) = &route.tenant {
-                span.record("tenant", t.as_str());
+                crate::log_context::set_tenant(t.as_str());
             }
             let who = Who::operator(&route.operator);
             let op = operator::login(snap, client, &route, peer, login_deadline);
@@ -234,7 +233,7 @@ async fn tenant_login(
     resolved: routing::Resolved,
     login_deadline: Instant,
 ) -> Result<Identity, ClientError> {
-    tracing::Span::current().record("tenant", resolved.tenant.as_str());
+    crate::log_context::set_tenant(resolved.tenant.as_str());
     let tenant = snap
         .catalog
         .get(resolved.tenant.as_str())
@@ -266,9 +265,7 @@ async fn tenant_login(
         .get(&tenant.placement)
         .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
     // Every line this connection logs says where its tenant lives.
-    tracing::Span::current()
-        .record("placement", tenant.placement.as_str())
-        .record("isolation", placement.isolation.as_str());
+    crate::log_context::set_placement(tenant.placement.as_str(), placement.isolation.as_str());
     // Every catalog tenant has a seat at its placement's pool
     // (`Snapshot::build`); one without is refused rather than let in
     // uncounted.
