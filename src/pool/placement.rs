@@ -62,7 +62,7 @@ use crate::runtime::current_worker;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The placement's name, as configured.
@@ -465,8 +465,8 @@ impl PlacementPool {
     /// A clean connection `seat` held comes back: closed if its lifetime
     /// is over, else straight to the waiter whose turn it is, or idle on
     /// its worker.
-    pub(super) fn put_back(&self, mut conn: Pooled, seat: TenantSeat) {
-        let now = crate::runtime::time::now();
+    /// `now`: the caller's reading of `runtime::time::now()`.
+    pub(super) fn put_back(&self, mut conn: Pooled, seat: TenantSeat, now: Instant) {
         conn.last_used = now;
         conn.needs_check = self.timeouts.check_delay.is_zero();
         if conn.retire_at.is_some_and(|at| now >= at) {
