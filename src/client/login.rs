@@ -102,18 +102,24 @@ pub(super) async fn login(
     if startup.param("database") == Some(crate::config::ADMIN_DATABASE) {
         crate::log_context::set_tenant(crate::config::ADMIN_DATABASE);
         let who = Who::admin(user);
-        let console = admin::login(
-            state,
-            snap,
-            client,
-            user,
-            peer,
-            login_deadline,
-            unauthenticated,
-        );
-        return login_limit::limited((state, snap), peer.ip(), who, console)
-            .await
-            .map(LoggedIn::Console);
+        // Made in place and boxed, as the operator's below: rare, and
+        // large (a future first held in a local would take room twice).
+        return Box::pin(login_limit::limited(
+            (state, snap),
+            peer.ip(),
+            who,
+            admin::login(
+                state,
+                snap,
+                client,
+                user,
+                peer,
+                login_deadline,
+                unauthenticated,
+            ),
+        ))
+        .await
+        .map(LoggedIn::Console);
     }
 
     let route = routing::route(
@@ -129,8 +135,15 @@ pub(super) async fn login(
     let id = match route {
         routing::Route::Tenant(resolved) => {
             let who = Who::tenant_user(resolved.tenant.as_str(), &resolved.user);
-            let tenant = tenant_login(state, snap, client, resolved, login_deadline);
-            login_limit::limited((state, snap), peer.ip(), who, tenant).await?
+            // Made in place: held in a local first, it would take room
+            // twice in this future.
+            login_limit::limited(
+                (state, snap),
+                peer.ip(),
+                who,
+                tenant_login(state, snap, client, resolved, login_deadline),
+            )
+            .await?
         }
         routing::Route::Operator(route) => {
             crate::log_context::set_operator(route.operator.as_str());
@@ -138,8 +151,13 @@ pub(super) async fn login(
                 crate::log_context::set_tenant(t.as_str());
             }
             let who = Who::operator(&route.operator);
-            let op = operator::login(snap, client, &route, peer, login_deadline);
-            let op = login_limit::limited((state, snap), peer.ip(), who, op).await?;
+            let op = Box::pin(login_limit::limited(
+                (state, snap),
+                peer.ip(),
+                who,
+                operator::login(snap, client, &route, peer, login_deadline),
+            ))
+            .await?;
             Identity {
                 user: route.operator.clone(),
                 tenant: op.tenant,
@@ -240,9 +258,16 @@ async fn tenant_login(
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
     if snap.config.proxy.auth_type == AuthType::ScramSha256 {
+        // Boxed: the exchange's state would otherwise be part of every
+        // login's future, copied at each step even under trust.
         time::timeout_at(
             login_deadline,
-            auth::scram_sha_256(client, &snap.catalog, &tenant, &resolved.user),
+            Box::pin(auth::scram_sha_256(
+                client,
+                &snap.catalog,
+                &tenant,
+                &resolved.user,
+            )),
         )
         .await
         .map_err(|_| ClientError::LoginTimeout)??;

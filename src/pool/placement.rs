@@ -259,14 +259,29 @@ impl PlacementPool {
 
     /// The server parameters clients see at startup; opens (and returns)
     /// a connection the first time.
-    pub async fn startup_params(
+    ///
+    /// Not an `async fn`: every login awaits this, nearly always with
+    /// the parameters known, so the checkout (a 1.6 kB future) is boxed
+    /// apart rather than made part of every login's future.
+    pub fn startup_params(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Arc<StartupParams>, CheckoutError>> + '_ {
+        let cached = self.cached_params();
+        async move {
+            match cached {
+                Some(p) => Ok(p),
+                None => Box::pin(self.first_startup_params(seat, wait)).await,
+            }
+        }
+    }
+
+    async fn first_startup_params(
         self: &Arc<Self>,
         seat: TenantSeat,
         wait: Duration,
     ) -> Result<Arc<StartupParams>, CheckoutError> {
-        if let Some(p) = self.cached_params() {
-            return Ok(p);
-        }
         let lease = self.checkout(seat, wait).await?;
         let params = self.cached_params();
         lease.release();
