@@ -8,6 +8,13 @@
 #   TARGETS=pgtenant CACHE=1 benches/instructions.sh   # + L1 miss counts
 #   CONNECT=1 N1=400 N2=2000 benches/instructions.sh  # pgbench -C: a new
 #                                              # connection per transaction
+#   CLIENTS=1 benches/instructions.sh          # one client: as many loop
+#                                              # turns per transaction in
+#                                              # every run (with 16, how
+#                                              # many requests a turn
+#                                              # serves varies with the
+#                                              # machine's load, and with
+#                                              # it the runtime's share)
 #
 # Each target runs twice under callgrind, for N1 and N2 transactions after
 # the same warm-up; the difference of the two totals divided by N2 - N1 is
@@ -21,6 +28,7 @@ N1=${N1:-4000}
 N2=${N2:-20000}
 CACHE=${CACHE:-0}
 CONNECT=${CONNECT:-0}
+CLIENTS=${CLIENTS:-16}
 SCALE=1
 # Above the ephemeral range (32768-60999): see compare.sh.
 PG_PORT=${PG_PORT:-61632}
@@ -50,10 +58,10 @@ measure() {
   pid=$!
   PIDS+=("$pid")
   wait_port "$port"
-  local args=(-n -S -M "$MODE" -c 16 -j 2 -h 127.0.0.1 -p "$port" -U bench bench)
+  local args=(-n -S -M "$MODE" -c "$CLIENTS" -j "$(( CLIENTS > 1 ? 2 : 1 ))" -h 127.0.0.1 -p "$port" -U bench bench)
   [[ $CONNECT == 1 ]] && args+=(-C)
   pgbench "${args[@]}" -t 100 >/dev/null 2>&1
-  pgbench "${args[@]}" -t $((n / 16)) 2>&1 | grep -q "actually processed: $n/$n" ||
+  pgbench "${args[@]}" -t $((n / CLIENTS)) 2>&1 | grep -q "actually processed: $n/$n" ||
     { echo "$target: pgbench did not complete $n transactions" >&2; kill "$pid"; exit 1; }
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
@@ -61,7 +69,7 @@ measure() {
   sed -n 's/^\(summary\|totals\): //p' "$out" | head -1
 }
 
-echo "pgbench -S -M $MODE -c 16$([[ $CONNECT == 1 ]] && echo " -C"), one worker; per transaction = (run of $N2 - run of $N1) / $((N2 - N1))"
+echo "pgbench -S -M $MODE -c $CLIENTS$([[ $CONNECT == 1 ]] && echo " -C"), one worker; per transaction = (run of $N2 - run of $N1) / $((N2 - N1))"
 for t in $TARGETS; do
   if [[ $t == pgbouncer && ! -x $PGBOUNCER_BIN ]]; then echo "pgbouncer: $PGBOUNCER_BIN missing, skipped"; continue; fi
   a=$(measure "$t" "$N1")

@@ -37,6 +37,8 @@
 //!   figures.
 //! - `admin`: operators' interfaces; `admin::http` serves `/metrics` and
 //!   `/healthz` on `admin.listen` (control runtime).
+//! - `log_context`: who a client connection is (id, peer, user, tenant,
+//!   placement), added to the lines it logs; a leaf.
 //! - `pgcluster`: a throwaway PostgreSQL for `pgtenant demo` and tests;
 //!   `provision`: a tenant database with its own backend role on it.
 
@@ -50,6 +52,7 @@ pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod demo;
+pub mod log_context;
 pub mod metrics;
 pub mod open_files;
 pub mod pgcluster;

@@ -96,14 +96,25 @@ fn main() -> ExitCode {
             std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         );
+    // Every line a client connection logs carries its id, address, user
+    // and tenant (`log_context`): `client{..}` in text, `"span"` in JSON.
+    use tracing_subscriber::fmt::format;
     match cli.log_format {
-        LogFormat::Text => logs.init(),
-        // The current span's fields sit beside the event's, so every line
-        // of a connection carries its tenant, user, address and id.
+        LogFormat::Text => logs
+            .event_format(pgtenant::log_context::Format::text(
+                format::Format::default(),
+            ))
+            .init(),
         LogFormat::Json => logs
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .event_format(pgtenant::log_context::Format::json(
+                format::Format::default()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+            ))
             .init(),
     }
     let result = match cli.command.unwrap_or(Cmd::Serve) {

@@ -95,25 +95,31 @@ pub(super) async fn login(
         .ok_or_else(|| ClientError::Protocol("no user name in the startup packet".into()))?;
     // Recorded as a string field: both log formats quote and escape it,
     // so a crafted name cannot forge a line.
-    tracing::Span::current().record("user", user);
+    crate::log_context::set_user(user);
 
     // Database `pgtenant` is the admin console whatever else the client
     // sent (no tenant may have that name); no admin reaches a placement.
     if startup.param("database") == Some(crate::config::ADMIN_DATABASE) {
-        tracing::Span::current().record("tenant", crate::config::ADMIN_DATABASE);
+        crate::log_context::set_tenant(crate::config::ADMIN_DATABASE);
         let who = Who::admin(user);
-        let console = admin::login(
-            state,
-            snap,
-            client,
-            user,
-            peer,
-            login_deadline,
-            unauthenticated,
-        );
-        return login_limit::limited((state, snap), peer.ip(), who, console)
-            .await
-            .map(LoggedIn::Console);
+        // Made in place and boxed, as the operator's below: rare, and
+        // large (a future first held in a local would take room twice).
+        return Box::pin(login_limit::limited(
+            (state, snap),
+            peer.ip(),
+            who,
+            admin::login(
+                state,
+                snap,
+                client,
+                user,
+                peer,
+                login_deadline,
+                unauthenticated,
+            ),
+        ))
+        .await
+        .map(LoggedIn::Console);
     }
 
     let route = routing::route(
@@ -129,18 +135,29 @@ pub(super) async fn login(
     let id = match route {
         routing::Route::Tenant(resolved) => {
             let who = Who::tenant_user(resolved.tenant.as_str(), &resolved.user);
-            let tenant = tenant_login(state, snap, client, resolved, login_deadline);
-            login_limit::limited((state, snap), peer.ip(), who, tenant).await?
+            // Made in place: held in a local first, it would take room
+            // twice in this future.
+            login_limit::limited(
+                (state, snap),
+                peer.ip(),
+                who,
+                tenant_login(state, snap, client, resolved, login_deadline),
+            )
+            .await?
         }
         routing::Route::Operator(route) => {
-            let span = tracing::Span::current();
-            span.record("operator", route.operator.as_str());
+            crate::log_context::set_operator(route.operator.as_str());
             if let Some(t) = &route.tenant {
-                span.record("tenant", t.as_str());
+                crate::log_context::set_tenant(t.as_str());
             }
             let who = Who::operator(&route.operator);
-            let op = operator::login(snap, client, &route, peer, login_deadline);
-            let op = login_limit::limited((state, snap), peer.ip(), who, op).await?;
+            let op = Box::pin(login_limit::limited(
+                (state, snap),
+                peer.ip(),
+                who,
+                operator::login(snap, client, &route, peer, login_deadline),
+            ))
+            .await?;
             Identity {
                 user: route.operator.clone(),
                 tenant: op.tenant,
@@ -234,16 +251,23 @@ async fn tenant_login(
     resolved: routing::Resolved,
     login_deadline: Instant,
 ) -> Result<Identity, ClientError> {
-    tracing::Span::current().record("tenant", resolved.tenant.as_str());
+    crate::log_context::set_tenant(resolved.tenant.as_str());
     let tenant = snap
         .catalog
         .get(resolved.tenant.as_str())
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
     if snap.config.proxy.auth_type == AuthType::ScramSha256 {
+        // Boxed: the exchange's state would otherwise be part of every
+        // login's future, copied at each step even under trust.
         time::timeout_at(
             login_deadline,
-            auth::scram_sha_256(client, &snap.catalog, &tenant, &resolved.user),
+            Box::pin(auth::scram_sha_256(
+                client,
+                &snap.catalog,
+                &tenant,
+                &resolved.user,
+            )),
         )
         .await
         .map_err(|_| ClientError::LoginTimeout)??;
@@ -266,9 +290,7 @@ async fn tenant_login(
         .get(&tenant.placement)
         .ok_or_else(|| ClientError::PlacementUnreachable(tenant.id.clone()))?;
     // Every line this connection logs says where its tenant lives.
-    tracing::Span::current()
-        .record("placement", tenant.placement.as_str())
-        .record("isolation", placement.isolation.as_str());
+    crate::log_context::set_placement(tenant.placement.as_str(), placement.isolation.as_str());
     // Every catalog tenant has a seat at its placement's pool
     // (`Snapshot::build`); one without is refused rather than let in
     // uncounted.

@@ -75,7 +75,11 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        // In u64 arithmetic (`as_micros` divides a u128).
+        let us = d
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()));
         self.observe_us(us);
     }
 

@@ -32,12 +32,18 @@ impl Lease {
 
     /// Returns a connection that is idle (ReadyForQuery 'I', nothing
     /// unread) to the pool.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(crate::runtime::time::now());
+    }
+
+    /// `release`, with the time now (`runtime::time::now()`) that the
+    /// caller read already: one clock read per transaction saved.
+    pub fn release_at(mut self, now: std::time::Instant) {
         if let Some(mut c) = self.conn.take() {
             // Anything the loop still holds for the server goes out first;
             // a connection with bytes that would not go is not clean.
             if c.buf.is_empty() && c.stream.settle_for_handoff() {
-                self.pool.put_back(c, self.seat);
+                self.pool.put_back(c, self.seat, now);
             } else {
                 // Unsolicited bytes after the last ReadyForQuery (say, a
                 // NOTIFY): nobody else may receive them.

@@ -62,7 +62,7 @@ use crate::runtime::current_worker;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The placement's name, as configured.
@@ -259,14 +259,29 @@ impl PlacementPool {
 
     /// The server parameters clients see at startup; opens (and returns)
     /// a connection the first time.
-    pub async fn startup_params(
+    ///
+    /// Not an `async fn`: every login awaits this, nearly always with
+    /// the parameters known, so the checkout (a 1.6 kB future) is boxed
+    /// apart rather than made part of every login's future.
+    pub fn startup_params(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Arc<StartupParams>, CheckoutError>> + '_ {
+        let cached = self.cached_params();
+        async move {
+            match cached {
+                Some(p) => Ok(p),
+                None => Box::pin(self.first_startup_params(seat, wait)).await,
+            }
+        }
+    }
+
+    async fn first_startup_params(
         self: &Arc<Self>,
         seat: TenantSeat,
         wait: Duration,
     ) -> Result<Arc<StartupParams>, CheckoutError> {
-        if let Some(p) = self.cached_params() {
-            return Ok(p);
-        }
         let lease = self.checkout(seat, wait).await?;
         let params = self.cached_params();
         lease.release();
@@ -465,8 +480,8 @@ impl PlacementPool {
     /// A clean connection `seat` held comes back: closed if its lifetime
     /// is over, else straight to the waiter whose turn it is, or idle on
     /// its worker.
-    pub(super) fn put_back(&self, mut conn: Pooled, seat: TenantSeat) {
-        let now = crate::runtime::time::now();
+    /// `now`: the caller's reading of `runtime::time::now()`.
+    pub(super) fn put_back(&self, mut conn: Pooled, seat: TenantSeat, now: Instant) {
         conn.last_used = now;
         conn.needs_check = self.timeouts.check_delay.is_zero();
         if conn.retire_at.is_some_and(|at| now >= at) {

@@ -39,7 +39,9 @@ impl Drop for WaitGuard<'_> {
         // Already handed something: give it back.
         rx.close();
         match rx.try_recv() {
-            Ok(Grant::Conn(c)) => self.pool.put_back(c, self.seat),
+            Ok(Grant::Conn(c)) => self
+                .pool
+                .put_back(c, self.seat, crate::runtime::time::now()),
             Ok(Grant::Slot) => self.pool.slot_abandoned(self.seat),
             Ok(Grant::Down(_)) | Err(_) => {}
         }

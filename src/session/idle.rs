@@ -153,8 +153,16 @@ impl Session<'_> {
             // The message the last walk stopped at is still not whole.
             return Ok((known::Local::NeedMore(self.walk_again_at), BytesMut::new()));
         }
+        let query = client.flow.buf.first() == Some(&b'Q');
+        if query && self.statements.is_empty() {
+            // A Query is answered here only when it deallocates one of
+            // the client's named statements, and it has none.
+            self.walk_again_at = 0;
+            return Ok((known::Local::Server, BytesMut::new()));
+        }
         let mut out = BytesMut::new();
-        let use_described = self.default_search_path();
+        // Kept Describe answers serve batches only, never a Query.
+        let use_described = !query && self.default_search_path();
         let local = known::answer_without_server(
             &client.flow.buf,
             known::Answering {

@@ -65,19 +65,15 @@ impl Session<'_> {
                 self.stats.wait_time.observe_us(0);
                 lease
             }
-            // A KILL ends the wait (checkout is cancel-safe).
-            None => {
-                let asked = std::time::Instant::now();
-                let got = tokio::select! {
-                    biased;
-                    _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
-                    r = self.pool.checkout(self.seat, self.config.query_wait_timeout) => r,
-                };
-                self.stats.wait_time.observe(asked.elapsed());
-                got.map_err(|e| checkout_error(&self.tenant, e))?
-            }
+            // Boxed: the wait is the uncommon case, and its state would
+            // otherwise be part of every transaction's future.
+            None => Box::pin(self.wait_for_checkout()).await?,
         };
-        match self.sync_settings(&mut lease).await {
+        if Arc::ptr_eq(&self.wanted, &conn_state(lease.conn_mut()).applied) {
+            return Ok((lease, false)); // in sync: the common case
+        }
+        // Boxed likewise: a sync takes round trips to the server.
+        match Box::pin(self.sync_settings(&mut lease)).await {
             Ok(synced) => Ok((lease, synced)),
             Err(SyncFailure { error, clean }) => {
                 if clean {
@@ -86,6 +82,19 @@ impl Session<'_> {
                 Err(error)
             }
         }
+    }
+
+    /// Waits for a server connection of the pool; a KILL ends the wait
+    /// (checkout is cancel-safe).
+    async fn wait_for_checkout(&self) -> Result<Lease, ClientError> {
+        let asked = std::time::Instant::now();
+        let got = tokio::select! {
+            biased;
+            _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
+            r = self.pool.checkout(self.seat, self.config.query_wait_timeout) => r,
+        };
+        self.stats.wait_time.observe(asked.elapsed());
+        got.map_err(|e| checkout_error(&self.tenant, e))
     }
 
     /// After a RESET or DISCARD ALL on a connection the client keeps

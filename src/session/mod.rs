@@ -185,19 +185,27 @@ impl Session<'_> {
             // the next idle point by itself; nothing else to watch.
             let watch_stop = !txn.stop_when_idle;
             let stall_deadline = txn.stall_deadline;
-            let pumped = pump::pump(
-                &mut client.stream,
-                &mut client.flow,
-                &mut lease.conn_mut().stream,
-                server_flow,
-                txn,
-            );
+            // Made in each `select!` rather than once before: a future
+            // held in a local as well would take room twice in this
+            // future, which every transaction copies into its box.
+            macro_rules! pumped {
+                () => {
+                    pump::pump(
+                        &mut client.stream,
+                        &mut client.flow,
+                        &mut lease.conn_mut().stream,
+                        server_flow,
+                        txn,
+                    )
+                };
+            }
             let exit = if let Some(deadline) = stall_deadline {
                 // The client's backlog is over its limit: it has until
-                // the deadline to read it (only while paused).
+                // the deadline to read it (only while paused). The timer
+                // is boxed: rare, and large.
                 tokio::select! {
                     biased;
-                    _ = crate::runtime::time::sleep_until(deadline) => {
+                    _ = Box::pin(crate::runtime::time::sleep_until(deadline)) => {
                         txn.stall_deadline = None;
                         if txn.client_paused {
                             PumpExit::ClientStalled
@@ -216,7 +224,7 @@ impl Session<'_> {
                             continue;
                         }
                     }
-                    exit = pumped => exit,
+                    exit = pumped!() => exit,
                 }
             } else if watch_stop {
                 tokio::select! {
@@ -238,7 +246,7 @@ impl Session<'_> {
                             continue;
                         }
                     }
-                    exit = pumped => exit,
+                    exit = pumped!() => exit,
                 }
             } else {
                 // A stop has begun: the pump ends at the next idle point,
@@ -246,7 +254,7 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = self.stop.killed() => return PumpExit::Killed,
-                    exit = pumped => exit,
+                    exit = pumped!() => exit,
                 }
             };
             if !txn.has_session_effects() {

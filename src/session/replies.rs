@@ -458,6 +458,15 @@ impl Replies {
         if matches!(tag, b'D' | b'd') && self.markers == 0 {
             return Verdict::default();
         }
+        // A simple Query's messages before its ReadyForQuery (its
+        // CommandComplete, say) end nothing either: what `match_reply`
+        // would find, without its walk.
+        if self.markers == 0
+            && !matches!(tag, b'G' | b'E' | b'Z')
+            && self.q.front().is_some_and(|e| e.reply == Reply::UntilReady)
+        {
+            return Verdict::default();
+        }
         self.match_reply(tag)
     }
 
