@@ -14,6 +14,7 @@ pub mod conn;
 mod login;
 mod login_limit;
 pub mod operator;
+mod proxy_header;
 mod startup_phase;
 #[cfg(test)]
 mod timeout_tests;
@@ -49,6 +50,7 @@ pub fn serve(
         "client",
         conn,
         %peer,
+        via = tracing::field::Empty,
         user = tracing::field::Empty,
         tenant = tracing::field::Empty,
         placement = tracing::field::Empty,
@@ -144,7 +146,7 @@ fn serve_inner<'a>(
     state: &'a Arc<ProxyState>,
     (snap, generation): (&'a Arc<Snapshot>, u64),
     client: &'a mut ClientConn,
-    (peer, conn): (SocketAddr, u64),
+    (mut peer, conn): (SocketAddr, u64),
     unauthenticated: &'a mut Option<Unauthenticated>,
     stats: &'a mut Option<Arc<crate::metrics::TenantStats>>,
 ) -> impl std::future::Future<Output = Result<(), ClientError>> + Send + 'a {
@@ -161,10 +163,12 @@ fn serve_inner<'a>(
         // them) are a large part of a client's future, and once logged in
         // a client carries none of them (one allocation per connection).
         let login = Box::pin(async {
-            let first = time::timeout(
-                startup_limit,
-                startup_phase::handshake(client, snap.tls.as_deref()),
-            )
+            // A load balancer's PROXY header first: from here on `peer`
+            // is the client it names.
+            let first = time::timeout(startup_limit, async {
+                peer = proxy_header::identify(client, peer, proxy, unauthenticated).await?;
+                startup_phase::handshake(client, snap.tls.as_deref()).await
+            })
             .await
             .map_err(|_| ClientError::StartupTimeout)??;
             let startup = match first {
