@@ -12,12 +12,14 @@ pub mod networks;
 mod placement_checks;
 pub mod schema_names;
 pub mod secret_exposure;
+mod secrets;
 mod values;
 
 pub use backend_url::{AllowedAuth, BackendTarget};
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
 pub use networks::Network;
-pub use values::{ByteSize, Secret};
+pub use secrets::{Secret, SecretOrigin};
+pub use values::ByteSize;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
