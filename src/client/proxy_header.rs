@@ -13,7 +13,6 @@
 use crate::admission::{Caps, Unauthenticated};
 use crate::config::ProxyConfig;
 use crate::config::networks::any_contains;
-use crate::protocol::SqlState;
 use crate::protocol::proxy_header::{self, Start};
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
@@ -46,10 +45,7 @@ pub(super) async fn identify(
     let who = read(client, peer, proxy).await?;
     if let Some(u) = unauthenticated.as_mut() {
         u.set_address(who.client.ip(), Caps::of(proxy))
-            .map_err(|refusal| ClientError::Server {
-                code: SqlState::TOO_MANY_CONNECTIONS.as_str().to_string(),
-                message: refusal.message().to_string(),
-            })?;
+            .map_err(|refusal| ClientError::LoginsInFlight(refusal.message()))?;
     }
     if let Some(via) = who.via {
         let span = tracing::Span::current();
@@ -111,7 +107,8 @@ pub(super) async fn read(
     }
 }
 
-/// One read into the client's buffer; never more than a header can take.
+/// One read into the client's buffer, with room for a whole header at
+/// least; what follows the header stays there for the startup packet.
 async fn fill(client: &mut ClientConn) -> Result<(), ClientError> {
     client.flow.unpark();
     let room = proxy_header::MAX_HEADER_LEN.saturating_sub(client.flow.buf.len());
