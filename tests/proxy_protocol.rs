@@ -378,4 +378,17 @@ async fn logs_name_the_relayed_client() {
                     .is_some_and(|via| via.starts_with("127.0.0.1:"))
         });
     assert!(relayed, "no client line with the relayed peer: {logs}");
+    // The balancer is never named as the peer of a relayed connection.
+    for line in logs.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["span"]["via"].is_string() {
+            assert_ne!(
+                v["span"]["peer"].as_str().map(|p| p.starts_with("127.")),
+                Some(true),
+                "{line}"
+            );
+        }
+    }
 }

@@ -46,10 +46,14 @@ pub fn serve(
     unauthenticated: Unauthenticated,
 ) -> impl std::future::Future<Output = ()> + Send {
     let conn = crate::control::next_client_id();
+    // The generation first: a reload between the two reads is followed
+    // at the session's first lease.
+    let generation = state.stop.generation();
+    let snap = state.snapshot();
     let span = tracing::info_span!(
         "client",
         conn,
-        %peer,
+        peer = tracing::field::Empty,
         via = tracing::field::Empty,
         user = tracing::field::Empty,
         tenant = tracing::field::Empty,
@@ -57,11 +61,13 @@ pub fn serve(
         isolation = tracing::field::Empty,
         operator = tracing::field::Empty
     );
+    // Recorded once: a balancer's client is known from its PROXY header.
+    if proxy_header::trusted(&snap.config.proxy, peer) {
+        span.record("via", tracing::field::display(peer));
+    } else {
+        span.record("peer", tracing::field::display(peer));
+    }
     let _ = stream.set_nodelay(true);
-    // The generation first: a reload between the two reads is followed
-    // at the session's first lease.
-    let generation = state.stop.generation();
-    let snap = state.snapshot();
     let mut client = ClientConn::new(stream.into(), snap.config.proxy.max_message_size.0 as usize);
     let mut unauthenticated = Some(unauthenticated);
     async move {

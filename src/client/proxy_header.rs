@@ -29,13 +29,14 @@ pub(super) struct Peer {
 }
 
 /// Whether `peer` is a balancer whose header is believed.
-fn trusted(proxy: &ProxyConfig, peer: SocketAddr) -> bool {
+pub(super) fn trusted(proxy: &ProxyConfig, peer: SocketAddr) -> bool {
     any_contains(&proxy.proxy_protocol_networks, peer.ip())
 }
 
 /// The client of this connection ([`read`]), counted against its
-/// address's unauthenticated cap and named in the connection's span
-/// (`peer`, and `via` for the balancer).
+/// address's unauthenticated cap and, behind a balancer, named in the
+/// connection's span as `peer` (`serve` recorded the balancer as `via`,
+/// and the peer of any other connection).
 pub(super) async fn identify(
     client: &mut ClientConn,
     peer: SocketAddr,
@@ -47,11 +48,11 @@ pub(super) async fn identify(
         u.set_address(who.client.ip(), Caps::of(proxy))
             .map_err(|refusal| ClientError::LoginsInFlight(refusal.message()))?;
     }
-    if let Some(via) = who.via {
-        let span = tracing::Span::current();
-        span.record("peer", tracing::field::display(who.client));
-        span.record("via", tracing::field::display(via));
-        tracing::debug!("client relayed by a load balancer (PROXY protocol)");
+    if trusted(proxy, peer) {
+        tracing::Span::current().record("peer", tracing::field::display(who.client));
+        if who.via.is_some() {
+            tracing::debug!("client relayed by a load balancer (PROXY protocol)");
+        }
     }
     Ok(who.client)
 }
