@@ -4,7 +4,7 @@
 //! config's folder, one trailing newline trimmed), so that the TOML can be
 //! committed and the secret come from a Kubernetes Secret or a vault
 //! agent. A reload reads them again: rotating a file and sending SIGHUP
-//! is enough.
+//! is enough (a variable is fixed for the process's life).
 //!
 //! Errors name the variable or the file and, through the parser's span,
 //! the key; never the value. A [`Secret`] never shows in `Debug` output.
