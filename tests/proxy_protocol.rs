@@ -266,6 +266,65 @@ async fn broken_headers_are_refused_and_others_served() {
     );
 }
 
+/// The header comes before any TLS: an SSLRequest and a direct TLS hello
+/// follow it on the same socket, and the relayed client is the one shown.
+#[tokio::test]
+async fn tls_follows_the_header() {
+    use tokio_postgres::config::{SslMode, SslNegotiation};
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::tls::TestCa::new(dir.path());
+    let cert = ca.issue("proxy", &["proxy.test"]);
+    let config = config(&pg, "[\"127.0.0.1\"]", "")
+        + &format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.cert.display(),
+            cert.key.display()
+        );
+    let proxy = LiveProxy::start(&config).await;
+    let port = proxy.port;
+    let mut held = Vec::new();
+    for (forged, negotiation) in [
+        ("203.0.113.30:3000", SslNegotiation::Postgres),
+        ("203.0.113.31:3001", SslNegotiation::Direct),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(&relaying(forged, port)).await.expect("header");
+        let mut cfg: tokio_postgres::Config = "user=app.acme password=acme-secret dbname=acme"
+            .parse()
+            .expect("config");
+        cfg.ssl_mode(SslMode::Require).ssl_negotiation(negotiation);
+        let (client, conn) = cfg
+            .connect_raw(s, ca.connector("proxy.test"))
+            .await
+            .unwrap_or_else(|e| panic!("{negotiation:?} TLS after the header: {e}"));
+        tokio::spawn(conn);
+        client
+            .simple_query("SELECT 1")
+            .await
+            .expect("query over TLS");
+        held.push(client);
+    }
+    let console = login_after(
+        port,
+        &relaying("203.0.113.32:1", port),
+        "admin",
+        ADMIN,
+        "pgtenant",
+    )
+    .await
+    .expect("console");
+    let seen = clients(&console).await;
+    for (addr, port) in [("203.0.113.30", "3000"), ("203.0.113.31", "3001")] {
+        assert!(
+            seen.contains(&("acme".into(), addr.into(), port.into())),
+            "{seen:?}"
+        );
+    }
+}
+
 /// The per-address cap on logins in flight counts each relayed client,
 /// not the balancer: three clients behind it stall, and only the one
 /// address over the cap is refused.
