@@ -24,7 +24,11 @@ use tracing_subscriber::registry::LookupSpan;
 #[derive(Debug)]
 pub struct ClientLog {
     conn: u64,
-    peer: SocketAddr,
+    /// The client's address; None while a load balancer's PROXY header
+    /// has not named it yet.
+    peer: Option<SocketAddr>,
+    /// The load balancer a relayed client came through.
+    via: Option<SocketAddr>,
     user: Option<Box<str>>,
     tenant: Option<Box<str>>,
     placement: Option<Box<str>>,
@@ -63,6 +67,11 @@ fn record(set: impl FnOnce(&mut ClientLog)) {
 
 /// Recorded as strings: both formats quote and escape them, so a crafted
 /// name cannot forge a line.
+/// The client a trusted load balancer's PROXY header named.
+pub fn set_relayed_peer(client: SocketAddr) {
+    record(|c| c.peer = Some(client));
+}
+
 pub fn set_user(user: &str) {
     record(|c| c.user = Some(user.into()));
 }
@@ -91,11 +100,13 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// `inner`, logging as connection `conn` from `peer`.
-pub fn with_log<F: Future>(conn: u64, peer: SocketAddr, inner: F) -> WithLog<F> {
+/// `inner`, logging as connection `conn` from `peer`, or via `peer` (a
+/// load balancer) when `relayed`.
+pub fn with_log<F: Future>(conn: u64, peer: SocketAddr, relayed: bool, inner: F) -> WithLog<F> {
     let log = ClientLog {
         conn,
-        peer,
+        peer: (!relayed).then_some(peer),
+        via: relayed.then_some(peer),
         user: None,
         tenant: None,
         placement: None,
@@ -193,7 +204,12 @@ where
 
 /// `client{conn=1 peer=127.0.0.1:5000 user="app" ..}`, as the span was.
 fn text_span(c: &ClientLog) -> String {
-    let mut s = format!("client{{conn={} peer={}", c.conn, c.peer);
+    let mut s = format!("client{{conn={}", c.conn);
+    for (name, addr) in [("peer", c.peer), ("via", c.via)] {
+        if let Some(a) = addr {
+            let _ = write!(s, " {name}={a}");
+        }
+    }
     let fields = [
         ("user", c.user.as_deref()),
         ("tenant", c.tenant.as_deref()),
@@ -214,7 +230,11 @@ fn text_span(c: &ClientLog) -> String {
 fn json_span(c: &ClientLog) -> String {
     let mut m = serde_json::Map::new();
     m.insert("conn".into(), c.conn.into());
-    m.insert("peer".into(), c.peer.to_string().into());
+    for (name, addr) in [("peer", c.peer), ("via", c.via)] {
+        if let Some(a) = addr {
+            m.insert(name.into(), a.to_string().into());
+        }
+    }
     let fields = [
         ("user", c.user.as_deref()),
         ("tenant", c.tenant.as_deref()),
@@ -245,7 +265,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let s = std::sync::Arc::clone(&seen);
-        let f = with_log(7, peer, async move {
+        let f = with_log(7, peer, false, async move {
             set_user("app \"x\"");
             set_tenant("acme");
             let line = with_current(|c| c.map(|c| text_span(&c.borrow())));
@@ -275,7 +295,7 @@ mod tests {
         let log = || {
             let peer: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
             tracing::info!("before");
-            let f = with_log(7, peer, async {
+            let f = with_log(7, peer, false, async {
                 set_tenant("acme");
                 tracing::info!(n = 1, "inside");
             });

@@ -414,19 +414,25 @@ impl ProxyState {
     }
 
     /// Counts a connection just accepted from `peer` against the
-    /// unauthenticated caps of the current configuration.
+    /// unauthenticated caps of the current configuration; from a load
+    /// balancer in `proxy_protocol_networks`, against the total only
+    /// until its PROXY header names the client.
     pub fn admit_unauthenticated(
         &self,
         peer: std::net::IpAddr,
     ) -> Result<Unauthenticated, Refusal> {
-        let caps = {
+        let (caps, relayed) = {
             let snap = self.snapshot.load();
-            Caps {
-                total: snap.config.proxy.max_unauthenticated_connections,
-                per_address: snap.config.proxy.max_unauthenticated_per_address,
-            }
+            let proxy = &snap.config.proxy;
+            let relayed =
+                crate::config::networks::any_contains(&proxy.proxy_protocol_networks, peer);
+            (Caps::of(proxy), relayed)
         };
-        Unauthenticated::admit(&self.unauthenticated, peer, caps)
+        if relayed {
+            Unauthenticated::admit_relayed(&self.unauthenticated, caps)
+        } else {
+            Unauthenticated::admit(&self.unauthenticated, peer, caps)
+        }
     }
 
     /// Counts an authenticated client against the proxy-wide limit;

@@ -69,11 +69,22 @@ pub struct Caps {
     pub per_address: u32,
 }
 
+impl Caps {
+    pub fn of(proxy: &crate::config::ProxyConfig) -> Caps {
+        Caps {
+            total: proxy.max_unauthenticated_connections,
+            per_address: proxy.max_unauthenticated_per_address,
+        }
+    }
+}
+
 /// One unauthenticated connection, counted until dropped.
 #[derive(Debug)]
 pub struct Unauthenticated {
     counts: Arc<UnauthenticatedCounts>,
-    address: IpAddr,
+    /// None while a load balancer's connection waits for its PROXY
+    /// header to name the client (see [`Unauthenticated::admit_relayed`]).
+    address: Option<IpAddr>,
 }
 
 impl Unauthenticated {
@@ -83,17 +94,45 @@ impl Unauthenticated {
         peer: IpAddr,
         caps: Caps,
     ) -> Result<Unauthenticated, Refusal> {
-        // An IPv4 client of a dual-stack listener arrives as
-        // ::ffff:a.b.c.d; it is the same address as a.b.c.d.
-        let address = peer.to_canonical();
-        let before = counts
+        let mut admitted = Unauthenticated::admit_relayed(counts, caps)?;
+        admitted.set_address(peer, caps)?;
+        Ok(admitted)
+    }
+
+    /// Counts a connection from a trusted load balancer against the total
+    /// only: its address is every relayed client's, so the per-address
+    /// cap waits for the client its PROXY header names
+    /// ([`Unauthenticated::set_address`]).
+    pub fn admit_relayed(
+        counts: &Arc<UnauthenticatedCounts>,
+        caps: Caps,
+    ) -> Result<Unauthenticated, Refusal> {
+        counts
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < caps.total).then_some(n + 1)
             })
             .map_err(|_| Refusal::Total)?;
+        Ok(Unauthenticated {
+            counts: Arc::clone(counts),
+            address: None,
+        })
+    }
+
+    /// Counts this connection against `peer`'s per-address cap (once; a
+    /// second call changes nothing). On a refusal the connection is still
+    /// counted in the total until dropped, which the caller does at once.
+    pub fn set_address(&mut self, peer: IpAddr, caps: Caps) -> Result<(), Refusal> {
+        if self.address.is_some() {
+            return Ok(());
+        }
+        // An IPv4 client of a dual-stack listener arrives as
+        // ::ffff:a.b.c.d; it is the same address as a.b.c.d.
+        let address = peer.to_canonical();
+        // This connection is already in the total: the others are `- 1`.
+        let before = self.counts.total.load(Ordering::Acquire).saturating_sub(1);
         let in_reserve = before >= caps.total - caps.total / 10;
-        let refusal = match counts.per_address.entry(address) {
+        let refusal = match self.counts.per_address.entry(address) {
             Entry::Occupied(e) if *e.get() >= caps.per_address => Some(Refusal::Address),
             Entry::Occupied(e) if in_reserve && *e.get() >= LIGHT => Some(Refusal::Total),
             Entry::Occupied(mut e) => {
@@ -105,20 +144,21 @@ impl Unauthenticated {
                 None
             }
         };
-        if let Some(refusal) = refusal {
-            counts.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(refusal);
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None => {
+                self.address = Some(address);
+                Ok(())
+            }
         }
-        Ok(Unauthenticated {
-            counts: Arc::clone(counts),
-            address,
-        })
     }
 }
 
 impl Drop for Unauthenticated {
     fn drop(&mut self) {
-        if let Entry::Occupied(mut e) = self.counts.per_address.entry(self.address) {
+        if let Some(address) = self.address
+            && let Entry::Occupied(mut e) = self.counts.per_address.entry(address)
+        {
             if *e.get() <= 1 {
                 e.remove();
             } else {
@@ -263,6 +303,34 @@ mod tests {
             assert!(Unauthenticated::admit(&counts, v4(i), CAPS).is_err());
         }
         assert_eq!(counts.addresses(), 5);
+    }
+
+    #[test]
+    fn relayed_connections_count_per_client_once_named() {
+        let counts = Arc::new(UnauthenticatedCounts::default());
+        // Many at once from one balancer: only the total limits them.
+        let mut held: Vec<_> = (0..4)
+            .map(|_| Unauthenticated::admit_relayed(&counts, CAPS).expect("relayed"))
+            .collect();
+        assert_eq!((counts.total(), counts.addresses()), (4, 0));
+        held[0].set_address(v4(1), CAPS).expect("first from .1");
+        held[1].set_address(v4(1), CAPS).expect("second from .1");
+        held[1]
+            .set_address(v4(2), CAPS)
+            .expect("a second call changes nothing");
+        assert_eq!(held[2].set_address(v4(1), CAPS), Err(Refusal::Address));
+        held[3].set_address(v4(2), CAPS).expect("another client");
+        assert_eq!(
+            (counts.from_address(v4(1)), counts.from_address(v4(2))),
+            (2, 1)
+        );
+        assert_eq!(
+            Unauthenticated::admit_relayed(&counts, CAPS).err(),
+            None,
+            "the fifth fits the total"
+        );
+        drop(held);
+        assert_eq!((counts.total(), counts.addresses()), (0, 0));
     }
 
     #[test]

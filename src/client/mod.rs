@@ -14,6 +14,7 @@ pub mod conn;
 mod login;
 mod login_limit;
 pub mod operator;
+mod proxy_header;
 mod startup_phase;
 #[cfg(test)]
 mod timeout_tests;
@@ -44,16 +45,19 @@ pub fn serve(
     unauthenticated: Unauthenticated,
 ) -> impl std::future::Future<Output = ()> + Send {
     let conn = crate::control::next_client_id();
-    let _ = stream.set_nodelay(true);
     // The generation first: a reload between the two reads is followed
     // at the session's first lease.
     let generation = state.stop.generation();
     let snap = state.snapshot();
+    // A trusted balancer's connection names its client only in its PROXY
+    // header: until then the log says the balancer is `via`, not `peer`.
+    let relayed = proxy_header::trusted(&snap.config.proxy, peer);
+    let _ = stream.set_nodelay(true);
     let mut client = ClientConn::new(stream.into(), snap.config.proxy.max_message_size.0 as usize);
     let mut unauthenticated = Some(unauthenticated);
     // Every line logged while it runs names the connection (not a span:
     // see `log_context`).
-    crate::log_context::with_log(conn, peer, async move {
+    crate::log_context::with_log(conn, peer, relayed, async move {
         let mut stats = None;
         let outcome = serve_inner(
             &state,
@@ -134,7 +138,7 @@ fn serve_inner<'a>(
     state: &'a Arc<ProxyState>,
     (snap, generation): (&'a Arc<Snapshot>, u64),
     client: &'a mut ClientConn,
-    (peer, conn): (SocketAddr, u64),
+    (mut peer, conn): (SocketAddr, u64),
     unauthenticated: &'a mut Option<Unauthenticated>,
     stats: &'a mut Option<Arc<crate::metrics::TenantStats>>,
 ) -> impl std::future::Future<Output = Result<(), ClientError>> + Send + 'a {
@@ -151,10 +155,12 @@ fn serve_inner<'a>(
         // them) are a large part of a client's future, and once logged in
         // a client carries none of them (one allocation per connection).
         let login = Box::pin(async {
-            let first = time::timeout(
-                startup_limit,
-                startup_phase::handshake(client, snap.tls.as_deref()),
-            )
+            // A load balancer's PROXY header first: from here on `peer`
+            // is the client it names.
+            let first = time::timeout(startup_limit, async {
+                peer = proxy_header::identify(client, peer, proxy, unauthenticated).await?;
+                startup_phase::handshake(client, snap.tls.as_deref()).await
+            })
             .await
             .map_err(|_| ClientError::StartupTimeout)??;
             let startup = match first {

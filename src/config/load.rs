@@ -72,7 +72,9 @@ pub fn load_file(path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
         _ => Path::new(".").to_path_buf(),
     };
     let base = base.canonicalize().unwrap_or(base);
-    let (mut cfg, src) = parse_str(&text, &path.display().to_string())?;
+    // Secret files (`{ file = "..." }`) resolve from the same folder.
+    let (mut cfg, src) =
+        super::secrets::with_base_dir(&base, || parse_str(&text, &path.display().to_string()))?;
     cfg.base_dir = base;
     Ok((cfg, src))
 }

@@ -469,3 +469,91 @@ fn tenants_may_be_watched() {
     assert!(cfg.tenants["acme"].watch);
     assert!(!cfg.tenants["globex"].watch);
 }
+
+#[test]
+fn secrets_from_the_environment_and_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+    std::fs::write(dir.path().join("secrets/acme-app"), "acme-from-file\n").expect("write");
+    // SAFETY (edition 2024 marks set_var unsafe): names only this test reads.
+    unsafe {
+        std::env::set_var(
+            "PGTENANT_TEST_LOAD_URL_Q7",
+            "postgres://pgt_acme:from-env@127.0.0.1:5432/tenant_acme",
+        );
+        std::env::set_var("PGTENANT_TEST_LOAD_TOKEN_Q7", "token-from-env-0123456789");
+    }
+    let text =
+        GOOD.replace(
+            "url = \"postgres://pgt_acme:secret@127.0.0.1:5432/tenant_acme\"",
+            "url = { env = \"PGTENANT_TEST_LOAD_URL_Q7\" }",
+        )
+        .replace(
+            "users = { app = \"acme-secret\" }",
+            "users = { app = { file = \"secrets/acme-app\" } }",
+        ) + "\n[admin]\ntoken = { env = \"PGTENANT_TEST_LOAD_TOKEN_Q7\" }\n";
+    let path = dir.path().join("pgtenant.toml");
+    std::fs::write(&path, &text).expect("write config");
+    let (cfg, _) = load_file(&path).expect("valid");
+    let acme_db = &cfg.placements["acme_db"];
+    assert!(acme_db.url.expose().contains(":from-env@"));
+    assert_eq!(cfg.tenants["acme"].users["app"].expose(), "acme-from-file");
+    let admin = cfg.admin.as_ref().expect("admin");
+    assert_eq!(
+        admin.token.as_ref().map(|t| t.expose()),
+        Some("token-from-env-0123456789")
+    );
+    // Only what sits in the file counts as exposed by its mode.
+    let exposed = crate::config::secret_exposure::plaintext_secrets(&cfg);
+    assert_eq!(
+        exposed,
+        ["tenants.globex.users.app", "placements.shared.url"],
+        "{exposed:?}"
+    );
+
+    // A missing variable or file: the key and line, never a value.
+    let unset = text.replace("PGTENANT_TEST_LOAD_URL_Q7", "PGTENANT_TEST_UNSET_Q7");
+    std::fs::write(&path, &unset).expect("write config");
+    let e = load_file(&path).expect_err("unset variable");
+    assert_eq!(e.key, "placements.acme_db.url", "{e}");
+    assert_eq!(e.line, Some(11), "{e}");
+    assert!(
+        e.message.contains("PGTENANT_TEST_UNSET_Q7 is not set"),
+        "{e}"
+    );
+    let missing = text.replace("secrets/acme-app", "secrets/nope");
+    std::fs::write(&path, &missing).expect("write config");
+    let e = load_file(&path).expect_err("missing file");
+    assert_eq!(e.key, "tenants.acme.users.app", "{e}");
+    assert!(e.message.contains("secrets/nope"), "{e}");
+    // The token is still checked once read.
+    unsafe { std::env::set_var("PGTENANT_TEST_LOAD_SHORT_Q7", "short") };
+    let short = text.replace("PGTENANT_TEST_LOAD_TOKEN_Q7", "PGTENANT_TEST_LOAD_SHORT_Q7");
+    std::fs::write(&path, &short).expect("write config");
+    let e = load_file(&path).expect_err("short token");
+    assert_eq!(e.key, "admin.token");
+    assert!(!e.to_string().contains("short\""), "{e}");
+}
+
+#[test]
+fn proxy_protocol_networks_are_checked() {
+    let text = GOOD.replace(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"127.0.0.1:6432\"\nproxy_protocol_networks = [\"10.0.0.0/8\", \"::1\"]",
+    );
+    let (cfg, _) = parse_str(&text, "t.toml").expect("valid");
+    assert_eq!(cfg.proxy.proxy_protocol_networks.len(), 2);
+    assert!(cfg.proxy.proxy_protocol_required, "required by default");
+    let (cfg, _) = parse_str(GOOD, "t.toml").expect("valid");
+    assert!(
+        cfg.proxy.proxy_protocol_networks.is_empty(),
+        "off by default"
+    );
+    let bad = GOOD.replace(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"127.0.0.1:6432\"\nproxy_protocol_networks = [\"10.0.0.1/8\"]",
+    );
+    let e = parse_str(&bad, "t.toml").expect_err("host bits");
+    assert_eq!(e.key, "proxy.proxy_protocol_networks", "{e}");
+    assert!(e.message.contains("10.0.0.0/8"), "{e}");
+}

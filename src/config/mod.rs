@@ -8,14 +8,18 @@
 mod backend_url;
 pub mod domains;
 mod load;
+pub mod networks;
 mod placement_checks;
 pub mod schema_names;
 pub mod secret_exposure;
+mod secrets;
 mod values;
 
 pub use backend_url::{AllowedAuth, BackendTarget, BackendTls, SslMode};
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
-pub use values::{ByteSize, Secret};
+pub use networks::Network;
+pub use secrets::{Secret, SecretOrigin};
+pub use values::ByteSize;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -203,6 +207,15 @@ pub struct ProxyConfig {
     /// The authentication secret that keys SCRAM salts (`credentials/secret.rs`);
     /// relative to the config's folder. Default: `pgtenant.secret` there.
     pub secret_file: Option<PathBuf>,
+    /// Load balancers (addresses or CIDR ranges) whose connections start
+    /// with a PROXY protocol v2 header naming the real client; empty: the
+    /// PROXY protocol is off. A header from any other peer is refused.
+    pub proxy_protocol_networks: Vec<Network>,
+    /// A connection from `proxy_protocol_networks` must start with a
+    /// header (the default: a balancer that forgets it would make every
+    /// client one address to the login limits). Off, one may connect
+    /// without (a probe or a client on the balancer's own host).
+    pub proxy_protocol_required: bool,
 }
 
 impl Default for ProxyConfig {
@@ -250,6 +263,8 @@ impl Default for ProxyConfig {
             pause_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(30),
             secret_file: None,
+            proxy_protocol_networks: Vec::new(),
+            proxy_protocol_required: true,
         }
     }
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 /// The keys of `cfg` that hold a secret in clear: plaintext passwords
 /// (not `SCRAM-SHA-256$...` verifiers), URL passwords, the admin token.
 pub fn plaintext_secrets(cfg: &Config) -> Vec<String> {
-    let plain = |s: &super::Secret| !s.expose().starts_with("SCRAM-SHA-256$");
+    // Secrets read from the environment or a file are not in the file.
+    let plain = |s: &super::Secret| s.is_inline() && !s.expose().starts_with("SCRAM-SHA-256$");
     let mut keys = Vec::new();
     for (t, tenant) in &cfg.tenants {
         for (u, secret) in &tenant.users {
@@ -27,6 +28,7 @@ pub fn plaintext_secrets(cfg: &Config) -> Vec<String> {
         ];
         for (key, url) in urls {
             if let Some(url) = url
+                && url.is_inline()
                 && BackendTarget::from_url(url.expose()).is_ok_and(|t| t.password.is_some())
             {
                 keys.push(format!("placements.{p}.{key}"));
@@ -44,7 +46,7 @@ pub fn plaintext_secrets(cfg: &Config) -> Vec<String> {
                 keys.push(format!("admin.users.{u}"));
             }
         }
-        if admin.token.is_some() {
+        if admin.token.as_ref().is_some_and(|t| t.is_inline()) {
             keys.push("admin.token".into());
         }
     }

@@ -1,5 +1,4 @@
-//! Small value types for the config: byte sizes ("64MB") and secrets that
-//! never show up in `Debug` output or logs.
+//! Small value types for the config: byte sizes ("64MB").
 
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -51,26 +50,6 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A string that must not leak: passwords, verifiers, URLs with credentials.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,11 +63,5 @@ mod tests {
         assert_eq!(ByteSize::parse("1TB"), None);
         assert_eq!(ByteSize::parse("MB"), None);
         assert_eq!(ByteSize::parse("99999999999999999999GB"), None);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret::new("hunter2");
-        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

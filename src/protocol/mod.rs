@@ -1,7 +1,8 @@
 //! The PostgreSQL wire protocol, as far as the proxy needs it: framing with
 //! length caps (`codec`), the startup-phase packets (`startup`), the backend
-//! messages the proxy writes itself (`messages`), and ErrorResponse with
-//! SQLSTATEs (`error`).
+//! messages the proxy writes itself (`messages`), ErrorResponse with
+//! SQLSTATEs (`error`), and the PROXY protocol v2 header a load balancer
+//! may send first (`proxy_header`).
 //!
 //! Pure: no sockets, no tasks, no config. Everything here reads hostile
 //! bytes and must return an error rather than panic.
@@ -10,6 +11,7 @@ pub mod codec;
 pub mod encoding;
 pub mod error;
 pub mod messages;
+pub mod proxy_header;
 pub mod startup;
 
 pub use codec::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step, WHOLE_BODY};

@@ -26,6 +26,10 @@ pub enum ClientError {
     TenantFull(TenantId),
     #[error("too many client connections to pgtenant")]
     ProxyFull,
+    /// Over an unauthenticated cap once a PROXY header named the client
+    /// (`admission::Refusal::message`).
+    #[error("{0}")]
+    LoginsInFlight(&'static str),
     #[error("no server connection for tenant \"{0}\" became free within query_wait_timeout")]
     WaitTimeout(TenantId),
     #[error("placement of tenant \"{0}\" is unreachable")]
@@ -160,6 +164,7 @@ impl ClientError {
             ClientError::OperatorTenant { .. } => SqlState::INVALID_CATALOG_NAME,
             ClientError::TenantFull(_)
             | ClientError::ProxyFull
+            | ClientError::LoginsInFlight(_)
             | ClientError::TooManyPins { .. } => SqlState::TOO_MANY_CONNECTIONS,
             ClientError::MessageTimeout(_) => SqlState::PROTOCOL_VIOLATION,
             ClientError::WaitTimeout(_) => SqlState::QUERY_CANCELED,
@@ -205,6 +210,7 @@ impl ClientError {
             | ClientError::ConsoleFull
             | ClientError::TenantFull(_)
             | ClientError::ProxyFull
+            | ClientError::LoginsInFlight(_)
             | ClientError::TooManyPins { .. }
             | ClientError::ClientStalled(_)
             | ClientError::SessionState { .. }
@@ -274,6 +280,7 @@ impl ClientError {
             ClientError::OperatorTenant { .. } => "unknown_tenant",
             ClientError::TenantFull(_)
             | ClientError::ProxyFull
+            | ClientError::LoginsInFlight(_)
             | ClientError::TooManyPins { .. } => "limit",
             ClientError::MessageTimeout(_) => "timeout",
             ClientError::WaitTimeout(_) => "wait_timeout",

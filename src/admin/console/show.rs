@@ -358,6 +358,18 @@ fn config(snap: &Snapshot) -> Rows {
                 .map(|f| f.display().to_string())
                 .unwrap_or_default(),
         ),
+        (
+            "proxy_protocol_networks",
+            p.proxy_protocol_networks
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (
+            "proxy_protocol_required",
+            p.proxy_protocol_required.to_string(),
+        ),
     ];
     for (k, v) in entries {
         kv(format!("proxy.{k}"), v);

@@ -1,0 +1,18 @@
+//! PROXY protocol v2 headers: any bytes must parse, ask for more, or
+//! fail, never panic; an accepted header takes no more than the buffer
+//! and the cap, and every prefix of it asks for more. Mirrors the
+//! proptests in src/protocol/proxy_header_tests.rs.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pgtenant::protocol::proxy_header::{self, Command, MAX_HEADER_LEN};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(Some((header, taken))) = proxy_header::parse(data) {
+        assert!(taken <= data.len() && taken <= MAX_HEADER_LEN);
+        assert_eq!(proxy_header::parse(&data[..taken - 1]), Ok(None));
+        if header.command == Command::Local {
+            assert_eq!(header.addresses, None);
+        }
+    }
+});
