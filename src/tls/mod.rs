@@ -4,8 +4,8 @@
 //! new [`ServerTls`] in the new snapshot; handshakes under way, and
 //! connections already encrypted, keep what they started with.
 
+mod backend;
 mod certs;
-mod client;
 mod resolver;
 #[cfg(test)]
 mod tests;
@@ -18,8 +18,8 @@ use rustls::sign::CertifiedKey;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use backend::backend_config;
 pub use certs::end_point_hash;
-pub use client::backend_config;
 pub use resolver::SniResolver;
 
 /// The crypto provider, the same for every TLS use in the process.
