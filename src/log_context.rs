@@ -202,6 +202,21 @@ where
     }
 }
 
+impl ClientLog {
+    /// The fields known so far after the addresses, in line order.
+    fn named(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("user", self.user.as_deref()),
+            ("tenant", self.tenant.as_deref()),
+            ("placement", self.placement.as_deref()),
+            ("isolation", self.isolation),
+            ("operator", self.operator.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, v?)))
+    }
+}
+
 /// `client{conn=1 peer=127.0.0.1:5000 user="app" ..}`, as the span was.
 fn text_span(c: &ClientLog) -> String {
     let mut s = format!("client{{conn={}", c.conn);
@@ -210,17 +225,8 @@ fn text_span(c: &ClientLog) -> String {
             let _ = write!(s, " {name}={a}");
         }
     }
-    let fields = [
-        ("user", c.user.as_deref()),
-        ("tenant", c.tenant.as_deref()),
-        ("placement", c.placement.as_deref()),
-        ("isolation", c.isolation),
-        ("operator", c.operator.as_deref()),
-    ];
-    for (name, value) in fields {
-        if let Some(v) = value {
-            let _ = write!(s, " {name}={v:?}");
-        }
+    for (name, v) in c.named() {
+        let _ = write!(s, " {name}={v:?}");
     }
     s.push('}');
     s
@@ -235,17 +241,8 @@ fn json_span(c: &ClientLog) -> String {
             m.insert(name.into(), a.to_string().into());
         }
     }
-    let fields = [
-        ("user", c.user.as_deref()),
-        ("tenant", c.tenant.as_deref()),
-        ("placement", c.placement.as_deref()),
-        ("isolation", c.isolation),
-        ("operator", c.operator.as_deref()),
-    ];
-    for (name, value) in fields {
-        if let Some(v) = value {
-            m.insert(name.into(), v.into());
-        }
+    for (name, v) in c.named() {
+        m.insert(name.into(), v.into());
     }
     m.insert("name".into(), "client".into());
     serde_json::Value::Object(m).to_string()

@@ -46,7 +46,9 @@ async fn placements_connect_over_tls_as_their_sslmode_says() {
         .enable_tls(&pem(&server.cert), &pem(&server.key))
         .await
         .expect("TLS on");
-    let other = TestCa::new(&dir.path().join("other").tap_mkdir());
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let other = TestCa::new(&other_dir);
     let ca_file = ca.pem_path.display().to_string();
     let other_file = other.pem_path.display().to_string();
 
@@ -105,15 +107,4 @@ async fn a_server_that_declines_tls_is_refused_where_it_is_required() {
     let proxy = TestProxy::start(&config(&pg, "127.0.0.1", "?sslmode=prefer")).await;
     assert!(!encrypted(&proxy).await.expect("plaintext"));
     proxy.stop().await.expect("stop");
-}
-
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-
-impl TapMkdir for std::path::PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).expect("mkdir");
-        self
-    }
 }

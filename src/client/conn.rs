@@ -46,19 +46,26 @@ impl ClientConn {
     pub async fn peek_first_byte(&mut self) -> Result<u8, ClientError> {
         while self.flow.buf.is_empty() {
             self.flow.unpark();
-            self.flow.buf.reserve(HEADER_LEN);
-            let n = self
-                .stream
-                .read_buf(&mut self.flow.buf)
-                .await
-                .map_err(super::startup_phase::early_eof)?;
-            if n == 0 {
-                return Err(super::startup_phase::early_eof(
-                    io::ErrorKind::UnexpectedEof.into(),
-                ));
-            }
+            self.read_startup_bytes(HEADER_LEN).await?;
         }
         Ok(self.flow.buf[0])
+    }
+
+    /// One read of what the socket has into the read buffer (room for at
+    /// least `room` more); the end of the stream is an incomplete packet.
+    async fn read_startup_bytes(&mut self, room: usize) -> Result<(), ClientError> {
+        self.flow.buf.reserve(room);
+        let n = self
+            .stream
+            .read_buf(&mut self.flow.buf)
+            .await
+            .map_err(super::startup_phase::early_eof)?;
+        if n == 0 {
+            return Err(super::startup_phase::early_eof(
+                io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads until the read buffer starts with a whole startup-phase
@@ -74,24 +81,12 @@ impl ClientConn {
             self.flow.unpark();
             let declared = startup::declared_len(&self.flow.buf)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if let Some(len) = declared {
-                if self.flow.buf.len() >= len {
-                    return Ok(len);
-                }
-                self.flow.buf.reserve(len - self.flow.buf.len());
-            } else {
-                self.flow.buf.reserve(HEADER_LEN);
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.flow.buf)
-                .await
-                .map_err(super::startup_phase::early_eof)?;
-            if n == 0 {
-                return Err(super::startup_phase::early_eof(
-                    io::ErrorKind::UnexpectedEof.into(),
-                ));
-            }
+            let room = match declared {
+                Some(len) if self.flow.buf.len() >= len => return Ok(len),
+                Some(len) => len - self.flow.buf.len(),
+                None => HEADER_LEN,
+            };
+            self.read_startup_bytes(room).await?;
         }
     }
 

@@ -86,11 +86,7 @@ impl ServerTls {
             .map(|c| serve((&c.cert, &c.key)))
             .collect::<Result<Vec<_>, _>>()?;
         let certs = Arc::new(SniResolver::new(default, others));
-        let https = server_config(
-            Arc::new(BySni(Arc::clone(&certs))),
-            tls.min_version,
-            &[b"http/1.1"],
-        )?;
+        let https = by_sni(&certs, tls.min_version, &[b"http/1.1"])?;
         Ok(ServerTls {
             certs,
             require: tls.require,
@@ -110,8 +106,17 @@ impl ServerTls {
         min_version: TlsVersion,
         alpn: &[&[u8]],
     ) -> Result<Arc<ServerConfig>, String> {
-        server_config(Arc::new(BySni(Arc::clone(&self.certs))), min_version, alpn)
+        by_sni(&self.certs, min_version, alpn)
     }
+}
+
+/// A configuration over every certificate of `certs`, chosen by SNI.
+fn by_sni(
+    certs: &Arc<SniResolver>,
+    min_version: TlsVersion,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, String> {
+    server_config(Arc::new(BySni(Arc::clone(certs))), min_version, alpn)
 }
 
 /// One certificate whatever the client asks.
