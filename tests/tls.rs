@@ -551,6 +551,88 @@ async fn the_admin_endpoint_serves_https_only() {
     assert!(!out.starts_with(b"HTTP/1.1 200"));
 }
 
+/// The flood of tests/client_memory.rs over TLS: a statement busy on the
+/// placement's only server connection, then Close/Parse/Sync pipelined
+/// without end and never a byte read. The replies the proxy owes pile up
+/// behind TLS; the client is disconnected at `client_read_timeout` and
+/// the server connection serves another client again.
+#[tokio::test]
+async fn a_tls_client_that_never_reads_is_disconnected_and_frees_its_connection() {
+    let f = fixture().await;
+    let config = f
+        .config(
+            "auth_type = \"trust\"\nclient_read_timeout = \"2s\"\nquery_wait_timeout = \"25s\"",
+            "",
+        )
+        .replacen("pool_size = 2", "pool_size = 1", 1);
+    let proxy = LiveProxy::start(&config).await;
+    let tcp = raw::connect(proxy.port).await;
+    let mut tls = tokio_rustls::TlsConnector::from(f.ca.client_config(true))
+        .connect(
+            ServerName::try_from("acme.db.example.com").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("direct handshake");
+    let ready = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+            let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert!(n > 0, "closed early: {seen:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tls.write_all(&raw::startup(3, 0, &[("user", "app"), ("database", "app")]))
+        .await
+        .expect("startup");
+    ready(&mut tls).await;
+    let parse = raw::frame(b'P', b"s1\0SELECT 1\0\0\0");
+    let mut first = parse.clone();
+    first.extend(raw::frame(b'S', &[]));
+    tls.write_all(&first).await.expect("prepare");
+    ready(&mut tls).await;
+    tls.write_all(&raw::query("SELECT pg_sleep(60)"))
+        .await
+        .expect("busy statement");
+    let mut chunk = Vec::new();
+    for _ in 0..1000 {
+        chunk.extend(raw::frame(b'C', b"Ss1\0"));
+        chunk.extend(&parse);
+        chunk.extend(raw::frame(b'S', &[]));
+    }
+    let flood = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            match tokio::time::timeout(Duration::from_millis(200), tls.write_all(&chunk)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return true, // closed by the proxy
+                Err(_) => {}
+            }
+        }
+        false
+    });
+
+    let started = std::time::Instant::now();
+    let other = proxy.connect("acme").await;
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("the server connection is free again");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        flood.await.expect("flood task"),
+        "the client that never read is disconnected"
+    );
+}
+
 async fn assert_closed(s: &mut tokio::net::TcpStream) {
     let mut buf = [0u8; 256];
     let end = tokio::time::timeout(Duration::from_secs(10), async {
