@@ -12,7 +12,7 @@ mod common;
 
 use common::live::LiveProxy;
 use common::raw;
-use common::tls::{Issued, TestCa};
+use common::tls::{Issued, TestCa, psql};
 use common::{TestPg, sqlstate};
 use pgtenant::pgcluster::HostAuth;
 use rustls::pki_types::ServerName;
@@ -81,25 +81,6 @@ impl Fixture {
             entry(&self.custom),
         )
     }
-}
-
-/// psql over TLS with `args` (libpq keywords), the answer of `sql`.
-async fn psql(port: u16, conninfo: String, sql: &str) -> Result<String, String> {
-    let sql = sql.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("psql")
-            .args(["-X", "-A", "-t", "-c", &sql])
-            .arg(format!("{conninfo} port={port} connect_timeout=10"))
-            .output()
-            .expect("run psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
-    })
-    .await
-    .expect("psql thread")
 }
 
 /// The leaf certificate the proxy presents after an SSLRequest to a

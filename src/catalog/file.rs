@@ -1,6 +1,6 @@
 //! Builds a [`Catalog`] from the `[tenants.*]` tables of the config file.
 
-use super::{Catalog, ConfigMap, Credential, TenantEntry};
+use super::{Catalog, ConfigMap, Credential, TenantEntry, UserLogin};
 use crate::config::{Config, ConfigError, ConfigSource, Isolation, TenantConfig, schema_names};
 use crate::credentials::scram::Verifier;
 use crate::credentials::secret::AuthSecret;
@@ -37,13 +37,19 @@ impl Catalog {
         for (name, t) in &cfg.tenants {
             let placement = placement_of(cfg, src, name, t)?;
             let mut users = ConfigMap::with_capacity_and_hasher(t.users.len(), Default::default());
-            for (user, secret) in &t.users {
-                match written(src, name, user, secret.expose())? {
-                    Written::Verifier(v) => {
-                        users.insert(user.clone(), Credential::Scram(v));
-                    }
-                    Written::Password(p) => pending.push((entries.len(), name, user, p)),
-                }
+            for (user, auth) in &t.users {
+                let cert = auth.cert.as_deref().map(Box::from);
+                let password = match auth.password.as_ref() {
+                    None => None,
+                    Some(secret) => match written(src, name, user, secret.expose())? {
+                        Written::Verifier(v) => Some(v),
+                        Written::Password(p) => {
+                            pending.push((entries.len(), name, user, p));
+                            None
+                        }
+                    },
+                };
+                users.insert(user.clone(), UserLogin { password, cert });
             }
             let search_path = tenant_search_path(cfg, src, name, t, &placement)?;
             let cap = server_cap(cfg, src, name, &per_placement)?;
@@ -51,9 +57,9 @@ impl Catalog {
         }
         let derived = derive_all(&pending, &auth_secret);
         for (&(entry, _, user, _), verifier) in pending.iter().zip(derived) {
-            entries[entry]
-                .2
-                .insert(user.to_string(), Credential::Scram(verifier));
+            if let Some(login) = entries[entry].2.get_mut(user) {
+                login.password = Some(verifier);
+            }
         }
         let mut tenants = ConfigMap::with_capacity_and_hasher(entries.len(), Default::default());
         for (name, placement, users, t, search_path, max_server_connections) in entries {
@@ -91,7 +97,11 @@ impl Catalog {
             let placement = placement_of(cfg, src, name, t)?;
             tenant_search_path(cfg, src, name, t, &placement)?;
             server_cap(cfg, src, name, &per_placement)?;
-            for (user, secret) in &t.users {
+            for (user, secret) in t
+                .users
+                .iter()
+                .filter_map(|(u, a)| Some((u, a.password.as_ref()?)))
+            {
                 written(src, name, user, secret.expose())?;
             }
         }

@@ -36,12 +36,22 @@ pub enum Credential {
     Scram(Verifier),
 }
 
+/// How a tenant user proves who they are: a SCRAM verifier, a client
+/// certificate's identity, or both, each then required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLogin {
+    pub password: Option<Verifier>,
+    /// Matched against the verified client certificate
+    /// (`tls::certificate_names`).
+    pub cert: Option<Box<str>>,
+}
+
 /// One tenant, as the data plane needs it.
 #[derive(Debug)]
 pub struct TenantEntry {
     pub id: TenantId,
     pub placement: String,
-    pub users: ConfigMap<String, Credential>,
+    pub users: ConfigMap<String, UserLogin>,
     pub max_client_connections: Option<u32>,
     pub max_pinned_connections: Option<u32>,
     /// Server connections of its placement's pool its clients may hold
@@ -70,11 +80,12 @@ pub struct Catalog {
 
 impl Catalog {
     /// What a SCRAM exchange for `user` of `tenant` runs against: the
-    /// user's verifier, or for a name that is not configured a doomed one
-    /// with the salt such a user would have (PostgreSQL's mock exchange).
+    /// user's verifier, or for a name that is not configured, or that
+    /// has no password, a doomed one with the salt such a user would have
+    /// (PostgreSQL's mock exchange).
     pub fn scram_verifier(&self, tenant: &TenantEntry, user: &str) -> Verifier {
-        match tenant.users.get(user) {
-            Some(Credential::Scram(v)) => v.clone(),
+        match tenant.users.get(user).and_then(|u| u.password.as_ref()) {
+            Some(v) => v.clone(),
             None => Verifier::doomed(&self.secret.salt(tenant.id.as_str(), user)),
         }
     }

@@ -1,10 +1,11 @@
-//! Authenticating a client against its tenant's users with SCRAM-SHA-256.
+//! Authenticating a client against its tenant's users with SCRAM-SHA-256
+//! and, for users who need one, a client certificate.
 //! A wrong password and an unknown user fail identically (same exchange
 //! against a doomed verifier whose salt is keyed like a real user's, same
 //! `28P01` message), so the proxy does not reveal which user names exist,
 //! and no proof logs in as a user that does not exist.
 
-use crate::catalog::{Catalog, TenantEntry};
+use crate::catalog::{Catalog, TenantEntry, UserLogin};
 use crate::credentials::scram::{self, Binding, ScramError, Verifier};
 use crate::protocol::messages;
 use crate::session::client_conn::ClientConn;
@@ -27,6 +28,30 @@ pub async fn scram_sha_256(
         tenant: tenant.id.clone(),
     })
     .await
+}
+
+/// Where a user's login stands on client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCheck {
+    /// The user needs none (or is not configured).
+    NotNeeded,
+    /// The user needs one, and the verified certificate names the user.
+    Passed,
+    /// The user needs one, and none presented names the user.
+    Failed,
+}
+
+/// Checks the client's verified certificate against the identity `login`
+/// requires, if any. The handshake verified the chain; this is whose it
+/// is.
+pub fn certificate_check(client: &ClientConn, login: Option<&UserLogin>) -> CertCheck {
+    let Some(identity) = login.and_then(|l| l.cert.as_deref()) else {
+        return CertCheck::NotNeeded;
+    };
+    match client.stream.peer_certificate() {
+        Some(leaf) if crate::tls::certificate_names(leaf, identity) => CertCheck::Passed,
+        _ => CertCheck::Failed,
+    }
 }
 
 /// The SCRAM-SHA-256 exchange against `verifier`; a wrong proof is

@@ -258,19 +258,41 @@ async fn tenant_login(
         .cloned()
         .ok_or_else(|| ClientError::UnknownTenant(resolved.tenant.clone()))?;
     if snap.config.proxy.auth_type == AuthType::ScramSha256 {
-        // Boxed: the exchange's state would otherwise be part of every
-        // login's future, copied at each step even under trust.
-        time::timeout_at(
-            login_deadline,
-            Box::pin(auth::scram_sha_256(
-                client,
-                &snap.catalog,
-                &tenant,
-                &resolved.user,
-            )),
-        )
-        .await
-        .map_err(|_| ClientError::LoginTimeout)??;
+        let login = tenant.users.get(&resolved.user);
+        let cert = auth::certificate_check(client, login);
+        // A user who logs in by certificate alone and showed the right
+        // one needs no password; everyone else runs the exchange, a
+        // doomed one where the user has no password (unknown, or a
+        // certificate user without the certificate), so that a missing
+        // certificate looks like a wrong password.
+        let by_cert_alone =
+            cert == auth::CertCheck::Passed && login.is_some_and(|l| l.password.is_none());
+        if !by_cert_alone {
+            // Boxed: the exchange's state would otherwise be part of
+            // every login's future, copied at each step even under trust.
+            time::timeout_at(
+                login_deadline,
+                Box::pin(auth::scram_sha_256(
+                    client,
+                    &snap.catalog,
+                    &tenant,
+                    &resolved.user,
+                )),
+            )
+            .await
+            .map_err(|_| ClientError::LoginTimeout)??;
+        }
+        if cert == auth::CertCheck::Failed {
+            tracing::info!(
+                user = %resolved.user,
+                presented = client.stream.peer_certificate().is_some(),
+                "login refused: the user logs in by client certificate, and none naming it was presented"
+            );
+            return Err(ClientError::AuthFailed {
+                user: resolved.user.clone(),
+                tenant: tenant.id.clone(),
+            });
+        }
     }
     // Belt and braces after SCRAM (an unknown user's exchange is doomed
     // already); the whole check under trust.

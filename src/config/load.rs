@@ -351,6 +351,19 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 "list at least one user, e.g. users = { app = \"secret\" }",
             ));
         }
+        let client_ca = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if let Some(user) = t
+            .users
+            .iter()
+            .find(|(_, u)| u.cert.is_some())
+            .map(|(u, _)| u)
+            && !client_ca
+        {
+            return Err(src.error(
+                &format!("{key}.users.{user}"),
+                "logs in by client certificate: set [tls] client_ca to the CA that issues them",
+            ));
+        }
         if t.max_pinned_connections == Some(0) {
             return Err(src.error(
                 &format!("{key}.max_pinned_connections"),

@@ -13,12 +13,14 @@ mod placement_checks;
 pub mod schema_names;
 pub mod secret_exposure;
 mod secrets;
+mod user_auth;
 mod values;
 
 pub use backend_url::{AllowedAuth, BackendTarget, BackendTls, SslMode};
 pub use load::{ConfigError, ConfigSource, load_file, parse_str};
 pub use networks::Network;
 pub use secrets::{Secret, SecretOrigin};
+pub use user_auth::UserAuth;
 pub use values::ByteSize;
 
 use serde::Deserialize;
@@ -297,6 +299,14 @@ pub struct TlsConfig {
     /// Refuse clients that do not encrypt (28000, before any password).
     #[serde(default)]
     pub require: bool,
+    /// CA certificates (PEM) client certificates are verified against;
+    /// set, every TLS client is asked for one (optional at the handshake;
+    /// required at login by users with `cert`).
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of `client_ca`'s
+    /// issuers; a revoked client certificate fails the handshake.
+    #[serde(default)]
+    pub client_crl: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -515,9 +525,10 @@ fn default_pool_size() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub placement: Option<String>,
-    /// User name to plaintext password or `SCRAM-SHA-256$...` verifier.
+    /// User name to plaintext password or `SCRAM-SHA-256$...` verifier,
+    /// or to a client certificate identity (`{ cert = "..." }`).
     #[serde(default)]
-    pub users: BTreeMap<String, Secret>,
+    pub users: BTreeMap<String, UserAuth>,
     pub max_client_connections: Option<u32>,
     /// Server connections this tenant's clients may hold pinned at once
     /// (session state in transaction mode); default: half the placement's

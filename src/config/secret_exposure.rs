@@ -15,8 +15,8 @@ pub fn plaintext_secrets(cfg: &Config) -> Vec<String> {
     let plain = |s: &super::Secret| s.is_inline() && !s.expose().starts_with("SCRAM-SHA-256$");
     let mut keys = Vec::new();
     for (t, tenant) in &cfg.tenants {
-        for (u, secret) in &tenant.users {
-            if plain(secret) {
+        for (u, auth) in &tenant.users {
+            if auth.password.as_ref().is_some_and(plain) {
                 keys.push(format!("tenants.{t}.users.{u}"));
             }
         }

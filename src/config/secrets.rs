@@ -55,7 +55,24 @@ impl Secret {
     pub fn origin(&self) -> SecretOrigin {
         self.origin
     }
+
+    /// The secret `{ KIND = "NAME" }` names: an environment variable
+    /// (`env`) or a file (`file`).
+    pub(super) fn from_source(kind: &str, name: &str) -> Result<Secret, String> {
+        let (value, origin) = match kind {
+            "env" => (from_env(name)?, SecretOrigin::Env),
+            "file" => (from_file(name)?, SecretOrigin::File),
+            other => {
+                return Err(format!(
+                    "unknown secret source {other:?}; expected {SHAPES}"
+                ));
+            }
+        };
+        Ok(Secret { value, origin })
+    }
 }
+
+const SHAPES: &str = "a secret: a string, { env = \"VARIABLE\" } or { file = \"PATH\" }";
 
 /// Equal when the values are: moving a secret out of the file changes
 /// nothing a reload must act on.
@@ -139,7 +156,6 @@ fn from_file(path: &str) -> Result<String, String> {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct SecretVisitor;
-        const SHAPES: &str = "a secret: a string, { env = \"VARIABLE\" } or { file = \"PATH\" }";
 
         impl<'de> Visitor<'de> for SecretVisitor {
             type Value = Secret;
@@ -161,19 +177,7 @@ impl<'de> Deserialize<'de> for Secret {
                         "expected {SHAPES}, with one key only"
                     )));
                 }
-                let (value, origin) = match kind.as_str() {
-                    "env" => (from_env(&name), SecretOrigin::Env),
-                    "file" => (from_file(&name), SecretOrigin::File),
-                    other => {
-                        return Err(de::Error::custom(format!(
-                            "unknown secret source {other:?}; expected {SHAPES}"
-                        )));
-                    }
-                };
-                Ok(Secret {
-                    value: value.map_err(de::Error::custom)?,
-                    origin,
-                })
+                Secret::from_source(&kind, &name).map_err(de::Error::custom)
             }
         }
         d.deserialize_any(SecretVisitor)

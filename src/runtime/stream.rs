@@ -117,6 +117,12 @@ impl Stream {
         }
     }
 
+    /// The certificate the peer presented and the handshake verified
+    /// (its leaf); None in plaintext or where it presented none.
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        self.tls()?.peer_certificates()?.first()
+    }
+
     /// Encrypts the stream from here on with `conn` (its handshake begun
     /// with the bytes read so far), and runs the rest of the handshake.
     /// Refused on a stream already encrypted.

@@ -6,6 +6,7 @@
 
 mod backend;
 mod certs;
+mod peer_certs;
 mod resolver;
 #[cfg(test)]
 mod tests;
@@ -13,6 +14,8 @@ mod tests;
 use crate::config::{TlsConfig, TlsVersion};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::Path;
@@ -20,6 +23,7 @@ use std::sync::Arc;
 
 pub use backend::backend_config;
 pub use certs::end_point_hash;
+pub use peer_certs::certificate_names;
 pub use resolver::SniResolver;
 
 /// The crypto provider, the same for every TLS use in the process.
@@ -68,10 +72,12 @@ impl ServerTls {
     /// checked: each key matches its certificate.
     pub fn load(tls: &TlsConfig, base: &Path) -> Result<ServerTls, String> {
         let provider = provider();
+        let clients = peer_certs::verifier(tls, base, &provider)?;
         let serve = |files: (&Path, &Path)| -> Result<(Arc<Served>, Vec<String>), String> {
             let loaded = certs::load(&base.join(files.0), &base.join(files.1), &provider)?;
             let single = Arc::new(Single(Arc::clone(&loaded.key)));
-            let postgres = server_config(single, tls.min_version, &[ALPN_POSTGRESQL])?;
+            let postgres =
+                server_config(single, tls.min_version, &[ALPN_POSTGRESQL], clients.clone())?;
             let served = Served {
                 key: loaded.key,
                 postgres,
@@ -116,7 +122,7 @@ fn by_sni(
     min_version: TlsVersion,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, String> {
-    server_config(Arc::new(BySni(Arc::clone(certs))), min_version, alpn)
+    server_config(Arc::new(BySni(Arc::clone(certs))), min_version, alpn, None)
 }
 
 /// One certificate whatever the client asks.
@@ -140,13 +146,15 @@ impl ResolvesServerCert for BySni {
 }
 
 /// A rustls server configuration over `certs`, with TLS 1.2 and 1.3 or
-/// 1.3 only, and `alpn` offered (empty: none). No session tickets: the
-/// PostgreSQL drivers do not resume sessions, so they would be sent for
-/// nothing at every login.
+/// 1.3 only, `alpn` offered (empty: none), and client certificates asked
+/// for and checked by `clients` (None: not asked for). No session
+/// tickets: the PostgreSQL drivers do not resume sessions, so they would
+/// be sent for nothing at every login.
 fn server_config(
     certs: Arc<dyn ResolvesServerCert>,
     min_version: TlsVersion,
     alpn: &[&[u8]],
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, String> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -155,7 +163,7 @@ fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS configuration: {e}"))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients.unwrap_or_else(WebPkiClientVerifier::no_client_auth))
         .with_cert_resolver(certs);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.send_tls13_tickets = 0;

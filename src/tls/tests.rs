@@ -121,6 +121,8 @@ fn the_certificate_follows_the_server_name() {
         certificates: vec![wild, custom],
         min_version: TlsVersion::Tls12,
         require: false,
+        client_ca: None,
+        client_crl: Vec::new(),
     };
     let certs = Arc::new(ServerTls::load(&tls, Path::new("/")).expect("load"));
     let server = certs
@@ -198,6 +200,8 @@ fn tls_1_3_only_refuses_1_2_and_bad_files_are_named() {
         certificates: vec![],
         min_version: TlsVersion::Tls13,
         require: false,
+        client_ca: None,
+        client_crl: Vec::new(),
     };
     let certs = Arc::new(ServerTls::load(&tls, Path::new("/")).expect("load"));
     let server = certs
@@ -229,4 +233,55 @@ fn tls_1_3_only_refuses_1_2_and_bad_files_are_named() {
     };
     let e = ServerTls::load(&empty, Path::new("/")).expect_err("empty");
     assert!(e.contains("no certificate"), "{e}");
+}
+
+/// A self-signed certificate with subject `cns` (each a common name) and
+/// subjectAltName `sans`.
+fn client_leaf(cns: &[&str], sans: Vec<rcgen::SanType>) -> CertificateDer<'static> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    for (i, cn) in cns.iter().enumerate() {
+        // rcgen keeps one value per type: a second common name goes in
+        // under the same OID spelled as a custom type.
+        let ty = match i {
+            0 => rcgen::DnType::CommonName,
+            _ => rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]),
+        };
+        params.distinguished_name.push(ty, *cn);
+    }
+    params.subject_alt_names = sans;
+    params.self_signed(&key).expect("sign").der().clone()
+}
+
+#[test]
+fn a_client_certificate_names_its_common_name_or_a_uri_exactly() {
+    let uri = |u: &str| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(u).expect("uri"));
+    let dns =
+        |d: &str| rcgen::SanType::DnsName(rcgen::string::Ia5String::try_from(d).expect("dns"));
+    let leaf = client_leaf(
+        &["batch@acme"],
+        vec![uri("spiffe://t/acme/batch"), dns("acme.example")],
+    );
+    assert!(certificate_names(&leaf, "batch@acme"));
+    assert!(certificate_names(&leaf, "spiffe://t/acme/batch"));
+    for not in [
+        "batch@acm",
+        "BATCH@acme",
+        "batch@acme ",
+        "acme.example",
+        "spiffe://t/acme",
+        "",
+    ] {
+        assert!(!certificate_names(&leaf, not), "{not:?}");
+    }
+    // Two common names: neither counts (which one the CA meant is
+    // unclear); URIs still do.
+    let two = client_leaf(&["batch@acme", "batch@globex"], vec![uri("spiffe://t/x")]);
+    assert!(!certificate_names(&two, "batch@acme"));
+    assert!(!certificate_names(&two, "batch@globex"));
+    assert!(certificate_names(&two, "spiffe://t/x"));
+    assert!(!certificate_names(
+        &CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]),
+        "x"
+    ));
 }

@@ -66,6 +66,67 @@ impl TestCa {
         issued
     }
 
+    /// A client certificate with subject common name `cn`, subjectAltName
+    /// URIs `uris`, extended key usage `usage` and serial number
+    /// `serial`; its key file is private (libpq insists).
+    pub fn issue_client(
+        &self,
+        file: &str,
+        cn: &str,
+        uris: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+        serial: u64,
+    ) -> Issued {
+        use std::os::unix::fs::PermissionsExt;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).expect("URI")))
+            .collect();
+        params.extended_key_usages = vec![usage];
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let issued = Issued {
+            cert: self.dir.join(format!("{file}.crt")),
+            key: self.dir.join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, cert.pem()).expect("write cert");
+        std::fs::write(&issued.key, key.serialize_pem()).expect("write key");
+        std::fs::set_permissions(&issued.key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
+        issued
+    }
+
+    /// A revocation list (PEM) revoking the certificates with `serials`,
+    /// written to `<file>.crl`.
+    pub fn crl(&self, file: &str, serials: &[u64]) -> PathBuf {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(s),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("sign CRL");
+        let path = self.dir.join(format!("{file}.crl"));
+        std::fs::write(&path, crl.pem().expect("CRL PEM")).expect("write CRL");
+        path
+    }
+
     /// A client configuration trusting this CA, offering ALPN
     /// `postgresql` unless `alpn` is false.
     #[allow(deprecated)] // ring, as in the proxy (pgtenant::tls::provider)
@@ -243,4 +304,26 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// psql with `conninfo` (libpq keywords) on `port`: the answer of `sql`,
+/// or psql's error output.
+pub async fn psql(port: u16, conninfo: String, sql: &str) -> Result<String, String> {
+    let sql = sql.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("psql")
+            // -w: never ask for a password (a login without one fails).
+            .args(["-X", "-w", "-A", "-t", "-c", &sql])
+            .arg(format!("{conninfo} port={port} connect_timeout=10"))
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    })
+    .await
+    .expect("psql thread")
 }

@@ -1,0 +1,272 @@
+//! Client-certificate login (issue 20, point 6): `[tls] client_ca`, and
+//! users who log in by a certificate naming them (`{ cert = "..." }`),
+//! alone or with their password. What an attacker tries: no
+//! certificate, another tenant's certificate for a user of the same
+//! name, a certificate of another CA, one not made for client
+//! authentication, a revoked one, a right password without the
+//! certificate, the certificate with a wrong password, plaintext. Real
+//! client: psql (libpq `sslcert`/`sslkey`).
+
+mod common;
+
+use common::live::LiveProxy;
+use common::tls::{Issued, TestCa, psql};
+use common::{TestPg, sqlstate};
+use pgtenant::pgcluster::HostAuth;
+use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+
+struct Fixture {
+    pg: TestPg,
+    ca: TestCa,
+    server: Issued,
+    dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let pg = TestPg::start(HostAuth::Trust, &["acme", "globex"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path());
+    let server = ca.issue("server", &["*.db.example.com"]);
+    Fixture {
+        pg,
+        ca,
+        server,
+        dir,
+    }
+}
+
+impl Fixture {
+    /// acme and globex, each with a user `batch` who logs in by
+    /// certificate alone (`batch@<tenant>`); acme also has `svc` (by a
+    /// SPIFFE URI) and `both` (certificate and password). `tls_extra`
+    /// goes into `[tls]`.
+    fn config(&self, tls_extra: &str) -> String {
+        let mut text = self
+            .pg
+            .config(&["acme", "globex"], 2, "sni_suffix = \"db.example.com\"");
+        for t in ["acme", "globex"] {
+            text = text.replace(
+                &format!("users = {{ app = \"{t}-secret\" }}"),
+                &format!(
+                    "users = {{ app = \"{t}-secret\", batch = {{ cert = \"batch@{t}\" }}, \
+                     svc = {{ cert = \"spiffe://pgtenant.test/{t}/svc\" }}, \
+                     both = {{ password = \"{t}-both\", cert = \"both@{t}\" }} }}"
+                ),
+            );
+        }
+        format!(
+            "{text}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{tls_extra}\n",
+            self.server.cert.display(),
+            self.server.key.display(),
+            self.ca.pem_path.display(),
+        )
+    }
+
+    /// libpq keywords for `user` of `tenant` (named by server name),
+    /// verifying the proxy, presenting `cert` (None: no certificate).
+    fn conninfo(&self, tenant: &str, user: &str, cert: Option<&Issued>, password: &str) -> String {
+        let none = self.dir.path().join("none");
+        let (c, k) = match cert {
+            Some(i) => (i.cert.clone(), i.key.clone()),
+            // A path that does not exist: libpq then sends none (not
+            // ~/.postgresql/postgresql.crt).
+            None => (none.clone(), none),
+        };
+        let password = if password.is_empty() {
+            String::new()
+        } else {
+            format!("password={password}")
+        };
+        format!(
+            "host={tenant}.db.example.com hostaddr=127.0.0.1 user={user} {password} dbname=app \
+             sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            self.ca.pem_path.display(),
+            c.display(),
+            k.display()
+        )
+    }
+}
+
+const WHO: &str = "SELECT current_database()";
+
+#[tokio::test]
+async fn a_certificate_names_one_user_of_one_tenant() {
+    let f = fixture().await;
+    let proxy = LiveProxy::start(&f.config("")).await;
+    let acme_batch =
+        f.ca.issue_client("acme-batch", "batch@acme", &[], ClientAuth, 10);
+    let globex_batch =
+        f.ca.issue_client("globex-batch", "batch@globex", &[], ClientAuth, 11);
+    let acme_svc = f.ca.issue_client(
+        "acme-svc",
+        "anything",
+        &["spiffe://pgtenant.test/acme/svc"],
+        ClientAuth,
+        12,
+    );
+
+    // The certificate alone logs its user in, no password asked.
+    for (tenant, cert) in [("acme", &acme_batch), ("globex", &globex_batch)] {
+        let db = psql(proxy.port, f.conninfo(tenant, "batch", Some(cert), ""), WHO).await;
+        assert_eq!(db.as_deref(), Ok(format!("tenant_{tenant}").as_str()));
+    }
+    // By a subjectAltName URI.
+    let db = psql(
+        proxy.port,
+        f.conninfo("acme", "svc", Some(&acme_svc), ""),
+        WHO,
+    )
+    .await;
+    assert_eq!(db.as_deref(), Ok("tenant_acme"));
+
+    // Another tenant's certificate for a user of the same name, both
+    // ways: refused, as is a certificate naming another user.
+    for (tenant, cert) in [("acme", &globex_batch), ("globex", &acme_batch)] {
+        let e = psql(proxy.port, f.conninfo(tenant, "batch", Some(cert), ""), WHO)
+            .await
+            .expect_err("another tenant's certificate");
+        assert!(
+            e.contains("authentication failed") || e.contains("no password"),
+            "{e}"
+        );
+    }
+    let e = psql(
+        proxy.port,
+        f.conninfo("acme", "svc", Some(&acme_batch), ""),
+        WHO,
+    )
+    .await
+    .expect_err("another user's certificate");
+    assert!(e.contains("no password"), "{e}");
+
+    // No certificate: the login looks like a wrong password (a user who
+    // does not exist looks the same), whatever password is given.
+    for password in ["", "acme-secret", "guess"] {
+        let e = psql(proxy.port, f.conninfo("acme", "batch", None, password), WHO)
+            .await
+            .expect_err("no certificate");
+        let unknown = psql(
+            proxy.port,
+            f.conninfo("acme", "nobody", None, password),
+            WHO,
+        )
+        .await
+        .expect_err("unknown user");
+        assert_eq!(
+            e.replace("batch", "USER"),
+            unknown.replace("nobody", "USER"),
+            "a missing certificate and an unknown user differ"
+        );
+    }
+
+    // Plaintext: no certificate can come; refused with 28P01.
+    let plain = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=batch.acme password=x dbname=acme sslmode=disable",
+            proxy.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .expect("plaintext certificate user");
+    assert_eq!(sqlstate(&plain), "28P01", "{plain}");
+
+    // Users with a password are untouched.
+    let app = f.conninfo("acme", "app", None, "acme-secret");
+    assert_eq!(
+        psql(proxy.port, app, WHO).await.as_deref(),
+        Ok("tenant_acme")
+    );
+}
+
+#[tokio::test]
+async fn certificate_and_password_each_required() {
+    let f = fixture().await;
+    let proxy = LiveProxy::start(&f.config("")).await;
+    let both =
+        f.ca.issue_client("acme-both", "both@acme", &[], ClientAuth, 20);
+    let ok = psql(
+        proxy.port,
+        f.conninfo("acme", "both", Some(&both), "acme-both"),
+        WHO,
+    )
+    .await;
+    assert_eq!(ok.as_deref(), Ok("tenant_acme"));
+    let e = psql(
+        proxy.port,
+        f.conninfo("acme", "both", None, "acme-both"),
+        WHO,
+    )
+    .await
+    .expect_err("password without the certificate");
+    assert!(e.contains("password authentication failed"), "{e}");
+    let e = psql(
+        proxy.port,
+        f.conninfo("acme", "both", Some(&both), "wrong"),
+        WHO,
+    )
+    .await
+    .expect_err("certificate with a wrong password");
+    assert!(e.contains("password authentication failed"), "{e}");
+    let e = psql(proxy.port, f.conninfo("acme", "both", Some(&both), ""), WHO)
+        .await
+        .expect_err("certificate without a password");
+    assert!(e.contains("no password"), "{e}");
+}
+
+/// Certificates the handshake itself refuses: another CA's (a
+/// self-made one naming the user), one made for servers only, a revoked
+/// one; a certificate of the same CA not revoked still logs in.
+#[tokio::test]
+async fn forged_wrong_purpose_and_revoked_certificates_fail_the_handshake() {
+    let f = fixture().await;
+    let revoked =
+        f.ca.issue_client("revoked", "batch@acme", &[], ClientAuth, 30);
+    let good = f.ca.issue_client("good", "batch@acme", &[], ClientAuth, 31);
+    let server_only =
+        f.ca.issue_client("server-only", "batch@acme", &[], ServerAuth, 32);
+    let crl = f.ca.crl("clients", &[30]);
+    let proxy = LiveProxy::start(&f.config(&format!("client_crl = [\"{}\"]", crl.display()))).await;
+
+    let other_dir = tempfile::tempdir().expect("dir");
+    let other_ca = TestCa::new(other_dir.path());
+    let forged = other_ca.issue_client("forged", "batch@acme", &[], ClientAuth, 30);
+
+    for (what, cert) in [
+        ("another CA's", &forged),
+        ("a server-only", &server_only),
+        ("a revoked", &revoked),
+    ] {
+        let e = psql(proxy.port, f.conninfo("acme", "batch", Some(cert), ""), WHO)
+            .await
+            .expect_err(what);
+        assert!(
+            e.contains("SSL") || e.contains("alert") || e.contains("certificate"),
+            "{what} certificate: {e}"
+        );
+        assert!(
+            !e.contains("password"),
+            "{what}: refused at the handshake: {e}"
+        );
+    }
+    let db = psql(
+        proxy.port,
+        f.conninfo("acme", "batch", Some(&good), ""),
+        WHO,
+    )
+    .await;
+    assert_eq!(db.as_deref(), Ok("tenant_acme"));
+}
+
+/// A certificate user needs `[tls] client_ca`: without it the config is
+/// refused, naming the user.
+#[test]
+fn a_certificate_user_without_client_ca_is_a_config_error() {
+    let text = "[proxy]\ndefault_placement = \"p\"\n\
+                [placements.p]\nurl = \"postgres://u@127.0.0.1/db\"\nisolation = \"database\"\n\
+                [tenants.a]\nusers = { batch = { cert = \"batch@a\" } }\n";
+    let e = pgtenant::config::parse_str(text, "t.toml").expect_err("no client_ca");
+    assert_eq!(e.key, "tenants.a.users.batch", "{e}");
+    assert!(e.to_string().contains("client_ca"), "{e}");
+}
