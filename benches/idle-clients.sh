@@ -6,6 +6,8 @@
 #   benches/idle-clients.sh                  # N = 900 and 10000
 #   COUNTS="10000" benches/idle-clients.sh
 #   PGTENANT_BIN=/path/to/other/build benches/idle-clients.sh
+#   TLS=1 benches/idle-clients.sh            # clients encrypt (SSLRequest),
+#                                            # both proxies on one certificate
 #
 # Needs the PostgreSQL server binaries, pgbench (for the shared cluster
 # script) and python3; installs PgBouncer with apt-get when missing (as
@@ -13,6 +15,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 COUNTS=${COUNTS:-"900 10000"}
+TLS=${TLS:-0}
 SCALE=1
 # Above the ephemeral range (32768-60999): see compare.sh.
 PG_PORT=${PG_PORT:-61662}
@@ -29,6 +32,18 @@ sed -i 's/^max_client_conn = .*/max_client_conn = 20000/' "$W/pgbouncer.ini"
 sed -i 's/^\[proxy\]$/[proxy]\nmax_client_connections = 20000/' "$W/pgtenant.toml"
 echo "max_client_connections = 20000" >>"$W/pgtenant.toml" # [tenants.bench]
 ulimit -n "$(ulimit -Hn)"
+CLIENT_TLS=()
+if [[ $TLS == 1 ]]; then
+  # One self-signed ECDSA certificate for both proxies (as tls-compare.sh).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$W/server.key" -out "$W/server.crt" -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost" -days 2 >/dev/null 2>&1
+  chmod 644 "$W/server.key" "$W/server.crt"
+  printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$W/server.crt" "$W/server.key" >>"$W/pgtenant.toml"
+  printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n' \
+    "$W/server.crt" "$W/server.key" >>"$W/pgbouncer.ini"
+  CLIENT_TLS=(tls)
+fi
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -36,7 +51,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 measure() {
   local name=$1 port=$2 pid=$3 n=$4 before after ready
   before=$(rss_kb "$pid")
-  coproc CLIENTS { python3 "$ROOT/benches/idle_clients.py" 127.0.0.1 "$port" bench bench "$n"; }
+  coproc CLIENTS { python3 "$ROOT/benches/idle_clients.py" 127.0.0.1 "$port" bench bench "$n" "${CLIENT_TLS[@]}"; }
   read -r ready _ secs <&"${CLIENTS[0]}" || { echo "$name: clients failed" >&2; return 1; }
   sleep 2 # let the proxy settle (buffers shrunk, nothing in flight)
   after=$(rss_kb "$pid")
