@@ -10,7 +10,7 @@ use common::raw;
 use pgtenant::pgcluster::HostAuth;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the client floods.
 const FLOOD: Duration = Duration::from_secs(30);
@@ -146,6 +146,113 @@ async fn a_client_that_never_reads_is_disconnected_and_frees_its_connection() {
     assert!(
         flood.await.expect("flood task"),
         "the client that never read is disconnected"
+    );
+}
+
+/// A client that asks for a result far larger than the buffers between
+/// it and the server, and reads none of it, holds its server connection
+/// by back-pressure alone (the proxy's backlog never grows): it is
+/// disconnected once it has taken nothing for `client_read_timeout`, the
+/// query is stopped, and the connection serves others again.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_streamed_result_is_disconnected() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = common::TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nclient_read_timeout = \"2s\"\nquery_wait_timeout = \"25s\"",
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    // About 1 GB, made as it is sent.
+    raw::send(
+        &mut s,
+        &raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)"),
+    )
+    .await;
+
+    let started = Instant::now();
+    let other = proxy.connect("acme").await;
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("the server connection is free again");
+    let waited = started.elapsed();
+    println!("the other client got the connection after {waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    // What the buffers held reaches the client, then the end.
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stalled client is disconnected ({got} bytes read)"
+    );
+    assert!(
+        got < 500 << 20,
+        "the whole result was not sent: {got} bytes"
+    );
+}
+
+/// A client that reads its streamed result slowly but steadily (pauses
+/// shorter than the timeout, the proxy blocked on it most of the time) is
+/// not mistaken for one that stopped.
+#[tokio::test]
+async fn a_slow_steady_reader_is_not_disconnected() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = common::TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nclient_read_timeout = \"1s\"",
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    // About 40 MB, read at about 5 MB/s: 8 s, every period of the
+    // timeout with the proxy waiting on the client for most of it.
+    raw::send(
+        &mut s,
+        &raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 40000)"),
+    )
+    .await;
+    let mut tail = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let mut this_round = 0;
+            while this_round < 512 << 10 {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        this_round += n;
+                        tail.extend_from_slice(&chunk[..n]);
+                        if tail.len() > 64 {
+                            tail.drain(..tail.len() - 64);
+                        }
+                        // ReadyForQuery 'I' ends the result.
+                        if tail.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+                            return true;
+                        }
+                    }
+                }
+            }
+            total += this_round;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        done,
+        Ok(true),
+        "the whole result arrived ({total} bytes before the end)"
     );
 }
 

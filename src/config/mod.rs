@@ -176,7 +176,9 @@ pub struct ProxyConfig {
     pub max_statement_size: ByteSize,
     /// A client whose results back up in the proxy (it stopped reading
     /// while its server went on answering) is disconnected (54000) once
-    /// the backlog has been over its limit this long; 0: never.
+    /// the backlog has been over its limit this long, or once it has
+    /// taken no byte of a result being streamed to it for this long;
+    /// 0: never.
     #[serde(with = "humantime_serde_compat")]
     pub client_read_timeout: Duration,
     /// A client idle inside a transaction for longer is disconnected

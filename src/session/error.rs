@@ -61,7 +61,7 @@ pub enum ClientError {
     ClientIdle(TenantId),
     /// The client did not read what the proxy held for it.
     #[error(
-        "terminating connection of tenant \"{0}\": it did not read its results, and more than 1 MB waited for it longer than client_read_timeout"
+        "terminating connection of tenant \"{0}\": it did not read its results for longer than client_read_timeout"
     )]
     ClientStalled(TenantId),
     /// Shutdown began before the client finished logging in.

@@ -200,15 +200,27 @@ impl Session<'_> {
                 };
             }
             let exit = if let Some(deadline) = stall_deadline {
-                // The client's backlog is over its limit: it has until
-                // the deadline to read it (only while paused). The timer
-                // is boxed: rare, and large.
+                // The client's backlog is over its limit, or it takes
+                // none of its results: it has until the deadline to read
+                // (only while still so). The timer is boxed: rare, and
+                // large.
                 tokio::select! {
                     biased;
                     _ = Box::pin(crate::runtime::time::sleep_until(deadline)) => {
                         txn.stall_deadline = None;
                         if txn.client_paused {
                             PumpExit::ClientStalled
+                        } else if txn.not_reading_reported && server_flow.write_blocked {
+                            if server_flow.send_progress() == txn.not_reading_mark {
+                                // Not a byte taken in a whole period.
+                                PumpExit::ClientStalled
+                            } else {
+                                // Reading, slowly: another period.
+                                txn.not_reading_mark = server_flow.send_progress();
+                                txn.stall_deadline =
+                                    Some(crate::runtime::time::now() + self.config.client_read_timeout);
+                                continue;
+                            }
                         } else if txn.mid_message_reported && client.flow.mid_message() {
                             if client.flow.progress() == txn.mid_message_mark {
                                 // Not a byte of it in a whole period.

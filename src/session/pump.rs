@@ -49,6 +49,9 @@ pub struct Flow {
     pub read_armed: bool,
     /// Reads since this flow last let the worker's other sessions run.
     reads_in_a_row: u32,
+    /// The last poll of this direction stopped because the destination
+    /// took no more (not because the source had nothing to read).
+    pub write_blocked: bool,
     /// Bytes read from the source since the session last took them
     /// (`take_bytes_read`, once per lease, for the metrics).
     bytes_read: u64,
@@ -76,6 +79,7 @@ impl Flow {
             scanner: FrameScanner::new(max_frame),
             read_armed: false,
             reads_in_a_row: 0,
+            write_blocked: false,
             bytes_read: 0,
         }
     }
@@ -143,6 +147,13 @@ impl Flow {
     /// Bytes read since the last call.
     pub fn take_bytes_read(&mut self) -> u64 {
         std::mem::take(&mut self.bytes_read)
+    }
+
+    /// Changes whenever the destination takes bytes of this direction:
+    /// tells a stalled reader from a slow one. Bytes read only grow, and
+    /// between two reads the unwritten bytes only shrink.
+    pub fn send_progress(&self) -> (u64, usize, usize) {
+        (self.bytes_read, self.ready, self.inject.len())
     }
 
     /// The source has sent part of a message: inside a frame, or a
@@ -262,6 +273,11 @@ pub enum PumpExit {
     /// The client stopped being read: its backlog is over the limit
     /// (`budget`). Reported once per pause, after both directions ran.
     Backlog,
+    /// The client takes none of the results it is sent (a result larger
+    /// than the buffers between, which the server streams): the server
+    /// connection is held by back-pressure. Reported once per stall, so
+    /// the session can bound it (`client_read_timeout`).
+    NotReading,
     /// The client did not read its backlog within `client_read_timeout`
     /// (reported by the session, never by `pump`).
     ClientStalled,
@@ -341,10 +357,19 @@ pub async fn pump(
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
-        match poll_direction(cx, server, client, server_flow, state, Side::Server) {
+        let server_direction = poll_direction(cx, server, client, server_flow, state, Side::Server);
+        if !server_flow.write_blocked {
+            state.not_reading_reported = false;
+        }
+        match server_direction {
             Poll::Pending if state.client_paused && !state.backlog_reported => {
                 state.backlog_reported = true;
                 Poll::Ready(PumpExit::Backlog)
+            }
+            Poll::Pending if server_flow.write_blocked && !state.not_reading_reported => {
+                state.not_reading_reported = true;
+                state.not_reading_mark = server_flow.send_progress();
+                Poll::Ready(PumpExit::NotReading)
             }
             Poll::Pending
                 if !state.client_paused
@@ -372,14 +397,28 @@ fn poll_direction(
     side: Side,
 ) -> Poll<PumpExit> {
     let (read_err, write_err, eof, frame_err) = side.exits();
+    // Pending from a write below: the destination holds this direction
+    // back.
+    macro_rules! written {
+        ($poll:expr) => {
+            match $poll {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    flow.write_blocked = true;
+                    return Poll::Pending;
+                }
+            }
+        };
+    }
+    flow.write_blocked = false;
     // A send the loop took over and could not finish holds this
     // direction back (back-pressure), and its error ends the pump.
-    if let Err(e) = ready!(dst.poll_settle(cx)) {
+    if let Err(e) = written!(dst.poll_settle(cx)) {
         return Poll::Ready(write_err(e));
     }
     loop {
         while flow.ready > 0 {
-            match ready!(dst.poll_send_soon(cx, &flow.buf[..flow.ready])) {
+            match written!(dst.poll_send_soon(cx, &flow.buf[..flow.ready])) {
                 Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     flow.buf.advance(n);
@@ -393,7 +432,7 @@ fn poll_direction(
             flow.skip = 0;
         }
         while !flow.inject.is_empty() {
-            match ready!(dst.poll_send_soon(cx, &flow.inject)) {
+            match written!(dst.poll_send_soon(cx, &flow.inject)) {
                 Ok(0) => return Poll::Ready(write_err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => flow.inject.advance(n),
                 Err(e) => return Poll::Ready(write_err(e)),

@@ -68,7 +68,7 @@ impl Session<'_> {
                     Box::pin(self.restore_settings(&mut lease, server_flow, txn)).await
                 }
                 PumpExit::Rest => Box::pin(self.rest(client, &lease, txn)).await,
-                PumpExit::Backlog => {
+                PumpExit::Backlog | PumpExit::NotReading => {
                     if !self.config.client_read_timeout.is_zero() {
                         txn.stall_deadline =
                             Some(crate::runtime::time::now() + self.config.client_read_timeout);
@@ -217,6 +217,7 @@ impl Session<'_> {
             | PumpExit::Restore
             | PumpExit::Rest
             | PumpExit::Backlog
+            | PumpExit::NotReading
             | PumpExit::MidMessage => {
                 tracing::warn!(tenant = %self.tenant.id, "server connection lost: {exit:?}");
                 drop(lease);

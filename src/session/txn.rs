@@ -81,6 +81,11 @@ pub struct TxnState {
     pub(super) stall_deadline: Option<std::time::Instant>,
     /// This pause was reported (`PumpExit::Backlog`).
     pub(super) backlog_reported: bool,
+    /// This stall of the client's results was reported
+    /// (`PumpExit::NotReading`), and the server direction's
+    /// `Flow::send_progress` then.
+    pub(super) not_reading_reported: bool,
+    pub(super) not_reading_mark: (u64, usize, usize),
     /// The client's current partial message was reported
     /// (`PumpExit::MidMessage`).
     pub(super) mid_message_reported: bool,
@@ -162,6 +167,8 @@ impl TxnState {
             client_paused: false,
             stall_deadline: None,
             backlog_reported: false,
+            not_reading_reported: false,
+            not_reading_mark: (0, 0, 0),
             mid_message_reported: false,
             mid_message_mark: (0, 0),
             client_halt: None,
@@ -198,6 +205,7 @@ impl TxnState {
         self.client_paused = false;
         self.stall_deadline = None;
         self.backlog_reported = false;
+        self.not_reading_reported = false;
         self.mid_message_reported = false;
         self.client_halt = None;
         self.server_halt = None;
