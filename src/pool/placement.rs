@@ -59,9 +59,13 @@ use crate::config::BackendTarget;
 /// copied.
 pub(super) type Pooled = Box<ServerConn>;
 use crate::runtime::current_worker;
+use crate::runtime::time::LazyTimer;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -350,12 +354,26 @@ impl PlacementPool {
         seat: TenantSeat,
         wait: Duration,
     ) -> Result<Lease, CheckoutError> {
+        self.checkout_with(seat, wait, &mut LazyTimer::default())
+            .await
+    }
+
+    /// [`Self::checkout`], waiting on `timer`: a session passes its own,
+    /// reused from one wait to the next, so that a wait pushes a
+    /// registered deadline later (an atomic update) instead of adding a
+    /// timer to the runtime's wheel and taking it out again each time.
+    pub async fn checkout_with(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        wait: Duration,
+        timer: &mut LazyTimer,
+    ) -> Result<Lease, CheckoutError> {
         let worker = current_worker();
         loop {
             let taken = take(&mut self.lock(), seat, worker);
             let grant = match taken {
                 Some(g) => g,
-                None => self.wait_for_grant(seat, wait).await?,
+                None => self.wait_for_grant(seat, wait, timer).await?,
             };
             match grant {
                 Grant::Conn(conn) => {
@@ -372,47 +390,18 @@ impl PlacementPool {
                     };
                     let needs_check = conn.needs_check;
                     let mut lease = self.lease(conn, seat);
-                    if needs_check && !self.check(&mut lease).await {
+                    // Boxed as the open below: rare, and a query's state.
+                    if needs_check && !Box::pin(self.check(&mut lease)).await {
                         // Dropping the lease closes it and frees its slot.
                         continue;
                     }
                     return Ok(lease);
                 }
-                Grant::Slot => {
-                    let mut slot = SlotGuard {
-                        pool: self,
-                        seat,
-                        armed: true,
-                    };
-                    let opened = match ServerConn::connect(
-                        &self.target,
-                        self.timeouts.connect,
-                        worker,
-                    )
-                    .await
-                    {
-                        Ok(conn) => match self.vet_role(conn).await {
-                            Ok(conn) => self.prepare_context(conn).await,
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    slot.armed = false;
-                    return match opened {
-                        Ok(mut conn) => {
-                            self.connect_succeeded();
-                            let life = jittered_lifetime(self.timeouts.lifetime, rand::random());
-                            conn.retire_at = conn.last_used.checked_add(life);
-                            self.remember_params(&conn);
-                            conn.listed = Some(self.servers.register(conn.key.pid));
-                            Ok(self.lease(Box::new(conn), seat))
-                        }
-                        Err(e) => {
-                            self.connect_failed(seat, &e);
-                            Err(e.into())
-                        }
-                    };
-                }
+                // Boxed: opening a connection is rare, and its state
+                // (connect, role vetting, context) would otherwise make
+                // every waiting checkout's future, boxed by the session,
+                // several times larger.
+                Grant::Slot => return Box::pin(self.open_for(seat, worker)).await,
                 Grant::Down(retry_in) => {
                     bump(&self.stats.backoff_refusals, 1);
                     return Err(ServerError::Backoff(retry_in).into());
@@ -421,10 +410,47 @@ impl PlacementPool {
         }
     }
 
+    /// A slot was granted: opens a new connection for `seat` on `worker`
+    /// (the slot is given back if this fails or is dropped).
+    async fn open_for(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        worker: usize,
+    ) -> Result<Lease, CheckoutError> {
+        let mut slot = SlotGuard {
+            pool: self,
+            seat,
+            armed: true,
+        };
+        let opened = match ServerConn::connect(&self.target, self.timeouts.connect, worker).await {
+            Ok(conn) => match self.vet_role(conn).await {
+                Ok(conn) => self.prepare_context(conn).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        slot.armed = false;
+        match opened {
+            Ok(mut conn) => {
+                self.connect_succeeded();
+                let life = jittered_lifetime(self.timeouts.lifetime, rand::random());
+                conn.retire_at = conn.last_used.checked_add(life);
+                self.remember_params(&conn);
+                conn.listed = Some(self.servers.register(conn.key.pid));
+                Ok(self.lease(Box::new(conn), seat))
+            }
+            Err(e) => {
+                self.connect_failed(seat, &e);
+                Err(e.into())
+            }
+        }
+    }
+
     async fn wait_for_grant(
         self: &Arc<Self>,
         seat: TenantSeat,
         wait: Duration,
+        timer: &mut LazyTimer,
     ) -> Result<Grant, CheckoutError> {
         let (tx, rx) = oneshot::channel();
         let id = {
@@ -448,14 +474,23 @@ impl PlacementPool {
             rx: Some(rx),
         };
         let rx = guard.rx.as_mut().ok_or(CheckoutError::WaitTimeout)?;
-        match crate::runtime::time::timeout(wait, rx).await {
-            Ok(Ok(grant)) => {
+        timer.set(Some(crate::runtime::time::now() + wait));
+        let got = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = Pin::new(&mut *rx).poll(cx) {
+                return Poll::Ready(r.ok());
+            }
+            // The sender is only dropped by `WaitGuard`, which is ours:
+            // None either way is a timeout.
+            timer.poll_fired(cx).map(|()| None)
+        })
+        .await;
+        timer.set(None);
+        match got {
+            Some(grant) => {
                 guard.rx = None;
                 Ok(grant)
             }
-            // The sender is only dropped by `WaitGuard`, which is ours;
-            // treat it like a timeout.
-            Ok(Err(_)) | Err(_) => Err(CheckoutError::WaitTimeout),
+            None => Err(CheckoutError::WaitTimeout),
         }
     }
 

@@ -320,3 +320,14 @@ fn a_waiter_gives_up_at_its_wait_and_a_silent_login_at_the_connect_timeout() {
         assert_eq!((c.active, c.connecting, c.waiting), (0, 0, 0), "{c:?}");
     });
 }
+
+/// A session boxes the checkout it waits on (`session::lease`): opening a
+/// connection and checking it are boxed apart inside it, so that box is
+/// the wait's own state, not a connect's.
+#[test]
+fn a_checkout_future_is_small() {
+    let pool = pool_at(closed_port(), 1, PoolTimeouts::default());
+    let size = std::mem::size_of_val(&pool.checkout(seat(&pool), Duration::from_secs(1)));
+    println!("a checkout's future: {size} bytes");
+    assert!(size <= 512, "{size} bytes");
+}

@@ -7,6 +7,7 @@ use super::txn::TxnState;
 use super::{Session, conn_state, params};
 use crate::catalog::TenantEntry;
 use crate::pool::{CheckoutError, Lease, ServerError};
+use crate::runtime::time::LazyTimer;
 use crate::session::error::ClientError;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -59,7 +60,8 @@ impl Session<'_> {
 
     /// Leases a server connection and applies the client's settings;
     /// true if that took a sync (so reported values may have changed).
-    pub(super) async fn lease(&self) -> Result<(Lease, bool), ClientError> {
+    /// `timer`: the session's, for the wait (`PlacementPool::checkout_with`).
+    pub(super) async fn lease(&self, timer: &mut LazyTimer) -> Result<(Lease, bool), ClientError> {
         let mut lease = match self.pool.try_checkout(self.seat) {
             Some(lease) => {
                 self.stats.wait_time.observe_us(0);
@@ -67,7 +69,7 @@ impl Session<'_> {
             }
             // Boxed: the wait is the uncommon case, and its state would
             // otherwise be part of every transaction's future.
-            None => Box::pin(self.wait_for_checkout()).await?,
+            None => Box::pin(self.wait_for_checkout(timer)).await?,
         };
         if Arc::ptr_eq(&self.wanted, &conn_state(lease.conn_mut()).applied) {
             return Ok((lease, false)); // in sync: the common case
@@ -86,14 +88,16 @@ impl Session<'_> {
 
     /// Waits for a server connection of the pool; a KILL ends the wait
     /// (checkout is cancel-safe).
-    async fn wait_for_checkout(&self) -> Result<Lease, ClientError> {
-        let asked = std::time::Instant::now();
+    async fn wait_for_checkout(&self, timer: &mut LazyTimer) -> Result<Lease, ClientError> {
+        let asked = crate::runtime::time::now();
         let got = tokio::select! {
             biased;
             _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
-            r = self.pool.checkout(self.seat, self.config.query_wait_timeout) => r,
+            r = self.pool.checkout_with(self.seat, self.config.query_wait_timeout, timer) => r,
         };
-        self.stats.wait_time.observe(asked.elapsed());
+        self.stats
+            .wait_time
+            .observe(crate::runtime::time::now().saturating_duration_since(asked));
         got.map_err(|e| checkout_error(&self.tenant, e))
     }
 

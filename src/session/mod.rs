@@ -147,7 +147,8 @@ impl Session<'_> {
         // NOTIFY ignores row-level security: on a shared placement, no
         // notification is passed on (LISTEN is refused at the probe).
         txn.drop_notifications = self.pool.context().is_some();
-        // The idle and message limits between requests (`idle.rs`).
+        // The idle and message limits between requests (`idle.rs`), and
+        // the wait for a server connection (`lease.rs`).
         let mut timer = crate::runtime::time::LazyTimer::default();
         loop {
             if let Next::Leave = self.wait_for_request(client, &mut timer).await? {
@@ -163,7 +164,8 @@ impl Session<'_> {
             // an idle client's future holds none of them. One small
             // allocation per transaction (mimalloc: a thread-local free
             // list), nothing per message.
-            let ended = Box::pin(self.transaction(client, &mut server_flow, &mut txn)).await?;
+            let ended =
+                Box::pin(self.transaction(client, &mut server_flow, &mut txn, &mut timer)).await?;
             if let transaction::Ended::Closed = ended {
                 return Ok(());
             }

@@ -12,6 +12,7 @@ use super::{Session, recover};
 use crate::config::PoolMode;
 use crate::pool::Lease;
 use crate::protocol::HEADER_LEN;
+use crate::runtime::time::LazyTimer;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::Buf;
@@ -33,8 +34,9 @@ impl Session<'_> {
         client: &mut ClientConn,
         server_flow: &mut Flow,
         txn: &mut TxnState,
+        timer: &mut LazyTimer,
     ) -> Result<Ended, ClientError> {
-        let (mut lease, synced) = self.lease().await?;
+        let (mut lease, synced) = self.lease(timer).await?;
         // The runtime's clock, as the pool's: the release reuses the
         // reading that ends the lease (`count_lease`).
         let leased_at = crate::runtime::time::now();
@@ -340,7 +342,7 @@ impl Session<'_> {
 mod tests {
     use super::*;
 
-    fn output_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+    fn output_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -357,6 +359,7 @@ mod tests {
             &'static mut ClientConn,
             &'static mut Flow,
             &'static mut TxnState,
+            &'static mut LazyTimer,
         ) -> _ = S::transaction;
         let size = output_size(f);
         println!("a transaction's future: {size} bytes");
