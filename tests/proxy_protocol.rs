@@ -1,4 +1,4 @@
-//! PROXY protocol v2 from a load balancer in
+//! PROXY protocol (v2, and v1's text line) from a load balancer in
 //! `proxy.proxy_protocol_networks` (issue 20, point 6): the client its
 //! header names is the one the login limits, SHOW CLIENTS and the logs
 //! see; a header from anyone else, a balancer without one, and broken
@@ -14,7 +14,7 @@ use common::live::LiveProxy;
 use common::raw;
 use common::{Child, TestPg, sqlstate};
 use pgtenant::pgcluster::{HostAuth, free_port};
-use pgtenant::protocol::proxy_header;
+use pgtenant::protocol::{proxy_header, proxy_v1};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -111,6 +111,24 @@ async fn a_trusted_balancers_client_is_the_one_shown() {
         seen.contains(&("pgtenant".into(), "2001:db8::5".into(), "5555".into())),
         "{seen:?}"
     );
+
+    // A v1 line names its client the same way.
+    let dst: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let v1 = login_after(
+        port,
+        &proxy_v1::encode("198.51.100.4:40404".parse().expect("addr"), dst),
+        "app.acme",
+        "acme-secret",
+        "acme",
+    )
+    .await
+    .expect("a client relayed by a v1 line logs in");
+    let seen = clients(&console).await;
+    assert!(
+        seen.contains(&("acme".into(), "198.51.100.4".into(), "40404".into())),
+        "{seen:?}"
+    );
+    drop(v1);
 
     // A health check (LOCAL) keeps the socket's own address.
     let local = login_after(
@@ -227,7 +245,9 @@ async fn broken_headers_are_refused_and_others_served() {
         (bad_family, "family"),
         (oversized, "at most 512"),
         (bad_tlv, "TLV"),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(), "v1"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n".to_vec(), "v1"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n".to_vec(), "v1"),
+        ([b"PROXY UNKNOWN ".as_slice(), &[b'x'; 120]].concat(), "107 bytes"),
         (b"\r\n\r\n\0\r\nQUIX\n".to_vec(), "expected a PROXY"),
     ] {
         let mut s = raw::connect(port).await;

@@ -1,6 +1,6 @@
 //! Who a connection is from: the socket's peer, or, behind a load
 //! balancer listed in `proxy.proxy_protocol_networks`, the client its
-//! PROXY protocol v2 header names. Runs first, before any startup packet,
+//! PROXY protocol header (v1 or v2) names. Runs first, before any startup packet,
 //! under the startup timeout; the address it gives is the one the
 //! failed-login limits, the per-address login cap, logs and SHOW CLIENTS
 //! use.
@@ -76,7 +76,7 @@ pub(super) async fn read(
         match start {
             Start::Other if trusted && proxy.proxy_protocol_required => {
                 return Err(ClientError::Protocol(
-                    "expected a PROXY protocol v2 header from this load balancer \
+                    "expected a PROXY protocol header from this load balancer \
                      (proxy.proxy_protocol_networks lists it)"
                         .into(),
                 ));
@@ -181,6 +181,23 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_line_names_the_client_too() {
+        let src: SocketAddr = "203.0.113.9:4242".parse().expect("addr");
+        let mut sent =
+            crate::protocol::proxy_v1::encode(src, "127.0.0.1:6432".parse().expect("addr"));
+        sent.extend_from_slice(STARTUP);
+        let (got, rest, peer) = run(sent, proxy(&["127.0.0.0/8"], true));
+        assert_eq!(
+            got,
+            Ok(Peer {
+                client: src,
+                via: Some(peer)
+            })
+        );
+        assert_eq!(rest, STARTUP);
+    }
+
+    #[test]
     fn local_keeps_the_socket_peer() {
         let mut sent = encode_local();
         sent.extend_from_slice(STARTUP);
@@ -220,9 +237,9 @@ mod tests {
             let (got, _, _) = run(header.clone(), cfg);
             assert!(got.expect_err("refused").contains("not allowed"));
         }
-        // v1, and a broken v2.
+        // A broken v1, and a broken v2.
         let (got, _, _) = run(
-            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n".to_vec(),
             proxy(&["127.0.0.1"], true),
         );
         assert!(got.expect_err("refused").contains("v1"));

@@ -12,6 +12,7 @@ pub mod encoding;
 pub mod error;
 pub mod messages;
 pub mod proxy_header;
+pub mod proxy_v1;
 pub mod startup;
 
 pub use codec::{FrameError, FrameScanner, FrameSink, HEADER_LEN, Step, WHOLE_BODY};

@@ -1,6 +1,7 @@
-//! The PROXY protocol v2 header a load balancer puts before a client's
-//! first byte to say whom it relays (HAProxy's `proxy-protocol.txt`,
-//! section 2.2): recognised ([`detect`]) and parsed ([`parse`]).
+//! The PROXY protocol header a load balancer puts before a client's first
+//! byte to say whom it relays (HAProxy's `proxy-protocol.txt`): either
+//! version recognised ([`detect`]) and parsed ([`parse`]); version 2
+//! (binary, section 2.2) here, version 1 (text) in `proxy_v1`.
 //!
 //! Pure: no sockets, no trust decisions (the client side decides which
 //! peers may send one). The bytes are hostile: every length is checked
@@ -13,8 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// start so: read as a startup packet length, `0x0D0A0D0A` is far past
 /// any limit, and a TLS ClientHello starts with 0x16.
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-/// A v1 (text) header starts so; v1 is recognised only to be refused
-/// with a clear message.
+/// A v1 (text) header starts so.
 const V1_PREFIX: &[u8] = b"PROXY ";
 /// Signature, version/command, family/transport, length.
 pub const FIXED_LEN: usize = 16;
@@ -85,8 +85,8 @@ impl Header {
 pub enum HeaderError {
     #[error("not a PROXY protocol v2 header")]
     Signature,
-    #[error("PROXY protocol v1 (text) header; configure the load balancer to send v2")]
-    V1,
+    #[error("malformed PROXY protocol v1 header: {0}")]
+    V1(&'static str),
     #[error("PROXY protocol header of version {0}; only version 2 is supported")]
     Version(u8),
     #[error("PROXY protocol header with unknown command {0:#x}")]
@@ -105,12 +105,13 @@ pub enum HeaderError {
 
 /// Parses the header at the start of `buf`: `Ok(None)` while more bytes
 /// are needed, else the header and the bytes it took (the rest of `buf`
-/// is the client's). Refuses a header whose declared length passes
-/// [`MAX_BODY`] as soon as the length is read.
+/// is the client's). Refuses a v2 header whose declared length passes
+/// [`MAX_BODY`] as soon as the length is read, and a v1 line without its
+/// end within `proxy_v1::MAX_LEN` bytes.
 pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
     match detect(buf) {
         Start::Incomplete => return Ok(None),
-        Start::V1 => return Err(HeaderError::V1),
+        Start::V1 => return super::proxy_v1::parse(buf),
         Start::Other => return Err(HeaderError::Signature),
         Start::V2 => {}
     }
