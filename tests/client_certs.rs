@@ -259,6 +259,37 @@ async fn forged_wrong_purpose_and_revoked_certificates_fail_the_handshake() {
     assert_eq!(db.as_deref(), Ok("tenant_acme"));
 }
 
+/// A reload reads the revocation list again: a certificate revoked after
+/// the proxy started fails the next handshake.
+#[tokio::test]
+async fn a_revocation_takes_effect_at_the_next_reload() {
+    let f = fixture().await;
+    let cert =
+        f.ca.issue_client("later", "batch@acme", &[], ClientAuth, 40);
+    let crl = f.ca.crl("reloaded", &[]);
+    let config = f.config(&format!("client_crl = [\"{}\"]", crl.display()));
+    let proxy = LiveProxy::start(&config).await;
+    let db = psql(
+        proxy.port,
+        f.conninfo("acme", "batch", Some(&cert), ""),
+        WHO,
+    )
+    .await;
+    assert_eq!(db.as_deref(), Ok("tenant_acme"));
+
+    let revoked = f.ca.crl("reloaded", &[40]);
+    assert_eq!(revoked, crl, "the same file, rewritten");
+    proxy.reload(&config).await.expect("reload");
+    let e = psql(
+        proxy.port,
+        f.conninfo("acme", "batch", Some(&cert), ""),
+        WHO,
+    )
+    .await
+    .expect_err("revoked since the reload");
+    assert!(!e.contains("password"), "refused at the handshake: {e}");
+}
+
 /// A certificate user needs `[tls] client_ca`: without it the config is
 /// refused, naming the user.
 #[test]

@@ -247,7 +247,10 @@ async fn broken_headers_are_refused_and_others_served() {
         (bad_tlv, "TLV"),
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n".to_vec(), "v1"),
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n".to_vec(), "v1"),
-        ([b"PROXY UNKNOWN ".as_slice(), &[b'x'; 120]].concat(), "107 bytes"),
+        (
+            [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 120]].concat(),
+            "107 bytes",
+        ),
         (b"\r\n\r\n\0\r\nQUIX\n".to_vec(), "expected a PROXY"),
     ] {
         let mut s = raw::connect(port).await;
