@@ -11,7 +11,9 @@ mod common;
 use common::shared::{
     SHARED_PASSWORD, SHARED_ROLE, SharedDb, notes_seed, shared_database, tenants_config,
 };
+use common::tls::{Issued, TestCa, psql};
 use common::{TestPg, TestProxy, sqlstate};
+use rcgen::ExtendedKeyUsagePurpose::ClientAuth;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -102,6 +104,12 @@ struct Shared {
 /// tenants `tenants`, the operators' role, and the proxy with operator
 /// `ops` allowed on `shared`. `before_proxy` runs as superuser first.
 async fn shared(tenants: &[&str], before_proxy: &str) -> Shared {
+    shared_with(tenants, before_proxy, "", "").await
+}
+
+/// [`shared`], with `op_extra` lines in `[operators.ops]` and `tail`
+/// appended to the config.
+async fn shared_with(tenants: &[&str], before_proxy: &str, op_extra: &str, tail: &str) -> Shared {
     logs();
     let SharedDb {
         pg,
@@ -133,13 +141,14 @@ async fn shared(tenants: &[&str], before_proxy: &str) -> Shared {
          server_login_retry = \"200ms\"\n\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 2\n\
          operator_url = \"{}\"\n\n\
-         [operators.ops]\npassword = \"{OPS_PASSWORD}\"\nplacements = [\"shared\"]\n\n",
+         [operators.ops]\npassword = \"{OPS_PASSWORD}\"\nplacements = [\"shared\"]\n{op_extra}\n\n",
         secret_file.display(),
         pg.cluster.url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
         pg.cluster
             .url(OPERATOR_ROLE, OPERATOR_PASSWORD, "app_shared"),
     );
     config.push_str(&tenants_config(tenants));
+    config.push_str(tail);
     let proxy = TestProxy::start(&config).await;
     Shared {
         pg,
@@ -339,6 +348,59 @@ async fn no_tenant_credential_makes_an_operator_and_failures_look_alike() {
     }
     // The operator itself still gets in.
     assert_eq!(bodies(&s.operator("").await).await, own(&["acme"]));
+}
+
+/// An operator with `cert` needs its client certificate as well as its
+/// password: without it, or with another identity's, the login fails as
+/// a wrong password does, and the log says why.
+#[tokio::test]
+async fn an_operator_with_a_certificate_identity_needs_both() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new(dir.path());
+    let server = ca.issue("server", &["proxy.test"]);
+    let ops = ca.issue_client("ops", "ops@platform", &[], ClientAuth, 1);
+    let other = ca.issue_client("other", "app@acme", &[], ClientAuth, 2);
+    let tail = format!(
+        "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+        server.cert.display(),
+        server.key.display(),
+        ca.pem_path.display()
+    );
+    let s = shared_with(&["acme"], "", "cert = \"ops@platform\"", &tail).await;
+    let none = dir.path().join("none");
+    let login = |cert: Option<&Issued>, password: &str| {
+        let (c, k) = match cert {
+            Some(i) => (i.cert.clone(), i.key.clone()),
+            None => (none.clone(), none.clone()),
+        };
+        format!(
+            "host=127.0.0.1 user=ops password={password} dbname=app_shared \
+             options=operator=shared sslmode=require sslcert={} sslkey={}",
+            c.display(),
+            k.display()
+        )
+    };
+    let rows = psql(
+        s.proxy.port,
+        login(Some(&ops), OPS_PASSWORD),
+        "SELECT count(*) FROM notes",
+    )
+    .await;
+    assert_eq!(rows.as_deref(), Ok("2"), "password and certificate");
+    let wrong = psql(s.proxy.port, login(Some(&ops), "guess"), "SELECT 1")
+        .await
+        .expect_err("certificate, wrong password");
+    for (cert, what) in [(None, "no certificate"), (Some(&other), "another identity")] {
+        let e = psql(s.proxy.port, login(cert, OPS_PASSWORD), "SELECT 1")
+            .await
+            .expect_err(what);
+        assert_eq!(e, wrong, "{what} fails as a wrong password");
+    }
+    wait_for_line(&[
+        "operator login failed",
+        "no client certificate naming the operator",
+    ])
+    .await;
 }
 
 /// Neither role sees a row without the context only the proxy can set:

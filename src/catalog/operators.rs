@@ -25,6 +25,8 @@ pub struct OperatorEntry {
     /// The rls placements it may reach (each has an `operator_url`).
     pub placements: Vec<String>,
     pub credential: Credential,
+    /// The client certificate identity it must also present, if any.
+    pub cert: Option<Box<str>>,
 }
 
 /// What an operator's login is checked against, and what the log says
@@ -81,6 +83,12 @@ impl Catalog {
         }
     }
 
+    /// The client certificate identity operator `name` must present, if
+    /// it is configured and needs one.
+    pub fn operator_cert(&self, name: &str) -> Option<&str> {
+        self.operators.get(name)?.cert.as_deref()
+    }
+
     /// Operators that may reach `placement`.
     pub fn operators_of<'a>(&'a self, placement: &'a str) -> impl Iterator<Item = &'a str> {
         self.operators
@@ -110,6 +118,7 @@ pub(super) fn from_config(
                 name: name.clone(),
                 placements: op.placements.clone(),
                 credential,
+                cert: op.cert.as_deref().map(Box::from),
             },
         );
     }

@@ -124,16 +124,34 @@ pub async fn login(
         }
         AuthType::Trust => Ok(()),
     };
+    // An operator with a certificate identity needs that certificate
+    // too (after the exchange, so a missing one fails as a wrong password
+    // does); not checked under trust, as nothing is.
+    let cert_failed = snap.config.proxy.auth_type == AuthType::ScramSha256
+        && check.allowed()
+        && snap
+            .catalog
+            .operator_cert(&route.operator)
+            .is_some_and(|id| {
+                !client
+                    .stream
+                    .peer_certificate()
+                    .is_some_and(|leaf| crate::tls::certificate_names(leaf, id))
+            });
+    let exchange_passed = authenticated.is_ok();
     // Belt and braces after SCRAM (a doomed exchange cannot succeed); the
     // whole check under trust.
     let authenticated = authenticated.and_then(|()| match (check.allowed(), pool) {
-        (true, Some(pool)) => Ok(pool),
+        (true, Some(pool)) if !cert_failed => Ok(pool),
         _ => Err(fail()),
     });
     let pool = match authenticated {
         Ok(pool) => pool,
         Err(e) => {
             let why = match &e {
+                ClientError::OperatorAuthFailed { .. } if cert_failed && exchange_passed => {
+                    "no client certificate naming the operator".to_string()
+                }
                 ClientError::OperatorAuthFailed { .. } => check.failure().to_string(),
                 other => other.to_string(),
             };

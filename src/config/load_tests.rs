@@ -431,6 +431,12 @@ fn operators_reach_rls_placements_through_a_role_of_their_own() {
     );
     let err = parse_str(&ok.replace("password = \"p\"\n", ""), "t.toml").expect_err("password");
     assert!(err.message.contains("password"), "{err}");
+    // A certificate identity needs [tls] client_ca.
+    refused(
+        &ok.replace("password = \"p\"\n", "password = \"p\"\ncert = \"ops@x\"\n"),
+        "operators.ops.cert",
+        "client_ca",
+    );
 }
 
 #[test]

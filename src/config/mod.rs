@@ -449,6 +449,10 @@ pub const DEFAULT_OPERATOR_POOL_SIZE: u32 = 2;
 pub struct OperatorConfig {
     /// Plaintext password or `SCRAM-SHA-256$...` verifier.
     pub password: Secret,
+    /// Also require a client certificate naming this identity (its
+    /// common name or a subjectAltName URI; needs `[tls] client_ca`): a
+    /// second factor for the login that reaches every tenant's rows.
+    pub cert: Option<String>,
     /// The `isolation = "rls"` placements (with an `operator_url`) this
     /// operator may reach; at least one.
     pub placements: Vec<String>,

@@ -92,6 +92,15 @@ pub(super) fn check_operators(cfg: &Config, src: &ConfigSource) -> Result<(), Co
     for (name, op) in &cfg.operators {
         let key = format!("operators.{name}");
         check_name(name).map_err(|m| src.error(&key, m))?;
+        if op.cert.as_ref().is_some_and(String::is_empty) {
+            return Err(src.error(&format!("{key}.cert"), "name the certificate's identity"));
+        }
+        if op.cert.is_some() && !cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            return Err(src.error(
+                &format!("{key}.cert"),
+                "needs [tls] client_ca, the CA that issues client certificates",
+            ));
+        }
         let at = format!("{key}.placements");
         if op.placements.is_empty() {
             return Err(src.error(
