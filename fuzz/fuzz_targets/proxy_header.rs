@@ -1,4 +1,4 @@
-//! PROXY protocol v2 headers: any bytes must parse, ask for more, or
+//! PROXY protocol headers (v2, and v1 lines): any bytes must parse, ask for more, or
 //! fail, never panic; an accepted header takes no more than the buffer
 //! and the cap, and every prefix of it asks for more. Mirrors the
 //! proptests in src/protocol/proxy_header_tests.rs.

@@ -31,7 +31,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
             Ok(None)
         };
     };
-    let line = std::str::from_utf8(&window[..end]).map_err(|_| HeaderError::V1("not ASCII"))?;
+    let line = &window[..end];
+    // The CRLF ends the line and nothing else may: a bare CR or LF
+    // before it would make a prefix of the line read as a broken one.
+    if line.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Err(HeaderError::V1("a CR or LF inside the line"));
+    }
+    let line = std::str::from_utf8(line).map_err(|_| HeaderError::V1("not ASCII"))?;
     let mut fields = line.split(' ');
     if fields.next() != Some("PROXY") {
         return Err(HeaderError::V1("does not start with PROXY"));
@@ -181,12 +187,42 @@ mod tests {
     proptest! {
         /// Arbitrary bytes after the prefix never panic, and an accepted
         /// header never takes more than the buffer or the limit.
+        /// Every prefix of an accepted header asks for more.
         #[test]
-        fn arbitrary_lines(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn arbitrary_lines(
+            tail in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'\r'), Just(b'\n'), Just(b' ')],
+                0..200,
+            ),
+        ) {
             let mut buf = b"PROXY ".to_vec();
             buf.extend_from_slice(&tail);
             if let Ok(Some((_, taken))) = parse(&buf) {
                 prop_assert!(taken <= buf.len() && taken <= MAX_LEN);
+                for n in 6..taken {
+                    prop_assert_eq!(parse(&buf[..n]), Ok(None));
+                }
+            }
+        }
+
+        /// An UNKNOWN line with anything but CR and LF before its end is
+        /// accepted, and all its prefixes ask for more.
+        #[test]
+        fn unknown_lines(
+            rest in proptest::collection::vec(
+                any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'),
+                0..80,
+            ),
+        ) {
+            let mut buf = b"PROXY UNKNOWN ".to_vec();
+            buf.extend_from_slice(&rest);
+            buf.extend_from_slice(b"\r\n");
+            if std::str::from_utf8(&rest).is_ok() {
+                let (h, taken) = parse(&buf).expect("valid").expect("whole");
+                prop_assert_eq!((h.addresses, taken), (None, buf.len()));
+                for n in 6..taken {
+                    prop_assert_eq!(parse(&buf[..n]), Ok(None));
+                }
             }
         }
 
