@@ -6,6 +6,7 @@ use crate::runtime::time::sleep;
 use crate::runtime::{block_on, block_on_paused};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use tokio::sync::oneshot;
 
 fn pool_at(port: u16, max: usize, timeouts: PoolTimeouts) -> Arc<PlacementPool> {
     let target =

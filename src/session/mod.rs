@@ -28,6 +28,7 @@ mod context;
 mod control;
 pub mod deallocate;
 pub mod error;
+mod flow;
 mod follow;
 mod idle;
 pub mod known;
