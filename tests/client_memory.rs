@@ -156,20 +156,8 @@ async fn a_client_that_never_reads_is_disconnected_and_frees_its_connection() {
 /// query is stopped, and the connection serves others again.
 #[tokio::test]
 async fn a_client_that_stops_reading_a_streamed_result_is_disconnected() {
-    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
-    let proxy = common::TestProxy::start(&pg.config(
-        &["acme"],
-        1,
-        "auth_type = \"trust\"\nclient_read_timeout = \"2s\"\nquery_wait_timeout = \"25s\"",
-    ))
-    .await;
-    let mut s = raw::login_trust(proxy.port, "acme").await;
     // About 1 GB, made as it is sent.
-    raw::send(
-        &mut s,
-        &raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)"),
-    )
-    .await;
+    let (_pg, proxy, mut s) = streaming("2s", 1_000_000).await;
 
     let started = Instant::now();
     let other = proxy.connect("acme").await;
@@ -207,21 +195,9 @@ async fn a_client_that_stops_reading_a_streamed_result_is_disconnected() {
 /// not mistaken for one that stopped.
 #[tokio::test]
 async fn a_slow_steady_reader_is_not_disconnected() {
-    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
-    let proxy = common::TestProxy::start(&pg.config(
-        &["acme"],
-        1,
-        "auth_type = \"trust\"\nclient_read_timeout = \"1s\"",
-    ))
-    .await;
-    let mut s = raw::login_trust(proxy.port, "acme").await;
     // About 40 MB, read at about 5 MB/s: 8 s, every period of the
     // timeout with the proxy waiting on the client for most of it.
-    raw::send(
-        &mut s,
-        &raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 40000)"),
-    )
-    .await;
+    let (_pg, _proxy, mut s) = streaming("1s", 40_000).await;
     let mut tail = Vec::new();
     let mut chunk = vec![0u8; 1 << 16];
     let mut total = 0usize;
@@ -254,6 +230,33 @@ async fn a_slow_steady_reader_is_not_disconnected() {
         Ok(true),
         "the whole result arrived ({total} bytes before the end)"
     );
+}
+
+/// A proxy with one server connection and `client_read_timeout =
+/// read_timeout`, and a raw client that has asked it for `rows` rows of
+/// 1,000 bytes, made as they are sent.
+async fn streaming(
+    read_timeout: &str,
+    rows: u32,
+) -> (TestPg, common::TestProxy, tokio::net::TcpStream) {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = common::TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        &format!(
+            "auth_type = \"trust\"\nclient_read_timeout = \"{read_timeout}\"\nquery_wait_timeout = \"25s\""
+        ),
+    ))
+    .await;
+    let mut s = raw::login_trust(proxy.port, "acme").await;
+    raw::send(
+        &mut s,
+        &raw::query(&format!(
+            "SELECT repeat('x', 1000) FROM generate_series(1, {rows})"
+        )),
+    )
+    .await;
+    (pg, proxy, s)
 }
 
 /// Logs in, prepares "s1", starts a 60 s statement, and returns the socket

@@ -83,6 +83,21 @@ impl Fixture {
     }
 }
 
+/// A tokio-postgres client of tenant acme over TLS (`sslmode=require`,
+/// trusting the test CA), sending `sni` as the server name.
+async fn tls_client(
+    proxy: &LiveProxy,
+    f: &Fixture,
+    sni: &str,
+    what: &str,
+) -> tokio_postgres::Client {
+    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
+    cfg.ssl_mode(SslMode::Require);
+    let (client, conn) = cfg.connect(f.ca.connector(sni)).await.expect(what);
+    tokio::spawn(conn);
+    client
+}
+
 /// The leaf certificate the proxy presents after an SSLRequest to a
 /// client asking for `sni` (whether or not it is valid for that name).
 async fn served_certificate(port: u16, sni: &str) -> Vec<u8> {
@@ -165,13 +180,7 @@ async fn certificates_follow_the_name_and_reload_without_dropping_clients() {
         f.default.der
     );
 
-    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
-    cfg.ssl_mode(SslMode::Require);
-    let (before, conn) = cfg
-        .connect(f.ca.connector("acme.db.example.com"))
-        .await
-        .expect("TLS login");
-    tokio::spawn(conn);
+    let before = tls_client(&proxy, &f, "acme.db.example.com", "TLS login").await;
 
     // New files, then a reload.
     let renewed = f.ca.issue("wildcard", &["*.db.example.com"]);
@@ -402,13 +411,13 @@ async fn what_an_attacker_sends_around_the_handshake_is_refused() {
     assert_eq!(raw::read_byte(&mut s).await, b'N');
 
     // Everyone else is served.
-    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
-    cfg.ssl_mode(SslMode::Require);
-    let (client, conn) = cfg
-        .connect(f.ca.connector("acme.db.example.com"))
-        .await
-        .expect("TLS login after the attacks");
-    tokio::spawn(conn);
+    let client = tls_client(
+        &proxy,
+        &f,
+        "acme.db.example.com",
+        "TLS login after the attacks",
+    )
+    .await;
     client.simple_query("SELECT 1").await.expect("query");
 }
 
@@ -439,13 +448,7 @@ async fn require_refuses_plaintext_logins() {
     let m = raw::expect_msg(&mut s, "the refusal").await;
     assert_eq!((m.tag, m.code()), (b'E', "28000".to_string()));
 
-    let mut cfg: tokio_postgres::Config = proxy.conn_str("acme").parse().expect("config");
-    cfg.ssl_mode(SslMode::Require);
-    let (client, conn) = cfg
-        .connect(f.ca.connector("proxy.test"))
-        .await
-        .expect("TLS login");
-    tokio::spawn(conn);
+    let client = tls_client(&proxy, &f, "proxy.test", "TLS login").await;
     client.simple_query("SELECT 1").await.expect("query");
     // A cancel request carries no credential: taken in plaintext (and,
     // as PostgreSQL does, answered by closing, with no error).

@@ -45,13 +45,19 @@ pub enum CertCheck {
 /// requires, if any. The handshake verified the chain; this is whose it
 /// is.
 pub fn certificate_check(client: &ClientConn, login: Option<&UserLogin>) -> CertCheck {
-    let Some(identity) = login.and_then(|l| l.cert.as_deref()) else {
-        return CertCheck::NotNeeded;
-    };
-    match client.stream.peer_certificate() {
-        Some(leaf) if crate::tls::certificate_names(leaf, identity) => CertCheck::Passed,
-        _ => CertCheck::Failed,
+    match login.and_then(|l| l.cert.as_deref()) {
+        None => CertCheck::NotNeeded,
+        Some(identity) if presents(client, identity) => CertCheck::Passed,
+        Some(_) => CertCheck::Failed,
     }
+}
+
+/// Whether the client's verified certificate names `identity`.
+pub fn presents(client: &ClientConn, identity: &str) -> bool {
+    client
+        .stream
+        .peer_certificate()
+        .is_some_and(|leaf| crate::tls::certificate_names(leaf, identity))
 }
 
 /// The SCRAM-SHA-256 exchange against `verifier`; a wrong proof is

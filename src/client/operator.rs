@@ -132,12 +132,7 @@ pub async fn login(
         && snap
             .catalog
             .operator_cert(&route.operator)
-            .is_some_and(|id| {
-                !client
-                    .stream
-                    .peer_certificate()
-                    .is_some_and(|leaf| crate::tls::certificate_names(leaf, id))
-            });
+            .is_some_and(|id| !auth::presents(client, id));
     let exchange_passed = authenticated.is_ok();
     // Belt and braces after SCRAM (a doomed exchange cannot succeed); the
     // whole check under trust.

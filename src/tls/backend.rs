@@ -106,7 +106,7 @@ impl ServerCertVerifier for ChainOnly {
 /// meaning; SCRAM channel binding still ties the login to the
 /// certificate presented). Handshake signatures are still checked.
 #[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+pub(super) struct Unverified(pub(super) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for Unverified {
     fn verify_server_cert(

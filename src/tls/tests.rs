@@ -3,9 +3,8 @@
 
 use super::*;
 use crate::config::CertFiles;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, ServerConnection};
 use sha2::Digest as _;
 
 /// Writes a certificate for `names`, signed by `ca`, and its key.
@@ -36,44 +35,6 @@ fn ca() -> rcgen::Issuer<'static, rcgen::KeyPair> {
     rcgen::Issuer::new(params, key)
 }
 
-/// Accepts any certificate: these tests look at which one is served.
-#[derive(Debug)]
-struct AnyCert;
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// The leaf the server presents to a client asking for `name` (an IP
 /// address sends no SNI), over TLS 1.2 only when `tls12`.
 fn served(server: &Arc<ServerConfig>, name: &str, tls12: bool) -> Result<Vec<u8>, rustls::Error> {
@@ -86,7 +47,9 @@ fn served(server: &Arc<ServerConfig>, name: &str, tls12: bool) -> Result<Vec<u8>
         .with_protocol_versions(versions)
         .expect("versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        // Accepts any certificate (`require` without a CA): these tests
+        // look at which one is served.
+        .with_custom_certificate_verifier(Arc::new(backend::Unverified(provider())))
         .with_no_client_auth();
     let name = ServerName::try_from(name.to_string()).expect("name");
     let mut client = ClientConnection::new(Arc::new(client_config), name).expect("client");
