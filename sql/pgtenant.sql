@@ -32,10 +32,11 @@
 --   Both calls are protocol-level FunctionCalls: their arguments appear in
 --   no query text (pg_stat_activity, pg_stat_statements, logs).
 -- * pgtenant.current_tenant() returns that name. The setting
---   pgtenant.tenant, which enter() also sets, only says whether to look:
---   a client may RESET it (then it sees no rows) or set it to anything
---   (the name still comes from the sequences). Nothing a client can read
---   is a credential, so there is nothing to replay.
+--   pgtenant.tenant, which enter() sets to 'on' when it is empty, only
+--   says whether to look (a session that never entered has no currval to
+--   read): a client may RESET it (then it sees no rows) or set it to
+--   anything (the name still comes from the sequences). Nothing a client
+--   can read is a credential, so there is nothing to replay.
 -- * No context: NULL, so policies written
 --   `tenant_id = pgtenant.current_tenant()` match no row and WITH CHECK
 --   refuses every write.
@@ -158,8 +159,12 @@ END $$;
 -- Called by pgtenant at the start of each lease that changes tenant, with
 -- the session's secret. p_mirror, when not empty, names a custom setting
 -- (such as app.tenant_id) that also gets the tenant's name, for
--- applications that read one; it is informational only, like
--- pgtenant.tenant.
+-- applications that read one; it is informational only.
+--
+-- PL/pgSQL sets up every expression of a function again in each
+-- transaction, and each lease's call is a transaction of its own: the
+-- common case (a name of up to 7 bytes, no mirror) is one expression, a
+-- CASE, whose branches run in order until one holds.
 CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_s1 pg_catalog.int8, p_s2 pg_catalog.int8)
 RETURNS pg_catalog.int4
 -- No SET search_path clause (see current_tenant()): every name is
@@ -170,16 +175,38 @@ DECLARE
     n pg_catalog.int4;
     done pg_catalog.int8;
 BEGIN
-    -- First, before anything that can fail: no tenant. Not undone if the
-    -- rest fails or rolls back.
-    done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, 0, true);
-    -- currval raises when the session has no secret (it never opened, or
-    -- it was discarded): no tenant either way.
-    IF p_s1 IS NULL OR p_s2 IS NULL
-       OR p_s1 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s1'::pg_catalog.regclass)
-       OR p_s2 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s2'::pg_catalog.regclass) THEN
+    n := CASE
+        -- First, before anything that can fail: no tenant. Not undone if
+        -- the rest fails or rolls back.
+        WHEN pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, 0, true) OPERATOR(pg_catalog.<>) 0 THEN 0
+        -- currval raises when the session has no secret (it never opened,
+        -- or it was discarded): no tenant either way.
+        WHEN p_s1 IS NULL OR p_s2 IS NULL
+            OR p_s1 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s1'::pg_catalog.regclass)
+            OR p_s2 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s2'::pg_catalog.regclass) THEN 0
+        -- Anything else than a short name without a mirror: below.
+        WHEN p_mirror IS DISTINCT FROM ''
+            OR COALESCE(pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')), 0)
+                NOT BETWEEN 1 AND 7 THEN 2
+        -- The name: its length, its bytes, zero-padded to 8.
+        WHEN pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(
+            pg_catalog.set_byte('\x00'::pg_catalog.bytea, 0, pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')))
+            OPERATOR(pg_catalog.||) pg_catalog.convert_to(p_tenant, 'UTF8')
+            OPERATOR(pg_catalog.||) '\x00000000000000'::pg_catalog.bytea, 0), true) IS NULL THEN 0
+        -- The setting that tells current_tenant() to look, if it is not
+        -- set (written only then: a setting written in a transaction
+        -- makes PostgreSQL 15 walk every setting at its commit).
+        WHEN COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) ''
+            AND pg_catalog.set_config('pgtenant.tenant', 'on', false) IS NULL THEN 0
+        ELSE 1 END;
+    IF n OPERATOR(pg_catalog.=) 1 THEN
+        RETURN 1;
+    END IF;
+    IF n OPERATOR(pg_catalog.=) 0 THEN
         RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
+    -- A longer name or a mirror setting: the context is clear and the
+    -- secret checked (above).
     name := pg_catalog.convert_to(p_tenant, 'UTF8');
     n := pg_catalog.length(name);
     IF n IS NULL OR n OPERATOR(pg_catalog.<) 1 OR n OPERATOR(pg_catalog.>) 63 OR p_mirror IS NULL THEN
@@ -200,7 +227,9 @@ BEGIN
     IF n OPERATOR(pg_catalog.>) 47 THEN done := pg_catalog.setval('pgtenant.ctx_6'::pg_catalog.regclass, pgtenant.word(name, 6), true); END IF;
     IF n OPERATOR(pg_catalog.>) 55 THEN done := pg_catalog.setval('pgtenant.ctx_7'::pg_catalog.regclass, pgtenant.word(name, 7), true); END IF;
     done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(name, 0), true);
-    name := pg_catalog.convert_to(pg_catalog.set_config('pgtenant.tenant', p_tenant, false), 'UTF8');
+    IF COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) '' THEN
+        name := pg_catalog.convert_to(pg_catalog.set_config('pgtenant.tenant', 'on', false), 'UTF8');
+    END IF;
     IF p_mirror OPERATOR(pg_catalog.<>) '' THEN
         name := pg_catalog.convert_to(pg_catalog.set_config(p_mirror, p_tenant, false), 'UTF8');
     END IF;
@@ -224,20 +253,29 @@ DROP FUNCTION IF EXISTS pgtenant.enter(pg_catalog.text, pg_catalog.text, pg_cata
 -- stand in for anything it uses.
 CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS pg_catalog.text
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED AS $$
+BEGIN
+    -- One expression (see enter()). ctx_0 below 8 << 56: a length byte of
+    -- 0 to 7, then the whole name, zero-padded (a name holds no zero
+    -- byte); 0 is no tenant.
+    RETURN CASE
+        WHEN COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) '' THEN NULL
+        WHEN pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass) OPERATOR(pg_catalog.<) 576460752303423488 THEN
+            NULLIF(pg_catalog.convert_from(pg_catalog.rtrim(pg_catalog.substr(pg_catalog.int8send(
+                pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass)), 2), '\x00'::pg_catalog.bytea), 'UTF8'), '')
+        ELSE pgtenant.long_tenant() END;
+END $$;
+
+-- The name of more than 7 bytes, for current_tenant(); nobody else may
+-- call it.
+CREATE OR REPLACE FUNCTION pgtenant.long_tenant() RETURNS pg_catalog.text
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
     b pg_catalog.bytea;
     n pg_catalog.int4;
 BEGIN
-    IF COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) '' THEN
-        RETURN NULL;
-    END IF;
-    b := pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass));
+    b := pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass))
+        OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_1'::pg_catalog.regclass));
     n := pg_catalog.get_byte(b, 0);
-    IF n OPERATOR(pg_catalog.<=) 7 THEN
-        -- NULL for 0: no tenant.
-        RETURN pg_catalog.convert_from(pg_catalog.substr(b, 2, NULLIF(n, 0)), 'UTF8');
-    END IF;
-    b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_1'::pg_catalog.regclass));
     IF n OPERATOR(pg_catalog.>) 15 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_2'::pg_catalog.regclass)); END IF;
     IF n OPERATOR(pg_catalog.>) 23 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_3'::pg_catalog.regclass)); END IF;
     IF n OPERATOR(pg_catalog.>) 31 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_4'::pg_catalog.regclass)); END IF;
@@ -246,5 +284,6 @@ BEGIN
     IF n OPERATOR(pg_catalog.>) 55 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_7'::pg_catalog.regclass)); END IF;
     RETURN pg_catalog.convert_from(pg_catalog.substr(b, 2, n), 'UTF8');
 END $$;
+REVOKE ALL ON FUNCTION pgtenant.long_tenant() FROM PUBLIC;
 
 COMMIT;

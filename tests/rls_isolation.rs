@@ -24,16 +24,30 @@ struct Shared {
 /// A cluster with the shared database `app_shared` (installed and keyed
 /// for placement `shared`) and the proxy in front, `tenants` all on it.
 async fn shared(tenants: &[&str], pool_size: u32, extra_proxy: &str) -> Shared {
+    shared_mirroring(tenants, pool_size, extra_proxy, Some("app.tenant_id")).await
+}
+
+/// `shared` with `tenant_setting` as given (`None`: no mirror setting,
+/// the context call's shortest path).
+async fn shared_mirroring(
+    tenants: &[&str],
+    pool_size: u32,
+    extra_proxy: &str,
+    mirror: Option<&str>,
+) -> Shared {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = shared_database("", &notes_seed(tenants, "", "", SHARED_ROLE)).await;
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n{extra_proxy}\n\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = {pool_size}\n\
-         tenant_setting = \"app.tenant_id\"\n\n{}",
+         {}\n\n{}",
         db.secret_file.display(),
         db.pg
             .cluster
             .url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
+        mirror
+            .map(|m| format!("tenant_setting = \"{m}\""))
+            .unwrap_or_default(),
         tenants_config(tenants)
     );
     let proxy = TestProxy::start(&config).await;
@@ -76,6 +90,37 @@ async fn bodies_simple(client: &tokio_postgres::Client) -> Vec<String> {
 
 fn own(t: &str) -> Vec<String> {
     vec![format!("more of {t}"), format!("secret of {t}")]
+}
+
+/// Names around the 7 bytes `pgtenant.enter()` and `current_tenant()`
+/// keep in their first sequence (the path without a mirror setting
+/// differs for longer names): a longer name is never read back as its
+/// first 7 bytes, which here are another tenant's whole name.
+#[tokio::test]
+async fn names_longer_than_one_word_are_never_read_as_their_prefix() {
+    let tenants = [
+        "abcdef",
+        "abcdefg",
+        "abcdefgh",
+        "abcdefg-and-more",
+        "abcdefg-and-a-name-of-forty-or-more-bytes-x",
+    ];
+    let s = shared_mirroring(&tenants, 1, "", None).await;
+    let mut clients = Vec::new();
+    for t in tenants {
+        clients.push((t, s.proxy.connect(t).await));
+    }
+    for round in 0..3 {
+        for (t, c) in clients.iter().chain(clients.iter().rev()) {
+            assert_eq!(bodies(c).await, own(t), "{t}, round {round}");
+            let current: Option<String> = c
+                .query_one("SELECT pgtenant.current_tenant()", &[])
+                .await
+                .expect("current_tenant")
+                .get(0);
+            assert_eq!(current.as_deref(), Some(*t), "round {round}");
+        }
+    }
 }
 
 #[tokio::test]
