@@ -253,29 +253,20 @@ DROP FUNCTION IF EXISTS pgtenant.enter(pg_catalog.text, pg_catalog.text, pg_cata
 -- stand in for anything it uses.
 CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS pg_catalog.text
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED AS $$
-BEGIN
-    -- One expression (see enter()). ctx_0 below 8 << 56: a length byte of
-    -- 0 to 7, then the whole name, zero-padded (a name holds no zero
-    -- byte); 0 is no tenant.
-    RETURN CASE
-        WHEN COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) '' THEN NULL
-        WHEN pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass) OPERATOR(pg_catalog.<) 576460752303423488 THEN
-            NULLIF(pg_catalog.convert_from(pg_catalog.rtrim(pg_catalog.substr(pg_catalog.int8send(
-                pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass)), 2), '\x00'::pg_catalog.bytea), 'UTF8'), '')
-        ELSE pgtenant.long_tenant() END;
-END $$;
-
--- The name of more than 7 bytes, for current_tenant(); nobody else may
--- call it.
-CREATE OR REPLACE FUNCTION pgtenant.long_tenant() RETURNS pg_catalog.text
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$
 DECLARE
     b pg_catalog.bytea;
     n pg_catalog.int4;
 BEGIN
-    b := pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass))
-        OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_1'::pg_catalog.regclass));
+    IF COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) '' THEN
+        RETURN NULL;
+    END IF;
+    b := pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_0'::pg_catalog.regclass));
     n := pg_catalog.get_byte(b, 0);
+    IF n OPERATOR(pg_catalog.<=) 7 THEN
+        -- NULL for 0: no tenant.
+        RETURN pg_catalog.convert_from(pg_catalog.substr(b, 2, NULLIF(n, 0)), 'UTF8');
+    END IF;
+    b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_1'::pg_catalog.regclass));
     IF n OPERATOR(pg_catalog.>) 15 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_2'::pg_catalog.regclass)); END IF;
     IF n OPERATOR(pg_catalog.>) 23 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_3'::pg_catalog.regclass)); END IF;
     IF n OPERATOR(pg_catalog.>) 31 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_4'::pg_catalog.regclass)); END IF;
@@ -284,6 +275,5 @@ BEGIN
     IF n OPERATOR(pg_catalog.>) 55 THEN b := b OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval('pgtenant.ctx_7'::pg_catalog.regclass)); END IF;
     RETURN pg_catalog.convert_from(pg_catalog.substr(b, 2, n), 'UTF8');
 END $$;
-REVOKE ALL ON FUNCTION pgtenant.long_tenant() FROM PUBLIC;
 
 COMMIT;
