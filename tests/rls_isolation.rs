@@ -24,7 +24,7 @@ struct Shared {
 /// A cluster with the shared database `app_shared` (installed and keyed
 /// for placement `shared`) and the proxy in front, `tenants` all on it.
 async fn shared(tenants: &[&str], pool_size: u32, extra_proxy: &str) -> Shared {
-    shared_mirroring(tenants, pool_size, extra_proxy, Some("app.tenant_id")).await
+    shared_mirroring(tenants, pool_size, extra_proxy, Some("app.tenant_id"), 2).await
 }
 
 /// `shared` with `tenant_setting` as given (`None`: no mirror setting,
@@ -34,11 +34,12 @@ async fn shared_mirroring(
     pool_size: u32,
     extra_proxy: &str,
     mirror: Option<&str>,
+    workers: u32,
 ) -> Shared {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = shared_database("", &notes_seed(tenants, "", "", SHARED_ROLE)).await;
     let config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n{extra_proxy}\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\nsecret_file = \"{}\"\n{extra_proxy}\n\n\
          [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = {pool_size}\n\
          {}\n\n{}",
         db.secret_file.display(),
@@ -105,7 +106,7 @@ async fn names_longer_than_one_word_are_never_read_as_their_prefix() {
         "abcdefg-and-more",
         "abcdefg-and-a-name-of-forty-or-more-bytes-x",
     ];
-    let s = shared_mirroring(&tenants, 1, "", None).await;
+    let s = shared_mirroring(&tenants, 1, "", None, 2).await;
     let mut clients = Vec::new();
     for t in tenants {
         clients.push((t, s.proxy.connect(t).await));
@@ -120,6 +121,36 @@ async fn names_longer_than_one_word_are_never_read_as_their_prefix() {
                 .get(0);
             assert_eq!(current.as_deref(), Some(*t), "round {round}");
         }
+    }
+}
+
+/// With room in the pool, a lease takes an idle connection whose session
+/// already holds its tenant's context (no context call) over the most
+/// recently idle one: two tenants taking turns each keep their own server
+/// session.
+#[tokio::test]
+async fn an_idle_connection_holding_the_tenants_context_is_taken_first() {
+    let s = shared_mirroring(&["acme", "globex"], 2, "", None, 1).await;
+    let acme = s.proxy.connect("acme").await;
+    let globex = s.proxy.connect("globex").await;
+    async fn backend(c: &tokio_postgres::Client) -> i32 {
+        c.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0)
+    }
+    // acme holds one connection while globex takes (and gives back) the
+    // other; then acme's comes back last, on top of the idle ones.
+    acme.batch_execute("BEGIN").await.expect("begin");
+    let acme_pid = backend(&acme).await;
+    let globex_pid = backend(&globex).await;
+    assert_ne!(acme_pid, globex_pid, "two server connections");
+    acme.batch_execute("COMMIT").await.expect("commit");
+    for round in 0..10 {
+        assert_eq!(backend(&globex).await, globex_pid, "globex, round {round}");
+        assert_eq!(bodies(&globex).await, own("globex"));
+        assert_eq!(backend(&acme).await, acme_pid, "acme, round {round}");
+        assert_eq!(bodies(&acme).await, own("acme"));
     }
 }
 

@@ -10,6 +10,7 @@ use super::super::stats::bump;
 use super::super::timing::jittered_lifetime;
 use super::guards::{SlotGuard, WaitGuard};
 use super::{CheckoutError, PlacementPool, Pooled};
+use crate::catalog::TenantEntry;
 use crate::pool::fair::TenantSeat;
 use crate::runtime::current_worker;
 use crate::runtime::time::LazyTimer;
@@ -25,16 +26,30 @@ impl PlacementPool {
     /// of this worker's that is due no check, for a tenant under its cap.
     /// `None` sends the caller to `checkout`, which handles everything
     /// else (waiting, opening, checking, moving between workers).
-    pub fn try_checkout(self: &Arc<Self>, seat: TenantSeat) -> Option<Lease> {
+    ///
+    /// `context`: the tenant of an `isolation = "rls"` client. Among this
+    /// worker's most recently idle connections, one whose session already
+    /// holds that tenant's context is taken first, so that a pool with
+    /// room to spare does not switch tenants (a context call) at every
+    /// lease.
+    pub fn try_checkout(
+        self: &Arc<Self>,
+        seat: TenantSeat,
+        context: Option<&TenantEntry>,
+    ) -> Option<Lease> {
         let worker = current_worker();
         let conn = {
             let mut s = self.lock();
             let w = worker.min(s.idle.len() - 1);
-            let top = s.idle[w].last()?;
+            let idle = &s.idle[w];
+            let at = context
+                .and_then(|t| holding_context(idle, t, worker))
+                .or_else(|| idle.len().checked_sub(1))?;
+            let top = &idle[at];
             if top.worker != worker || top.needs_check || !s.tenants.has_room(seat) {
                 return None;
             }
-            let conn = s.idle[w].pop()?;
+            let conn = s.idle[w].remove(at);
             s.idle_count -= 1;
             s.tenants.acquire(seat);
             conn
@@ -231,4 +246,24 @@ impl PlacementPool {
             *p = Some(Arc::new(StartupParams::new(conn.params.clone().into())));
         }
     }
+}
+
+/// How many of a worker's most recently idle connections checkout looks
+/// through for one holding the client's tenant context: a few, so that a
+/// checkout stays a handful of comparisons under the pool's lock.
+const CONTEXT_SCAN: usize = 8;
+
+/// Where in `idle` (most recent last) the most recent connection of
+/// `worker` due no check whose session holds `tenant`'s context is, among
+/// the last [`CONTEXT_SCAN`].
+fn holding_context(idle: &[Pooled], tenant: &TenantEntry, worker: usize) -> Option<usize> {
+    let from = idle.len().saturating_sub(CONTEXT_SCAN);
+    (from..idle.len()).rev().find(|&i| {
+        let c = &idle[i];
+        c.worker == worker
+            && !c.needs_check
+            && c.context_of
+                .as_deref()
+                .is_some_and(|held| std::ptr::eq(held, tenant))
+    })
 }

@@ -62,7 +62,8 @@ impl Session<'_> {
     /// true if that took a sync (so reported values may have changed).
     /// `timer`: the session's, for the wait (`PlacementPool::checkout_with`).
     pub(super) async fn lease(&self, timer: &mut LazyTimer) -> Result<(Lease, bool), ClientError> {
-        let mut lease = match self.pool.try_checkout(self.seat) {
+        let context = self.pool.context().map(|_| &*self.tenant);
+        let mut lease = match self.pool.try_checkout(self.seat, context) {
             Some(lease) => {
                 self.stats.wait_time.observe_us(0);
                 lease
