@@ -61,21 +61,26 @@ impl PgCluster {
             "--no-sync",
         ]);
         run(as_user(initdb, run_as)).context("initdb")?;
-        let port = free_port()?;
         let encryption = if auth == HostAuth::Md5 {
             "md5"
         } else {
             "scram-sha-256"
         };
-        std::fs::write(
-            data.join("postgresql.auto.conf"),
-            format!(
-                "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-                 fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-                 max_connections = 300\npassword_encryption = '{encryption}'\n",
-                dir.path().display()
-            ),
-        )?;
+        let conf = data.join("postgresql.auto.conf");
+        let socket_dir = dir.path().display().to_string();
+        let settings = |port: u16| {
+            std::fs::write(
+                &conf,
+                format!(
+                    "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+                     fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+                     max_connections = 300\npassword_encryption = '{encryption}'\n",
+                    socket_dir
+                ),
+            )
+        };
+        let port = free_port()?;
+        settings(port)?;
         std::fs::write(
             data.join("pg_hba.conf"),
             format!(
@@ -94,7 +99,28 @@ impl PgCluster {
             running: false,
             auth,
         };
-        cluster.pg_ctl(&["start", "-w", "-t", "60"])?;
+        // The port was free when `free_port` let it go; something else
+        // (another test's listener or outgoing connection) may take it
+        // before the server binds it: then another port.
+        let mut attempts = 0;
+        loop {
+            match cluster.pg_ctl(&["start", "-w", "-t", "60"]) {
+                Ok(()) => break,
+                Err(e) => {
+                    let log = std::fs::read_to_string(cluster.dir.path().join("postgres.log"))
+                        .unwrap_or_default();
+                    if attempts < 3 && log.contains("could not bind") {
+                        attempts += 1;
+                        cluster.port = free_port()?;
+                        settings(cluster.port)?;
+                        continue;
+                    }
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(e.context(format!("postgres.log ends:\n{}", tail.join("\n"))));
+                }
+            }
+        }
         cluster.running = true;
         Ok(cluster)
     }
