@@ -32,7 +32,7 @@
 --   Both calls are protocol-level FunctionCalls: their arguments appear in
 --   no query text (pg_stat_activity, pg_stat_statements, logs).
 -- * pgtenant.current_tenant() returns that name. The setting
---   pgtenant.tenant, which enter() sets to 'on' when it is empty, only
+--   pgtenant.tenant, which enter() sets to 'on', only
 --   says whether to look (a session that never entered has no currval to
 --   read): a client may RESET it (then it sees no rows) or set it to
 --   anything (the name still comes from the sequences). Nothing a client
@@ -185,18 +185,19 @@ BEGIN
             OR p_s1 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s1'::pg_catalog.regclass)
             OR p_s2 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s2'::pg_catalog.regclass) THEN 0
         -- Anything else than a short name without a mirror: below.
-        WHEN p_mirror IS DISTINCT FROM ''
+        WHEN COALESCE(p_mirror OPERATOR(pg_catalog.<>) '', true)
             OR COALESCE(pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')), 0)
-                NOT BETWEEN 1 AND 7 THEN 2
+                OPERATOR(pg_catalog.<) 1
+            OR pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')) OPERATOR(pg_catalog.>) 7 THEN 2
         -- The name: its length, its bytes, zero-padded to 8.
         WHEN pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(
             pg_catalog.set_byte('\x00'::pg_catalog.bytea, 0, pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')))
             OPERATOR(pg_catalog.||) pg_catalog.convert_to(p_tenant, 'UTF8')
             OPERATOR(pg_catalog.||) '\x00000000000000'::pg_catalog.bytea, 0), true) IS NULL THEN 0
-        -- The setting that tells current_tenant() to look, if it is not
-        -- set (written only then: a setting written in a transaction
-        -- makes PostgreSQL 15 walk every setting at its commit).
-        WHEN COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) ''
+        -- The setting that tells current_tenant() to look, unless it
+        -- already says 'on' (written only then: a setting written in a
+        -- transaction makes PostgreSQL 15 walk every setting at commit).
+        WHEN COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.<>) 'on'
             AND pg_catalog.set_config('pgtenant.tenant', 'on', false) IS NULL THEN 0
         ELSE 1 END;
     IF n OPERATOR(pg_catalog.=) 1 THEN
@@ -227,7 +228,7 @@ BEGIN
     IF n OPERATOR(pg_catalog.>) 47 THEN done := pg_catalog.setval('pgtenant.ctx_6'::pg_catalog.regclass, pgtenant.word(name, 6), true); END IF;
     IF n OPERATOR(pg_catalog.>) 55 THEN done := pg_catalog.setval('pgtenant.ctx_7'::pg_catalog.regclass, pgtenant.word(name, 7), true); END IF;
     done := pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(name, 0), true);
-    IF COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.=) '' THEN
+    IF COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.<>) 'on' THEN
         name := pg_catalog.convert_to(pg_catalog.set_config('pgtenant.tenant', 'on', false), 'UTF8');
     END IF;
     IF p_mirror OPERATOR(pg_catalog.<>) '' THEN
