@@ -300,4 +300,73 @@ fn a_certificate_user_without_client_ca_is_a_config_error() {
     let e = pgtenant::config::parse_str(text, "t.toml").expect_err("no client_ca");
     assert_eq!(e.key, "tenants.a.users.batch", "{e}");
     assert!(e.to_string().contains("client_ca"), "{e}");
+    // An admin console user likewise.
+    let text = text.replace("{ batch = { cert = \"batch@a\" } }", "{ app = \"secret\" }")
+        + "[admin]\nusers = { root = { cert = \"root@console\" } }\n";
+    let e = pgtenant::config::parse_str(&text, "t.toml").expect_err("no client_ca");
+    assert_eq!(e.key, "admin.users.root", "{e}");
+    assert!(e.to_string().contains("client_ca"), "{e}");
+}
+
+/// Admin console users (`[admin] users`) log in by certificate as tenant
+/// users do: alone, or with their password; without the certificate, or
+/// with another user's, the login fails as a wrong password does.
+#[tokio::test]
+async fn admin_console_users_log_in_by_certificate_too() {
+    let f = fixture().await;
+    let config = format!(
+        "{}\n[admin]\nusers = {{ root = {{ cert = \"root@console\" }}, \
+         ops = {{ password = \"ops-secret\", cert = \"ops@console\" }} }}\n",
+        f.config("")
+    );
+    let proxy = LiveProxy::start(&config).await;
+    let root =
+        f.ca.issue_client("root", "root@console", &[], ClientAuth, 30);
+    let ops = f.ca.issue_client("ops", "ops@console", &[], ClientAuth, 31);
+    // A tenant user's certificate, of the same CA.
+    let batch =
+        f.ca.issue_client("acme-batch", "batch@acme", &[], ClientAuth, 32);
+    let console = |user: &str, cert: Option<&Issued>, password: &str| {
+        f.conninfo("acme", user, cert, password)
+            .replace("dbname=app", "dbname=pgtenant")
+    };
+    const VERSION: &str = "SHOW VERSION";
+    let ok = psql(proxy.port, console("root", Some(&root), ""), VERSION).await;
+    assert!(
+        ok.as_deref().is_ok_and(|v| v.contains("pgtenant")),
+        "{ok:?}"
+    );
+    let ok = psql(
+        proxy.port,
+        console("ops", Some(&ops), "ops-secret"),
+        VERSION,
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    for (user, cert, password, why) in [
+        ("root", None, "", "no certificate"),
+        ("root", Some(&ops), "", "another admin's certificate"),
+        ("root", Some(&batch), "", "a tenant user's certificate"),
+        (
+            "ops",
+            None,
+            "ops-secret",
+            "the password without the certificate",
+        ),
+        (
+            "ops",
+            Some(&ops),
+            "wrong",
+            "the certificate with a wrong password",
+        ),
+        (
+            "ops",
+            Some(&root),
+            "ops-secret",
+            "the password with another's certificate",
+        ),
+    ] {
+        let e = psql(proxy.port, console(user, cert, password), VERSION).await;
+        assert!(e.is_err(), "{why}: {e:?}");
+    }
 }

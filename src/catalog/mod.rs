@@ -73,7 +73,7 @@ pub struct Catalog {
     /// Platform operators (`[operators.*]`), by name.
     operators: ConfigMap<String, OperatorEntry>,
     /// Admin console users (`[admin] users`), by name.
-    admins: ConfigMap<String, Credential>,
+    admins: ConfigMap<String, UserLogin>,
     /// Keys the salts of plaintext passwords and of unknown users.
     secret: AuthSecret,
 }

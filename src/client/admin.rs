@@ -38,22 +38,44 @@ pub async fn login(
     deadline: Instant,
     unauthenticated: &mut Option<Unauthenticated>,
 ) -> Result<ConsoleLogin, ClientError> {
-    let (verifier, known) = snap.catalog.admin_verifier(user);
+    let login = snap.catalog.admin_login(user);
+    let known = login.is_some();
     let fail = || ClientError::AdminAuthFailed(user.to_string());
+    let mut cert = auth::CertCheck::NotNeeded;
     let authenticated = match snap.config.proxy.auth_type {
         AuthType::ScramSha256 => {
-            time::timeout_at(deadline, auth::exchange(client, &verifier, fail))
-                .await
-                .map_err(|_| ClientError::LoginTimeout)
-                .and_then(|r| r)
+            // As a tenant user's login: an admin who logs in by
+            // certificate alone and showed the right one needs no
+            // password; everyone else runs the exchange (a doomed one
+            // without a password), and a missing certificate then fails
+            // as a wrong password does.
+            cert = auth::certificate_check(client, login);
+            if cert == auth::CertCheck::Passed && login.is_some_and(|l| l.password.is_none()) {
+                Ok(())
+            } else {
+                let verifier = snap.catalog.admin_verifier(user);
+                time::timeout_at(deadline, auth::exchange(client, &verifier, fail))
+                    .await
+                    .map_err(|_| ClientError::LoginTimeout)
+                    .and_then(|r| r)
+            }
         }
         AuthType::Trust => Ok(()),
     };
     // Belt and braces after SCRAM (a doomed exchange cannot succeed); the
     // whole check under trust.
-    let authenticated = authenticated.and_then(|()| if known { Ok(()) } else { Err(fail()) });
+    let authenticated = authenticated.and_then(|()| {
+        if known && cert != auth::CertCheck::Failed {
+            Ok(())
+        } else {
+            Err(fail())
+        }
+    });
     if let Err(e) = &authenticated {
         let why = match e {
+            ClientError::AdminAuthFailed(_) if known && cert == auth::CertCheck::Failed => {
+                "no client certificate naming the admin".to_string()
+            }
             ClientError::AdminAuthFailed(_) if known => "wrong password".to_string(),
             ClientError::AdminAuthFailed(_) => "no such admin user".to_string(),
             other => other.to_string(),

@@ -210,6 +210,18 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 format!("at most {}", super::MAX_TOP_TENANTS),
             ));
         }
+        if let Some(user) = admin
+            .users
+            .iter()
+            .find(|(_, u)| u.cert.is_some())
+            .map(|(u, _)| u)
+            && !has_client_ca(cfg)
+        {
+            return Err(src.error(
+                &format!("admin.users.{user}"),
+                "logs in by client certificate: set [tls] client_ca to the CA that issues them",
+            ));
+        }
     }
     let mut roles: HashMap<(String, u16, String), &str> = HashMap::new();
     for (name, pl) in &cfg.placements {
@@ -351,7 +363,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 "list at least one user, e.g. users = { app = \"secret\" }",
             ));
         }
-        let client_ca = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let client_ca = has_client_ca(cfg);
         if let Some(user) = t
             .users
             .iter()
@@ -461,6 +473,11 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     best.map(|(_, path)| path)
 }
 
+/// Whether `[tls]` asks clients for certificates (what a `cert` login
+/// needs).
+fn has_client_ca(cfg: &Config) -> bool {
+    cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+}
 #[cfg(test)]
 #[path = "load_tests.rs"]
 mod tests;

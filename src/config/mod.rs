@@ -338,9 +338,11 @@ pub struct AdminConfig {
     /// none: no HTTP server.
     pub listen: Option<String>,
     /// Who may log in to the admin console (database `pgtenant`): user
-    /// name to plaintext password or `SCRAM-SHA-256$...` verifier.
+    /// name to plaintext password or `SCRAM-SHA-256$...` verifier, a
+    /// client certificate's identity (`{ cert = ".." }`, needs `[tls]
+    /// client_ca`), or both, as tenant users.
     #[serde(default)]
-    pub users: BTreeMap<String, Secret>,
+    pub users: BTreeMap<String, UserAuth>,
     /// Bearer token `GET /metrics` and `POST /reload` require
     /// (`Authorization: Bearer TOKEN`); none: open. `/healthz` stays open
     /// for load balancers and probes.

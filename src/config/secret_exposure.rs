@@ -41,8 +41,8 @@ pub fn plaintext_secrets(cfg: &Config) -> Vec<String> {
         }
     }
     if let Some(admin) = &cfg.admin {
-        for (u, secret) in &admin.users {
-            if plain(secret) {
+        for (u, auth) in &admin.users {
+            if auth.password.as_ref().is_some_and(plain) {
                 keys.push(format!("admin.users.{u}"));
             }
         }
