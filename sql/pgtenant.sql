@@ -163,8 +163,8 @@ END $$;
 --
 -- PL/pgSQL sets up every expression of a function again in each
 -- transaction, and each lease's call is a transaction of its own: the
--- common case (a name of up to 7 bytes, no mirror) is one expression, a
--- CASE, whose branches run in order until one holds.
+-- common case (a name of up to 7 bytes) is one expression, a CASE, whose
+-- branches run in order until one holds.
 CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_s1 pg_catalog.int8, p_s2 pg_catalog.int8)
 RETURNS pg_catalog.int4
 -- No SET search_path clause (see current_tenant()): every name is
@@ -184,11 +184,15 @@ BEGIN
         WHEN p_s1 IS NULL OR p_s2 IS NULL
             OR p_s1 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s1'::pg_catalog.regclass)
             OR p_s2 OPERATOR(pg_catalog.<>) pg_catalog.currval('pgtenant.session_s2'::pg_catalog.regclass) THEN 0
-        -- Anything else than a short name without a mirror: below.
-        WHEN COALESCE(p_mirror OPERATOR(pg_catalog.<>) '', true)
+        -- A longer name, or anything the general path refuses (no
+        -- name, no mirror argument, a mirror that is no custom setting's
+        -- name): below.
+        WHEN p_mirror IS NULL
             OR COALESCE(pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')), 0)
                 OPERATOR(pg_catalog.<) 1
-            OR pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')) OPERATOR(pg_catalog.>) 7 THEN 2
+            OR pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')) OPERATOR(pg_catalog.>) 7
+            OR (p_mirror OPERATOR(pg_catalog.<>) ''
+                AND p_mirror OPERATOR(pg_catalog.!~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$') THEN 2
         -- The name: its length, its bytes, zero-padded to 8.
         WHEN pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(
             pg_catalog.set_byte('\x00'::pg_catalog.bytea, 0, pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')))
@@ -199,6 +203,9 @@ BEGIN
         -- transaction makes PostgreSQL 15 walk every setting at commit).
         WHEN COALESCE(pg_catalog.current_setting('pgtenant.tenant', true), '') OPERATOR(pg_catalog.<>) 'on'
             AND pg_catalog.set_config('pgtenant.tenant', 'on', false) IS NULL THEN 0
+        -- The mirror setting, if any, gets the name.
+        WHEN p_mirror OPERATOR(pg_catalog.<>) ''
+            AND pg_catalog.set_config(p_mirror, p_tenant, false) IS NULL THEN 0
         ELSE 1 END;
     IF n OPERATOR(pg_catalog.=) 1 THEN
         RETURN 1;
@@ -206,7 +213,7 @@ BEGIN
     IF n OPERATOR(pg_catalog.=) 0 THEN
         RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
-    -- A longer name or a mirror setting: the context is clear and the
+    -- A longer name, or a call to refuse: the context is clear and the
     -- secret checked (above).
     name := pg_catalog.convert_to(p_tenant, 'UTF8');
     n := pg_catalog.length(name);
