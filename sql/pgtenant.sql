@@ -121,6 +121,12 @@ CREATE OR REPLACE FUNCTION pgtenant.word(b pg_catalog.bytea, i pg_catalog.int4)
 RETURNS pg_catalog.int8 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(b, 8 OPERATOR(pg_catalog.*) i OPERATOR(pg_catalog.+) 1, 8), 'hex'))::pg_catalog.bit(64)::pg_catalog.int8;
 
+-- Whether p names a custom setting (a mirror for enter()): at least two
+-- dotted identifiers. Inlined where enter() uses it.
+CREATE OR REPLACE FUNCTION pgtenant.is_setting_name(p pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN p OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$';
+
 -- Called by pgtenant once per server connection (and again after the
 -- session lost its secret to DISCARD): checks proof = HMAC-SHA-256(key,
 -- 'pgtenant open v1' || backend pid || s1 || s2) and keeps S = (s1, s2).
@@ -192,7 +198,7 @@ BEGIN
                 OPERATOR(pg_catalog.<) 1
             OR pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')) OPERATOR(pg_catalog.>) 7
             OR (p_mirror OPERATOR(pg_catalog.<>) ''
-                AND p_mirror OPERATOR(pg_catalog.!~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$') THEN 2
+                AND NOT pgtenant.is_setting_name(p_mirror)) THEN 2
         -- The name: its length, its bytes, zero-padded to 8.
         WHEN pg_catalog.setval('pgtenant.ctx_0'::pg_catalog.regclass, pgtenant.word(
             pg_catalog.set_byte('\x00'::pg_catalog.bytea, 0, pg_catalog.octet_length(pg_catalog.convert_to(p_tenant, 'UTF8')))
@@ -221,7 +227,7 @@ BEGIN
         RAISE EXCEPTION 'pgtenant: invalid tenant context' USING ERRCODE = '42501';
     END IF;
     IF p_mirror OPERATOR(pg_catalog.<>) ''
-       AND p_mirror OPERATOR(pg_catalog.!~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$' THEN
+       AND NOT pgtenant.is_setting_name(p_mirror) THEN
         RAISE EXCEPTION 'pgtenant: invalid mirror setting' USING ERRCODE = '42501';
     END IF;
     -- Length, then the name, zero-padded to whole sequences; ctx_0 last.

@@ -115,9 +115,9 @@ impl PgCluster {
                         settings(cluster.port)?;
                         continue;
                     }
-                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    return Err(e.context(format!("postgres.log ends:\n{}", tail.join("\n"))));
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                    return Err(e.context(format!("postgres.log ends:\n{tail}")));
                 }
             }
         }

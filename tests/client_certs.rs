@@ -35,6 +35,8 @@ async fn fixture() -> Fixture {
     }
 }
 
+const WHO: &str = "SELECT current_database()";
+
 impl Fixture {
     /// acme and globex, each with a user `batch` who logs in by
     /// certificate alone (`batch@<tenant>`); acme also has `svc` (by a
@@ -85,9 +87,20 @@ impl Fixture {
             k.display()
         )
     }
-}
 
-const WHO: &str = "SELECT current_database()";
+    /// psql as `user` of `tenant` (`conninfo`) on the proxy at `port`:
+    /// the database the login reached, or psql's error.
+    async fn who(
+        &self,
+        port: u16,
+        tenant: &str,
+        user: &str,
+        cert: Option<&Issued>,
+        password: &str,
+    ) -> Result<String, String> {
+        psql(port, self.conninfo(tenant, user, cert, password), WHO).await
+    }
+}
 
 #[tokio::test]
 async fn a_certificate_names_one_user_of_one_tenant() {
@@ -107,22 +120,18 @@ async fn a_certificate_names_one_user_of_one_tenant() {
 
     // The certificate alone logs its user in, no password asked.
     for (tenant, cert) in [("acme", &acme_batch), ("globex", &globex_batch)] {
-        let db = psql(proxy.port, f.conninfo(tenant, "batch", Some(cert), ""), WHO).await;
+        let db = f.who(proxy.port, tenant, "batch", Some(cert), "").await;
         assert_eq!(db.as_deref(), Ok(format!("tenant_{tenant}").as_str()));
     }
     // By a subjectAltName URI.
-    let db = psql(
-        proxy.port,
-        f.conninfo("acme", "svc", Some(&acme_svc), ""),
-        WHO,
-    )
-    .await;
+    let db = f.who(proxy.port, "acme", "svc", Some(&acme_svc), "").await;
     assert_eq!(db.as_deref(), Ok("tenant_acme"));
 
     // Another tenant's certificate for a user of the same name, both
     // ways: refused, as is a certificate naming another user.
     for (tenant, cert) in [("acme", &globex_batch), ("globex", &acme_batch)] {
-        let e = psql(proxy.port, f.conninfo(tenant, "batch", Some(cert), ""), WHO)
+        let e = f
+            .who(proxy.port, tenant, "batch", Some(cert), "")
             .await
             .expect_err("another tenant's certificate");
         assert!(
@@ -130,28 +139,23 @@ async fn a_certificate_names_one_user_of_one_tenant() {
             "{e}"
         );
     }
-    let e = psql(
-        proxy.port,
-        f.conninfo("acme", "svc", Some(&acme_batch), ""),
-        WHO,
-    )
-    .await
-    .expect_err("another user's certificate");
+    let e = f
+        .who(proxy.port, "acme", "svc", Some(&acme_batch), "")
+        .await
+        .expect_err("another user's certificate");
     assert!(e.contains("no password"), "{e}");
 
     // No certificate: the login looks like a wrong password (a user who
     // does not exist looks the same), whatever password is given.
     for password in ["", "acme-secret", "guess"] {
-        let e = psql(proxy.port, f.conninfo("acme", "batch", None, password), WHO)
+        let e = f
+            .who(proxy.port, "acme", "batch", None, password)
             .await
             .expect_err("no certificate");
-        let unknown = psql(
-            proxy.port,
-            f.conninfo("acme", "nobody", None, password),
-            WHO,
-        )
-        .await
-        .expect_err("unknown user");
+        let unknown = f
+            .who(proxy.port, "acme", "nobody", None, password)
+            .await
+            .expect_err("unknown user");
         assert_eq!(
             e.replace("batch", "USER"),
             unknown.replace("nobody", "USER"),
@@ -186,30 +190,22 @@ async fn certificate_and_password_each_required() {
     let proxy = LiveProxy::start(&f.config("")).await;
     let both =
         f.ca.issue_client("acme-both", "both@acme", &[], ClientAuth, 20);
-    let ok = psql(
-        proxy.port,
-        f.conninfo("acme", "both", Some(&both), "acme-both"),
-        WHO,
-    )
-    .await;
+    let ok = f
+        .who(proxy.port, "acme", "both", Some(&both), "acme-both")
+        .await;
     assert_eq!(ok.as_deref(), Ok("tenant_acme"));
-    let e = psql(
-        proxy.port,
-        f.conninfo("acme", "both", None, "acme-both"),
-        WHO,
-    )
-    .await
-    .expect_err("password without the certificate");
+    let e = f
+        .who(proxy.port, "acme", "both", None, "acme-both")
+        .await
+        .expect_err("password without the certificate");
     assert!(e.contains("password authentication failed"), "{e}");
-    let e = psql(
-        proxy.port,
-        f.conninfo("acme", "both", Some(&both), "wrong"),
-        WHO,
-    )
-    .await
-    .expect_err("certificate with a wrong password");
+    let e = f
+        .who(proxy.port, "acme", "both", Some(&both), "wrong")
+        .await
+        .expect_err("certificate with a wrong password");
     assert!(e.contains("password authentication failed"), "{e}");
-    let e = psql(proxy.port, f.conninfo("acme", "both", Some(&both), ""), WHO)
+    let e = f
+        .who(proxy.port, "acme", "both", Some(&both), "")
         .await
         .expect_err("certificate without a password");
     assert!(e.contains("no password"), "{e}");
@@ -238,7 +234,8 @@ async fn forged_wrong_purpose_and_revoked_certificates_fail_the_handshake() {
         ("a server-only", &server_only),
         ("a revoked", &revoked),
     ] {
-        let e = psql(proxy.port, f.conninfo("acme", "batch", Some(cert), ""), WHO)
+        let e = f
+            .who(proxy.port, "acme", "batch", Some(cert), "")
             .await
             .expect_err(what);
         assert!(
@@ -250,12 +247,7 @@ async fn forged_wrong_purpose_and_revoked_certificates_fail_the_handshake() {
             "{what}: refused at the handshake: {e}"
         );
     }
-    let db = psql(
-        proxy.port,
-        f.conninfo("acme", "batch", Some(&good), ""),
-        WHO,
-    )
-    .await;
+    let db = f.who(proxy.port, "acme", "batch", Some(&good), "").await;
     assert_eq!(db.as_deref(), Ok("tenant_acme"));
 }
 
@@ -269,24 +261,16 @@ async fn a_revocation_takes_effect_at_the_next_reload() {
     let crl = f.ca.crl("reloaded", &[]);
     let config = f.config(&format!("client_crl = [\"{}\"]", crl.display()));
     let proxy = LiveProxy::start(&config).await;
-    let db = psql(
-        proxy.port,
-        f.conninfo("acme", "batch", Some(&cert), ""),
-        WHO,
-    )
-    .await;
+    let db = f.who(proxy.port, "acme", "batch", Some(&cert), "").await;
     assert_eq!(db.as_deref(), Ok("tenant_acme"));
 
     let revoked = f.ca.crl("reloaded", &[40]);
     assert_eq!(revoked, crl, "the same file, rewritten");
     proxy.reload(&config).await.expect("reload");
-    let e = psql(
-        proxy.port,
-        f.conninfo("acme", "batch", Some(&cert), ""),
-        WHO,
-    )
-    .await
-    .expect_err("revoked since the reload");
+    let e = f
+        .who(proxy.port, "acme", "batch", Some(&cert), "")
+        .await
+        .expect_err("revoked since the reload");
     assert!(!e.contains("password"), "refused at the handshake: {e}");
 }
 

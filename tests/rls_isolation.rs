@@ -89,6 +89,15 @@ async fn bodies_simple(client: &tokio_postgres::Client) -> Vec<String> {
     out
 }
 
+/// What `pgtenant.current_tenant()` says on the client's lease.
+async fn current_tenant(client: &tokio_postgres::Client) -> Option<String> {
+    client
+        .query_one("SELECT pgtenant.current_tenant()", &[])
+        .await
+        .expect("current_tenant")
+        .get(0)
+}
+
 fn own(t: &str) -> Vec<String> {
     vec![format!("more of {t}"), format!("secret of {t}")]
 }
@@ -114,12 +123,11 @@ async fn names_longer_than_one_word_are_never_read_as_their_prefix() {
     for round in 0..3 {
         for (t, c) in clients.iter().chain(clients.iter().rev()) {
             assert_eq!(bodies(c).await, own(t), "{t}, round {round}");
-            let current: Option<String> = c
-                .query_one("SELECT pgtenant.current_tenant()", &[])
-                .await
-                .expect("current_tenant")
-                .get(0);
-            assert_eq!(current.as_deref(), Some(*t), "round {round}");
+            assert_eq!(
+                current_tenant(c).await.as_deref(),
+                Some(*t),
+                "round {round}"
+            );
         }
     }
 }
@@ -166,12 +174,7 @@ async fn tenants_alternating_on_one_connection_see_only_their_rows() {
         for (t, c) in &clients {
             assert_eq!(bodies(c).await, own(t), "{t}, round {round}, extended");
             assert_eq!(bodies_simple(c).await, own(t), "{t}, round {round}, simple");
-            let current: Option<String> = c
-                .query_one("SELECT pgtenant.current_tenant()", &[])
-                .await
-                .expect("current_tenant")
-                .get(0);
-            assert_eq!(current.as_deref(), Some(*t));
+            assert_eq!(current_tenant(c).await.as_deref(), Some(*t));
             let mirror: String = c
                 .query_one("SELECT current_setting('app.tenant_id')", &[])
                 .await
@@ -397,6 +400,49 @@ async fn pipelined_statements_copy_and_function_calls_have_the_context() {
     assert_eq!(copied, "more of acme\nsecret of acme\n");
 }
 
+/// `pgtenant.enter()` with the session's own secret but arguments it
+/// refuses (no custom setting as the mirror, an empty or overlong name,
+/// a long name with a bad mirror) fails after the secret check and
+/// leaves no tenant, never the one before: its first step, before
+/// anything that can fail, clears the context. Run on one session as the
+/// superuser, the only party here that can give itself a secret.
+#[tokio::test]
+async fn an_enter_refused_after_the_secret_check_leaves_no_tenant() {
+    let s = shared(&["acme"], 1, "").await;
+    let db = s.pg.cluster.admin("app_shared").await.expect("admin");
+    db.batch_execute(
+        "SELECT pg_catalog.setval('pgtenant.session_s1', 11, true), \
+         pg_catalog.setval('pgtenant.session_s2', 22, true)",
+    )
+    .await
+    .expect("a secret");
+    let overlong = "x".repeat(64);
+    for (tenant, mirror) in [
+        ("globex", "not a setting"),
+        ("", ""),
+        (overlong.as_str(), ""),
+        ("globex-with-a-longer-name", "app."),
+    ] {
+        db.execute(
+            "SELECT pgtenant.enter('acme', 'app.tenant_id', 11, 22)",
+            &[],
+        )
+        .await
+        .expect("enter acme");
+        assert_eq!(current_tenant(&db).await.as_deref(), Some("acme"));
+        let e = db
+            .execute("SELECT pgtenant.enter($1, $2, 11, 22)", &[&tenant, &mirror])
+            .await
+            .expect_err("refused");
+        assert_eq!(sqlstate(&e), "42501", "{e}");
+        assert_eq!(
+            current_tenant(&db).await,
+            None,
+            "after {tenant:?}, {mirror:?}"
+        );
+    }
+}
+
 /// A forged call of pgtenant.enter() in the middle of a lease (the
 /// client's own FunctionCall) fails, and leaves no tenant at all, not
 /// the lease's one nor another: enter() clears before it checks.
@@ -460,12 +506,7 @@ async fn without_a_context_nothing_is_visible_or_writable() {
     .expect("direct connection");
     tokio::spawn(conn);
     assert!(bodies(&direct).await.is_empty());
-    let current: Option<String> = direct
-        .query_one("SELECT pgtenant.current_tenant()", &[])
-        .await
-        .expect("current_tenant")
-        .get(0);
-    assert_eq!(current, None);
+    assert_eq!(current_tenant(&direct).await, None);
     direct
         .batch_execute("SET pgtenant.tenant = 'acme'; SET app.tenant_id = 'acme'")
         .await

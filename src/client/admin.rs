@@ -41,16 +41,15 @@ pub async fn login(
     let login = snap.catalog.admin_login(user);
     let known = login.is_some();
     let fail = || ClientError::AdminAuthFailed(user.to_string());
-    let mut cert = auth::CertCheck::NotNeeded;
+    // Under trust nothing is checked, certificates neither.
+    let cert = match snap.config.proxy.auth_type {
+        AuthType::ScramSha256 => auth::certificate_check(client, login),
+        AuthType::Trust => auth::CertCheck::NotNeeded,
+    };
     let authenticated = match snap.config.proxy.auth_type {
         AuthType::ScramSha256 => {
-            // As a tenant user's login: an admin who logs in by
-            // certificate alone and showed the right one needs no
-            // password; everyone else runs the exchange (a doomed one
-            // without a password), and a missing certificate then fails
-            // as a wrong password does.
-            cert = auth::certificate_check(client, login);
-            if cert == auth::CertCheck::Passed && login.is_some_and(|l| l.password.is_none()) {
+            // As a tenant user's login (`CertCheck::suffices`).
+            if cert.suffices(login) {
                 Ok(())
             } else {
                 let verifier = snap.catalog.admin_verifier(user);

@@ -41,6 +41,16 @@ pub enum CertCheck {
     Failed,
 }
 
+impl CertCheck {
+    /// Whether this check alone logs `login` in: the right certificate of
+    /// a user who has no password. Everyone else runs the exchange (a
+    /// doomed one without a password), so that a missing certificate
+    /// fails as a wrong password does.
+    pub fn suffices(self, login: Option<&UserLogin>) -> bool {
+        self == CertCheck::Passed && login.is_some_and(|l| l.password.is_none())
+    }
+}
+
 /// Checks the client's verified certificate against the identity `login`
 /// requires, if any. The handshake verified the chain; this is whose it
 /// is.
@@ -61,7 +71,7 @@ pub fn presents(client: &ClientConn, identity: &str) -> bool {
 }
 
 /// The SCRAM-SHA-256 exchange against `verifier`; a wrong proof is
-/// `fail()`. Tenant users and operators both log in through it.
+/// `fail()`. Tenant users, operators and admins log in through it.
 pub async fn exchange(
     client: &mut ClientConn,
     verifier: &Verifier,

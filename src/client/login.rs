@@ -260,14 +260,7 @@ async fn tenant_login(
     if snap.config.proxy.auth_type == AuthType::ScramSha256 {
         let login = tenant.users.get(&resolved.user);
         let cert = auth::certificate_check(client, login);
-        // A user who logs in by certificate alone and showed the right
-        // one needs no password; everyone else runs the exchange, a
-        // doomed one where the user has no password (unknown, or a
-        // certificate user without the certificate), so that a missing
-        // certificate looks like a wrong password.
-        let by_cert_alone =
-            cert == auth::CertCheck::Passed && login.is_some_and(|l| l.password.is_none());
-        if !by_cert_alone {
+        if !cert.suffices(login) {
             // Boxed: the exchange's state would otherwise be part of
             // every login's future, copied at each step even under trust.
             time::timeout_at(

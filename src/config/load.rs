@@ -210,18 +210,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 format!("at most {}", super::MAX_TOP_TENANTS),
             ));
         }
-        if let Some(user) = admin
-            .users
-            .iter()
-            .find(|(_, u)| u.cert.is_some())
-            .map(|(u, _)| u)
-            && !has_client_ca(cfg)
-        {
-            return Err(src.error(
-                &format!("admin.users.{user}"),
-                "logs in by client certificate: set [tls] client_ca to the CA that issues them",
-            ));
-        }
+        certificates_asked_for(cfg, src, "admin.users", &admin.users)?;
     }
     let mut roles: HashMap<(String, u16, String), &str> = HashMap::new();
     for (name, pl) in &cfg.placements {
@@ -363,19 +352,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 "list at least one user, e.g. users = { app = \"secret\" }",
             ));
         }
-        let client_ca = has_client_ca(cfg);
-        if let Some(user) = t
-            .users
-            .iter()
-            .find(|(_, u)| u.cert.is_some())
-            .map(|(u, _)| u)
-            && !client_ca
-        {
-            return Err(src.error(
-                &format!("{key}.users.{user}"),
-                "logs in by client certificate: set [tls] client_ca to the CA that issues them",
-            ));
-        }
+        certificates_asked_for(cfg, src, &format!("{key}.users"), &t.users)?;
         if t.max_pinned_connections == Some(0) {
             return Err(src.error(
                 &format!("{key}.max_pinned_connections"),
@@ -473,10 +450,21 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     best.map(|(_, path)| path)
 }
 
-/// Whether `[tls]` asks clients for certificates (what a `cert` login
-/// needs).
-fn has_client_ca(cfg: &Config) -> bool {
-    cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+/// A user of `users` (at `key`) who logs in by client certificate needs
+/// `[tls] client_ca`, or no certificate would ever be asked for.
+fn certificates_asked_for(
+    cfg: &Config,
+    src: &ConfigSource,
+    key: &str,
+    users: &std::collections::BTreeMap<String, super::UserAuth>,
+) -> Result<(), ConfigError> {
+    match users.iter().find(|(_, u)| u.cert.is_some()) {
+        Some((user, _)) if !cfg.asks_client_certificates() => Err(src.error(
+            &format!("{key}.{user}"),
+            "logs in by client certificate: set [tls] client_ca to the CA that issues them",
+        )),
+        _ => Ok(()),
+    }
 }
 #[cfg(test)]
 #[path = "load_tests.rs"]

@@ -485,6 +485,12 @@ impl PlacementConfig {
 }
 
 impl Config {
+    /// Whether `[tls]` asks clients for certificates (what a `cert`
+    /// login needs).
+    pub fn asks_client_certificates(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+
     /// The placement a tenant is on: its own, else `default_placement`.
     pub fn placement_of<'a>(&'a self, tenant: &'a TenantConfig) -> Option<&'a str> {
         tenant

@@ -95,7 +95,7 @@ pub(super) fn check_operators(cfg: &Config, src: &ConfigSource) -> Result<(), Co
         if op.cert.as_ref().is_some_and(String::is_empty) {
             return Err(src.error(&format!("{key}.cert"), "name the certificate's identity"));
         }
-        if op.cert.is_some() && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        if op.cert.is_some() && !cfg.asks_client_certificates() {
             return Err(src.error(
                 &format!("{key}.cert"),
                 "needs [tls] client_ca, the CA that issues client certificates",

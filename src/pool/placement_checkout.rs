@@ -45,8 +45,7 @@ impl PlacementPool {
             let at = context
                 .and_then(|t| holding_context(idle, t, worker))
                 .or_else(|| idle.len().checked_sub(1))?;
-            let top = &idle[at];
-            if top.worker != worker || top.needs_check || !s.tenants.has_room(seat) {
+            if !ready_here(&idle[at], worker) || !s.tenants.has_room(seat) {
                 return None;
             }
             let conn = s.idle[w].remove(at);
@@ -260,10 +259,15 @@ fn holding_context(idle: &[Pooled], tenant: &TenantEntry, worker: usize) -> Opti
     let from = idle.len().saturating_sub(CONTEXT_SCAN);
     (from..idle.len()).rev().find(|&i| {
         let c = &idle[i];
-        c.worker == worker
-            && !c.needs_check
+        ready_here(c, worker)
             && c.context_of
                 .as_deref()
                 .is_some_and(|held| std::ptr::eq(held, tenant))
     })
+}
+
+/// An idle connection `try_checkout` may lease on `worker` as it is: on
+/// that worker's loop and due no check.
+fn ready_here(c: &ServerConn, worker: usize) -> bool {
+    c.worker == worker && !c.needs_check
 }
