@@ -221,22 +221,23 @@ fn answer_batch(buf: &[u8], a: Answering<'_>, out: &mut BytesMut) -> Local {
         let body = &frame[HEADER_LEN..];
         match tag {
             b'P' => {
+                // Unnamed (the body starts with the empty name's NUL): the
+                // usual extended-protocol request, for a server. Decided
+                // before the query text is walked or anything hashed: this
+                // runs for every such transaction.
+                if body.first() == Some(&0) {
+                    return Local::Server;
+                }
                 let Some((name, definition)) = prepared::parse_parse(body) else {
                     return Local::Server;
                 };
-                // Unnamed: the usual extended-protocol request, for a
-                // server. Decided before any hashing: this runs for every
-                // such transaction.
-                if name.is_empty() {
-                    return Local::Server;
-                }
                 let new = lookup(&changes, name).is_none();
                 let over = (new && statements.len() + changes.len() >= MAX_CLIENT_STATEMENTS)
                     || limits
                         .refusal(statements, Some(name), definition.len())
                         .is_some();
                 let server_name = statements.server_name(definition);
-                if name.is_empty() || over || known.get(&server_name).is_none() {
+                if over || known.get(&server_name).is_none() {
                     return Local::Server; // the usual path answers or refuses
                 }
                 let stmt = Arc::new(Statement {
