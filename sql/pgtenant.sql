@@ -24,13 +24,24 @@
 --   read it. The function keeps S in sequences only the owner may read or
 --   set (a sequence's currval() is private to the session).
 -- * At the start of every lease that changes tenant pgtenant calls
---   pgtenant.enter(tenant, mirror, s1, s2): it clears the session's tenant
---   first, compares S with the session's, then writes the tenant's name
---   into owner-only sequences. setval() is not transactional: the context
---   belongs to this backend alone, survives the client's ROLLBACK, and a
---   failed or forged call leaves no tenant at all, never the previous one.
+--   pgtenant.enter(tenant, mirror, s1, s2, proof): it clears the session's
+--   tenant first, compares S with the session's, then writes the tenant's
+--   name into owner-only sequences. setval() is not transactional: the
+--   context belongs to this backend alone, survives the client's ROLLBACK,
+--   and a forged call leaves no tenant at all, never the previous one.
 --   Both calls are protocol-level FunctionCalls: their arguments appear in
 --   no query text (pg_stat_activity, pg_stat_statements, logs).
+-- * A call can also fail before it clears anything (a read-only session,
+--   a statement_timeout or a cancel before its first statement), and the
+--   client's messages travel right behind it. So, last, enter() prepares
+--   a statement named after `proof`, a random number pgtenant draws per
+--   lease, and pgtenant sends a Describe and a Close of that statement
+--   between the call and the client's messages, with no Sync: when the
+--   call failed the statement does not exist, the Describe fails, and
+--   PostgreSQL skips everything up to the next Sync, the client's
+--   messages included; pgtenant then closes the connection. A Describe
+--   takes no snapshot and runs nothing, so the client's first statement
+--   may still be BEGIN ISOLATION LEVEL ... or VACUUM.
 -- * pgtenant.current_tenant() returns that name. The setting
 --   pgtenant.tenant, which enter() sets to 'on', only
 --   says whether to look (a session that never entered has no currval to
@@ -171,7 +182,7 @@ END $$;
 -- transaction, and each lease's call is a transaction of its own: the
 -- common case (a name of up to 7 bytes) is one expression, a CASE, whose
 -- branches run in order until one holds.
-CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_s1 pg_catalog.int8, p_s2 pg_catalog.int8)
+CREATE OR REPLACE FUNCTION pgtenant.enter(p_tenant pg_catalog.text, p_mirror pg_catalog.text, p_s1 pg_catalog.int8, p_s2 pg_catalog.int8, p_proof pg_catalog.int8)
 RETURNS pg_catalog.int4
 -- No SET search_path clause (see current_tenant()): every name is
 -- schema-qualified.
@@ -214,6 +225,10 @@ BEGIN
             AND pg_catalog.set_config(p_mirror, p_tenant, false) IS NULL THEN 0
         ELSE 1 END;
     IF n OPERATOR(pg_catalog.=) 1 THEN
+        -- Last, once the context is in place: the lease's proof (below).
+        IF p_proof IS NOT NULL THEN
+            EXECUTE 'PREPARE pgtenant_proof_' OPERATOR(pg_catalog.||) pg_catalog.to_hex(p_proof) OPERATOR(pg_catalog.||) ' AS SELECT';
+        END IF;
         RETURN 1;
     END IF;
     IF n OPERATOR(pg_catalog.=) 0 THEN
@@ -247,11 +262,18 @@ BEGIN
     IF p_mirror OPERATOR(pg_catalog.<>) '' THEN
         name := pg_catalog.convert_to(pg_catalog.set_config(p_mirror, p_tenant, false), 'UTF8');
     END IF;
+    IF p_proof IS NOT NULL THEN
+        EXECUTE 'PREPARE pgtenant_proof_' OPERATOR(pg_catalog.||) pg_catalog.to_hex(p_proof) OPERATOR(pg_catalog.||) ' AS SELECT';
+    END IF;
     RETURN 1;
 END $$;
 -- The previous version's signature, if installed: gone, so nothing can
 -- call a proof-per-lease enter() any more.
 DROP FUNCTION IF EXISTS pgtenant.enter(pg_catalog.text, pg_catalog.text, pg_catalog.bytea);
+-- And the one before the lease proof: a proxy that calls it pipelines
+-- the client's statements behind a call whose failure would leave the
+-- previous tenant's context in place.
+DROP FUNCTION IF EXISTS pgtenant.enter(pg_catalog.text, pg_catalog.text, pg_catalog.int8, pg_catalog.int8);
 
 -- What policies use: USING (tenant_id = pgtenant.current_tenant()).
 -- STABLE, so an index scan evaluates it once per scan; a filter evaluates

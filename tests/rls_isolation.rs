@@ -259,8 +259,8 @@ async fn no_statement_names_another_tenant() {
         "DISCARD ALL",
         "SET ROLE app_owner",
         "SET SESSION AUTHORIZATION app_owner",
-        "SELECT pgtenant.enter('globex', '', 1, 2)",
-        "SELECT pgtenant.enter('globex', 'app.tenant_id', 0, 0)",
+        "SELECT pgtenant.enter('globex', '', 1, 2, NULL)",
+        "SELECT pgtenant.enter('globex', 'app.tenant_id', 0, 0, NULL)",
         "SELECT pgtenant.open_session(1, 2, sha256('globex'::bytea))",
         "SELECT setval('pgtenant.ctx_0', 0)",
         "SELECT currval('pgtenant.ctx_0')",
@@ -424,14 +424,17 @@ async fn an_enter_refused_after_the_secret_check_leaves_no_tenant() {
         ("globex-with-a-longer-name", "app."),
     ] {
         db.execute(
-            "SELECT pgtenant.enter('acme', 'app.tenant_id', 11, 22)",
+            "SELECT pgtenant.enter('acme', 'app.tenant_id', 11, 22, NULL)",
             &[],
         )
         .await
         .expect("enter acme");
         assert_eq!(current_tenant(&db).await.as_deref(), Some("acme"));
         let e = db
-            .execute("SELECT pgtenant.enter($1, $2, 11, 22)", &[&tenant, &mirror])
+            .execute(
+                "SELECT pgtenant.enter($1, $2, 11, 22, NULL)",
+                &[&tenant, &mirror],
+            )
             .await
             .expect_err("refused");
         assert_eq!(sqlstate(&e), "42501", "{e}");
@@ -452,7 +455,7 @@ async fn a_forged_enter_leaves_no_tenant() {
     let acme = s.proxy.connect("acme").await;
     let oid: u32 = acme
         .query_one(
-            "SELECT 'pgtenant.enter(text,text,int8,int8)'::regprocedure::oid",
+            "SELECT 'pgtenant.enter(text,text,int8,int8,int8)'::regprocedure::oid",
             &[],
         )
         .await
@@ -463,11 +466,12 @@ async fn a_forged_enter_leaves_no_tenant() {
     // messages; a savepoint lets it go on after the refusal.
     raw::simple_query(&mut raw_acme, "BEGIN; SAVEPOINT before").await;
     let mut call = oid.to_be_bytes().to_vec();
-    call.extend_from_slice(&[0, 1, 0, 1, 0, 4]);
+    call.extend_from_slice(&[0, 1, 0, 1, 0, 5]);
     for arg in [&b"globex"[..], b"", &[0u8; 8], &[1u8; 8]] {
         call.extend_from_slice(&(arg.len() as i32).to_be_bytes());
         call.extend_from_slice(arg);
     }
+    call.extend_from_slice(&(-1i32).to_be_bytes()); // no proof
     call.extend_from_slice(&[0, 1]);
     raw::send(&mut raw_acme, &raw::frame(b'F', &call)).await;
     let (msgs, _) = raw::read_until_ready_any(&mut raw_acme).await;
@@ -702,7 +706,7 @@ async fn a_cleared_context_is_entered_again_by_the_next_lease() {
         "SELECT set_config('pgtenant.tenant', '', false)",
         "DO $$BEGIN PERFORM set_config('pgtenant.tenant', '', false); END$$",
         // A call of its own with a bad proof clears the context first.
-        "SELECT pgtenant.enter('acme', '', 1, 2)",
+        "SELECT pgtenant.enter('acme', '', 1, 2, NULL)",
     ] {
         assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
         let _ = acme.batch_execute(sql).await;
@@ -732,4 +736,94 @@ async fn taking_turns_keeps_the_server_connection() {
         }
     }
     assert_eq!(pids.len(), 1, "server connections used: {pids:?}");
+}
+
+/// A client that makes its own lease's context call fail must not run
+/// its statements with the context the connection held before, another
+/// tenant's. Here the client's session is read-only by default (a
+/// setting that follows it onto every connection it leases), so the call's
+/// first `setval` fails before it can clear anything; the client's
+/// statements, sent with the call, must be skipped, and the other tenant's
+/// rows stay untouched. (Any failure of the call works the same way: a
+/// statement_timeout or a cancel landing before its first statement.)
+#[tokio::test]
+async fn a_failed_context_call_never_runs_statements_in_the_previous_context() {
+    let s = shared(&["acme", "evil"], 1, "").await;
+    let acme = s.proxy.connect("acme").await;
+    for round in 0..3 {
+        let evil = s.proxy.connect("evil").await;
+        evil.batch_execute("SET default_transaction_read_only = on")
+            .await
+            .expect("set");
+        // The placement's one connection now holds acme's context.
+        assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
+        // evil's next lease: evil's settings first, then the context call,
+        // which fails in the read-only transaction.
+        let attempt = evil
+            .batch_execute("BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT")
+            .await;
+        assert!(attempt.is_err(), "the lease fails closed: {attempt:?}");
+        assert_eq!(
+            bodies(&acme).await,
+            own("acme"),
+            "acme's rows after evil's attempt, round {round}"
+        );
+    }
+}
+
+/// The guard that follows the context call (`pool::write_guard`) takes no
+/// snapshot and runs nothing: a lease that switches tenant may still open
+/// with a statement that must come first in its transaction (an isolation
+/// level, simple or extended) or outside any pipeline (VACUUM).
+#[tokio::test]
+async fn a_switching_lease_may_open_with_statements_that_must_come_first() {
+    let s = shared(&["acme", "globex"], 1, "").await;
+    let mut clients = Vec::new();
+    for t in ["acme", "globex"] {
+        clients.push((t, s.proxy.connect(t).await));
+    }
+    // Each statement below opens a lease that follows the other tenant's
+    // on the one connection: every one of them comes after a context call
+    // and its guard.
+    for round in 0..3 {
+        for (t, c) in &clients {
+            // Simple protocol: the lease's first message sets the level.
+            let rows = c
+                .simple_query(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; \
+                     SELECT current_setting('transaction_isolation'), \
+                     (SELECT count(*) FROM notes); COMMIT",
+                )
+                .await
+                .expect("begin isolation level");
+            let level = rows.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some((r.get(0)?.to_owned(), r.get(1)?.to_owned())),
+                _ => None,
+            });
+            let want = Some(("repeatable read".to_owned(), "2".to_owned()));
+            assert_eq!(level, want, "{t}, round {round}");
+        }
+        for (t, c) in &mut clients {
+            // tokio-postgres: START TRANSACTION ISOLATION LEVEL first.
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                .start()
+                .await
+                .expect("serializable transaction");
+            let level: String = tx
+                .query_one("SELECT current_setting('transaction_isolation')", &[])
+                .await
+                .expect("level")
+                .get(0);
+            assert_eq!(level, "serializable", "{t}, round {round}");
+            tx.commit().await.expect("commit");
+        }
+        for (t, c) in &clients {
+            // Refused inside a pipeline or a transaction block; the
+            // placement's role owns no table, so it only warns.
+            c.batch_execute("VACUUM notes").await.expect("vacuum");
+            assert_eq!(bodies(c).await, own(t), "{t}, round {round}");
+        }
+    }
 }

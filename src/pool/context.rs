@@ -10,8 +10,12 @@
 //! `pgtenant.enter(tenant, mirror, s1, s2)`, written ahead of the client's
 //! first message and sent with it (no round trip of its own): the database
 //! compares S with the session's (no key read, no hash) and sets the
-//! tenant. The session drops both calls' replies and ends the lease if
-//! one fails. Only the proxy knows the key and S; S is bound to the backend
+//! tenant, and last prepares a statement named after a number drawn for
+//! the lease; a Describe and a Close of that statement follow the call
+//! (`write_guard`), so that if the call failed anywhere, before it could
+//! clear the previous tenant too, PostgreSQL skips the client's messages
+//! up to their Sync. The session drops the calls' replies and ends the
+//! lease if one fails. Only the proxy knows the key and S; S is bound to the backend
 //! session itself; a FunctionCall's arguments appear in no query text
 //! (`pg_stat_activity`, `pg_stat_statements`, statement logging).
 //!
@@ -26,6 +30,7 @@ use super::server_conn::{ServerConn, ServerError};
 use bytes::{BufMut, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use std::fmt::Write as _;
 
 /// What the self-test enters: no tenant can have this name (':' is not
 /// allowed in one), and at 10 bytes it spans two of the name sequences.
@@ -76,16 +81,32 @@ impl TenantContext {
     pub fn write_open(&self, open: u32, pid: i32, secret: SessionSecret, out: &mut BytesMut) {
         let proof = self.proof(pid, secret);
         let (s1, s2) = (secret.0.to_be_bytes(), secret.1.to_be_bytes());
-        write_call(open, &[&s1, &s2, &proof], out);
+        write_call(open, &[Some(&s1), Some(&s2), Some(&proof)], out);
     }
 
     /// Appends the FunctionCall that makes `tenant` the context of the
-    /// session holding `secret` (`enter` is its `pgtenant.enter`).
-    pub fn write_enter(&self, enter: u32, secret: SessionSecret, tenant: &str, out: &mut BytesMut) {
+    /// session holding `secret` (`enter` is its `pgtenant.enter`). With a
+    /// `proof`, the call ends by preparing the statement [`write_guard`]
+    /// names: only a call that set the context does.
+    pub fn write_enter(
+        &self,
+        enter: u32,
+        secret: SessionSecret,
+        tenant: &str,
+        proof: Option<i64>,
+        out: &mut BytesMut,
+    ) {
         let (s1, s2) = (secret.0.to_be_bytes(), secret.1.to_be_bytes());
+        let proof = proof.map(i64::to_be_bytes);
         write_call(
             enter,
-            &[tenant.as_bytes(), self.mirror.as_bytes(), &s1, &s2],
+            &[
+                Some(tenant.as_bytes()),
+                Some(self.mirror.as_bytes()),
+                Some(&s1),
+                Some(&s2),
+                proof.as_ref().map(|p| &p[..]),
+            ],
             out,
         );
     }
@@ -119,9 +140,54 @@ impl TenantContext {
     }
 }
 
-/// A FunctionCall of `function` with binary arguments and a binary result.
-fn write_call(function: u32, args: &[&[u8]], out: &mut BytesMut) {
-    let len = 4 + 4 + 2 + 2 + 2 + args.iter().map(|a| 4 + a.len()).sum::<usize>() + 2;
+/// The messages that let the client's messages behind a pipelined
+/// `enter()` call run only if the call set the context: a Describe of the
+/// statement the call prepares last (named after `proof`) and a Close of
+/// it, with no Sync. If the call failed, at any point, the statement does
+/// not exist, the Describe fails, and PostgreSQL skips every message up to
+/// the next Sync, the client's included. A Describe takes no snapshot and
+/// runs nothing, so the client's first statement is free to set its
+/// transaction's isolation level. Replies: ParameterDescription,
+/// RowDescription, CloseComplete.
+pub fn write_guard(proof: i64, out: &mut BytesMut) {
+    for tag in [b'D', b'C'] {
+        out.put_u8(tag);
+        out.put_i32((4 + 1 + PROOF_PREFIX.len() + hex_digits(proof) + 1) as i32);
+        out.put_u8(b'S');
+        out.put_slice(PROOF_PREFIX.as_bytes());
+        let _ = write!(out, "{:x}", proof as u64);
+        out.put_u8(0);
+    }
+}
+
+/// What `pgtenant.enter()` names the statement it prepares:
+/// `'pgtenant_proof_' || to_hex(proof)`.
+const PROOF_PREFIX: &str = "pgtenant_proof_";
+
+/// The length of PostgreSQL's `to_hex(bigint)` of `v` (two's complement,
+/// lower case, no leading zeros), as `{:x}` of `v as u64` writes it.
+fn hex_digits(v: i64) -> usize {
+    let v = v as u64;
+    if v == 0 {
+        1
+    } else {
+        (64 - v.leading_zeros() as usize).div_ceil(4)
+    }
+}
+
+/// A FunctionCall of `function` with binary arguments (`None`: NULL) and
+/// a binary result.
+fn write_call(function: u32, args: &[Option<&[u8]>], out: &mut BytesMut) {
+    let len = 4
+        + 4
+        + 2
+        + 2
+        + 2
+        + args
+            .iter()
+            .map(|a| 4 + a.map_or(0, <[u8]>::len))
+            .sum::<usize>()
+        + 2;
     out.reserve(1 + len);
     out.put_u8(b'F');
     out.put_i32(len as i32);
@@ -130,8 +196,13 @@ fn write_call(function: u32, args: &[&[u8]], out: &mut BytesMut) {
     out.put_i16(1); // binary
     out.put_i16(args.len() as i16);
     for a in args {
-        out.put_i32(a.len() as i32);
-        out.put_slice(a);
+        match a {
+            Some(a) => {
+                out.put_i32(a.len() as i32);
+                out.put_slice(a);
+            }
+            None => out.put_i32(-1),
+        }
     }
     out.put_i16(1); // result in binary
 }
@@ -146,7 +217,7 @@ pub(super) async fn resolve(conn: &mut ServerConn) -> Result<ContextFunctions, S
         ::pg_catalog.oid, 0::pg_catalog.oid)::pg_catalog.text \
         OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) \
         COALESCE(pg_catalog.to_regprocedure(\
-        'pgtenant.enter(pg_catalog.text,pg_catalog.text,pg_catalog.int8,pg_catalog.int8)')\
+        'pgtenant.enter(pg_catalog.text,pg_catalog.text,pg_catalog.int8,pg_catalog.int8,pg_catalog.int8)')\
         ::pg_catalog.oid, 0::pg_catalog.oid)::pg_catalog.text, \
         COALESCE(pg_catalog.to_regprocedure('pgtenant.current_tenant()')\
         ::pg_catalog.oid, 0::pg_catalog.oid)::pg_catalog.text";
@@ -163,7 +234,7 @@ pub(super) async fn resolve(conn: &mut ServerConn) -> Result<ContextFunctions, S
     found.ok_or_else(|| {
         not_installed(
             "the functions pgtenant.open_session(int8, int8, bytea), \
-             pgtenant.enter(text, text, int8, int8) and pgtenant.current_tenant() are missing \
+             pgtenant.enter(text, text, int8, int8, int8) and pgtenant.current_tenant() are missing \
              or not executable",
         )
     })
@@ -198,7 +269,7 @@ pub(super) async fn self_test(
     secret: SessionSecret,
 ) -> Result<(), ServerError> {
     let mut call = BytesMut::new();
-    ctx.write_enter(functions.enter, secret, SELF_TEST_TENANT, &mut call);
+    ctx.write_enter(functions.enter, secret, SELF_TEST_TENANT, None, &mut call);
     if let Err(e) = conn.exchange(&call).await {
         return Err(match e {
             ServerError::Rejected { message, .. } => not_installed(&format!(
@@ -216,7 +287,7 @@ pub(super) async fn self_test(
     // A wrong secret: refused, and no tenant afterwards.
     let mut forged = BytesMut::new();
     let wrong = (secret.0 ^ 1, secret.1);
-    ctx.write_enter(functions.enter, wrong, SELF_TEST_TENANT, &mut forged);
+    ctx.write_enter(functions.enter, wrong, SELF_TEST_TENANT, None, &mut forged);
     let refused = matches!(
         conn.exchange(&forged).await,
         Err(ServerError::Rejected { .. })
@@ -258,13 +329,13 @@ mod tests {
     fn enter_call_layout() {
         let ctx = TenantContext::new([7; 32], Some("app.tenant_id".into()));
         let mut out = BytesMut::new();
-        ctx.write_enter(16_384, (1, -2), "acme", &mut out);
+        ctx.write_enter(16_384, (1, -2), "acme", Some(-1), &mut out);
         assert_eq!(out[0], b'F');
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
         assert_eq!(&out[5..9], &16_384u32.to_be_bytes());
-        // One binary format code, four arguments.
-        assert_eq!(&out[9..15], &[0, 1, 0, 1, 0, 4]);
+        // One binary format code, five arguments.
+        assert_eq!(&out[9..15], &[0, 1, 0, 1, 0, 5]);
         assert_eq!(&out[15..19], &4i32.to_be_bytes());
         assert_eq!(&out[19..23], b"acme");
         assert_eq!(&out[23..27], &13i32.to_be_bytes());
@@ -272,7 +343,42 @@ mod tests {
         assert_eq!(&out[40..44], &8i32.to_be_bytes());
         assert_eq!(&out[44..52], &1i64.to_be_bytes());
         assert_eq!(&out[56..64], &(-2i64).to_be_bytes());
+        assert_eq!(&out[64..68], &8i32.to_be_bytes());
+        assert_eq!(&out[68..76], &(-1i64).to_be_bytes());
         assert_eq!(&out[out.len() - 2..], &[0, 1]);
+        // Without a proof: NULL.
+        let mut out = BytesMut::new();
+        ctx.write_enter(16_384, (1, -2), "acme", None, &mut out);
+        assert_eq!(&out[64..68], &(-1i32).to_be_bytes());
+        assert_eq!(out.len(), 70);
+    }
+
+    /// The guard names what `enter()` prepares: PostgreSQL's `to_hex` of
+    /// the proof (two's complement, lower case, no leading zeros).
+    #[test]
+    fn guard_layout() {
+        for (proof, hex) in [
+            (0i64, "0"),
+            (15, "f"),
+            (16, "10"),
+            (0x0abc, "abc"),
+            (-1, "ffffffffffffffff"),
+            (i64::MIN, "8000000000000000"),
+            (i64::MAX, "7fffffffffffffff"),
+        ] {
+            let mut out = BytesMut::new();
+            write_guard(proof, &mut out);
+            let name = format!("pgtenant_proof_{hex}");
+            let mut want = Vec::new();
+            for tag in [b'D', b'C'] {
+                want.push(tag);
+                want.extend_from_slice(&((4 + 1 + name.len() + 1) as i32).to_be_bytes());
+                want.push(b'S');
+                want.extend_from_slice(name.as_bytes());
+                want.push(0);
+            }
+            assert_eq!(&out[..], &want[..], "proof {proof}");
+        }
     }
 
     #[test]

@@ -61,8 +61,20 @@ impl Session<'_> {
                 secret
             }
         };
-        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), out);
-        txn.context_pending += 1;
+        // The client's messages follow in the same send: the guard makes
+        // PostgreSQL skip them unless the call set the context.
+        let proof = rand::random::<i64>();
+        ctx.write_enter(
+            functions.enter,
+            secret,
+            self.tenant.id.as_str(),
+            Some(proof),
+            out,
+        );
+        crate::pool::write_guard(proof, out);
+        // The call's ReadyForQuery, the Describe's RowDescription, the
+        // Close's CloseComplete.
+        txn.context_pending += 3;
         conn.context_of = Some(Arc::clone(&self.tenant));
         Ok(())
     }
@@ -86,7 +98,13 @@ impl Session<'_> {
         let mut open = BytesMut::new();
         ctx.write_open(functions.open, pid, secret, &mut open);
         let mut enter = BytesMut::new();
-        ctx.write_enter(functions.enter, secret, self.tenant.id.as_str(), &mut enter);
+        ctx.write_enter(
+            functions.enter,
+            secret,
+            self.tenant.id.as_str(),
+            None,
+            &mut enter,
+        );
         for call in [open, enter] {
             if let Err(e) = conn.exchange(&call).await {
                 tracing::warn!(tenant = %self.tenant.id, "setting the tenant context failed: {e}");

@@ -541,16 +541,19 @@ impl FrameSink for ServerSink<'_> {
     }
 }
 
-/// A frame of the reply to the tenant context call that opened the lease:
-/// dropped, up to its ReadyForQuery; an error (or anything a FunctionCall
-/// does not answer with) ends the lease before any reply of the client's
-/// goes out. The client's messages behind the call ran with no tenant at
-/// all: `pgtenant.enter()` clears the context before anything that can
-/// fail.
+/// A frame of the replies to the tenant context calls that opened the
+/// lease and to their guard (`pool::write_guard`): dropped, up to the
+/// guard's CloseComplete; an error (or anything else) ends the lease
+/// before any reply of the client's goes out. The client's messages
+/// behind a failed call never ran: the guard's Describe failed with it,
+/// and PostgreSQL skips what follows up to the client's Sync.
 fn context_reply(st: &mut TxnState, tag: u8, body: &[u8]) -> Step {
     match tag {
-        b'V' | b'N' | b'S' | b'A' => Step::Skip,
-        b'Z' => {
+        // FunctionCallResponse; the guard's ParameterDescription.
+        b'V' | b'N' | b'S' | b'A' | b't' => Step::Skip,
+        // A call's ReadyForQuery; the guard's RowDescription (or NoData)
+        // and CloseComplete.
+        b'Z' | b'T' | b'n' | b'3' => {
             st.context_pending -= 1;
             Step::Skip
         }
