@@ -827,3 +827,35 @@ async fn a_switching_lease_may_open_with_statements_that_must_come_first() {
         }
     }
 }
+
+/// The guard holds back what follows a failed context call only up to the
+/// next Sync, which ends PostgreSQL's skipping: a client that sends a Sync
+/// of its own, and a statement after it, in the lease's first send must
+/// not get that statement run in the previous tenant's context either.
+#[tokio::test]
+async fn a_sync_behind_a_failed_context_call_lets_nothing_through() {
+    let s = shared(&["acme", "evil"], 1, "auth_type = \"trust\"").await;
+    let acme = s.proxy.connect("acme").await;
+    for round in 0..3 {
+        let mut evil = raw::login_trust(s.proxy.port, "evil").await;
+        raw::simple_query(&mut evil, "SET default_transaction_read_only = on").await;
+        // The placement's one connection now holds acme's context.
+        assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
+        let mut send = raw::query("SELECT 1");
+        send.extend_from_slice(&raw::frame(b'S', &[]));
+        send.extend_from_slice(&raw::query(
+            "BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT",
+        ));
+        raw::send(&mut evil, &send).await;
+        let msgs = raw::read_until_closed(&mut evil, Duration::from_secs(10)).await;
+        assert!(
+            msgs.iter().any(|m| m.tag == b'E'),
+            "the lease fails closed: {msgs:?}"
+        );
+        assert_eq!(
+            bodies(&acme).await,
+            own("acme"),
+            "acme's rows after evil's attempt, round {round}"
+        );
+    }
+}

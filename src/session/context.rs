@@ -4,8 +4,9 @@
 //! entered again and waited for.
 
 use super::Session;
-use super::txn::TxnState;
+use super::txn::{Halt, TxnState};
 use crate::pool::{Lease, TenantContext};
+use crate::protocol::Step;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::BytesMut;
@@ -115,4 +116,43 @@ impl Session<'_> {
         conn.context_of = Some(Arc::clone(&self.tenant));
         Ok(())
     }
+}
+
+/// A frame of the replies to the tenant context calls that opened the
+/// lease and to their guard (`pool::write_guard`): dropped, up to the
+/// guard's CloseComplete; an error (or anything else) ends the lease
+/// before any reply of the client's goes out. The client's messages
+/// behind a failed call never ran: the guard's Describe failed with it,
+/// and PostgreSQL skips what follows up to the client's Sync.
+pub(super) fn context_reply(st: &mut TxnState, tag: u8, body: &[u8]) -> Step {
+    match tag {
+        // FunctionCallResponse; the guard's ParameterDescription.
+        b'V' | b'N' | b'S' | b'A' | b't' => Step::Skip,
+        // A call's ReadyForQuery; the guard's RowDescription (or NoData)
+        // and CloseComplete.
+        b'Z' | b'T' | b'n' | b'3' => {
+            st.context_pending -= 1;
+            Step::Skip
+        }
+        _ => {
+            st.context_failure = Some(if tag == b'E' {
+                error_text(body)
+            } else {
+                format!("unexpected reply {:?}", tag as char)
+            });
+            st.server_halt = Some(Halt::ContextFailed);
+            Step::StopBefore
+        }
+    }
+}
+
+/// "SQLSTATE: message" of an ErrorResponse body.
+fn error_text(body: &[u8]) -> String {
+    let field = |t: u8| {
+        body.split(|&b| b == 0)
+            .find(|f| f.first() == Some(&t))
+            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+            .unwrap_or_default()
+    };
+    format!("{}: {}", field(b'C'), field(b'M'))
 }

@@ -133,7 +133,13 @@ pub async fn pump(
             return Poll::Ready(exit);
         }
         state.client_at_rest = client_flow.at_rest();
+        let held = state.context_held();
         let server_direction = poll_direction(cx, server, client, server_flow, state, Side::Server);
+        if held && !state.context_held() {
+            // The context calls are answered: the client's messages held
+            // behind its Sync may go. Poll again for them.
+            cx.waker().wake_by_ref();
+        }
         if !server_flow.write_blocked {
             state.not_reading_reported = false;
         }
@@ -228,6 +234,12 @@ fn poll_direction(
                 Halt::ContextFailed => PumpExit::ContextFailed,
                 Halt::Restore => PumpExit::Restore,
             });
+        }
+        if matches!(side, Side::Client) && state.context_held() {
+            // Until the context calls are answered (`TxnState::
+            // context_held`); the server direction's progress wakes this
+            // task.
+            return Poll::Pending;
         }
         // Bytes left from an earlier read (a partial header, or a frame
         // held back by a stop) are scanned before reading more.

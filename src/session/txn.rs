@@ -136,6 +136,10 @@ pub struct TxnState {
     pub context_pending: u8,
     /// Why that call failed, for the log.
     pub context_failure: Option<String>,
+    /// A Sync of the client's went out behind those calls: PostgreSQL
+    /// skips the client's messages after a failed call only up to it, so
+    /// the rest waits for the calls' replies (`context_held`).
+    pub context_sync_passed: bool,
     /// The server sent an ErrorResponse this lease (a failed
     /// `pgtenant.enter()` of the client's own clears the tenant context).
     pub saw_error: bool,
@@ -148,6 +152,16 @@ pub struct TxnState {
 }
 
 impl TxnState {
+    /// The client's messages wait: the tenant context calls that opened
+    /// the lease are unanswered and a Sync of the client's went out
+    /// behind them. Were the calls to fail, PostgreSQL would skip the
+    /// client's messages only up to that Sync (`pool::write_guard`); what
+    /// follows it must not reach the server before the calls are known
+    /// to have set the context.
+    pub fn context_held(&self) -> bool {
+        self.context_pending > 0 && self.context_sync_passed
+    }
+
     /// `transaction_mode` turns on release at idle points and the scan for
     /// session state; `rewrite` the named-statement mapping. One per
     /// session, reset for each lease (`begin`), so buffers are reused.
@@ -186,6 +200,7 @@ impl TxnState {
             drop_notifications: false,
             context_pending: 0,
             context_failure: None,
+            context_sync_passed: false,
             saw_error: false,
             queries: 0,
             last_query: pinning::LastText::default(),
@@ -219,6 +234,7 @@ impl TxnState {
         self.notify_pids.clear();
         self.context_pending = 0;
         self.context_failure = None;
+        self.context_sync_passed = false;
         self.saw_error = false;
     }
 
@@ -307,6 +323,12 @@ impl FrameSink for ClientSink<'_> {
 
     fn on_frame(&mut self, tag: u8, frame: &[u8], frame_len: usize) -> Step {
         let st = &mut *self.0;
+        if st.context_pending > 0 {
+            if st.context_sync_passed {
+                return Step::StopBefore; // held (`context_held`)
+            }
+            st.context_sync_passed = tag == b'S';
+        }
         if st.replies.refusing() && !matches!(tag, b'S' | b'H' | b'X') {
             // The proxy refused a message of this batch: the rest up to
             // Sync is dropped, as PostgreSQL skips it after an error.
@@ -428,7 +450,7 @@ impl FrameSink for ServerSink<'_> {
         let st = &mut *self.st;
         let body = &frame[HEADER_LEN..];
         if st.context_pending > 0 {
-            return context_reply(st, tag, body);
+            return super::context::context_reply(st, tag, body);
         }
         st.saw_error |= tag == b'E';
         match tag {
@@ -539,45 +561,6 @@ impl FrameSink for ServerSink<'_> {
         }
         Step::Continue
     }
-}
-
-/// A frame of the replies to the tenant context calls that opened the
-/// lease and to their guard (`pool::write_guard`): dropped, up to the
-/// guard's CloseComplete; an error (or anything else) ends the lease
-/// before any reply of the client's goes out. The client's messages
-/// behind a failed call never ran: the guard's Describe failed with it,
-/// and PostgreSQL skips what follows up to the client's Sync.
-fn context_reply(st: &mut TxnState, tag: u8, body: &[u8]) -> Step {
-    match tag {
-        // FunctionCallResponse; the guard's ParameterDescription.
-        b'V' | b'N' | b'S' | b'A' | b't' => Step::Skip,
-        // A call's ReadyForQuery; the guard's RowDescription (or NoData)
-        // and CloseComplete.
-        b'Z' | b'T' | b'n' | b'3' => {
-            st.context_pending -= 1;
-            Step::Skip
-        }
-        _ => {
-            st.context_failure = Some(if tag == b'E' {
-                error_text(body)
-            } else {
-                format!("unexpected reply {:?}", tag as char)
-            });
-            st.server_halt = Some(Halt::ContextFailed);
-            Step::StopBefore
-        }
-    }
-}
-
-/// "SQLSTATE: message" of an ErrorResponse body.
-fn error_text(body: &[u8]) -> String {
-    let field = |t: u8| {
-        body.split(|&b| b == 0)
-            .find(|f| f.first() == Some(&t))
-            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-            .unwrap_or_default()
-    };
-    format!("{}: {}", field(b'C'), field(b'M'))
 }
 
 /// An ErrorResponse with SQLSTATE 26000 (statement does not exist) or
