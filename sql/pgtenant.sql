@@ -39,7 +39,9 @@
 --   between the call and the client's messages, with no Sync: when the
 --   call failed the statement does not exist, the Describe fails, and
 --   PostgreSQL skips everything up to the next Sync, the client's
---   messages included; pgtenant then closes the connection. A Describe
+--   messages included (what the client sent after its own first Sync
+--   waits in pgtenant until the call is answered); pgtenant then closes
+--   the connection. A Describe
 --   takes no snapshot and runs nothing, so the client's first statement
 --   may still be BEGIN ISOLATION LEVEL ... or VACUUM.
 -- * pgtenant.current_tenant() returns that name. The setting

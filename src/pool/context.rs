@@ -7,17 +7,19 @@
 //! the backend's pid; the database keeps S where only its schema owner can
 //! read it (a sequence's currval, private to the session). Every lease
 //! that changes tenant then starts with one FunctionCall of
-//! `pgtenant.enter(tenant, mirror, s1, s2)`, written ahead of the client's
-//! first message and sent with it (no round trip of its own): the database
-//! compares S with the session's (no key read, no hash) and sets the
-//! tenant, and last prepares a statement named after a number drawn for
-//! the lease; a Describe and a Close of that statement follow the call
+//! `pgtenant.enter(tenant, mirror, s1, s2, proof)`, written ahead of the
+//! client's first message and sent with it (no round trip of its own): the
+//! database compares S with the session's (no key read, no hash) and sets
+//! the tenant, and last prepares a statement named after a number drawn
+//! for the lease; a Describe and a Close of that statement follow the call
 //! (`write_guard`), so that if the call failed anywhere, before it could
 //! clear the previous tenant too, PostgreSQL skips the client's messages
-//! up to their Sync. The session drops the calls' replies and ends the
-//! lease if one fails. Only the proxy knows the key and S; S is bound to the backend
-//! session itself; a FunctionCall's arguments appear in no query text
-//! (`pg_stat_activity`, `pg_stat_statements`, statement logging).
+//! up to their Sync (and the session holds back what the client sent
+//! after its first Sync until the replies are in). The session drops the
+//! calls' replies and ends the lease if one fails. Only the proxy knows
+//! the key and S; S is bound to the backend session itself; a
+//! FunctionCall's arguments appear in no query text (`pg_stat_activity`,
+//! `pg_stat_statements`, statement logging).
 //!
 //! When a pool opens a connection it looks the functions up by their full
 //! signatures, opens the session and, until one passes, runs a self-test
