@@ -156,3 +156,75 @@ fn error_text(body: &[u8]) -> String {
     };
     format!("{}: {}", field(b'C'), field(b'M'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameScanner;
+    use crate::session::txn::ClientSink;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// While the context calls are unanswered, a client's bytes go out up
+    /// to and including its first Sync and no further; once answered, the
+    /// rest goes.
+    #[test]
+    fn client_messages_after_the_first_sync_wait_for_the_context_replies() {
+        let mut st = TxnState::new(true, false);
+        st.context_pending = 3;
+        let first = [frame(b'Q', b"SELECT 1\0"), frame(b'S', b"")].concat();
+        let rest = [frame(b'Q', b"UPDATE t SET x = 1\0"), frame(b'S', b"")].concat();
+        let bytes = [&first[..], &rest[..]].concat();
+        let mut scanner = FrameScanner::new(1 << 20);
+        let scan = scanner.scan(&bytes, &mut ClientSink(&mut st)).unwrap();
+        assert_eq!((scan.forward, scan.stopped), (first.len(), true));
+        assert!(st.context_held());
+        // Presented again while held: still nothing.
+        let scan = scanner.scan(&rest, &mut ClientSink(&mut st)).unwrap();
+        assert_eq!(scan.forward, 0);
+        // The replies: a call's ReadyForQuery, the guard's
+        // ParameterDescription, RowDescription and CloseComplete.
+        for tag in [b'V', b'Z', b't', b'T', b'3'] {
+            assert!(matches!(context_reply(&mut st, tag, b""), Step::Skip));
+        }
+        assert_eq!(st.context_pending, 0);
+        assert!(!st.context_held());
+        let scan = scanner.scan(&rest, &mut ClientSink(&mut st)).unwrap();
+        assert_eq!(scan.forward, rest.len());
+    }
+
+    /// Without a Sync nothing is held: PostgreSQL skips everything after
+    /// a failed call up to a Sync, so a simple Query pipeline may go.
+    #[test]
+    fn queries_without_a_sync_go_at_once() {
+        let mut st = TxnState::new(true, false);
+        st.context_pending = 1;
+        let bytes = [frame(b'Q', b"SELECT 1\0"), frame(b'Q', b"SELECT 2\0")].concat();
+        let mut scanner = FrameScanner::new(1 << 20);
+        let scan = scanner.scan(&bytes, &mut ClientSink(&mut st)).unwrap();
+        assert_eq!(scan.forward, bytes.len());
+        assert!(!st.context_held());
+    }
+
+    /// An error, or any reply the calls and the guard do not send, ends
+    /// the lease before anything of the client's goes out.
+    #[test]
+    fn anything_else_fails_the_context() {
+        for tag in [b'E', b'D', b'C', b'1', b'2'] {
+            let mut st = TxnState::new(true, false);
+            st.context_pending = 3;
+            let body = b"SERROR\0C42501\0Mno\0\0";
+            assert!(matches!(
+                context_reply(&mut st, tag, body),
+                Step::StopBefore
+            ));
+            assert!(st.context_failure.is_some());
+            assert!(matches!(st.server_halt, Some(Halt::ContextFailed)));
+        }
+    }
+}
