@@ -162,6 +162,10 @@ pub fn write_guard(proof: i64, out: &mut BytesMut) {
     }
 }
 
+/// Replies to the guard that each end one of its messages: the Describe's
+/// RowDescription (or NoData), the Close's CloseComplete.
+pub const GUARD_ENDS: u8 = 2;
+
 /// What `pgtenant.enter()` names the statement it prepares:
 /// `'pgtenant_proof_' || to_hex(proof)`.
 const PROOF_PREFIX: &str = "pgtenant_proof_";

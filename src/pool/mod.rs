@@ -31,7 +31,9 @@ mod stats;
 mod timing;
 
 pub use carried::{Carried, SharedCarried};
-pub use context::{ContextFunctions, SessionSecret, TenantContext, new_secret, write_guard};
+pub use context::{
+    ContextFunctions, GUARD_ENDS, SessionSecret, TenantContext, new_secret, write_guard,
+};
 pub use fair::{TenantCounts, TenantSeat};
 pub use lease::Lease;
 pub use placement::{CheckoutError, PlacementName, PlacementPool, PoolTenant};

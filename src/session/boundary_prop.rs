@@ -87,13 +87,13 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+pub(super) fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.push(tag);
     out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     out.extend_from_slice(body);
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(super) fn query(sql: &str) -> Vec<u8> {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
     let mut out = Vec::new();

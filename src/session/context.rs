@@ -73,9 +73,8 @@ impl Session<'_> {
             out,
         );
         crate::pool::write_guard(proof, out);
-        // The call's ReadyForQuery, the Describe's RowDescription, the
-        // Close's CloseComplete.
-        txn.context_pending += 3;
+        // The call's ReadyForQuery, then the guard's.
+        txn.context_pending += 1 + crate::pool::GUARD_ENDS;
         conn.context_of = Some(Arc::clone(&self.tenant));
         Ok(())
     }
@@ -161,13 +160,13 @@ fn error_text(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::protocol::FrameScanner;
+    use crate::session::boundary_prop::query;
     use crate::session::txn::ClientSink;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-        f.extend_from_slice(body);
-        f
+    fn sync() -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::session::boundary_prop::frame(&mut out, b'S', b"");
+        out
     }
 
     /// While the context calls are unanswered, a client's bytes go out up
@@ -177,8 +176,8 @@ mod tests {
     fn client_messages_after_the_first_sync_wait_for_the_context_replies() {
         let mut st = TxnState::new(true, false);
         st.context_pending = 3;
-        let first = [frame(b'Q', b"SELECT 1\0"), frame(b'S', b"")].concat();
-        let rest = [frame(b'Q', b"UPDATE t SET x = 1\0"), frame(b'S', b"")].concat();
+        let first = [query("SELECT 1"), sync()].concat();
+        let rest = [query("UPDATE t SET x = 1"), sync()].concat();
         let bytes = [&first[..], &rest[..]].concat();
         let mut scanner = FrameScanner::new(1 << 20);
         let scan = scanner.scan(&bytes, &mut ClientSink(&mut st)).unwrap();
@@ -204,7 +203,7 @@ mod tests {
     fn queries_without_a_sync_go_at_once() {
         let mut st = TxnState::new(true, false);
         st.context_pending = 1;
-        let bytes = [frame(b'Q', b"SELECT 1\0"), frame(b'Q', b"SELECT 2\0")].concat();
+        let bytes = [query("SELECT 1"), query("SELECT 2")].concat();
         let mut scanner = FrameScanner::new(1 << 20);
         let scan = scanner.scan(&bytes, &mut ClientSink(&mut st)).unwrap();
         assert_eq!(scan.forward, bytes.len());
