@@ -859,3 +859,77 @@ async fn a_sync_behind_a_failed_context_call_lets_nothing_through() {
         );
     }
 }
+
+/// The context call can fail before its first step, the one that clears
+/// the context: here it waits for a lock (the superuser holds the
+/// sequence that step writes) when the client cancels it, or when the
+/// client's own `statement_timeout` ends it. Either way the statements
+/// the client sent with the call must not run in the context the
+/// connection held before, another tenant's.
+#[tokio::test]
+async fn a_context_call_canceled_or_timed_out_before_its_clear_lets_nothing_through() {
+    let s = shared(&["acme", "evil"], 1, "").await;
+    let admin = s.pg.cluster.admin("app_shared").await.expect("admin");
+    let acme = s.proxy.connect("acme").await;
+    for how in ["cancel", "statement_timeout"] {
+        let evil = s.proxy.connect("evil").await;
+        if how == "statement_timeout" {
+            evil.batch_execute("SET statement_timeout = 300")
+                .await
+                .expect("set");
+        }
+        let token = evil.cancel_token();
+        // The placement's one connection now holds acme's context.
+        assert_eq!(bodies(&acme).await, own("acme"), "{how}");
+        admin
+            .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
+            .await
+            .expect("lock the context sequence");
+        let attempt = tokio::spawn(async move {
+            evil.batch_execute("BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT")
+                .await
+        });
+        if how == "cancel" {
+            // Cancel only once the call is stuck in its first step.
+            wait_for_lock_wait(&admin).await;
+            token
+                .cancel_query(tokio_postgres::NoTls)
+                .await
+                .expect("cancel request");
+        }
+        let attempt = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .expect("the attempt ends")
+            .expect("join");
+        assert!(
+            attempt.is_err(),
+            "the lease fails closed ({how}): {attempt:?}"
+        );
+        admin.batch_execute("ROLLBACK").await.expect("unlock");
+        assert_eq!(
+            bodies(&acme).await,
+            own("acme"),
+            "acme's rows after evil's attempt ({how})"
+        );
+    }
+}
+
+/// Waits until a backend of the shared database waits for a lock.
+async fn wait_for_lock_wait(admin: &tokio_postgres::Client) {
+    for _ in 0..500 {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no backend came to wait for the lock");
+}
