@@ -933,3 +933,40 @@ async fn wait_for_lock_wait(admin: &tokio_postgres::Client) {
     }
     panic!("no backend came to wait for the lock");
 }
+
+/// A client that leaves while its lease's context call is still waiting
+/// leaves a connection whose context nobody knows: the call may fail
+/// (here the client's own `statement_timeout` ends it before its first
+/// step, so the connection keeps the previous tenant's context) after the
+/// proxy noted the client's tenant as the one it holds. The connection
+/// must be closed, not given to the next lease, which for the same tenant
+/// would skip the call and run with the other tenant's context. (Three
+/// layers see to it: the lease's end closes a connection with calls
+/// unanswered, recovery forgets the context, and a checkout drops a
+/// connection with unread bytes; with the first, or the first two,
+/// removed the test still passes. It checks the end result.)
+#[tokio::test]
+async fn a_client_leaving_during_its_context_call_leaves_no_connection_behind() {
+    let s = shared(&["acme", "evil"], 1, "auth_type = \"trust\"").await;
+    let admin = s.pg.cluster.admin("app_shared").await.expect("admin");
+    let acme = s.proxy.connect("acme").await;
+    for round in 0..2 {
+        let mut evil = raw::login_trust(s.proxy.port, "evil").await;
+        raw::simple_query(&mut evil, "SET statement_timeout = 300").await;
+        // The placement's one connection now holds acme's context.
+        assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
+        admin
+            .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
+            .await
+            .expect("lock the context sequence");
+        raw::send(&mut evil, &raw::query("SELECT 1")).await;
+        wait_for_lock_wait(&admin).await;
+        drop(evil);
+        // The call times out at its first step, clearing nothing.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        admin.batch_execute("ROLLBACK").await.expect("unlock");
+        let evil = s.proxy.connect("evil").await;
+        assert_eq!(bodies(&evil).await, own("evil"), "round {round}");
+        assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
+    }
+}
