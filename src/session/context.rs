@@ -210,6 +210,101 @@ mod tests {
         assert!(!st.context_held());
     }
 
+    /// One client message of the property below (any mix of simple and
+    /// extended protocol, Flush and Close included).
+    fn message(kind: u8) -> Vec<u8> {
+        use crate::session::boundary_prop::frame;
+        let mut out = Vec::new();
+        match kind % 8 {
+            0 => return query("SELECT 1"),
+            1 => frame(&mut out, b'P', b"\0SELECT 1\0\0\0"),
+            2 => frame(&mut out, b'B', b"\0\0\0\0\0\0\0\0"),
+            3 => frame(&mut out, b'D', b"P\0"),
+            4 => frame(&mut out, b'E', b"\0\0\0\0\0"),
+            5 => frame(&mut out, b'S', b""),
+            6 => frame(&mut out, b'H', b""),
+            _ => frame(&mut out, b'C', b"P\0"),
+        }
+        out
+    }
+
+    /// Where the first Sync of `stream` ends, if it has one.
+    fn first_sync_end(stream: &[u8]) -> Option<usize> {
+        let mut at = 0;
+        while at < stream.len() {
+            let len = i32::from_be_bytes([
+                stream[at + 1],
+                stream[at + 2],
+                stream[at + 3],
+                stream[at + 4],
+            ]);
+            let end = at + 1 + len as usize;
+            if stream[at] == b'S' {
+                return Some(end);
+            }
+            at = end;
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// However the client's messages are cut into reads and however
+        /// the context replies interleave with them: while a call is
+        /// unanswered nothing past the client's first Sync goes out
+        /// (PostgreSQL's skipping after a failed call ends there); a
+        /// failure ends the lease; after the last reply everything goes.
+        #[test]
+        fn nothing_past_the_first_sync_goes_out_before_the_context_replies(
+            kinds in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..24),
+            cuts in proptest::collection::vec(1usize..40, 1..64),
+            replies_first in proptest::collection::vec(proptest::prelude::any::<bool>(), 1..96),
+            pending in 1u8..=4,
+            fail_at in proptest::option::of(0u8..4),
+            scan_text in proptest::prelude::any::<bool>(),
+        ) {
+            let stream: Vec<u8> = kinds.iter().flat_map(|&k| message(k)).collect();
+            let limit = first_sync_end(&stream).unwrap_or(stream.len());
+            let mut st = TxnState::new(true, false);
+            st.scan_text = scan_text;
+            st.context_pending = pending;
+            let mut scanner = FrameScanner::new(1 << 20);
+            let (mut arrived, mut forwarded, mut answered) = (0, 0, 0u8);
+            for step in 0.. {
+                let reply_now = replies_first.get(step).copied().unwrap_or(true);
+                if st.context_pending > 0 && (reply_now || arrived == stream.len()) {
+                    if fail_at == Some(answered) {
+                        let step = context_reply(&mut st, b'E', b"SERROR\0C57014\0Mcanceled\0\0");
+                        proptest::prop_assert!(matches!(step, Step::StopBefore));
+                        proptest::prop_assert!(st.context_failure.is_some());
+                        break; // the lease ends: nothing more goes out
+                    }
+                    // A notice may come between a call's replies.
+                    proptest::prop_assert!(matches!(context_reply(&mut st, b'N', b""), Step::Skip));
+                    proptest::prop_assert!(matches!(context_reply(&mut st, b'Z', b"I"), Step::Skip));
+                    answered += 1;
+                } else if arrived < stream.len() {
+                    arrived = (arrived + cuts[step % cuts.len()]).min(stream.len());
+                } else if forwarded == stream.len() {
+                    break;
+                }
+                let scan = scanner
+                    .scan(&stream[forwarded..arrived], &mut ClientSink(&mut st))
+                    .expect("valid frames");
+                proptest::prop_assert_eq!(scan.skip, 0);
+                forwarded += scan.forward;
+                if st.context_pending > 0 {
+                    proptest::prop_assert!(forwarded <= limit, "{} > {}", forwarded, limit);
+                }
+                proptest::prop_assert!(step < 10_000, "stuck");
+            }
+            if fail_at.is_none_or(|f| f >= pending) {
+                proptest::prop_assert_eq!(st.context_pending, 0);
+                proptest::prop_assert_eq!(forwarded, stream.len());
+            }
+        }
+    }
+
     /// An error, or any reply the calls and the guard do not send, ends
     /// the lease before anything of the client's goes out.
     #[test]
