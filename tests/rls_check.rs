@@ -809,23 +809,7 @@ impl Busy {
             .get(0);
         let sql = format!("SELECT '{marker}', pg_advisory_xact_lock(42)");
         let task = tokio::spawn(async move { a.simple_query(&sql).await.map(|_| ()) });
-        let started = Instant::now();
-        loop {
-            let waiting: bool = s
-                .admin
-                .query_one(
-                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')",
-                    &[&pid],
-                )
-                .await
-                .expect("activity")
-                .get(0);
-            if waiting {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "never waited");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::wait_for_lock_wait(&s.admin, Some(pid)).await;
         Busy { task, pid }
     }
 

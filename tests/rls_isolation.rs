@@ -102,6 +102,19 @@ fn own(t: &str) -> Vec<String> {
     vec![format!("more of {t}"), format!("secret of {t}")]
 }
 
+/// What the attacking client sends: a write to every row it can reach.
+const OVERWRITE: &str = "BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT";
+
+/// Holds the lock `pgtenant.enter()`'s first step (its clearing `setval`)
+/// waits for, in `admin`'s open transaction, until it rolls back: a
+/// context call then stalls before it clears anything.
+async fn lock_context_sequence(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
+        .await
+        .expect("lock the context sequence");
+}
+
 /// Names around the 7 bytes `pgtenant.enter()` and `current_tenant()`
 /// keep in their first sequence (the path without a mirror setting
 /// differs for longer names): a longer name is never read back as its
@@ -759,9 +772,7 @@ async fn a_failed_context_call_never_runs_statements_in_the_previous_context() {
         assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
         // evil's next lease: evil's settings first, then the context call,
         // which fails in the read-only transaction.
-        let attempt = evil
-            .batch_execute("BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT")
-            .await;
+        let attempt = evil.batch_execute(OVERWRITE).await;
         assert!(attempt.is_err(), "the lease fails closed: {attempt:?}");
         assert_eq!(
             bodies(&acme).await,
@@ -843,9 +854,7 @@ async fn a_sync_behind_a_failed_context_call_lets_nothing_through() {
         assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
         let mut send = raw::query("SELECT 1");
         send.extend_from_slice(&raw::frame(b'S', &[]));
-        send.extend_from_slice(&raw::query(
-            "BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT",
-        ));
+        send.extend_from_slice(&raw::query(OVERWRITE));
         raw::send(&mut evil, &send).await;
         let msgs = raw::read_until_closed(&mut evil, Duration::from_secs(10)).await;
         assert!(
@@ -881,17 +890,11 @@ async fn a_context_call_canceled_or_timed_out_before_its_clear_lets_nothing_thro
         let token = evil.cancel_token();
         // The placement's one connection now holds acme's context.
         assert_eq!(bodies(&acme).await, own("acme"), "{how}");
-        admin
-            .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
-            .await
-            .expect("lock the context sequence");
-        let attempt = tokio::spawn(async move {
-            evil.batch_execute("BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT")
-                .await
-        });
+        lock_context_sequence(&admin).await;
+        let attempt = tokio::spawn(async move { evil.batch_execute(OVERWRITE).await });
         if how == "cancel" {
             // Cancel only once the call is stuck in its first step.
-            wait_for_lock_wait(&admin).await;
+            common::wait_for_lock_wait(&admin, None).await;
             token
                 .cancel_query(tokio_postgres::NoTls)
                 .await
@@ -912,26 +915,6 @@ async fn a_context_call_canceled_or_timed_out_before_its_clear_lets_nothing_thro
             "acme's rows after evil's attempt ({how})"
         );
     }
-}
-
-/// Waits until a backend of the shared database waits for a lock.
-async fn wait_for_lock_wait(admin: &tokio_postgres::Client) {
-    for _ in 0..500 {
-        let waiting: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no backend came to wait for the lock");
 }
 
 /// A client that leaves while its lease's context call is still waiting
@@ -955,12 +938,9 @@ async fn a_client_leaving_during_its_context_call_leaves_no_connection_behind() 
         raw::simple_query(&mut evil, "SET statement_timeout = 300").await;
         // The placement's one connection now holds acme's context.
         assert_eq!(bodies(&acme).await, own("acme"), "round {round}");
-        admin
-            .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
-            .await
-            .expect("lock the context sequence");
+        lock_context_sequence(&admin).await;
         raw::send(&mut evil, &raw::query("SELECT 1")).await;
-        wait_for_lock_wait(&admin).await;
+        common::wait_for_lock_wait(&admin, None).await;
         drop(evil);
         // The call times out at its first step, clearing nothing.
         tokio::time::sleep(Duration::from_millis(600)).await;

@@ -31,8 +31,8 @@
 use super::server_conn::{ServerConn, ServerError};
 use bytes::{BufMut, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
+use postgres_protocol::message::frontend;
 use sha2::Sha256;
-use std::fmt::Write as _;
 
 /// What the self-test enters: no tenant can have this name (':' is not
 /// allowed in one), and at 10 bytes it spans two of the name sequences.
@@ -152,14 +152,17 @@ impl TenantContext {
 /// transaction's isolation level. Replies: ParameterDescription,
 /// RowDescription, CloseComplete.
 pub fn write_guard(proof: i64, out: &mut BytesMut) {
-    for tag in [b'D', b'C'] {
-        out.put_u8(tag);
-        out.put_i32((4 + 1 + PROOF_PREFIX.len() + hex_digits(proof) + 1) as i32);
-        out.put_u8(b'S');
-        out.put_slice(PROOF_PREFIX.as_bytes());
-        let _ = write!(out, "{:x}", proof as u64);
-        out.put_u8(0);
-    }
+    // The name on the stack: this runs at every lease that switches tenant.
+    const ROOM: usize = PROOF_PREFIX.len() + 16;
+    let mut name = [0u8; ROOM];
+    name[..PROOF_PREFIX.len()].copy_from_slice(PROOF_PREFIX.as_bytes());
+    let mut digits = &mut name[PROOF_PREFIX.len()..];
+    let _ = std::io::Write::write_fmt(&mut digits, format_args!("{:x}", proof as u64));
+    let len = ROOM - digits.len();
+    // ASCII, no NUL: neither writer can fail.
+    let name = std::str::from_utf8(&name[..len]).unwrap_or_default();
+    frontend::describe(b'S', name, out).ok();
+    frontend::close(b'S', name, out).ok();
 }
 
 /// Replies to the guard that each end one of its messages: the Describe's
@@ -167,19 +170,9 @@ pub fn write_guard(proof: i64, out: &mut BytesMut) {
 pub const GUARD_ENDS: u8 = 2;
 
 /// What `pgtenant.enter()` names the statement it prepares:
-/// `'pgtenant_proof_' || to_hex(proof)`.
+/// `'pgtenant_proof_' || to_hex(proof)` (two's complement, lower case, no
+/// leading zeros: `{:x}` of the proof as a u64).
 const PROOF_PREFIX: &str = "pgtenant_proof_";
-
-/// The length of PostgreSQL's `to_hex(bigint)` of `v` (two's complement,
-/// lower case, no leading zeros), as `{:x}` of `v as u64` writes it.
-fn hex_digits(v: i64) -> usize {
-    let v = v as u64;
-    if v == 0 {
-        1
-    } else {
-        (64 - v.leading_zeros() as usize).div_ceil(4)
-    }
-}
 
 /// A FunctionCall of `function` with binary arguments (`None`: NULL) and
 /// a binary result.

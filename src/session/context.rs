@@ -221,7 +221,7 @@ mod tests {
             2 => frame(&mut out, b'B', b"\0\0\0\0\0\0\0\0"),
             3 => frame(&mut out, b'D', b"P\0"),
             4 => frame(&mut out, b'E', b"\0\0\0\0\0"),
-            5 => frame(&mut out, b'S', b""),
+            5 => return sync(),
             6 => frame(&mut out, b'H', b""),
             _ => frame(&mut out, b'C', b"P\0"),
         }
@@ -231,18 +231,11 @@ mod tests {
     /// Where the first Sync of `stream` ends, if it has one.
     fn first_sync_end(stream: &[u8]) -> Option<usize> {
         let mut at = 0;
-        while at < stream.len() {
-            let len = i32::from_be_bytes([
-                stream[at + 1],
-                stream[at + 2],
-                stream[at + 3],
-                stream[at + 4],
-            ]);
-            let end = at + 1 + len as usize;
-            if stream[at] == b'S' {
-                return Some(end);
+        while let Ok(Some(h)) = crate::protocol::codec::parse_header(&stream[at..], 1 << 20) {
+            at += h.len + 1;
+            if h.tag == b'S' {
+                return Some(at);
             }
-            at = end;
         }
         None
     }

@@ -174,3 +174,28 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// Waits until a backend waits for a lock: the one with `pid`, or else
+/// any backend of `admin`'s database.
+pub async fn wait_for_lock_wait(admin: &Client, pid: Option<i32>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND (pid = $1 OR ($1 IS NULL AND datname = current_database())))",
+                &[&pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backend came to wait for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
