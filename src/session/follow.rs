@@ -40,8 +40,14 @@ pub struct OperatorOn {
 enum Move {
     /// Same pool: the (possibly changed) tenant entry and seat.
     Stay(Arc<TenantEntry>, TenantSeat),
-    /// A new pool to lease from at the next transaction.
-    Switch(Arc<TenantEntry>, Arc<PlacementPool>, TenantSeat),
+    /// A new pool to lease from at the next transaction, and its
+    /// placement's isolation (for the log context).
+    Switch(
+        Arc<TenantEntry>,
+        Arc<PlacementPool>,
+        TenantSeat,
+        &'static str,
+    ),
     /// The session cannot go on.
     End(ClientError),
 }
@@ -59,7 +65,8 @@ impl Session<'_> {
                 self.tenant = tenant;
                 self.seat = seat;
             }
-            Move::Switch(tenant, pool, seat) => {
+            Move::Switch(tenant, pool, seat, isolation) => {
+                crate::log_context::set_placement(tenant.placement.as_str(), isolation);
                 tracing::info!(
                     tenant = %tenant.id,
                     placement = %pool.name(),
@@ -143,11 +150,15 @@ impl Session<'_> {
         if Arc::ptr_eq(&placement.pool, &self.pool) {
             return Move::Stay(tenant, seat);
         }
-        // The session decided at its start whether notifications pass
-        // and whether leases enter a tenant context.
-        if placement.pool.context().is_some() != self.pool.context().is_some() {
-            return Move::End(ClientError::Reconfigured(id.clone()));
-        }
-        Move::Switch(tenant, Arc::clone(&placement.pool), seat)
+        // Between a shared (rls) and a dedicated placement too: whether a
+        // lease enters a tenant context and drops notifications is read
+        // from the pool at each lease (`transaction.rs`), and the settings
+        // and statements the client made follow it as to any new pool.
+        Move::Switch(
+            tenant,
+            Arc::clone(&placement.pool),
+            seat,
+            placement.isolation.as_str(),
+        )
     }
 }

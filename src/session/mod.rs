@@ -145,9 +145,6 @@ impl Session<'_> {
         );
         txn.rest_in_transaction = !self.config.idle_transaction_timeout.is_zero();
         txn.rest_when_idle = !transaction_mode && !self.config.client_idle_timeout.is_zero();
-        // NOTIFY ignores row-level security: on a shared placement, no
-        // notification is passed on (LISTEN is refused at the probe).
-        txn.drop_notifications = self.pool.context().is_some();
         // The idle and message limits between requests (`idle.rs`), and
         // the wait for a server connection (`lease.rs`).
         let mut timer = crate::runtime::time::LazyTimer::default();

@@ -50,6 +50,11 @@ impl Session<'_> {
         txn.begin();
         txn.backend_pid = lease.conn().cancel_key().pid;
         txn.client_pid = self.client_pid;
+        // NOTIFY ignores row-level security: on a shared placement, no
+        // notification is passed on (LISTEN is refused at the probe).
+        // Per lease: a reload may move the tenant between a shared and a
+        // dedicated placement between two transactions (`follow.rs`).
+        txn.drop_notifications = self.pool.context().is_some();
         if let Some(ctx) = self.pool.context() {
             self.enter_tenant(ctx, &mut lease, synced, client, txn)?;
         }

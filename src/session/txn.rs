@@ -128,7 +128,8 @@ pub struct TxnState {
     pub backend_pid: i32,
     pub client_pid: i32,
     /// NotificationResponses are dropped, not passed on (a shared
-    /// placement: notifications cross tenants). Set once per session.
+    /// placement: notifications cross tenants). Set at each lease, from
+    /// the pool it is on.
     pub drop_notifications: bool,
     /// Replies (each ending in ReadyForQuery) still owed to the tenant
     /// context calls that opened the lease (`isolation = "rls"`), which
