@@ -80,15 +80,34 @@ fn run_with<F: Future>(
 ) -> io::Result<Option<F::Output>> {
     run_on(
         tokio::runtime::Builder::new_current_thread(),
-        acceptor,
+        (acceptor, true),
         main,
         options,
     )
 }
 
+/// How far ahead the worker's timer anchor (`timer_anchor`) is due: less
+/// than the shortest default client or server timeout (5 s).
+const ANCHOR_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps a timer in the worker's wheel at all times, due within
+/// `ANCHOR_PERIOD`. tokio wakes its own driver (an eventfd write, then an
+/// epoll_wait that returns at once) whenever a timer is registered earlier
+/// than the earliest one the wheel held when the thread last parked, and
+/// always when the wheel was empty. Each login arms its startup and login
+/// limits, often on an empty wheel: under connection churn that was 0.63
+/// eventfd writes per connection (strace, `pgbench -C`). A timer due
+/// sooner than any such limit takes them all off that path, for one
+/// wake-up per period per worker.
+async fn timer_anchor() {
+    loop {
+        super::time::sleep(ANCHOR_PERIOD).await;
+    }
+}
+
 fn run_on<F: Future>(
     mut builder: tokio::runtime::Builder,
-    acceptor: Option<SessionFuture>,
+    (acceptor, anchor): (Option<SessionFuture>, bool),
     main: F,
     options: LoopOptions,
 ) -> io::Result<Option<F::Output>> {
@@ -105,6 +124,9 @@ fn run_on<F: Future>(
         .ok_or_else(|| io::Error::other("the worker's sessions are gone"))?;
     let out = rt.block_on(async {
         tokio::spawn(sends::flusher());
+        if anchor {
+            tokio::spawn(timer_anchor());
+        }
         if let Some(acceptor) = acceptor
             && spawn_local(acceptor).is_err()
         {
@@ -150,7 +172,8 @@ pub fn block_on_with<F: Future>(f: F, options: LoopOptions) -> F::Output {
 pub fn block_on_paused<F: Future>(f: F) -> F::Output {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.start_paused(true);
-    match run_on(builder, None, f, LoopOptions { batch_sends: true }) {
+    // No anchor: a paused clock would keep jumping to it.
+    match run_on(builder, (None, false), f, LoopOptions { batch_sends: true }) {
         Ok(Some(out)) => out,
         Ok(None) => unreachable!("sessions nobody closed never end"),
         Err(e) => panic!("runtime failed: {e}"),
