@@ -252,6 +252,9 @@ async fn a_tenant_moves_to_a_dedicated_database_while_its_client_keeps_writing()
     // 3. Switch acme's placement and let its transactions go.
     std::fs::write(&proxy.path, config(&db, "acme_db")).expect("write config");
     ops.simple_query("RELOAD").await.expect("reload");
+    // The pause outlives the reload: nothing runs until RESUME.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(written_now(), held_at, "acme wrote before RESUME");
     ops.simple_query("RESUME acme").await.expect("resume");
     let resumed = Instant::now();
     while written_now() < held_at + 20 && !writer.is_finished() {
