@@ -11,6 +11,7 @@
 mod common;
 
 use common::live::LiveProxy;
+use common::raw;
 use common::shared::{SHARED_PASSWORD, SHARED_ROLE, SharedDb, shared_database};
 use common::{backend_password, backend_user};
 use std::collections::BTreeSet;
@@ -55,10 +56,15 @@ const DEDICATED_SCHEMA: &str = "
     ALTER TABLE notes OWNER TO pgt_acme;";
 
 fn config(db: &SharedDb, acme_placement: &str) -> String {
+    config_with(db, acme_placement, "", 4)
+}
+
+/// `config` with `proxy_extra` in `[proxy]` and the shared pool's size.
+fn config_with(db: &SharedDb, acme_placement: &str, proxy_extra: &str, shared_pool: u32) -> String {
     format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n\
-         pause_timeout = \"2m\"\n\n\
-         [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 4\n\n\
+         pause_timeout = \"2m\"\n{proxy_extra}\n\n\
+         [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = {shared_pool}\n\n\
          [placements.acme_db]\nurl = \"{}\"\nisolation = \"database\"\npool_size = 2\n\n\
          [tenants.acme]\nplacement = \"{acme_placement}\"\nusers = {{ app = \"acme-secret\" }}\n\n\
          [tenants.globex]\nplacement = \"shared\"\nusers = {{ app = \"globex-secret\" }}\n\n\
@@ -387,4 +393,66 @@ async fn a_tenant_moved_onto_the_shared_placement_gets_its_context_at_its_next_t
         .await
         .expect_err("a row of another tenant");
     assert_eq!(common::sqlstate(&forged), "42501");
+}
+
+/// NOTIFY ignores row-level security, so a shared placement passes no
+/// notification to any client. A client whose tenant a reload moves onto
+/// the shared placement is held to that from its next transaction: its
+/// server connection listens (through a function the session-state probe
+/// cannot see into), another session notifies, and nothing reaches it.
+#[tokio::test]
+async fn a_tenant_moved_onto_the_shared_placement_gets_no_notification() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let db = shared_database("", &shared_seed()).await;
+    pgtenant::provision::dedicated_database(
+        &db.pg.cluster,
+        &db.admin,
+        "tenant_acme",
+        &backend_user("acme"),
+        &backend_password("acme"),
+        "",
+    )
+    .await
+    .expect("dedicated database");
+    db.pg
+        .cluster
+        .admin("tenant_acme")
+        .await
+        .expect("admin")
+        .batch_execute(DEDICATED_SCHEMA)
+        .await
+        .expect("dedicated schema");
+    let owner = db.pg.cluster.admin("app_shared").await.expect("admin");
+    owner
+        .batch_execute(&format!(
+            "SET ROLE app_owner;
+             CREATE FUNCTION public.subscribe(ch text) RETURNS void LANGUAGE plpgsql
+                 AS $f$BEGIN EXECUTE 'LISTEN ' || quote_ident(ch); END$f$;
+             GRANT EXECUTE ON FUNCTION public.subscribe(text) TO {SHARED_ROLE};
+             RESET ROLE"
+        ))
+        .await
+        .expect("function");
+    let trust = "auth_type = \"trust\"";
+    let proxy = LiveProxy::start(&config_with(&db, "acme_db", trust, 1)).await;
+    let mut acme = raw::login_trust(proxy.port, "acme").await;
+    raw::simple_query(&mut acme, "SELECT count(*) FROM notes").await;
+    proxy
+        .reload(&config_with(&db, "shared", trust, 1))
+        .await
+        .expect("reload");
+    // On the shared placement now (one server connection): it listens...
+    raw::simple_query(&mut acme, "SELECT public.subscribe('news')").await;
+    // ...and its next transaction runs there while a notification comes.
+    raw::send(&mut acme, &raw::query("SELECT pg_sleep(1)")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    owner
+        .batch_execute("NOTIFY news, 'globex''s secret'")
+        .await
+        .expect("notify");
+    let (msgs, _) = raw::read_to_ready(&mut acme, "after NOTIFY").await;
+    assert!(
+        msgs.iter().all(|m| m.tag != b'A'),
+        "a notification reached a client of the shared placement: {msgs:?}"
+    );
 }
