@@ -23,9 +23,12 @@ CLIENTS=${CLIENTS:-16}
 MODES=${MODES:-"simple extended"}
 POLICY=${POLICY:-"tenant_id = pgtenant.current_tenant()"}
 SCALE=${SCALE:-10}
-PG_PORT=${PG_PORT:-55432}
-PGTENANT_PORT=${PGTENANT_PORT:-56432}
-PGBOUNCER_PORT=${PGBOUNCER_PORT:-57432}
+# Above the ephemeral range (32768-60999), as the other scripts: a port
+# in it may be some outgoing connection's local port (it was, on a run
+# after a churn benchmark: PostgreSQL could not bind).
+PG_PORT=${PG_PORT:-61692}
+PGTENANT_PORT=${PGTENANT_PORT:-61693}
+PGBOUNCER_PORT=${PGBOUNCER_PORT:-61694}
 # shellcheck source=benches/bench-cluster.sh
 source "$ROOT/benches/bench-cluster.sh"
 
