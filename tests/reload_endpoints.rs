@@ -11,7 +11,7 @@ use common::http::{http, wait_healthy};
 use common::live::{ConfigText, LiveProxy};
 use common::{TestPg, sqlstate};
 use pgtenant::pgcluster::{HostAuth, free_port};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 const TOKEN: &str = "reload-token-0123456789";
 const ADMIN_PASSWORD: &str = "admin-secret-pw";
@@ -30,22 +30,6 @@ fn config(pg: &TestPg, http_port: u16, with_b: bool, b_extra: &str) -> String {
         "{}\n[admin]\nlisten = \"127.0.0.1:{http_port}\"\ntoken = \"{TOKEN}\"\nusers = {{ admin = \"{ADMIN_PASSWORD}\" }}\n",
         c.0
     )
-}
-
-async fn console(proxy: &LiveProxy) -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=admin password={ADMIN_PASSWORD} dbname=pgtenant connect_timeout=10",
-            proxy.port
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("admin login: {e}: {:?}", e.as_db_error()));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 /// `pgtenant_reloads_total{result=...}` from `/metrics` (0 if absent).
@@ -70,7 +54,7 @@ async fn the_console_reloads_and_reports_what_changed_or_why_not() {
     let http_port = free_port().expect("port");
     let proxy = LiveProxy::start(&config(&pg, http_port, false, "")).await;
     wait_healthy(http_port).await;
-    let admin = console(&proxy).await;
+    let admin = proxy.console(ADMIN_PASSWORD).await;
     assert_eq!(
         sqlstate(&proxy.try_connect("b").await.expect_err("no b yet")),
         "3D000"

@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::shared::{SHARED_PASSWORD, SHARED_ROLE, notes_seed, shared_database, tenants_config};
+use common::shared::{
+    SHARED_PASSWORD, SHARED_ROLE, create_subscribe, notes_seed, notified_during_a_query,
+    shared_database, tenants_config,
+};
 use common::{TestPg, TestProxy, raw, sqlstate};
 use pgtenant::credentials::secret::AuthSecret;
 use std::time::Duration;
@@ -611,27 +614,13 @@ async fn no_notification_crosses_tenants() {
     assert_eq!(sqlstate(&e), "0A000", "{e}");
 
     let owner = s.pg.cluster.admin("app_shared").await.expect("admin");
-    owner
-        .batch_execute(&format!(
-            "SET ROLE app_owner;
-             CREATE FUNCTION public.subscribe(ch text) RETURNS void LANGUAGE plpgsql
-                 AS $f$BEGIN EXECUTE 'LISTEN ' || quote_ident(ch); END$f$;
-             GRANT EXECUTE ON FUNCTION public.subscribe(text) TO {SHARED_ROLE}"
-        ))
-        .await
-        .expect("function");
+    create_subscribe(&owner).await;
     let mut globex = raw::login_trust(s.proxy.port, "globex").await;
     raw::simple_query(&mut globex, "SELECT public.subscribe('news')").await;
     // The next lease runs on the same (listening) server connection; the
     // notification arrives while it runs and would be sent before its
     // ReadyForQuery.
-    raw::send(&mut globex, &raw::query("SELECT pg_sleep(1)")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    owner
-        .batch_execute("RESET ROLE; NOTIFY news, 'acme''s secret'")
-        .await
-        .expect("notify");
-    let (msgs, _) = raw::read_to_ready(&mut globex, "after NOTIFY").await;
+    let msgs = notified_during_a_query(&mut globex, &owner, "acme's secret").await;
     assert!(
         msgs.iter().all(|m| m.tag != b'A'),
         "a notification reached a client: {msgs:?}"

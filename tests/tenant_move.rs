@@ -12,13 +12,16 @@ mod common;
 
 use common::live::LiveProxy;
 use common::raw;
-use common::shared::{SHARED_PASSWORD, SHARED_ROLE, SharedDb, shared_database};
+use common::shared::{
+    SHARED_PASSWORD, SHARED_ROLE, SharedDb, create_subscribe, notified_during_a_query,
+    shared_database,
+};
 use common::{backend_password, backend_user};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const ADMIN_PASSWORD: &str = "admin-secret";
 
@@ -81,20 +84,25 @@ fn config_with(db: &SharedDb, acme_placement: &str, proxy_extra: &str, shared_po
     )
 }
 
-async fn console(proxy: &LiveProxy) -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=admin password={ADMIN_PASSWORD} dbname=pgtenant",
-            proxy.port
-        ),
-        NoTls,
+/// `tenant_acme`, acme's dedicated database, with `DEDICATED_SCHEMA` (made
+/// through `admin`, a superuser connection); a superuser connection to it.
+async fn dedicated_acme(db: &SharedDb, admin: &Client) -> Client {
+    pgtenant::provision::dedicated_database(
+        &db.pg.cluster,
+        admin,
+        "tenant_acme",
+        &backend_user("acme"),
+        &backend_password("acme"),
+        "",
     )
     .await
-    .expect("console login");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+    .expect("dedicated database");
+    let dedicated_su = db.pg.cluster.admin("tenant_acme").await.expect("admin");
+    dedicated_su
+        .batch_execute(DEDICATED_SCHEMA)
+        .await
+        .expect("dedicated schema");
+    dedicated_su
 }
 
 async fn ids(c: &Client, sql: &str) -> BTreeSet<i64> {
@@ -145,25 +153,11 @@ async fn a_tenant_moves_to_a_dedicated_database_while_its_client_keeps_writing()
     db.pg.cluster.stop().expect("stop PostgreSQL");
     db.pg.cluster.start_again().expect("start PostgreSQL");
     let admin = db.pg.cluster.admin("postgres").await.expect("admin");
-    pgtenant::provision::dedicated_database(
-        &db.pg.cluster,
-        &admin,
-        "tenant_acme",
-        &backend_user("acme"),
-        &backend_password("acme"),
-        "",
-    )
-    .await
-    .expect("dedicated database");
+    let dedicated_su = dedicated_acme(&db, &admin).await;
     let shared_su = db.pg.cluster.admin("app_shared").await.expect("admin");
-    let dedicated_su = db.pg.cluster.admin("tenant_acme").await.expect("admin");
-    dedicated_su
-        .batch_execute(DEDICATED_SCHEMA)
-        .await
-        .expect("dedicated schema");
 
     let proxy = LiveProxy::start(&config(&db, "shared")).await;
-    let ops = console(&proxy).await;
+    let ops = proxy.console(ADMIN_PASSWORD).await;
     let globex = proxy.connect("globex").await;
 
     // The application: acme's client writes without a pause, through
@@ -222,6 +216,9 @@ async fn a_tenant_moves_to_a_dedicated_database_while_its_client_keeps_writing()
     // 2. Hold acme's transactions: PAUSE returns once its running one is
     // over, and from then on nothing of acme's reaches the old database.
     ops.simple_query("PAUSE acme").await.expect("pause");
+    // The writer may not have counted the reply of the transaction PAUSE
+    // waited for yet: let it, before taking the count the pause holds.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let held_at = written_now();
     // Everything written so far reaches the new database.
     let lsn: String = shared_su
@@ -353,23 +350,11 @@ async fn a_tenant_moves_to_a_dedicated_database_while_its_client_keeps_writing()
 async fn a_tenant_moved_onto_the_shared_placement_gets_its_context_at_its_next_transaction() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = shared_database("", &shared_seed()).await;
-    pgtenant::provision::dedicated_database(
-        &db.pg.cluster,
-        &db.admin,
-        "tenant_acme",
-        &backend_user("acme"),
-        &backend_password("acme"),
-        "",
-    )
-    .await
-    .expect("dedicated database");
-    let dedicated_su = db.pg.cluster.admin("tenant_acme").await.expect("admin");
-    dedicated_su
-        .batch_execute(&format!(
-            "{DEDICATED_SCHEMA} INSERT INTO notes (body) VALUES ('kept in acme_db')"
-        ))
+    dedicated_acme(&db, &db.admin)
         .await
-        .expect("dedicated schema");
+        .batch_execute("INSERT INTO notes (body) VALUES ('kept in acme_db')")
+        .await
+        .expect("a row of acme's");
     let proxy = LiveProxy::start(&config(&db, "acme_db")).await;
     let acme = proxy.connect("acme").await;
     assert_eq!(bodies(&acme).await, ["kept in acme_db"]);
@@ -404,35 +389,9 @@ async fn a_tenant_moved_onto_the_shared_placement_gets_its_context_at_its_next_t
 async fn a_tenant_moved_onto_the_shared_placement_gets_no_notification() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = shared_database("", &shared_seed()).await;
-    pgtenant::provision::dedicated_database(
-        &db.pg.cluster,
-        &db.admin,
-        "tenant_acme",
-        &backend_user("acme"),
-        &backend_password("acme"),
-        "",
-    )
-    .await
-    .expect("dedicated database");
-    db.pg
-        .cluster
-        .admin("tenant_acme")
-        .await
-        .expect("admin")
-        .batch_execute(DEDICATED_SCHEMA)
-        .await
-        .expect("dedicated schema");
+    dedicated_acme(&db, &db.admin).await;
     let owner = db.pg.cluster.admin("app_shared").await.expect("admin");
-    owner
-        .batch_execute(&format!(
-            "SET ROLE app_owner;
-             CREATE FUNCTION public.subscribe(ch text) RETURNS void LANGUAGE plpgsql
-                 AS $f$BEGIN EXECUTE 'LISTEN ' || quote_ident(ch); END$f$;
-             GRANT EXECUTE ON FUNCTION public.subscribe(text) TO {SHARED_ROLE};
-             RESET ROLE"
-        ))
-        .await
-        .expect("function");
+    create_subscribe(&owner).await;
     let trust = "auth_type = \"trust\"";
     let proxy = LiveProxy::start(&config_with(&db, "acme_db", trust, 1)).await;
     let mut acme = raw::login_trust(proxy.port, "acme").await;
@@ -444,13 +403,7 @@ async fn a_tenant_moved_onto_the_shared_placement_gets_no_notification() {
     // On the shared placement now (one server connection): it listens...
     raw::simple_query(&mut acme, "SELECT public.subscribe('news')").await;
     // ...and its next transaction runs there while a notification comes.
-    raw::send(&mut acme, &raw::query("SELECT pg_sleep(1)")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    owner
-        .batch_execute("NOTIFY news, 'globex''s secret'")
-        .await
-        .expect("notify");
-    let (msgs, _) = raw::read_to_ready(&mut acme, "after NOTIFY").await;
+    let msgs = notified_during_a_query(&mut acme, &owner, "globex's secret").await;
     assert!(
         msgs.iter().all(|m| m.tag != b'A'),
         "a notification reached a client of the shared placement: {msgs:?}"

@@ -80,7 +80,7 @@ fn run_with<F: Future>(
 ) -> io::Result<Option<F::Output>> {
     run_on(
         tokio::runtime::Builder::new_current_thread(),
-        (acceptor, true),
+        acceptor,
         main,
         options,
     )
@@ -107,7 +107,7 @@ async fn timer_anchor() {
 
 fn run_on<F: Future>(
     mut builder: tokio::runtime::Builder,
-    (acceptor, anchor): (Option<SessionFuture>, bool),
+    acceptor: Option<SessionFuture>,
     main: F,
     options: LoopOptions,
 ) -> io::Result<Option<F::Output>> {
@@ -124,7 +124,10 @@ fn run_on<F: Future>(
         .ok_or_else(|| io::Error::other("the worker's sessions are gone"))?;
     let out = rt.block_on(async {
         tokio::spawn(sends::flusher());
-        if anchor {
+        // A worker that accepts clients (tests and tools that drive
+        // sockets of their own need none, and a paused clock would keep
+        // jumping to it).
+        if acceptor.is_some() {
             tokio::spawn(timer_anchor());
         }
         if let Some(acceptor) = acceptor
@@ -172,8 +175,7 @@ pub fn block_on_with<F: Future>(f: F, options: LoopOptions) -> F::Output {
 pub fn block_on_paused<F: Future>(f: F) -> F::Output {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.start_paused(true);
-    // No anchor: a paused clock would keep jumping to it.
-    match run_on(builder, (None, false), f, LoopOptions { batch_sends: true }) {
+    match run_on(builder, None, f, LoopOptions { batch_sends: true }) {
         Ok(Some(out)) => out,
         Ok(None) => unreachable!("sessions nobody closed never end"),
         Err(e) => panic!("runtime failed: {e}"),

@@ -54,8 +54,9 @@ impl Session<'_> {
         // notification is passed on (LISTEN is refused at the probe).
         // Per lease: a reload may move the tenant between a shared and a
         // dedicated placement between two transactions (`follow.rs`).
-        txn.drop_notifications = self.pool.context().is_some();
-        if let Some(ctx) = self.pool.context() {
+        let context = self.pool.context();
+        txn.drop_notifications = context.is_some();
+        if let Some(ctx) = context {
             self.enter_tenant(ctx, &mut lease, synced, client, txn)?;
         }
         self.cancel.arm(lease.conn().cancel_key());

@@ -88,6 +88,23 @@ impl LiveProxy {
             .unwrap_or_else(|e| panic!("connect as {tenant}: {e}: {:?}", e.as_db_error()))
     }
 
+    /// The admin console, as `admin` with `password`.
+    pub async fn console(&self, password: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=admin password={password} dbname=pgtenant connect_timeout=10",
+                self.port
+            ),
+            NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("admin login: {e}: {:?}", e.as_db_error()));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
     /// The current size of placement `name`'s pool.
     pub fn pool_size(&self, name: &str) -> usize {
         self.state.snapshot().placements[name].pool.counts().max

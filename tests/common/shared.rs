@@ -91,3 +91,41 @@ pub fn tenants_config(tenants: &[&str]) -> String {
         })
         .collect()
 }
+
+/// Creates `public.subscribe(channel)` in `app_shared` (through `owner`, a
+/// superuser connection): a function the shared role may call that
+/// LISTENs, which the session-state probe cannot see into.
+pub async fn create_subscribe(owner: &tokio_postgres::Client) {
+    owner
+        .batch_execute(&format!(
+            "SET ROLE app_owner;
+             CREATE FUNCTION public.subscribe(ch text) RETURNS void LANGUAGE plpgsql
+                 AS $f$BEGIN EXECUTE 'LISTEN ' || quote_ident(ch); END$f$;
+             GRANT EXECUTE ON FUNCTION public.subscribe(text) TO {SHARED_ROLE};
+             RESET ROLE"
+        ))
+        .await
+        .expect("function");
+}
+
+/// Runs `SELECT pg_sleep(1)` on `client`'s next lease while `owner` sends
+/// `NOTIFY news, payload`; the messages up to its ReadyForQuery. With a
+/// pool of one, that lease runs on the connection a `subscribe('news')`
+/// before it left listening.
+pub async fn notified_during_a_query(
+    client: &mut tokio::net::TcpStream,
+    owner: &tokio_postgres::Client,
+    payload: &str,
+) -> Vec<super::raw::Msg> {
+    use super::raw;
+    raw::send(client, &raw::query("SELECT pg_sleep(1)")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    owner
+        .batch_execute(&format!(
+            "NOTIFY news, {}",
+            postgres_protocol::escape::escape_literal(payload)
+        ))
+        .await
+        .expect("notify");
+    raw::read_to_ready(client, "after NOTIFY").await.0
+}
