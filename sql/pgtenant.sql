@@ -44,7 +44,9 @@
 --   the connection. A Describe
 --   takes no snapshot and runs nothing, so the client's first statement
 --   may still be BEGIN ISOLATION LEVEL ... or VACUUM.
--- * pgtenant.current_tenant() returns that name. The setting
+-- * pgtenant.current_tenant() returns that name (sql/pgtenant-setting.sql
+--   replaces it with a cheaper read where a superuser allows; run that
+--   file again after this one). The setting
 --   pgtenant.tenant, which enter() sets to 'on', only
 --   says whether to look (a session that never entered has no currval to
 --   read): a client may RESET it (then it sees no rows) or set it to
@@ -134,11 +136,15 @@ CREATE OR REPLACE FUNCTION pgtenant.word(b pg_catalog.bytea, i pg_catalog.int4)
 RETURNS pg_catalog.int8 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(b, 8 OPERATOR(pg_catalog.*) i OPERATOR(pg_catalog.+) 1, 8), 'hex'))::pg_catalog.bit(64)::pg_catalog.int8;
 
--- Whether p names a custom setting (a mirror for enter()): at least two
--- dotted identifiers. Inlined where enter() uses it.
+-- Whether p names a setting enter() may write: a custom setting (a
+-- mirror for applications: at least two dotted identifiers), or
+-- backtrace_functions, the store of context_store = "setting", which
+-- enter() can write only where sql/pgtenant-setting.sql granted it.
+-- Inlined where enter() uses it.
 CREATE OR REPLACE FUNCTION pgtenant.is_setting_name(p pg_catalog.text)
 RETURNS pg_catalog.bool LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN p OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$';
+RETURN p OPERATOR(pg_catalog.~) '^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$'
+    OR p OPERATOR(pg_catalog.=) 'backtrace_functions';
 
 -- Called by pgtenant once per server connection (and again after the
 -- session lost its secret to DISCARD): checks proof = HMAC-SHA-256(key,

@@ -250,7 +250,11 @@ fn context_key(config: Option<PathBuf>, placement: &str) -> anyhow::Result<()> {
     }
     let secret = pgtenant::credentials::secret::AuthSecret::for_config(&cfg)
         .map_err(|m| src.error("proxy.secret_file", m))?;
-    let ctx = pgtenant::pool::TenantContext::new(secret.context_key(placement), None);
+    let ctx = pgtenant::pool::TenantContext::new(
+        secret.context_key(placement),
+        None,
+        pgtenant::config::ContextStore::Sequences,
+    );
     println!("{}", ctx.install_statement());
     Ok(())
 }

@@ -156,7 +156,8 @@ impl Snapshot {
                 size: p.pool_size as usize,
                 timeouts: PoolTimeouts::from_config(&config.proxy),
                 roles,
-                context: context_key.map(|key| TenantContext::new(key, p.tenant_setting.clone())),
+                context: context_key
+                    .map(|key| TenantContext::new(key, p.tenant_setting.clone(), p.context_store)),
                 tenants: tenants.remove(name.as_str()).unwrap_or_default(),
             };
             let kept = previous.and_then(|s| s.placements.get(name));
@@ -172,7 +173,7 @@ impl Snapshot {
                         target.clone(),
                         size,
                         &config,
-                        TenantContext::new(key, p.tenant_setting.clone()),
+                        TenantContext::new(key, p.tenant_setting.clone(), p.context_store),
                         &catalog,
                     )
                     .pool(

@@ -2,8 +2,9 @@
 //! about and, where the file has it, the line.
 
 use super::placement_checks::{
-    check_operator_keys, check_operator_roles, check_operators, check_schema_keys,
-    check_server_cap, check_shared_tables, valid_custom_setting,
+    check_context_store, check_operator_keys, check_operator_roles, check_operators,
+    check_schema_keys, check_server_cap, check_setting_tenant_name, check_shared_tables,
+    valid_custom_setting,
 };
 use super::{Config, schema_names};
 use std::collections::{HashMap, HashSet};
@@ -236,6 +237,7 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
                 ));
             }
         }
+        check_context_store(pl).map_err(|m| src.error(&format!("{key}.context_store"), m))?;
         if let Some(cap) = pl.tenant_max_server_connections {
             check_server_cap(cap, pl.pool_size)
                 .map_err(|m| src.error(&format!("{key}.tenant_max_server_connections"), m))?;
@@ -296,6 +298,12 @@ fn validate(cfg: &Config, src: &ConfigSource) -> Result<(), ConfigError> {
         }
         // Several tenants in one database see each other's data.
         let placement = t.placement.as_deref().or(p.default_placement.as_deref());
+        if placement
+            .and_then(|pl| cfg.placements.get(pl))
+            .is_some_and(|pc| pc.context_store == super::ContextStore::Setting)
+        {
+            check_setting_tenant_name(name).map_err(|m| src.error(&key, m))?;
+        }
         if let Some(pl) = placement
             && let Some(pc) = cfg.placements.get(pl)
             && pc.isolation == super::Isolation::Database

@@ -569,3 +569,52 @@ fn proxy_protocol_networks_are_checked() {
     assert_eq!(e.key, "proxy.proxy_protocol_networks", "{e}");
     assert!(e.message.contains("10.0.0.0/8"), "{e}");
 }
+
+#[test]
+fn a_setting_context_store_is_for_rls_placements_and_identifier_tenants() {
+    let setting = GOOD.replace(
+        "isolation = \"rls\"\n",
+        "isolation = \"rls\"\ncontext_store = \"setting\"\n",
+    );
+    let (cfg, _) = parse_str(&setting, "t.toml").expect("valid");
+    assert_eq!(
+        cfg.placements["shared"].context_store,
+        crate::config::ContextStore::Setting
+    );
+    assert_eq!(
+        parse_str(GOOD, "t.toml").expect("valid").0.placements["shared"].context_store,
+        crate::config::ContextStore::Sequences
+    );
+    // A name the setting's check refuses could never be entered.
+    let dashed = setting.replace("[tenants.globex]", "[tenants.glo-bex]");
+    let err = parse_str(&dashed, "t.toml").expect_err("dash");
+    assert_eq!(err.key, "tenants.glo-bex", "{err}");
+    // On a sequences placement the same name is fine.
+    parse_str(
+        &GOOD.replace("[tenants.globex]", "[tenants.glo-bex]"),
+        "t.toml",
+    )
+    .expect("dash on sequences");
+    // Not with a mirror setting, not on other isolations.
+    let mirrored = setting.replace(
+        "context_store = \"setting\"\n",
+        "context_store = \"setting\"\ntenant_setting = \"app.tenant_id\"\n",
+    );
+    let err = parse_str(&mirrored, "t.toml").expect_err("mirror");
+    assert_eq!(err.key, "placements.shared.context_store", "{err}");
+    let on_database = GOOD.replace(
+        "pool_size = 10\n",
+        "pool_size = 10\ncontext_store = \"setting\"\n",
+    );
+    let err = parse_str(&on_database, "t.toml").expect_err("not rls");
+    assert_eq!(err.key, "placements.acme_db.context_store", "{err}");
+    let err = parse_str(
+        &GOOD.replace(
+            "isolation = \"rls\"\n",
+            "isolation = \"rls\"\ncontext_store = \"guc\"\n",
+        ),
+        "t.toml",
+    )
+    .expect_err("unknown store");
+    assert!(err.to_string().contains("context_store"), "{err}");
+}

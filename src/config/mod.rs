@@ -379,6 +379,27 @@ pub enum Isolation {
     Schema,
 }
 
+/// Where an `isolation = "rls"` placement's database keeps each session's
+/// tenant (README, "Where the context is kept").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextStore {
+    /// Owner-only sequences read by a `SECURITY DEFINER` function: no
+    /// superuser needed, works on managed PostgreSQL.
+    #[default]
+    Sequences,
+    /// The built-in setting `backtrace_functions`, which only a superuser
+    /// can let `pgtenant.enter()` set (`sql/pgtenant-setting.sql`) and
+    /// every role can read: cheaper for every policy, tenant names
+    /// limited to letters, digits and `_`.
+    Setting,
+}
+
+/// The setting a [`ContextStore::Setting`] placement keeps its tenant in:
+/// one of PostgreSQL's own, that only superusers (and roles they grant
+/// SET on it) may change, and whose check accepts identifiers.
+pub const CONTEXT_SETTING: &str = "backtrace_functions";
+
 impl Isolation {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -413,6 +434,9 @@ pub struct PlacementConfig {
     /// that read one. Informational: policies use
     /// `pgtenant.current_tenant()`, which a client cannot forge.
     pub tenant_setting: Option<String>,
+    /// `isolation = "rls"`: where the database keeps the tenant.
+    #[serde(default)]
+    pub context_store: ContextStore,
     /// Server connections of this pool one tenant's clients may hold at
     /// once, for tenants that set no `max_server_connections`; default:
     /// see [`PlacementConfig::tenant_cap`].

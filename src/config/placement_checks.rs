@@ -191,6 +191,42 @@ pub(super) fn valid_custom_setting(name: &str) -> bool {
     parts.len() >= 2 && parts.iter().all(|p| ident(p))
 }
 
+/// `context_store = "setting"`: on an rls placement, and without a mirror
+/// setting (`enter()` sets one setting, and this one is already readable).
+pub(super) fn check_context_store(pl: &super::PlacementConfig) -> Result<(), String> {
+    if pl.context_store == super::ContextStore::Sequences {
+        return Ok(());
+    }
+    if pl.isolation != super::Isolation::Rls {
+        return Err("applies to isolation = \"rls\" placements only".into());
+    }
+    if pl.tenant_setting.is_some() {
+        return Err(format!(
+            "\"setting\" keeps the tenant in {} already, which every role can read: \
+             remove tenant_setting (applications read current_setting('{}') or \
+             pgtenant.current_tenant())",
+            super::CONTEXT_SETTING,
+            super::CONTEXT_SETTING
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant on a `context_store = "setting"` placement: its name must pass
+/// the setting's own check (letters, digits, `_`), or no context call
+/// could ever set it.
+pub(super) fn check_setting_tenant_name(name: &str) -> Result<(), String> {
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is on a placement with context_store = \"setting\", whose tenant names \
+             are letters, digits and '_' only ({} accepts nothing else)",
+            super::CONTEXT_SETTING
+        ))
+    }
+}
+
 /// `shared_tables` entries: schema-qualified names, as `to_regclass`
 /// reads them, on an rls placement only.
 pub(super) fn check_shared_tables(pl: &super::PlacementConfig) -> Result<(), String> {

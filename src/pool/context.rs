@@ -29,14 +29,16 @@
 //! (clients get 08006; the log says what to run).
 
 use super::server_conn::{ServerConn, ServerError};
+use crate::config::{CONTEXT_SETTING, ContextStore};
 use bytes::{BufMut, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use postgres_protocol::message::frontend;
 use sha2::Sha256;
 
-/// What the self-test enters: no tenant can have this name (':' is not
-/// allowed in one), and at 10 bytes it spans two of the name sequences.
-const SELF_TEST_TENANT: &str = ":self-test";
+/// What the self-test enters: no tenant can have this name (' ' is not
+/// allowed in one, and `backtrace_functions` accepts it), and at 18 bytes
+/// it spans three of the name sequences.
+const SELF_TEST_TENANT: &str = "pgtenant self test";
 
 /// A session secret: what `open_session` stores and `enter` must show.
 pub type SessionSecret = (i64, i64);
@@ -53,29 +55,41 @@ pub fn new_secret() -> SessionSecret {
     (rand::random(), rand::random())
 }
 
-/// A placement's context key and mirror setting.
+/// A placement's context key, mirror setting and store.
 #[derive(PartialEq, Eq)]
 pub struct TenantContext {
     key: [u8; 32],
-    /// A custom setting that `enter()` also sets to the tenant's name,
-    /// for applications that read one (`app.tenant_id`); "" for none.
+    /// A setting that `enter()` also sets to the tenant's name: a custom
+    /// one for applications that read it (`app.tenant_id`), or
+    /// `backtrace_functions` for the setting store; "" for none.
     mirror: String,
+    store: ContextStore,
 }
 
 impl std::fmt::Debug for TenantContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantContext")
             .field("mirror", &self.mirror)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
 
 impl TenantContext {
-    pub fn new(key: [u8; 32], mirror: Option<String>) -> TenantContext {
-        TenantContext {
-            key,
-            mirror: mirror.unwrap_or_default(),
-        }
+    /// `mirror` is ignored with [`ContextStore::Setting`], whose setting
+    /// takes its place (config/load.rs refuses both at once).
+    pub fn new(key: [u8; 32], mirror: Option<String>, store: ContextStore) -> TenantContext {
+        let mirror = match store {
+            ContextStore::Sequences => mirror.unwrap_or_default(),
+            ContextStore::Setting => CONTEXT_SETTING.to_owned(),
+        };
+        TenantContext { key, mirror, store }
+    }
+
+    /// The built-in setting this context is kept in, if any: `enter()`
+    /// writes it, so it is never one of the client's settings.
+    pub fn own_setting(&self) -> Option<&'static str> {
+        (self.store == ContextStore::Setting).then_some(CONTEXT_SETTING)
     }
 
     /// Appends the FunctionCall that gives backend `pid` the session
@@ -267,12 +281,20 @@ pub(super) async fn self_test(
     functions: ContextFunctions,
     secret: SessionSecret,
 ) -> Result<(), ServerError> {
+    if ctx.store == ContextStore::Setting {
+        setting_is_unforgeable(conn).await?;
+    }
     let mut call = BytesMut::new();
     ctx.write_enter(functions.enter, secret, SELF_TEST_TENANT, None, &mut call);
     if let Err(e) = conn.exchange(&call).await {
         return Err(match e {
             ServerError::Rejected { message, .. } => not_installed(&format!(
-                "pgtenant.enter() refused the session's secret ({message})"
+                "pgtenant.enter() refused the session's secret or could not set the context \
+                 ({message}){}",
+                match ctx.store {
+                    ContextStore::Setting => SETTING_INSTALL,
+                    ContextStore::Sequences => "",
+                }
             )),
             e => e,
         });
@@ -280,10 +302,23 @@ pub(super) async fn self_test(
     if current_tenant(conn).await? != SELF_TEST_TENANT {
         return Err(not_installed(
             "pgtenant.current_tenant() does not report what pgtenant.enter() set; \
-             sql/pgtenant.sql is not the version this proxy needs",
+             sql/pgtenant.sql is not the version this proxy needs, or sql/pgtenant-setting.sql \
+             made it read backtrace_functions, which only a placement with \
+             context_store = \"setting\" sets",
         ));
     }
-    // A wrong secret: refused, and no tenant afterwards.
+    if ctx.store == ContextStore::Setting && !reads_the_setting(conn).await? {
+        tracing::warn!(
+            "context_store = \"setting\", but pgtenant.current_tenant() still reads the \
+             sequences (sql/pgtenant.sql was run after sql/pgtenant-setting.sql): the context \
+             holds, and every policy pays the slower read; run sql/pgtenant-setting.sql again \
+             as a superuser"
+        );
+    }
+    // A wrong secret: refused, and (where the store is not transactional,
+    // so that the clear survives the failure) no tenant afterwards. The
+    // setting store's value rolls back with the failed call: there the
+    // guard and the closed connection are what stop a failed lease.
     let mut forged = BytesMut::new();
     let wrong = (secret.0 ^ 1, secret.1);
     ctx.write_enter(functions.enter, wrong, SELF_TEST_TENANT, None, &mut forged);
@@ -291,13 +326,67 @@ pub(super) async fn self_test(
         conn.exchange(&forged).await,
         Err(ServerError::Rejected { .. })
     );
-    if !refused || !current_tenant(conn).await?.is_empty() {
+    let cleared = match ctx.store {
+        ContextStore::Sequences => current_tenant(conn).await?.is_empty(),
+        ContextStore::Setting => true,
+    };
+    if !refused || !cleared {
         return Err(not_installed(
             "pgtenant.enter() accepted a wrong session secret or left the previous tenant \
              behind; install sql/pgtenant.sql again",
         ));
     }
     Ok(())
+}
+
+/// What the setting store's refusals add to the fix.
+const SETTING_INSTALL: &str = "; context_store = \"setting\" needs sql/pgtenant-setting.sql \
+    run by a superuser in this database, after sql/pgtenant.sql";
+
+/// The setting store's premises, on a connection no `enter()` has touched:
+/// the session starts with no tenant in `backtrace_functions` (nothing in
+/// the server's configuration, `ALTER DATABASE` or `ALTER ROLE` names one,
+/// which a client's `RESET ALL` would bring back), and the placement's role
+/// may not set it (only what `enter()` writes is a tenant).
+async fn setting_is_unforgeable(conn: &mut ServerConn) -> Result<(), ServerError> {
+    let (rows, _) = conn
+        .query_pairs(
+            "SELECT pg_catalog.current_setting('backtrace_functions'), \
+             pg_catalog.has_parameter_privilege('backtrace_functions', 'SET')::pg_catalog.text",
+            &mut BytesMut::new(),
+            0,
+        )
+        .await?;
+    let (value, may_set) = rows.into_iter().next().unwrap_or_default();
+    if !value.is_empty() {
+        return Err(not_installed(&format!(
+            "a new session of the placement's role starts with backtrace_functions = {value:?} \
+             (from the server's configuration, ALTER DATABASE or ALTER ROLE), which a session \
+             without a context would read as its tenant; sql/pgtenant-setting.sql sets it to '' \
+             for the database, and no role setting may override it"
+        )));
+    }
+    if may_set != "false" {
+        return Err(not_installed(
+            "the placement's role may SET backtrace_functions (a superuser granted it, to the \
+             role or one it belongs to), so every tenant could name another; REVOKE SET ON \
+             PARAMETER backtrace_functions from it",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `pgtenant.current_tenant()` is the setting store's version.
+async fn reads_the_setting(conn: &mut ServerConn) -> Result<bool, ServerError> {
+    let (rows, _) = conn
+        .query_pairs(
+            "SELECT (pg_catalog.pg_get_functiondef('pgtenant.current_tenant()'::pg_catalog.regprocedure) \
+             OPERATOR(pg_catalog.~~) '%backtrace_functions%')::pg_catalog.text, ''",
+            &mut BytesMut::new(),
+            0,
+        )
+        .await?;
+    Ok(rows.first().is_some_and(|(b, _)| b == "true"))
 }
 
 async fn current_tenant(conn: &mut ServerConn) -> Result<String, ServerError> {
@@ -326,7 +415,11 @@ mod tests {
 
     #[test]
     fn enter_call_layout() {
-        let ctx = TenantContext::new([7; 32], Some("app.tenant_id".into()));
+        let ctx = TenantContext::new(
+            [7; 32],
+            Some("app.tenant_id".into()),
+            ContextStore::Sequences,
+        );
         let mut out = BytesMut::new();
         ctx.write_enter(16_384, (1, -2), "acme", Some(-1), &mut out);
         assert_eq!(out[0], b'F');
@@ -382,11 +475,14 @@ mod tests {
 
     #[test]
     fn proofs_bind_pid_secret_and_key() {
-        let a = TenantContext::new([1; 32], None);
+        let a = TenantContext::new([1; 32], None, ContextStore::Sequences);
         let p = a.proof(10, (5, 6));
         assert_ne!(p, a.proof(11, (5, 6)), "another backend");
         assert_ne!(p, a.proof(10, (5, 7)), "another secret");
-        assert_ne!(p, TenantContext::new([2; 32], None).proof(10, (5, 6)));
+        assert_ne!(
+            p,
+            TenantContext::new([2; 32], None, ContextStore::Sequences).proof(10, (5, 6))
+        );
         assert_eq!(p, a.proof(10, (5, 6)));
     }
 

@@ -56,19 +56,22 @@ pub async fn probe(
 /// Reads the settings a server connection has at session level (what
 /// SET, RESET and the proxy's own syncs left), plus the role a client set
 /// (`role` is not listed in `pg_settings`) and the custom (placeholder)
-/// settings named, which `pg_settings` does not list either.
+/// settings named, which `pg_settings` does not list either. Never
+/// `context_setting`, the setting a placement keeps its tenant context in:
+/// `pgtenant.enter()` sets it, not the client.
 pub async fn read_settings(
     conn: &mut ServerConn,
     custom: &[String],
+    context_setting: Option<&str>,
     notifications: &mut BytesMut,
     client_pid: i32,
 ) -> Result<Vec<(String, String)>, ServerError> {
-    let (before, body) = settings_sql(custom);
+    let (before, body) = settings_sql(custom, context_setting);
     let rows = run(conn, Some(&before), &body, notifications, client_pid).await?;
     Ok(settings_from_rows(rows))
 }
 
-fn settings_sql(custom: &[String]) -> (String, String) {
+fn settings_sql(custom: &[String], context_setting: Option<&str>) -> (String, String) {
     let pairs = |prefix: &str| {
         NEUTRALISED
             .iter()
@@ -86,6 +89,12 @@ fn settings_sql(custom: &[String]) -> (String, String) {
     );
     for n in NEUTRALISED {
         body.push_str(&format!(" AND name OPERATOR(pg_catalog.<>) '{n}'"));
+    }
+    if let Some(n) = context_setting {
+        body.push_str(&format!(
+            " AND name OPERATOR(pg_catalog.<>) {}",
+            escape_literal(n)
+        ));
     }
     body.push_str(&format!(
         " UNION ALL SELECT v.k, s.reset_val FROM pg_catalog.pg_settings AS s, (VALUES {}) AS v(k, n) \
@@ -204,7 +213,8 @@ mod tests {
 
     #[test]
     fn control_sql_names_only_qualified_operators() {
-        let (before, body) = settings_sql(&["app.x".to_string()]);
+        let (before, body) = settings_sql(&["app.x".to_string()], Some("backtrace_functions"));
+        assert!(body.contains("<>) 'backtrace_functions'"), "{body}");
         for sql in [before.as_str(), body.as_str(), PROBE] {
             // Every comparison goes through OPERATOR(pg_catalog.x).
             let bare = sql

@@ -21,9 +21,11 @@ impl Session<'_> {
     pub(super) async fn learn_settings(&mut self, lease: &mut Lease) -> Result<(), ClientError> {
         let conn = lease.conn_mut();
         let mut notices = BytesMut::new();
+        let context_setting = self.pool.context().and_then(|c| c.own_setting());
         match super::control::read_settings(
             conn,
             &self.custom_settings,
+            context_setting,
             &mut notices,
             self.client_pid,
         )

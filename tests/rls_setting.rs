@@ -1,0 +1,378 @@
+//! `context_store = "setting"`: the shared database keeps each session's
+//! tenant in `backtrace_functions`, which `sql/pgtenant-setting.sql` lets
+//! only `pgtenant.enter()`'s owner set, and `pgtenant.current_tenant()`
+//! becomes a setting read PostgreSQL inlines into every policy. Every test
+//! attacks what that store changes: clients trying each way to set the
+//! setting, resets that bring back its starting value, a pool start where
+//! the role could set it or starts with a value, and a failed context call
+//! (the setting rolls back with it, so the previous tenant's name stays
+//! in it) with the client's statements right behind.
+
+mod common;
+
+use common::shared::{SHARED_PASSWORD, SHARED_ROLE, notes_seed, shared_database, tenants_config};
+use common::{TestPg, TestProxy, sqlstate};
+use std::time::Duration;
+use tokio_postgres::SimpleQueryMessage;
+
+const SETTING_SQL: &str = include_str!("../sql/pgtenant-setting.sql");
+
+struct Shared {
+    pg: TestPg,
+    proxy: TestProxy,
+    _dir: tempfile::TempDir,
+}
+
+/// The shared database with `sql/pgtenant-setting.sql` run by the
+/// superuser (after `before`, also as the superuser in `app_shared`), and
+/// the proxy in front with `store` as the placement's `context_store`.
+async fn shared_with(tenants: &[&str], before: &str, store: &str, extra_proxy: &str) -> Shared {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let db = shared_database("", &notes_seed(tenants, "", "", SHARED_ROLE)).await;
+    let su = db.pg.cluster.admin("app_shared").await.expect("superuser");
+    su.batch_execute(SETTING_SQL).await.expect("setting store");
+    if !before.is_empty() {
+        su.batch_execute(before).await.expect("before");
+    }
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n{extra_proxy}\n\n\
+         [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 1\n\
+         context_store = \"{store}\"\n\n{}",
+        db.secret_file.display(),
+        db.pg
+            .cluster
+            .url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
+        tenants_config(tenants)
+    );
+    let proxy = TestProxy::start(&config).await;
+    Shared {
+        pg: db.pg,
+        proxy,
+        _dir: db.dir,
+    }
+}
+
+async fn shared(tenants: &[&str], extra_proxy: &str) -> Shared {
+    shared_with(tenants, "", "setting", extra_proxy).await
+}
+
+/// The `body` column of every `notes` row the client sees, sorted.
+async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .query("SELECT body FROM notes", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    out.sort();
+    out
+}
+
+fn own(t: &str) -> Vec<String> {
+    vec![format!("more of {t}"), format!("secret of {t}")]
+}
+
+async fn one_text(client: &tokio_postgres::Client, sql: &str) -> String {
+    client
+        .simple_query(sql)
+        .await
+        .expect(sql)
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("<null>").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Tenants taking turns on the pool's one connection each see their own
+/// rows, through a policy that reads the setting (the inlined
+/// `current_tenant()` shows in the plan), in both protocols.
+#[tokio::test]
+async fn tenants_taking_turns_see_their_rows_through_the_setting() {
+    let s = shared(&["acme", "globex", "a_much_longer_tenant_name"], "").await;
+    let clients = [
+        ("acme", s.proxy.connect("acme").await),
+        ("globex", s.proxy.connect("globex").await),
+        (
+            "a_much_longer_tenant_name",
+            s.proxy.connect("a_much_longer_tenant_name").await,
+        ),
+    ];
+    for round in 0..3 {
+        for (t, c) in &clients {
+            assert_eq!(bodies(c).await, own(t), "{t}, round {round}");
+            assert_eq!(
+                one_text(c, "SELECT count(*) FROM notes").await,
+                "2",
+                "{t} simple"
+            );
+            assert_eq!(one_text(c, "SHOW backtrace_functions").await, *t);
+            assert_eq!(one_text(c, "SELECT pgtenant.current_tenant()").await, *t);
+        }
+    }
+    let plan: Vec<String> = clients[0]
+        .1
+        .simple_query("EXPLAIN (COSTS OFF) SELECT body FROM notes")
+        .await
+        .expect("explain")
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("current_setting('backtrace_functions'")),
+        "the policy reads the setting inline: {plan:?}"
+    );
+    // Writes: the row gets the writer's tenant, and no other will do.
+    let acme = &clients[0].1;
+    acme.execute("INSERT INTO notes (body) VALUES ('third of acme')", &[])
+        .await
+        .expect("insert");
+    let e = acme
+        .execute(
+            "INSERT INTO notes (tenant_id, body) VALUES ('globex', 'planted')",
+            &[],
+        )
+        .await
+        .expect_err("another tenant's row");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    assert_eq!(bodies(&clients[1].1).await, own("globex"));
+}
+
+/// Every way a client could write the setting itself is refused, and the
+/// client keeps its own rows: the statement, in a transaction, in a
+/// function, as a function's SET clause, as a role default.
+#[tokio::test]
+async fn no_client_can_write_the_setting() {
+    // TEMP, so that a temporary function's SET clause is what is refused.
+    let before = format!("GRANT TEMP ON DATABASE app_shared TO {SHARED_ROLE}");
+    let s = shared_with(&["acme", "globex"], &before, "setting", "").await;
+    let acme = s.proxy.connect("acme").await;
+    let globex = s.proxy.connect("globex").await;
+    for sql in [
+        "SET backtrace_functions = 'globex'",
+        "SET SESSION backtrace_functions = 'globex'",
+        "BEGIN; SET LOCAL backtrace_functions = 'globex'; SELECT 1; COMMIT",
+        "RESET backtrace_functions",
+        "SET backtrace_functions TO DEFAULT",
+        "SELECT set_config('backtrace_functions', 'globex', false)",
+        "SELECT set_config('backtrace_functions', 'globex', true)",
+        "DO $$BEGIN PERFORM set_config('backtrace_functions', 'globex', false); END$$",
+        "DO $$BEGIN EXECUTE 'SET backtrace_functions = ''globex'''; END$$",
+        "CREATE FUNCTION pg_temp.as_globex() RETURNS int LANGUAGE sql \
+         SET backtrace_functions = 'globex' RETURN 1",
+        "ALTER ROLE CURRENT_USER SET backtrace_functions = 'globex'",
+        "ALTER ROLE CURRENT_USER IN DATABASE app_shared SET backtrace_functions = 'globex'",
+        "ALTER DATABASE app_shared SET backtrace_functions = 'globex'",
+        // enter() itself, without the session's secret.
+        "SELECT pgtenant.enter('globex', 'backtrace_functions', 1, 2, NULL)",
+    ] {
+        assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
+        let e = acme.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {e}");
+        let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+        let why = if sql.starts_with("ALTER DATABASE") {
+            "must be owner"
+        } else if sql.contains("pgtenant.enter") {
+            "invalid tenant context"
+        } else {
+            "permission denied to set parameter \"backtrace_functions\""
+        };
+        assert!(message.contains(why), "{sql}: {message}");
+        let _ = acme.batch_execute("ROLLBACK").await;
+        assert_eq!(bodies(&acme).await, own("acme"), "after {sql}");
+        assert_eq!(one_text(&acme, "SHOW backtrace_functions").await, "acme");
+        assert_eq!(bodies(&globex).await, own("globex"), "globex after {sql}");
+    }
+}
+
+/// A value in the startup packet never reaches the server: the client
+/// logs in (or is refused) and in either case sees only its own rows.
+#[tokio::test]
+async fn a_startup_option_names_no_tenant() {
+    let s = shared(&["acme", "globex"], "").await;
+    let conn_str = format!(
+        "{} options='-c backtrace_functions=globex'",
+        s.proxy.conn_str("app.acme", "acme-secret", "acme")
+    );
+    match s.proxy.try_connect(&conn_str).await {
+        Ok(c) => match c.query("SELECT body FROM notes", &[]).await {
+            Ok(rows) => {
+                let mut got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                got.sort();
+                assert_eq!(got, own("acme"));
+            }
+            Err(e) => assert_eq!(sqlstate(&e), "42501", "{e}"),
+        },
+        Err(e) => assert_eq!(sqlstate(&e), "42501", "{e}"),
+    }
+}
+
+/// RESET ALL and DISCARD ALL need no privilege and take the setting back
+/// to the database's '' (no tenant). Seen by the proxy, the next lease
+/// enters the tenant again. Hidden in a function, the rest of that
+/// transaction sees no rows, and so may the tenant's next leases on that
+/// connection (the proxy cannot see the reset; as with the sequences
+/// store, README "Known gaps"), never another tenant's; a lease of
+/// another tenant, or a reset the proxy sees, enters it again.
+#[tokio::test]
+async fn a_reset_setting_is_no_tenant_until_the_next_lease() {
+    let s = shared(&["acme", "globex"], "").await;
+    let su = s.pg.cluster.admin("app_shared").await.expect("superuser");
+    su.batch_execute(&format!(
+        "SET ROLE app_owner;
+         CREATE FUNCTION public.reset_everything() RETURNS int LANGUAGE plpgsql
+             AS $f$BEGIN EXECUTE 'RESET ALL'; RETURN 1; END$f$;
+         GRANT EXECUTE ON FUNCTION public.reset_everything() TO {SHARED_ROLE};
+         RESET ROLE"
+    ))
+    .await
+    .expect("function");
+    let acme = s.proxy.connect("acme").await;
+    for sql in ["RESET ALL", "DISCARD ALL"] {
+        assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
+        acme.batch_execute(sql).await.expect(sql);
+        assert_eq!(bodies(&acme).await, own("acme"), "the lease after {sql}");
+    }
+    let txn = acme.simple_query(
+        "BEGIN; SELECT public.reset_everything(); \
+         SELECT coalesce(current_setting('backtrace_functions'), '<null>') || ':' || count(*) FROM notes; \
+         COMMIT",
+    );
+    let seen: Vec<String> = txn
+        .await
+        .expect("hidden reset")
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen, ["1", ":0"], "no tenant and no rows after the reset");
+    let next = bodies(&acme).await;
+    assert!(
+        next.is_empty() || next == own("acme"),
+        "the next lease: {next:?}"
+    );
+    let globex = s.proxy.connect("globex").await;
+    assert_eq!(bodies(&globex).await, own("globex"));
+    assert_eq!(bodies(&acme).await, own("acme"), "after globex's lease");
+}
+
+/// The pool refuses the setting store when a client could forge it: the
+/// placement's role may set the setting, or its sessions start with a
+/// value (RESET ALL would bring it back); and a sequences placement on a
+/// database whose `current_tenant()` reads the setting (no tenant would
+/// ever be seen). Each works again once fixed, without a restart.
+#[tokio::test]
+async fn a_forgeable_or_mismatched_store_refuses_the_placement() {
+    for (before, fix, store) in [
+        (
+            format!("GRANT SET ON PARAMETER backtrace_functions TO {SHARED_ROLE}"),
+            format!("REVOKE SET ON PARAMETER backtrace_functions FROM {SHARED_ROLE}"),
+            "setting",
+        ),
+        (
+            format!(
+                "ALTER ROLE {SHARED_ROLE} IN DATABASE app_shared SET backtrace_functions = 'globex'"
+            ),
+            format!("ALTER ROLE {SHARED_ROLE} IN DATABASE app_shared RESET backtrace_functions"),
+            "setting",
+        ),
+        (
+            String::new(),
+            "SET ROLE app_owner; \
+             CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS text \
+             LANGUAGE sql STABLE RETURN 'globex'; RESET ROLE"
+                .to_owned(),
+            "sequences",
+        ),
+    ] {
+        let s = shared_with(&["acme", "globex"], &before, store, "").await;
+        let conn_str = s.proxy.conn_str("app.acme", "acme-secret", "acme");
+        let Err(e) = s.proxy.try_connect(&conn_str).await else {
+            panic!("refused: {before:?} on {store}");
+        };
+        assert_eq!(sqlstate(&e), "08006", "{before:?}: {e}");
+        if store == "sequences" {
+            // Not a fix: a current_tenant() that names a tenant of its
+            // own is refused too.
+            let su = s.pg.cluster.admin("app_shared").await.expect("superuser");
+            su.batch_execute(&fix).await.expect("other function");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let e = s
+                .proxy
+                .try_connect(&conn_str)
+                .await
+                .expect_err("still refused");
+            assert_eq!(sqlstate(&e), "08006", "{e}");
+            continue;
+        }
+        let su = s.pg.cluster.admin("app_shared").await.expect("superuser");
+        su.batch_execute(&fix).await.expect("fix");
+        let mut ok = None;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(c) = s.proxy.try_connect(&conn_str).await {
+                ok = Some(c);
+                break;
+            }
+        }
+        let c = ok.unwrap_or_else(|| panic!("connects once fixed: {fix}"));
+        assert_eq!(bodies(&c).await, own("acme"));
+    }
+}
+
+/// The setting rolls back with a failed context call, so the connection
+/// keeps the previous tenant's name: here the call waits for a lock at its
+/// first step when the client cancels it or its own statement_timeout
+/// ends it, with a write to every row it can reach right behind it. The
+/// write must not run (the guard makes PostgreSQL skip it), and the other
+/// tenant's rows stay as they were.
+#[tokio::test]
+async fn a_failed_context_call_leaves_the_previous_name_but_runs_nothing() {
+    let s = shared(&["acme", "evil"], "auth_type = \"trust\"").await;
+    let admin = s.pg.cluster.admin("app_shared").await.expect("admin");
+    let acme = s.proxy.connect("acme").await;
+    for how in ["cancel", "statement_timeout"] {
+        let evil = s.proxy.connect("evil").await;
+        if how == "statement_timeout" {
+            evil.batch_execute("SET statement_timeout = 300")
+                .await
+                .expect("set");
+        }
+        let token = evil.cancel_token();
+        // The pool's one connection now holds acme's name.
+        assert_eq!(bodies(&acme).await, own("acme"), "{how}");
+        admin
+            .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
+            .await
+            .expect("lock the context sequence");
+        let attempt = tokio::spawn(async move {
+            evil.batch_execute("BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT")
+                .await
+        });
+        if how == "cancel" {
+            common::wait_for_lock_wait(&admin, None).await;
+            token
+                .cancel_query(tokio_postgres::NoTls)
+                .await
+                .expect("cancel request");
+        }
+        let attempt = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .expect("the attempt ends")
+            .expect("join");
+        assert!(
+            attempt.is_err(),
+            "the lease fails closed ({how}): {attempt:?}"
+        );
+        admin.batch_execute("ROLLBACK").await.expect("unlock");
+        assert_eq!(bodies(&acme).await, own("acme"), "acme's rows ({how})");
+    }
+}
