@@ -22,7 +22,9 @@
 #
 # In: TENANTS (configured, 10000), CLIENTS (1000), SMALL (16; 0 skips),
 #     DURATION (20s), WARMUP (3s), PROTOCOL (simple|extended|prepared),
-#     ISOLATION (database|rls), AUTH (scram-sha-256|trust), POOL_SIZE (20),
+#     ISOLATION (database|rls), STORE (rls: sequences|setting, the
+#     placement's context_store; setting runs sql/pgtenant-setting.sql),
+#     AUTH (scram-sha-256|trust), POOL_SIZE (20),
 #     WORKERS (proxy threads, 1), LOAD_THREADS (generator threads, 1),
 #     SCALE (pgbench scale, 10), ROUNDS (runs of each 1,000-client arm,
 #     alternated; 2), PGTENANT_BIN, LOAD_BIN (else built here,
@@ -38,6 +40,7 @@ DURATION=${DURATION:-20s}
 WARMUP=${WARMUP:-3s}
 PROTOCOL=${PROTOCOL:-simple}
 ISOLATION=${ISOLATION:-database}
+STORE=${STORE:-sequences}
 AUTH=${AUTH:-scram-sha-256}
 POOL_SIZE=${POOL_SIZE:-20}
 WORKERS=${WORKERS:-1}
@@ -82,6 +85,9 @@ ALTER TABLE pgbench_history OWNER TO bench_owner;
 GRANT CONNECT ON DATABASE bench TO bench;
 SQL
   "${su[@]}" -c "SET ROLE bench_owner" -f "$ROOT/sql/pgtenant.sql" >/dev/null
+  if [[ $STORE == setting ]]; then
+    "${su[@]}" -f "$ROOT/sql/pgtenant-setting.sql" >/dev/null
+  fi
   # Every tenant reads the same pgbench rows: the policy only needs a
   # context (pgbench -S also counts pgbench_branches at start).
   local t
@@ -101,6 +107,7 @@ prepare_placement
 write_config() {
   local file=$1 n=$2 shared=""
   [[ $ISOLATION == database ]] && shared="allow_shared_database = true"
+  [[ $ISOLATION == rls ]] && shared="context_store = \"$STORE\""
   cat >"$file" <<CONF
 [proxy]
 listen = "127.0.0.1:$PGTENANT_PORT"
@@ -232,7 +239,7 @@ CPU_ONE=$(mean "${ONE_CPU[@]}")
 CPU_MANY=$(mean "${MANY_CPU[@]}")
 CPU_RATIO=$(awk -v a="$CPU_MANY" -v b="$CPU_ONE" 'BEGIN {printf "%.3f", a / b}')
 echo
-echo "== summary ($ISOLATION placement, pool_size $POOL_SIZE, $WORKERS proxy worker(s), $(nproc) cores, auth $AUTH)"
+echo "== summary ($ISOLATION placement (context store $STORE), pool_size $POOL_SIZE, $WORKERS proxy worker(s), $(nproc) cores, auth $AUTH)"
 printf '%-22s %7s %7s %8s %8s %8s %8s %13s %11s %10s\n' run tenants clients TPS "p50 ms" "p95 ms" \
   "p99 ms" "proxy us/txn" "proxy CPU%" "load CPU%"
 for r in "${RESULTS[@]}"; do
@@ -247,7 +254,7 @@ echo "startup (exec to first query answered): 1 tenant ${STARTUP_ONE_MS} ms (CPU
   "$TENANTS tenants ${STARTUP_MANY_MS} ms (CPU ${STARTUP_MANY_CPU_MS} ms)"
 echo "RSS: 1 tenant after start $((RSS_ONE_KB / 1024)) MB; $TENANTS tenants after start $((RSS_START_KB / 1024)) MB, after a 1-tenant run $((RSS_AFTER_ONE_KB / 1024)) MB, after a $CLIENTS-tenant run $((RSS_AFTER_KB / 1024)) MB (peak $((HWM_KB / 1024)) MB)"
 echo "pgtenant check, $TENANTS tenants: ${CHECK_MS} ms"
-echo "SUMMARY isolation=$ISOLATION protocol=$PROTOCOL tenants_configured=$TENANTS clients=$CLIENTS" \
+echo "SUMMARY isolation=$ISOLATION store=$STORE protocol=$PROTOCOL tenants_configured=$TENANTS clients=$CLIENTS" \
   "rounds=$ROUNDS tps_one=$TPS_ONE tps_many=$TPS_MANY ratio=$RATIO" \
   "cpu_us_one=$CPU_ONE cpu_us_many=$CPU_MANY cpu_ratio=$CPU_RATIO" \
   "startup_one_ms=$STARTUP_ONE_MS startup_one_cpu_ms=$STARTUP_ONE_CPU_MS" \

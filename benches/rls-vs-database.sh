@@ -6,12 +6,17 @@
 # tenant_id = pgtenant.current_tenant(), and the context call that opens
 # every lease). Same data, same pool size, same proxy process; runs
 # interleaved so drift on a shared machine hits both alike. Reports TPS per
-# run, the medians and the median of the per-repetition ratios rls/database.
+# run, the medians and the median of the per-repetition ratios rls/database,
+# and the same for the machine's busy CPU per transaction (database/rls, so
+# that both ratios read "rls as a fraction of database"; steal excluded,
+# which TPS on a shared VM is not).
 #
 #   REPS=5 DURATION=10 CLIENTS=16 MODES="simple extended" benches/rls-vs-database.sh
 #
 # POLICY sets the policies' expression (default the README's
-# "tenant_id = pgtenant.current_tenant()"), to compare forms.
+# "tenant_id = pgtenant.current_tenant()"), to compare forms. STORE=setting
+# runs sql/pgtenant-setting.sql (as the cluster's superuser) and sets the
+# placement's context_store = "setting" (default: sequences).
 #
 # Needs the PostgreSQL server binaries and pgbench; builds the release
 # binary unless PGTENANT_BIN names one.
@@ -22,6 +27,7 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-16}
 MODES=${MODES:-"simple extended"}
 POLICY=${POLICY:-"tenant_id = pgtenant.current_tenant()"}
+STORE=${STORE:-sequences}
 SCALE=${SCALE:-10}
 # Above the ephemeral range (32768-60999), as the other scripts: a port
 # in it may be some outgoing connection's local port (it was, on a run
@@ -44,6 +50,9 @@ sql -U postgres -d postgres \
   -c "GRANT CONNECT, CREATE ON DATABASE bench_shared TO bench_owner"
 sql -U postgres -d bench_shared -c "GRANT CREATE ON SCHEMA public TO bench_owner"
 sql -U bench_owner -d bench_shared -f "$ROOT/sql/pgtenant.sql" >/dev/null
+if [[ $STORE == setting ]]; then
+  sql -U postgres -d bench_shared -f "$ROOT/sql/pgtenant-setting.sql" >/dev/null
+fi
 pgbench -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench_owner bench_shared >/dev/null 2>&1
 # EXTRA_SQL (optional) runs as the owner first, e.g. to define a function
 # POLICY calls.
@@ -79,6 +88,7 @@ pool_size = 20
 url = "postgres://bench_shared@127.0.0.1:$PG_PORT/bench_shared?require_auth=none"
 isolation = "rls"
 pool_size = 20
+context_store = "$STORE"
 
 [tenants.bench]
 placement = "dedicated"
@@ -96,24 +106,40 @@ psql -X -Atq -h 127.0.0.1 -p "$PGTENANT_PORT" -U bench -d t1 \
   -c "select count(*) from pgbench_accounts" | grep -qx "$((SCALE * 100000))" ||
   { echo "the rls tenant does not see its rows" >&2; exit 1; }
 
+# Busy jiffies of the whole machine (user, nice, system, irq, softirq; not
+# idle, iowait or steal): what a run cost every process on it, pgbench,
+# pgtenant and PostgreSQL, without the time the host took away.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+
+# "TPS CPU-µs-per-transaction" of one run.
 tps() { # database mode
-  pgbench -n -S -M "$2" -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 -p "$PGTENANT_PORT" \
-    -U bench "$1" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}'
+  local b0 b1 out
+  b0=$(busy)
+  out=$(pgbench -n -S -M "$2" -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 -p "$PGTENANT_PORT" \
+    -U bench "$1" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}')
+  b1=$(busy)
+  awk -v t="$out" -v j=$((b1 - b0)) -v hz="$HZ" -v d="$DURATION" \
+    'BEGIN {printf "%s %.1f", t, j / hz * 1e6 / (t * d)}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "policy: $POLICY"
+echo "policy: $POLICY, context store: $STORE"
 echo "select-only, $CLIENTS clients, ${DURATION}s x $REPS, scale $SCALE, one pgtenant (workers=${PGTENANT_WORKERS:-1})"
 for mode in $MODES; do
-  db=() rls=() ratios=()
+  db=() rls=() ratios=() cpu_ratios=()
   for rep in $(seq 1 "$REPS"); do
-    a=$(tps bench "$mode")
-    b=$(tps t1 "$mode")
+    read -r a ca <<<"$(tps bench "$mode")"
+    read -r b cb <<<"$(tps t1 "$mode")"
     db+=("$a") rls+=("$b")
     ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b / a}')")
-    echo "  $mode rep $rep: database $a tps, rls $b tps, ratio ${ratios[-1]}"
+    cpu_ratios+=("$(awk -v a="$ca" -v b="$cb" 'BEGIN {printf "%.3f", a / b}')")
+    echo "  $mode rep $rep: database $a tps ($ca CPU-µs/txn), rls $b tps ($cb CPU-µs/txn)," \
+      "ratio ${ratios[-1]}, CPU ratio ${cpu_ratios[-1]}"
   done
   printf '%s: database median %s tps, rls median %s tps, median ratio rls/database %s\n' "$mode" \
     "$(printf '%s\n' "${db[@]}" | median)" "$(printf '%s\n' "${rls[@]}" | median)" \
     "$(printf '%s\n' "${ratios[@]}" | median)"
+  printf '%s: median ratio of machine CPU per transaction, database/rls, %s\n' "$mode" \
+    "$(printf '%s\n' "${cpu_ratios[@]}" | median)"
 done

@@ -179,8 +179,17 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         let more = if tenants.len() > 8 { ", ..." } else { "" };
+        let store = match (p.isolation, p.context_store) {
+            (pgtenant::config::Isolation::Rls, pgtenant::config::ContextStore::Setting) => {
+                " (context in the setting backtrace_functions)"
+            }
+            (pgtenant::config::Isolation::Rls, pgtenant::config::ContextStore::Sequences) => {
+                " (context in sequences)"
+            }
+            _ => "",
+        };
         println!(
-            "placements.{name}: isolation {}, {} tenant(s) ({shown}{more})",
+            "placements.{name}: isolation {}{store}, {} tenant(s) ({shown}{more})",
             p.isolation.as_str(),
             tenants.len()
         );

@@ -138,6 +138,7 @@ impl Snapshot {
                     .collect(),
                 rls: (p.isolation == Isolation::Rls).then(|| crate::pool::rls_check::RlsPolicy {
                     shared_tables: p.shared_tables.clone(),
+                    setting_store: p.context_store == crate::config::ContextStore::Setting,
                 }),
                 operator_roles: operator_targets
                     .iter()

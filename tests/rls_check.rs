@@ -113,6 +113,7 @@ fn target(pg: &PgCluster) -> BackendTarget {
 fn policy(shared_tables: &[&str]) -> RlsPolicy {
     RlsPolicy {
         shared_tables: shared_tables.iter().map(|s| s.to_string()).collect(),
+        setting_store: false,
     }
 }
 
@@ -577,6 +578,46 @@ async fn a_correct_shared_database_passes_and_each_broken_rule_refuses_it() {
             ["note of b"],
             "{}",
             case.name
+        );
+    }
+}
+
+/// With `context_store = "setting"` a policy may read the tenant from
+/// `backtrace_functions` itself, only in the form that makes "no tenant"
+/// NULL; every other `current_setting()` stays refused, and a sequences
+/// placement refuses that form too (nothing there sets the setting).
+#[tokio::test]
+async fn a_setting_store_allows_its_own_setting_in_policies() {
+    let s = shared_database().await;
+    let setting = RlsPolicy {
+        setting_store: true,
+        ..listed()
+    };
+    let direct = "ALTER POLICY tenant ON public.notes \
+        USING (tenant_id = NULLIF(pg_catalog.current_setting('backtrace_functions'), '')) \
+        WITH CHECK (tenant_id = NULLIF(pg_catalog.current_setting('backtrace_functions'), ''))";
+    s.admin.batch_execute(direct).await.expect("direct policy");
+    check(&s.pg, setting.clone())
+        .await
+        .0
+        .expect("the setting's own form passes on a setting store");
+    let refused = check(&s.pg, listed()).await.0.expect_err("sequences");
+    assert!(refused.contains("reads current_setting()"), "{refused}");
+    for other in [
+        // '' would match rows whose tenant_id is ''.
+        "USING (tenant_id = pg_catalog.current_setting('backtrace_functions'))",
+        "USING (tenant_id = NULLIF(current_setting('app.tenant_id'), ''))",
+        "USING (tenant_id = NULLIF(pg_catalog.current_setting('backtrace_functions'), '') \
+         OR tenant_id = current_setting('app.tenant_id'))",
+    ] {
+        s.admin
+            .batch_execute(&format!("ALTER POLICY tenant ON public.notes {other}"))
+            .await
+            .expect(other);
+        let refused = check(&s.pg, setting.clone()).await.0.expect_err(other);
+        assert!(
+            refused.contains("reads current_setting()"),
+            "{other}: {refused}"
         );
     }
 }

@@ -217,9 +217,10 @@ async fn a_startup_option_names_no_tenant() {
 /// to the database's '' (no tenant). Seen by the proxy, the next lease
 /// enters the tenant again. Hidden in a function, the rest of that
 /// transaction sees no rows, and so may the tenant's next leases on that
-/// connection (the proxy cannot see the reset; as with the sequences
-/// store, README "Known gaps"), never another tenant's; a lease of
-/// another tenant, or a reset the proxy sees, enters it again.
+/// connection (the proxy cannot see the reset; the same holds for the
+/// sequences store, README "Where the context is kept"), never another
+/// tenant's; a lease of another tenant, or a reset the proxy sees, enters
+/// it again.
 #[tokio::test]
 async fn a_reset_setting_is_no_tenant_until_the_next_lease() {
     let s = shared(&["acme", "globex"], "").await;
@@ -375,4 +376,39 @@ async fn a_failed_context_call_leaves_the_previous_name_but_runs_nothing() {
         admin.batch_execute("ROLLBACK").await.expect("unlock");
         assert_eq!(bodies(&acme).await, own("acme"), "acme's rows ({how})");
     }
+}
+
+/// Policies may read the setting themselves (what saves the most: no
+/// function to inline at every plan) in the one form the pool accepts,
+/// which turns "no tenant" into NULL: tenants see their own rows, and a
+/// session without a context (the role connecting around the proxy) sees
+/// and writes none, rows with an empty tenant_id included.
+#[tokio::test]
+async fn a_policy_reading_the_setting_itself_holds() {
+    let direct = "NULLIF(pg_catalog.current_setting('backtrace_functions'), '')";
+    let before = format!(
+        "ALTER POLICY tenant_rows ON notes USING (tenant_id = {direct}) \
+         WITH CHECK (tenant_id = {direct});
+         INSERT INTO notes (tenant_id, body) VALUES ('', 'nobody''s')"
+    );
+    let s = shared_with(&["acme", "globex"], &before, "setting", "").await;
+    let acme = s.proxy.connect("acme").await;
+    let globex = s.proxy.connect("globex").await;
+    for _ in 0..3 {
+        assert_eq!(bodies(&acme).await, own("acme"));
+        assert_eq!(bodies(&globex).await, own("globex"));
+    }
+    let (direct, conn) = tokio_postgres::connect(
+        &s.pg.cluster.url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("direct connection");
+    tokio::spawn(conn);
+    assert!(bodies(&direct).await.is_empty(), "no context, no rows");
+    let e = direct
+        .execute("INSERT INTO notes (tenant_id, body) VALUES ('', 'x')", &[])
+        .await
+        .expect_err("no writes");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
 }

@@ -20,7 +20,9 @@
 //!   read-only;
 //! - may TRUNCATE any table (never filtered) or setval() a sequence;
 //! - may use a table whose policy reads `current_setting()`, which any
-//!   client can set (policies must call `pgtenant.current_tenant()`);
+//!   client can set (policies must call `pgtenant.current_tenant()`, or,
+//!   with `context_store = "setting"`, read that store's setting through
+//!   [`SETTING_POLICY_EXPR`]);
 //! - holds any privilege on a table or sequence of schema `pgtenant`;
 //! - may call a SECURITY DEFINER function whose owner bypasses
 //!   row-level security;
@@ -48,7 +50,18 @@ pub struct RlsPolicy {
     /// `shared_tables`: schema-qualified relations every tenant may read
     /// without row-level security (validated by config/load.rs).
     pub shared_tables: Vec<String>,
+    /// `context_store = "setting"`: policies may read the tenant straight
+    /// from its setting, in the one form that maps "no tenant" to NULL.
+    pub setting_store: bool,
 }
+
+/// What a policy on a setting-store placement may say instead of
+/// `pgtenant.current_tenant()`, as `pg_get_expr` prints it under the
+/// check's `search_path`: only a superuser or `enter()` can set that
+/// setting, and NULLIF turns its "no tenant" ('') into NULL, which matches
+/// no row (a bare read would match rows whose tenant_id is '').
+pub const SETTING_POLICY_EXPR: &str =
+    "NULLIF(current_setting('backtrace_functions'::text), ''::text)";
 
 /// A fact from the check query: (kind, name, detail, more).
 pub type Row = [String; 4];
@@ -70,7 +83,16 @@ pub fn check_sql(policy: &RlsPolicy) -> String {
             let _ = write!(list, "{b:02x}");
         }
     }
-    CHECK_SQL.replace("@LIST@", &list)
+    // Removed from the policies' text before they are searched for
+    // current_setting(); replace() with '' removes nothing.
+    let allowed = if policy.setting_store {
+        SETTING_POLICY_EXPR.replace('\'', "''")
+    } else {
+        String::new()
+    };
+    CHECK_SQL
+        .replace("@LIST@", &list)
+        .replace("@SETTING_EXPR@", &allowed)
 }
 
 const CHECK_SQL: &str = "BEGIN READ ONLY;\
@@ -152,8 +174,9 @@ UNION ALL \
 (SELECT 'policy_guc', p.name, pol.polname::pg_catalog.text, '' FROM privs p \
  JOIN pg_catalog.pg_policy pol ON pol.polrelid OPERATOR(pg_catalog.=) p.oid \
  WHERE p.privs OPERATOR(pg_catalog.<>) '' AND NOT p.own \
- AND pg_catalog.concat(pg_catalog.pg_get_expr(pol.polqual, pol.polrelid), ' ', \
-  pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)) OPERATOR(pg_catalog.~) 'current_setting[(]' \
+ AND pg_catalog.replace(pg_catalog.concat(pg_catalog.pg_get_expr(pol.polqual, pol.polrelid), ' ', \
+  pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)), '@SETTING_EXPR@', '') \
+  OPERATOR(pg_catalog.~) 'current_setting[(]' \
  LIMIT 1000) \
 UNION ALL \
 SELECT 'owns', 'database', pg_catalog.quote_ident(here.datname), mine.rolname::pg_catalog.text \
@@ -286,7 +309,9 @@ pub fn verdict(user: &str, rows: &[Row]) -> Verdict {
                 "policy {detail:?} on {name} reads current_setting(), which any client may \
                  SET or set_config() to another tenant's value (write it with \
                  pgtenant.current_tenant(): ALTER POLICY {} ON {name} USING (tenant_id = \
-                 pgtenant.current_tenant()) WITH CHECK (tenant_id = pgtenant.current_tenant()))",
+                 pgtenant.current_tenant()) WITH CHECK (tenant_id = pgtenant.current_tenant()); \
+                 with context_store = \"setting\", tenant_id = \
+                 NULLIF(pg_catalog.current_setting('backtrace_functions'), '') is allowed too)",
                 ident(detail)
             )),
             "owns" => v.problems.push(owns(user, &me, name, detail, more)),

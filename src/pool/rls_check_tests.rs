@@ -180,7 +180,19 @@ fn prepared_transactions_refuse_the_placement() {
 fn the_allow_list_travels_as_hex_lines() {
     let sql = check_sql(&RlsPolicy {
         shared_tables: vec!["public.a".into(), "x.\"b'\"".into()],
+        setting_store: false,
     });
     assert!(sql.contains("decode('7075626c69632e610a782e22622722', 'hex')"));
     assert!(check_sql(&RlsPolicy::default()).contains("decode('', 'hex')"));
+    // Only a setting store's check lets policies read its setting.
+    assert!(sql.contains("pol.polrelid)), '', '')"), "{sql}");
+    let setting = check_sql(&RlsPolicy {
+        setting_store: true,
+        ..RlsPolicy::default()
+    });
+    assert!(
+        setting
+            .contains("'NULLIF(current_setting(''backtrace_functions''::text), ''''::text)', '')"),
+        "{setting}"
+    );
 }
