@@ -35,8 +35,8 @@
 --     psql -v ON_ERROR_STOP=1 "dbname=app_shared user=postgres" -f sql/pgtenant-setting.sql
 --
 -- then set context_store = "setting" on the placement. pgtenant checks
--- at pool start that the placement's role cannot set the setting and that
--- its sessions start without a value. To go back: run sql/pgtenant.sql
+-- on every new server connection that the placement's role cannot set
+-- the setting and that the session starts without a value. To go back: run sql/pgtenant.sql
 -- again, then set context_store = "sequences" (in that order: enter()
 -- writes both stores while the setting is configured, so current_tenant()
 -- reads a tenant all along).

@@ -69,6 +69,20 @@ async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
     out
 }
 
+/// `public.reset_everything()`, which the shared role may call: a RESET
+/// ALL inside a function, which the proxy cannot see.
+async fn create_reset_everything(su: &tokio_postgres::Client) {
+    su.batch_execute(&format!(
+        "SET ROLE app_owner;
+         CREATE FUNCTION public.reset_everything() RETURNS int LANGUAGE plpgsql
+             AS $f$BEGIN EXECUTE 'RESET ALL'; RETURN 1; END$f$;
+         GRANT EXECUTE ON FUNCTION public.reset_everything() TO {SHARED_ROLE};
+         RESET ROLE"
+    ))
+    .await
+    .expect("function");
+}
+
 fn own(t: &str) -> Vec<String> {
     vec![format!("more of {t}"), format!("secret of {t}")]
 }
@@ -225,15 +239,7 @@ async fn a_startup_option_names_no_tenant() {
 async fn a_reset_setting_is_no_tenant_until_the_next_lease() {
     let s = shared(&["acme", "globex"], "").await;
     let su = s.pg.cluster.admin("app_shared").await.expect("superuser");
-    su.batch_execute(&format!(
-        "SET ROLE app_owner;
-         CREATE FUNCTION public.reset_everything() RETURNS int LANGUAGE plpgsql
-             AS $f$BEGIN EXECUTE 'RESET ALL'; RETURN 1; END$f$;
-         GRANT EXECUTE ON FUNCTION public.reset_everything() TO {SHARED_ROLE};
-         RESET ROLE"
-    ))
-    .await
-    .expect("function");
+    create_reset_everything(&su).await;
     let acme = s.proxy.connect("acme").await;
     for sql in ["RESET ALL", "DISCARD ALL"] {
         assert_eq!(bodies(&acme).await, own("acme"), "before {sql}");
@@ -411,4 +417,67 @@ async fn a_policy_reading_the_setting_itself_holds() {
         .await
         .expect_err("no writes");
     assert_eq!(sqlstate(&e), "42501", "{e}");
+}
+
+/// A superuser can break the store's premises while the pool runs: each
+/// new server connection is checked, not only the first. Here the role
+/// gets a starting value naming globex after the pool started, and acme
+/// resets its session in a function (RESET ALL returns to the starting
+/// value) to read globex's rows: the new connection is refused (08006),
+/// and once the value is gone the placement works again. (With the check
+/// at pool start only, acme read globex's rows.)
+#[tokio::test]
+async fn every_new_connection_is_checked_for_a_starting_value() {
+    let s = shared(&["acme", "globex"], "").await;
+    let su = s.pg.cluster.admin("app_shared").await.expect("superuser");
+    create_reset_everything(&su).await;
+    let acme = s.proxy.connect("acme").await;
+    assert_eq!(bodies(&acme).await, own("acme"));
+    su.batch_execute(&format!(
+        "ALTER ROLE {SHARED_ROLE} IN DATABASE app_shared SET backtrace_functions = 'globex'"
+    ))
+    .await
+    .expect("a starting value");
+    // The pool's connection goes away; the next lease needs a new one.
+    su.batch_execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{SHARED_ROLE}'"
+    ))
+    .await
+    .expect("terminate");
+    let conn_str = s.proxy.conn_str("app.acme", "acme-secret", "acme");
+    // Refused at login, or at the first query (which needs the new one).
+    let attempt = match s.proxy.try_connect(&conn_str).await {
+        Err(e) => Err(e),
+        Ok(c) => c
+            .simple_query("BEGIN; SELECT public.reset_everything(); SELECT body FROM notes; COMMIT")
+            .await
+            .map(|m| {
+                m.into_iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            }),
+    };
+    match attempt {
+        Err(e) => assert_eq!(sqlstate(&e), "08006", "{e}"),
+        Ok(rows) => panic!("a connection starting with a tenant was used: {rows:?}"),
+    }
+    su.batch_execute(&format!(
+        "ALTER ROLE {SHARED_ROLE} IN DATABASE app_shared RESET backtrace_functions"
+    ))
+    .await
+    .expect("reset");
+    let mut ok = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Ok(c) = s.proxy.try_connect(&conn_str).await
+            && let Ok(rows) = c.query("SELECT body FROM notes", &[]).await
+        {
+            ok = Some(rows.len());
+            break;
+        }
+    }
+    assert_eq!(ok, Some(2), "acme's two rows once fixed");
 }

@@ -281,9 +281,6 @@ pub(super) async fn self_test(
     functions: ContextFunctions,
     secret: SessionSecret,
 ) -> Result<(), ServerError> {
-    if ctx.store == ContextStore::Setting {
-        setting_is_unforgeable(conn).await?;
-    }
     let mut call = BytesMut::new();
     ctx.write_enter(functions.enter, secret, SELF_TEST_TENANT, None, &mut call);
     if let Err(e) = conn.exchange(&call).await {
@@ -343,12 +340,20 @@ pub(super) async fn self_test(
 const SETTING_INSTALL: &str = "; context_store = \"setting\" needs sql/pgtenant-setting.sql \
     run by a superuser in this database, after sql/pgtenant.sql";
 
-/// The setting store's premises, on a connection no `enter()` has touched:
-/// the session starts with no tenant in `backtrace_functions` (nothing in
-/// the server's configuration, `ALTER DATABASE` or `ALTER ROLE` names one,
+/// The setting store's premises, on every new connection before any
+/// `enter()` (a superuser may change either while the pool runs): the
+/// session starts with no tenant in `backtrace_functions` (nothing in the
+/// server's configuration, `ALTER DATABASE` or `ALTER ROLE` names one,
 /// which a client's `RESET ALL` would bring back), and the placement's role
-/// may not set it (only what `enter()` writes is a tenant).
-async fn setting_is_unforgeable(conn: &mut ServerConn) -> Result<(), ServerError> {
+/// may not set it (only what `enter()` writes is a tenant). The sequences
+/// store needs nothing here.
+pub(super) async fn check_store(
+    conn: &mut ServerConn,
+    ctx: &TenantContext,
+) -> Result<(), ServerError> {
+    if ctx.store == ContextStore::Sequences {
+        return Ok(());
+    }
     let (rows, _) = conn
         .query_pairs(
             "SELECT pg_catalog.current_setting('backtrace_functions'), \

@@ -49,6 +49,7 @@ impl PlacementPool {
         };
         let prepared = crate::runtime::time::timeout(self.timeouts.connect, async {
             let functions = context::resolve(&mut conn).await?;
+            context::check_store(&mut conn, ctx).await?;
             let secret = context::open(&mut conn, ctx, functions).await?;
             if !self.context_vetted.load(Ordering::Acquire) {
                 context::self_test(&mut conn, ctx, functions, secret).await?;
