@@ -622,6 +622,44 @@ async fn a_setting_store_allows_its_own_setting_in_policies() {
     }
 }
 
+/// On a setting store, a SECURITY DEFINER function the tenants may call,
+/// whose owner may set the store's setting, is named in a warning: if it
+/// sets a setting its caller names, a tenant can name another.
+#[tokio::test]
+async fn a_definer_that_may_write_the_setting_store_is_named() {
+    let s = shared_database().await;
+    s.admin
+        .batch_execute(
+            "GRANT SET ON PARAMETER backtrace_functions TO app_owner;
+             SET ROLE app_owner;
+             CREATE FUNCTION public.set_any(n text, v text) RETURNS text LANGUAGE sql
+                 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+                 RETURN pg_catalog.set_config(n, v, false);
+             GRANT EXECUTE ON FUNCTION public.set_any(text, text) TO pgt_shared;
+             RESET ROLE",
+        )
+        .await
+        .expect("a setter");
+    let setting = RlsPolicy {
+        setting_store: true,
+        ..listed()
+    };
+    let said = "may SET backtrace_functions";
+    let warnings = check(&s.pg, setting)
+        .await
+        .0
+        .expect("a warning, not a refusal");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("public.set_any(text,text)") && w.contains(said)),
+        "{warnings:?}"
+    );
+    // On a sequences placement the setting is no tenant's.
+    let warnings = check(&s.pg, listed()).await.0.expect("passes");
+    assert!(!warnings.iter().any(|w| w.contains(said)), "{warnings:?}");
+}
+
 /// The channels the rules close are real: with its own context, tenant b
 /// reads tenant a's rows through each of them.
 #[tokio::test]

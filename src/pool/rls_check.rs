@@ -90,9 +90,16 @@ pub fn check_sql(policy: &RlsPolicy) -> String {
     } else {
         String::new()
     };
+    // Definers that may write a setting store's setting (asked only there).
+    let setter = if policy.setting_store {
+        "pg_catalog.has_parameter_privilege(o.oid, 'backtrace_functions', 'SET')"
+    } else {
+        "false"
+    };
     CHECK_SQL
         .replace("@LIST@", &list)
         .replace("@SETTING_EXPR@", &allowed)
+        .replace("@SETTER@", setter)
 }
 
 const CHECK_SQL: &str = "BEGIN READ ONLY;\
@@ -226,7 +233,7 @@ SELECT 'fn', 'pg_catalog.pg_stat_activity', '', '' FROM me \
  WHERE pg_catalog.has_table_privilege(me.oid, 'pg_catalog.pg_stat_activity', 'SELECT') \
 UNION ALL \
 (SELECT DISTINCT 'definer', p.oid::pg_catalog.regprocedure::pg_catalog.text, o.rolname::pg_catalog.text, \
- CASE WHEN o.rolsuper OR o.rolbypassrls THEN 'bypass' ELSE '' END \
+ CASE WHEN o.rolsuper OR o.rolbypassrls THEN 'bypass' WHEN @SETTER@ THEN 'setter' ELSE '' END \
  FROM pg_catalog.pg_proc p JOIN ns ON ns.oid OPERATOR(pg_catalog.=) p.pronamespace AND NOT ns.own \
  JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) p.proowner CROSS JOIN mine \
  WHERE p.prosecdef AND pg_catalog.has_function_privilege(mine.oid, p.oid, 'EXECUTE') LIMIT 1000) \
@@ -363,6 +370,12 @@ pub fn verdict(user: &str, rows: &[Row]) -> Verdict {
             "definer" if more == "bypass" => v.problems.push(format!(
                 "it may call SECURITY DEFINER function {name}, which runs as {detail:?}, who \
                  bypasses row-level security (REVOKE EXECUTE ON FUNCTION {name} FROM PUBLIC, {me})"
+            )),
+            "definer" if more == "setter" => v.warnings.push(format!(
+                "it may call SECURITY DEFINER function {name}, which runs as {detail:?}, who \
+                 may SET backtrace_functions, where this placement keeps the tenant: if the \
+                 function sets a setting its caller names, any tenant can name another \
+                 (keep such functions owned by a role without that privilege)"
             )),
             "definer" => v.warnings.push(format!(
                 "it may call SECURITY DEFINER function {name}, which runs as {detail:?}: \
