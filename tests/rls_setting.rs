@@ -444,6 +444,21 @@ async fn every_new_connection_is_checked_for_a_starting_value() {
     ))
     .await
     .expect("terminate");
+    // Gone for sure, so that the pool cannot hand the dying one out.
+    for _ in 0..100 {
+        let left = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&SHARED_ROLE],
+            )
+            .await
+            .expect("count")
+            .get::<_, i64>(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let conn_str = s.proxy.conn_str("app.acme", "acme-secret", "acme");
     // Refused at login, or at the first query (which needs the new one).
     let attempt = match s.proxy.try_connect(&conn_str).await {
