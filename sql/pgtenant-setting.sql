@@ -34,12 +34,16 @@
 --
 --     psql -v ON_ERROR_STOP=1 "dbname=app_shared user=postgres" -f sql/pgtenant-setting.sql
 --
--- then set context_store = "setting" on the placement. pgtenant checks
+-- then set context_store = "setting" on the placement. On a placement
+-- already serving tenants with the sequences store, this file's last step
+-- would leave them without rows until the reload: run the DO block's two
+-- statements first, reload with context_store = "setting", then the whole
+-- file (README, "Where the context is kept"). pgtenant checks
 -- on every new server connection that the placement's role cannot set
--- the setting and that the session starts without a value. To go back: run sql/pgtenant.sql
--- again, then set context_store = "sequences" (in that order: enter()
--- writes both stores while the setting is configured, so current_tenant()
--- reads a tenant all along).
+-- the setting and that the session starts without a value. To go back:
+-- run sql/pgtenant.sql again, then set context_store = "sequences" (in
+-- that order: enter() writes both stores while the setting is
+-- configured, so current_tenant() reads a tenant all along).
 
 BEGIN;
 SET LOCAL search_path = pg_catalog, pg_temp;

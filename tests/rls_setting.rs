@@ -496,3 +496,94 @@ async fn every_new_connection_is_checked_for_a_starting_value() {
     }
     assert_eq!(ok, Some(2), "acme's two rows once fixed");
 }
+
+/// The README's switch of a running placement from the sequences store to
+/// the setting store and back: the grant first, a reload with the new
+/// store, then the whole file; back, `sql/pgtenant.sql` then a reload.
+/// Two tenants query on a pool of one (every lease switches tenant) all
+/// along; each result must be exactly its own rows, never none.
+#[tokio::test]
+async fn a_running_placement_switches_store_and_back_without_a_window() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let db = shared_database("", &notes_seed(&["acme", "globex"], "", "", SHARED_ROLE)).await;
+    let config = |store: &str| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nsecret_file = \"{}\"\n\n\
+             [placements.shared]\nurl = \"{}\"\nisolation = \"rls\"\npool_size = 1\n\
+             context_store = \"{store}\"\n\n{}",
+            db.secret_file.display(),
+            db.pg
+                .cluster
+                .url(SHARED_ROLE, SHARED_PASSWORD, "app_shared"),
+            tenants_config(&["acme", "globex"])
+        )
+    };
+    let proxy = common::live::LiveProxy::start(&config("sequences")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for t in ["acme", "globex"] {
+        let c = proxy.connect(t).await;
+        let stop = std::sync::Arc::clone(&stop);
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = c.query("SELECT body FROM notes", &[]).await.map(|rows| {
+                    let mut b: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    b.sort();
+                    b
+                });
+                match got {
+                    Ok(b) if b == own(t) => reads += 1,
+                    other => return Err(format!("{t} after {reads} reads: {other:?}")),
+                }
+            }
+            Ok(reads)
+        }));
+    }
+    let su = db.pg.cluster.admin("app_shared").await.expect("superuser");
+    let settle = || tokio::time::sleep(Duration::from_millis(400));
+    settle().await;
+    // 1. The grant and the starting value alone.
+    su.batch_execute(
+        "GRANT SET ON PARAMETER backtrace_functions TO app_owner;
+         ALTER DATABASE app_shared SET backtrace_functions = ''",
+    )
+    .await
+    .expect("grant");
+    settle().await;
+    // 2. The new store: enter() writes both, current_tenant() still reads
+    //    the sequences.
+    proxy.reload(&config("setting")).await.expect("reload");
+    settle().await;
+    // 3. The whole file: current_tenant() reads the setting.
+    su.batch_execute(SETTING_SQL).await.expect("setting store");
+    settle().await;
+    let lang: String = su
+        .query_one(
+            "SELECT l.lanname::text FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang \
+             WHERE p.oid = 'pgtenant.current_tenant()'::regprocedure",
+            &[],
+        )
+        .await
+        .expect("language")
+        .get(0);
+    assert_eq!(lang, "sql", "the setting store's current_tenant()");
+    // Back: the sequences' current_tenant(), then the store.
+    su.batch_execute(&format!(
+        "SET ROLE app_owner; {} RESET ROLE",
+        include_str!("../sql/pgtenant.sql")
+    ))
+    .await
+    .expect("sequences again");
+    settle().await;
+    proxy
+        .reload(&config("sequences"))
+        .await
+        .expect("reload back");
+    settle().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        let reads = r.await.expect("join").unwrap_or_else(|e| panic!("{e}"));
+        assert!(reads >= 20, "reads all along: {reads}");
+    }
+}
