@@ -553,7 +553,38 @@ async fn a_running_placement_switches_store_and_back_without_a_window() {
     settle().await;
     // 2. The new store: enter() writes both, current_tenant() still reads
     //    the sequences.
+    let old: Vec<i32> = su
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1",
+            &[&SHARED_ROLE],
+        )
+        .await
+        .expect("pids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!old.is_empty(), "the sequences pool is in use");
     proxy.reload(&config("setting")).await.expect("reload");
+    // "Once the old pool's leases are done": its connection closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&old],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old pool's connections stay: {old:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     settle().await;
     // 3. The whole file: current_tenant() reads the setting.
     su.batch_execute(SETTING_SQL).await.expect("setting store");
