@@ -477,3 +477,7 @@ fn certificates_asked_for(
 #[cfg(test)]
 #[path = "load_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "load_placement_tests.rs"]
+mod placement_tests;
