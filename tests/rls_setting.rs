@@ -11,7 +11,7 @@
 mod common;
 
 use common::shared::{SHARED_PASSWORD, SHARED_ROLE, notes_seed, shared_database, tenants_config};
-use common::{TestPg, TestProxy, sqlstate};
+use common::{TestPg, TestProxy, raw, sqlstate};
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -617,4 +617,46 @@ async fn a_running_placement_switches_store_and_back_without_a_window() {
         let reads = r.await.expect("join").unwrap_or_else(|e| panic!("{e}"));
         assert!(reads >= 20, "reads all along: {reads}");
     }
+}
+
+/// The same write as a FunctionCall message over a raw socket (the proxy
+/// cannot see into one), in a transaction with a Sync-free pipeline
+/// behind it: the server refuses it, and nothing the client sends after
+/// it in that packet reads another tenant's rows.
+#[tokio::test]
+async fn a_raw_function_call_cannot_write_the_setting() {
+    let s = shared(&["acme", "globex"], "auth_type = \"trust\"").await;
+    let globex = s.proxy.connect("globex").await;
+    assert_eq!(bodies(&globex).await, own("globex"));
+    let mut acme = raw::login_trust(s.proxy.port, "acme").await;
+    raw::simple_query(&mut acme, "BEGIN").await;
+    // pg_catalog.set_config(text, text, boolean), text arguments.
+    let mut call = 2078u32.to_be_bytes().to_vec();
+    call.extend_from_slice(&[0, 1, 0, 0, 0, 3]);
+    for arg in [&b"backtrace_functions"[..], b"globex", b"false"] {
+        call.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+        call.extend_from_slice(arg);
+    }
+    call.extend_from_slice(&[0, 0]);
+    let mut packet = raw::frame(b'F', &call);
+    packet.extend_from_slice(&raw::query("SELECT body FROM notes"));
+    raw::send(&mut acme, &packet).await;
+    let (msgs, _) = raw::read_until_ready_any(&mut acme).await;
+    let e = msgs.iter().find(|m| m.tag == b'E').expect("refused");
+    assert_eq!(e.code(), "42501", "{e:?}");
+    // The query behind it runs in the failed transaction (refused) or
+    // as acme: never globex's rows.
+    let (msgs, _) = raw::read_until_ready_any(&mut acme).await;
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| m.tag == b'D' && m.body.windows(6).any(|w| w == b"globex")),
+        "{msgs:?}"
+    );
+    raw::simple_query(&mut acme, "ROLLBACK").await;
+    raw::send(&mut acme, &raw::query("SELECT body FROM notes")).await;
+    let (msgs, _) = raw::read_to_ready(&mut acme, "after the call").await;
+    let rows: Vec<&raw::Msg> = msgs.iter().filter(|m| m.tag == b'D').collect();
+    assert_eq!(rows.len(), 2, "acme's own two rows: {msgs:?}");
+    assert!(rows.iter().all(|m| m.body.windows(4).any(|w| w == b"acme")));
 }
