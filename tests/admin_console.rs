@@ -536,23 +536,7 @@ async fn kill_closes_mid_transaction_and_never_reuses_its_server_connection() {
     );
     // Its backend is gone (the transaction rolled back with it).
     let superuser = pg.cluster.admin("postgres").await.expect("superuser");
-    let mut gone = false;
-    for _ in 0..100 {
-        let n: i64 = superuser
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                &[&victim_pid],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if n == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the killed client's backend is still there");
+    common::wait_until_gone(&superuser, &[victim_pid], "the killed client's backend").await;
 
     // An idle client is killed at once too.
     let mut idle = raw::login_trust(proxy.port, "acme").await;

@@ -9,7 +9,7 @@
 mod common;
 
 use common::shared::{
-    SHARED_PASSWORD, SHARED_ROLE, SharedDb, notes_seed, shared_database, tenants_config,
+    SHARED_PASSWORD, SHARED_ROLE, SharedDb, bodies, notes_seed, shared_database, tenants_config,
 };
 use common::tls::{Issued, TestCa, psql};
 use common::{TestPg, TestProxy, sqlstate};
@@ -185,19 +185,6 @@ impl Shared {
         tokio::spawn(conn);
         c
     }
-}
-
-/// Every `notes` body the client sees, sorted.
-async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
-    let mut out: Vec<String> = client
-        .query("SELECT body FROM notes", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    out.sort();
-    out
 }
 
 fn own(tenants: &[&str]) -> Vec<String> {

@@ -9,7 +9,8 @@
 mod common;
 
 use common::shared::{
-    SHARED_PASSWORD, SHARED_ROLE, create_subscribe, notes_seed, notified_during_a_query,
+    OVERWRITE, SHARED_PASSWORD, SHARED_ROLE, bodies, create_subscribe, lock_context_sequence,
+    notes_seed, notified_during_a_query, overwrite_behind_a_stalled_context_call, own,
     shared_database, tenants_config,
 };
 use common::{TestPg, TestProxy, raw, sqlstate};
@@ -63,19 +64,6 @@ async fn shared_mirroring(
     }
 }
 
-/// The `body` column of every `notes` row the client sees, sorted.
-async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
-    let mut out: Vec<String> = client
-        .query("SELECT body FROM notes", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    out.sort();
-    out
-}
-
 /// Same through the simple protocol.
 async fn bodies_simple(client: &tokio_postgres::Client) -> Vec<String> {
     let mut out: Vec<String> = client
@@ -99,23 +87,6 @@ async fn current_tenant(client: &tokio_postgres::Client) -> Option<String> {
         .await
         .expect("current_tenant")
         .get(0)
-}
-
-fn own(t: &str) -> Vec<String> {
-    vec![format!("more of {t}"), format!("secret of {t}")]
-}
-
-/// What the attacking client sends: a write to every row it can reach.
-const OVERWRITE: &str = "BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT";
-
-/// Holds the lock `pgtenant.enter()`'s first step (its clearing `setval`)
-/// waits for, in `admin`'s open transaction, until it rolls back: a
-/// context call then stalls before it clears anything.
-async fn lock_context_sequence(admin: &tokio_postgres::Client) {
-    admin
-        .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
-        .await
-        .expect("lock the context sequence");
 }
 
 /// Names around the 7 bytes `pgtenant.enter()` and `current_tenant()`
@@ -869,41 +840,7 @@ async fn a_context_call_canceled_or_timed_out_before_its_clear_lets_nothing_thro
     let s = shared(&["acme", "evil"], 1, "").await;
     let admin = s.pg.cluster.admin("app_shared").await.expect("admin");
     let acme = s.proxy.connect("acme").await;
-    for how in ["cancel", "statement_timeout"] {
-        let evil = s.proxy.connect("evil").await;
-        if how == "statement_timeout" {
-            evil.batch_execute("SET statement_timeout = 300")
-                .await
-                .expect("set");
-        }
-        let token = evil.cancel_token();
-        // The placement's one connection now holds acme's context.
-        assert_eq!(bodies(&acme).await, own("acme"), "{how}");
-        lock_context_sequence(&admin).await;
-        let attempt = tokio::spawn(async move { evil.batch_execute(OVERWRITE).await });
-        if how == "cancel" {
-            // Cancel only once the call is stuck in its first step.
-            common::wait_for_lock_wait(&admin, None).await;
-            token
-                .cancel_query(tokio_postgres::NoTls)
-                .await
-                .expect("cancel request");
-        }
-        let attempt = tokio::time::timeout(Duration::from_secs(10), attempt)
-            .await
-            .expect("the attempt ends")
-            .expect("join");
-        assert!(
-            attempt.is_err(),
-            "the lease fails closed ({how}): {attempt:?}"
-        );
-        admin.batch_execute("ROLLBACK").await.expect("unlock");
-        assert_eq!(
-            bodies(&acme).await,
-            own("acme"),
-            "acme's rows after evil's attempt ({how})"
-        );
-    }
+    overwrite_behind_a_stalled_context_call(&s.proxy, &admin, &acme).await;
 }
 
 /// A client that leaves while its lease's context call is still waiting

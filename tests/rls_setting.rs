@@ -10,7 +10,10 @@
 
 mod common;
 
-use common::shared::{SHARED_PASSWORD, SHARED_ROLE, notes_seed, shared_database, tenants_config};
+use common::shared::{
+    SHARED_PASSWORD, SHARED_ROLE, bodies, notes_seed, overwrite_behind_a_stalled_context_call, own,
+    shared_database, tenants_config,
+};
 use common::{TestPg, TestProxy, raw, sqlstate};
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
@@ -56,19 +59,6 @@ async fn shared(tenants: &[&str], extra_proxy: &str) -> Shared {
     shared_with(tenants, "", "setting", extra_proxy).await
 }
 
-/// The `body` column of every `notes` row the client sees, sorted.
-async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
-    let mut out: Vec<String> = client
-        .query("SELECT body FROM notes", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    out.sort();
-    out
-}
-
 /// `public.reset_everything()`, which the shared role may call: a RESET
 /// ALL inside a function, which the proxy cannot see.
 async fn create_reset_everything(su: &tokio_postgres::Client) {
@@ -83,21 +73,30 @@ async fn create_reset_everything(su: &tokio_postgres::Client) {
     .expect("function");
 }
 
-fn own(t: &str) -> Vec<String> {
-    vec![format!("more of {t}"), format!("secret of {t}")]
-}
-
 async fn one_text(client: &tokio_postgres::Client, sql: &str) -> String {
-    client
-        .simple_query(sql)
+    first_column(client, sql)
         .await
         .expect(sql)
         .into_iter()
-        .find_map(|m| match m {
+        .next()
+        .unwrap_or_default()
+}
+
+/// The first column of every row `sql` returns (simple protocol), NULL
+/// as `<null>`.
+async fn first_column(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("<null>").to_owned()),
             _ => None,
         })
-        .unwrap_or_default()
+        .collect())
 }
 
 /// Tenants taking turns on the pool's one connection each see their own
@@ -126,17 +125,9 @@ async fn tenants_taking_turns_see_their_rows_through_the_setting() {
             assert_eq!(one_text(c, "SELECT pgtenant.current_tenant()").await, *t);
         }
     }
-    let plan: Vec<String> = clients[0]
-        .1
-        .simple_query("EXPLAIN (COSTS OFF) SELECT body FROM notes")
+    let plan = first_column(&clients[0].1, "EXPLAIN (COSTS OFF) SELECT body FROM notes")
         .await
-        .expect("explain")
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect();
+        .expect("explain");
     assert!(
         plan.iter()
             .any(|l| l.contains("current_setting('backtrace_functions'")),
@@ -246,20 +237,14 @@ async fn a_reset_setting_is_no_tenant_until_the_next_lease() {
         acme.batch_execute(sql).await.expect(sql);
         assert_eq!(bodies(&acme).await, own("acme"), "the lease after {sql}");
     }
-    let txn = acme.simple_query(
+    let seen = first_column(
+        &acme,
         "BEGIN; SELECT public.reset_everything(); \
          SELECT coalesce(current_setting('backtrace_functions'), '<null>') || ':' || count(*) FROM notes; \
          COMMIT",
-    );
-    let seen: Vec<String> = txn
-        .await
-        .expect("hidden reset")
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect();
+    )
+    .await
+    .expect("hidden reset");
     assert_eq!(seen, ["1", ":0"], "no tenant and no rows after the reset");
     let next = bodies(&acme).await;
     assert!(
@@ -346,42 +331,7 @@ async fn a_failed_context_call_leaves_the_previous_name_but_runs_nothing() {
     let s = shared(&["acme", "evil"], "auth_type = \"trust\"").await;
     let admin = s.pg.cluster.admin("app_shared").await.expect("admin");
     let acme = s.proxy.connect("acme").await;
-    for how in ["cancel", "statement_timeout"] {
-        let evil = s.proxy.connect("evil").await;
-        if how == "statement_timeout" {
-            evil.batch_execute("SET statement_timeout = 300")
-                .await
-                .expect("set");
-        }
-        let token = evil.cancel_token();
-        // The pool's one connection now holds acme's name.
-        assert_eq!(bodies(&acme).await, own("acme"), "{how}");
-        admin
-            .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
-            .await
-            .expect("lock the context sequence");
-        let attempt = tokio::spawn(async move {
-            evil.batch_execute("BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT")
-                .await
-        });
-        if how == "cancel" {
-            common::wait_for_lock_wait(&admin, None).await;
-            token
-                .cancel_query(tokio_postgres::NoTls)
-                .await
-                .expect("cancel request");
-        }
-        let attempt = tokio::time::timeout(Duration::from_secs(10), attempt)
-            .await
-            .expect("the attempt ends")
-            .expect("join");
-        assert!(
-            attempt.is_err(),
-            "the lease fails closed ({how}): {attempt:?}"
-        );
-        admin.batch_execute("ROLLBACK").await.expect("unlock");
-        assert_eq!(bodies(&acme).await, own("acme"), "acme's rows ({how})");
-    }
+    overwrite_behind_a_stalled_context_call(&s.proxy, &admin, &acme).await;
 }
 
 /// Policies may read the setting themselves (what saves the most: no
@@ -438,42 +388,27 @@ async fn every_new_connection_is_checked_for_a_starting_value() {
     ))
     .await
     .expect("a starting value");
-    // The pool's connection goes away; the next lease needs a new one.
-    su.batch_execute(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{SHARED_ROLE}'"
-    ))
+    // The pool's connection goes away (for sure, so that the pool cannot
+    // hand the dying one out); the next lease needs a new one.
+    let pids = common::backend_pids_of(&su, SHARED_ROLE).await;
+    su.execute(
+        "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid",
+        &[&pids],
+    )
     .await
     .expect("terminate");
-    // Gone for sure, so that the pool cannot hand the dying one out.
-    for _ in 0..100 {
-        let left = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                &[&SHARED_ROLE],
-            )
-            .await
-            .expect("count")
-            .get::<_, i64>(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until_gone(&su, &pids, "the terminated pool connection").await;
     let conn_str = s.proxy.conn_str("app.acme", "acme-secret", "acme");
     // Refused at login, or at the first query (which needs the new one).
     let attempt = match s.proxy.try_connect(&conn_str).await {
         Err(e) => Err(e),
-        Ok(c) => c
-            .simple_query("BEGIN; SELECT public.reset_everything(); SELECT body FROM notes; COMMIT")
+        Ok(c) => {
+            first_column(
+                &c,
+                "BEGIN; SELECT public.reset_everything(); SELECT body FROM notes; COMMIT",
+            )
             .await
-            .map(|m| {
-                m.into_iter()
-                    .filter_map(|m| match m {
-                        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            }),
+        }
     };
     match attempt {
         Err(e) => assert_eq!(sqlstate(&e), "08006", "{e}"),
@@ -553,38 +488,11 @@ async fn a_running_placement_switches_store_and_back_without_a_window() {
     settle().await;
     // 2. The new store: enter() writes both, current_tenant() still reads
     //    the sequences.
-    let old: Vec<i32> = su
-        .query(
-            "SELECT pid FROM pg_stat_activity WHERE usename = $1",
-            &[&SHARED_ROLE],
-        )
-        .await
-        .expect("pids")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let old = common::backend_pids_of(&su, SHARED_ROLE).await;
     assert!(!old.is_empty(), "the sequences pool is in use");
     proxy.reload(&config("setting")).await.expect("reload");
     // "Once the old pool's leases are done": its connection closes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let left: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
-                &[&old],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the old pool's connections stay: {old:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until_gone(&su, &old, "the sequences pool's connections").await;
     settle().await;
     // 3. The whole file: current_tenant() reads the setting.
     su.batch_execute(SETTING_SQL).await.expect("setting store");

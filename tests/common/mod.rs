@@ -199,3 +199,40 @@ pub async fn wait_for_lock_wait(admin: &Client, pid: Option<i32>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The pids of `role`'s backends, as `admin` sees them.
+pub async fn backend_pids_of(admin: &Client, role: &str) -> Vec<i32> {
+    admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await
+        .expect("pids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits (up to 20 s) until none of the backends `pids` is left.
+pub async fn wait_until_gone(admin: &Client, pids: &[i32], what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: backends {pids:?} still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

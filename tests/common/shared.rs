@@ -129,3 +129,83 @@ pub async fn notified_during_a_query(
         .expect("notify");
     raw::read_to_ready(client, "after NOTIFY").await.0
 }
+
+/// The `body` of every `notes` row the client sees, sorted.
+pub async fn bodies(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .query("SELECT body FROM notes", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Tenant `t`'s two seeded `notes` bodies, sorted.
+pub fn own(t: &str) -> Vec<String> {
+    vec![format!("more of {t}"), format!("secret of {t}")]
+}
+
+/// What the attacking client sends: a write to every row it can reach.
+pub const OVERWRITE: &str = "BEGIN READ WRITE; UPDATE notes SET body = 'pwned'; COMMIT";
+
+/// Holds the lock `pgtenant.enter()`'s first step (its clearing `setval`)
+/// waits for, in `admin`'s open transaction, until it rolls back: a
+/// context call then stalls before it clears anything.
+pub async fn lock_context_sequence(admin: &tokio_postgres::Client) {
+    admin
+        .batch_execute("BEGIN; ALTER SEQUENCE pgtenant.ctx_0 NO CYCLE")
+        .await
+        .expect("lock the context sequence");
+}
+
+/// The attack on a context call that fails before it could change the
+/// context: `proxy`'s tenant `evil` writes to every row it can reach
+/// right behind its lease's call, which waits for a lock at its first
+/// step (`admin`, a superuser in `app_shared`, holds `pgtenant.ctx_0`)
+/// until evil cancels it, or until evil's own statement_timeout ends it.
+/// On a pool of one whose connection last held acme's context, the write
+/// must not run: `acme` still reads its own rows.
+pub async fn overwrite_behind_a_stalled_context_call(
+    proxy: &super::TestProxy,
+    admin: &tokio_postgres::Client,
+    acme: &tokio_postgres::Client,
+) {
+    for how in ["cancel", "statement_timeout"] {
+        let evil = proxy.connect("evil").await;
+        if how == "statement_timeout" {
+            evil.batch_execute("SET statement_timeout = 300")
+                .await
+                .expect("set");
+        }
+        let token = evil.cancel_token();
+        // The pool's one connection now holds acme's context.
+        assert_eq!(bodies(acme).await, own("acme"), "{how}");
+        lock_context_sequence(admin).await;
+        let attempt = tokio::spawn(async move { evil.batch_execute(OVERWRITE).await });
+        if how == "cancel" {
+            // Cancel only once the call is stuck in its first step.
+            super::wait_for_lock_wait(admin, None).await;
+            token
+                .cancel_query(tokio_postgres::NoTls)
+                .await
+                .expect("cancel request");
+        }
+        let attempt = tokio::time::timeout(std::time::Duration::from_secs(10), attempt)
+            .await
+            .expect("the attempt ends")
+            .expect("join");
+        assert!(
+            attempt.is_err(),
+            "the lease fails closed ({how}): {attempt:?}"
+        );
+        admin.batch_execute("ROLLBACK").await.expect("unlock");
+        assert_eq!(
+            bodies(acme).await,
+            own("acme"),
+            "acme's rows after evil's attempt ({how})"
+        );
+    }
+}
