@@ -193,6 +193,12 @@ impl Socket {
         self.io.poll_write_ready(cx).map_ok(drop)
     }
 
+    /// Bytes a submitted send left for this socket (on its runtime):
+    /// `poll_read_ready` and `poll_settle` send them.
+    pub fn has_backlog(&self) -> bool {
+        self.sends.is_local() && !self.sends.slot.sends.backlog.borrow().bytes.is_empty()
+    }
+
     /// Whether reading may find something, with no syscall.
     pub fn read_ready(&self) -> bool {
         self.io.try_io(Interest::READABLE, |_| Ok(())).is_ok()

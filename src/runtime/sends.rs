@@ -127,11 +127,16 @@ pub(super) fn flush_local() {
 }
 
 /// Queues `bytes` for `slot`'s socket; false if the batch does not take
-/// them (no batch, or the socket's bytes this turn would pass
-/// `BATCH_MAX`): then the caller sends them itself, after
+/// them (no batch, the socket's bytes this turn would pass `BATCH_MAX`,
+/// or a no-op `waker`): then the caller sends them itself, after
 /// [`flush_local`]. `waker` is woken if the send fails or leaves a
-/// backlog. On the socket's runtime thread only.
+/// backlog; a no-op one could tell no one, and the backlog would wait
+/// for a task that does not know of it. On the socket's runtime thread
+/// only.
 pub(super) fn queue(slot: &Arc<Slot>, stream: &SharedStream, bytes: &[u8], waker: &Waker) -> bool {
+    if waker.will_wake(Waker::noop()) {
+        return false;
+    }
     LOCAL
         .try_with(|l| {
             let Ok(mut l) = l.try_borrow_mut() else {

@@ -132,6 +132,29 @@ fn a_backlog_holds_writes_back_and_arrives_in_order() {
     );
 }
 
+/// A write polled with a no-op waker is not batched: if the batch's send
+/// left a backlog, the no-op waker would tell no one, and the bytes would
+/// wait for a task that does not know of them. It goes straight out.
+#[test]
+fn a_write_with_a_no_op_waker_is_not_batched() {
+    let peer = block_on(async {
+        let (ours, peer) = accepted().await;
+        tokio::task::yield_now().await;
+        if !batching_here() {
+            return peer;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let got = ours.poll_send_soon(&mut cx, b"answer");
+        assert!(matches!(got, Poll::Ready(Ok(6))), "{got:?}");
+        assert_eq!(queued_sends(), Some(0), "sent, not queued");
+        // A real waker's write is batched as usual.
+        send_soon(&ours, b", more");
+        assert_eq!(queued_sends(), Some(1));
+        peer
+    });
+    assert_eq!(read_all(peer), b"answer, more");
+}
+
 /// A queued send that fails (the peer reset the connection) is reported
 /// when the socket is next asked, not lost with the batch.
 #[test]

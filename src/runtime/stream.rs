@@ -18,8 +18,15 @@ pub trait Transport {
     /// Whether reading may find something, with no syscall.
     fn read_ready(&self) -> bool;
     /// Ready once reading may find something; else the task's waker waits
-    /// with the socket.
+    /// with the socket. Bytes an earlier write left unsent (a batch
+    /// backlog, TLS records) are sent meanwhile: a task waiting to read
+    /// also drives the end of what it wrote, which its peer may need
+    /// before it sends anything.
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Bytes an earlier write took and has not sent yet (this thread):
+    /// a reader that skips `poll_read_ready` while waiting must not skip
+    /// it while this is true (`Flow::poll_fill`).
+    fn has_unsent(&self) -> bool;
     /// Bytes into the spare capacity of `buf`: Ok(0) at the end of the
     /// stream, WouldBlock (readiness cleared) when there are none.
     fn recv_into(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
@@ -39,6 +46,11 @@ impl Transport for Socket {
     #[inline]
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Socket::poll_read_ready(self, cx)
+    }
+
+    #[inline]
+    fn has_unsent(&self) -> bool {
+        Socket::has_backlog(self)
     }
 
     /// Like tokio's `poll_read`, a read that does not fill the buffer
@@ -155,6 +167,12 @@ impl Stream {
             .await
     }
 
+    /// Records rustls holds that the socket has not taken (tests).
+    #[cfg(test)]
+    pub(crate) fn tls_holds_records(&self) -> bool {
+        self.tls.as_deref().is_some_and(TlsLayer::holds_records)
+    }
+
     /// The `tls-server-end-point` channel binding of the certificate this
     /// side presented; None in plaintext or where the certificate's
     /// algorithm defines none.
@@ -220,13 +238,10 @@ impl Stream {
         self.sock.peer_addr()
     }
 
-    /// Waits until reading may find something (data, EOF or an error).
-    pub async fn readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| match &self.tls {
-            None => self.sock.poll_read_ready(cx),
-            Some(t) => t.poll_read_ready(&self.sock, cx),
-        })
-        .await
+    /// Waits until reading may find something (data, EOF or an error),
+    /// sending meanwhile what earlier writes left unsent.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| Transport::poll_read_ready(self, cx)).await
     }
 }
 
@@ -245,6 +260,11 @@ impl Transport for Stream {
             None => Socket::poll_read_ready(&self.sock, cx),
             Some(t) => t.poll_read_ready(&self.sock, cx),
         }
+    }
+
+    #[inline]
+    fn has_unsent(&self) -> bool {
+        self.tls.as_deref().is_some_and(TlsLayer::holds_records) || self.sock.has_backlog()
     }
 
     #[inline]

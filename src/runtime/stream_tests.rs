@@ -210,6 +210,86 @@ fn tls_plaintext_held_by_rustls_is_ready_without_the_socket() {
     });
 }
 
+/// TLS: a task that only waits to read (a session between requests)
+/// still sends the records rustls holds and the socket's backlog: the
+/// peer needs the end of its answer before it sends the next request.
+#[test]
+fn waiting_to_read_sends_what_tls_holds() {
+    use super::stream::Stream;
+    use std::sync::Arc;
+    const CHUNK: usize = 4000;
+    let (server_config, client_config) = tls_pair();
+    let (total_tx, total_rx) = std::sync::mpsc::channel::<usize>();
+    // Without the batch, a write the socket does not take stays with
+    // rustls as records (with it, it may become the socket's backlog
+    // instead, which `session::flow`'s test covers).
+    let direct = super::LoopOptions { batch_sends: false };
+    super::block_on_with(
+        async move {
+            let (ours, peer) = accepted().await;
+            socket2::SockRef::from(&ours)
+                .set_send_buffer_size(4096)
+                .expect("sndbuf");
+            let client = std::thread::spawn(move || {
+                let name = rustls::pki_types::ServerName::try_from("pump.test").expect("name");
+                let conn = rustls::ClientConnection::new(client_config, name).expect("client");
+                let mut tls = rustls::StreamOwned::new(conn, peer);
+                tls.sock
+                    .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .expect("timeout");
+                std::io::Write::flush(&mut tls).expect("handshake");
+                let total = total_rx.recv().expect("total");
+                // The server waits to read by now.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let mut got = vec![0u8; total];
+                let read = std::io::Read::read_exact(&mut tls, &mut got);
+                if read.is_ok() {
+                    std::io::Write::write_all(&mut tls, b"R").expect("request");
+                    std::io::Write::flush(&mut tls).expect("request");
+                }
+                read.map(|()| got)
+            });
+            let mut stream = Stream::from(ours);
+            let config = Arc::clone(&server_config);
+            stream
+                .accept_tls(&[], move |_| Ok((config, None)))
+                .await
+                .expect("handshake");
+            // The peer reads nothing yet: writes fill every buffer until
+            // one waits.
+            let mut sent = Vec::new();
+            'fill: for i in 0..100_000usize {
+                for j in 0..3 {
+                    let bytes = vec![((3 * i + j) % 251) as u8; CHUNK];
+                    match std::future::poll_fn(|cx| Poll::Ready(stream.poll_send_soon(cx, &bytes)))
+                        .await
+                    {
+                        Poll::Ready(Ok(n)) => sent.extend_from_slice(&bytes[..n]),
+                        Poll::Ready(Err(e)) => panic!("send: {e}"),
+                        Poll::Pending => break 'fill,
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            let tls = stream.tls_holds_records();
+            assert!(tls, "rustls holds records");
+            total_tx.send(sent.len()).expect("total");
+            let limit = std::time::Duration::from_secs(10);
+            let woke = super::time::timeout(limit, stream.readable()).await;
+            assert!(
+                matches!(woke, Ok(Ok(()))),
+                "the request after the answer never came"
+            );
+            let mut buf = BytesMut::with_capacity(16);
+            assert_eq!(stream.recv_into(&mut buf).expect("request"), 1);
+            assert_eq!(&buf[..], b"R");
+            let got = client.join().expect("client").expect("the whole answer");
+            assert!(got == sent, "the answer arrived in order");
+        },
+        direct,
+    );
+}
+
 /// A server and a client configuration for a self-signed `pump.test`.
 #[allow(deprecated)] // ring, as the proxy uses
 fn tls_pair() -> (

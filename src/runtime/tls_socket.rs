@@ -296,11 +296,22 @@ impl TlsLayer {
         self.plaintext > 0 || self.closed || sock.read_ready()
     }
 
-    pub fn poll_read_ready(&self, sock: &Socket, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Ready with plaintext held or the end seen; else as the socket's.
+    /// Records rustls holds go out meanwhile (the socket's own backlog
+    /// too, in its `poll_read_ready`).
+    pub fn poll_read_ready(&mut self, sock: &Socket, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.plaintext > 0 || self.closed {
             return Poll::Ready(Ok(()));
         }
+        if let Poll::Ready(Err(e)) = self.poll_flush_tls(sock, cx) {
+            return Poll::Ready(Err(e));
+        }
         sock.poll_read_ready(cx)
+    }
+
+    /// Records rustls holds that the socket has not taken yet.
+    pub fn holds_records(&self) -> bool {
+        self.conn.wants_write()
     }
 
     /// Sends the records rustls holds; Pending (the waker with the

@@ -189,12 +189,14 @@ impl Flow {
             return Poll::Pending;
         }
         if self.read_armed {
-            if !src.read_ready() {
+            // Unsent bytes need `poll_read_ready`, which sends them: the
+            // peer may be waiting for them before it says anything.
+            if !src.read_ready() && !src.has_unsent() {
                 return Poll::Pending;
             }
-            // Readiness is set, so the event that set it has woken the
-            // task and taken its waker: a read that finds nothing must
-            // register again.
+            // Readiness is set (the event that set it has woken the task
+            // and taken its waker), or unsent bytes wait for the socket:
+            // either way the poll below must store the waker again.
             self.read_armed = false;
         }
         loop {
@@ -309,5 +311,81 @@ mod tests {
             flow.park();
             assert_eq!(flow.buf.capacity(), 0, "given back at rest");
         });
+    }
+
+    /// A flow armed on its socket (the client's direction, waiting for
+    /// the next request) still sends what an earlier batched send left
+    /// unsent: the end of a result, held back while the client read
+    /// slowly, cannot wait for a request the client sends only once it
+    /// has that end. (Seen hanging before the shortcut in `poll_fill`
+    /// looked at `has_unsent`: CI, `client_memory`'s slow reader.)
+    #[test]
+    fn an_armed_flow_still_sends_the_backlog() {
+        const CHUNK: usize = 4000;
+        let (peer_tx, peer_rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
+        let (total_tx, total_rx) = std::sync::mpsc::channel::<usize>();
+        let reader = std::thread::spawn(move || {
+            let mut peer = peer_rx.recv().expect("peer");
+            let total = total_rx.recv().expect("total");
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            // The writer is waiting on its flow by now.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut got = vec![0u8; total];
+            let read = std::io::Read::read_exact(&mut peer, &mut got);
+            if read.is_ok() {
+                // The next request, sent only once the answer is whole.
+                peer.write_all(b"R").expect("request");
+            }
+            read.map(|()| got)
+        });
+        let (sent, batched, next) = block_on(async move {
+            let (mut ours, peer) = accepted().await;
+            socket2::SockRef::from(&ours)
+                .set_send_buffer_size(4096)
+                .expect("sndbuf");
+            tokio::task::yield_now().await;
+            if crate::runtime::queued_sends().is_none() {
+                return (Vec::new(), false, None);
+            }
+            peer_tx.send(peer).expect("hand over");
+            let mut flow = Flow::new(1 << 20);
+            // Armed: nothing to read, the waker is with the socket.
+            let first = poll_fn(|cx| Poll::Ready(flow.poll_fill(cx, &mut ours))).await;
+            assert!(first.is_pending() && flow.read_armed);
+            // A peer that does not read yet: batched sends fill the
+            // kernel's buffers until one leaves a backlog.
+            let mut sent = Vec::new();
+            for i in 0..100_000usize {
+                let bytes = vec![(i % 251) as u8; CHUNK];
+                let taken = poll_fn(|cx| Poll::Ready(ours.poll_send_soon(cx, &bytes))).await;
+                match taken {
+                    Poll::Ready(Ok(n)) => sent.extend_from_slice(&bytes[..n]),
+                    Poll::Ready(Err(e)) => panic!("send: {e}"),
+                    Poll::Pending => break,
+                }
+                // A turn: the batch goes out.
+                tokio::task::yield_now().await;
+            }
+            total_tx.send(sent.len()).expect("total");
+            // Only the flow waits now, as a session between requests.
+            let limit = std::time::Duration::from_secs(10);
+            let next =
+                crate::runtime::time::timeout(limit, poll_fn(|cx| flow.poll_fill(cx, &mut ours)))
+                    .await
+                    .ok()
+                    .map(|r| r.expect("read"));
+            (sent, true, next)
+        });
+        if !batched {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring is unavailable, so the backlog is not tested; CI must run where it is"
+            );
+            return;
+        }
+        assert_eq!(next, Some(1), "the request after the answer never came");
+        let got = reader.join().expect("reader").expect("the whole answer");
+        assert!(got == sent, "the answer arrived in order");
     }
 }

@@ -70,7 +70,12 @@ impl Session<'_> {
                                 && self.mode == PoolMode::Transaction =>
                         {
                             let whole = buf.len() >= (h.len + 1).min(LEASE_AFTER);
-                            let (local, unsent) = self.answer_without_server(client)?;
+                            let (local, unsent) = {
+                                // This task's waker goes with the answer: a
+                                // send the batch leaves unfinished wakes it.
+                                let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+                                self.answer_without_server(client, &waker)?
+                            };
                             if !unsent.is_empty() {
                                 // Boxed: rare, and a waiting client's
                                 // future need hold no room for it.
@@ -148,6 +153,7 @@ impl Session<'_> {
     fn answer_without_server(
         &mut self,
         client: &mut ClientConn,
+        waker: &std::task::Waker,
     ) -> Result<(known::Local, BytesMut), ClientError> {
         if client.flow.buf.len() < self.walk_again_at {
             // The message the last walk stopped at is still not whole.
@@ -179,7 +185,7 @@ impl Session<'_> {
             _ => 0,
         };
         if !out.is_empty() {
-            let sent = try_write(client, &out).map_err(lost)?;
+            let sent = try_write(client, &out, waker).map_err(lost)?;
             out.advance(sent);
         }
         Ok((local, out))
@@ -227,8 +233,8 @@ impl Session<'_> {
     /// timeout that applies (in a transaction, or idle in session mode).
     pub(super) async fn rest(
         &self,
-        client: &ClientConn,
-        lease: &Lease,
+        client: &mut ClientConn,
+        lease: &mut Lease,
         txn: &TxnState,
     ) -> Result<(), ClientError> {
         let (limit, err) = if txn.position.last_status() == boundary::TxStatus::Idle {
@@ -245,7 +251,7 @@ impl Session<'_> {
         tokio::select! {
             // Whatever comes (data, EOF, a notice), the pump handles it.
             _ = client.stream.readable() => Ok(()),
-            _ = lease.conn().stream.readable() => Ok(()),
+            _ = lease.conn_mut().stream.readable() => Ok(()),
             _ = self.stop.changed(), if !txn.stop_when_idle => Ok(()),
             _ = self.stop.killed() => Ok(()),
             _ = crate::runtime::time::sleep(limit) => {
@@ -264,11 +270,17 @@ enum Limit {
 }
 
 /// Writes what the client's socket takes of `out` without waiting: the
-/// bytes written. Polled with a no-op waker: whoever waits for the rest
-/// polls again with its own.
-fn try_write(client: &mut ClientConn, out: &[u8]) -> std::io::Result<usize> {
+/// bytes written. `waker` is the session task's, never a no-op one: a
+/// small write goes to the worker's batch, and if the batch's send
+/// leaves bytes over (the client reads slowly) that waker is the only
+/// thing that brings the session back to send them.
+fn try_write(
+    client: &mut ClientConn,
+    out: &[u8],
+    waker: &std::task::Waker,
+) -> std::io::Result<usize> {
     use tokio::io::AsyncWrite;
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut cx = std::task::Context::from_waker(waker);
     let mut sent = 0;
     while sent < out.len() {
         match std::pin::Pin::new(&mut client.stream).poll_write(&mut cx, &out[sent..]) {

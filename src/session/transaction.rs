@@ -75,7 +75,7 @@ impl Session<'_> {
                 PumpExit::Restore => {
                     Box::pin(self.restore_settings(&mut lease, server_flow, txn)).await
                 }
-                PumpExit::Rest => Box::pin(self.rest(client, &lease, txn)).await,
+                PumpExit::Rest => Box::pin(self.rest(client, &mut lease, txn)).await,
                 PumpExit::Backlog | PumpExit::NotReading => {
                     if !self.config.client_read_timeout.is_zero() {
                         txn.stall_deadline =
