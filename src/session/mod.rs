@@ -38,6 +38,8 @@ pub mod pinning;
 pub mod prepared;
 mod probe;
 pub mod pump;
+#[cfg(test)]
+mod pump_tests;
 pub mod recover;
 pub mod replies;
 mod spare_buffers;

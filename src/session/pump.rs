@@ -140,6 +140,15 @@ pub async fn pump(
             // behind its Sync may go. Poll again for them.
             cx.waker().wake_by_ref();
         }
+        if state.client_paused
+            && !super::budget::over_backlog(server_flow.inject.len(), state.replies.len())
+        {
+            // The server direction drained the backlog that paused the
+            // client: it may be read again, and no socket will say so
+            // (its readiness may be long set, the server may have nothing
+            // more to send). Poll again.
+            cx.waker().wake_by_ref();
+        }
         if !server_flow.write_blocked {
             state.not_reading_reported = false;
         }
