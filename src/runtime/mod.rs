@@ -32,7 +32,7 @@ mod sends;
 mod sends_tests;
 pub mod stream;
 #[cfg(test)]
-mod stream_tests;
+pub(crate) mod stream_tests;
 pub mod time;
 mod tls_socket;
 mod worker_rt;

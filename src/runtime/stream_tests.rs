@@ -292,7 +292,7 @@ fn waiting_to_read_sends_what_tls_holds() {
 
 /// A server and a client configuration for a self-signed `pump.test`.
 #[allow(deprecated)] // ring, as the proxy uses
-fn tls_pair() -> (
+pub(crate) fn tls_pair() -> (
     std::sync::Arc<rustls::ServerConfig>,
     std::sync::Arc<rustls::ClientConfig>,
 ) {

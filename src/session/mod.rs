@@ -39,6 +39,8 @@ pub mod prepared;
 mod probe;
 pub mod pump;
 #[cfg(test)]
+mod pump_random_tests;
+#[cfg(test)]
 mod pump_tests;
 pub mod recover;
 pub mod replies;
