@@ -37,6 +37,25 @@ pub trait Transport {
     fn poll_send_soon(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>>;
 }
 
+/// Runs `wait`, sending meanwhile what `stream` has left unsent (a batch
+/// backlog, TLS records): a wait that is not for this peer (a server
+/// connection, a pause) must not hold back bytes it already has, such as
+/// the end of its last result. A send error is left for the next write.
+pub async fn sending_meanwhile<T>(
+    stream: &mut impl Transport,
+    wait: impl std::future::Future<Output = T>,
+) -> T {
+    let mut wait = std::pin::pin!(wait);
+    let mut settled = !stream.has_unsent();
+    std::future::poll_fn(|cx| {
+        if !settled {
+            settled = stream.poll_settle(cx).is_ready();
+        }
+        wait.as_mut().poll(cx)
+    })
+    .await
+}
+
 impl Transport for Socket {
     #[inline]
     fn read_ready(&self) -> bool {

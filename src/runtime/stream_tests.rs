@@ -290,6 +290,69 @@ fn waiting_to_read_sends_what_tls_holds() {
     );
 }
 
+/// `sending_meanwhile`: while a task waits for something other than
+/// the socket (a server connection, a pause), the socket's backlog still
+/// goes out. Here the wait ends only once the peer has every byte, so
+/// without it the wait never ends.
+#[test]
+fn a_wait_for_something_else_still_sends_the_backlog() {
+    use std::sync::mpsc;
+    let (peer_tx, peer_rx) = mpsc::channel::<std::net::TcpStream>();
+    let (total_tx, total_rx) = mpsc::channel::<usize>();
+    let (got_all_tx, got_all) = tokio::sync::oneshot::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let mut peer = peer_rx.recv().ok()?;
+        let total = total_rx.recv().ok()?;
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        // The writer waits by now.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut got = vec![0u8; total];
+        std::io::Read::read_exact(&mut peer, &mut got).ok()?;
+        let _ = got_all_tx.send(());
+        Some(got)
+    });
+    let (sent, batched, waited) = block_on(async move {
+        let (mut ours, peer) = accepted().await;
+        socket2::SockRef::from(&ours)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        tokio::task::yield_now().await;
+        if super::queued_sends().is_none() {
+            return (Vec::new(), false, false);
+        }
+        peer_tx.send(peer).expect("hand over");
+        // A peer that does not read yet: batched sends fill the kernel's
+        // buffers until one leaves a backlog.
+        let mut sent = Vec::new();
+        for i in 0..100_000usize {
+            let bytes = vec![(i % 251) as u8; 4000];
+            match std::future::poll_fn(|cx| Poll::Ready(ours.poll_send_soon(cx, &bytes))).await {
+                Poll::Ready(Ok(n)) => sent.extend_from_slice(&bytes[..n]),
+                Poll::Ready(Err(e)) => panic!("send: {e}"),
+                Poll::Pending => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(ours.has_unsent(), "a backlog waits");
+        total_tx.send(sent.len()).expect("total");
+        let limit = std::time::Duration::from_secs(10);
+        let wait = super::stream::sending_meanwhile(&mut ours, got_all);
+        let waited = super::time::timeout(limit, wait).await.is_ok();
+        (sent, true, waited)
+    });
+    if !batched {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "io_uring is unavailable, so the backlog is not tested; CI must run where it is"
+        );
+        return;
+    }
+    assert!(waited, "the wait never ended: the backlog was not sent");
+    let got = reader.join().expect("reader").expect("the whole answer");
+    assert!(got == sent, "in order");
+}
+
 /// A server and a client configuration for a self-signed `pump.test`.
 #[allow(deprecated)] // ring, as the proxy uses
 pub(crate) fn tls_pair() -> (

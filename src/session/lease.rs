@@ -7,6 +7,7 @@ use super::txn::TxnState;
 use super::{Session, conn_state, params};
 use crate::catalog::TenantEntry;
 use crate::pool::{CheckoutError, Lease, ServerError};
+use crate::runtime::stream::{Stream, sending_meanwhile};
 use crate::runtime::time::LazyTimer;
 use crate::session::error::ClientError;
 use bytes::BytesMut;
@@ -62,8 +63,14 @@ impl Session<'_> {
 
     /// Leases a server connection and applies the client's settings;
     /// true if that took a sync (so reported values may have changed).
-    /// `timer`: the session's, for the wait (`PlacementPool::checkout_with`).
-    pub(super) async fn lease(&self, timer: &mut LazyTimer) -> Result<(Lease, bool), ClientError> {
+    /// `timer`: the session's, for the wait (`PlacementPool::checkout_with`);
+    /// `client`: its unsent bytes (the end of its last result) go out
+    /// while it waits.
+    pub(super) async fn lease(
+        &self,
+        timer: &mut LazyTimer,
+        client: &mut Stream,
+    ) -> Result<(Lease, bool), ClientError> {
         let context = self.pool.context().map(|_| &*self.tenant);
         let mut lease = match self.pool.try_checkout(self.seat, context) {
             Some(lease) => {
@@ -72,7 +79,7 @@ impl Session<'_> {
             }
             // Boxed: the wait is the uncommon case, and its state would
             // otherwise be part of every transaction's future.
-            None => Box::pin(self.wait_for_checkout(timer)).await?,
+            None => Box::pin(sending_meanwhile(client, self.wait_for_checkout(timer))).await?,
         };
         if Arc::ptr_eq(&self.wanted, &conn_state(lease.conn_mut()).applied) {
             return Ok((lease, false)); // in sync: the common case

@@ -52,6 +52,7 @@ pub mod txn;
 use crate::catalog::TenantEntry;
 use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, PlacementPool, TenantSeat};
+use crate::runtime::stream::sending_meanwhile;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::Buf;
@@ -158,7 +159,9 @@ impl Session<'_> {
             }
             self.walk_again_at = 0;
             if self.controls.any_paused() {
-                Box::pin(self.wait_while_paused()).await?;
+                // The end of the last result still goes out meanwhile.
+                let paused = self.wait_while_paused();
+                Box::pin(sending_meanwhile(&mut client.stream, paused)).await?;
             }
             self.follow_reload()?;
             // Boxed, so that the lease, pump and recovery states (most of

@@ -36,7 +36,7 @@ impl Session<'_> {
         txn: &mut TxnState,
         timer: &mut LazyTimer,
     ) -> Result<Ended, ClientError> {
-        let (mut lease, synced) = self.lease(timer).await?;
+        let (mut lease, synced) = self.lease(timer, &mut client.stream).await?;
         // The runtime's clock, as the pool's: the release reuses the
         // reading that ends the lease (`count_lease`).
         let leased_at = crate::runtime::time::now();
