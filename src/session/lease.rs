@@ -84,8 +84,10 @@ impl Session<'_> {
         if Arc::ptr_eq(&self.wanted, &conn_state(lease.conn_mut()).applied) {
             return Ok((lease, false)); // in sync: the common case
         }
-        // Boxed likewise: a sync takes round trips to the server.
-        match Box::pin(self.sync_settings(&mut lease)).await {
+        // Boxed likewise: a sync takes round trips to the server (the
+        // client's unsent bytes go out meanwhile, as during the wait).
+        let sync = self.sync_settings(&mut lease);
+        match Box::pin(sending_meanwhile(client, sync)).await {
             Ok(synced) => Ok((lease, synced)),
             Err(SyncFailure { error, clean }) => {
                 if clean {
