@@ -191,3 +191,134 @@ async fn a_late_cancel_cancels_nothing_later() {
         .expect("B's query is not cancelled by a stale key");
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+/// A cancel that comes while the client's request still waits for a
+/// server connection ends the wait: the request is answered as canceled
+/// (57014) at once, never reaches a server, and the session goes on.
+/// PgBouncer leaves such a client waiting (pgbouncer#1222).
+#[tokio::test]
+async fn a_cancel_ends_a_wait_for_a_server_connection() {
+    let (pg, proxy) = start().await;
+    // Both server connections busy.
+    let mut sleepers = Vec::new();
+    for _ in 0..2 {
+        let s = proxy.connect("acme").await;
+        let token = s.cancel_token();
+        let run = tokio::spawn(async move { s.simple_query(LONG).await });
+        sleepers.push((token, run));
+    }
+    wait_for_sleepers(&pg, 2).await;
+
+    let w = std::sync::Arc::new(proxy.connect("acme").await);
+    // A simple Query, then an extended-protocol one (tokio-postgres
+    // prepares it: Parse, Describe, Sync), each canceled while it waits.
+    for extended in [false, true] {
+        let token = w.cancel_token();
+        let waiter = std::sync::Arc::clone(&w);
+        let started = Instant::now();
+        let run = tokio::spawn(async move {
+            let insert = "INSERT INTO notes (tenant_id, body) VALUES ('acme', 'canceled')";
+            if extended {
+                waiter.execute(insert, &[]).await.map(drop)
+            } else {
+                waiter.simple_query(insert).await.map(drop)
+            }
+        });
+        // Long enough to be queued behind the sleepers.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!run.is_finished(), "the request waits for a connection");
+        token.cancel_query(NoTls).await.expect("cancel request");
+        let result = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the canceled request is answered at once, not after the sleepers")
+            .expect("join");
+        let err = result.expect_err("canceled");
+        assert_eq!(sqlstate(&err), "57014", "extended {extended}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // The sleepers go; the session that canceled twice goes on, and
+    // neither canceled INSERT ever ran.
+    for (token, run) in sleepers {
+        token.cancel_query(NoTls).await.expect("cancel request");
+        let _ = run.await;
+    }
+    let n: i64 = w
+        .query_one("SELECT count(*) FROM notes WHERE body = 'canceled'", &[])
+        .await
+        .expect("after the cancels")
+        .get(0);
+    assert_eq!(n, 0, "a canceled request reached the server");
+}
+
+/// The same over a raw socket, with the batch cut in two around the
+/// cancel: the error comes at once, the rest of the batch (sent after)
+/// is dropped up to its Sync, which alone gets a ReadyForQuery, and the
+/// next query runs normally.
+#[tokio::test]
+async fn a_batch_canceled_while_waiting_is_dropped_up_to_its_sync() {
+    use common::raw;
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = TestProxy::start(&pg.config(
+        &["acme"],
+        1,
+        "auth_type = \"trust\"\nquery_wait_timeout = \"20s\"",
+    ))
+    .await;
+    let holder = proxy.connect("acme").await;
+    let holder_token = holder.cancel_token();
+    let held = tokio::spawn(async move { holder.simple_query(LONG).await });
+    wait_for_sleepers(&pg, 1).await;
+
+    let mut s = raw::connect(proxy.port).await;
+    raw::send(
+        &mut s,
+        &raw::startup(3, 0, &[("user", "app.acme"), ("database", "acme")]),
+    )
+    .await;
+    let (login, _) = raw::read_to_ready(&mut s, "login").await;
+    let key = login
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let mut parse = b"\0INSERT INTO notes (tenant_id, body) VALUES ('acme', 'canceled')\0".to_vec();
+    parse.extend_from_slice(&[0, 0]);
+    let mut first = raw::frame(b'P', &parse);
+    first.extend(raw::frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    raw::send(&mut s, &first).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut cancel = 16i32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102i32.to_be_bytes());
+    cancel.extend_from_slice(&key.body);
+    let mut c = raw::connect(proxy.port).await;
+    raw::send(&mut c, &cancel).await;
+    let err = raw::expect_msg(&mut s, "the cancel's error").await;
+    assert_eq!(
+        (err.tag, err.code()),
+        (b'E', "57014".to_string()),
+        "{:?}",
+        err.fields()
+    );
+
+    // The rest of the batch, then its Sync: one ReadyForQuery, nothing
+    // else.
+    let mut rest = raw::frame(b'E', &[0, 0, 0, 0, 0]);
+    rest.extend(raw::frame(b'S', &[]));
+    raw::send(&mut s, &rest).await;
+    let ready = raw::expect_msg(&mut s, "the Sync's ReadyForQuery").await;
+    assert_eq!((ready.tag, ready.body.as_slice()), (b'Z', &b"I"[..]));
+
+    holder_token
+        .cancel_query(NoTls)
+        .await
+        .expect("cancel request");
+    let _ = held.await;
+    raw::send(
+        &mut s,
+        &raw::query("SELECT count(*) FROM notes WHERE body = 'canceled'"),
+    )
+    .await;
+    let (answer, _) = raw::read_to_ready(&mut s, "the next query").await;
+    let row = answer.iter().find(|m| m.tag == b'D').expect("a row");
+    assert_eq!(&row.body[6..], b"0", "the canceled batch never ran");
+}

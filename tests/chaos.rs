@@ -72,7 +72,8 @@ async fn many_misbehaving_clients_at_once() {
         seed += 1;
         tasks.spawn(leaver(port, tenant, seed));
         seed += 1;
-        tasks.spawn(canceler(port, tenant, seed));
+        let watcher = pg.cluster.admin("postgres").await.expect("admin");
+        tasks.spawn(canceler(port, tenant, seed, watcher));
         seed += 1;
         tasks.spawn(staller(port, tenant, seed));
     }
@@ -307,8 +308,12 @@ async fn leaver(port: u16, tenant: &'static str, seed: u64) {
     }
 }
 
-/// Cancels a sleeping statement, and goes on with its connection.
-async fn canceler(port: u16, tenant: &'static str, seed: u64) {
+/// Cancels a sleeping statement, and goes on with its connection. The
+/// cancel goes once the statement runs (`watcher`, a superuser straight
+/// to PostgreSQL, sees it): one that lands just as the request gets its
+/// server connection is too late for the wait and early for the
+/// statement, and would leave the 10 s sleep to run (`session::cancel`).
+async fn canceler(port: u16, tenant: &'static str, seed: u64, watcher: tokio_postgres::Client) {
     let mut rng = Rng::new(seed);
     let (c, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={port} user=app.{tenant} dbname={tenant}"),
@@ -319,20 +324,35 @@ async fn canceler(port: u16, tenant: &'static str, seed: u64) {
     tokio::spawn(conn);
     for _ in 0..3 {
         let token = c.cancel_token();
-        let delay = Duration::from_millis(rng.range(100, 400));
-        let canceling = tokio::spawn(async move {
+        let delay = Duration::from_millis(rng.range(0, 300));
+        let sleeping = c.batch_execute("SELECT pg_sleep(10)");
+        let canceling = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let running: bool = watcher
+                    .query_one(
+                        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = $1 \
+                         AND state = 'active' AND query = 'SELECT pg_sleep(10)')",
+                        &[&format!("tenant_{tenant}")],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                if running {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{tenant}: the sleep never ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             tokio::time::sleep(delay).await;
             token
                 .cancel_query(tokio_postgres::NoTls)
                 .await
                 .expect("cancel");
-        });
-        let err = c
-            .batch_execute("SELECT pg_sleep(10)")
-            .await
-            .expect_err("canceled");
+        };
+        let (slept, ()) = tokio::join!(sleeping, canceling);
+        let err = slept.expect_err("canceled");
         assert_eq!(common::sqlstate(&err), "57014", "{tenant}: {err}");
-        canceling.await.expect("cancel task");
         let row = c.query_one("SELECT 7", &[]).await.expect("after cancel");
         assert_eq!(row.get::<_, i32>(0), 7);
         rng.pause(100).await;

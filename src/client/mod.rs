@@ -293,6 +293,7 @@ fn start_session<'a>(
         state,
         follows,
         ending: None,
+        skip_request: None,
         stop: state.stop.subscribe_client(
             Some(crate::control::ClientInfo::new(
                 conn,

@@ -2,7 +2,10 @@
 //! BackendKeyData; the backend's real key never leaves the proxy. A
 //! CancelRequest with a client's key is forwarded only while that client
 //! holds a server connection with work outstanding, and only to that
-//! connection, so a late or forged cancel cannot hit anyone else.
+//! connection, so a late or forged cancel cannot hit anyone else. While
+//! the client's request still waits for a server connection, the cancel
+//! ends that wait instead: the request is answered as canceled and never
+//! reaches a server (PgBouncer leaves such a client waiting).
 
 use crate::config::BackendTarget;
 use crate::pool::PlacementPool;
@@ -33,6 +36,13 @@ pub struct CancelSlot {
     /// connection must not go to anyone else.
     lost: AtomicBool,
     done: tokio::sync::Notify,
+    /// The client's request waits for a server connection.
+    waiting: AtomicBool,
+    /// A cancel came for the waiting request.
+    canceled: AtomicBool,
+    /// Wakes the waiting session (a permit is kept if it is not polled
+    /// yet; `wait_canceled` looks at `canceled` again after each).
+    wake: tokio::sync::Notify,
 }
 
 impl CancelSlot {
@@ -50,6 +60,26 @@ impl CancelSlot {
     /// The client no longer holds a server connection.
     pub fn disarm(&self) {
         self.key.store(0, Ordering::SeqCst);
+    }
+
+    /// The client's request starts waiting for a server connection: a
+    /// cancel from now on ends the wait (`wait_canceled`).
+    pub fn begin_wait(&self) {
+        self.canceled.store(false, Ordering::SeqCst);
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// The wait is over; whether a cancel came during it.
+    pub fn end_wait(&self) -> bool {
+        self.waiting.store(false, Ordering::SeqCst);
+        self.canceled.swap(false, Ordering::SeqCst)
+    }
+
+    /// Ready once a cancel came for the waiting request.
+    pub async fn wait_canceled(&self) {
+        while !self.canceled.load(Ordering::SeqCst) {
+            self.wake.notified().await;
+        }
     }
 
     /// Waits (bounded) until no cancel for this client is being forwarded.
@@ -159,6 +189,10 @@ impl CancelRegistry {
             if !send_cancel(pool.target(), server_key).await {
                 slot.lost.store(true, Ordering::SeqCst);
             }
+        } else if slot.waiting.load(Ordering::SeqCst) {
+            tracing::debug!("cancel request for a client waiting for a server connection");
+            slot.canceled.store(true, Ordering::SeqCst);
+            slot.wake.notify_one();
         } else {
             tracing::debug!("cancel request for a client with nothing running");
         }

@@ -2,7 +2,7 @@
 //! server connection (answering what needs none, bounding a half-sent
 //! message), and resting inside a lease while both sides are quiet.
 
-use super::{LEASE_AFTER, Next, Session, boundary, known, txn::TxnState};
+use super::{LEASE_AFTER, Next, Session, SkipRequest, boundary, known, txn::TxnState};
 use crate::config::PoolMode;
 use crate::pool::Lease;
 use crate::protocol::codec;
@@ -58,6 +58,22 @@ impl Session<'_> {
                     Err(e) => return Err(ClientError::Protocol(e.to_string())),
                     Ok(Some(h)) => match h.tag {
                         b'X' => return Ok(Next::Leave),
+                        // The rest of a request canceled while it waited
+                        // (`answer_canceled`): dropped, and its Sync
+                        // answered.
+                        _ if self.skip_request.is_some() => {
+                            discard = h.len + 1;
+                            let skip = self.skip_request;
+                            if skip == Some(SkipRequest::Message) || h.tag == b'S' {
+                                self.skip_request = None;
+                                if skip == Some(SkipRequest::UntilSync) {
+                                    let mut ready = BytesMut::new();
+                                    crate::protocol::messages::ready_for_query(&mut ready, b'I');
+                                    Box::pin(self.write_unsent(client, &ready)).await?;
+                                }
+                            }
+                            continue;
+                        }
                         // A Flush with nothing pending asks the server for
                         // nothing: leasing for it would hold a connection
                         // that no reply ever releases.
@@ -144,6 +160,43 @@ impl Session<'_> {
                 Some(Ok(_)) => {}
             }
         }
+    }
+
+    /// The client canceled its request while it waited for a server
+    /// connection: answered as PostgreSQL answers a canceled statement,
+    /// and never sent to a server. A Query or FunctionCall gets its error
+    /// and ReadyForQuery now; an extended-protocol batch gets its error
+    /// now and its ReadyForQuery at its Sync. What is left of the request
+    /// is dropped as it arrives (`wait_for_request`).
+    pub(super) async fn answer_canceled(
+        &mut self,
+        client: &mut ClientConn,
+    ) -> Result<(), ClientError> {
+        use crate::protocol::error::write_error;
+        use crate::protocol::{Severity, SqlState};
+        let simple = matches!(client.flow.buf.first(), Some(b'Q' | b'F'));
+        let mut out = BytesMut::new();
+        let message = format!(
+            "canceling statement of tenant \"{}\" due to user request (it was waiting for a server connection)",
+            self.tenant.id
+        );
+        write_error(
+            &mut out,
+            Severity::Error,
+            SqlState::QUERY_CANCELED,
+            &message,
+            None,
+        );
+        if simple {
+            crate::protocol::messages::ready_for_query(&mut out, b'I');
+        }
+        self.skip_request = Some(if simple {
+            SkipRequest::Message
+        } else {
+            SkipRequest::UntilSync
+        });
+        tracing::info!(tenant = %self.tenant.id, "a request was canceled while it waited for a server connection");
+        self.write_unsent(client, &out).await
     }
 
     /// Requests answered without a server connection (`known.rs`); the

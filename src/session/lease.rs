@@ -63,6 +63,7 @@ impl Session<'_> {
 
     /// Leases a server connection and applies the client's settings;
     /// true if that took a sync (so reported values may have changed).
+    /// None: the client canceled its request while it waited for one.
     /// `timer`: the session's, for the wait (`PlacementPool::checkout_with`);
     /// `client`: its unsent bytes (the end of its last result) go out
     /// while it waits.
@@ -70,7 +71,7 @@ impl Session<'_> {
         &self,
         timer: &mut LazyTimer,
         client: &mut Stream,
-    ) -> Result<(Lease, bool), ClientError> {
+    ) -> Result<Option<(Lease, bool)>, ClientError> {
         let context = self.pool.context().map(|_| &*self.tenant);
         let mut lease = match self.pool.try_checkout(self.seat, context) {
             Some(lease) => {
@@ -79,16 +80,20 @@ impl Session<'_> {
             }
             // Boxed: the wait is the uncommon case, and its state would
             // otherwise be part of every transaction's future.
-            None => Box::pin(sending_meanwhile(client, self.wait_for_checkout(timer))).await?,
+            None => match Box::pin(sending_meanwhile(client, self.wait_for_checkout(timer))).await?
+            {
+                Some(lease) => lease,
+                None => return Ok(None),
+            },
         };
         if Arc::ptr_eq(&self.wanted, &conn_state(lease.conn_mut()).applied) {
-            return Ok((lease, false)); // in sync: the common case
+            return Ok(Some((lease, false))); // in sync: the common case
         }
         // Boxed likewise: a sync takes round trips to the server (the
         // client's unsent bytes go out meanwhile, as during the wait).
         let sync = self.sync_settings(&mut lease);
         match Box::pin(sending_meanwhile(client, sync)).await {
-            Ok(synced) => Ok((lease, synced)),
+            Ok(synced) => Ok(Some((lease, synced))),
             Err(SyncFailure { error, clean }) => {
                 if clean {
                     lease.release();
@@ -98,19 +103,27 @@ impl Session<'_> {
         }
     }
 
-    /// Waits for a server connection of the pool; a KILL ends the wait
-    /// (checkout is cancel-safe).
-    async fn wait_for_checkout(&self, timer: &mut LazyTimer) -> Result<Lease, ClientError> {
+    /// Waits for a server connection of the pool; a KILL ends the wait,
+    /// and so does the client's cancel (None: its request is answered as
+    /// canceled). Checkout is cancel-safe.
+    async fn wait_for_checkout(&self, timer: &mut LazyTimer) -> Result<Option<Lease>, ClientError> {
         let asked = crate::runtime::time::now();
+        self.cancel.begin_wait();
         let got = tokio::select! {
             biased;
-            _ = self.stop.killed() => return Err(ClientError::Killed(self.tenant.id.clone())),
-            r = self.pool.checkout_with(self.seat, self.config.query_wait_timeout, timer) => r,
+            _ = self.stop.killed() => Err(ClientError::Killed(self.tenant.id.clone())),
+            () = self.cancel.wait_canceled() => Ok(None),
+            r = self.pool.checkout_with(self.seat, self.config.query_wait_timeout, timer) => {
+                r.map(Some).map_err(|e| checkout_error(&self.tenant, e))
+            }
         };
+        // A cancel that came as the lease was granted is too late, as one
+        // that reaches PostgreSQL before its statement starts.
+        self.cancel.end_wait();
         self.stats
             .wait_time
             .observe(crate::runtime::time::now().saturating_duration_since(asked));
-        got.map_err(|e| checkout_error(&self.tenant, e))
+        got
     }
 
     /// After a RESET or DISCARD ALL on a connection the client keeps

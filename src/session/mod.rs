@@ -128,6 +128,20 @@ pub struct Session<'a> {
     /// A reload ended this session: told once its transaction is over.
     /// Boxed: rare, and an idle client's future holds this field.
     pub ending: Option<Box<ClientError>>,
+    /// What is left of a request the client canceled while it waited
+    /// for a server connection, dropped as it arrives (None at login).
+    pub skip_request: Option<SkipRequest>,
+}
+
+/// What is left of a request canceled while it waited for a server
+/// connection (`Session::answer_canceled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipRequest {
+    /// A Query or FunctionCall: that one message (answered already).
+    Message,
+    /// An extended-protocol batch: every message up to its Sync, which
+    /// gets the ReadyForQuery.
+    UntilSync,
 }
 
 /// What the idle client did next.

@@ -36,7 +36,11 @@ impl Session<'_> {
         txn: &mut TxnState,
         timer: &mut LazyTimer,
     ) -> Result<Ended, ClientError> {
-        let (mut lease, synced) = self.lease(timer, &mut client.stream).await?;
+        let Some((mut lease, synced)) = self.lease(timer, &mut client.stream).await? else {
+            // Boxed: rare.
+            Box::pin(self.answer_canceled(client)).await?;
+            return Ok(Ended::Idle);
+        };
         // The runtime's clock, as the pool's: the release reuses the
         // reading that ends the lease (`count_lease`).
         let leased_at = crate::runtime::time::now();
