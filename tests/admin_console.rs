@@ -384,6 +384,49 @@ async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() 
     proxy.stop().await.expect("clean stop");
 }
 
+/// A request held by PAUSE can be canceled: it is answered with 57014 at
+/// once, never runs, and the session goes on after RESUME.
+#[tokio::test]
+async fn a_cancel_ends_a_wait_under_pause() {
+    let (_pg, proxy) = setup(2, "", "").await;
+    let c = admin(&proxy).await;
+    let client = std::sync::Arc::new(proxy.connect("acme").await);
+    c.simple_query("PAUSE acme").await.expect("pause");
+    let token = client.cancel_token();
+    let waiter = std::sync::Arc::clone(&client);
+    let run = tokio::spawn(async move {
+        waiter
+            .simple_query(
+                "INSERT INTO notes (tenant_id, body) VALUES ('acme', 'canceled under pause')",
+            )
+            .await
+            .map(drop)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!run.is_finished(), "held by the pause");
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request");
+    let e = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("answered at once, not at RESUME")
+        .expect("join")
+        .expect_err("canceled");
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    c.simple_query("RESUME acme").await.expect("resume");
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM notes WHERE body = 'canceled under pause'",
+            &[],
+        )
+        .await
+        .expect("the session goes on")
+        .get(0);
+    assert_eq!(n, 0, "the canceled request ran");
+    proxy.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_pause_longer_than_pause_timeout_refuses_the_transaction() {
     let (_pg, proxy) = setup(2, "pause_timeout = \"1s\"", "").await;

@@ -175,7 +175,11 @@ impl Session<'_> {
             if self.controls.any_paused() {
                 // The end of the last result still goes out meanwhile.
                 let paused = self.wait_while_paused();
-                Box::pin(sending_meanwhile(&mut client.stream, paused)).await?;
+                if Box::pin(sending_meanwhile(&mut client.stream, paused)).await? {
+                    // Canceled while held: answered, never sent.
+                    Box::pin(self.answer_canceled(client)).await?;
+                    continue;
+                }
             }
             self.follow_reload()?;
             // Boxed, so that the lease, pump and recovery states (most of
@@ -410,27 +414,32 @@ impl Session<'_> {
     /// Before a lease while some pause is in effect: waits while this
     /// client's tenant is paused, up to `pause_timeout` (the checkout's
     /// own `query_wait_timeout` starts after it). A stop (shutdown,
-    /// SUSPEND, KILL) ends the wait.
-    async fn wait_while_paused(&self) -> Result<(), ClientError> {
+    /// SUSPEND, KILL) ends the wait; so does the client's cancel (true:
+    /// its request is to be answered as canceled).
+    async fn wait_while_paused(&self) -> Result<bool, ClientError> {
         if !self.controls.is_paused(&self.tenant.id) {
-            return Ok(());
+            return Ok(false);
         }
         let deadline = crate::runtime::time::now() + self.config.pause_timeout;
         let marker = self.stop.client().map(|c| &c.paused);
         if let Some(m) = marker {
             m.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.cancel.begin_wait();
         let resumed = tokio::select! {
             biased;
             _ = self.stop.stopped() => Err(self.stop_error()),
-            r = self.controls.wait_resumed(&self.tenant.id, deadline) => Ok(r),
+            () = self.cancel.wait_canceled() => Ok(None),
+            r = self.controls.wait_resumed(&self.tenant.id, deadline) => Ok(Some(r)),
         };
+        self.cancel.end_wait();
         if let Some(m) = marker {
             m.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         match resumed? {
-            true => Ok(()),
-            false => {
+            None => Ok(true),
+            Some(true) => Ok(false),
+            Some(false) => {
                 tracing::info!(tenant = %self.tenant.id, "paused longer than pause_timeout");
                 Err(ClientError::PauseTimeout(self.tenant.id.clone()))
             }
