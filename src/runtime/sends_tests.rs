@@ -2,6 +2,7 @@
 //! its thread or off it), backlog and back-pressure, errors. Where
 //! io_uring is refused they skip, except under CI.
 
+use super::stream_tests::io_uring_missing;
 use super::*;
 use crate::runtime::net::{Socket, accepted};
 use std::io::Read;
@@ -184,17 +185,6 @@ fn a_failed_send_is_reported_at_the_next_ask() {
             "{e:?}"
         );
     });
-}
-
-/// Where the kernel refuses io_uring the batching tests have nothing to
-/// test: allowed locally (a note), a failure under CI (`CI` set), where
-/// skipping would hide a broken batch path.
-fn io_uring_missing() {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "io_uring is unavailable, so batched sends are not tested; CI must run where it is"
-    );
-    eprintln!("io_uring unavailable here: batching not exercised");
 }
 
 /// Whether this loop batches sends (see `io_uring_missing`).

@@ -321,7 +321,6 @@ mod tests {
     /// looked at `has_unsent`: CI, `client_memory`'s slow reader.)
     #[test]
     fn an_armed_flow_still_sends_the_backlog() {
-        const CHUNK: usize = 4000;
         let (peer_tx, peer_rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
         let (total_tx, total_rx) = std::sync::mpsc::channel::<usize>();
         let reader = std::thread::spawn(move || {
@@ -355,18 +354,7 @@ mod tests {
             assert!(first.is_pending() && flow.read_armed);
             // A peer that does not read yet: batched sends fill the
             // kernel's buffers until one leaves a backlog.
-            let mut sent = Vec::new();
-            for i in 0..100_000usize {
-                let bytes = vec![(i % 251) as u8; CHUNK];
-                let taken = poll_fn(|cx| Poll::Ready(ours.poll_send_soon(cx, &bytes))).await;
-                match taken {
-                    Poll::Ready(Ok(n)) => sent.extend_from_slice(&bytes[..n]),
-                    Poll::Ready(Err(e)) => panic!("send: {e}"),
-                    Poll::Pending => break,
-                }
-                // A turn: the batch goes out.
-                tokio::task::yield_now().await;
-            }
+            let sent = crate::runtime::stream_tests::fill_until_a_write_waits(&mut ours).await;
             total_tx.send(sent.len()).expect("total");
             // Only the flow waits now, as a session between requests.
             let limit = std::time::Duration::from_secs(10);
@@ -378,11 +366,7 @@ mod tests {
             (sent, true, next)
         });
         if !batched {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "io_uring is unavailable, so the backlog is not tested; CI must run where it is"
-            );
-            return;
+            return crate::runtime::stream_tests::io_uring_missing();
         }
         assert_eq!(next, Some(1), "the request after the answer never came");
         let got = reader.join().expect("reader").expect("the whole answer");

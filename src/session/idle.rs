@@ -86,16 +86,21 @@ impl Session<'_> {
                                 && self.mode == PoolMode::Transaction =>
                         {
                             let whole = buf.len() >= (h.len + 1).min(LEASE_AFTER);
-                            let (local, unsent) = {
-                                // This task's waker goes with the answer: a
+                            let (local, mut out) = self.answer_without_server(client)?;
+                            if !out.is_empty() {
+                                // What the socket takes at once (nearly
+                                // always all), with this task's waker: a
                                 // send the batch leaves unfinished wakes it.
-                                let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-                                self.answer_without_server(client, &waker)?
-                            };
-                            if !unsent.is_empty() {
+                                let sent =
+                                    poll_fn(|cx| Poll::Ready(try_write(client, &out, cx.waker())))
+                                        .await
+                                        .map_err(lost)?;
+                                out.advance(sent);
+                            }
+                            if !out.is_empty() {
                                 // Boxed: rare, and a waiting client's
                                 // future need hold no room for it.
-                                Box::pin(self.write_unsent(client, &unsent)).await?;
+                                Box::pin(self.write_unsent(client, &out)).await?;
                             }
                             match local {
                                 known::Local::Answered(n) => {
@@ -199,14 +204,12 @@ impl Session<'_> {
         self.write_unsent(client, &out).await
     }
 
-    /// Requests answered without a server connection (`known.rs`); the
-    /// answer is written before anything else is read: here what the
-    /// socket takes at once (nearly always all of it, into the worker's
-    /// batch of sends), and the rest, returned, by `write_unsent`.
+    /// Requests answered without a server connection (`known.rs`): what
+    /// the walk found, and the answer to write before anything else is
+    /// read (the caller writes it).
     fn answer_without_server(
         &mut self,
         client: &mut ClientConn,
-        waker: &std::task::Waker,
     ) -> Result<(known::Local, BytesMut), ClientError> {
         if client.flow.buf.len() < self.walk_again_at {
             // The message the last walk stopped at is still not whole.
@@ -237,10 +240,6 @@ impl Session<'_> {
             known::Local::NeedMore(at) => at,
             _ => 0,
         };
-        if !out.is_empty() {
-            let sent = try_write(client, &out, waker).map_err(lost)?;
-            out.advance(sent);
-        }
         Ok((local, out))
     }
 
