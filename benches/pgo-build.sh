@@ -36,6 +36,13 @@ PROFDATA=${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-pr
   echo "llvm-profdata not found at $PROFDATA: run 'rustup component add llvm-tools' or set LLVM_PROFDATA" >&2
   exit 1
 }
+# A raw profile is readable only by the llvm-profdata of the same LLVM major.
+want=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+have=$("$PROFDATA" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -n 1)
+[[ -n $want && $want == "$have" ]] || {
+  echo "$PROFDATA is LLVM ${have:-?}, rustc uses LLVM ${want:-?}: use rustc's own (rustup component add llvm-tools)" >&2
+  exit 1
+}
 
 # 1. Instrumented build, in a target dir of its own (other RUSTFLAGS would
 # otherwise rebuild the ordinary target's dependencies each time).
