@@ -38,7 +38,7 @@ PROFDATA=${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-pr
 }
 # A raw profile is readable only by the llvm-profdata of the same LLVM major.
 want=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-have=$("$PROFDATA" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -n 1)
+have=$("$PROFDATA" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -n 1 || true)
 [[ -n $want && $want == "$have" ]] || {
   echo "$PROFDATA is LLVM ${have:-?}, rustc uses LLVM ${want:-?}: use rustc's own (rustup component add llvm-tools)" >&2
   exit 1
