@@ -3,8 +3,8 @@
 # binary, trains it on a throwaway PostgreSQL with the benchmarks' own
 # workloads (pgbench through a database placement: select-only simple,
 # extended and prepared at 16 and 200 clients, TPC-B, a new connection per
-# transaction; then an rls placement, same tenant and switching tenants),
-# merges the profiles and builds again with them.
+# transaction, and over TLS; then an rls placement, same tenant and
+# switching tenants), merges the profiles and builds again with them.
 #
 #   benches/pgo-build.sh                 # -> target/pgo/pgtenant
 #   DURATION=10 benches/pgo-build.sh     # longer training (seconds per case)
@@ -15,10 +15,11 @@
 # runs went. Same source, same behaviour: the training only steers code
 # layout and inlining.
 #
-# Needs what the benchmarks need (PostgreSQL server binaries, pgbench) and
-# an llvm-profdata of rustc's own LLVM version: `rustup component add
-# llvm-tools` (found in rustc's sysroot), or LLVM_PROFDATA=/path. Takes
-# about three builds' time. Never run it beside a benchmark.
+# Needs what the benchmarks need (PostgreSQL server binaries, pgbench,
+# openssl for the TLS case) and an llvm-profdata of rustc's own LLVM
+# version: `rustup component add llvm-tools` (found in rustc's sysroot),
+# or LLVM_PROFDATA=/path. Takes about three builds' time. Never run it
+# beside a benchmark.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/target/pgo}
@@ -73,6 +74,19 @@ log "training: database placement"
   run -S -M simple -c 200 -j 2
   run -M simple -c 16 -j 2
   run -S -M simple -c 16 -j 2 -C
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null || true
+  # The same placement over TLS (a second proxy run: with [tls] set, the
+  # plaintext cases above would have negotiated TLS too).
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$W/server.key" -out "$W/server.crt" -subj "/CN=localhost" -days 2 >/dev/null 2>&1
+  printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$W/server.crt" "$W/server.key" >>"$W/pgtenant.toml"
+  PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/pgtenant.toml" >>"$W/pgtenant.out" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_port "$PGTENANT_PORT"
+  PGSSLMODE=require run -S -M extended -c 16 -j 2
+  PGSSLMODE=require run -S -M simple -c 16 -j 2 -C
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
 )
