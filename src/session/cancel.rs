@@ -13,7 +13,7 @@ use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use rand::RngExt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
@@ -36,14 +36,18 @@ pub struct CancelSlot {
     /// connection must not go to anyone else.
     lost: AtomicBool,
     done: tokio::sync::Notify,
-    /// The client's request waits for a server connection.
-    waiting: AtomicBool,
-    /// A cancel came for the waiting request.
-    canceled: AtomicBool,
+    /// Whether the client's request waits for a server connection, and
+    /// whether a cancel came for it: `NOT_WAITING`, `WAITING`, `CANCELED`.
+    /// One state, so a cancel can only mark a wait that is still on.
+    wait: AtomicU8,
     /// Wakes the waiting session (a permit is kept if it is not polled
-    /// yet; `wait_canceled` looks at `canceled` again after each).
+    /// yet; `wait_canceled` looks at `wait` again after each).
     wake: tokio::sync::Notify,
 }
+
+const NOT_WAITING: u8 = 0;
+const WAITING: u8 = 1;
+const CANCELED: u8 = 2;
 
 impl CancelSlot {
     /// Where this client's server connections come from.
@@ -65,21 +69,32 @@ impl CancelSlot {
     /// The client's request starts waiting for a server connection: a
     /// cancel from now on ends the wait (`wait_canceled`).
     pub fn begin_wait(&self) {
-        self.canceled.store(false, Ordering::SeqCst);
-        self.waiting.store(true, Ordering::SeqCst);
+        self.wait.store(WAITING, Ordering::SeqCst);
     }
 
-    /// The wait is over; whether a cancel came during it.
-    pub fn end_wait(&self) -> bool {
-        self.waiting.store(false, Ordering::SeqCst);
-        self.canceled.swap(false, Ordering::SeqCst)
+    /// The wait is over: a cancel from now on finds nothing waiting.
+    pub fn end_wait(&self) {
+        self.wait.store(NOT_WAITING, Ordering::SeqCst);
     }
 
     /// Ready once a cancel came for the waiting request.
     pub async fn wait_canceled(&self) {
-        while !self.canceled.load(Ordering::SeqCst) {
+        while self.wait.load(Ordering::SeqCst) != CANCELED {
             self.wake.notified().await;
         }
+    }
+
+    /// A cancel for this client: ends its wait for a server connection,
+    /// if it is waiting for one (true).
+    fn cancel_wait(&self) -> bool {
+        let marked = self
+            .wait
+            .compare_exchange(WAITING, CANCELED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if marked {
+            self.wake.notify_one();
+        }
+        marked
     }
 
     /// Waits (bounded) until no cancel for this client is being forwarded.
@@ -189,10 +204,8 @@ impl CancelRegistry {
             if !send_cancel(pool.target(), server_key).await {
                 slot.lost.store(true, Ordering::SeqCst);
             }
-        } else if slot.waiting.load(Ordering::SeqCst) {
+        } else if slot.cancel_wait() {
             tracing::debug!("cancel request for a client waiting for a server connection");
-            slot.canceled.store(true, Ordering::SeqCst);
-            slot.wake.notify_one();
         } else {
             tracing::debug!("cancel request for a client with nothing running");
         }
