@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 impl PlacementPool {
@@ -88,18 +88,20 @@ impl PlacementPool {
         seat: TenantSeat,
         wait: Duration,
     ) -> Result<Lease, CheckoutError> {
-        self.checkout_with(seat, wait, &mut LazyTimer::default())
+        let deadline = crate::runtime::time::now() + wait;
+        self.checkout_with(seat, deadline, &mut LazyTimer::default())
             .await
     }
 
-    /// [`Self::checkout`], waiting on `timer`: a session passes its own,
-    /// reused from one wait to the next, so that a wait pushes a
-    /// registered deadline later (an atomic update) instead of adding a
-    /// timer to the runtime's wheel and taking it out again each time.
+    /// [`Self::checkout`] until `deadline`, waiting on `timer`: a session
+    /// passes its own, reused from one wait to the next, so that a wait
+    /// pushes a registered deadline later (an atomic update) instead of
+    /// adding a timer to the runtime's wheel and taking it out again each
+    /// time; and the deadline from the clock it read anyway.
     pub async fn checkout_with(
         self: &Arc<Self>,
         seat: TenantSeat,
-        wait: Duration,
+        deadline: Instant,
         timer: &mut LazyTimer,
     ) -> Result<Lease, CheckoutError> {
         let worker = current_worker();
@@ -107,7 +109,7 @@ impl PlacementPool {
             let taken = take(&mut self.lock(), seat, worker);
             let grant = match taken {
                 Some(g) => g,
-                None => self.wait_for_grant(seat, wait, timer).await?,
+                None => self.wait_for_grant(seat, deadline, timer).await?,
             };
             match grant {
                 Grant::Conn(conn) => {
@@ -183,7 +185,7 @@ impl PlacementPool {
     async fn wait_for_grant(
         self: &Arc<Self>,
         seat: TenantSeat,
-        wait: Duration,
+        deadline: Instant,
         timer: &mut LazyTimer,
     ) -> Result<Grant, CheckoutError> {
         let (tx, rx) = oneshot::channel();
@@ -208,7 +210,7 @@ impl PlacementPool {
             rx: Some(rx),
         };
         let rx = guard.rx.as_mut().ok_or(CheckoutError::WaitTimeout)?;
-        timer.set(Some(crate::runtime::time::now() + wait));
+        timer.set(Some(deadline));
         let got = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = Pin::new(&mut *rx).poll(cx) {
                 return Poll::Ready(r.ok());

@@ -7,6 +7,7 @@ use super::net::Socket;
 pub use super::tls_socket::Chosen;
 use super::tls_socket::TlsLayer;
 use bytes::BytesMut;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -41,19 +42,40 @@ pub trait Transport {
 /// backlog, TLS records): a wait that is not for this peer (a server
 /// connection, a pause) must not hold back bytes it already has, such as
 /// the end of its last result. A send error is left for the next write.
-pub async fn sending_meanwhile<T>(
-    stream: &mut impl Transport,
-    wait: impl std::future::Future<Output = T>,
-) -> T {
-    let mut wait = std::pin::pin!(wait);
-    let mut settled = !stream.has_unsent();
-    std::future::poll_fn(|cx| {
-        if !settled {
-            settled = stream.poll_settle(cx).is_ready();
+pub fn sending_meanwhile<'s, S: Transport, F: Future>(
+    stream: &'s mut S,
+    wait: F,
+) -> SendingMeanwhile<'s, S, F> {
+    SendingMeanwhile {
+        settled: !stream.has_unsent(),
+        stream,
+        wait,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`sending_meanwhile`]'s future. A struct rather than an `async fn`,
+    /// whose state would hold `wait` twice (the argument and the pinned
+    /// local it moves to) and copy it once more on the first poll: the
+    /// session boxes this at every wait for a server connection.
+    pub struct SendingMeanwhile<'s, S, F> {
+        stream: &'s mut S,
+        settled: bool,
+        #[pin]
+        wait: F,
+    }
+}
+
+impl<S: Transport, F: Future> Future for SendingMeanwhile<'_, S, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if !*this.settled {
+            *this.settled = this.stream.poll_settle(cx).is_ready();
         }
-        wait.as_mut().poll(cx)
-    })
-    .await
+        this.wait.poll(cx)
+    }
 }
 
 impl Transport for Socket {

@@ -12,9 +12,11 @@ use crate::pool::PlacementPool;
 use crate::protocol::CancelKey;
 use bytes::BytesMut;
 use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use rand::RngExt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use tokio::io::AsyncWriteExt;
 
 /// A client's cancel slot: armed with its server connection's key while
@@ -40,9 +42,10 @@ pub struct CancelSlot {
     /// whether a cancel came for it: `NOT_WAITING`, `WAITING`, `CANCELED`.
     /// One state, so a cancel can only mark a wait that is still on.
     wait: AtomicU8,
-    /// Wakes the waiting session (a permit is kept if it is not polled
-    /// yet; `wait_canceled` looks at `wait` again after each).
-    wake: tokio::sync::Notify,
+    /// The waiting session's waker: registered before `wait` is read, so
+    /// a cancel after the read wakes it. (A `Notify` would queue a waiter
+    /// node under its mutex at every wait, and take it out again.)
+    wake: AtomicWaker,
 }
 
 const NOT_WAITING: u8 = 0;
@@ -79,9 +82,15 @@ impl CancelSlot {
 
     /// Ready once a cancel came for the waiting request.
     pub async fn wait_canceled(&self) {
-        while self.wait.load(Ordering::SeqCst) != CANCELED {
-            self.wake.notified().await;
-        }
+        std::future::poll_fn(|cx| {
+            self.wake.register(cx.waker());
+            if self.wait.load(Ordering::SeqCst) == CANCELED {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// A cancel for this client: ends its wait for a server connection,
@@ -92,7 +101,7 @@ impl CancelSlot {
             .compare_exchange(WAITING, CANCELED, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if marked {
-            self.wake.notify_one();
+            self.wake.wake();
         }
         marked
     }
