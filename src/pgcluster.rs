@@ -49,18 +49,7 @@ impl PgCluster {
             chown(dir.path(), user)?;
         }
         let data = dir.path().join("data");
-        let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
-        run(as_user(initdb, run_as)).context("initdb")?;
+        init_data(&bin, run_as, &data)?;
         let encryption = if auth == HostAuth::Md5 {
             "md5"
         } else {
@@ -264,6 +253,85 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
             "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under \
              /usr/lib/postgresql/*/bin; install them, e.g. `apt-get install -y postgresql`",
         )
+}
+
+/// What `initdb` is run with.
+const INITDB_ARGS: [&str; 8] = [
+    "-U",
+    "postgres",
+    "-A",
+    "trust",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "--no-sync",
+];
+
+/// Makes the data folder `data`: `initdb`, or, where the environment
+/// variable `PGTENANT_INITDB_CACHE` names a folder (the repository's
+/// `.cargo/config.toml` sets it for `cargo test`), a copy of the data
+/// folder `initdb` made there once for these server binaries. `initdb`
+/// was most of a throwaway cluster's start, and the test suite starts
+/// over a hundred. (`cargo run -- demo` copies it too; an installed
+/// `pgtenant demo` runs `initdb` and leaves nothing behind.)
+fn init_data(bin: &Path, run_as: Option<&'static str>, data: &Path) -> anyhow::Result<()> {
+    let cache = std::env::var_os("PGTENANT_INITDB_CACHE").filter(|c| !c.is_empty());
+    let Some(cache) = cache else {
+        return initdb(bin, run_as, data);
+    };
+    let template = cached_template(bin, run_as, Path::new(&cache))?;
+    // `cp -a` keeps the owner (the postgres user, as root) and modes.
+    run({
+        let mut c = Command::new("cp");
+        c.arg("-a").arg(&template).arg(data);
+        c
+    })
+    .context("copying the cached initdb template")
+}
+
+fn initdb(bin: &Path, run_as: Option<&str>, data: &Path) -> anyhow::Result<()> {
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb.arg("-D").arg(data).args(INITDB_ARGS);
+    run(as_user(initdb, run_as)).context("initdb")
+}
+
+/// The template for these binaries, arguments and user under `cache`,
+/// made if missing. Concurrent makers (test binaries run in parallel)
+/// each run `initdb` in a folder of their own and rename it into place:
+/// the first rename wins, the others drop theirs.
+fn cached_template(
+    bin: &Path,
+    run_as: Option<&'static str>,
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let mut key = std::collections::hash_map::DefaultHasher::new();
+    bin.hash(&mut key);
+    // Another build of the binaries at the same path: another template.
+    let meta = std::fs::metadata(bin.join("initdb")).context("initdb")?;
+    (meta.len(), meta.modified().ok()).hash(&mut key);
+    INITDB_ARGS.hash(&mut key);
+    run_as.hash(&mut key);
+    let template = cache.join(format!("initdb-{:016x}", key.finish()));
+    if template.is_dir() {
+        return Ok(template);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("making-")
+        .tempdir_in(cache)?;
+    if let Some(user) = run_as {
+        chown(work.path(), user)?;
+    }
+    let data = work.path().join("data");
+    initdb(bin, run_as, &data)?;
+    if std::fs::rename(&data, &template).is_err() && !template.is_dir() {
+        bail!(
+            "could not put the initdb template at {}",
+            template.display()
+        );
+    }
+    Ok(template)
 }
 
 fn is_root() -> bool {
