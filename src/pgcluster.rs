@@ -297,8 +297,8 @@ fn initdb(bin: &Path, run_as: Option<&str>, data: &Path) -> anyhow::Result<()> {
 
 /// The template for these binaries, arguments and user under `cache`,
 /// made if missing. Concurrent makers (test binaries run in parallel)
-/// each run `initdb` in a folder of their own and rename it into place:
-/// the first rename wins, the others drop theirs.
+/// each stage a copy of their own and rename it into place: the first
+/// rename wins, the others drop theirs.
 fn cached_template(
     bin: &Path,
     run_as: Option<&'static str>,
@@ -316,16 +316,28 @@ fn cached_template(
     if template.is_dir() {
         return Ok(template);
     }
+    // initdb runs where a cluster would (the temp dir): as root it runs
+    // as the postgres user, who may not reach `cache` (a checkout under
+    // /root); root copies the result there.
+    let fresh = tempfile::Builder::new()
+        .prefix("pgtenant-initdb-")
+        .tempdir()?;
+    if let Some(user) = run_as {
+        chown(fresh.path(), user)?;
+    }
+    let data = fresh.path().join("data");
+    initdb(bin, run_as, &data)?;
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let work = tempfile::Builder::new()
         .prefix("making-")
         .tempdir_in(cache)?;
-    if let Some(user) = run_as {
-        chown(work.path(), user)?;
-    }
-    let data = work.path().join("data");
-    initdb(bin, run_as, &data)?;
-    if std::fs::rename(&data, &template).is_err() && !template.is_dir() {
+    let staged = work.path().join("data");
+    run({
+        let mut c = Command::new("cp");
+        c.arg("-a").arg(&data).arg(&staged);
+        c
+    })?;
+    if std::fs::rename(&staged, &template).is_err() && !template.is_dir() {
         bail!(
             "could not put the initdb template at {}",
             template.display()
