@@ -392,3 +392,40 @@ pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Test binaries start clusters in parallel: makers racing for a
+    /// missing template must all get the same one, whole, and leave
+    /// nothing else behind.
+    #[test]
+    fn concurrent_makers_share_one_template() {
+        let bin = find_bin_dir().expect("PostgreSQL server binaries");
+        let run_as = is_root().then_some("postgres");
+        let cache = tempfile::tempdir().expect("temp dir");
+        let cache_dir = cache.path().join("initdb-cache");
+        let made: Vec<PathBuf> = std::thread::scope(|s| {
+            let makers: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| cached_template(&bin, run_as, &cache_dir)))
+                .collect();
+            makers
+                .into_iter()
+                .map(|m| m.join().expect("join").expect("template"))
+                .collect()
+        });
+        assert!(made.iter().all(|p| *p == made[0]), "{made:?}");
+        assert!(made[0].join("PG_VERSION").is_file());
+        assert!(made[0].join("global/pg_control").is_file());
+        let left: Vec<_> = std::fs::read_dir(&cache_dir)
+            .expect("cache")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, [made[0].file_name().expect("name").to_owned()]);
+        assert_eq!(
+            cached_template(&bin, run_as, &cache_dir).expect("again"),
+            made[0]
+        );
+    }
+}
