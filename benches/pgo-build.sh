@@ -63,32 +63,36 @@ log "training: database placement"
 (
   PGTENANT_BIN=$GEN
   source "$ROOT/benches/bench-cluster.sh"
-  PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/pgtenant.toml" >"$W/pgtenant.out" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  wait_port "$PGTENANT_PORT"
+  # Starts the proxy on the config as it is; stop() ends it, which writes
+  # its profile.
+  start() {
+    PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/pgtenant.toml" >>"$W/pgtenant.out" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$PGTENANT_PORT"
+  }
+  stop() {
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+  }
   run() { pgbench -n -T "$DURATION" -h 127.0.0.1 -p "$PGTENANT_PORT" -U bench "$@" bench >/dev/null; }
+  start
   run -S -M simple -c 16 -j 2
   run -S -M extended -c 16 -j 2
   run -S -M prepared -c 16 -j 2
   run -S -M simple -c 200 -j 2
   run -M simple -c 16 -j 2
   run -S -M simple -c 16 -j 2 -C
-  kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
+  stop
   # The same placement over TLS (a second proxy run: with [tls] set, the
   # plaintext cases above would have negotiated TLS too).
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$W/server.key" -out "$W/server.crt" -subj "/CN=localhost" -days 2 >/dev/null 2>&1
   printf '[tls]\ncert = "%s"\nkey = "%s"\n' "$W/server.crt" "$W/server.key" >>"$W/pgtenant.toml"
-  PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/pgtenant.toml" >>"$W/pgtenant.out" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  wait_port "$PGTENANT_PORT"
+  start
   PGSSLMODE=require run -S -M extended -c 16 -j 2
   PGSSLMODE=require run -S -M simple -c 16 -j 2 -C
-  kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
+  stop
 )
 # The rls scripts talk a lot (notices, the vetting's warnings): their
 # output goes to a log, shown when they fail.

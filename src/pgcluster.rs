@@ -280,13 +280,17 @@ fn init_data(bin: &Path, run_as: Option<&'static str>, data: &Path) -> anyhow::R
         return initdb(bin, run_as, data);
     };
     let template = cached_template(bin, run_as, Path::new(&cache))?;
-    // `cp -a` keeps the owner (the postgres user, as root) and modes.
+    copy_dir(&template, data).context("copying the cached initdb template")
+}
+
+/// Copies the folder `from` to `to` (which must not exist), keeping
+/// owners (the postgres user, as root) and modes: `cp -a`.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     run({
         let mut c = Command::new("cp");
-        c.arg("-a").arg(&template).arg(data);
+        c.arg("-a").arg(from).arg(to);
         c
     })
-    .context("copying the cached initdb template")
 }
 
 fn initdb(bin: &Path, run_as: Option<&str>, data: &Path) -> anyhow::Result<()> {
@@ -332,11 +336,7 @@ fn cached_template(
         .prefix("making-")
         .tempdir_in(cache)?;
     let staged = work.path().join("data");
-    run({
-        let mut c = Command::new("cp");
-        c.arg("-a").arg(&data).arg(&staged);
-        c
-    })?;
+    copy_dir(&data, &staged)?;
     if std::fs::rename(&staged, &template).is_err() && !template.is_dir() {
         bail!(
             "could not put the initdb template at {}",
