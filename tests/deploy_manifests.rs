@@ -565,3 +565,42 @@ fn the_configmaps_config_renders_and_passes_pgtenant_check() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// The image's build stage runs benches/pgo-build.sh and copies what it
+/// writes; nothing runs the Dockerfile here (no daemon in CI), so this
+/// keeps the two from drifting apart: the script it names exists and is
+/// executable, and the path it copies is the script's output.
+#[test]
+fn the_dockerfiles_pgo_build_copies_what_the_script_writes() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.lines().any(|l| l == "ARG PGO=1"),
+        "PGO is not the image's default"
+    );
+    let script = "benches/pgo-build.sh";
+    let call = format!("{script} && cp target/pgo/pgtenant /usr/local/bin/pgtenant");
+    assert!(
+        dockerfile.contains(&call),
+        "the Dockerfile does not run `{call}`"
+    );
+    let path = root().join(script);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&path)
+            .expect("pgo-build.sh")
+            .permissions(),
+    );
+    assert!(mode & 0o111 != 0, "{script} is not executable");
+    let text = std::fs::read_to_string(&path).expect("pgo-build.sh");
+    assert!(
+        text.contains("OUT=${OUT:-$ROOT/target/pgo}"),
+        "{script} writes elsewhere"
+    );
+    assert!(text.contains(r#"cp "$OUT/use/release/pgtenant" "$OUT/pgtenant""#));
+    // What the script needs and the stage installs.
+    for tool in ["postgresql", "openssl", "rustup component add llvm-tools"] {
+        assert!(
+            dockerfile.contains(tool),
+            "the build stage does not install {tool}"
+        );
+    }
+}
