@@ -80,7 +80,10 @@ impl Session<'_> {
             }
             // Boxed: the wait is the uncommon case, and its state would
             // otherwise be part of every transaction's future.
-            None => match Box::pin(sending_meanwhile(client, self.wait_for_checkout(timer))).await?
+            None => match super::boxed_in_place(|| {
+                sending_meanwhile(client, self.wait_for_checkout(timer))
+            })
+            .await?
             {
                 Some(lease) => lease,
                 None => return Ok(None),

@@ -188,7 +188,8 @@ impl Session<'_> {
             // allocation per transaction (mimalloc: a thread-local free
             // list), nothing per message.
             let ended =
-                Box::pin(self.transaction(client, &mut server_flow, &mut txn, &mut timer)).await?;
+                boxed_in_place(|| self.transaction(client, &mut server_flow, &mut txn, &mut timer))
+                    .await?;
             if let transaction::Ended::Closed = ended {
                 return Ok(());
             }
@@ -466,4 +467,12 @@ pub(crate) fn apply_undo(
             }
         }
     }
+}
+
+/// `Box::pin(make())`, but with the box allocated before `make` runs, so
+/// that the future can be written straight into it instead of made on the
+/// stack and copied whole (every byte of its largest state, used or not).
+#[inline(always)]
+fn boxed_in_place<F>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
