@@ -213,7 +213,7 @@ impl Session<'_> {
             let stall_deadline = txn.stall_deadline;
             // Made in each `select!` rather than once before: a future
             // held in a local as well would take room twice in this
-            // future, which every transaction copies into its box.
+            // future, which every transaction allocates.
             macro_rules! pumped {
                 () => {
                     pump::pump(
