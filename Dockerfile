@@ -20,7 +20,7 @@ FROM rust:1-slim-bookworm AS build
 # PGO=1 (the default): the binary is the profile-guided build of
 # benches/pgo-build.sh, which trains an instrumented build for about a
 # minute on a throwaway PostgreSQL (pgbench through the proxy) and builds
-# again with the profile: 6-9 % less proxy CPU per transaction than the
+# again with the profile: 3-9 % less proxy CPU per transaction than the
 # plain release build (README, "Profile-guided build"), for about three
 # builds' time. PGO=0 (`docker build --build-arg PGO=0 .`): the plain
 # `cargo build --release`, no PostgreSQL in the build.

@@ -5,7 +5,8 @@
 # In:  ROOT, SCALE (pgbench scale), PG_PORT, PGTENANT_PORT, PGBOUNCER_PORT,
 #      PGTENANT_BIN (optional: another build to measure; else built here)
 # Out: W (the folder), AS (run-as-postgres prefix when root), PIDS (to
-#      stop on exit), PG_BIN; $W/pgtenant.toml, $W/pgbouncer.ini
+#      stop on exit), PG_BIN; $W/pgtenant.toml (fitted to PGTENANT_BIN),
+#      $W/pgbouncer.ini; fit_config BIN FILE (the config for another build)
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 command -v pgbench >/dev/null || { echo "needs pgbench" >&2; exit 1; }
 
@@ -40,7 +41,9 @@ psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
   -c "CREATE ROLE bench LOGIN" -c "CREATE DATABASE bench OWNER bench"
 pgbench -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U bench bench >/dev/null 2>&1
 
-cat >"$W/pgtenant.toml" <<CONF
+# As written, for every build; $W/pgtenant.toml is it fitted to
+# PGTENANT_BIN (fit_config, below).
+cat >"$W/pgtenant.base.toml" <<CONF
 [proxy]
 listen = "127.0.0.1:$PGTENANT_PORT"
 auth_type = "trust"
@@ -74,11 +77,16 @@ if [[ -z ${PGTENANT_BIN:-} ]]; then
   cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
   PGTENANT_BIN=$ROOT/target/release/pgtenant
 fi
-# Builds before require_auth refuse the parameter (they take whatever the
-# server asks): drop it for them, as pgtenant-under-bench.sh does.
-if ! "$PGTENANT_BIN" -c "$W/pgtenant.toml" check >/dev/null 2>&1; then
-  sed -i 's/?require_auth=[^"]*"/"/' "$W/pgtenant.toml"
-fi
+# Writes to $2 the proxy config fitted to build $1. Builds before
+# require_auth refuse the parameter (they take whatever the server asks):
+# it is dropped for them, as pgtenant-under-bench.sh does.
+fit_config() {
+  cp "$W/pgtenant.base.toml" "$2"
+  if ! "$1" -c "$2" check >/dev/null 2>&1; then
+    sed -i 's/?require_auth=[^"]*"/"/' "$2"
+  fi
+}
+fit_config "$PGTENANT_BIN" "$W/pgtenant.toml"
 
 # Waits until a proxy on port $1 answers a query (about 20 s at most).
 wait_port() {

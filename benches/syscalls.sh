@@ -35,10 +35,7 @@ bench() {
     >/dev/null 2>&1
 }
 for bin in $BINS; do
-  # bench-cluster.sh fitted the config to the first build; each build
-  # gets require_auth back, or not, by what it accepts.
-  sed -E 's|^(url = "postgres://[^"?]*)"$|\1?require_auth=none"|' "$W/pgtenant.toml" >"$W/run.toml"
-  "$bin" -c "$W/run.toml" check >/dev/null 2>&1 || sed -i 's/?require_auth=[^"]*"/"/' "$W/run.toml"
+  fit_config "$bin" "$W/run.toml"
   PGTENANT_LOG=warn "$bin" -c "$W/run.toml" >"$W/run.out" 2>&1 &
   pid=$!
   PIDS+=("$pid")
