@@ -384,6 +384,65 @@ async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() 
     proxy.stop().await.expect("clean stop");
 }
 
+/// SHOW POOLS' `maxwait`/`maxwait_us` (PgBouncer's): how long the oldest
+/// client waiting for a server connection has waited, on its tenant's row
+/// and its placement's; 0 again once nobody waits.
+#[tokio::test]
+async fn show_pools_times_the_oldest_wait_for_a_server_connection() {
+    let (_pg, proxy) = setup(1, "", "").await;
+    let c = admin(&proxy).await;
+    let holder = proxy.connect("acme").await;
+    let waiter = proxy.connect("acme").await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    let waited_for = |pools: &[HashMap<String, Option<String>>], tenant: Option<&str>| {
+        let row = pools
+            .iter()
+            .find(|r| get(r, "placement") == Some("acme_db") && get(r, "tenant") == tenant)
+            .unwrap_or_else(|| panic!("no acme_db row for {tenant:?}: {pools:?}"));
+        let n = |col| -> u64 {
+            get(row, col)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{col} of {row:?}"))
+        };
+        assert!(n("maxwait_us") < 1_000_000, "{row:?}");
+        Duration::from_secs(n("maxwait")) + Duration::from_micros(n("maxwait_us"))
+    };
+    assert_eq!(
+        waited_for(&rows(&c, "SHOW POOLS").await, Some("acme")),
+        Duration::ZERO,
+        "nobody waits yet"
+    );
+
+    let waiting =
+        tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| waiter) });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pools = rows(&c, "SHOW POOLS").await;
+    for tenant in [Some("acme"), None] {
+        let waited = waited_for(&pools, tenant);
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_secs(30),
+            "{tenant:?} waited {waited:?}: {pools:?}"
+        );
+    }
+    let globex = pools
+        .iter()
+        .find(|r| get(r, "tenant") == Some("globex"))
+        .expect("globex row");
+    assert_eq!(get(globex, "maxwait"), Some("0"));
+    assert_eq!(get(globex, "maxwait_us"), Some("0"));
+
+    holder.simple_query("COMMIT").await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the holder committed")
+        .expect("join")
+        .expect("the waiting query");
+    let pools = rows(&c, "SHOW POOLS").await;
+    assert_eq!(waited_for(&pools, Some("acme")), Duration::ZERO);
+    assert_eq!(waited_for(&pools, None), Duration::ZERO);
+    proxy.stop().await.expect("clean stop");
+}
+
 /// A request held by PAUSE can be canceled: it is answered with 57014 at
 /// once, never runs, and the session goes on after RESUME.
 #[tokio::test]

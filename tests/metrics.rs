@@ -131,6 +131,11 @@ async fn metrics_count_real_traffic_and_errors() {
         ) >= 1.0
     );
     assert_eq!(get(&m, "pgtenant_tenants{}"), 1.0);
+    assert_eq!(
+        get(&m, "pgtenant_pool_max_wait_seconds{placement=acme_db}"),
+        0.0,
+        "nobody waits for a server connection"
+    );
 
     // The counters move with more traffic.
     client.simple_query("SELECT 2").await.expect("select");

@@ -309,6 +309,22 @@ fn write_pools(e: &mut Encoder, snap: &Snapshot) {
         );
     }
     e.family(
+        "pgtenant_pool_max_wait_seconds",
+        "gauge",
+        "How long the oldest client waiting for a server connection has waited, by placement (0: none waits).",
+    );
+    let now = crate::runtime::time::now();
+    for p in &pools {
+        let waited = p
+            .oldest_wait()
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        e.sample_f64(
+            "pgtenant_pool_max_wait_seconds",
+            &[("placement", p.name().0.as_str())],
+            waited,
+        );
+    }
+    e.family(
         "pgtenant_server_connects_total",
         "counter",
         "Server connections opened, by placement.",

@@ -19,6 +19,7 @@
 //! own connections comes back.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 /// A tenant's place at one pool (an index into its table), looked up once
 /// per login by name ([`super::PlacementPool::seat`]) so that checkout
@@ -33,13 +34,16 @@ pub struct TenantCounts {
     pub held: usize,
     pub waiting: usize,
     pub cap: usize,
+    /// When its oldest waiter started waiting (SHOW POOLS' `maxwait`).
+    pub waiting_since: Option<Instant>,
 }
 
 struct Tenant<W> {
     held: usize,
     cap: usize,
-    /// Oldest first; the ids let a waiter that gives up find itself.
-    waiters: VecDeque<(u64, W)>,
+    /// Oldest first, each with when it started waiting; the ids let a
+    /// waiter that gives up find itself.
+    waiters: VecDeque<(u64, Instant, W)>,
     /// Listed in `Tenants::turns` (at most once).
     in_turn: bool,
 }
@@ -129,13 +133,13 @@ impl<W> Tenants<W> {
         }
     }
 
-    /// Queues a waiter of `seat` behind its tenant's others. False for an
-    /// unknown seat.
-    pub(super) fn push(&mut self, seat: TenantSeat, id: u64, waiter: W) -> bool {
+    /// Queues a waiter of `seat` behind its tenant's others; `since`: when
+    /// it started waiting. False for an unknown seat.
+    pub(super) fn push(&mut self, seat: TenantSeat, id: u64, since: Instant, waiter: W) -> bool {
         let Some(t) = self.list.get_mut(seat.0 as usize) else {
             return false;
         };
-        t.waiters.push_back((id, waiter));
+        t.waiters.push_back((id, since, waiter));
         self.waiting += 1;
         if t.has_room() && !t.in_turn {
             t.in_turn = true;
@@ -150,7 +154,7 @@ impl<W> Tenants<W> {
         let Some(t) = self.list.get_mut(seat.0 as usize) else {
             return false;
         };
-        match t.waiters.iter().position(|(i, _)| *i == id) {
+        match t.waiters.iter().position(|(i, _, _)| *i == id) {
             Some(i) => {
                 t.waiters.remove(i);
                 self.waiting -= 1;
@@ -184,7 +188,7 @@ impl<W> Tenants<W> {
                 continue;
             };
             while t.has_room()
-                && let Some((_, w)) = t.waiters.pop_front()
+                && let Some((_, _, w)) = t.waiters.pop_front()
             {
                 self.waiting -= 1;
                 match send(w, grant) {
@@ -216,7 +220,7 @@ impl<W> Tenants<W> {
             };
             t.in_turn = false;
             self.waiting -= t.waiters.len();
-            for (_, w) in t.waiters.drain(..) {
+            for (_, _, w) in t.waiters.drain(..) {
                 send(w, make());
             }
         }
@@ -227,13 +231,28 @@ impl<W> Tenants<W> {
             held: t.held,
             waiting: t.waiters.len(),
             cap: t.cap,
+            waiting_since: t.waiters.front().map(|&(_, since, _)| since),
         })
+    }
+
+    /// When the pool's longest-waiting client started waiting: the oldest
+    /// of each tenant's first waiter (FIFO within a tenant). One look per
+    /// tenant: for SHOW POOLS and a scrape, not for checkout.
+    pub(super) fn oldest_since(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter_map(|t| t.waiters.front().map(|&(_, since, _)| since))
+            .min()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     const FLOOD: TenantSeat = TenantSeat(0);
     const QUIET: TenantSeat = TenantSeat(1);
@@ -259,9 +278,9 @@ mod tests {
     fn a_single_waiter_is_served_second_behind_a_hundred() {
         let mut t = Tenants::new([10, 10]);
         for id in 0..100 {
-            assert!(t.push(FLOOD, id, 0));
+            assert!(t.push(FLOOD, id, now(), 0));
         }
-        assert!(t.push(QUIET, 100, 1));
+        assert!(t.push(QUIET, 100, now(), 1));
         assert_eq!(t.waiting(), 101);
         // The flood's first waiter came first; the quiet one is next, not
         // the 101st.
@@ -276,7 +295,7 @@ mod tests {
         let mut id = 0;
         for (seat, n) in [(FLOOD, 5), (QUIET, 2), (THIRD, 3)] {
             for _ in 0..n {
-                t.push(seat, id, (seat.0, id));
+                t.push(seat, id, now(), (seat.0, id));
                 id += 1;
             }
         }
@@ -314,31 +333,27 @@ mod tests {
         t.acquire(FLOOD);
         assert!(!t.has_room(FLOOD));
         for id in 0..3 {
-            t.push(FLOOD, id, 0);
+            t.push(FLOOD, id, now(), 0);
         }
         // Nothing for the flood while it is at its cap.
         assert!(serve(&mut t, 1).is_empty());
-        t.push(QUIET, 3, 1);
+        t.push(QUIET, 3, now(), 1);
         assert_eq!(serve(&mut t, 5), [1]);
         // One of the flood's comes back: exactly one flood waiter may go.
         t.release(FLOOD);
         assert_eq!(serve(&mut t, 5), [0]);
         assert_eq!(
-            t.counts(FLOOD),
-            Some(TenantCounts {
-                held: 2,
-                waiting: 2,
-                cap: 2
-            })
+            t.counts(FLOOD).map(|c| (c.held, c.waiting, c.cap)),
+            Some((2, 2, 2))
         );
     }
 
     #[test]
     fn waiters_that_gave_up_are_skipped_and_removed() {
         let mut t = Tenants::new([10, 10]);
-        t.push(FLOOD, 0, 0);
-        t.push(FLOOD, 1, 0);
-        t.push(QUIET, 2, 1);
+        t.push(FLOOD, 0, now(), 0);
+        t.push(FLOOD, 1, now(), 0);
+        t.push(QUIET, 2, now(), 1);
         assert!(t.remove(QUIET, 2));
         assert!(!t.remove(QUIET, 2));
         assert_eq!(t.waiting(), 2);
@@ -359,7 +374,7 @@ mod tests {
     fn a_raised_cap_serves_waiters_and_an_added_tenant_gets_its_own_seat() {
         let mut t = Tenants::new([1]);
         t.acquire(FLOOD);
-        t.push(FLOOD, 0, 0);
+        t.push(FLOOD, 0, now(), 0);
         assert!(serve(&mut t, 1).is_empty(), "at its cap");
         t.set_cap(FLOOD, 2);
         assert_eq!(serve(&mut t, 1), [0]);
@@ -374,7 +389,8 @@ mod tests {
             Some(TenantCounts {
                 held: 0,
                 waiting: 0,
-                cap: 3
+                cap: 3,
+                waiting_since: None
             })
         );
     }
@@ -383,13 +399,39 @@ mod tests {
     fn backing_off_tells_only_tenants_with_room() {
         let mut t = Tenants::new([1, 10]);
         t.acquire(FLOOD);
-        t.push(FLOOD, 0, 0);
-        t.push(QUIET, 1, 1);
-        t.push(QUIET, 2, 1);
+        t.push(FLOOD, 0, now(), 0);
+        t.push(QUIET, 1, now(), 1);
+        t.push(QUIET, 2, now(), 1);
         let told = std::cell::RefCell::new(Vec::new());
         t.tell_ready(|| (), |w, ()| told.borrow_mut().push(w));
         assert_eq!(told.into_inner(), [1, 1]);
         assert_eq!(t.waiting(), 1);
         assert!(!t.has_room(TenantSeat(9)));
+    }
+
+    #[test]
+    fn the_oldest_waiter_is_each_tenants_first_and_the_pools_earliest() {
+        let mut t = Tenants::new([1, 1]);
+        t.acquire(FLOOD);
+        t.acquire(QUIET);
+        let start = Instant::now();
+        let at = |ms| start + std::time::Duration::from_millis(ms);
+        assert_eq!(t.oldest_since(), None);
+        t.push(FLOOD, 0, at(10), 0);
+        t.push(FLOOD, 1, at(30), 0);
+        t.push(QUIET, 2, at(20), 1);
+        assert_eq!(t.counts(FLOOD).and_then(|c| c.waiting_since), Some(at(10)));
+        assert_eq!(t.counts(QUIET).and_then(|c| c.waiting_since), Some(at(20)));
+        assert_eq!(t.oldest_since(), Some(at(10)));
+        // The oldest gives up: the next of its tenant is that tenant's
+        // first, and the pool's oldest is now the other tenant's.
+        assert!(t.remove(FLOOD, 0));
+        assert_eq!(t.counts(FLOOD).and_then(|c| c.waiting_since), Some(at(30)));
+        assert_eq!(t.oldest_since(), Some(at(20)));
+        // Served: QUIET's connection came back and went to its waiter.
+        t.release(QUIET);
+        assert_eq!(t.hand((), |_, ()| Ok(())), Ok(()));
+        assert_eq!(t.counts(QUIET).and_then(|c| c.waiting_since), None);
+        assert_eq!(t.oldest_since(), Some(at(30)));
     }
 }

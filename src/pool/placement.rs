@@ -225,6 +225,13 @@ impl PlacementPool {
         }
     }
 
+    /// When its longest-waiting checkout started waiting (None: nobody
+    /// waits). Looks at every tenant's first waiter: for SHOW POOLS and
+    /// scrapes.
+    pub fn oldest_wait(&self) -> Option<Instant> {
+        self.lock().tenants.oldest_since()
+    }
+
     /// Its open connections, each with whether it is idle right now.
     pub fn servers(&self) -> Vec<(super::servers::ServerInfo, bool)> {
         let idle: std::collections::HashSet<usize> = {

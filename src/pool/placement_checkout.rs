@@ -88,20 +88,22 @@ impl PlacementPool {
         seat: TenantSeat,
         wait: Duration,
     ) -> Result<Lease, CheckoutError> {
-        let deadline = crate::runtime::time::now() + wait;
-        self.checkout_with(seat, deadline, &mut LazyTimer::default())
+        let asked = crate::runtime::time::now();
+        self.checkout_with(seat, asked, wait, &mut LazyTimer::default())
             .await
     }
 
-    /// [`Self::checkout`] until `deadline`, waiting on `timer`: a session
-    /// passes its own, reused from one wait to the next, so that a wait
-    /// pushes a registered deadline later (an atomic update) instead of
-    /// adding a timer to the runtime's wheel and taking it out again each
-    /// time; and the deadline from the clock it read anyway.
+    /// [`Self::checkout`] asked at `asked` (the caller's reading of
+    /// `runtime::time::now()`, which it made anyway), waiting on `timer`: a
+    /// session passes its own, reused from one wait to the next, so that a
+    /// wait pushes a registered deadline later (an atomic update) instead
+    /// of adding a timer to the runtime's wheel and taking it out again
+    /// each time.
     pub async fn checkout_with(
         self: &Arc<Self>,
         seat: TenantSeat,
-        deadline: Instant,
+        asked: Instant,
+        wait: Duration,
         timer: &mut LazyTimer,
     ) -> Result<Lease, CheckoutError> {
         let worker = current_worker();
@@ -109,7 +111,7 @@ impl PlacementPool {
             let taken = take(&mut self.lock(), seat, worker);
             let grant = match taken {
                 Some(g) => g,
-                None => self.wait_for_grant(seat, deadline, timer).await?,
+                None => self.wait_for_grant(seat, asked, wait, timer).await?,
             };
             match grant {
                 Grant::Conn(conn) => {
@@ -182,10 +184,14 @@ impl PlacementPool {
         }
     }
 
+    /// Queues this checkout (as waiting since `asked`, for SHOW POOLS'
+    /// `maxwait`) until something is handed to it or `wait` from `asked`
+    /// has passed.
     async fn wait_for_grant(
         self: &Arc<Self>,
         seat: TenantSeat,
-        deadline: Instant,
+        asked: Instant,
+        wait: Duration,
         timer: &mut LazyTimer,
     ) -> Result<Grant, CheckoutError> {
         let (tx, rx) = oneshot::channel();
@@ -197,7 +203,7 @@ impl PlacementPool {
             }
             let id = s.next_waiter;
             s.next_waiter += 1;
-            if !s.tenants.push(seat, id, tx) {
+            if !s.tenants.push(seat, id, asked, tx) {
                 // Not a tenant of this pool (a bug): nothing to wait for.
                 return Err(CheckoutError::WaitTimeout);
             }
@@ -210,7 +216,7 @@ impl PlacementPool {
             rx: Some(rx),
         };
         let rx = guard.rx.as_mut().ok_or(CheckoutError::WaitTimeout)?;
-        timer.set(Some(deadline));
+        timer.set(Some(asked + wait));
         let got = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = Pin::new(&mut *rx).poll(cx) {
                 return Poll::Ready(r.ok());

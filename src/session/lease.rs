@@ -116,7 +116,7 @@ impl Session<'_> {
             biased;
             _ = self.stop.killed() => Err(ClientError::Killed(self.tenant.id.clone())),
             () = self.cancel.wait_canceled() => Ok(None),
-            r = self.pool.checkout_with(self.seat, asked + self.config.query_wait_timeout, timer) => {
+            r = self.pool.checkout_with(self.seat, asked, self.config.query_wait_timeout, timer) => {
                 r.map(Some).map_err(|e| checkout_error(&self.tenant, e))
             }
         };

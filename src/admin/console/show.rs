@@ -66,7 +66,7 @@ fn tenants(state: &ProxyState, snap: &Snapshot) -> Rows {
     rows
 }
 
-static POOL_COLUMNS: [(&str, Kind); 9] = [
+static POOL_COLUMNS: [(&str, Kind); 11] = [
     ("placement", Kind::Text),
     ("tenant", Kind::Text),
     ("cl_active", Kind::Int),
@@ -74,6 +74,8 @@ static POOL_COLUMNS: [(&str, Kind); 9] = [
     ("sv_active", Kind::Int),
     ("sv_idle", Kind::Int),
     ("sv_login", Kind::Int),
+    ("maxwait", Kind::Int),
+    ("maxwait_us", Kind::Int),
     ("pool_size", Kind::Int),
     ("pool_mode", Kind::Text),
 ];
@@ -83,8 +85,19 @@ static POOL_COLUMNS: [(&str, Kind); 9] = [
 /// clients hold and wait for; idle connections belong to no tenant, so
 /// `sv_idle` and `sv_login` are NULL there). `pool_size` is the pool's on
 /// a placement row, the tenant's `max_server_connections` on its own.
+/// `maxwait` and `maxwait_us`, as PgBouncer's: how long the oldest client
+/// waiting for a server connection has waited (whole seconds, and the
+/// microseconds past them); 0 when none waits. A wait for a pause to end
+/// counts in `cl_waiting` but is not timed.
 fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
     let mut rows = Rows::new(&POOL_COLUMNS);
+    let now = crate::runtime::time::now();
+    let maxwait = |since: Option<std::time::Instant>| {
+        let waited = since.map_or(std::time::Duration::ZERO, |t| {
+            now.saturating_duration_since(t)
+        });
+        [int(waited.as_secs()), int(waited.subsec_micros())]
+    };
     let mode = match snap.pool_mode() {
         PoolMode::Transaction => "transaction",
         PoolMode::Session => "session",
@@ -116,6 +129,7 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
             let active = clients.saturating_sub(waiting);
             cl_active += active;
             cl_waiting += waiting;
+            let [wait_s, wait_us] = maxwait(counts.and_then(|c| c.waiting_since));
             tenant_rows.push(vec![
                 text(name.as_str()),
                 text(tenant),
@@ -124,11 +138,14 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
                 int(counts.map_or(0, |c| c.held)),
                 None,
                 None,
+                wait_s,
+                wait_us,
                 int(counts.map_or(0, |c| c.cap)),
                 text(mode),
             ]);
         }
         let c = pool.counts();
+        let [wait_s, wait_us] = maxwait(pool.oldest_wait());
         rows.push(vec![
             text(name.as_str()),
             None,
@@ -137,6 +154,8 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
             int(c.active),
             int(c.idle),
             int(c.connecting),
+            wait_s,
+            wait_us,
             int(c.max),
             text(mode),
         ]);
@@ -145,6 +164,7 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
         }
         if let Some(ops) = &placement.operators {
             let c = ops.counts();
+            let [wait_s, wait_us] = maxwait(ops.oldest_wait());
             rows.push(vec![
                 text(ops.name().0.as_str()),
                 None,
@@ -153,6 +173,8 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
                 int(c.active),
                 int(c.idle),
                 int(c.connecting),
+                wait_s,
+                wait_us,
                 int(c.max),
                 text(mode),
             ]);
