@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 /// One client session as SHOW CLIENTS lists it; made once at login.
@@ -30,9 +30,10 @@ pub struct ClientInfo {
     pub application_name: Option<String>,
     /// An admin console session (never reached by SUSPEND or KILL).
     pub console: bool,
-    /// Waiting for its tenant's pause to end (set on the pause's slow
-    /// path only).
-    pub paused: AtomicBool,
+    /// Since when it waits for its tenant's pause to end: microseconds
+    /// after [`epoch`], plus one; 0 while it does not (set on the pause's
+    /// slow path only). One word, so an idle client pays no lock for it.
+    paused_since: AtomicU64,
 }
 
 /// A new connection id, unique for the proxy's life: the `conn` field of
@@ -59,9 +60,36 @@ impl ClientInfo {
             connect_time: SystemTime::now(),
             application_name,
             console,
-            paused: AtomicBool::new(false),
+            paused_since: AtomicU64::new(0),
         }
     }
+
+    /// It started waiting for its tenant's pause to end at `at` (a reading
+    /// of `runtime::time::now()`).
+    pub fn pause_began(&self, at: Instant) {
+        let us = at.saturating_duration_since(epoch()).as_micros();
+        let us = u64::try_from(us).unwrap_or(u64::MAX - 1);
+        self.paused_since.store(us + 1, Ordering::Relaxed);
+    }
+
+    /// Its wait for a pause to end is over.
+    pub fn pause_ended(&self) {
+        self.paused_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Since when it waits for its tenant's pause to end, if it does.
+    pub fn paused_since(&self) -> Option<Instant> {
+        match self.paused_since.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(epoch() + Duration::from_micros(n - 1)),
+        }
+    }
+}
+
+/// The instant pause times count from: the first time one is asked for.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(crate::runtime::time::now)
 }
 
 /// What the console set on one tenant.

@@ -370,6 +370,19 @@ async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() 
         .find(|r| get(r, "tenant") == Some("acme"))
         .expect("acme row");
     assert_eq!(get(acme_pool, "cl_waiting"), Some("1"), "{pools:?}");
+    // Held by the pause for 1.5 s so far: PgBouncer's maxwait counts it.
+    for row in [
+        acme_pool,
+        pools
+            .iter()
+            .find(|r| get(r, "placement") == Some("acme_db") && get(r, "tenant").is_none())
+            .expect("acme_db row"),
+    ] {
+        let secs: u64 = get(row, "maxwait")
+            .and_then(|v| v.parse().ok())
+            .expect("maxwait");
+        assert!((1..30).contains(&secs), "{row:?}");
+    }
 
     c.simple_query("RESUME acme").await.expect("resume");
     tokio::time::timeout(Duration::from_secs(10), waiting)

@@ -421,10 +421,11 @@ impl Session<'_> {
         if !self.controls.is_paused(&self.tenant.id) {
             return Ok(false);
         }
-        let deadline = crate::runtime::time::now() + self.config.pause_timeout;
-        let marker = self.stop.client().map(|c| &c.paused);
+        let began = crate::runtime::time::now();
+        let deadline = began + self.config.pause_timeout;
+        let marker = self.stop.client();
         if let Some(m) = marker {
-            m.store(true, std::sync::atomic::Ordering::Relaxed);
+            m.pause_began(began);
         }
         self.cancel.begin_wait();
         let resumed = tokio::select! {
@@ -435,7 +436,7 @@ impl Session<'_> {
         };
         self.cancel.end_wait();
         if let Some(m) = marker {
-            m.store(false, std::sync::atomic::Ordering::Relaxed);
+            m.pause_ended();
         }
         match resumed? {
             None => Ok(true),

@@ -8,6 +8,7 @@ use super::rows::{Kind, Rows, int, text, time};
 use crate::config::{AuthType, PinPolicy, PoolMode};
 use crate::state::{ProxyState, Snapshot};
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// The rows of `listing`.
 pub fn listing(state: &ProxyState, snap: &Snapshot, listing: Listing) -> Rows {
@@ -87,12 +88,12 @@ static POOL_COLUMNS: [(&str, Kind); 11] = [
 /// a placement row, the tenant's `max_server_connections` on its own.
 /// `maxwait` and `maxwait_us`, as PgBouncer's: how long the oldest client
 /// waiting for a server connection has waited (whole seconds, and the
-/// microseconds past them); 0 when none waits. A wait for a pause to end
-/// counts in `cl_waiting` but is not timed.
+/// microseconds past them); 0 when none waits. A client waiting for its
+/// tenant's pause to end waits too (in `cl_waiting` and in `maxwait`).
 fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
     let mut rows = Rows::new(&POOL_COLUMNS);
     let now = crate::runtime::time::now();
-    let maxwait = |since: Option<std::time::Instant>| {
+    let maxwait = |since: Option<Instant>| {
         let waited = since.map_or(std::time::Duration::ZERO, |t| {
             now.saturating_duration_since(t)
         });
@@ -102,13 +103,18 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
         PoolMode::Transaction => "transaction",
         PoolMode::Session => "session",
     };
-    // Clients waiting for a pause to end, by tenant.
-    let mut paused: HashMap<String, usize> = HashMap::new();
+    // Clients waiting for a pause to end, by tenant: how many, and since
+    // when the first of them.
+    let mut paused: HashMap<String, (usize, Instant)> = HashMap::new();
     for s in state.stop.sessions() {
         if let Some(c) = &s.client
-            && c.paused.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(since) = c.paused_since()
         {
-            *paused.entry(c.tenant.as_str().to_string()).or_default() += 1;
+            let e = paused
+                .entry(c.tenant.as_str().to_string())
+                .or_insert((0, since));
+            e.0 += 1;
+            e.1 = e.1.min(since);
         }
     }
     let mut names: Vec<&String> = snap.placements.keys().collect();
@@ -120,16 +126,20 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
         tenants.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tenant_rows = Vec::with_capacity(tenants.len());
         let (mut cl_active, mut cl_waiting) = (0usize, 0usize);
+        // The oldest wait of the placement's tenants, paused ones included.
+        let mut oldest = pool.oldest_wait();
         for (tenant, seat) in tenants {
             let counts = pool.tenant_counts(seat);
             let id = crate::routing::TenantId::new(&tenant);
             let clients = state.tenant_client_count(&id) as usize;
-            let waiting =
-                counts.map_or(0, |c| c.waiting) + paused.get(tenant.as_str()).copied().unwrap_or(0);
+            let held = paused.get(tenant.as_str()).copied();
+            let waiting = counts.map_or(0, |c| c.waiting) + held.map_or(0, |(n, _)| n);
             let active = clients.saturating_sub(waiting);
             cl_active += active;
             cl_waiting += waiting;
-            let [wait_s, wait_us] = maxwait(counts.and_then(|c| c.waiting_since));
+            let since = earliest(counts.and_then(|c| c.waiting_since), held.map(|(_, t)| t));
+            oldest = earliest(oldest, since);
+            let [wait_s, wait_us] = maxwait(since);
             tenant_rows.push(vec![
                 text(name.as_str()),
                 text(tenant),
@@ -145,7 +155,7 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
             ]);
         }
         let c = pool.counts();
-        let [wait_s, wait_us] = maxwait(pool.oldest_wait());
+        let [wait_s, wait_us] = maxwait(oldest);
         rows.push(vec![
             text(name.as_str()),
             None,
@@ -183,6 +193,14 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
     rows
 }
 
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 static CLIENT_COLUMNS: [(&str, Kind); 9] = [
     ("type", Kind::Text),
     ("user", Kind::Text),
@@ -209,7 +227,7 @@ fn clients(state: &ProxyState) -> Rows {
     list.sort_by_key(|s| s.client.as_ref().map_or(0, |c| c.id));
     for s in &list {
         let Some(c) = &s.client else { continue };
-        let st = if c.paused.load(std::sync::atomic::Ordering::Relaxed) {
+        let st = if c.paused_since().is_some() {
             "waiting"
         } else {
             "active"
