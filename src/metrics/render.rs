@@ -5,7 +5,7 @@
 //! transactions, queries, 2 byte directions, 7 error kinds, 2 histograms
 //! of 14 buckets plus sum and count), for at most D + W + K + 1 values
 //! (dedicated tenants, watched tenants, `admin.top_tenants`, `_other`);
-//! 7 for `_unknown`; 6 per pool; 9 proxy-wide. See `SERIES_PER_TENANT`.
+//! 7 for `_unknown`; 7 per pool; 11 proxy-wide. See `SERIES_PER_TENANT`.
 
 use super::encode::Encoder;
 use super::tenant::{BUCKET_BOUNDS_US, Counters, ErrorKind, HistogramValues};
@@ -17,8 +17,9 @@ use std::collections::HashMap;
 
 /// Series per tenant label value (see the module comment).
 pub const SERIES_PER_TENANT: usize = 3 + 1 + 1 + 2 + 7 + 2 * (BUCKET_BOUNDS_US.len() + 1 + 2);
-/// Series per pool (3 connection states, max, connects, failures).
-pub const SERIES_PER_POOL: usize = 6;
+/// Series per pool (3 connection states, max, oldest wait, connects,
+/// failures).
+pub const SERIES_PER_POOL: usize = 7;
 /// Proxy-wide series.
 pub const SERIES_GLOBAL: usize = 11;
 
