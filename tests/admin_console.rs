@@ -47,6 +47,26 @@ fn get<'a>(row: &'a HashMap<String, Option<String>>, col: &str) -> Option<&'a st
         .as_deref()
 }
 
+/// SHOW POOLS' `maxwait` + `maxwait_us` on `placement`'s row for `tenant`
+/// (None: the placement's own row).
+fn maxwait(
+    pools: &[HashMap<String, Option<String>>],
+    placement: &str,
+    tenant: Option<&str>,
+) -> Duration {
+    let row = pools
+        .iter()
+        .find(|r| get(r, "placement") == Some(placement) && get(r, "tenant") == tenant)
+        .unwrap_or_else(|| panic!("no {placement} row for {tenant:?}: {pools:?}"));
+    let n = |col| -> u64 {
+        get(row, col)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{col} of {row:?}"))
+    };
+    assert!(n("maxwait_us") < 1_000_000, "{row:?}");
+    Duration::from_secs(n("maxwait")) + Duration::from_micros(n("maxwait_us"))
+}
+
 async fn admin(proxy: &TestProxy) -> Client {
     proxy
         .try_connect(&proxy.conn_str("admin", ADMIN_PASSWORD, "pgtenant"))
@@ -371,17 +391,12 @@ async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() 
         .expect("acme row");
     assert_eq!(get(acme_pool, "cl_waiting"), Some("1"), "{pools:?}");
     // Held by the pause for 1.5 s so far: PgBouncer's maxwait counts it.
-    for row in [
-        acme_pool,
-        pools
-            .iter()
-            .find(|r| get(r, "placement") == Some("acme_db") && get(r, "tenant").is_none())
-            .expect("acme_db row"),
-    ] {
-        let secs: u64 = get(row, "maxwait")
-            .and_then(|v| v.parse().ok())
-            .expect("maxwait");
-        assert!((1..30).contains(&secs), "{row:?}");
+    for tenant in [Some("acme"), None] {
+        let waited = maxwait(&pools, "acme_db", tenant);
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(30),
+            "{tenant:?} waited {waited:?}: {pools:?}"
+        );
     }
 
     c.simple_query("RESUME acme").await.expect("resume");
@@ -407,21 +422,8 @@ async fn show_pools_times_the_oldest_wait_for_a_server_connection() {
     let holder = proxy.connect("acme").await;
     let waiter = proxy.connect("acme").await;
     holder.simple_query("BEGIN").await.expect("begin");
-    let waited_for = |pools: &[HashMap<String, Option<String>>], tenant: Option<&str>| {
-        let row = pools
-            .iter()
-            .find(|r| get(r, "placement") == Some("acme_db") && get(r, "tenant") == tenant)
-            .unwrap_or_else(|| panic!("no acme_db row for {tenant:?}: {pools:?}"));
-        let n = |col| -> u64 {
-            get(row, col)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{col} of {row:?}"))
-        };
-        assert!(n("maxwait_us") < 1_000_000, "{row:?}");
-        Duration::from_secs(n("maxwait")) + Duration::from_micros(n("maxwait_us"))
-    };
     assert_eq!(
-        waited_for(&rows(&c, "SHOW POOLS").await, Some("acme")),
+        maxwait(&rows(&c, "SHOW POOLS").await, "acme_db", Some("acme")),
         Duration::ZERO,
         "nobody waits yet"
     );
@@ -431,18 +433,13 @@ async fn show_pools_times_the_oldest_wait_for_a_server_connection() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let pools = rows(&c, "SHOW POOLS").await;
     for tenant in [Some("acme"), None] {
-        let waited = waited_for(&pools, tenant);
+        let waited = maxwait(&pools, "acme_db", tenant);
         assert!(
             waited >= Duration::from_millis(350) && waited < Duration::from_secs(30),
             "{tenant:?} waited {waited:?}: {pools:?}"
         );
     }
-    let globex = pools
-        .iter()
-        .find(|r| get(r, "tenant") == Some("globex"))
-        .expect("globex row");
-    assert_eq!(get(globex, "maxwait"), Some("0"));
-    assert_eq!(get(globex, "maxwait_us"), Some("0"));
+    assert_eq!(maxwait(&pools, "globex_db", Some("globex")), Duration::ZERO);
 
     holder.simple_query("COMMIT").await.expect("commit");
     tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -451,8 +448,8 @@ async fn show_pools_times_the_oldest_wait_for_a_server_connection() {
         .expect("join")
         .expect("the waiting query");
     let pools = rows(&c, "SHOW POOLS").await;
-    assert_eq!(waited_for(&pools, Some("acme")), Duration::ZERO);
-    assert_eq!(waited_for(&pools, None), Duration::ZERO);
+    assert_eq!(maxwait(&pools, "acme_db", Some("acme")), Duration::ZERO);
+    assert_eq!(maxwait(&pools, "acme_db", None), Duration::ZERO);
     proxy.stop().await.expect("clean stop");
 }
 

@@ -235,14 +235,21 @@ impl<W> Tenants<W> {
         })
     }
 
-    /// When the pool's longest-waiting client started waiting: the oldest
-    /// of each tenant's first waiter (FIFO within a tenant). One look per
-    /// tenant: for SHOW POOLS and a scrape, not for checkout.
-    pub(super) fn oldest_since(&self) -> Option<Instant> {
-        self.list
+    /// When the longest-waiting client of the tenants at `seats` (indexes,
+    /// clamped to the table) started waiting: the oldest of each one's
+    /// first waiter (FIFO within a tenant). One look per tenant: for SHOW
+    /// POOLS and a scrape, not for checkout.
+    pub(super) fn oldest_since(&self, seats: std::ops::Range<usize>) -> Option<Instant> {
+        let end = seats.end.min(self.list.len());
+        self.list[seats.start.min(end)..end]
             .iter()
             .filter_map(|t| t.waiters.front().map(|&(_, since, _)| since))
             .min()
+    }
+
+    /// How many seats the table has.
+    pub(super) fn seat_count(&self) -> usize {
+        self.list.len()
     }
 }
 
@@ -416,22 +423,25 @@ mod tests {
         t.acquire(QUIET);
         let start = Instant::now();
         let at = |ms| start + std::time::Duration::from_millis(ms);
-        assert_eq!(t.oldest_since(), None);
+        assert_eq!(t.oldest_since(0..usize::MAX), None);
         t.push(FLOOD, 0, at(10), 0);
         t.push(FLOOD, 1, at(30), 0);
         t.push(QUIET, 2, at(20), 1);
         assert_eq!(t.counts(FLOOD).and_then(|c| c.waiting_since), Some(at(10)));
         assert_eq!(t.counts(QUIET).and_then(|c| c.waiting_since), Some(at(20)));
-        assert_eq!(t.oldest_since(), Some(at(10)));
+        assert_eq!(t.oldest_since(0..usize::MAX), Some(at(10)));
+        // A range of seats looks at those tenants only.
+        assert_eq!(t.oldest_since(1..2), Some(at(20)));
+        assert_eq!(t.oldest_since(2..9), None);
         // The oldest gives up: the next of its tenant is that tenant's
         // first, and the pool's oldest is now the other tenant's.
         assert!(t.remove(FLOOD, 0));
         assert_eq!(t.counts(FLOOD).and_then(|c| c.waiting_since), Some(at(30)));
-        assert_eq!(t.oldest_since(), Some(at(20)));
+        assert_eq!(t.oldest_since(0..usize::MAX), Some(at(20)));
         // Served: QUIET's connection came back and went to its waiter.
         t.release(QUIET);
         assert_eq!(t.hand((), |_, ()| Ok(())), Ok(()));
         assert_eq!(t.counts(QUIET).and_then(|c| c.waiting_since), None);
-        assert_eq!(t.oldest_since(), Some(at(30)));
+        assert_eq!(t.oldest_since(0..usize::MAX), Some(at(30)));
     }
 }

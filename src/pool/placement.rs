@@ -226,10 +226,27 @@ impl PlacementPool {
     }
 
     /// When its longest-waiting checkout started waiting (None: nobody
-    /// waits). Looks at every tenant's first waiter: for SHOW POOLS and
-    /// scrapes.
+    /// waits). Looks at every tenant's first waiter, for SHOW POOLS and
+    /// scrapes: a chunk of tenants per taking of the lock, so that with
+    /// many tenants checkouts never wait behind the whole scan.
     pub fn oldest_wait(&self) -> Option<Instant> {
-        self.lock().tenants.oldest_since()
+        const CHUNK: usize = 1024;
+        let mut oldest: Option<Instant> = None;
+        let mut from = 0;
+        loop {
+            let (found, count) = {
+                let s = self.lock();
+                (
+                    s.tenants.oldest_since(from..from + CHUNK),
+                    s.tenants.seat_count(),
+                )
+            };
+            oldest = oldest.into_iter().chain(found).min();
+            from += CHUNK;
+            if from >= count {
+                return oldest;
+            }
+        }
     }
 
     /// Its open connections, each with whether it is idle right now.

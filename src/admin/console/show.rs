@@ -137,8 +137,11 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
             let active = clients.saturating_sub(waiting);
             cl_active += active;
             cl_waiting += waiting;
-            let since = earliest(counts.and_then(|c| c.waiting_since), held.map(|(_, t)| t));
-            oldest = earliest(oldest, since);
+            let since = (counts.and_then(|c| c.waiting_since))
+                .into_iter()
+                .chain(held.map(|(_, t)| t))
+                .min();
+            oldest = oldest.into_iter().chain(since).min();
             let [wait_s, wait_us] = maxwait(since);
             tenant_rows.push(vec![
                 text(name.as_str()),
@@ -191,14 +194,6 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
         }
     }
     rows
-}
-
-/// The earlier of two optional instants.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 static CLIENT_COLUMNS: [(&str, Kind); 9] = [
