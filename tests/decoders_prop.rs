@@ -2,7 +2,7 @@
 //! packets, the frame scanner, tenant routing and the SCRAM server. None
 //! may panic on any input; the scanner must also reproduce a frame stream
 //! exactly, however it is split across reads. `fuzz/` has libFuzzer
-//! targets mirroring the first two.
+//! targets mirroring the first two and the last.
 
 use pgtenant::config::TenantSource;
 use pgtenant::credentials::scram::{self, ScramError, Verifier};

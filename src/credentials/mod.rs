@@ -6,3 +6,6 @@
 
 pub mod scram;
 pub mod secret;
+
+#[cfg(test)]
+mod scram_prop;
