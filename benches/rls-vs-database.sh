@@ -18,6 +18,14 @@
 # runs sql/pgtenant-setting.sql (as the cluster's superuser) and sets the
 # placement's context_store = "setting" (default: sequences).
 #
+# DIRECT=1 (with STORE=setting) adds the same pair straight at
+# PostgreSQL, no proxy: database bench as its owner against the shared
+# database as a role whose tenant is a role default of the setting
+# store's setting (fixed, so no proxy is needed to set it, and no proxy
+# will serve it: pgtenant refuses a placement role that starts with a
+# tenant). Its ratio is what PostgreSQL itself makes of the policy; the
+# proxied ratio is the shared placement's.
+#
 # Needs the PostgreSQL server binaries and pgbench; builds the release
 # binary unless PGTENANT_BIN names one.
 set -euo pipefail
@@ -29,6 +37,11 @@ MODES=${MODES:-"simple extended"}
 POLICY=${POLICY:-"tenant_id = pgtenant.current_tenant()"}
 STORE=${STORE:-sequences}
 SCALE=${SCALE:-10}
+DIRECT=${DIRECT:-0}
+if [[ $DIRECT == 1 && $STORE != setting ]]; then
+  echo "DIRECT=1 needs STORE=setting (the sequences store's context is only set through enter())" >&2
+  exit 2
+fi
 # Above the ephemeral range (32768-60999), as the other scripts: a port
 # in it may be some outgoing connection's local port (it was, on a run
 # after a churn benchmark: PostgreSQL could not bind).
@@ -98,6 +111,12 @@ users = { bench = "bench" }
 placement = "shared"
 users = { bench = "bench" }
 CONF
+if [[ $DIRECT == 1 ]]; then
+  sql -U postgres -d postgres -c "CREATE ROLE bench_direct LOGIN" \
+    -c "GRANT CONNECT ON DATABASE bench_shared TO bench_direct" \
+    -c "ALTER ROLE bench_direct IN DATABASE bench_shared SET backtrace_functions = 't1'"
+  sql -U bench_owner -d bench_shared -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO bench_direct"
+fi
 "$PGTENANT_BIN" context-key -c "$W/rls.toml" shared | sql -U bench_owner -d bench_shared >/dev/null
 PGTENANT_LOG=warn "$PGTENANT_BIN" -c "$W/rls.toml" &
 PIDS+=($!)
@@ -112,12 +131,13 @@ psql -X -Atq -h 127.0.0.1 -p "$PGTENANT_PORT" -U bench -d t1 \
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
-# "TPS CPU-µs-per-transaction" of one run.
-tps() { # database mode
+# "TPS CPU-µs-per-transaction" of one run: through pgtenant, or with a
+# port and user, straight at PostgreSQL.
+tps() { # database mode [port user]
   local b0 b1 out
   b0=$(busy)
-  out=$(pgbench -n -S -M "$2" -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 -p "$PGTENANT_PORT" \
-    -U bench "$1" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}')
+  out=$(pgbench -n -S -M "$2" -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 -p "${3:-$PGTENANT_PORT}" \
+    -U "${4:-bench}" "$1" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}')
   b1=$(busy)
   awk -v t="$out" -v j=$((b1 - b0)) -v hz="$HZ" -v d="$DURATION" \
     'BEGIN {printf "%s %.1f", t, j / hz * 1e6 / (t * d)}'
@@ -126,20 +146,36 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 
 echo "policy: $POLICY, context store: $STORE"
 echo "select-only, $CLIENTS clients, ${DURATION}s x $REPS, scale $SCALE, one pgtenant (workers=${PGTENANT_WORKERS:-1})"
+# "ratio CPU-ratio" of a database run and an rls run, each "TPS CPU".
+ratio() {
+  awk -v a="$1" -v ca="$2" -v b="$3" -v cb="$4" 'BEGIN {printf "%.3f %.3f", b / a, ca / cb}'
+}
 for mode in $MODES; do
-  db=() rls=() ratios=() cpu_ratios=()
+  db=() rls=() ratios=() cpu_ratios=() direct=() direct_cpu=()
   for rep in $(seq 1 "$REPS"); do
     read -r a ca <<<"$(tps bench "$mode")"
     read -r b cb <<<"$(tps t1 "$mode")"
     db+=("$a") rls+=("$b")
-    ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b / a}')")
-    cpu_ratios+=("$(awk -v a="$ca" -v b="$cb" 'BEGIN {printf "%.3f", a / b}')")
+    read -r r cr <<<"$(ratio "$a" "$ca" "$b" "$cb")"
+    ratios+=("$r") cpu_ratios+=("$cr")
     echo "  $mode rep $rep: database $a tps ($ca CPU-µs/txn), rls $b tps ($cb CPU-µs/txn)," \
-      "ratio ${ratios[-1]}, CPU ratio ${cpu_ratios[-1]}"
+      "ratio $r, CPU ratio $cr"
+    if [[ $DIRECT == 1 ]]; then
+      read -r a ca <<<"$(tps bench "$mode" "$PG_PORT" bench)"
+      read -r b cb <<<"$(tps bench_shared "$mode" "$PG_PORT" bench_direct)"
+      read -r r cr <<<"$(ratio "$a" "$ca" "$b" "$cb")"
+      direct+=("$r") direct_cpu+=("$cr")
+      echo "  $mode rep $rep, straight at PostgreSQL: database $a tps ($ca CPU-µs/txn)," \
+        "rls $b tps ($cb CPU-µs/txn), ratio $r, CPU ratio $cr"
+    fi
   done
   printf '%s: database median %s tps, rls median %s tps, median ratio rls/database %s\n' "$mode" \
     "$(printf '%s\n' "${db[@]}" | median)" "$(printf '%s\n' "${rls[@]}" | median)" \
     "$(printf '%s\n' "${ratios[@]}" | median)"
   printf '%s: median ratio of machine CPU per transaction, database/rls, %s\n' "$mode" \
     "$(printf '%s\n' "${cpu_ratios[@]}" | median)"
+  if [[ $DIRECT == 1 ]]; then
+    printf '%s, straight at PostgreSQL: median ratio rls/database %s, CPU ratio %s\n' "$mode" \
+      "$(printf '%s\n' "${direct[@]}" | median)" "$(printf '%s\n' "${direct_cpu[@]}" | median)"
+  fi
 done
