@@ -111,6 +111,13 @@ pub struct Controls {
     tenants: Mutex<HashMap<TenantId, TenantControl>>,
     /// Woken by every RESUME: paused sessions look again.
     resumed: Notify,
+    /// KILLs so far. A login reads it once its tenant is known and looks
+    /// again once its session is subscribed (`killed_since`): a KILL in
+    /// between signalled the subscribed sessions without it.
+    kills: AtomicU64,
+    /// Each killed tenant's latest KILL, by that count (KILL names a
+    /// catalog tenant, so this holds at most one entry per tenant).
+    killed: Mutex<HashMap<TenantId, u64>>,
 }
 
 /// A tenant's state as SHOW TENANTS reports it.
@@ -251,6 +258,32 @@ impl Controls {
         true
     }
 
+    /// How many KILLs have begun: a login reads it once it knows its
+    /// tenant, for [`Controls::killed_since`].
+    pub fn kill_count(&self) -> u64 {
+        self.kills.load(Ordering::SeqCst)
+    }
+
+    /// A KILL of `tenant` begins. Counted before its sessions are
+    /// signalled, so that a login subscribing too late to be signalled
+    /// still finds it.
+    pub fn count_kill(&self, tenant: &TenantId) {
+        let mut killed = self.killed.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.kills.fetch_add(1, Ordering::SeqCst) + 1;
+        killed.insert(tenant.clone(), n);
+    }
+
+    /// Whether a KILL of `tenant` began after the login that read `seen`
+    /// from [`Controls::kill_count`] knew its tenant (one load unless
+    /// some KILL ran since).
+    pub fn killed_since(&self, tenant: &TenantId, seen: u64) -> bool {
+        if self.kills.load(Ordering::SeqCst) == seen {
+            return false;
+        }
+        let killed = self.killed.lock().unwrap_or_else(|p| p.into_inner());
+        killed.get(tenant).is_some_and(|&n| n > seen)
+    }
+
     /// Waits (at most until `deadline`) while `tenant` is paused; false
     /// if the deadline came first. The caller races it against its stop.
     pub async fn wait_resumed(&self, tenant: &TenantId, deadline: std::time::Instant) -> bool {
@@ -303,6 +336,23 @@ mod tests {
         assert!(c.resume(Some(&a)).suspended);
         assert!(!c.any_suspended());
         assert!(c.lock().is_empty());
+    }
+
+    /// A login sees a KILL of its tenant that began after it read the
+    /// count, not one before, nor another tenant's.
+    #[test]
+    fn a_login_sees_only_kills_of_its_tenant_since_it_looked() {
+        let c = Controls::default();
+        let (a, b) = (TenantId::new("a"), TenantId::new("b"));
+        c.count_kill(&a);
+        let seen = c.kill_count();
+        assert!(!c.killed_since(&a, seen), "a KILL before the login began");
+        c.count_kill(&b);
+        assert!(!c.killed_since(&a, seen), "another tenant's KILL");
+        assert!(c.killed_since(&b, seen));
+        c.count_kill(&a);
+        assert!(c.killed_since(&a, seen));
+        assert!(!c.killed_since(&a, c.kill_count()));
     }
 
     /// `pause_timeout` on a paused clock: the wait ends at its deadline

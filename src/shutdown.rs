@@ -189,6 +189,12 @@ impl StopWait {
         self.waiter.reasons()
     }
 
+    /// Asks this session to stop for `why` (a [`reason`] bit), as
+    /// [`StopSignal::signal_where`] would have had it been subscribed.
+    pub fn signal(&self, why: u8) {
+        self.waiter.signal(why);
+    }
+
     /// This session's entry (SHOW CLIENTS reads it).
     pub fn client(&self) -> Option<&crate::control::ClientInfo> {
         self.waiter.client.as_ref()

@@ -464,8 +464,10 @@ impl ProxyState {
     }
 
     /// Closes `tenant`'s client sessions now, mid-transaction too (KILL);
-    /// how many.
+    /// how many were subscribed. Logins of the tenant in flight close as
+    /// soon as their session starts (`Controls::killed_since`).
     pub fn kill_sessions(&self, tenant: &TenantId) -> usize {
+        self.controls.count_kill(tenant);
         self.stop.signal_where(crate::shutdown::reason::KILL, |c| {
             !c.console && c.tenant == *tenant
         })

@@ -664,6 +664,53 @@ async fn kill_closes_mid_transaction_and_never_reuses_its_server_connection() {
     proxy.stop().await.expect("clean stop");
 }
 
+/// A connection of the tenant that is still logging in when KILL runs
+/// (its SCRAM exchange half done) is closed too once it authenticates,
+/// instead of slipping past the KILL into a session; one that starts
+/// after the KILL logs in as usual.
+#[tokio::test]
+async fn kill_reaches_a_login_in_flight() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let (_pg, proxy) = setup(2, "", "").await;
+    let c = admin(&proxy).await;
+    let mut s = raw::connect(proxy.port).await;
+    raw::send(
+        &mut s,
+        &raw::startup(3, 0, &[("user", "app"), ("database", "acme")]),
+    )
+    .await;
+    let sasl = raw::expect_msg(&mut s, "AuthenticationSASL").await;
+    assert_eq!(
+        (sasl.tag, &sasl.body[..4]),
+        (b'R', &10i32.to_be_bytes()[..])
+    );
+    let mut scram = ScramSha256::new(b"acme-secret", ChannelBinding::unsupported());
+    let mut initial = b"SCRAM-SHA-256\0".to_vec();
+    initial.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
+    initial.extend_from_slice(scram.message());
+    raw::send(&mut s, &raw::frame(b'p', &initial)).await;
+    let cont = raw::expect_msg(&mut s, "AuthenticationSASLContinue").await;
+    assert_eq!(
+        (cont.tag, &cont.body[..4]),
+        (b'R', &11i32.to_be_bytes()[..])
+    );
+    scram.update(&cont.body[4..]).expect("server-first");
+
+    c.simple_query("KILL acme").await.expect("kill");
+    raw::send(&mut s, &raw::frame(b'p', scram.message())).await;
+    let e = raw::expect_error_then_close(&mut s, "57P01", "a login in flight during KILL").await;
+    assert!(e.message().contains("killed"), "{:?}", e.fields());
+
+    // After the KILL, logins work.
+    proxy
+        .connect("acme")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("a login after the kill");
+    proxy.stop().await.expect("clean stop");
+}
+
 /// Logs in to the console over a raw socket (`auth_type = "trust"`).
 async fn raw_console(port: u16) -> tokio::net::TcpStream {
     let mut s = raw::connect(port).await;

@@ -44,6 +44,8 @@ pub(super) struct Login {
     /// An operator's connection: logged at its start and end.
     pub(super) audit: Option<operator::Audit>,
     pub(super) follows: session::Follows,
+    /// `Controls::kill_count` when the tenant was known.
+    pub(super) kills_seen: u64,
     pub(super) _guards: [CountGuard; 2],
 }
 
@@ -132,6 +134,9 @@ pub(super) async fn login(
         },
         |name| snap.catalog.contains(name),
     )?;
+    // From here the connection is its tenant's: a KILL of the tenant
+    // while it logs in closes it too (`start_session`).
+    let kills_seen = state.controls.kill_count();
     let id = match route {
         routing::Route::Tenant(resolved) => {
             let who = Who::tenant_user(resolved.tenant.as_str(), &resolved.user);
@@ -239,6 +244,7 @@ pub(super) async fn login(
         seat,
         audit: id.audit,
         follows: id.follows,
+        kills_seen,
         _guards: [proxy_guard, tenant_guard],
     })))
 }

@@ -259,6 +259,7 @@ fn start_session<'a>(
         seat,
         audit,
         follows,
+        kills_seen,
         _guards,
     } = *login;
     if let Some(audit) = &audit {
@@ -308,6 +309,13 @@ fn start_session<'a>(
         tenant,
         pool,
     };
+    // A KILL of the tenant while this client logged in signalled the
+    // sessions subscribed then, not this one: it goes with them.
+    if let Some(c) = session.stop.client()
+        && state.controls.killed_since(&c.tenant, kills_seen)
+    {
+        session.stop.signal(crate::shutdown::reason::KILL);
+    }
     // Boxed: only operators have one, and every client's future holds it.
     (session, audit.map(Box::new), _guards)
 }
