@@ -496,6 +496,56 @@ async fn a_cancel_ends_a_wait_under_pause() {
     proxy.stop().await.expect("clean stop");
 }
 
+/// How many clients of acme SHOW CLIENTS lists.
+async fn acme_clients(c: &Client) -> usize {
+    rows(c, "SHOW CLIENTS")
+        .await
+        .iter()
+        .filter(|r| get(r, "tenant") == Some("acme"))
+        .count()
+}
+
+/// A client that closes its connection while PAUSE holds its request is
+/// gone at once, whether it just closes or says goodbye first (Terminate,
+/// as libpq does): SHOW CLIENTS stops listing it while the pause lasts,
+/// and its request never runs after RESUME (nobody waits for it).
+#[tokio::test]
+async fn a_client_that_leaves_during_a_pause_is_gone_and_its_request_never_runs() {
+    let (_pg, proxy) = setup(2, "auth_type = \"trust\"", "").await;
+    let c = admin(&proxy).await;
+    let mut quiet = raw::login_trust(proxy.port, "acme").await;
+    let mut polite = raw::login_trust(proxy.port, "acme").await;
+    c.simple_query("PAUSE acme").await.expect("pause");
+    for (s, body) in [(&mut quiet, "left quietly"), (&mut polite, "left politely")] {
+        let sql = format!("INSERT INTO notes (tenant_id, body) VALUES ('acme', '{body}')");
+        raw::send(s, &raw::query(&sql)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(acme_clients(&c).await, 2, "both held by the pause");
+    drop(quiet);
+    raw::send(&mut polite, &raw::frame(b'X', &[])).await;
+    drop(polite);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while acme_clients(&c).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "clients that left are still listed while the pause lasts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.simple_query("RESUME acme").await.expect("resume");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: i64 = proxy
+        .connect("acme")
+        .await
+        .query_one("SELECT count(*) FROM notes WHERE body LIKE 'left %'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "a request whose client left ran after RESUME");
+    proxy.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_pause_longer_than_pause_timeout_refuses_the_transaction() {
     let (_pg, proxy) = setup(2, "pause_timeout = \"1s\"", "").await;

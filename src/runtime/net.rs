@@ -220,6 +220,34 @@ impl Socket {
         quiet
     }
 
+    /// Ready once the peer is gone: it closed its side of the connection
+    /// (FIN or reset), whatever it sent before that. Pending while it is
+    /// open. Bytes it sent and nobody has read yet keep the readiness set,
+    /// so a close behind them is seen only at the task's next wake-up
+    /// (the waker is not registered while the socket is readable).
+    /// Readiness found stale (a peek finds nothing) is cleared.
+    pub fn poll_peer_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.is_local() {
+            return Poll::Pending;
+        }
+        loop {
+            let ready = match self.io.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(guard)) => guard.ready(),
+            };
+            if ready.is_read_closed() {
+                return Poll::Ready(());
+            }
+            match sys::peek_state(self.as_fd()) {
+                sys::PeekState::Closed => return Poll::Ready(()),
+                sys::PeekState::Data => return Poll::Pending,
+                // Nothing after all: wait for the next event.
+                sys::PeekState::Quiet => self.clear_ready(Direction::Read),
+            }
+        }
+    }
+
     /// Waits until reading may find something (data, EOF or an error).
     pub async fn readable(&self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_read_ready(cx)).await

@@ -78,6 +78,42 @@ impl<S: Transport, F: Future> Future for SendingMeanwhile<'_, S, F> {
     }
 }
 
+/// Runs `wait` as [`sending_meanwhile`] does, unless the client closes
+/// its connection first (None): a request held for long (a pause) is
+/// dropped when its client gives up on it, rather than run later for
+/// nobody. PostgreSQL's `client_connection_check_interval` makes the same
+/// call for a running query.
+pub fn unless_peer_gone<F: Future>(stream: &mut Stream, wait: F) -> UnlessPeerGone<'_, F> {
+    UnlessPeerGone {
+        inner: sending_meanwhile(stream, wait),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`unless_peer_gone`]'s future.
+    pub struct UnlessPeerGone<'s, F> {
+        #[pin]
+        inner: SendingMeanwhile<'s, Stream, F>,
+    }
+}
+
+impl<F: Future> Future for UnlessPeerGone<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut inner = self.project().inner;
+        if let Poll::Ready(out) = inner.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        inner
+            .project()
+            .stream
+            .sock
+            .poll_peer_closed(cx)
+            .map(|()| None)
+    }
+}
+
 impl Transport for Socket {
     #[inline]
     fn read_ready(&self) -> bool {

@@ -52,7 +52,7 @@ pub mod txn;
 use crate::catalog::TenantEntry;
 use crate::config::{PoolMode, ProxyConfig};
 use crate::pool::{Lease, PlacementPool, TenantSeat};
-use crate::runtime::stream::sending_meanwhile;
+use crate::runtime::stream::unless_peer_gone;
 use crate::session::client_conn::ClientConn;
 use crate::session::error::ClientError;
 use bytes::Buf;
@@ -173,12 +173,22 @@ impl Session<'_> {
             }
             self.walk_again_at = 0;
             if self.controls.any_paused() {
-                // The end of the last result still goes out meanwhile.
+                // The end of the last result still goes out meanwhile. A
+                // client that leaves meanwhile is gone, its request with
+                // it: nobody waits for its answer after RESUME.
                 let paused = self.wait_while_paused();
-                if Box::pin(sending_meanwhile(&mut client.stream, paused)).await? {
-                    // Canceled while held: answered, never sent.
-                    Box::pin(self.answer_canceled(client)).await?;
-                    continue;
+                match Box::pin(unless_peer_gone(&mut client.stream, paused)).await {
+                    None => {
+                        tracing::debug!("the client closed its connection while paused");
+                        return Ok(());
+                    }
+                    Some(canceled) => {
+                        if canceled? {
+                            // Canceled while held: answered, never sent.
+                            Box::pin(self.answer_canceled(client)).await?;
+                            continue;
+                        }
+                    }
                 }
             }
             self.follow_reload()?;

@@ -84,6 +84,29 @@ pub(crate) fn is_quiet(fd: BorrowedFd<'_>) -> bool {
     )
 }
 
+/// What a non-blocking peek finds on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeekState {
+    /// Nothing to read, and open.
+    Quiet,
+    /// Bytes to read.
+    Data,
+    /// End of stream or an error: the peer is gone.
+    Closed,
+}
+
+/// Peeks one byte without blocking or consuming it.
+pub(crate) fn peek_state(fd: BorrowedFd<'_>) -> PeekState {
+    let mut probe = [MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(&fd).peek(&mut probe) {
+        Ok(0) => PeekState::Closed,
+        Ok(_) => PeekState::Data,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => PeekState::Quiet,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => PeekState::Data,
+        Err(_) => PeekState::Closed,
+    }
+}
+
 /// One send for the ring: a socket, the bytes, and where its result goes
 /// (bytes taken, or -errno). (Without a ring, nothing calls it.)
 #[cfg_attr(
