@@ -515,34 +515,64 @@ async fn a_client_that_leaves_during_a_pause_is_gone_and_its_request_never_runs(
     let c = admin(&proxy).await;
     let mut quiet = raw::login_trust(proxy.port, "acme").await;
     let mut polite = raw::login_trust(proxy.port, "acme").await;
+    // Stays, and sends a second request while the first is held: its
+    // unread bytes must still be read after RESUME.
+    let mut stays = raw::login_trust(proxy.port, "acme").await;
     c.simple_query("PAUSE acme").await.expect("pause");
-    for (s, body) in [(&mut quiet, "left quietly"), (&mut polite, "left politely")] {
-        let sql = format!("INSERT INTO notes (tenant_id, body) VALUES ('acme', '{body}')");
-        raw::send(s, &raw::query(&sql)).await;
-    }
+    let insert = |body: &str| {
+        raw::query(&format!(
+            "INSERT INTO notes (tenant_id, body) VALUES ('acme', '{body}')"
+        ))
+    };
+    raw::send(&mut quiet, &insert("left quietly")).await;
+    raw::send(&mut polite, &insert("left politely")).await;
+    raw::send(&mut stays, &insert("stayed 1")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    raw::send(&mut stays, &insert("stayed 2")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(acme_clients(&c).await, 2, "both held by the pause");
+    assert_eq!(acme_clients(&c).await, 3, "all held by the pause");
     drop(quiet);
     raw::send(&mut polite, &raw::frame(b'X', &[])).await;
     drop(polite);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while acme_clients(&c).await > 0 {
+    while acme_clients(&c).await > 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "clients that left are still listed while the pause lasts"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(acme_clients(&c).await, 1, "the client that stays is kept");
     c.simple_query("RESUME acme").await.expect("resume");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let n: i64 = proxy
-        .connect("acme")
-        .await
-        .query_one("SELECT count(*) FROM notes WHERE body LIKE 'left %'", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(n, 0, "a request whose client left ran after RESUME");
+    for what in ["stayed 1", "stayed 2"] {
+        let (msgs, status) = raw::read_until_ready_any(&mut stays).await;
+        assert!(msgs.iter().all(|m| m.tag != b'E'), "{what}: {msgs:?}");
+        assert_eq!(status, b'I', "{what}");
+    }
+    let count = |pattern: &'static str| {
+        let proxy = &proxy;
+        async move {
+            let n: i64 = proxy
+                .connect("acme")
+                .await
+                .query_one("SELECT count(*) FROM notes WHERE body LIKE $1", &[&pattern])
+                .await
+                .expect("count")
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(
+        count("left %").await,
+        0,
+        "a request whose client left ran after RESUME"
+    );
+    assert_eq!(
+        count("stayed %").await,
+        2,
+        "the client that stayed was served"
+    );
     proxy.stop().await.expect("clean stop");
 }
 

@@ -630,3 +630,89 @@ async fn assert_closed(s: &mut tokio::net::TcpStream) {
     .await;
     assert!(end.is_ok(), "the proxy kept the connection open");
 }
+
+/// A TLS client held by PAUSE that closes its connection (close_notify,
+/// then the TCP close) is gone at once and its request never runs, as a
+/// plain one is (`admin_console.rs`): the pause watches the socket under
+/// the TLS layer.
+#[tokio::test]
+async fn a_tls_client_that_leaves_during_a_pause_is_gone() {
+    let f = fixture().await;
+    let config = format!(
+        "{}\n[admin]\nusers = {{ admin = \"admin-secret\" }}\n",
+        f.config("auth_type = \"trust\"", "")
+    );
+    let proxy = LiveProxy::start(&config).await;
+    let (console, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=admin password=admin-secret dbname=pgtenant",
+            proxy.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("console");
+    tokio::spawn(conn);
+    let acme_clients = async |c: &tokio_postgres::Client| {
+        let listed = c.simple_query("SHOW CLIENTS").await.expect("SHOW CLIENTS");
+        listed
+            .iter()
+            .filter(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get("tenant") == Some("acme"),
+                _ => false,
+            })
+            .count()
+    };
+    let tcp = raw::connect(proxy.port).await;
+    let mut tls = tokio_rustls::TlsConnector::from(f.ca.client_config(true))
+        .connect(
+            ServerName::try_from("acme.db.example.com").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("direct handshake");
+    tls.write_all(&raw::startup(3, 0, &[("user", "app"), ("database", "app")]))
+        .await
+        .expect("startup");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    console.simple_query("PAUSE acme").await.expect("pause");
+    tls.write_all(&raw::query(
+        "INSERT INTO notes (tenant_id, body) VALUES ('acme', 'left under pause over TLS')",
+    ))
+    .await
+    .expect("held request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(acme_clients(&console).await, 1, "held by the pause");
+    tls.shutdown().await.expect("close_notify");
+    drop(tls);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while acme_clients(&console).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a TLS client that left is still listed while the pause lasts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    console.simple_query("RESUME acme").await.expect("resume");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: i64 = proxy
+        .connect("acme")
+        .await
+        .query_one(
+            "SELECT count(*) FROM notes WHERE body = 'left under pause over TLS'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "a request whose client left ran after RESUME");
+}

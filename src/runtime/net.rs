@@ -24,6 +24,18 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+/// What [`Socket::poll_peer_state`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Open, and the task is woken when that changes.
+    Open,
+    /// Open as far as can be told: bytes the peer sent wait unread, and
+    /// no wake-up comes for what follows them.
+    Unread,
+    /// Closed or reset.
+    Gone,
+}
+
 /// A connected TCP stream registered with this thread's runtime. The
 /// stream is shared with the sends the batch has queued for it, so it
 /// closes when the last of them is done (`runtime::batch`).
@@ -220,28 +232,28 @@ impl Socket {
         quiet
     }
 
-    /// Ready once the peer is gone: it closed its side of the connection
-    /// (FIN or reset), whatever it sent before that. Pending while it is
-    /// open. Bytes it sent and nobody has read yet keep the readiness set,
-    /// so a close behind them is seen only at the task's next wake-up
-    /// (the waker is not registered while the socket is readable).
+    /// Whether the peer is gone: it closed its side of the connection
+    /// (FIN or reset), whatever it sent before that. While it is open the
+    /// task's waker waits for the close, unless bytes it sent are still
+    /// unread: they keep the socket readable, so no wake-up comes for a
+    /// close behind them ([`PeerState::Unread`]: ask again later).
     /// Readiness found stale (a peek finds nothing) is cleared.
-    pub fn poll_peer_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_peer_state(&self, cx: &mut Context<'_>) -> PeerState {
         if !self.is_local() {
-            return Poll::Pending;
+            return PeerState::Unread;
         }
         loop {
             let ready = match self.io.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return PeerState::Open,
+                Poll::Ready(Err(_)) => return PeerState::Gone,
                 Poll::Ready(Ok(guard)) => guard.ready(),
             };
             if ready.is_read_closed() {
-                return Poll::Ready(());
+                return PeerState::Gone;
             }
             match sys::peek_state(self.as_fd()) {
-                sys::PeekState::Closed => return Poll::Ready(()),
-                sys::PeekState::Data => return Poll::Pending,
+                sys::PeekState::Closed => return PeerState::Gone,
+                sys::PeekState::Data => return PeerState::Unread,
                 // Nothing after all: wait for the next event.
                 sys::PeekState::Quiet => self.clear_ready(Direction::Read),
             }

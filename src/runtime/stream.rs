@@ -3,7 +3,7 @@
 //! written against [`Transport`]; a client's connection is a [`Stream`],
 //! either kind.
 
-use super::net::Socket;
+use super::net::{PeerState, Socket};
 pub use super::tls_socket::Chosen;
 use super::tls_socket::TlsLayer;
 use bytes::BytesMut;
@@ -86,14 +86,22 @@ impl<S: Transport, F: Future> Future for SendingMeanwhile<'_, S, F> {
 pub fn unless_peer_gone<F: Future>(stream: &mut Stream, wait: F) -> UnlessPeerGone<'_, F> {
     UnlessPeerGone {
         inner: sending_meanwhile(stream, wait),
+        recheck: None,
     }
 }
+
+/// How often [`unless_peer_gone`] looks again while the client's unread
+/// bytes hide a close from the reactor (a TLS client's close_notify
+/// comes before its TCP close).
+const PEER_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 pin_project_lite::pin_project! {
     /// [`unless_peer_gone`]'s future.
     pub struct UnlessPeerGone<'s, F> {
         #[pin]
         inner: SendingMeanwhile<'s, Stream, F>,
+        // Armed only while unread bytes hide a close.
+        recheck: Option<Pin<Box<super::time::Sleep>>>,
     }
 }
 
@@ -101,16 +109,29 @@ impl<F: Future> Future for UnlessPeerGone<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        let mut inner = self.project().inner;
-        if let Poll::Ready(out) = inner.as_mut().poll(cx) {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.inner.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        inner
-            .project()
-            .stream
-            .sock
-            .poll_peer_closed(cx)
-            .map(|()| None)
+        let sock = &this.inner.project().stream.sock;
+        loop {
+            match sock.poll_peer_state(cx) {
+                PeerState::Gone => return Poll::Ready(None),
+                PeerState::Open => return Poll::Pending,
+                PeerState::Unread => {
+                    let timer = this
+                        .recheck
+                        .get_or_insert_with(|| Box::pin(super::time::sleep(PEER_RECHECK)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Due: look again, and wait another round if need be.
+                    timer
+                        .as_mut()
+                        .reset((super::time::now() + PEER_RECHECK).into());
+                }
+            }
+        }
     }
 }
 
