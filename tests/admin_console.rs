@@ -576,6 +576,49 @@ async fn a_client_that_leaves_during_a_pause_is_gone_and_its_request_never_runs(
     proxy.stop().await.expect("clean stop");
 }
 
+/// psql's Ctrl-C on a PAUSE that waits for a running transaction: the
+/// console sends BackendKeyData, so the CancelRequest reaches it, and the
+/// wait ends with 57014 at once. The pause itself stays in effect, as
+/// after `pause_timeout`.
+#[tokio::test]
+async fn a_cancel_ends_a_waiting_pause_command_and_the_pause_stays() {
+    let (_pg, proxy) = setup(2, "", "").await;
+    let console = std::sync::Arc::new(admin(&proxy).await);
+    let busy = proxy.connect("acme").await;
+    busy.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("a running transaction");
+    let token = console.cancel_token();
+    let pausing = std::sync::Arc::clone(&console);
+    let pause = tokio::spawn(async move { pausing.simple_query("PAUSE acme").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pause.is_finished(), "PAUSE waits for the transaction");
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request");
+    let e = tokio::time::timeout(Duration::from_secs(5), pause)
+        .await
+        .expect("answered at once, not at pause_timeout")
+        .expect("join")
+        .expect_err("canceled");
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    let tenants = rows(&console, "SHOW TENANTS").await;
+    let acme = tenants
+        .iter()
+        .find(|r| get(r, "tenant") == Some("acme"))
+        .expect("acme row");
+    assert_eq!(get(acme, "state"), Some("paused"), "the pause stays");
+    // A cancel with no PAUSE waiting does nothing to the console.
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request");
+    console.simple_query("RESUME acme").await.expect("resume");
+    busy.batch_execute("COMMIT").await.expect("commit");
+    proxy.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_pause_longer_than_pause_timeout_refuses_the_transaction() {
     let (_pg, proxy) = setup(2, "pause_timeout = \"1s\"", "").await;

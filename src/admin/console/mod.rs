@@ -55,9 +55,18 @@ pub async fn serve(
         )),
         state.stop.generation(),
     );
+    // A key of its own, as a tenant client's: psql's Ctrl-C sends a
+    // CancelRequest with it, which ends a waiting PAUSE.
+    let registration = state.cancels.register();
+    messages::backend_key_data(
+        &mut client.out,
+        registration.key.pid,
+        registration.key.secret,
+    );
     let console = Console {
         state,
         login: &login,
+        cancel: &registration.slot,
     };
     messages::ready_for_query(&mut client.out, b'I');
     let mut skipping_to_sync = false;
@@ -186,6 +195,8 @@ async fn read_frame(client: &mut ClientConn) -> Result<Option<Frame>, ClientErro
 struct Console<'a> {
     state: &'a Arc<ProxyState>,
     login: &'a ConsoleLogin,
+    /// This console's cancel slot: a cancel ends the PAUSE it waits in.
+    cancel: &'a crate::session::cancel::CancelSlot,
 }
 
 /// A command that failed: what the admin is told.
@@ -311,15 +322,27 @@ impl Console<'_> {
         }
     }
 
-    /// Pauses, then waits (up to `pause_timeout`) until the tenant's (or
-    /// every tenant's) server connections are all back: its running
-    /// transactions have finished. The pause stays on either way.
+    /// Pauses, then waits (up to `pause_timeout`, or until the admin
+    /// cancels) until the tenant's (or every tenant's) server connections
+    /// are all back: its running transactions have finished. The pause
+    /// stays on either way.
     async fn pause(
         &self,
         snap: &crate::state::Snapshot,
         tenant: Option<&TenantId>,
     ) -> Result<(), Failure> {
         self.state.controls.pause(tenant);
+        self.cancel.begin_wait();
+        let waited = self.wait_paused(snap, tenant).await;
+        self.cancel.end_wait();
+        waited
+    }
+
+    async fn wait_paused(
+        &self,
+        snap: &crate::state::Snapshot,
+        tenant: Option<&TenantId>,
+    ) -> Result<(), Failure> {
         let deadline = crate::runtime::time::now() + snap.config.proxy.pause_timeout;
         loop {
             let running = running_transactions(snap, tenant);
@@ -336,7 +359,18 @@ impl Console<'_> {
                     ),
                 ));
             }
-            crate::runtime::time::sleep(PAUSE_POLL).await;
+            tokio::select! {
+                () = self.cancel.wait_canceled() => {
+                    return Err(Failure::new(
+                        SqlState::QUERY_CANCELED,
+                        format!(
+                            "canceled while {running} server connections were still in use; \
+                             the pause stays in effect until RESUME"
+                        ),
+                    ));
+                }
+                () = crate::runtime::time::sleep(PAUSE_POLL) => {}
+            }
         }
     }
 }
