@@ -474,3 +474,73 @@ async fn logs_name_the_relayed_client() {
         }
     }
 }
+
+/// A balancer that ended TLS passes the client's server name in its
+/// header's authority TLV: the `sni` source routes by it (with
+/// `sni_suffix`), so a plaintext connection from the balancer finds its
+/// tenant with no tenant in the user name or database. Without the TLV
+/// the same login falls to the database name, which is no tenant
+/// (3D000); a malformed TLV is refused before the startup packet (08P01).
+#[tokio::test]
+async fn the_balancers_authority_is_the_server_name_that_routes() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let proxy = LiveProxy::start(&config(
+        &pg,
+        "[\"127.0.0.1/32\"]",
+        "sni_suffix = \"db.example.com\"",
+    ))
+    .await;
+    let port = proxy.port;
+    let dst: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let src: SocketAddr = "203.0.113.7:40001".parse().expect("addr");
+    let with_authority = |name: &[u8]| {
+        let mut tlv = vec![0x02];
+        tlv.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        tlv.extend_from_slice(name);
+        proxy_header::encode(src, dst, &tlv)
+    };
+    let expected: String = acme_from(port, "203.0.113.7:40000", "acme-secret")
+        .await
+        .expect("acme by its user name")
+        .query_one("SELECT current_database()", &[])
+        .await
+        .expect("query")
+        .get(0);
+
+    let acme = login_after(
+        port,
+        &with_authority(b"ACME.db.example.com"),
+        "app",
+        "acme-secret",
+        "app",
+    )
+    .await
+    .expect("routed by the relayed server name");
+    let got = acme
+        .query_one("SELECT current_database()", &[])
+        .await
+        .expect("query")
+        .get::<_, String>(0);
+    assert_eq!(got, expected);
+
+    let e = login_after(
+        port,
+        &relaying("203.0.113.7:40002", port),
+        "app",
+        "acme-secret",
+        "app",
+    )
+    .await
+    .expect_err("no tenant without the authority");
+    assert_eq!(sqlstate(&e), "3D000", "{e:?}");
+    let e = login_after(
+        port,
+        &with_authority(b"acme db"),
+        "app",
+        "acme-secret",
+        "app",
+    )
+    .await
+    .expect_err("a malformed authority");
+    assert_eq!(sqlstate(&e), "08P01", "{e:?}");
+}

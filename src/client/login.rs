@@ -69,7 +69,7 @@ pub(super) async fn login(
     snap: &Snapshot,
     client: &mut ClientConn,
     startup: &Startup,
-    peer: SocketAddr,
+    (peer, relayed_name): (SocketAddr, Option<&str>),
     login_deadline: Instant,
     unauthenticated: &mut Option<Unauthenticated>,
 ) -> Result<LoggedIn, ClientError> {
@@ -127,7 +127,9 @@ pub(super) async fn login(
     let route = routing::route(
         &snap.rules,
         &RoutingInput {
-            sni: client.stream.server_name(),
+            // The TLS handshake's own server name; on a connection a
+            // balancer decrypted, the one the client asked it for.
+            sni: client.stream.server_name().or(relayed_name),
             user,
             database: startup.param("database"),
             options: startup.param("options"),

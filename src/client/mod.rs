@@ -157,8 +157,10 @@ fn serve_inner<'a>(
         let login = Box::pin(async {
             // A load balancer's PROXY header first: from here on `peer`
             // is the client it names.
+            let mut relayed_name = None;
             let first = time::timeout(startup_limit, async {
-                peer = proxy_header::identify(client, peer, proxy, unauthenticated).await?;
+                let who = proxy_header::identify(client, peer, proxy, unauthenticated).await?;
+                (peer, relayed_name) = (who.client, who.server_name);
                 startup_phase::handshake(client, snap.tls.as_deref()).await
             })
             .await
@@ -177,7 +179,7 @@ fn serve_inner<'a>(
                 snap,
                 client,
                 &startup,
-                peer,
+                (peer, relayed_name.as_deref()),
                 login_deadline,
                 unauthenticated,
             )

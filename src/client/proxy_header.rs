@@ -20,12 +20,16 @@ use std::net::SocketAddr;
 use tokio::io::AsyncReadExt;
 
 /// The ends of a client connection as the proxy counts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Peer {
     /// The client: the relayed source, or the socket's peer.
     pub client: SocketAddr,
     /// The balancer that relayed it, when a header named a client.
     pub via: Option<SocketAddr>,
+    /// The server name the client asked the balancer for (its header's
+    /// authority TLV): the `sni` tenant source of a connection the
+    /// balancer decrypted.
+    pub server_name: Option<String>,
 }
 
 /// Whether `peer` is a balancer whose header is believed.
@@ -42,7 +46,7 @@ pub(super) async fn identify(
     peer: SocketAddr,
     proxy: &ProxyConfig,
     unauthenticated: &mut Option<Unauthenticated>,
-) -> Result<SocketAddr, ClientError> {
+) -> Result<Peer, ClientError> {
     let who = read(client, peer, proxy).await?;
     if let Some(u) = unauthenticated.as_mut() {
         u.set_address(who.client.ip(), Caps::of(proxy))
@@ -54,7 +58,7 @@ pub(super) async fn identify(
             tracing::debug!("client relayed by a load balancer (PROXY protocol)");
         }
     }
-    Ok(who.client)
+    Ok(who)
 }
 
 /// Reads the PROXY header if the connection starts with one, leaving
@@ -70,6 +74,7 @@ pub(super) async fn read(
     let own = Peer {
         client: peer,
         via: None,
+        server_name: None,
     };
     loop {
         let start = proxy_header::detect(&client.flow.buf);
@@ -94,9 +99,13 @@ pub(super) async fn read(
                         Some(source) => Peer {
                             client: source,
                             via: Some(peer),
+                            server_name: header.authority,
                         },
                         // LOCAL (a health check), UNSPEC, AF_UNIX.
-                        None => own,
+                        None => Peer {
+                            server_name: header.authority,
+                            ..own
+                        },
                     });
                 }
                 Ok(None) => {}
@@ -174,9 +183,25 @@ mod tests {
             got,
             Ok(Peer {
                 client: src,
-                via: Some(peer)
+                via: Some(peer),
+                server_name: None,
             })
         );
+        assert_eq!(rest, STARTUP);
+    }
+
+    /// The authority TLV comes through as the server name the client
+    /// asked the balancer for.
+    #[test]
+    fn a_trusted_headers_authority_is_the_server_name() {
+        let src: SocketAddr = "203.0.113.9:4242".parse().expect("addr");
+        let mut tlv = vec![0x02, 0, 19];
+        tlv.extend_from_slice(b"acme.db.example.com");
+        let mut sent = encode(src, "127.0.0.1:6432".parse().expect("addr"), &tlv);
+        sent.extend_from_slice(STARTUP);
+        let (got, rest, _) = run(sent, proxy(&["127.0.0.0/8"], true));
+        let got = got.expect("accepted");
+        assert_eq!(got.server_name.as_deref(), Some("acme.db.example.com"));
         assert_eq!(rest, STARTUP);
     }
 
@@ -191,7 +216,8 @@ mod tests {
             got,
             Ok(Peer {
                 client: src,
-                via: Some(peer)
+                via: Some(peer),
+                server_name: None,
             })
         );
         assert_eq!(rest, STARTUP);
@@ -206,7 +232,8 @@ mod tests {
             got,
             Ok(Peer {
                 client: peer,
-                via: None
+                via: None,
+                server_name: None,
             })
         );
         assert_eq!(rest, STARTUP);

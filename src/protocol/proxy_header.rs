@@ -64,13 +64,17 @@ pub enum Command {
 }
 
 /// A parsed header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub command: Command,
     /// The relayed client and the address it connected to: present for a
     /// PROXY command over TCP/IPv4 or TCP/IPv6; None for LOCAL, UNSPEC
     /// and AF_UNIX, where the socket's own peer stands.
     pub addresses: Option<(SocketAddr, SocketAddr)>,
+    /// The server name the client asked the balancer for (the
+    /// `PP2_TYPE_AUTHORITY` TLV: its TLS SNI where the balancer ended
+    /// TLS), lower-cased; v2 PROXY headers only.
+    pub authority: Option<String>,
 }
 
 impl Header {
@@ -101,6 +105,11 @@ pub enum HeaderError {
     ShortAddresses { have: usize, need: usize },
     #[error("PROXY protocol header with a malformed TLV")]
     Tlv,
+    #[error(
+        "PROXY protocol header with a malformed authority TLV (a server name of \
+         1-253 letters, digits, '-', '_' and '.', given once)"
+    )]
+    Authority,
 }
 
 /// Parses the header at the start of `buf`: `Ok(None)` while more bytes
@@ -146,6 +155,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
             Header {
                 command,
                 addresses: None,
+                authority: None,
             },
             taken,
         )));
@@ -161,13 +171,20 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
     if len < need {
         return Err(HeaderError::ShortAddresses { have: len, need });
     }
-    check_tlvs(&body[need..])?;
+    let authority = read_tlvs(&body[need..])?;
     let addresses = match fam {
         0x11 => Some(inet(body, 4)),
         0x21 => Some(inet(body, 16)),
         _ => None,
     };
-    Ok(Some((Header { command, addresses }, taken)))
+    Ok(Some((
+        Header {
+            command,
+            addresses,
+            authority,
+        },
+        taken,
+    )))
 }
 
 /// Source and destination of an address block with `n`-byte addresses;
@@ -189,18 +206,39 @@ fn inet(body: &[u8], n: usize) -> (SocketAddr, SocketAddr) {
     )
 }
 
+/// `PP2_TYPE_AUTHORITY`: the host name the client asked for (section
+/// 2.2.2), "typically the SNI" of a TLS connection the balancer ended.
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
+
+/// Longest DNS name (RFC 1035, in text form without the final dot).
+const MAX_AUTHORITY: usize = 253;
+
 /// TLVs (type, 2-byte length, value) must tile what follows the
-/// addresses exactly. Their contents are not used: a proxy that needs
-/// none of them must still refuse a header whose framing lies.
-fn check_tlvs(mut rest: &[u8]) -> Result<(), HeaderError> {
+/// addresses exactly: a header whose framing lies is refused whatever
+/// its TLVs hold. Of their contents only the authority is used; it must
+/// be a server name, given at most once.
+fn read_tlvs(mut rest: &[u8]) -> Result<Option<String>, HeaderError> {
+    let mut authority = None;
     while !rest.is_empty() {
-        let [_, hi, lo, ..] = *rest else {
+        let [kind, hi, lo, ..] = *rest else {
             return Err(HeaderError::Tlv);
         };
         let end = 3 + u16::from_be_bytes([hi, lo]) as usize;
-        rest = rest.get(end..).ok_or(HeaderError::Tlv)?;
+        let value = rest.get(3..end).ok_or(HeaderError::Tlv)?;
+        if kind == PP2_TYPE_AUTHORITY {
+            let name_chars = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+            if authority.is_some()
+                || value.is_empty()
+                || value.len() > MAX_AUTHORITY
+                || !value.iter().all(name_chars)
+            {
+                return Err(HeaderError::Authority);
+            }
+            authority = Some(String::from_utf8_lossy(value).to_ascii_lowercase());
+        }
+        rest = &rest[end..];
     }
-    Ok(())
+    Ok(authority)
 }
 
 /// A v2 header relaying `source` → `destination` (same family), with

@@ -55,6 +55,59 @@ fn tlvs_are_skipped_but_must_tile() {
     assert_eq!(parse(&bad), Err(HeaderError::Tlv));
 }
 
+/// The authority TLV (a balancer that ended TLS passes the client's SNI)
+/// is read, lower-cased, among others; one that is no server name, is
+/// empty or too long, or comes twice, refuses the header.
+#[test]
+fn the_authority_tlv_is_the_server_name_and_nothing_else() {
+    let (src, dst) = (addr("198.51.100.1:1"), addr("10.0.0.1:2"));
+    let tlv = |kind: u8, value: &[u8]| {
+        let mut t = vec![kind];
+        t.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        t.extend_from_slice(value);
+        t
+    };
+    let mut tlvs = tlv(0xEA, b"\x01vpce-1");
+    tlvs.extend(tlv(0x02, b"Acme.DB.example.com"));
+    tlvs.extend(tlv(0x04, b""));
+    let (h, _) = parse(&encode(src, dst, &tlvs))
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(h.authority.as_deref(), Some("acme.db.example.com"));
+    assert_eq!(h.source(), Some(src));
+    let (h, _) = parse(&encode(src, dst, &[]))
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(h.authority, None);
+    let long = vec![b'a'; 254];
+    for bad in [
+        &b""[..],
+        b"acme.db.example.com\0",
+        b"acme db",
+        b"acme/../x",
+        b"\xc3\xa9.example.com",
+        &long,
+    ] {
+        assert_eq!(
+            parse(&encode(src, dst, &tlv(0x02, bad))),
+            Err(HeaderError::Authority),
+            "{bad:?}"
+        );
+    }
+    let mut twice = tlv(0x02, b"a.example.com");
+    twice.extend(tlv(0x02, b"b.example.com"));
+    assert_eq!(
+        parse(&encode(src, dst, &twice)),
+        Err(HeaderError::Authority)
+    );
+    // LOCAL ignores the block, TLVs and all.
+    let local = encode_local();
+    assert_eq!(
+        parse(&local).expect("valid").expect("complete").0.authority,
+        None
+    );
+}
+
 #[test]
 fn local_keeps_the_socket_address_and_ignores_the_block() {
     let (h, taken) = parse(&encode_local()).expect("valid").expect("complete");

@@ -51,6 +51,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
                 Header {
                     command: Command::Proxy,
                     addresses: None,
+                    authority: None,
                 },
                 taken,
             )));
@@ -70,6 +71,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
         Header {
             command: Command::Proxy,
             addresses,
+            authority: None,
         },
         taken,
     )))
