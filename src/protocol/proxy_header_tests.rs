@@ -286,4 +286,35 @@ proptest! {
         };
         prop_assert!(same(ps, s) && same(pd, d));
     }
+
+    /// Any authority value: accepted exactly when it is a server name of
+    /// 1-253 bytes, and then read back lower-cased; never anything else.
+    #[test]
+    fn an_authority_is_a_server_name_or_refused(
+        value in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            "[A-Za-z0-9._-]{1,260}".prop_map(String::into_bytes),
+        ],
+    ) {
+        let (src, dst) = (addr("198.51.100.1:1"), addr("10.0.0.1:2"));
+        let mut tlv = vec![0x02];
+        tlv.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        tlv.extend_from_slice(&value);
+        let valid = !value.is_empty()
+            && value.len() <= 253
+            && value
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        match parse(&encode(src, dst, &tlv)) {
+            Ok(Some((h, _))) => {
+                prop_assert!(valid, "{value:?}");
+                let want = String::from_utf8_lossy(&value).to_ascii_lowercase();
+                prop_assert_eq!(h.authority, Some(want));
+            }
+            other => {
+                prop_assert!(!valid, "{value:?}: {other:?}");
+                prop_assert_eq!(other, Err(HeaderError::Authority));
+            }
+        }
+    }
 }
