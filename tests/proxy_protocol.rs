@@ -544,3 +544,45 @@ async fn the_balancers_authority_is_the_server_name_that_routes() {
     .expect_err("a malformed authority");
     assert_eq!(sqlstate(&e), "08P01", "{e:?}");
 }
+
+/// With `[tls] require`, a plaintext connection from a listed balancer
+/// is taken when its header's SSL TLV says the client reached the
+/// balancer over TLS (the balancer ended it); without that TLV, or with
+/// its TLS bit clear, it is refused before any password (28000).
+#[tokio::test]
+async fn a_balancer_that_ended_tls_satisfies_require() {
+    let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::tls::TestCa::new(dir.path());
+    let cert = ca.issue("proxy", &["proxy.test"]);
+    let config = config(&pg, "[\"127.0.0.1\"]", "")
+        + &format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nrequire = true\n",
+            cert.cert.display(),
+            cert.key.display()
+        );
+    let proxy = LiveProxy::start(&config).await;
+    let port = proxy.port;
+    let dst: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let src: SocketAddr = "203.0.113.40:4000".parse().expect("addr");
+    let ssl_tlv = |client: u8| vec![0x20, 0, 5, client, 0, 0, 0, 0];
+    let acme = login_after(
+        port,
+        &proxy_header::encode(src, dst, &ssl_tlv(0x01)),
+        "app.acme",
+        "acme-secret",
+        "acme",
+    )
+    .await
+    .expect("the balancer ended the client's TLS");
+    acme.simple_query("SELECT 1").await.expect("query");
+    for header in [
+        proxy_header::encode(src, dst, &[]),
+        proxy_header::encode(src, dst, &ssl_tlv(0x02)),
+    ] {
+        let e = login_after(port, &header, "app.acme", "acme-secret", "acme")
+            .await
+            .expect_err("plaintext all the way");
+        assert_eq!(sqlstate(&e), "28000", "{e:?}");
+    }
+}

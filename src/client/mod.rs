@@ -161,7 +161,7 @@ fn serve_inner<'a>(
             let first = time::timeout(startup_limit, async {
                 let who = proxy_header::identify(client, peer, proxy, unauthenticated).await?;
                 (peer, relayed_name) = (who.client, who.server_name);
-                startup_phase::handshake(client, snap.tls.as_deref()).await
+                startup_phase::handshake(client, snap.tls.as_deref(), who.client_tls).await
             })
             .await
             .map_err(|_| ClientError::StartupTimeout)??;

@@ -30,6 +30,9 @@ pub(super) struct Peer {
     /// authority TLV): the `sni` tenant source of a connection the
     /// balancer decrypted.
     pub server_name: Option<String>,
+    /// The balancer says the client reached it over TLS (its header's
+    /// SSL TLV): enough for `[tls] require`.
+    pub client_tls: bool,
 }
 
 /// Whether `peer` is a balancer whose header is believed.
@@ -75,6 +78,7 @@ pub(super) async fn read(
         client: peer,
         via: None,
         server_name: None,
+        client_tls: false,
     };
     loop {
         let start = proxy_header::detect(&client.flow.buf);
@@ -100,10 +104,12 @@ pub(super) async fn read(
                             client: source,
                             via: Some(peer),
                             server_name: header.authority,
+                            client_tls: header.client_tls,
                         },
                         // LOCAL (a health check), UNSPEC, AF_UNIX.
                         None => Peer {
                             server_name: header.authority,
+                            client_tls: header.client_tls,
                             ..own
                         },
                     });
@@ -185,6 +191,7 @@ mod tests {
                 client: src,
                 via: Some(peer),
                 server_name: None,
+                client_tls: false,
             })
         );
         assert_eq!(rest, STARTUP);
@@ -218,6 +225,7 @@ mod tests {
                 client: src,
                 via: Some(peer),
                 server_name: None,
+                client_tls: false,
             })
         );
         assert_eq!(rest, STARTUP);
@@ -234,6 +242,7 @@ mod tests {
                 client: peer,
                 via: None,
                 server_name: None,
+                client_tls: false,
             })
         );
         assert_eq!(rest, STARTUP);

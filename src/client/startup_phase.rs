@@ -30,6 +30,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub(super) async fn handshake(
     client: &mut ClientConn,
     tls: Option<&ServerTls>,
+    relayed_tls: bool,
 ) -> Result<First, ClientError> {
     if client.peek_first_byte().await? == TLS_HANDSHAKE_RECORD {
         let Some(tls) = tls else {
@@ -76,8 +77,10 @@ pub(super) async fn handshake(
                 }
             }
             StartupPacket::Cancel(key) => return Ok(First::Cancel(key)),
+            // A listed balancer's word that the client reached it over
+            // TLS counts: the balancer ended that TLS.
             StartupPacket::Startup(_)
-                if tls.is_some_and(|t| t.require) && !client.stream.is_tls() =>
+                if tls.is_some_and(|t| t.require) && !client.stream.is_tls() && !relayed_tls =>
             {
                 return Err(ClientError::TlsRequired);
             }

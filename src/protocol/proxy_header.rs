@@ -75,6 +75,9 @@ pub struct Header {
     /// `PP2_TYPE_AUTHORITY` TLV: its TLS SNI where the balancer ended
     /// TLS), lower-cased; v2 PROXY headers only.
     pub authority: Option<String>,
+    /// The balancer says the client reached it over TLS (`PP2_TYPE_SSL`
+    /// with `PP2_CLIENT_SSL`); v2 PROXY headers only.
+    pub client_tls: bool,
 }
 
 impl Header {
@@ -156,6 +159,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
                 command,
                 addresses: None,
                 authority: None,
+                client_tls: false,
             },
             taken,
         )));
@@ -171,7 +175,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
     if len < need {
         return Err(HeaderError::ShortAddresses { have: len, need });
     }
-    let authority = read_tlvs(&body[need..])?;
+    let Tlvs {
+        authority,
+        client_tls,
+    } = read_tlvs(&body[need..])?;
     let addresses = match fam {
         0x11 => Some(inet(body, 4)),
         0x21 => Some(inet(body, 16)),
@@ -182,6 +189,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
             command,
             addresses,
             authority,
+            client_tls,
         },
         taken,
     )))
@@ -213,32 +221,59 @@ const PP2_TYPE_AUTHORITY: u8 = 0x02;
 /// Longest DNS name (RFC 1035, in text form without the final dot).
 const MAX_AUTHORITY: usize = 253;
 
+/// `PP2_TYPE_SSL`: how the client reached the balancer (section 2.2.5):
+/// a `client` bit field, a 4-byte `verify`, then sub-TLVs.
+const PP2_TYPE_SSL: u8 = 0x20;
+
+/// In `PP2_TYPE_SSL`'s `client` field: the client connected over TLS.
+const PP2_CLIENT_SSL: u8 = 0x01;
+
+/// What the used TLVs say.
+#[derive(Default)]
+struct Tlvs {
+    authority: Option<String>,
+    client_tls: bool,
+}
+
 /// TLVs (type, 2-byte length, value) must tile what follows the
 /// addresses exactly: a header whose framing lies is refused whatever
-/// its TLVs hold. Of their contents only the authority is used; it must
-/// be a server name, given at most once.
-fn read_tlvs(mut rest: &[u8]) -> Result<Option<String>, HeaderError> {
-    let mut authority = None;
+/// its TLVs hold. Of their contents only the authority (a server name,
+/// given at most once) and whether the client used TLS are read.
+fn read_tlvs(mut rest: &[u8]) -> Result<Tlvs, HeaderError> {
+    let mut tlvs = Tlvs::default();
+    let mut ssl_seen = false;
     while !rest.is_empty() {
         let [kind, hi, lo, ..] = *rest else {
             return Err(HeaderError::Tlv);
         };
         let end = 3 + u16::from_be_bytes([hi, lo]) as usize;
         let value = rest.get(3..end).ok_or(HeaderError::Tlv)?;
-        if kind == PP2_TYPE_AUTHORITY {
-            let name_chars = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-            if authority.is_some()
-                || value.is_empty()
-                || value.len() > MAX_AUTHORITY
-                || !value.iter().all(name_chars)
-            {
-                return Err(HeaderError::Authority);
+        match kind {
+            PP2_TYPE_AUTHORITY => {
+                let name_chars =
+                    |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+                if tlvs.authority.is_some()
+                    || value.is_empty()
+                    || value.len() > MAX_AUTHORITY
+                    || !value.iter().all(name_chars)
+                {
+                    return Err(HeaderError::Authority);
+                }
+                tlvs.authority = Some(String::from_utf8_lossy(value).to_ascii_lowercase());
             }
-            authority = Some(String::from_utf8_lossy(value).to_ascii_lowercase());
+            PP2_TYPE_SSL => {
+                // The client byte and the verify word at least, once.
+                if ssl_seen || value.len() < 5 {
+                    return Err(HeaderError::Tlv);
+                }
+                ssl_seen = true;
+                tlvs.client_tls = value[0] & PP2_CLIENT_SSL != 0;
+            }
+            _ => {}
         }
         rest = &rest[end..];
     }
-    Ok(authority)
+    Ok(tlvs)
 }
 
 /// A v2 header relaying `source` → `destination` (same family), with

@@ -108,6 +108,42 @@ fn the_authority_tlv_is_the_server_name_and_nothing_else() {
     );
 }
 
+/// The SSL TLV says whether the client reached the balancer over TLS (its
+/// `client` field's first bit), whatever sub-TLVs follow; one too short
+/// for its fixed part, or given twice, refuses the header.
+#[test]
+fn the_ssl_tlv_says_whether_the_client_used_tls() {
+    let (src, dst) = (addr("198.51.100.1:1"), addr("10.0.0.1:2"));
+    let ssl = |client: u8, sub: &[u8]| {
+        let mut value = vec![client, 0, 0, 0, 0];
+        value.extend_from_slice(sub);
+        let mut t = vec![0x20];
+        t.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        t.extend_from_slice(&value);
+        t
+    };
+    // PP2_SUBTYPE_SSL_VERSION "TLSv1.3" inside.
+    let (h, _) = parse(&encode(src, dst, &ssl(0x01, b"\x21\x00\x07TLSv1.3")))
+        .expect("valid")
+        .expect("complete");
+    assert!(h.client_tls);
+    let (h, _) = parse(&encode(src, dst, &ssl(0x06, b"")))
+        .expect("valid")
+        .expect("complete");
+    assert!(!h.client_tls, "certificate bits without the SSL bit");
+    let (h, _) = parse(&encode(src, dst, &[]))
+        .expect("valid")
+        .expect("complete");
+    assert!(!h.client_tls);
+    assert_eq!(
+        parse(&encode(src, dst, &[0x20, 0, 4, 1, 0, 0, 0])),
+        Err(HeaderError::Tlv)
+    );
+    let mut twice = ssl(0x01, b"");
+    twice.extend(ssl(0x01, b""));
+    assert_eq!(parse(&encode(src, dst, &twice)), Err(HeaderError::Tlv));
+}
+
 #[test]
 fn local_keeps_the_socket_address_and_ignores_the_block() {
     let (h, taken) = parse(&encode_local()).expect("valid").expect("complete");

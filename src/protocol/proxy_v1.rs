@@ -52,6 +52,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
                     command: Command::Proxy,
                     addresses: None,
                     authority: None,
+                    client_tls: false,
                 },
                 taken,
             )));
@@ -72,6 +73,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Header, usize)>, HeaderError> {
             command: Command::Proxy,
             addresses,
             authority: None,
+            client_tls: false,
         },
         taken,
     )))
