@@ -30,11 +30,18 @@ pub struct ClientInfo {
     pub application_name: Option<String>,
     /// An admin console session (never reached by SUSPEND or KILL).
     pub console: bool,
+    /// Its encryption, for SHOW CLIENTS' `tls`: the TLS version and
+    /// cipher suite, or [`RELAYED_TLS`]; None in plaintext.
+    pub tls: Option<Box<str>>,
     /// Since when it waits for its tenant's pause to end: microseconds
     /// after [`epoch`], plus one; 0 while it does not (set on the pause's
     /// slow path only). One word, so an idle client pays no lock for it.
     paused_since: AtomicU64,
 }
+
+/// SHOW CLIENTS' `tls` for a client whose TLS a load balancer ended (its
+/// PROXY header said so): pgtenant saw only the decrypted stream.
+pub const RELAYED_TLS: &str = "ended by the load balancer";
 
 /// A new connection id, unique for the proxy's life: the `conn` field of
 /// a connection's log lines and the `id` column of SHOW CLIENTS.
@@ -60,7 +67,16 @@ impl ClientInfo {
             connect_time: SystemTime::now(),
             application_name,
             console,
+            tls: None,
             paused_since: AtomicU64::new(0),
+        }
+    }
+
+    /// The same, encrypted as `tls` says (None: plaintext).
+    pub fn with_tls(self, tls: Option<String>) -> ClientInfo {
+        ClientInfo {
+            tls: tls.map(String::into_boxed_str),
+            ..self
         }
     }
 

@@ -248,6 +248,7 @@ async fn show_listings() {
         .find(|r| get(r, "tenant") == Some("acme"))
         .expect("acme client");
     assert_eq!(get(acme_row, "user"), Some("app"));
+    assert_eq!(get(acme_row, "tls"), None, "a plaintext client");
     assert_eq!(get(acme_row, "addr"), Some("127.0.0.1"));
     assert!(get(acme_row, "connect_time").is_some_and(|t| t.ends_with('Z')));
 

@@ -576,6 +576,30 @@ async fn a_balancer_that_ended_tls_satisfies_require() {
     .await
     .expect("the balancer ended the client's TLS");
     acme.simple_query("SELECT 1").await.expect("query");
+    // SHOW CLIENTS says who ended its TLS.
+    let console = login_after(
+        port,
+        &proxy_header::encode(src, dst, &ssl_tlv(0x01)),
+        "admin",
+        ADMIN,
+        "pgtenant",
+    )
+    .await
+    .expect("the console through the balancer");
+    let listed = console
+        .simple_query("SHOW CLIENTS")
+        .await
+        .expect("SHOW CLIENTS");
+    let acme_tls = listed.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) if r.get("tenant") == Some("acme") => {
+            Some(r.get("tls").map(str::to_string))
+        }
+        _ => None,
+    });
+    assert_eq!(
+        acme_tls,
+        Some(Some("ended by the load balancer".to_string()))
+    );
     for header in [
         proxy_header::encode(src, dst, &[]),
         proxy_header::encode(src, dst, &ssl_tlv(0x02)),

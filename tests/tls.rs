@@ -684,6 +684,19 @@ async fn a_tls_client_that_leaves_during_a_pause_is_gone() {
         assert!(n > 0, "closed early: {seen:?}");
         seen.extend_from_slice(&buf[..n]);
     }
+    // SHOW CLIENTS says how it encrypts, as PgBouncer's `tls` column.
+    let listed = console
+        .simple_query("SHOW CLIENTS")
+        .await
+        .expect("SHOW CLIENTS");
+    let acme_tls = listed.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("tenant") == Some("acme") => {
+            Some(r.get("tls").map(str::to_string))
+        }
+        _ => None,
+    });
+    let acme_tls = acme_tls.flatten().unwrap_or_default();
+    assert!(acme_tls.starts_with("TLSv1.3/TLS13_"), "{acme_tls:?}");
     console.simple_query("PAUSE acme").await.expect("pause");
     tls.write_all(&raw::query(
         "INSERT INTO notes (tenant_id, body) VALUES ('acme', 'left under pause over TLS')",

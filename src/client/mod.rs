@@ -154,14 +154,16 @@ fn serve_inner<'a>(
         // Boxed: the handshake and authentication states (SCRAM's among
         // them) are a large part of a client's future, and once logged in
         // a client carries none of them (one allocation per connection).
+        // A balancer's PROXY header said it ended the client's TLS.
+        let mut relayed_tls = false;
         let login = Box::pin(async {
             // A load balancer's PROXY header first: from here on `peer`
             // is the client it names.
             let mut relayed_name = None;
             let first = time::timeout(startup_limit, async {
                 let who = proxy_header::identify(client, peer, proxy, unauthenticated).await?;
-                (peer, relayed_name) = (who.client, who.server_name);
-                startup_phase::handshake(client, snap.tls.as_deref(), who.client_tls).await
+                (peer, relayed_name, relayed_tls) = (who.client, who.server_name, who.client_tls);
+                startup_phase::handshake(client, snap.tls.as_deref(), relayed_tls).await
             })
             .await
             .map_err(|_| ClientError::StartupTimeout)??;
@@ -194,8 +196,10 @@ fn serve_inner<'a>(
         let login = match login? {
             None => return Ok(()),
             Some(LoggedIn::Console(console)) => {
+                let tls = tls_description(client, relayed_tls);
                 // Boxed: a tenant client's future need not be as large.
-                return Box::pin(crate::admin::console::serve(state, client, console, conn)).await;
+                let serve = crate::admin::console::serve(state, client, console, (conn, tls));
+                return Box::pin(serve).await;
             }
             Some(LoggedIn::Tenant(login)) => login,
         };
@@ -228,7 +232,7 @@ fn serve_inner<'a>(
             login,
             &registration,
             &tenant_stats,
-            (peer, conn),
+            (peer, conn, tls_description(client, relayed_tls)),
         );
         drop(tenant_stats);
         let outcome = session.run(client).await;
@@ -240,6 +244,15 @@ fn serve_inner<'a>(
     }
 }
 
+/// SHOW CLIENTS' `tls` for this connection: its own TLS, or a balancer's
+/// word that it ended the client's.
+fn tls_description(client: &ClientConn, relayed_tls: bool) -> Option<String> {
+    client
+        .stream
+        .tls_description()
+        .or_else(|| relayed_tls.then(|| crate::control::RELAYED_TLS.to_string()))
+}
+
 /// The session of a logged-in client, and what must outlive it (the
 /// operator audit, the connection-count guards). Not async: the login
 /// moves into the session without taking room in the client's future.
@@ -249,7 +262,7 @@ fn start_session<'a>(
     login: Box<Login>,
     registration: &'a session::cancel::Registration<'_>,
     tenant_stats: &Arc<crate::metrics::TenantStats>,
-    (peer, conn): (SocketAddr, u64),
+    (peer, conn, tls): (SocketAddr, u64, Option<String>),
 ) -> (Session<'a>, Option<Box<operator::Audit>>, [CountGuard; 2]) {
     let Login {
         user,
@@ -298,14 +311,10 @@ fn start_session<'a>(
         ending: None,
         skip_request: None,
         stop: state.stop.subscribe_client(
-            Some(crate::control::ClientInfo::new(
-                conn,
-                counter,
-                user,
-                peer,
-                application_name,
-                false,
-            )),
+            Some(
+                crate::control::ClientInfo::new(conn, counter, user, peer, application_name, false)
+                    .with_tls(tls),
+            ),
             generation,
         ),
         tenant,

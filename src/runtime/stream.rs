@@ -219,6 +219,22 @@ impl Stream {
         self.tls.as_deref().map(TlsLayer::connection)
     }
 
+    /// What the connection's TLS is, as SHOW CLIENTS gives it (as
+    /// PgBouncer's `tls` column): protocol version and cipher suite, such
+    /// as `TLSv1.3/TLS13_AES_256_GCM_SHA384`; None in plaintext.
+    pub fn tls_description(&self) -> Option<String> {
+        let conn = self.tls()?;
+        let version = match conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        };
+        Some(match conn.negotiated_cipher_suite() {
+            Some(suite) => format!("{version}/{:?}", suite.suite()),
+            None => version,
+        })
+    }
+
     /// The server name the client asked for in its TLS hello (SNI).
     pub fn server_name(&self) -> Option<&str> {
         match self.tls()? {

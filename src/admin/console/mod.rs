@@ -41,18 +41,21 @@ pub async fn serve(
     state: &Arc<ProxyState>,
     client: &mut ClientConn,
     login: ConsoleLogin,
-    conn: u64,
+    (conn, tls): (u64, Option<String>),
 ) -> Result<(), ClientError> {
     // Console sessions follow no reload (they lease nothing).
     let stop = state.stop.subscribe_client(
-        Some(ClientInfo::new(
-            conn,
-            TenantId::new(crate::config::ADMIN_DATABASE),
-            login.user.clone(),
-            login.peer,
-            None,
-            true,
-        )),
+        Some(
+            ClientInfo::new(
+                conn,
+                TenantId::new(crate::config::ADMIN_DATABASE),
+                login.user.clone(),
+                login.peer,
+                None,
+                true,
+            )
+            .with_tls(tls),
+        ),
         state.stop.generation(),
     );
     // A key of its own, as a tenant client's: psql's Ctrl-C sends a

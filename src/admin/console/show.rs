@@ -196,7 +196,7 @@ fn pools(state: &ProxyState, snap: &Snapshot) -> Rows {
     rows
 }
 
-static CLIENT_COLUMNS: [(&str, Kind); 9] = [
+static CLIENT_COLUMNS: [(&str, Kind); 10] = [
     ("type", Kind::Text),
     ("user", Kind::Text),
     ("tenant", Kind::Text),
@@ -206,6 +206,7 @@ static CLIENT_COLUMNS: [(&str, Kind); 9] = [
     ("connect_time", Kind::Text),
     ("application_name", Kind::Text),
     ("id", Kind::Int),
+    ("tls", Kind::Text),
 ];
 
 /// One row per authenticated client session (console sessions included,
@@ -237,6 +238,7 @@ fn clients(state: &ProxyState) -> Rows {
             time(c.connect_time),
             c.application_name.clone(),
             int(c.id),
+            c.tls.as_deref().map(str::to_string),
         ]);
     }
     rows
