@@ -31,6 +31,20 @@ fn config(pg: &TestPg, networks: &str, extra: &str) -> String {
     ) + &format!("[admin]\nusers = {{ admin = \"{ADMIN}\" }}\n")
 }
 
+/// `config` with a `[tls]` section (a certificate for `proxy.test` from a
+/// test CA made in `dir`, and `extra` lines), and that CA.
+fn with_tls(config: String, dir: &std::path::Path, extra: &str) -> (common::tls::TestCa, String) {
+    let ca = common::tls::TestCa::new(dir);
+    let cert = ca.issue("proxy", &["proxy.test"]);
+    let config = config
+        + &format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
+            cert.cert.display(),
+            cert.key.display()
+        );
+    (ca, config)
+}
+
 /// Logs in over a socket that first sends `header`.
 async fn login_after(
     port: u16,
@@ -296,14 +310,7 @@ async fn tls_follows_the_header() {
     use tokio_postgres::config::{SslMode, SslNegotiation};
     let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = common::tls::TestCa::new(dir.path());
-    let cert = ca.issue("proxy", &["proxy.test"]);
-    let config = config(&pg, "[\"127.0.0.1\"]", "")
-        + &format!(
-            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            cert.cert.display(),
-            cert.key.display()
-        );
+    let (ca, config) = with_tls(config(&pg, "[\"127.0.0.1\"]", ""), dir.path(), "");
     let proxy = LiveProxy::start(&config).await;
     let port = proxy.port;
     let mut held = Vec::new();
@@ -553,14 +560,11 @@ async fn the_balancers_authority_is_the_server_name_that_routes() {
 async fn a_balancer_that_ended_tls_satisfies_require() {
     let pg = TestPg::start(HostAuth::Trust, &["acme"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = common::tls::TestCa::new(dir.path());
-    let cert = ca.issue("proxy", &["proxy.test"]);
-    let config = config(&pg, "[\"127.0.0.1\"]", "")
-        + &format!(
-            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nrequire = true\n",
-            cert.cert.display(),
-            cert.key.display()
-        );
+    let (_ca, config) = with_tls(
+        config(&pg, "[\"127.0.0.1\"]", ""),
+        dir.path(),
+        "require = true",
+    );
     let proxy = LiveProxy::start(&config).await;
     let port = proxy.port;
     let dst: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");

@@ -390,14 +390,7 @@ async fn what_an_attacker_sends_around_the_handshake_is_refused() {
     }
 
     // An SSLRequest inside TLS.
-    let tcp = raw::connect(port).await;
-    let mut tls = tokio_rustls::TlsConnector::from(f.ca.client_config(true))
-        .connect(
-            ServerName::try_from("acme.db.example.com").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("direct handshake");
+    let mut tls = direct_tls(port, &f).await;
     tls.write_all(&raw::request_code(80877103))
         .await
         .expect("write");
@@ -550,35 +543,12 @@ async fn a_tls_client_that_never_reads_is_disconnected_and_frees_its_connection(
         )
         .replacen("pool_size = 2", "pool_size = 1", 1);
     let proxy = LiveProxy::start(&config).await;
-    let tcp = raw::connect(proxy.port).await;
-    let mut tls = tokio_rustls::TlsConnector::from(f.ca.client_config(true))
-        .connect(
-            ServerName::try_from("acme.db.example.com").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("direct handshake");
-    let ready = async |tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-            let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
-                .await
-                .expect("in time")
-                .expect("read");
-            assert!(n > 0, "closed early: {seen:?}");
-            seen.extend_from_slice(&buf[..n]);
-        }
-    };
-    tls.write_all(&raw::startup(3, 0, &[("user", "app"), ("database", "app")]))
-        .await
-        .expect("startup");
-    ready(&mut tls).await;
+    let mut tls = direct_tls_login(proxy.port, &f).await;
     let parse = raw::frame(b'P', b"s1\0SELECT 1\0\0\0");
     let mut first = parse.clone();
     first.extend(raw::frame(b'S', &[]));
     tls.write_all(&first).await.expect("prepare");
-    ready(&mut tls).await;
+    read_to_idle(&mut tls).await;
     tls.write_all(&raw::query("SELECT pg_sleep(60)"))
         .await
         .expect("busy statement");
@@ -615,6 +585,45 @@ async fn a_tls_client_that_never_reads_is_disconnected_and_frees_its_connection(
         flood.await.expect("flood task"),
         "the client that never read is disconnected"
     );
+}
+
+type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A raw connection to acme's server name, direct TLS handshake done.
+async fn direct_tls(port: u16, f: &Fixture) -> RawTls {
+    let tcp = raw::connect(port).await;
+    tokio_rustls::TlsConnector::from(f.ca.client_config(true))
+        .connect(
+            ServerName::try_from("acme.db.example.com").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("direct handshake")
+}
+
+/// A raw client of acme over direct TLS, logged in (`auth_type =
+/// "trust"`) and idle.
+async fn direct_tls_login(port: u16, f: &Fixture) -> RawTls {
+    let mut tls = direct_tls(port, f).await;
+    tls.write_all(&raw::startup(3, 0, &[("user", "app"), ("database", "app")]))
+        .await
+        .expect("startup");
+    read_to_idle(&mut tls).await;
+    tls
+}
+
+/// Reads until an idle ReadyForQuery.
+async fn read_to_idle(tls: &mut RawTls) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {seen:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
 }
 
 async fn assert_closed(s: &mut tokio::net::TcpStream) {
@@ -663,27 +672,7 @@ async fn a_tls_client_that_leaves_during_a_pause_is_gone() {
             })
             .count()
     };
-    let tcp = raw::connect(proxy.port).await;
-    let mut tls = tokio_rustls::TlsConnector::from(f.ca.client_config(true))
-        .connect(
-            ServerName::try_from("acme.db.example.com").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("direct handshake");
-    tls.write_all(&raw::startup(3, 0, &[("user", "app"), ("database", "app")]))
-        .await
-        .expect("startup");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
-            .await
-            .expect("in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {seen:?}");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let mut tls = direct_tls_login(proxy.port, &f).await;
     // SHOW CLIENTS says how it encrypts, as PgBouncer's `tls` column.
     let listed = console
         .simple_query("SHOW CLIENTS")

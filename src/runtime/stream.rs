@@ -86,7 +86,7 @@ impl<S: Transport, F: Future> Future for SendingMeanwhile<'_, S, F> {
 pub fn unless_peer_gone<F: Future>(stream: &mut Stream, wait: F) -> UnlessPeerGone<'_, F> {
     UnlessPeerGone {
         inner: sending_meanwhile(stream, wait),
-        recheck: None,
+        recheck: super::time::LazyTimer::default(),
     }
 }
 
@@ -101,7 +101,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: SendingMeanwhile<'s, Stream, F>,
         // Armed only while unread bytes hide a close.
-        recheck: Option<Pin<Box<super::time::Sleep>>>,
+        recheck: super::time::LazyTimer,
     }
 }
 
@@ -119,16 +119,14 @@ impl<F: Future> Future for UnlessPeerGone<'_, F> {
                 PeerState::Gone => return Poll::Ready(None),
                 PeerState::Open => return Poll::Pending,
                 PeerState::Unread => {
-                    let timer = this
-                        .recheck
-                        .get_or_insert_with(|| Box::pin(super::time::sleep(PEER_RECHECK)));
-                    if timer.as_mut().poll(cx).is_pending() {
+                    if !this.recheck.is_armed() {
+                        this.recheck.set(Some(super::time::now() + PEER_RECHECK));
+                    }
+                    if this.recheck.poll_fired(cx).is_pending() {
                         return Poll::Pending;
                     }
                     // Due: look again, and wait another round if need be.
-                    timer
-                        .as_mut()
-                        .reset((super::time::now() + PEER_RECHECK).into());
+                    this.recheck.set(Some(super::time::now() + PEER_RECHECK));
                 }
             }
         }

@@ -64,6 +64,11 @@ impl LazyTimer {
         self.armed = true;
     }
 
+    /// Whether a deadline is armed.
+    pub fn is_armed(&self) -> bool {
+        self.armed
+    }
+
     /// Ready once the armed deadline has passed; pending while disarmed.
     pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         match &mut self.sleep {

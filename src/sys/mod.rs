@@ -77,11 +77,7 @@ fn begin_connect(
 /// Nothing to read and no EOF or error on a non-blocking socket, by a
 /// peek that leaves any data queued.
 pub(crate) fn is_quiet(fd: BorrowedFd<'_>) -> bool {
-    let mut probe = [MaybeUninit::<u8>::uninit()];
-    matches!(
-        socket2::SockRef::from(&fd).peek(&mut probe),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock
-    )
+    peek_state(fd) == PeekState::Quiet
 }
 
 /// What a non-blocking peek finds on a socket.
